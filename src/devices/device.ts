@@ -1,0 +1,31 @@
+/** Space on a device, in bytes, as statvfs reports it for the disk that holds it. */
+export interface DeviceSpace {
+  total: number
+  free: number
+  available: number
+}
+
+/**
+ * A place that stores block objects: a directory on a local disk, or (later)
+ * a device on a remote block server. Objects are immutable: a rewrite of a
+ * block is a new object id, so `put` never replaces live bytes in place.
+ *
+ * Errors are FsError with the POSIX code of what went wrong: EIO for a failed
+ * or corrupt read, ENOSPC when the disk is full, ENOENT for a missing object.
+ */
+export interface Device {
+  /** "server:device", for messages and logs. */
+  readonly label: string
+  /** Store `data` whole as `objectId`; resolves only after the bytes are flushed and visible under their final name. */
+  put (objectId: string, data: Uint8Array, checksum: number): Promise<void>
+  /** The whole object, verified against `checksum`; a mismatch is EIO, never wrong bytes. */
+  get (objectId: string, checksum: number): Promise<Buffer>
+  /** Remove an object; removing one that is not there is not an error. */
+  delete (objectId: string): Promise<void>
+  /** The stored size of an object, or null when it is absent. */
+  stat (objectId: string): Promise<{ size: number } | null>
+  /** Every object id on the device (for fsck and heal). */
+  list (): AsyncIterable<string>
+  space (): Promise<DeviceSpace>
+  close (): Promise<void>
+}

@@ -1,0 +1,39 @@
+import { constants } from 'node:os'
+
+/** POSIX error names bslfs raises; each maps to the kernel's errno. */
+export type ErrnoCode = keyof typeof constants.errno
+
+/**
+ * An error that carries its POSIX code from where it arises (ENOENT in the
+ * directory, EIO in a device). Layers above pass it through unchanged; the
+ * FUSE boundary hands `errno` to the kernel.
+ */
+export class FsError extends Error {
+  readonly code: ErrnoCode
+  readonly errno: number
+
+  constructor (code: ErrnoCode, message?: string, options?: { cause?: unknown }) {
+    super(message ? `${code}: ${message}` : code, options)
+    this.name = 'FsError'
+    this.code = code
+    this.errno = constants.errno[code]
+  }
+}
+
+/** The positive errno for any thrown value: FsError and Node system errors keep theirs, anything else is EIO. */
+export function errnoOf (err: unknown): number {
+  if (err instanceof FsError) return err.errno
+  const e = err as NodeJS.ErrnoException | undefined
+  if (e && typeof e.code === 'string' && e.code in constants.errno) {
+    return constants.errno[e.code as ErrnoCode]
+  }
+  return constants.errno.EIO
+}
+
+/** A user-facing error from the CLI or configuration: one line that says what to do. */
+export class UsageError extends Error {
+  constructor (message: string) {
+    super(message)
+    this.name = 'UsageError'
+  }
+}
