@@ -1,0 +1,160 @@
+import { Command, CommanderError, Option } from 'commander'
+import { resolve } from 'node:path'
+import { FsError, UsageError } from '../errors'
+import * as admin from '../daemon/admin'
+import { askControl } from '../daemon/control'
+import { findMount, findStateMount, fusermount } from '../daemon/mountpoint'
+import { DEFAULT_BLOCK_SIZE, State, initState, statePaths } from '../daemon/state'
+import { mountCommand } from './mount-command'
+
+/**
+ * Run a management command on the running mount of `state` through its
+ * control socket, or, when nothing is mounted, on the STATE opened here.
+ */
+async function onState<T> (state: string, cmd: string, args: string[], offline: (s: State) => Promise<T>): Promise<T> {
+  const answer = await askControl(statePaths(state).socket, { cmd, args })
+  if (answer) {
+    if (!answer.ok) throw new UsageError(answer.error)
+    return answer.result as T
+  }
+  const s = await State.open(state)
+  try {
+    return await offline(s)
+  } finally {
+    await s.close()
+  }
+}
+
+const print = (json: boolean | undefined, value: unknown, text: () => string) => {
+  console.log(json ? JSON.stringify(value, null, 2) : text())
+}
+
+const mib = (n?: number) => n === undefined ? '?' : `${(n / 1048576).toFixed(1)} MiB`
+
+function formatStatus (r: admin.StatusReport): string {
+  const lines = [
+    `filesystem  ${r.state}`,
+    `mounted     ${r.mounted ? `${r.mounted.mountpoint} (pid ${r.mounted.pid}${r.mounted.readOnly ? ', read-only' : ''}, since ${r.mounted.since})` : 'no'}`,
+    `files       ${r.files}`,
+    `bytes       ${r.bytes} (${mib(r.bytes)})`,
+    `block size  ${r.blockSize}`,
+    `default     volume ${r.defaultVolume}`,
+    'volumes:'
+  ]
+  for (const v of r.volumes) lines.push(`  ${v.volume}  ${v.mirrors ? `mirrored on ${v.mirrors.join(', ')}` : v.place}`)
+  lines.push('devices:')
+  for (const d of r.devices) {
+    lines.push(d.error
+      ? `  ${d.place}  ${d.path ?? ''}  unavailable: ${d.error}`
+      : `  ${d.place}  ${d.path ?? ''}  ${mib(d.available)} free of ${mib(d.total)}`)
+  }
+  return lines.join('\n')
+}
+
+export function program (): Command {
+  const cli = new Command('bslfs')
+    .description('A FUSE filesystem that maps POSIX paths to block storage locators (BSLs)')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+
+  cli.command('init').argument('<STATE>', 'directory for the new filesystem')
+    .description('create a filesystem: one local device and one logical volume on it')
+    .option('--block-size <BYTES>', 'block size (4096..67108864, a power of two)', String(DEFAULT_BLOCK_SIZE))
+    .action(async (state: string, o: { blockSize: string }) => {
+      const bs = Number(o.blockSize)
+      if (!Number.isInteger(bs) || bs < 4096 || bs > 64 * 1048576 || (bs & (bs - 1)) !== 0) {
+        throw new UsageError(`bad --block-size "${o.blockSize}": use a power of two from 4096 to 67108864`)
+      }
+      await initState(state, { blockSize: bs })
+      console.log(`bslfs: new filesystem in ${resolve(state)} (device local:d0, volume 1); mount it with \`bslfs mount ${state} MOUNTPOINT\``)
+    })
+
+  cli.command('mount').argument('<STATE>').argument('<MOUNTPOINT>')
+    .description('mount the filesystem (in the background unless -f)')
+    .option('-f, --foreground', 'stay in the foreground')
+    .option('-o, --options <OPTIONS>', 'mount options, comma-separated (ro, allow_other, kernel_cache, entry_timeout=N, ...)')
+    .addOption(new Option('--ready-fd <FD>').hideHelp())
+    .action(async (state: string, mnt: string, o: { foreground?: boolean, options?: string, readyFd?: string }) => {
+      await mountCommand(state, mnt, o)
+    })
+
+  cli.command('unmount').alias('umount').argument('<MOUNTPOINT>')
+    .description('flush everything, unmount, and stop the mount daemon')
+    .option('--lazy', 'detach even when busy (the mount goes away when the last user leaves)')
+    .action(async (mnt: string, o: { lazy?: boolean }) => {
+      const abs = resolve(mnt)
+      const m = await findMount(abs)
+      if (!m) throw new UsageError(`${abs} is not mounted`)
+      if (m.fstype !== 'fuse.bslfs') throw new UsageError(`${abs} is not a bslfs mount (${m.fstype})`)
+      const answer = await askControl(statePaths(m.source).socket, { cmd: 'unmount', args: [], options: { lazy: !!o.lazy } })
+      if (answer && !answer.ok) throw new UsageError(answer.error)
+      if (!answer) {
+        // The daemon is gone: only the kernel's side of the mount is left.
+        const complaint = await fusermount(abs, !!o.lazy)
+        if (complaint) throw new UsageError(/busy/i.test(complaint) ? `${abs} is busy; close what uses it, or use --lazy` : complaint)
+      }
+      console.log(`bslfs: unmounted ${abs}`)
+    })
+
+  cli.command('status').argument('<STATE>')
+    .description('volumes, devices and space, files and bytes, and where it is mounted')
+    .option('--json', 'machine-readable output')
+    .action(async (state: string, o: { json?: boolean }) => {
+      const r = await onState(state, 'status', [], s => admin.status(s, null))
+      print(o.json, r, () => formatStatus(r))
+    })
+
+  const device = cli.command('device').description('local devices (directories on local disks)')
+  device.command('add').argument('<STATE>').argument('<NAME>').argument('<PATH>')
+    .description('add a local device: a directory on a disk of this host')
+    .action(async (state: string, name: string, path: string) => {
+      const r = await onState(state, 'device-add', [name, resolve(path)], s => admin.deviceAdd(s, name, path))
+      console.log(`bslfs: device local:${r.device} at ${r.path}`)
+    })
+
+  const volume = cli.command('volume').description('logical volumes')
+  volume.command('add').argument('<STATE>').argument('<VOL>').argument('<SERVER:DEVICE>')
+    .description('map a new logical volume to a device (server "local" is this host)')
+    .action(async (state: string, vol: string, place: string) => {
+      const r = await onState(state, 'volume-add', [vol, place], s => admin.volumeAdd(s, vol, place))
+      console.log(`bslfs: volume ${r.volume} → ${r.place}`)
+    })
+  volume.command('list').argument('<STATE>')
+    .description('every volume, where it lives now, and where it lived before')
+    .option('--json', 'machine-readable output')
+    .action(async (state: string, o: { json?: boolean }) => {
+      const rows = await onState(state, 'volume-list', [], s => admin.volumeList(s))
+      print(o.json, rows, () => rows.map(r => [`${r.volume}  ${r.place}  since ${r.since}`,
+        ...r.history.map(h => `     was ${h.place}  ${h.from} .. ${h.to}`)].join('\n')).join('\n') || '(no volumes)')
+    })
+
+  cli.command('bsl').argument('<STATE>').argument('<PATH>', 'a path in the filesystem, or through its mount point')
+    .description("the BSLs of a file's blocks and where each resolves")
+    .option('--json', 'machine-readable output')
+    .action(async (state: string, path: string, o: { json?: boolean }) => {
+      const m = await findStateMount(state)
+      const abs = resolve(path)
+      const inner = m && (abs === m.mountpoint || abs.startsWith(m.mountpoint + '/')) ? abs.slice(m.mountpoint.length) || '/' : path
+      const blocks = await onState(state, 'bsl', [inner], s => admin.bslOf(s, inner))
+      print(o.json, blocks, () => blocks.map(b =>
+        `${b.index}\t${b.bsl}\t${b.length} bytes\tcrc32 ${b.checksum}\t→ ${b.places.join(', ')}`).join('\n') || '(no blocks: empty or sparse file)')
+    })
+
+  return cli
+}
+
+export async function main (argv = process.argv): Promise<void> {
+  try {
+    await program().parseAsync(argv)
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exit(err.exitCode === 0 ? 0 : 2)
+    }
+    const msg = err instanceof UsageError || err instanceof FsError ? err.message : (err as Error).message ?? String(err)
+    console.error(`bslfs: ${msg}`)
+    if (process.env.DEBUG && err instanceof Error) console.error(err.stack)
+    process.exit(1)
+  }
+}
+
+if (require.main === module) void main()

@@ -1,0 +1,31 @@
+import { mountCommand } from './mount-command'
+
+/**
+ * mount.bslfs: what `mount -t bslfs STATE MOUNTPOINT` and /etc/fstab run.
+ * mount(8) calls it as: mount.bslfs STATE MOUNTPOINT [-sfnv] [-o OPTIONS].
+ */
+export async function main (argv = process.argv.slice(2)): Promise<void> {
+  const positional: string[] = []
+  let options: string | undefined
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]
+    if (a === '-o') options = argv[++i]
+    else if (a.startsWith('-o')) options = a.slice(2)
+    else if (/^-[sfnvNt]+$/.test(a)) { if (a === '-t') i++ } // sloppy, fake, no-mtab, verbose: nothing to do for FUSE
+    else positional.push(a)
+  }
+  if (positional.length !== 2) {
+    console.error('usage: mount.bslfs STATE MOUNTPOINT [-o OPTIONS]')
+    process.exit(1)
+  }
+  // mount(8) runs helpers with a bare environment; the daemon is this same program.
+  process.argv[1] = require.resolve('./main')
+  try {
+    await mountCommand(positional[0], positional[1], { options })
+  } catch (err) {
+    console.error(`mount.bslfs: ${(err as Error).message}`)
+    process.exit(32) // mount(8)'s "mount failure"
+  }
+}
+
+if (require.main === module) void main()

@@ -1,0 +1,129 @@
+import { formatBSL, parsePlace, validName } from '../bsl'
+import { LocalDevice } from '../devices/local'
+import { FsError, UsageError } from '../errors'
+import { LOCAL_SERVER, placeText } from '../volumes/tables'
+import { State } from './state'
+import { resolve } from 'node:path'
+
+/**
+ * The management operations. The same code serves a running mount (through
+ * its control socket) and an offline STATE (opened by the CLI), so a command
+ * behaves the same either way.
+ */
+
+export interface MountInfo { mountpoint: string, pid: number, since: string, readOnly: boolean }
+
+export interface StatusReport {
+  state: string
+  blockSize: number
+  mounted: MountInfo | null
+  files: number
+  bytes: number
+  defaultVolume: number
+  volumes: Array<{ volume: number, place: string, mirrors?: number[] }>
+  devices: Array<{ place: string, path?: string, total?: number, free?: number, available?: number, error?: string }>
+}
+
+export async function status (state: State, mounted: MountInfo | null): Promise<StatusReport> {
+  const tables = await state.dir.tables()
+  const space = await state.volumes.space()
+  const usage = state.dir.usage
+  const devices: StatusReport['devices'] = []
+  for (const row of tables.devices.values()) {
+    const place = placeText({ server: LOCAL_SERVER, device: row.name })
+    const s = space.get(place) ?? await LocalDevice.open(row.path, { server: LOCAL_SERVER, device: row.name })
+      .then(async d => { try { return await d.space() } finally { await d.close() } }, (err: Error) => err)
+    devices.push(s instanceof Error
+      ? { place, path: row.path, error: s.message }
+      : { place, path: row.path, total: s.total, free: s.free, available: s.available })
+  }
+  return {
+    state: state.paths.root,
+    blockSize: state.dir.blockSize,
+    mounted,
+    files: usage.files,
+    bytes: usage.bytes,
+    defaultVolume: tables.defaultVolume,
+    volumes: [...tables.volumes.values()].sort((a, b) => a.volume - b.volume).map(v => ({ volume: v.volume, place: placeText(v.place) }))
+      .concat([...tables.mirrors].map(([volume, mirrors]) => ({ volume, place: 'mirror', mirrors }))),
+    devices
+  }
+}
+
+export function parseVolume (text: string): number {
+  if (!/^(0|[1-9][0-9]{0,9})$/.test(text) || Number(text) > 0xffffffff) {
+    throw new UsageError(`bad volume "${text}": a volume is a decimal number 0..4294967295`)
+  }
+  return Number(text)
+}
+
+export async function deviceAdd (state: State, name: string, path: string): Promise<{ device: string, path: string }> {
+  try {
+    validName('device', name)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  const tables = await state.dir.tables()
+  if (tables.devices.has(name)) throw new UsageError(`device "${name}" already exists (at ${tables.devices.get(name)!.path})`)
+  const abs = resolve(path)
+  await LocalDevice.create(abs, { server: LOCAL_SERVER, device: name }).catch((err: Error) => {
+    throw new UsageError(`cannot use ${abs} as a device: ${err.message}`)
+  })
+  await state.dir.putDevice({ name, path: abs })
+  await state.reloadTables()
+  return { device: name, path: abs }
+}
+
+export async function volumeAdd (state: State, volumeText: string, placeArg: string): Promise<{ volume: number, place: string }> {
+  const volume = parseVolume(volumeText)
+  let place
+  try {
+    place = parsePlace(placeArg)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  const tables = await state.dir.tables()
+  if (tables.volumes.has(volume) || tables.mirrors.has(volume)) {
+    throw new UsageError(`volume ${volume} already exists; to move it use \`bslfs remap\``)
+  }
+  if (place.server === LOCAL_SERVER) {
+    if (!tables.devices.has(place.device)) {
+      throw new UsageError(`there is no local device "${place.device}"; add it first with \`bslfs device add STATE ${place.device} PATH\``)
+    }
+  } else if (!tables.servers.has(place.server)) {
+    throw new UsageError(`there is no server "${place.server}"; add it first with \`bslfs server add STATE ${place.server} URL\``)
+  }
+  await state.dir.setVolume(volume, place)
+  await state.reloadTables()
+  return { volume, place: placeText(place) }
+}
+
+export async function volumeList (state: State): Promise<Array<{ volume: number, place: string, since: string, history: Array<{ place: string, from: string, to: string }> }>> {
+  const tables = await state.dir.tables()
+  return [...tables.volumes.values()].sort((a, b) => a.volume - b.volume).map(v => ({
+    volume: v.volume,
+    place: placeText(v.place),
+    since: v.since,
+    history: v.history.map(h => ({ place: placeText(h.place), from: h.from, to: h.to }))
+  }))
+}
+
+export interface BlockReport { index: number, bsl: string, length: number, checksum: string, places: string[] }
+
+/** The BSLs of a file's blocks and where each resolves. `path` is inside the filesystem ("/a/b"). */
+export async function bslOf (state: State, path: string): Promise<BlockReport[]> {
+  if (!path.startsWith('/')) path = '/' + path
+  const ino = await state.dir.resolve(path.replace(/\/+$/, '') || '/').catch((err: FsError) => {
+    throw new UsageError(`${path}: ${err.code === 'ENOENT' ? 'no such file in the filesystem' : err.message}`)
+  })
+  const blocks = await state.dir.getBlocks(ino)
+  return [...blocks].sort((a, b) => a[0] - b[0]).map(([index, rec]) => {
+    let places: string[]
+    try {
+      places = state.volumes.resolve(rec.bsl).map(placeText)
+    } catch (err) {
+      places = [`unresolved: ${(err as Error).message}`]
+    }
+    return { index, bsl: formatBSL(rec.bsl), length: rec.length, checksum: rec.checksum.toString(16).padStart(8, '0'), places }
+  })
+}

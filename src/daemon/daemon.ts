@@ -1,0 +1,124 @@
+import createDebug from 'debug'
+import { promises as fsp } from 'node:fs'
+import { Server } from 'node:net'
+import { FsError, UsageError } from '../errors'
+import { FileData, OpenFiles } from '../fs/files'
+import { BslFilesystem } from '../fs/filesystem'
+import { MountedFuse, ParsedOptions, defaultFuseOptions, mountFuse } from '../fs/mount'
+import * as admin from './admin'
+import { ControlRequest, serveControl } from './control'
+import { checkFuseAvailable, findMount, prepareMountpoint } from './mountpoint'
+import { reclaim, startReclaimer } from './reclaim'
+import { State } from './state'
+
+const log = createDebug('bslfs:daemon')
+
+/**
+ * The mount daemon: owns the STATE's directory for as long as the mount
+ * lives, serves the kernel through FUSE and the CLI through the control
+ * socket, and exits when unmounted.
+ */
+export async function runDaemon (stateArg: string, mountpointArg: string, options: ParsedOptions): Promise<{ done: Promise<void> }> {
+  checkFuseAvailable()
+  const mountpoint = await prepareMountpoint(mountpointArg)
+  const state = await State.open(stateArg)
+  const cleanup: Array<() => Promise<unknown>> = [() => state.close()]
+  const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
+  let mounted: MountedFuse
+  let server: Server
+  let reclaimer: ReturnType<typeof startReclaimer>
+  const files = new OpenFiles(new FileData(state.dir, state.volumes))
+  const fs = new BslFilesystem(state.dir, files, {
+    space: async () => {
+      // Space is what the devices holding new data have; a device that cannot answer counts as empty.
+      const all = [...(await state.volumes.space()).values()].filter((s): s is { total: number, free: number, available: number } => !(s instanceof Error))
+      return all.reduce((a, s) => ({ total: a.total + s.total, free: a.free + s.free, available: a.available + s.available }), { total: 0, free: 0, available: 0 })
+    }
+  }, options.readOnly)
+  try {
+    // What a crash left: inodes unlinked while open, blocks queued for reclaim.
+    const orphans = await state.dir.purgeOrphans()
+    if (orphans) log('freed %d inodes left open and unlinked by a crash', orphans)
+    await reclaim(state.dir, state.volumes)
+    await fsp.rm(state.paths.socket, { force: true })
+
+    mounted = await mountFuse(mountpoint, fs, [...defaultFuseOptions(state.paths.root), ...options.fuse]).catch((err: Error) => {
+      throw new UsageError(`cannot mount ${mountpoint}: ${err.message} (see ${state.paths.log})`)
+    })
+    cleanup.push(() => mounted.unmount(true))
+    // The mount must answer before we say it is up.
+    const st = await fsp.stat(mountpoint)
+    if (st.ino !== 1) throw new UsageError(`${mountpoint} did not come up as a bslfs mount`)
+    reclaimer = startReclaimer(state.dir, state.volumes)
+    cleanup.push(() => reclaimer.stop())
+  } catch (err) {
+    await undo()
+    throw err
+  }
+
+  const info: admin.MountInfo = { mountpoint, pid: process.pid, since: new Date().toISOString(), readOnly: options.readOnly }
+  let finish!: () => void
+  const done = new Promise<void>(resolve => { finish = resolve })
+  let stopping = false
+  let watch: NodeJS.Timeout | undefined
+
+  /** Flush, unmount and close; on a busy mount (strict) nothing changes and EBUSY is thrown. */
+  const stop = async (lazy: boolean): Promise<void> => {
+    if (stopping) throw new UsageError('the mount is already stopping')
+    stopping = true
+    try {
+      await fs.flushAll()
+      await state.dir.sync()
+      await mounted.unmount(lazy)
+    } catch (err) {
+      stopping = false
+      const text = (err as Error).message
+      if (/busy/i.test(text)) throw new FsError('EBUSY', `${mountpoint} is busy (a process has a file open or its working directory there); close it, or use --lazy`)
+      throw err
+    }
+    clearInterval(watch)
+    await reclaimer.stop()
+    await reclaim(state.dir, state.volumes).catch(() => 0)
+    await state.close()
+    await fsp.rm(state.paths.pid, { force: true })
+    log('unmounted %s', mountpoint)
+    // Done once the control connections have their answers (the unmount request is one of them).
+    server.close(() => { void fsp.rm(state.paths.socket, { force: true }).finally(finish) })
+  }
+
+  const handle = async (req: ControlRequest): Promise<unknown> => {
+    const [a, b] = req.args
+    switch (req.cmd) {
+      case 'status': return admin.status(state, info)
+      case 'unmount': return stop(req.options?.lazy === true).then(() => ({ unmounted: mountpoint }))
+      case 'device-add': return admin.deviceAdd(state, a, b)
+      case 'volume-add': return admin.volumeAdd(state, a, b)
+      case 'volume-list': return admin.volumeList(state)
+      case 'bsl': return admin.bslOf(state, a)
+      default: throw new UsageError(`unknown control command "${req.cmd}"`)
+    }
+  }
+  // Unmounted from outside (umount, fusermount -u): there is nothing left to serve.
+  watch = setInterval(() => {
+    findMount(mountpoint).then(m => {
+      if (!m && !stopping) {
+        log('%s was unmounted from outside', mountpoint)
+        stop(true).catch(err => log('stop: %s', (err as Error).message))
+      }
+    }, () => undefined)
+  }, 2000)
+  watch.unref()
+  server = await serveControl(state.paths.socket, handle)
+  await fsp.chmod(state.paths.socket, 0o600)
+  await fsp.writeFile(state.paths.pid, `${process.pid}\n`)
+
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    process.on(sig, () => {
+      log('%s: unmounting', sig)
+      stop(false).catch(() => stop(true)).catch(err => {
+        console.error(`bslfs: cannot unmount on ${sig}: ${(err as Error).message}`)
+      })
+    })
+  }
+  return { done }
+}

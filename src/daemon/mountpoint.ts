@@ -1,0 +1,89 @@
+import { execFile } from 'node:child_process'
+import { existsSync, promises as fsp } from 'node:fs'
+import { resolve } from 'node:path'
+import { promisify } from 'node:util'
+import { UsageError } from '../errors'
+
+const run = promisify(execFile)
+
+export interface MountEntry { mountpoint: string, fstype: string, source: string, options: string }
+
+/** mountinfo escapes space, tab, newline and backslash as octal. */
+const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)))
+
+export async function mountTable (): Promise<MountEntry[]> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8')
+  return text.split('\n').filter(Boolean).map(line => {
+    const [left, right] = line.split(' - ')
+    const f = left.split(' ')
+    const r = right.split(' ')
+    return { mountpoint: unescape(f[4]), options: f[5], fstype: r[0], source: unescape(r[1]) }
+  })
+}
+
+export async function findMount (mountpoint: string): Promise<MountEntry | undefined> {
+  const abs = resolve(mountpoint)
+  return (await mountTable()).reverse().find(m => m.mountpoint === abs)
+}
+
+/** Where `state` is mounted by bslfs, if it is. */
+export async function findStateMount (state: string): Promise<MountEntry | undefined> {
+  const abs = resolve(state)
+  return (await mountTable()).find(m => m.fstype === 'fuse.bslfs' && m.source === abs)
+}
+
+/** fusermount -u (strict) or -uz (lazy); returns fusermount's complaint on failure. */
+export async function fusermount (mountpoint: string, lazy: boolean): Promise<string | null> {
+  try {
+    await run('fusermount', [lazy ? '-uz' : '-u', mountpoint])
+    return null
+  } catch (err) {
+    return ((err as { stderr?: string }).stderr || (err as Error).message).trim()
+  }
+}
+
+/** What the machine needs to mount at all; each failure says what to install or do. */
+export function checkFuseAvailable (): void {
+  if (!existsSync('/dev/fuse')) {
+    throw new UsageError('/dev/fuse is missing: load the fuse module (`modprobe fuse`), or in a container pass the device (--device /dev/fuse)')
+  }
+  const paths = (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/bin', '/usr/bin'])
+  if (!paths.some(p => existsSync(`${p}/fusermount`))) {
+    throw new UsageError('fusermount is missing: install FUSE (`apt-get install -y fuse libfuse2`)')
+  }
+  try {
+    require('fuse-native')
+  } catch (err) {
+    const msg = (err as Error).message
+    if (/libfuse/.test(msg)) throw new UsageError('libfuse2 is missing: install it (`apt-get install -y libfuse2 fuse`), then mount again')
+    throw new UsageError(`the FUSE binding cannot be loaded (${msg.split('\n')[0]}); reinstall bslfs (\`npm install\`)`)
+  }
+}
+
+/**
+ * Check a mount point before mounting: it exists, is a directory, and nothing
+ * is mounted there. A dead bslfs mount (its daemon was killed) is cleaned up.
+ */
+export async function prepareMountpoint (mountpoint: string): Promise<string> {
+  const abs = resolve(mountpoint)
+  try {
+    const st = await fsp.stat(abs)
+    if (!st.isDirectory()) throw new UsageError(`mount point ${abs} is not a directory`)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (err instanceof UsageError) throw err
+    if (code === 'ENOENT') throw new UsageError(`mount point ${abs} does not exist; create it with \`mkdir -p ${abs}\``)
+    if (code === 'ENOTCONN' || code === 'ECONNABORTED') {
+      // The daemon of an earlier mount died: its mount is left behind, answering nothing.
+      const complaint = (await fusermount(abs, false)) && (await fusermount(abs, true))
+      if (complaint) throw new UsageError(`${abs} holds a dead FUSE mount that could not be removed: ${complaint}`)
+      return prepareMountpoint(abs)
+    }
+    throw new UsageError(`cannot use mount point ${abs}: ${(err as Error).message}`)
+  }
+  const existing = await findMount(abs)
+  if (existing && existing.mountpoint === abs) {
+    throw new UsageError(`${abs} is already a mount point (${existing.fstype} from ${existing.source}); unmount it first or pick another directory`)
+  }
+  return abs
+}

@@ -1,0 +1,48 @@
+import createDebug from 'debug'
+import { Directory } from '../directory/directory'
+import { Volumes } from '../volumes/volumes'
+
+const log = createDebug('bslfs:reclaim')
+
+/**
+ * Delete the objects of blocks nothing references any more (queued in the
+ * directory by unlink, truncate and overwrite, in the same batch as the
+ * change). A crash between the change and the delete leaves them queued for
+ * the next run, so space never leaks for good.
+ */
+export async function reclaim (dir: Directory, volumes: Volumes, batch = 256): Promise<number> {
+  let total = 0
+  for (;;) {
+    const items = await dir.garbage(batch)
+    if (items.length === 0) return total
+    const done: string[] = []
+    await Promise.all(items.map(async g => {
+      try {
+        await volumes.delete(g.bsl)
+        done.push(g.objectId)
+      } catch (err) {
+        log('cannot delete %s yet: %s', g.objectId, (err as Error).message)
+      }
+    }))
+    await dir.forgetGarbage(done)
+    total += done.length
+    if (done.length < items.length) return total // some copies are unreachable: retry on the next round
+  }
+}
+
+/** Reclaim in the background every `intervalMs` until stopped. */
+export function startReclaimer (dir: Directory, volumes: Volumes, intervalMs = 1000): { stop (): Promise<void> } {
+  let running: Promise<unknown> = Promise.resolve()
+  const timer = setInterval(() => {
+    running = running.then(() => reclaim(dir, volumes)).then(
+      n => { if (n) log('reclaimed %d objects', n) },
+      err => log('reclaim failed: %s', (err as Error).message))
+  }, intervalMs)
+  timer.unref()
+  return {
+    async stop () {
+      clearInterval(timer)
+      await running
+    }
+  }
+}

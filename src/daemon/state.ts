@@ -1,0 +1,161 @@
+import { randomUUID } from 'node:crypto'
+import { existsSync, promises as fsp } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { Device } from '../devices/device'
+import { LocalDevice } from '../devices/local'
+import { Directory } from '../directory/directory'
+import { LevelKv } from '../directory/leveldb'
+import { FsError, UsageError } from '../errors'
+import { LOCAL_SERVER, Place, placeText } from '../volumes/tables'
+import { Volumes } from '../volumes/volumes'
+
+/**
+ * A STATE directory: what `bslfs init` makes and every command names.
+ *
+ *   STATE/bslfs.json       marker: format, version, uuid
+ *   STATE/directory/       the LevelDB directory
+ *   STATE/devices/d0/      the first local device
+ *   STATE/control.sock     the running mount's control socket
+ *   STATE/daemon.pid       the running mount's pid; daemon.log its log
+ */
+export interface StateMarker {
+  format: 'bslfs-state'
+  version: 1
+  uuid: string
+  created: string
+}
+
+export const DEFAULT_BLOCK_SIZE = 1024 * 1024
+
+export function statePaths (state: string) {
+  const root = resolve(state)
+  return {
+    root,
+    marker: join(root, 'bslfs.json'),
+    directory: join(root, 'directory'),
+    devices: join(root, 'devices'),
+    socket: join(root, 'control.sock'),
+    pid: join(root, 'daemon.pid'),
+    log: join(root, 'daemon.log')
+  }
+}
+
+async function writeFileDurably (path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}`
+  const fh = await fsp.open(tmp, 'w', 0o644)
+  try {
+    await fh.writeFile(text)
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await fsp.rename(tmp, path)
+}
+
+/** Create a new filesystem in `state`: one local device d0 and volume 1 on it. */
+export async function initState (state: string, opts: { blockSize?: number } = {}): Promise<void> {
+  const p = statePaths(state)
+  let entries: string[] = []
+  try {
+    entries = await fsp.readdir(p.root)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOTDIR') throw new UsageError(`${p.root} is not a directory`)
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+  }
+  if (existsSync(p.marker)) throw new UsageError(`${p.root} already holds a bslfs filesystem; use it, or pick another directory`)
+  if (entries.length > 0) throw new UsageError(`${p.root} is not empty and is not a bslfs filesystem; pick an empty or new directory`)
+  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE
+  await fsp.mkdir(p.root, { recursive: true })
+  try {
+    await LocalDevice.create(join(p.devices, 'd0'), { server: LOCAL_SERVER, device: 'd0' })
+    const kv = await LevelKv.open(p.directory, { createIfMissing: true })
+    try {
+      const dir = await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0, mode: 0o755 } })
+      await dir.putDevice({ name: 'd0', path: join(p.devices, 'd0') })
+      await dir.setVolume(1, { server: LOCAL_SERVER, device: 'd0' })
+      await dir.setDefaultVolume(1)
+    } finally {
+      await kv.close()
+    }
+    // The marker comes last: a STATE without it is an init that did not finish.
+    const marker: StateMarker = { format: 'bslfs-state', version: 1, uuid: randomUUID(), created: new Date().toISOString() }
+    await writeFileDurably(p.marker, JSON.stringify(marker, null, 2) + '\n')
+  } catch (err) {
+    // Leave the directory as we found it: nothing half-made.
+    await fsp.rm(p.devices, { recursive: true, force: true })
+    await fsp.rm(p.directory, { recursive: true, force: true })
+    throw err
+  }
+}
+
+export async function readMarker (state: string): Promise<StateMarker> {
+  const p = statePaths(state)
+  let text: string
+  try {
+    text = await fsp.readFile(p.marker, 'utf8')
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code
+    if (code === 'ENOENT' && !existsSync(p.root)) throw new UsageError(`${p.root} does not exist; create a filesystem with \`bslfs init ${state}\``)
+    if (code === 'ENOENT') throw new UsageError(`${p.root} is not a bslfs filesystem (no bslfs.json); create one with \`bslfs init DIR\``)
+    throw new UsageError(`cannot read ${p.marker}: ${(err as Error).message}`)
+  }
+  let m: StateMarker
+  try {
+    m = JSON.parse(text)
+  } catch {
+    throw new UsageError(`${p.marker} is corrupt (not JSON); restore it from a backup, it holds the filesystem's uuid`)
+  }
+  if (m?.format !== 'bslfs-state' || m.version !== 1 || typeof m.uuid !== 'string') {
+    throw new UsageError(`${p.marker} is not a bslfs state marker of a known version`)
+  }
+  return m
+}
+
+/** An opened STATE: the directory and the volumes, ready for a mount or an offline command. */
+export class State {
+  private constructor (readonly paths: ReturnType<typeof statePaths>, readonly dir: Directory, readonly volumes: Volumes) {}
+
+  static async open (state: string): Promise<State> {
+    const p = statePaths(state)
+    await readMarker(state)
+    let kv: LevelKv
+    try {
+      kv = await LevelKv.open(p.directory)
+    } catch (err) {
+      const cause = (err as { cause?: Error }).cause
+      const text = `${(err as Error).message} ${cause?.message ?? ''}`
+      if (/lock/i.test(text)) throw new UsageError(`${p.root} is in use by another bslfs process (mounted? see \`bslfs status ${state}\`)`)
+      throw new UsageError(`cannot open the directory database in ${p.directory}: ${cause?.message ?? (err as Error).message}`)
+    }
+    try {
+      const dir = await Directory.open(kv)
+      const tables = await dir.tables()
+      const volumes = new Volumes(tables, place => openDevice(dir, place))
+      return new State(p, dir, volumes)
+    } catch (err) {
+      await kv.close().catch(() => undefined)
+      throw new UsageError(`the filesystem in ${p.root} cannot be opened: ${(err as Error).message}`)
+    }
+  }
+
+  /** Re-read the tables after a change to them. */
+  async reloadTables (): Promise<void> {
+    this.volumes.update(await this.dir.tables())
+  }
+
+  async close (): Promise<void> {
+    await this.volumes.close()
+    await this.dir.close()
+  }
+}
+
+async function openDevice (dir: Directory, place: Place): Promise<Device> {
+  if (place.server !== LOCAL_SERVER) {
+    throw new FsError('ENODEV', `${placeText(place)}: remote servers are not supported yet`)
+  }
+  const row = (await dir.tables()).devices.get(place.device)
+  if (!row) {
+    throw new FsError('ENODEV', `no local device "${place.device}"; add it with \`bslfs device add STATE ${place.device} PATH\``)
+  }
+  return LocalDevice.open(row.path, { server: LOCAL_SERVER, device: place.device })
+}

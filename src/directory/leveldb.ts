@@ -1,0 +1,156 @@
+import { ClassicLevel } from 'classic-level'
+import { FsError } from '../errors'
+import { KvStore, KvTxn, prefixEnd } from './kv'
+
+type Level = ClassicLevel<Buffer, Buffer>
+
+/** A FIFO async lock: LevelDB has no transactions, so one in-process lock plus one batch stands in. */
+class Mutex {
+  private tail: Promise<void> = Promise.resolve()
+
+  async run<T> (fn: () => Promise<T>): Promise<T> {
+    const prev = this.tail
+    let release!: () => void
+    this.tail = new Promise<void>(resolve => { release = resolve })
+    await prev
+    try {
+      return await fn()
+    } finally {
+      release()
+    }
+  }
+}
+
+const DELETED = Symbol('deleted')
+
+class LevelTxn implements KvTxn {
+  /** Pending writes by hex key; reads consult them first so a transaction sees its own writes. */
+  readonly writes = new Map<string, { key: Buffer, value: Buffer | typeof DELETED }>()
+  readonly commitHooks: Array<() => void> = []
+
+  constructor (private readonly db: Level) {}
+
+  async get (key: Buffer): Promise<Buffer | undefined> {
+    const w = this.writes.get(key.toString('hex'))
+    if (w) return w.value === DELETED ? undefined : w.value
+    return getFrom(this.db, key)
+  }
+
+  async * scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
+    // Merge the stored range with this transaction's pending writes under the prefix.
+    const pending = [...this.writes.values()]
+      .filter(w => startsWith(w.key, prefix) && (!opts.after || Buffer.compare(w.key, opts.after) > 0))
+      .sort((a, b) => Buffer.compare(a.key, b.key))
+    let i = 0
+    let count = 0
+    const limit = opts.limit ?? Infinity
+    for await (const [k, v] of scanFrom(this.db, prefix, opts.after)) {
+      while (i < pending.length && Buffer.compare(pending[i].key, k) < 0) {
+        const w = pending[i++]
+        if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
+      }
+      if (i < pending.length && Buffer.compare(pending[i].key, k) === 0) {
+        const w = pending[i++]
+        if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
+        continue
+      }
+      yield [k, v]
+      if (++count >= limit) return
+    }
+    for (; i < pending.length; i++) {
+      const w = pending[i]
+      if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
+    }
+  }
+
+  put (key: Buffer, value: Buffer): void {
+    this.writes.set(key.toString('hex'), { key, value })
+  }
+
+  del (key: Buffer): void {
+    this.writes.set(key.toString('hex'), { key, value: DELETED })
+  }
+
+  onCommit (fn: () => void): void {
+    this.commitHooks.push(fn)
+  }
+}
+
+function startsWith (key: Buffer, prefix: Buffer): boolean {
+  return key.length >= prefix.length && key.compare(prefix, 0, prefix.length, 0, prefix.length) === 0
+}
+
+async function getFrom (db: Level, key: Buffer): Promise<Buffer | undefined> {
+  try {
+    const v = await db.get(key)
+    return v ?? undefined
+  } catch (err) {
+    throw new FsError('EIO', `directory read failed: ${(err as Error).message}`, { cause: err })
+  }
+}
+
+async function * scanFrom (db: Level, prefix: Buffer, after?: Buffer): AsyncIterable<[Buffer, Buffer]> {
+  const end = prefixEnd(prefix)
+  const range: { gte?: Buffer, gt?: Buffer, lt?: Buffer } = {}
+  if (after && Buffer.compare(after, prefix) >= 0) range.gt = after
+  else range.gte = prefix
+  if (end) range.lt = end
+  for await (const entry of db.iterator(range)) yield entry
+}
+
+/** The LevelDB engine: the process that opens it owns it (LevelDB's own lock keeps others out). */
+export class LevelKv implements KvStore {
+  private readonly lock = new Mutex()
+
+  private constructor (private readonly db: Level) {}
+
+  static async open (location: string, opts: { createIfMissing?: boolean } = {}): Promise<LevelKv> {
+    const db: Level = new ClassicLevel<Buffer, Buffer>(location, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+      createIfMissing: opts.createIfMissing ?? false,
+      errorIfExists: false
+    })
+    await db.open()
+    return new LevelKv(db)
+  }
+
+  get (key: Buffer): Promise<Buffer | undefined> {
+    return getFrom(this.db, key)
+  }
+
+  scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
+    const db = this.db
+    return (async function * () {
+      let n = 0
+      for await (const e of scanFrom(db, prefix, opts.after)) {
+        yield e
+        if (opts.limit !== undefined && ++n >= opts.limit) return
+      }
+    })()
+  }
+
+  txn<T> (fn: (tx: KvTxn) => Promise<T> | T, opts: { sync?: boolean } = {}): Promise<T> {
+    return this.lock.run(async () => {
+      const tx = new LevelTxn(this.db)
+      const result = await fn(tx)
+      if (tx.writes.size > 0) {
+        const ops = [...tx.writes.values()].map(w => w.value === DELETED
+          ? { type: 'del' as const, key: w.key }
+          : { type: 'put' as const, key: w.key, value: w.value })
+        try {
+          await this.db.batch(ops, { sync: opts.sync ?? false })
+        } catch (err) {
+          throw new FsError('EIO', `directory write failed: ${(err as Error).message}`, { cause: err })
+        }
+      }
+      for (const hook of tx.commitHooks) hook()
+      return result
+    })
+  }
+
+  async close (): Promise<void> {
+    // Wait for transactions in flight, then close.
+    await this.lock.run(async () => { await this.db.close() })
+  }
+}

@@ -1,0 +1,156 @@
+import { BSL, decodeBSL, encodeBSL } from '../bsl'
+import { FsError } from '../errors'
+
+/**
+ * Key layout and record codecs of the directory. Every record read back is
+ * validated: a corrupt record is an EIO with the key that holds it, never a
+ * guess.
+ *
+ *   I ino                 → inode (JSON)
+ *   E parent name         → child ino (u64) + mode (u32)
+ *   B ino index           → block record: length u32, checksum u32, BSL
+ *   X ino name            → xattr value
+ *   O ino                 → (empty) inode with no links left, still open
+ *   G objectId            → BSL of a block nothing references any more (to reclaim)
+ *   M name                → metadata (JSON): config, counters, usage
+ *   T kind key            → tables (JSON): volumes, mirrors, servers, devices
+ */
+
+export interface Timespec { sec: number, nsec: number }
+
+export interface Inode {
+  ino: number
+  mode: number
+  uid: number
+  gid: number
+  nlink: number
+  size: number
+  rdev: number
+  atime: Timespec
+  mtime: Timespec
+  ctime: Timespec
+  /** Directories: the one directory that holds them (for '..' and cycle checks). */
+  parent?: number
+  /** Symlinks: the target text. */
+  target?: string
+  /** Regular files: bytes held in blocks (st_blocks; less than size for sparse files). */
+  stored?: number
+}
+
+export interface BlockRecord {
+  bsl: BSL
+  /** Bytes stored in the object (a block may be shorter than the block size). */
+  length: number
+  checksum: number
+}
+
+export const ROOT_INO = 1
+
+const u64 = (n: number): Buffer => {
+  const b = Buffer.allocUnsafe(8)
+  b.writeBigUInt64BE(BigInt(n))
+  return b
+}
+
+export const keys = {
+  inode: (ino: number) => Buffer.concat([Buffer.from('I'), u64(ino)]),
+  inodePrefix: Buffer.from('I'),
+  entry: (parent: number, name: string) => Buffer.concat([Buffer.from('E'), u64(parent), Buffer.from(name, 'utf8')]),
+  entries: (parent: number) => Buffer.concat([Buffer.from('E'), u64(parent)]),
+  entryPrefix: Buffer.from('E'),
+  block: (ino: number, index: number) => Buffer.concat([Buffer.from('B'), u64(ino), u64(index)]),
+  blocks: (ino: number) => Buffer.concat([Buffer.from('B'), u64(ino)]),
+  blockPrefix: Buffer.from('B'),
+  xattr: (ino: number, name: string) => Buffer.concat([Buffer.from('X'), u64(ino), Buffer.from(name, 'utf8')]),
+  xattrs: (ino: number) => Buffer.concat([Buffer.from('X'), u64(ino)]),
+  orphan: (ino: number) => Buffer.concat([Buffer.from('O'), u64(ino)]),
+  orphanPrefix: Buffer.from('O'),
+  garbage: (objectId: string) => Buffer.concat([Buffer.from('G'), Buffer.from(objectId, 'ascii')]),
+  garbagePrefix: Buffer.from('G'),
+  meta: (name: string) => Buffer.from('M' + name),
+  table: (kind: string, key: string) => Buffer.from(`T${kind}\0${key}`),
+  tablePrefix: (kind: string) => Buffer.from(`T${kind}\0`)
+}
+
+/** The u64 that follows a one-byte tag (and optionally 8 more bytes) in a key. */
+export function keyNumber (key: Buffer, at = 1): number {
+  return Number(key.readBigUInt64BE(at))
+}
+
+export function corrupt (what: string, detail: string): FsError {
+  return new FsError('EIO', `corrupt ${what} in the directory: ${detail}; run \`bslfs fsck\``)
+}
+
+const isUint = (v: unknown, max = Number.MAX_SAFE_INTEGER): v is number =>
+  typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= max
+const isTime = (v: unknown): v is Timespec => {
+  const t = v as Timespec
+  return t !== null && typeof t === 'object' && Number.isInteger(t.sec) && isUint(t.nsec, 999_999_999)
+}
+
+export function encodeInode (inode: Inode): Buffer {
+  return Buffer.from(JSON.stringify(inode))
+}
+
+export function decodeInode (ino: number, value: Buffer): Inode {
+  let r: Inode
+  try {
+    r = JSON.parse(value.toString('utf8'))
+  } catch {
+    throw corrupt(`inode ${ino}`, 'not JSON')
+  }
+  const bad = (field: string) => corrupt(`inode ${ino}`, `bad ${field}`)
+  if (r === null || typeof r !== 'object') throw corrupt(`inode ${ino}`, 'not an object')
+  if (r.ino !== ino) throw bad('ino')
+  if (!isUint(r.mode, 0o177777)) throw bad('mode')
+  if (!isUint(r.uid, 0xffffffff) || !isUint(r.gid, 0xffffffff)) throw bad('owner')
+  if (!isUint(r.nlink) || !isUint(r.size) || !isUint(r.rdev, 0xffffffff)) throw bad('counts')
+  if (!isTime(r.atime) || !isTime(r.mtime) || !isTime(r.ctime)) throw bad('times')
+  if (r.parent !== undefined && !isUint(r.parent)) throw bad('parent')
+  if (r.target !== undefined && typeof r.target !== 'string') throw bad('target')
+  if (r.stored !== undefined && !isUint(r.stored)) throw bad('stored')
+  return r
+}
+
+export function encodeEntry (ino: number, mode: number): Buffer {
+  const b = Buffer.allocUnsafe(12)
+  b.writeBigUInt64BE(BigInt(ino), 0)
+  b.writeUInt32BE(mode, 8)
+  return b
+}
+
+export function decodeEntry (key: Buffer, value: Buffer): { ino: number, mode: number } {
+  if (value.length !== 12) throw corrupt('directory entry', `key ${key.toString('hex')} has ${value.length} bytes`)
+  return { ino: Number(value.readBigUInt64BE(0)), mode: value.readUInt32BE(8) }
+}
+
+export function encodeBlock (rec: BlockRecord): Buffer {
+  const head = Buffer.allocUnsafe(8)
+  head.writeUInt32BE(rec.length, 0)
+  head.writeUInt32BE(rec.checksum >>> 0, 4)
+  return Buffer.concat([head, encodeBSL(rec.bsl)])
+}
+
+export function decodeBlock (key: Buffer, value: Buffer): BlockRecord {
+  if (value.length < 9) throw corrupt('block record', `key ${key.toString('hex')} is too short`)
+  try {
+    return { length: value.readUInt32BE(0), checksum: value.readUInt32BE(4), bsl: decodeBSL(value.subarray(8)) }
+  } catch (err) {
+    throw corrupt('block record', `key ${key.toString('hex')}: ${(err as Error).message}`)
+  }
+}
+
+export function encodeJSON (v: unknown): Buffer {
+  return Buffer.from(JSON.stringify(v))
+}
+
+export function decodeJSON<T> (what: string, value: Buffer, check: (v: any) => boolean): T {
+  let v: unknown
+  try {
+    v = JSON.parse(value.toString('utf8'))
+  } catch {
+    throw corrupt(what, 'not JSON')
+  }
+  if (!check(v)) throw corrupt(what, 'unexpected shape')
+  return v as T
+}

@@ -1,0 +1,351 @@
+import createDebug from 'debug'
+import { BSL, objectIdOf } from '../bsl'
+import { checksum } from '../checksum'
+import { Directory } from '../directory/directory'
+import { BlockRecord, Inode, Timespec } from '../directory/records'
+import { FsError } from '../errors'
+
+const log = createDebug('bslfs:files')
+
+/** What file data needs from the volumes layer. */
+export interface BlockStore {
+  newBlock (fileId: bigint, index: number): BSL
+  write (bsl: BSL, data: Uint8Array, checksum: number): Promise<void>
+  read (bsl: BSL, checksum: number): Promise<Buffer>
+}
+
+/** ext4's limit for 4 KiB blocks: 16 TiB. */
+export const MAX_FILE_SIZE = 16 * 1024 ** 4
+
+type PendingAttrs = Partial<Pick<Inode, 'size' | 'mtime' | 'ctime' | 'atime'>>
+
+/** A counting semaphore: bounds the block writes in flight. */
+class Semaphore {
+  private waiting: Array<() => void> = []
+  constructor (private free: number) {}
+  async take (): Promise<void> {
+    if (this.free > 0) { this.free--; return }
+    await new Promise<void>(resolve => this.waiting.push(resolve))
+  }
+
+  give (): void {
+    const next = this.waiting.shift()
+    if (next) next()
+    else this.free++
+  }
+}
+
+/** Recently read blocks by object id. Objects never change, so a cached block is never stale. */
+class BlockCache {
+  private readonly map = new Map<string, Buffer>()
+  private bytes = 0
+  constructor (private readonly budget: number) {}
+
+  get (id: string): Buffer | undefined {
+    const b = this.map.get(id)
+    if (b) { this.map.delete(id); this.map.set(id, b) }
+    return b
+  }
+
+  set (id: string, b: Buffer): void {
+    if (this.map.has(id)) return
+    this.map.set(id, b)
+    this.bytes += b.length
+    for (const [k, v] of this.map) {
+      if (this.bytes <= this.budget) break
+      this.map.delete(k)
+      this.bytes -= v.length
+    }
+  }
+}
+
+/** Shared by every open file of a mount: the memory budgets. */
+export class FileData {
+  readonly cache: BlockCache
+  readonly writers: Semaphore
+  dirtyBytes = 0
+
+  constructor (readonly dir: Directory, readonly store: BlockStore, opts: { cacheBytes?: number, dirtyBytes?: number, parallelWrites?: number } = {}) {
+    this.cache = new BlockCache(opts.cacheBytes ?? 64 * 1024 * 1024)
+    this.writers = new Semaphore(opts.parallelWrites ?? 8)
+    this.dirtyLimit = opts.dirtyBytes ?? 64 * 1024 * 1024
+  }
+
+  readonly dirtyLimit: number
+
+  /** A block's bytes, verified (the device checks the checksum), through the cache. */
+  async fetch (rec: BlockRecord): Promise<Buffer> {
+    const id = objectIdOf(rec.bsl)
+    const hit = this.cache.get(id)
+    if (hit) return hit
+    const data = await this.store.read(rec.bsl, rec.checksum)
+    if (data.length !== rec.length) throw new FsError('EIO', `block ${id} has ${data.length} bytes, the directory says ${rec.length}`)
+    this.cache.set(id, data)
+    return data
+  }
+}
+
+/**
+ * The data of one inode while it is open: the block map, whole-block write
+ * buffers and the attributes changed by writes. Every handle on the inode
+ * shares it, so two descriptors see each other's writes at once.
+ *
+ * A dirty block is written as a new object, flushed on every copy, and only
+ * then committed to the directory with the file's size and times.
+ */
+export class OpenFile {
+  refs = 0
+  private readonly dirty = new Map<number, Buffer>()
+  /** Block writes in flight, and the bytes they carry (reads see them until they commit). */
+  private readonly flushing = new Map<number, { done: Promise<void>, data: Buffer }>()
+  private pending: PendingAttrs = {}
+  private pendingVersion = 0
+  private committedVersion = 0
+  /** The first error of a background write, reported by the next write, flush or fsync. */
+  private error: unknown = null
+
+  constructor (readonly ino: number, private readonly shared: FileData, private blocks: Map<number, BlockRecord>, private committedSize: number) {}
+
+  private get bs (): number { return this.shared.dir.blockSize }
+
+  get size (): number { return this.pending.size ?? this.committedSize }
+
+  /** The inode as the kernel should see it: committed attributes with this file's newer ones on top. */
+  view (inode: Inode): Inode {
+    return this.pendingVersion === this.committedVersion ? inode : { ...inode, ...this.pending }
+  }
+
+  private change (attrs: PendingAttrs): void {
+    this.pending = { ...this.pending, ...attrs }
+    this.pendingVersion++
+  }
+
+  markAccessed (atime: Timespec): void {
+    this.change({ atime })
+  }
+
+  private throwPendingError (): void {
+    if (this.error) {
+      const err = this.error
+      this.error = null
+      throw err
+    }
+  }
+
+  /** The bytes of block `i` as the file holds them now, or null for a hole. */
+  private async blockBytes (i: number): Promise<Buffer | null> {
+    const d = this.dirty.get(i) ?? this.flushing.get(i)?.data
+    if (d) return d
+    const rec = this.blocks.get(i)
+    return rec ? this.shared.fetch(rec) : null
+  }
+
+  async read (buf: Buffer, len: number, pos: number): Promise<number> {
+    const size = this.size
+    if (pos >= size) return 0
+    const end = Math.min(pos + len, size)
+    const bs = this.bs
+    let at = pos
+    while (at < end) {
+      const i = Math.floor(at / bs)
+      const off = at - i * bs
+      const n = Math.min(end - at, bs - off)
+      const src = await this.blockBytes(i)
+      const dst = at - pos
+      const have = src ? Math.max(0, Math.min(n, src.length - off)) : 0
+      if (have > 0) src!.copy(buf, dst, off, off + have)
+      if (have < n) buf.fill(0, dst + have, dst + n)
+      at += n
+    }
+    return end - pos
+  }
+
+  /** A writable buffer for block `i`, holding its current bytes unless the caller overwrites it whole. */
+  private async dirtyBlock (i: number, whole: boolean): Promise<Buffer> {
+    let b = this.dirty.get(i)
+    if (b) return b
+    const old = whole ? null : await this.blockBytes(i)
+    b = this.dirty.get(i) // another write may have made it while we read
+    if (b) return b
+    b = Buffer.alloc(this.bs)
+    if (old) old.copy(b, 0, 0, Math.min(old.length, this.bs))
+    this.dirty.set(i, b)
+    this.shared.dirtyBytes += this.bs
+    return b
+  }
+
+  /**
+   * Bytes between the end of the file and the end of its last block may hold
+   * old data (a truncate keeps the object): zero them before the file grows.
+   */
+  private async zeroTail (): Promise<void> {
+    const size = this.size
+    const off = size % this.bs
+    if (off === 0) return
+    const i = Math.floor(size / this.bs)
+    const src = this.dirty.get(i) ?? this.flushing.get(i)?.data ?? this.blocks.get(i)
+    if (!src || src.length <= off) return
+    const b = await this.dirtyBlock(i, false)
+    b.fill(0, off)
+  }
+
+  async write (data: Buffer, pos: number, now: Timespec): Promise<number> {
+    this.throwPendingError()
+    const end = pos + data.length
+    if (end > MAX_FILE_SIZE) throw new FsError('EFBIG', `write past ${MAX_FILE_SIZE} bytes`)
+    if (pos > this.size) await this.zeroTail()
+    const bs = this.bs
+    let at = pos
+    while (at < end) {
+      const i = Math.floor(at / bs)
+      const off = at - i * bs
+      const n = Math.min(end - at, bs - off)
+      const b = await this.dirtyBlock(i, n === bs)
+      data.copy(b, off, at - pos, at - pos + n)
+      at += n
+    }
+    this.change({ size: Math.max(this.size, end), mtime: now, ctime: now })
+    // Blocks the write has filled to their end are flushed now: a sequential writer streams.
+    for (const i of [...this.dirty.keys()]) {
+      if ((i + 1) * bs <= end && (i + 1) * bs > pos) this.flushBlock(i)
+    }
+    if (this.shared.dirtyBytes > this.shared.dirtyLimit) await this.flush()
+    return data.length
+  }
+
+  private flushBlock (i: number): void {
+    const data = this.dirty.get(i)
+    if (!data) return
+    this.dirty.delete(i)
+    this.shared.dirtyBytes -= this.bs
+    const prev = this.flushing.get(i)?.done
+    const done = (async () => {
+      if (prev) await prev.catch(() => undefined)
+      const length = Math.min(this.bs, this.size - i * this.bs)
+      if (length <= 0) return // truncated away meanwhile
+      await this.shared.writers.take()
+      try {
+        const bytes = data.subarray(0, length)
+        const fileId = await this.shared.dir.allocateObjectId()
+        const rec: BlockRecord = { bsl: this.shared.store.newBlock(fileId, i), length, checksum: checksum(bytes) }
+        await this.shared.store.write(rec.bsl, bytes, rec.checksum)
+        await this.commit([{ index: i, record: rec }])
+        this.blocks.set(i, rec)
+      } finally {
+        this.shared.writers.give()
+      }
+    })()
+    const entry = { done, data }
+    this.flushing.set(i, entry)
+    done.catch(err => {
+      log('block %d of inode %d not written: %s', i, this.ino, (err as Error).message)
+      this.error ??= err
+    }).finally(() => {
+      if (this.flushing.get(i) === entry) this.flushing.delete(i)
+    })
+  }
+
+  /** Commit block changes with the attributes pending now. */
+  private async commit (changes: Array<{ index: number, record: BlockRecord | null }>, dropFrom?: number, sync = false): Promise<void> {
+    const version = this.pendingVersion
+    const attrs = { ...this.pending }
+    const inode = await this.shared.dir.commitBlocks(this.ino, changes, attrs, { dropFrom, sync })
+    this.committedSize = inode.size
+    if (version >= this.committedVersion) this.committedVersion = version
+    if (this.committedVersion === this.pendingVersion) this.pending = {}
+  }
+
+  /** Wait for every block write in flight. */
+  private async settle (): Promise<void> {
+    while (this.flushing.size > 0) {
+      await Promise.allSettled([...this.flushing.values()].map(f => f.done))
+    }
+  }
+
+  /** Write every dirty block and commit the attributes; reports a background write error once. */
+  async flush (): Promise<void> {
+    for (const i of [...this.dirty.keys()]) this.flushBlock(i)
+    await this.settle()
+    this.throwPendingError()
+    if (this.pendingVersion !== this.committedVersion) await this.commit([])
+  }
+
+  /** flush, then make the directory durable: after this the bytes survive a crash. */
+  async fsync (): Promise<void> {
+    await this.flush()
+    await this.shared.dir.sync()
+  }
+
+  async truncate (size: number, now: Timespec): Promise<void> {
+    if (size > MAX_FILE_SIZE) throw new FsError('EFBIG', `size over ${MAX_FILE_SIZE} bytes`)
+    await this.settle()
+    this.throwPendingError()
+    const bs = this.bs
+    if (size >= this.size) {
+      await this.zeroTail()
+      this.change({ size, mtime: now, ctime: now })
+      await this.commit([])
+      return
+    }
+    const keep = Math.ceil(size / bs)
+    for (const i of [...this.dirty.keys()]) {
+      if (i >= keep) { this.dirty.delete(i); this.shared.dirtyBytes -= bs }
+    }
+    const tail = this.dirty.get(Math.floor(size / bs))
+    if (tail && size % bs) tail.fill(0, size % bs)
+    this.change({ size, mtime: now, ctime: now })
+    await this.commit([], keep)
+    for (const i of [...this.blocks.keys()]) if (i >= keep) this.blocks.delete(i)
+  }
+
+  /** Commit pending attributes now (before chmod, utimens and such change the inode directly). */
+  async commitAttrs (): Promise<void> {
+    if (this.pendingVersion !== this.committedVersion) await this.commit([])
+  }
+}
+
+/** The open files of a mount, by inode; the first open loads the block map, the last close flushes. */
+export class OpenFiles {
+  private readonly files = new Map<number, Promise<OpenFile>>()
+
+  constructor (readonly shared: FileData) {
+    shared.dir.isOpen = ino => this.files.has(ino)
+  }
+
+  get (ino: number): Promise<OpenFile> | undefined {
+    return this.files.get(ino)
+  }
+
+  acquire (ino: number): Promise<OpenFile> {
+    let f = this.files.get(ino)
+    if (!f) {
+      f = (async () => {
+        const inode = await this.shared.dir.getInode(ino)
+        return new OpenFile(ino, this.shared, await this.shared.dir.getBlocks(ino), inode.size)
+      })()
+      this.files.set(ino, f)
+      f.catch(() => this.files.delete(ino))
+    }
+    return f.then(file => { file.refs++; return file })
+  }
+
+  /** Drop one reference; the last one flushes and frees an inode that lost all its links. */
+  async release (file: OpenFile): Promise<void> {
+    if (--file.refs > 0) return
+    try {
+      await file.flush()
+    } finally {
+      if (file.refs === 0) {
+        this.files.delete(file.ino)
+        await this.shared.dir.releaseIfUnlinked(file.ino)
+      }
+    }
+  }
+
+  /** Flush every open file (unmount, shutdown). */
+  async flushAll (): Promise<void> {
+    for (const f of this.files.values()) await (await f).flush()
+  }
+
+  get count (): number { return this.files.size }
+}

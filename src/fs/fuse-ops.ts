@@ -1,0 +1,73 @@
+import createDebug from 'debug'
+import { errnoOf } from '../errors'
+import { BslFilesystem, Caller } from './filesystem'
+import { Timespec } from '../directory/records'
+
+const log = createDebug('bslfs:fs')
+
+type Cb = (...args: any[]) => void
+
+/** Operations that change the filesystem: on a read-only mount they answer EROFS. */
+const MUTATING = new Set(['create', 'mkdir', 'mknod', 'symlink', 'link', 'unlink', 'rmdir', 'rename', 'chmod', 'chown',
+  'utimens', 'truncate', 'ftruncate', 'write', 'setxattr', 'removexattr'])
+const EROFS = 30
+
+/**
+ * The FUSE boundary: fuse-native's callback conventions on one side, the
+ * filesystem's promises on the other. Errors keep the POSIX code they were
+ * raised with; here they only become the negative errno the kernel expects.
+ */
+export function fuseOperations (fs: BslFilesystem): Record<string, (...args: any[]) => void> {
+  /** Run an operation, answer cb(0, ...result) or cb(-errno). */
+  const op = (name: string, fn: (...args: any[]) => Promise<unknown>, answer: (cb: Cb, v: any) => void = (cb) => cb(0)) =>
+    (...args: any[]) => {
+      const cb: Cb = args.pop()
+      if (fs.readOnly && MUTATING.has(name)) return cb(-EROFS)
+      fn(...args).then(v => answer(cb, v), (err: unknown) => {
+        const errno = errnoOf(err)
+        log('%s %o: %s', name, args.filter(a => !Buffer.isBuffer(a)), (err as Error).message)
+        if (errno === 5) console.error(`bslfs: ${name}: ${(err as Error).message}`)
+        cb(-errno)
+      })
+    }
+  const value = (cb: Cb, v: unknown) => cb(0, v)
+  /** read and write answer with the byte count in the error position. */
+  const count = (cb: Cb, n: number) => cb(n)
+
+  return {
+    init: (cb: Cb) => cb(0),
+    getattr: op('getattr', (path: string) => fs.getattr(path), value),
+    fgetattr: op('fgetattr', (path: string | null, fd: number) => fs.getattr(path, fd), value),
+    access: op('access', (path: string) => fs.access(path)),
+    statfs: op('statfs', () => fs.statfs(), value),
+    readlink: op('readlink', (path: string) => fs.readlink(path), value),
+    opendir: op('opendir', (path: string) => fs.opendir(path), (cb) => cb(0, 0)),
+    releasedir: (_path: string, _fd: number, cb: Cb) => cb(0),
+    readdir: op('readdir', (path: string) => fs.readdir(path), (cb, entries: Array<{ name: string, ino: number, mode: number }>) =>
+      cb(0, entries.map(e => e.name), entries.map(e => ({ ino: e.ino, mode: e.mode })))),
+    create: op('create', (path: string, mode: number, _flags: number, caller: Caller) => fs.create(path, mode, caller), value),
+    mkdir: op('mkdir', (path: string, mode: number, caller: Caller) => fs.mkdir(path, mode, caller)),
+    mknod: op('mknod', (path: string, mode: number, dev: number, caller: Caller) => fs.mknod(path, mode, dev, caller)),
+    symlink: op('symlink', (target: string, path: string, caller: Caller) => fs.symlink(target, path, caller)),
+    link: op('link', (existing: string, path: string) => fs.link(existing, path)),
+    unlink: op('unlink', (path: string) => fs.unlink(path)),
+    rmdir: op('rmdir', (path: string) => fs.rmdir(path)),
+    rename: op('rename', (from: string, to: string) => fs.rename(from, to)),
+    chmod: op('chmod', (path: string, mode: number) => fs.chmod(path, mode)),
+    chown: op('chown', (path: string, uid: number, gid: number) => fs.chown(path, uid, gid)),
+    utimens: op('utimens', (path: string | null, atime: Timespec, mtime: Timespec) => fs.utimens(path, atime, mtime)),
+    truncate: op('truncate', (path: string, size: number) => fs.truncate(path, size)),
+    ftruncate: op('ftruncate', (path: string | null, fd: number, size: number) => fs.truncate(path, size, fd)),
+    open: op('open', (path: string) => fs.open(path), value),
+    read: op('read', (_path: string | null, fd: number, buf: Buffer, len: number, pos: number) => fs.read(fd, buf, len, pos), count),
+    write: op('write', (_path: string | null, fd: number, buf: Buffer, len: number, pos: number) => fs.write(fd, buf.subarray(0, len), pos), count),
+    flush: op('flush', (_path: string | null, fd: number) => fs.flush(fd)),
+    fsync: op('fsync', (_path: string | null, _datasync: number, fd: number) => fs.fsync(fd)),
+    fsyncdir: op('fsyncdir', () => fs.fsyncdir()),
+    release: op('release', (_path: string | null, fd: number) => fs.release(fd)),
+    setxattr: op('setxattr', (path: string, name: string, value: Buffer, _position: number, flags: number) => fs.setxattr(path, name, value, flags)),
+    getxattr: op('getxattr', (path: string, name: string) => fs.getxattr(path, name), value),
+    listxattr: op('listxattr', (path: string) => fs.listxattr(path), value),
+    removexattr: op('removexattr', (path: string, name: string) => fs.removexattr(path, name))
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * The volume, mirror, server and device tables, as plain data. The directory
+ * stores them; the resolver reads them. DESIGN.md's example:
+ *
+ *   volume table                   mirror table
+ *   VOL 1 → (server X, device X)   VOL 0 → VOL 1, VOL 2
+ *   VOL 2 → (server Y, device Y)
+ */
+
+/** Where bytes live: a device on a server ("local" is this host). */
+export interface Place {
+  server: string
+  device: string
+}
+
+export interface VolumeRow {
+  volume: number
+  place: Place
+  /** When the volume moved to `place` (ISO date). */
+  since: string
+  /** Earlier places, oldest first. */
+  history: Array<{ place: Place, from: string, to: string }>
+}
+
+/** A device of this host: a directory on a local disk. */
+export interface DeviceRow {
+  name: string
+  path: string
+}
+
+/** A remote block server. */
+export interface ServerRow {
+  name: string
+  url: string
+  tokenFile?: string
+}
+
+export interface Tables {
+  volumes: Map<number, VolumeRow>
+  /** Logical volume → the mirror volumes that serve it, in order. */
+  mirrors: Map<number, number[]>
+  devices: Map<string, DeviceRow>
+  servers: Map<string, ServerRow>
+  /** The volume new blocks are written to. */
+  defaultVolume: number
+}
+
+export const LOCAL_SERVER = 'local'
+
+export function placeText (p: Place): string {
+  return `${p.server}:${p.device}`
+}
