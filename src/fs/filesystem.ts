@@ -61,6 +61,16 @@ export interface SpaceSource {
 
 interface Handle { ino: number, file: OpenFile | null }
 
+/**
+ * libfuse2 (high-level API) keeps an unlinked open file reachable by renaming
+ * it to ".fuse_hiddenXXXXXXXXYYYYYYYY" and unlinking that name at the last
+ * close. ext4 shows no such name, and lets the parent be removed, so bslfs
+ * unlinks the file for real and remembers the hidden name in memory only.
+ * (libfuse's hard_remove would avoid the rename but then fstat of the open
+ * file fails with ENOENT, because libfuse cannot name the node any more.)
+ */
+const HIDDEN_NAME = /\/\.fuse_hidden[0-9a-f]{16}$/
+
 const DAY = 86400
 
 /**
@@ -71,6 +81,8 @@ const DAY = 86400
 export class BslFilesystem {
   private readonly handles = new Map<number, Handle>()
   private nextFh = 1
+  /** libfuse's hidden names of unlinked open files → their inodes. */
+  private readonly hidden = new Map<string, number>()
 
   constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource, readonly readOnly = false) {}
 
@@ -100,6 +112,12 @@ export class BslFilesystem {
     return open ? (await open).view(inode) : inode
   }
 
+  /** The inode a path names, hidden names of unlinked open files included. */
+  private resolve (path: string): Promise<number> {
+    const ino = this.hidden.get(path)
+    return ino !== undefined ? Promise.resolve(ino) : this.dir.resolve(path)
+  }
+
   private handle (fh: number): Handle {
     const h = this.handles.get(fh)
     if (!h) throw new FsError('EBADF', `no handle ${fh}`)
@@ -110,7 +128,7 @@ export class BslFilesystem {
   private async target (path: string | null, fh?: number): Promise<number> {
     if (fh && this.handles.has(fh)) return this.handle(fh).ino
     if (path === null) throw new FsError('EBADF', 'no path and no handle')
-    return this.dir.resolve(path)
+    return this.resolve(path)
   }
 
   private newHandle (ino: number, file: OpenFile | null): number {
@@ -126,17 +144,17 @@ export class BslFilesystem {
   }
 
   async access (path: string): Promise<void> {
-    await this.dir.resolve(path)
+    await this.resolve(path)
   }
 
   async readlink (path: string): Promise<string> {
-    const inode = await this.dir.getInode(await this.dir.resolve(path))
+    const inode = await this.dir.getInode(await this.resolve(path))
     if ((inode.mode & S_IFMT) !== S_IFLNK || inode.target === undefined) throw new FsError('EINVAL', `${path} is not a symlink`)
     return inode.target
   }
 
   async readdir (path: string): Promise<Array<{ name: string, ino: number, mode: number }>> {
-    const ino = await this.dir.resolve(path)
+    const ino = await this.resolve(path)
     const inode = await this.dir.getInode(ino)
     const entries = await this.dir.readdir(ino)
     await this.touchAtime(inode)
@@ -187,7 +205,7 @@ export class BslFilesystem {
   }
 
   async link (existing: string, path: string): Promise<void> {
-    const ino = await this.dir.resolve(existing)
+    const ino = await this.resolve(existing)
     const { parent, name } = await this.dir.resolveParent(path)
     await this.dir.link(ino, parent, name)
   }
@@ -195,6 +213,7 @@ export class BslFilesystem {
   // ---- removing and moving names ------------------------------------------
 
   async unlink (path: string): Promise<void> {
+    if (this.hidden.delete(path)) return // the last close of an unlinked file: it was unlinked already
     const { parent, name } = await this.dir.resolveParent(path)
     await this.dir.unlink(parent, name)
   }
@@ -205,6 +224,14 @@ export class BslFilesystem {
   }
 
   async rename (from: string, to: string): Promise<void> {
+    if (HIDDEN_NAME.test(to) && !this.hidden.has(from)) {
+      const ino = await this.dir.resolve(from)
+      if (this.files.get(ino)) {
+        await this.unlink(from)
+        this.hidden.set(to, ino)
+        return
+      }
+    }
     const src = await this.dir.resolveParent(from)
     const dst = await this.dir.resolveParent(to)
     await this.dir.rename(src.parent, src.name, dst.parent, dst.name)
@@ -326,7 +353,7 @@ export class BslFilesystem {
   }
 
   async opendir (path: string): Promise<void> {
-    const inode = await this.dir.getInode(await this.dir.resolve(path))
+    const inode = await this.dir.getInode(await this.resolve(path))
     if (!isDir(inode.mode)) throw new FsError('ENOTDIR', path)
   }
 

@@ -47,7 +47,6 @@ export function parseMountOptions (text: string | undefined): ParsedOptions {
 export function defaultFuseOptions (fsname: string): string[] {
   const opts = [
     'use_ino', // st_ino is ours: hard links show one inode number
-    'hard_remove', // an unlinked open file stays usable through its handle, with no .fuse_hidden files
     'default_permissions', // the kernel checks modes and owners as on ext4
     'big_writes', 'max_write=131072', // 128 KiB writes instead of 4 KiB
     'entry_timeout=1', 'attr_timeout=1',

@@ -1,0 +1,381 @@
+import { randomBytes, randomUUID } from 'node:crypto'
+import { constants as fsConstants } from 'node:fs'
+import * as fsp from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import createDebug from 'debug'
+import { isObjectId, validName } from '../bsl'
+import { checksum } from '../checksum'
+import { FsError } from '../errors'
+import { Device, DeviceSpace } from './device'
+
+const log = createDebug('bslfs:devices')
+
+export const MARKER_FILE = 'bslfs-device.json'
+export const MARKER_FORMAT = 'bslfs-device'
+export const MARKER_VERSION = 1
+
+/** The identity file at the root of a local device. */
+export interface DeviceMarker {
+  format: typeof MARKER_FORMAT
+  version: number
+  server: string
+  device: string
+  id: string
+  created: string
+}
+
+export interface DeviceNames {
+  server: string
+  device: string
+}
+
+// Temp names for the marker live beside it (rename must stay in one directory).
+const MARKER_TMP_RE = /^bslfs-device\.json\.[0-9a-f]+\.tmp$/
+
+function errCode (err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException | undefined)?.code
+}
+
+/** fsync a directory so a rename or create inside it survives a crash. */
+async function syncDir (path: string): Promise<void> {
+  const h = await fsp.open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY)
+  try {
+    await h.sync()
+  } finally {
+    await h.close()
+  }
+}
+
+/** Writes `data` to `path` whole or not at all: temp file, fsync, rename, fsync of the directory. */
+async function writeFileAtomic (dir: string, name: string, data: string): Promise<void> {
+  const tmp = join(dir, `${name}.${randomBytes(6).toString('hex')}.tmp`)
+  try {
+    const h = await fsp.open(tmp, 'wx', 0o644)
+    try {
+      await h.writeFile(data)
+      await h.sync()
+    } finally {
+      await h.close()
+    }
+    await fsp.rename(tmp, join(dir, name))
+  } catch (err) {
+    await fsp.unlink(tmp).catch(() => {})
+    throw err
+  }
+  await syncDir(dir)
+}
+
+function notADevice (path: string, why: string): Error {
+  return new Error(`${path} is not a bslfs device (${why}); create one with \`bslfs device add\` or \`bslfs init\`, or check the path`)
+}
+
+/** Reads and checks the marker; throws a plain Error (a setup problem, not an I/O error of a FUSE call). */
+async function readMarker (path: string): Promise<DeviceMarker> {
+  let text: string
+  try {
+    text = await fsp.readFile(join(path, MARKER_FILE), 'utf8')
+  } catch (err) {
+    if (errCode(err) === 'ENOENT') {
+      try {
+        await fsp.stat(path)
+      } catch (e) {
+        if (errCode(e) === 'ENOENT') throw notADevice(path, 'the directory does not exist')
+      }
+      throw notADevice(path, `no ${MARKER_FILE}`)
+    }
+    if (errCode(err) === 'ENOTDIR') throw notADevice(path, 'it is not a directory')
+    throw new Error(`cannot read ${join(path, MARKER_FILE)}: ${(err as Error).message}`, { cause: err })
+  }
+  let m: Partial<DeviceMarker>
+  try {
+    m = JSON.parse(text)
+  } catch (err) {
+    throw new Error(`${join(path, MARKER_FILE)} is not valid JSON (${(err as Error).message}); the device marker is damaged`, { cause: err })
+  }
+  if (m === null || typeof m !== 'object' || m.format !== MARKER_FORMAT) {
+    throw notADevice(path, `${MARKER_FILE} does not have format "${MARKER_FORMAT}"`)
+  }
+  if (m.version !== MARKER_VERSION) {
+    throw new Error(`${join(path, MARKER_FILE)} has version ${String(m.version)}; this bslfs understands version ${MARKER_VERSION}` +
+      (typeof m.version === 'number' && m.version > MARKER_VERSION ? ' (it was made by a newer bslfs)' : ''))
+  }
+  if (typeof m.server !== 'string' || typeof m.device !== 'string' || typeof m.id !== 'string') {
+    throw new Error(`${join(path, MARKER_FILE)} is missing server, device or id; the device marker is damaged`)
+  }
+  return m as DeviceMarker
+}
+
+/**
+ * A device that is a directory on a local disk:
+ *
+ *     bslfs-device.json          identity (written last by create)
+ *     objects/<xy>/<objectId>    xy = the id's last two hex digits
+ *     tmp/                       puts in progress; emptied on open
+ *
+ * Every object id is checked with isObjectId before it becomes part of a
+ * path, so no caller-supplied string can reach outside the device.
+ */
+export class LocalDevice implements Device {
+  readonly label: string
+  readonly path: string
+  readonly server: string
+  readonly device: string
+  /** The uuid written at create time: tells two devices with the same name apart. */
+  readonly id: string
+  private readonly objectsDir: string
+  private readonly tmpDir: string
+  // Fan-out dirs known to exist, so a put does not mkdir every time.
+  private readonly fanouts = new Set<string>()
+  private closed = false
+
+  private constructor (path: string, marker: DeviceMarker) {
+    this.path = path
+    this.server = marker.server
+    this.device = marker.device
+    this.id = marker.id
+    this.label = `${marker.server}:${marker.device}`
+    this.objectsDir = join(path, 'objects')
+    this.tmpDir = join(path, 'tmp')
+  }
+
+  /**
+   * Makes `path` a device. The directory may be missing or empty (or hold
+   * what an interrupted create left); anything else is refused. A path that
+   * is already a device with the same names is simply opened, so a repeated
+   * `init` is harmless; different names are refused.
+   */
+  static async create (path: string, names: DeviceNames): Promise<LocalDevice> {
+    validName('server', names.server)
+    validName('device', names.device)
+    let made: string | undefined
+    try {
+      made = await fsp.mkdir(path, { recursive: true })
+    } catch (err) {
+      if (errCode(err) === 'EEXIST' || errCode(err) === 'ENOTDIR') throw new Error(`${path} exists and is not a directory`, { cause: err })
+      throw err
+    }
+    // A new device directory must not vanish from its parent in a crash.
+    if (made !== undefined) await syncDir(dirname(path))
+    const entries = await fsp.readdir(path)
+    if (entries.includes(MARKER_FILE)) {
+      const m = await readMarker(path)
+      if (m.server !== names.server || m.device !== names.device) {
+        throw new Error(`${path} is already bslfs device ${m.server}:${m.device}, not ${names.server}:${names.device}`)
+      }
+      return LocalDevice.open(path, names)
+    }
+    // Only an interrupted create's leftovers may be here: empty objects/ and tmp/, marker temp files.
+    for (const e of entries) {
+      if (MARKER_TMP_RE.test(e)) {
+        await fsp.unlink(join(path, e))
+        continue
+      }
+      if ((e === 'objects' || e === 'tmp') && (await fsp.readdir(join(path, e)).catch(() => null))?.length === 0) continue
+      throw new Error(`${path} is not empty and is not a bslfs device (found "${e}"); use an empty directory or a new path`)
+    }
+    await fsp.mkdir(join(path, 'objects'), { recursive: true })
+    await fsp.mkdir(join(path, 'tmp'), { recursive: true })
+    await syncDir(path)
+    const marker: DeviceMarker = {
+      format: MARKER_FORMAT,
+      version: MARKER_VERSION,
+      server: names.server,
+      device: names.device,
+      id: randomUUID(),
+      created: new Date().toISOString()
+    }
+    // The marker goes last: its presence means the device is complete.
+    await writeFileAtomic(path, MARKER_FILE, JSON.stringify(marker, null, 2) + '\n')
+    log('created device %s:%s at %s (%s)', names.server, names.device, path, marker.id)
+    return new LocalDevice(path, marker)
+  }
+
+  /**
+   * Opens an existing device, checking that its marker names the expected
+   * server and device, and clears tmp/ of puts a crash interrupted.
+   * (Assumes one process opens a device at a time.)
+   */
+  static async open (path: string, names: DeviceNames): Promise<LocalDevice> {
+    const m = await readMarker(path)
+    if (m.server !== names.server || m.device !== names.device) {
+      throw new Error(`${path} is bslfs device ${m.server}:${m.device}, expected ${names.server}:${names.device}; check the device path in the configuration`)
+    }
+    const dev = new LocalDevice(path, m)
+    try {
+      const st = await fsp.stat(dev.objectsDir)
+      if (!st.isDirectory()) throw new Error('not a directory')
+    } catch (err) {
+      throw new Error(`${path} is damaged: ${dev.objectsDir} is missing or not a directory (${(err as Error).message})`, { cause: err })
+    }
+    await fsp.mkdir(dev.tmpDir, { recursive: true })
+    const leftovers = await fsp.readdir(dev.tmpDir)
+    for (const name of leftovers) {
+      await fsp.rm(join(dev.tmpDir, name), { recursive: true, force: true })
+    }
+    if (leftovers.length > 0) log('%s: removed %d leftover temp file(s)', dev.label, leftovers.length)
+    log('opened device %s at %s', dev.label, path)
+    return dev
+  }
+
+  private check (objectId: string, sum?: number): void {
+    if (sum !== undefined && !(Number.isInteger(sum) && sum >= 0 && sum <= 0xffff_ffff)) {
+      throw new FsError('EINVAL', `bad checksum ${String(sum)} for ${this.label}: must be an unsigned 32-bit integer`)
+    }
+    if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
+    if (!isObjectId(objectId)) {
+      const id: unknown = objectId
+      const shown = typeof id === 'string' ? JSON.stringify(id.slice(0, 40)) : String(id)
+      throw new FsError('EINVAL', `bad object id ${shown} for ${this.label}: must be 16 lowercase hex digits`)
+    }
+  }
+
+  private fanoutOf (objectId: string): string {
+    return join(this.objectsDir, objectId.slice(-2))
+  }
+
+  private objectPath (objectId: string): string {
+    return join(this.fanoutOf(objectId), objectId)
+  }
+
+  private ioError (what: string, objectId: string, err: unknown): FsError {
+    const code = errCode(err)
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      return new FsError('ENOSPC', `${this.label} is full (${what} object ${objectId})`, { cause: err })
+    }
+    return new FsError('EIO', `${what} object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+  }
+
+  private async ensureFanout (objectId: string): Promise<string> {
+    const dir = this.fanoutOf(objectId)
+    if (this.fanouts.has(dir)) return dir
+    try {
+      await fsp.mkdir(dir)
+      // A new directory entry in objects/ must be durable before objects in it are.
+      await syncDir(this.objectsDir)
+    } catch (err) {
+      if (errCode(err) !== 'EEXIST') throw err
+    }
+    this.fanouts.add(dir)
+    return dir
+  }
+
+  async put (objectId: string, data: Uint8Array, sum: number): Promise<void> {
+    this.check(objectId, sum)
+    const actual = checksum(data)
+    if (actual !== sum) {
+      // The caller computed the checksum from other bytes: a bug or memory corruption, never stored.
+      throw new FsError('EIO', `put of object ${objectId} on ${this.label} refused: data checksum 0x${actual.toString(16)} does not match the given 0x${sum.toString(16)}`)
+    }
+    const final = this.objectPath(objectId)
+    // Idempotent and cheap when the same object is already there (a retried or
+    // repeated put); a different or corrupt copy is replaced whole (healing).
+    if (await this.holds(final, data.byteLength, sum)) return
+    const tmp = join(this.tmpDir, `${objectId}.${randomBytes(6).toString('hex')}`)
+    let renamed = false
+    try {
+      const dir = await this.ensureFanout(objectId)
+      const h = await fsp.open(tmp, 'wx', 0o644)
+      try {
+        await h.writeFile(data)
+        await h.sync()
+      } finally {
+        await h.close()
+      }
+      await fsp.rename(tmp, final)
+      renamed = true
+      await syncDir(dir)
+    } catch (err) {
+      if (!renamed) await fsp.unlink(tmp).catch(() => {})
+      throw this.ioError('put of', objectId, err)
+    }
+    log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
+  }
+
+  /** True when `path` already holds exactly these bytes (same size and checksum). */
+  private async holds (path: string, size: number, sum: number): Promise<boolean> {
+    try {
+      const st = await fsp.stat(path)
+      if (!st.isFile() || st.size !== size) return false
+      return checksum(await fsp.readFile(path)) === sum
+    } catch {
+      return false
+    }
+  }
+
+  async get (objectId: string, sum: number): Promise<Buffer> {
+    this.check(objectId, sum)
+    let data: Buffer
+    try {
+      data = await fsp.readFile(this.objectPath(objectId))
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') {
+        // EIO for the reader, but a message (and cause) that says "missing" rather than "corrupt".
+        throw new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err })
+      }
+      throw this.ioError('read of', objectId, err)
+    }
+    const actual = checksum(data)
+    if (actual !== sum) {
+      log('%s: checksum mismatch on %s', this.label, objectId)
+      throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId}: expected 0x${sum.toString(16)}, got 0x${actual.toString(16)} (${data.length} bytes)`)
+    }
+    return data
+  }
+
+  async delete (objectId: string): Promise<void> {
+    this.check(objectId)
+    try {
+      await fsp.unlink(this.objectPath(objectId))
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return
+      throw this.ioError('delete of', objectId, err)
+    }
+    // No directory fsync: a delete a crash undoes leaves an orphan, which fsck collects.
+    log('%s: deleted %s', this.label, objectId)
+  }
+
+  async stat (objectId: string): Promise<{ size: number } | null> {
+    this.check(objectId)
+    try {
+      const st = await fsp.stat(this.objectPath(objectId))
+      if (!st.isFile()) throw new Error('not a regular file')
+      return { size: st.size }
+    } catch (err) {
+      if (errCode(err) === 'ENOENT') return null
+      throw this.ioError('stat of', objectId, err)
+    }
+  }
+
+  /** Every object id on the device; streams directory entries, so memory stays flat for large devices. */
+  async * list (): AsyncIterable<string> {
+    if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
+    for (const fan of (await fsp.readdir(this.objectsDir)).sort()) {
+      if (!/^[0-9a-f]{2}$/.test(fan)) continue
+      let dir
+      try {
+        dir = await fsp.opendir(join(this.objectsDir, fan))
+      } catch (err) {
+        if (errCode(err) === 'ENOTDIR' || errCode(err) === 'ENOENT') continue
+        throw new FsError('EIO', `listing ${this.label} failed: ${(err as Error).message}`, { cause: err })
+      }
+      for await (const e of dir) {
+        // An id in the wrong fan-out dir is unreachable by get, so it is not listed either.
+        if (e.isFile() && isObjectId(e.name) && e.name.endsWith(fan)) yield e.name
+      }
+    }
+  }
+
+  async space (): Promise<DeviceSpace> {
+    try {
+      const s = await fsp.statfs(this.path)
+      return { total: s.bsize * s.blocks, free: s.bsize * s.bfree, available: s.bsize * s.bavail }
+    } catch (err) {
+      throw new FsError('EIO', `statfs of ${this.label} at ${this.path} failed: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  async close (): Promise<void> {
+    // Nothing is held open between calls; closing only stops further use.
+    this.closed = true
+  }
+}

@@ -1,0 +1,242 @@
+import t from 'tap'
+import * as fsp from 'node:fs/promises'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { LocalDevice, MARKER_FILE } from '../src/devices/local'
+import { checksum } from '../src/checksum'
+import { FsError } from '../src/errors'
+
+const names = { server: 'local', device: 'd0' }
+
+async function fresh (t: tap.Test): Promise<{ dir: string, dev: LocalDevice }> {
+  const dir = join(t.testdir(), 'dev')
+  const dev = await LocalDevice.create(dir, names)
+  t.teardown(() => dev.close())
+  return { dir, dev }
+}
+
+async function walk (dir: string): Promise<string[]> {
+  const out: string[] = []
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name)
+    if (e.isDirectory()) out.push(...await walk(p))
+    else out.push(p)
+  }
+  return out.sort()
+}
+
+const id1 = '0000000000000abc'
+const id2 = 'ffffffffffffffff'
+
+t.test('create writes the marker and layout', async t => {
+  const { dir, dev } = await fresh(t)
+  const m = JSON.parse(await fsp.readFile(join(dir, MARKER_FILE), 'utf8'))
+  t.equal(m.format, 'bslfs-device')
+  t.equal(m.version, 1)
+  t.equal(m.server, 'local')
+  t.equal(m.device, 'd0')
+  t.match(m.id, /^[0-9a-f-]{36}$/)
+  t.ok(!Number.isNaN(Date.parse(m.created)))
+  t.equal(dev.id, m.id)
+  t.equal(dev.label, 'local:d0')
+  t.same((await fsp.readdir(dir)).sort(), [MARKER_FILE, 'objects', 'tmp'])
+  // Creating again with the same names opens it; different names are refused.
+  const again = await LocalDevice.create(dir, names)
+  t.equal(again.id, m.id)
+  await t.rejects(LocalDevice.create(dir, { server: 'local', device: 'd1' }), /already bslfs device local:d0/)
+  await t.rejects(LocalDevice.create(join(dir, 'x'), { server: 'local', device: '../d' }), /bad device name/)
+})
+
+t.test('put/get round trip, stat, delete, list', async t => {
+  const { dev } = await fresh(t)
+  const a = randomBytes(100_000)
+  const b = Buffer.alloc(0)
+  await dev.put(id1, a, checksum(a))
+  await dev.put(id2, b, checksum(b))
+  t.same(await dev.get(id1, checksum(a)), a)
+  t.same(await dev.get(id2, checksum(b)), b)
+  t.same(await dev.stat(id1), { size: 100_000 })
+  t.same(await dev.stat(id2), { size: 0 })
+  t.equal(await dev.stat('0000000000000001'), null)
+  // Idempotent put of the same bytes.
+  await dev.put(id1, a, checksum(a))
+  t.same(await dev.get(id1, checksum(a)), a)
+
+  const ids = ['0000000000000001', '0000000000000101', '00000000000000ff']
+  for (const id of ids) await dev.put(id, Buffer.from(id), checksum(Buffer.from(id)))
+  const listed: string[] = []
+  for await (const id of dev.list()) listed.push(id)
+  t.same(listed.sort(), [...ids, id1, id2].sort())
+
+  await dev.delete(id1)
+  await dev.delete(id1) // idempotent
+  t.equal(await dev.stat(id1), null)
+  const after: string[] = []
+  for await (const id of dev.list()) after.push(id)
+  t.notOk(after.includes(id1))
+})
+
+t.test('objects are stored under a fan-out dir', async t => {
+  const { dir, dev } = await fresh(t)
+  const d = Buffer.from('hello')
+  await dev.put(id1, d, checksum(d))
+  t.same(await fsp.readFile(join(dir, 'objects', 'bc', id1)), d)
+  t.same(await fsp.readdir(join(dir, 'tmp')), [])
+})
+
+t.test('list skips anything that is not an object in its place', async t => {
+  const { dir, dev } = await fresh(t)
+  const d = Buffer.from('x')
+  await dev.put(id1, d, checksum(d))
+  await fsp.writeFile(join(dir, 'objects', 'bc', 'junk'), 'x')
+  await fsp.writeFile(join(dir, 'objects', 'bc', '0000000000000aaa'), 'x') // wrong fan-out dir
+  await fsp.mkdir(join(dir, 'objects', 'zz'))
+  await fsp.writeFile(join(dir, 'objects', 'zz', '00000000000000zz'), 'x')
+  await fsp.writeFile(join(dir, 'objects', 'ab'), 'not a dir')
+  const listed: string[] = []
+  for await (const id of dev.list()) listed.push(id)
+  t.same(listed, [id1])
+})
+
+t.test('a corrupt object fails with EIO and never returns bytes', async t => {
+  const { dir, dev } = await fresh(t)
+  const d = randomBytes(4096)
+  const sum = checksum(d)
+  await dev.put(id1, d, sum)
+  const file = join(dir, 'objects', 'bc', id1)
+  for (const at of [0, 2048, 4095]) {
+    const c = Buffer.from(d)
+    c[at] ^= 0x01
+    await fsp.writeFile(file, c)
+    await t.rejects(dev.get(id1, sum), { code: 'EIO', message: /checksum mismatch on local:d0 object 0000000000000abc/ })
+  }
+  // Truncated and extended copies too.
+  await fsp.writeFile(file, d.subarray(0, 4000))
+  await t.rejects(dev.get(id1, sum), { code: 'EIO', message: /checksum mismatch/ })
+  await fsp.writeFile(file, Buffer.concat([d, Buffer.from([0])]))
+  await t.rejects(dev.get(id1, sum), { code: 'EIO', message: /checksum mismatch/ })
+  // A wrong expected checksum is the same failure.
+  await fsp.writeFile(file, d)
+  await t.rejects(dev.get(id1, (sum ^ 1) >>> 0), { code: 'EIO' })
+  // A checksum that is not a uint32 is a caller bug, refused outright.
+  for (const s of [-1, 1.5, NaN, 2 ** 32]) {
+    await t.rejects(dev.get(id1, s), { code: 'EINVAL', message: /bad checksum/ })
+    await t.rejects(dev.put(id1, d, s), { code: 'EINVAL', message: /bad checksum/ })
+  }
+  // A put of the right bytes heals the corrupt copy.
+  const c = Buffer.from(d)
+  c[7] ^= 0xff
+  await fsp.writeFile(file, c)
+  await dev.put(id1, d, sum)
+  t.same(await dev.get(id1, sum), d)
+})
+
+t.test('a missing object is EIO with a message that says missing', async t => {
+  const { dev } = await fresh(t)
+  const err = await dev.get(id1, 0).then(() => null, (e: unknown) => e)
+  t.ok(err instanceof FsError)
+  t.equal((err as FsError).code, 'EIO')
+  t.match((err as FsError).message, /object 0000000000000abc is missing on local:d0/)
+  t.equal(((err as FsError).cause as NodeJS.ErrnoException).code, 'ENOENT')
+})
+
+t.test('bad object ids are rejected before touching the disk', async t => {
+  const { dir, dev } = await fresh(t)
+  // Remove the objects dir: any disk access would now fail with EIO, not EINVAL.
+  await fsp.rm(join(dir, 'objects'), { recursive: true })
+  const d = Buffer.from('x')
+  const bad = ['../x', '', 'ABCDEF0123456789', '0000000000000abcd', '000000000000abc', '0000000000000ab\0',
+    '../../../../etc/p', '00000000000000/x', '0000000000000abc\n', ' 000000000000abc']
+  for (const id of bad) {
+    const what = JSON.stringify(id)
+    await t.rejects(dev.put(id, d, checksum(d)), { code: 'EINVAL', message: /bad object id/ }, `put ${what}`)
+    await t.rejects(dev.get(id, checksum(d)), { code: 'EINVAL' }, `get ${what}`)
+    await t.rejects(dev.delete(id), { code: 'EINVAL' }, `delete ${what}`)
+    await t.rejects(dev.stat(id), { code: 'EINVAL' }, `stat ${what}`)
+  }
+  t.same(await fsp.readdir(join(dir, 'tmp')), [])
+  t.same((await fsp.readdir(dir)).sort(), [MARKER_FILE, 'tmp'])
+})
+
+t.test('put with a wrong checksum leaves nothing behind', async t => {
+  const { dir, dev } = await fresh(t)
+  const d = Buffer.from('some data')
+  await t.rejects(dev.put(id1, d, (checksum(d) ^ 0x10) >>> 0), { code: 'EIO', message: /does not match/ })
+  t.same(await walk(dir), [join(dir, MARKER_FILE)])
+  t.equal(await dev.stat(id1), null)
+})
+
+t.test('a failed put removes its temp file and maps errors', async t => {
+  const { dir, dev } = await fresh(t)
+  const d = Buffer.from('data')
+  // Make the fan-out name a file so mkdir/rename fails after the temp file is written.
+  await fsp.writeFile(join(dir, 'objects', 'bc'), 'blocker')
+  await t.rejects(dev.put(id1, d, checksum(d)), { code: 'EIO', message: /put of object 0000000000000abc on local:d0 failed/ })
+  t.same(await fsp.readdir(join(dir, 'tmp')), [])
+  // A directory where the object should be: the temp file is written, the rename fails, the temp goes.
+  await fsp.mkdir(join(dir, 'objects', 'cd', '0000000000000bcd'), { recursive: true })
+  await fsp.writeFile(join(dir, 'objects', 'cd', '0000000000000bcd', 'x'), 'x')
+  await t.rejects(dev.put('0000000000000bcd', d, checksum(d)), { code: 'EIO' })
+  t.same(await fsp.readdir(join(dir, 'tmp')), [])
+})
+
+t.test('open cleans leftover temp files and checks the marker', async t => {
+  const { dir } = await fresh(t)
+  await fsp.writeFile(join(dir, 'tmp', `${id1}.deadbeef0000`), 'half a block')
+  await fsp.mkdir(join(dir, 'tmp', 'strange-dir'))
+  const dev = await LocalDevice.open(dir, names)
+  t.same(await fsp.readdir(join(dir, 'tmp')), [])
+  t.equal(dev.label, 'local:d0')
+  await dev.close()
+  await t.rejects(dev.get(id1, 0), { code: 'EIO', message: /closed/ })
+  await t.rejects(LocalDevice.open(dir, { server: 'local', device: 'd9' }), /is bslfs device local:d0, expected local:d9/)
+})
+
+t.test('create refuses a non-empty directory that is not a device', async t => {
+  const dir = t.testdir({ 'notes.txt': 'precious' })
+  await t.rejects(LocalDevice.create(dir, names), /not empty and is not a bslfs device \(found "notes.txt"\)/)
+  t.same(await fsp.readdir(dir), ['notes.txt'])
+  // What an interrupted create leaves behind is fine.
+  const half = t.testdir({ objects: {}, tmp: {}, [`${MARKER_FILE}.0123456789ab.tmp`]: '{' })
+  const dev = await LocalDevice.create(half, names)
+  t.same((await fsp.readdir(half)).sort(), [MARKER_FILE, 'objects', 'tmp'])
+  await dev.close()
+  // ...but not an objects/ with content in it.
+  const full = t.testdir({ objects: { bc: { [id1]: 'x' } } })
+  await t.rejects(LocalDevice.create(full, names), /found "objects"/)
+  // A regular file where the directory should be.
+  const file = join(t.testdir({ f: 'x' }), 'f')
+  await t.rejects(LocalDevice.create(file, names), /exists and is not a directory/)
+})
+
+t.test('open refuses a directory without a valid marker', async t => {
+  const empty = t.testdir({})
+  await t.rejects(LocalDevice.open(empty, names), new RegExp(`${empty} is not a bslfs device \\(no ${MARKER_FILE}\\); create one with`))
+  await t.rejects(LocalDevice.open(join(empty, 'nope'), names), /is not a bslfs device \(the directory does not exist\)/)
+  const file = join(t.testdir({ f: 'x' }), 'f')
+  await t.rejects(LocalDevice.open(file, names), /is not a bslfs device \(it is not a directory\)/)
+  await t.rejects(LocalDevice.open(t.testdir({ [MARKER_FILE]: 'not json', objects: {} }), names), /not valid JSON/)
+  await t.rejects(LocalDevice.open(t.testdir({ [MARKER_FILE]: '{"format":"other"}', objects: {} }), names), /does not have format "bslfs-device"/)
+  await t.rejects(LocalDevice.open(t.testdir({ [MARKER_FILE]: '{"format":"bslfs-device","version":2}', objects: {} }), names), /version 2.*newer bslfs/)
+  const { dir } = await fresh(t)
+  await fsp.rm(join(dir, 'objects'), { recursive: true })
+  await t.rejects(LocalDevice.open(dir, names), /damaged: .*objects is missing/)
+})
+
+t.test('space() returns sane numbers', async t => {
+  const { dev } = await fresh(t)
+  const s = await dev.space()
+  t.ok(Number.isSafeInteger(s.total) && s.total > 0, `total ${s.total}`)
+  t.ok(s.free >= 0 && s.free <= s.total, `free ${s.free}`)
+  t.ok(s.available >= 0 && s.available <= s.free, `available ${s.available}`)
+})
+
+t.test('concurrent puts of many objects', async t => {
+  const { dev } = await fresh(t)
+  const blobs = Array.from({ length: 200 }, (_, i) => ({ id: i.toString(16).padStart(16, '0'), data: randomBytes(i * 37) }))
+  await Promise.all(blobs.map(b => dev.put(b.id, b.data, checksum(b.data))))
+  for (const b of blobs) t.same(await dev.get(b.id, checksum(b.data)), b.data)
+  let n = 0
+  for await (const _ of dev.list()) n++
+  t.equal(n, 200)
+})
