@@ -362,6 +362,8 @@ export class BslFilesystem {
   private checkXattrName (name: string): void {
     // POSIX ACLs live in system.*; bslfs does not enforce ACLs, so it does not pretend to store them.
     if (name.startsWith('system.')) throw new FsError('EOPNOTSUPP', `${name}: ACLs are not supported`)
+    // As on ext4, only the user, trusted and security namespaces exist.
+    if (!/^(user|trusted|security)\./.test(name)) throw new FsError('EOPNOTSUPP', `${name}: unknown xattr namespace`)
     if (name.length === 0 || Buffer.byteLength(name) > 255) throw new FsError('ERANGE', 'bad xattr name length')
   }
 

@@ -49,7 +49,9 @@ export function defaultFuseOptions (fsname: string): string[] {
     'use_ino', // st_ino is ours: hard links show one inode number
     'default_permissions', // the kernel checks modes and owners as on ext4
     'big_writes', 'max_write=131072', // 128 KiB writes instead of 4 KiB
-    'entry_timeout=1', 'attr_timeout=1',
+    // libfuse2's high-level API gives each name of a hard-linked file its own kernel inode, so
+    // cached attributes of one name go stale when another changes: the kernel asks every time.
+    'entry_timeout=0', 'attr_timeout=0',
     `fsname=${fsname}`, 'subtype=bslfs'
   ]
   if (process.getuid?.() === 0) opts.push('allow_other') // a root mount is for every user, under the usual checks
