@@ -8,7 +8,7 @@ const log = createDebug('bslfs:fs')
  * libfuse2 rejects unknown options only after the kernel mount exists, leaving a dead mount behind. */
 const FLAG_OPTIONS = new Set(['ro', 'rw', 'allow_other', 'allow_root', 'default_permissions', 'kernel_cache', 'auto_cache',
   'noauto_cache', 'big_writes', 'async_read', 'sync_read', 'atomic_o_trunc', 'no_remote_lock', 'nosuid', 'suid', 'nodev',
-  'dev', 'noexec', 'exec', 'intr', 'direct_io', 'debug', 'hard_remove', 'use_ino', 'readdir_ino', 'noatime'])
+  'dev', 'noexec', 'exec', 'intr', 'direct_io', 'debug', 'use_ino', 'readdir_ino', 'noatime'])
 const VALUE_OPTIONS = new Set(['entry_timeout', 'attr_timeout', 'negative_timeout', 'ac_attr_timeout', 'max_write',
   'max_read', 'max_readahead', 'umask', 'uid', 'gid', 'fsname', 'subtype', 'intr_signal', 'blksize'])
 /** mount(8) and fstab options that mean nothing to FUSE. */
