@@ -62,14 +62,17 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
   let stopping = false
   let watch: NodeJS.Timeout | undefined
 
-  /** Flush, unmount and close; on a busy mount (strict) nothing changes and EBUSY is thrown. */
-  const stop = async (lazy: boolean): Promise<void> => {
+  /**
+   * Flush, unmount and close; on a busy mount (strict) nothing changes and EBUSY is thrown.
+   * 'gone': the kernel mount was removed from outside, so there is nothing to unmount.
+   */
+  const stop = async (how: 'strict' | 'lazy' | 'gone'): Promise<void> => {
     if (stopping) throw new UsageError('the mount is already stopping')
     stopping = true
     try {
       await fs.flushAll()
       await state.dir.sync()
-      await mounted.unmount(lazy)
+      if (how !== 'gone') await mounted.unmount(how === 'lazy')
     } catch (err) {
       stopping = false
       const text = (err as Error).message
@@ -77,6 +80,8 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       throw err
     }
     clearInterval(watch)
+    clearInterval(sweep)
+    await fs.sweepHidden(0)
     await reclaimer.stop()
     await reclaim(state.dir, state.volumes).catch(() => 0)
     await state.close()
@@ -90,7 +95,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     const [a, b] = req.args
     switch (req.cmd) {
       case 'status': return admin.status(state, info)
-      case 'unmount': return stop(req.options?.lazy === true).then(() => ({ unmounted: mountpoint }))
+      case 'unmount': return stop(req.options?.lazy === true ? 'lazy' : 'strict').then(() => ({ unmounted: mountpoint }))
       case 'device-add': return admin.deviceAdd(state, a, b)
       case 'volume-add': return admin.volumeAdd(state, a, b)
       case 'volume-list': return admin.volumeList(state)
@@ -103,11 +108,13 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     findMount(mountpoint).then(m => {
       if (!m && !stopping) {
         log('%s was unmounted from outside', mountpoint)
-        stop(true).catch(err => log('stop: %s', (err as Error).message))
+        stop('gone').catch(err => console.error(`bslfs: stopping after an outside unmount failed: ${(err as Error).message}`))
       }
     }, () => undefined)
   }, 2000)
   watch.unref()
+  const sweep = setInterval(() => { fs.sweepHidden().catch(err => log('sweep: %s', (err as Error).message)) }, 1000)
+  sweep.unref()
   server = await serveControl(state.paths.socket, handle)
   await fsp.chmod(state.paths.socket, 0o600)
   await fsp.writeFile(state.paths.pid, `${process.pid}\n`)
@@ -115,7 +122,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(sig, () => {
       log('%s: unmounting', sig)
-      stop(false).catch(() => stop(true)).catch(err => {
+      stop('strict').catch(() => stop('lazy')).catch(err => {
         console.error(`bslfs: cannot unmount on ${sig}: ${(err as Error).message}`)
       })
     })

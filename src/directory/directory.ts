@@ -427,9 +427,10 @@ export class Directory {
     return this.kv.txn(tx => { tx.put(keys.meta('synced'), encodeJSON(new Date().toISOString())) }, { sync: true })
   }
 
-  /** The last handle of an inode closed: if it has no links left, free it. */
+  /** The last handle of an inode closed: if it has no links left and nothing holds it, free it. */
   releaseIfUnlinked (ino: number): Promise<void> {
     return this.write(async w => {
+      if (this.isOpen(ino)) return
       const node = await w.inode(ino).catch(() => undefined)
       if (node && node.nlink === 0) await w.deleteInode(node)
     })

@@ -308,8 +308,10 @@ export class OpenFile {
 export class OpenFiles {
   private readonly files = new Map<number, Promise<OpenFile>>()
 
-  constructor (readonly shared: FileData) {
-    shared.dir.isOpen = ino => this.files.has(ino)
+  constructor (readonly shared: FileData) {}
+
+  isOpen (ino: number): boolean {
+    return this.files.has(ino)
   }
 
   get (ino: number): Promise<OpenFile> | undefined {

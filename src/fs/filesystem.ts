@@ -1,7 +1,11 @@
+import createDebug from 'debug'
 import { Directory, isDir, nowTimespec } from '../directory/directory'
 import { Inode, Timespec } from '../directory/records'
 import { FsError } from '../errors'
 import { OpenFile, OpenFiles } from './files'
+import { HIDDEN_NAME, HiddenNames, callerIsRenaming } from './hidden'
+
+const log = createDebug('bslfs:fs')
 
 const S_IFMT = 0o170000
 const S_IFREG = 0o100000
@@ -61,15 +65,6 @@ export interface SpaceSource {
 
 interface Handle { ino: number, file: OpenFile | null }
 
-/**
- * libfuse2 (high-level API) keeps an unlinked open file reachable by renaming
- * it to ".fuse_hiddenXXXXXXXXYYYYYYYY" and unlinking that name at the last
- * close. ext4 shows no such name, and lets the parent be removed, so bslfs
- * unlinks the file for real and remembers the hidden name in memory only.
- * (libfuse's hard_remove would avoid the rename but then fstat of the open
- * file fails with ENOENT, because libfuse cannot name the node any more.)
- */
-const HIDDEN_NAME = /\/\.fuse_hidden[0-9a-f]{16}$/
 
 const DAY = 86400
 
@@ -81,10 +76,13 @@ const DAY = 86400
 export class BslFilesystem {
   private readonly handles = new Map<number, Handle>()
   private nextFh = 1
-  /** libfuse's hidden names of unlinked open files → their inodes. */
-  private readonly hidden = new Map<string, number>()
+  /** libfuse's hidden names of unlinked open files. */
+  private readonly hidden = new HiddenNames()
 
-  constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource, readonly readOnly = false) {}
+  constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource, readonly readOnly = false) {
+    // An inode outlives its last link while a handle or a hidden name (the kernel may still open it) holds it.
+    dir.isOpen = ino => files.isOpen(ino) || this.hidden.holds(ino)
+  }
 
   toStat (inode: Inode): Stat {
     const dir = isDir(inode.mode)
@@ -213,7 +211,7 @@ export class BslFilesystem {
   // ---- removing and moving names ------------------------------------------
 
   async unlink (path: string): Promise<void> {
-    if (this.hidden.delete(path)) return // the last close of an unlinked file: it was unlinked already
+    if (this.hidden.release(path)) return // libfuse lets go of a hidden file: sweepHidden frees it a little later
     const { parent, name } = await this.dir.resolveParent(path)
     await this.dir.unlink(parent, name)
   }
@@ -223,18 +221,35 @@ export class BslFilesystem {
     await this.dir.rmdir(parent, name)
   }
 
-  async rename (from: string, to: string): Promise<void> {
+  async rename (from: string, to: string, caller?: Caller): Promise<void> {
     if (HIDDEN_NAME.test(to) && !this.hidden.has(from)) {
       const ino = await this.dir.resolve(from)
       if (this.files.get(ino)) {
-        await this.unlink(from)
-        this.hidden.set(to, ino)
+        // For a rename over an open file, the real rename follows and replaces the target atomically.
+        const renaming = !!caller && callerIsRenaming(caller.pid)
+        log('hiding %s as %s (caller %o, renaming: %s)', from, to, caller, renaming)
+        this.hidden.add(to, ino)
+        if (!renaming) await this.unlink(from)
         return
       }
     }
     const src = await this.dir.resolveParent(from)
     const dst = await this.dir.resolveParent(to)
     await this.dir.rename(src.parent, src.name, dst.parent, dst.name)
+  }
+
+  /**
+   * Free the inodes of hidden names libfuse let go of more than `graceMs` ago
+   * and that lost their last link. A name whose inode is still linked (a
+   * rename over it failed) is simply forgotten after a minute.
+   */
+  async sweepHidden (graceMs = 1000): Promise<void> {
+    for (const e of this.hidden.due(graceMs)) {
+      const inode = await this.dir.getInode(e.ino).catch(() => null)
+      if (inode && inode.nlink > 0 && Date.now() - e.releasedAt < 60_000 && graceMs > 0) continue
+      this.hidden.forget(e.path)
+      if (inode && inode.nlink === 0) await this.dir.releaseIfUnlinked(e.ino)
+    }
   }
 
   // ---- attributes -----------------------------------------------------------

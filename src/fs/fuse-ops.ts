@@ -52,7 +52,7 @@ export function fuseOperations (fs: BslFilesystem): Record<string, (...args: any
     link: op('link', (existing: string, path: string) => fs.link(existing, path)),
     unlink: op('unlink', (path: string) => fs.unlink(path)),
     rmdir: op('rmdir', (path: string) => fs.rmdir(path)),
-    rename: op('rename', (from: string, to: string) => fs.rename(from, to)),
+    rename: op('rename', (from: string, to: string, caller: Caller) => fs.rename(from, to, caller)),
     chmod: op('chmod', (path: string, mode: number) => fs.chmod(path, mode)),
     chown: op('chown', (path: string, uid: number, gid: number) => fs.chown(path, uid, gid)),
     utimens: op('utimens', (path: string | null, atime: Timespec, mtime: Timespec) => fs.utimens(path, atime, mtime)),
