@@ -93,7 +93,7 @@ export function program (): Command {
         const complaint = await fusermount(abs, !!o.lazy)
         if (complaint) throw new UsageError(/busy/i.test(complaint) ? `${abs} is busy; close what uses it, or use --lazy` : complaint)
       }
-      console.log(`bslfs: unmounted ${abs}`)
+      console.log(o.lazy ? `bslfs: detached ${abs}; the mount daemon exits when the last process using it leaves` : `bslfs: unmounted ${abs}`)
     })
 
   cli.command('status').argument('<STATE>')
@@ -136,8 +136,11 @@ export function program (): Command {
       const abs = resolve(path)
       const inner = m && (abs === m.mountpoint || abs.startsWith(m.mountpoint + '/')) ? abs.slice(m.mountpoint.length) || '/' : path
       const blocks = await onState(state, 'bsl', [inner], s => admin.bslOf(s, inner))
-      print(o.json, blocks, () => blocks.map(b =>
-        `${b.index}\t${b.bsl}\t${b.length} bytes\tcrc32 ${b.checksum}\t→ ${b.places.join(', ')}`).join('\n') || '(no blocks: empty or sparse file)')
+      if (!o.json && blocks.length === 0) console.error('(no blocks: the file is empty or a hole)')
+      else {
+        print(o.json, blocks, () => blocks.map(b =>
+          `${b.index}\t${b.bsl}\t${b.length} bytes\tcrc32 ${b.checksum}\t→ ${b.places.join(', ')}`).join('\n'))
+      }
     })
 
   return cli

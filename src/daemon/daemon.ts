@@ -63,8 +63,10 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
   let watch: NodeJS.Timeout | undefined
 
   /**
-   * Flush, unmount and close; on a busy mount (strict) nothing changes and EBUSY is thrown.
-   * 'gone': the kernel mount was removed from outside, so there is nothing to unmount.
+   * Unmount: 'strict' fails with EBUSY on a busy mount and changes nothing;
+   * 'lazy' detaches the mount at once and keeps serving whoever still uses
+   * it; 'gone' means the kernel mount was removed from outside. The daemon
+   * closes the directory and exits once the kernel connection has ended.
    */
   const stop = async (how: 'strict' | 'lazy' | 'gone'): Promise<void> => {
     if (stopping) throw new UsageError('the mount is already stopping')
@@ -80,7 +82,16 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       throw err
     }
     clearInterval(watch)
+    void finalize()
+  }
+
+  const finalize = async (): Promise<void> => {
+    // Serve until the kernel lets go: at once after a plain unmount, when the last user leaves after a lazy one.
+    await new Promise<void>(resolve => {
+      const poll = setInterval(() => { if (mounted.ended()) { clearInterval(poll); resolve() } }, 200)
+    })
     clearInterval(sweep)
+    await fs.flushAll().catch(err => console.error(`bslfs: final flush failed: ${(err as Error).message}`))
     await fs.sweepHidden(0)
     await reclaimer.stop()
     await reclaim(state.dir, state.volumes).catch(() => 0)

@@ -65,6 +65,8 @@ const Fuse = require('fuse-native')
 export interface MountedFuse {
   /** Unmount: strict fails with EBUSY on a busy mount; lazy detaches it anyway. */
   unmount (lazy: boolean): Promise<void>
+  /** Whether the kernel connection has ended (after a lazy unmount: once the last user left). */
+  ended (): boolean
 }
 
 export function mountFuse (mountpoint: string, fs: BslFilesystem, options: string[]): Promise<MountedFuse> {
@@ -78,6 +80,7 @@ export function mountFuse (mountpoint: string, fs: BslFilesystem, options: strin
     fuse.mount((err: Error | null) => {
       if (err) return reject(err)
       resolve({
+        ended: () => fuse.loopDone(),
         unmount: (lazy: boolean) => new Promise<void>((resolve, reject) => {
           fuse.opts.strictUnmount = !lazy
           fuse.unmount((err: Error | null) => err ? reject(err) : resolve())
