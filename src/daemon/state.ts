@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { existsSync, promises as fsp } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { Device } from '../devices/device'
+import { syncDir, writeWhole } from '../durable'
 import { LocalDevice } from '../devices/local'
 import { Directory } from '../directory/directory'
 import { LevelKv } from '../directory/leveldb'
@@ -40,18 +41,6 @@ export function statePaths (state: string) {
   }
 }
 
-async function writeFileDurably (path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`
-  const fh = await fsp.open(tmp, 'w', 0o644)
-  try {
-    await fh.writeFile(text)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  await fsp.rename(tmp, path)
-}
-
 /** Create a new filesystem in `state`: one local device d0 and volume 1 on it. */
 export async function initState (state: string, opts: { blockSize?: number } = {}): Promise<void> {
   const p = statePaths(state)
@@ -79,7 +68,8 @@ export async function initState (state: string, opts: { blockSize?: number } = {
     }
     // The marker comes last: a STATE without it is an init that did not finish.
     const marker: StateMarker = { format: 'bslfs-state', version: 1, uuid: randomUUID(), created: new Date().toISOString() }
-    await writeFileDurably(p.marker, JSON.stringify(marker, null, 2) + '\n')
+    await writeWhole(`${p.marker}.tmp-${process.pid}`, p.marker, JSON.stringify(marker, null, 2) + '\n')
+    await syncDir(p.root)
   } catch (err) {
     // Leave the directory as we found it: nothing half-made.
     await fsp.rm(p.devices, { recursive: true, force: true })

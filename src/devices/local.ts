@@ -1,10 +1,10 @@
 import { randomBytes, randomUUID } from 'node:crypto'
-import { constants as fsConstants } from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import createDebug from 'debug'
 import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
+import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
 import { Device, DeviceSpace } from './device'
 
@@ -36,32 +36,9 @@ function errCode (err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code
 }
 
-/** fsync a directory so a rename or create inside it survives a crash. */
-async function syncDir (path: string): Promise<void> {
-  const h = await fsp.open(path, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY)
-  try {
-    await h.sync()
-  } finally {
-    await h.close()
-  }
-}
-
 /** Writes `data` to `path` whole or not at all: temp file, fsync, rename, fsync of the directory. */
 async function writeFileAtomic (dir: string, name: string, data: string): Promise<void> {
-  const tmp = join(dir, `${name}.${randomBytes(6).toString('hex')}.tmp`)
-  try {
-    const h = await fsp.open(tmp, 'wx', 0o644)
-    try {
-      await h.writeFile(data)
-      await h.sync()
-    } finally {
-      await h.close()
-    }
-    await fsp.rename(tmp, join(dir, name))
-  } catch (err) {
-    await fsp.unlink(tmp).catch(() => {})
-    throw err
-  }
+  await writeWhole(join(dir, `${name}.${randomBytes(6).toString('hex')}.tmp`), join(dir, name), data)
   await syncDir(dir)
 }
 
@@ -271,21 +248,11 @@ export class LocalDevice implements Device {
     // repeated put); a different or corrupt copy is replaced whole (healing).
     if (await this.holds(final, data.byteLength, sum)) return
     const tmp = join(this.tmpDir, `${objectId}.${randomBytes(6).toString('hex')}`)
-    let renamed = false
     try {
       const dir = await this.ensureFanout(objectId)
-      const h = await fsp.open(tmp, 'wx', 0o644)
-      try {
-        await h.writeFile(data)
-        await h.sync()
-      } finally {
-        await h.close()
-      }
-      await fsp.rename(tmp, final)
-      renamed = true
+      await writeWhole(tmp, final, data)
       await syncDir(dir)
     } catch (err) {
-      if (!renamed) await fsp.unlink(tmp).catch(() => {})
       throw this.ioError('put of', objectId, err)
     }
     log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)

@@ -17,6 +17,17 @@ export interface BlockStore {
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
 
+/** The pieces of the byte range [pos, end) that fall in each block: block index, offset in it, length, and file offset. */
+function * spans (pos: number, end: number, bs: number): Generator<{ index: number, offset: number, length: number, at: number }> {
+  for (let at = pos; at < end;) {
+    const index = Math.floor(at / bs)
+    const offset = at - index * bs
+    const length = Math.min(end - at, bs - offset)
+    yield { index, offset, length, at }
+    at += length
+  }
+}
+
 type PendingAttrs = Partial<Pick<Inode, 'size' | 'mtime' | 'ctime' | 'atime'>>
 
 /** A counting semaphore: bounds the block writes in flight. */
@@ -144,18 +155,12 @@ export class OpenFile {
     const size = this.size
     if (pos >= size) return 0
     const end = Math.min(pos + len, size)
-    const bs = this.bs
-    let at = pos
-    while (at < end) {
-      const i = Math.floor(at / bs)
-      const off = at - i * bs
-      const n = Math.min(end - at, bs - off)
-      const src = await this.blockBytes(i)
+    for (const { index, offset, length, at } of spans(pos, end, this.bs)) {
+      const src = await this.blockBytes(index)
       const dst = at - pos
-      const have = src ? Math.max(0, Math.min(n, src.length - off)) : 0
-      if (have > 0) src!.copy(buf, dst, off, off + have)
-      if (have < n) buf.fill(0, dst + have, dst + n)
-      at += n
+      const have = src ? Math.max(0, Math.min(length, src.length - offset)) : 0
+      if (have > 0) src!.copy(buf, dst, offset, offset + have)
+      if (have < length) buf.fill(0, dst + have, dst + length)
     }
     return end - pos
   }
@@ -195,14 +200,9 @@ export class OpenFile {
     if (end > MAX_FILE_SIZE) throw new FsError('EFBIG', `write past ${MAX_FILE_SIZE} bytes`)
     if (pos > this.size) await this.zeroTail()
     const bs = this.bs
-    let at = pos
-    while (at < end) {
-      const i = Math.floor(at / bs)
-      const off = at - i * bs
-      const n = Math.min(end - at, bs - off)
-      const b = await this.dirtyBlock(i, n === bs)
-      data.copy(b, off, at - pos, at - pos + n)
-      at += n
+    for (const { index, offset, length, at } of spans(pos, end, bs)) {
+      const b = await this.dirtyBlock(index, length === bs)
+      data.copy(b, offset, at - pos, at - pos + length)
     }
     this.change({ size: Math.max(this.size, end), mtime: now, ctime: now })
     // Blocks the write has filled to their end are flushed now: a sequential writer streams.
