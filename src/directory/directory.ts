@@ -92,6 +92,8 @@ export class Directory {
   private nextObject = 0n
   private objectLimit = 0n
   private usageNow: Usage = { files: 0, bytes: 0 }
+  /** Counts commits that changed cached state: a read that raced one must not cache what it read. */
+  private commits = 0
   /** Whether an inode is held open (set by the FUSE layer): an open inode outlives its last link. */
   isOpen: (ino: number) => boolean = () => false
 
@@ -148,10 +150,11 @@ export class Directory {
   async getInode (ino: number, tx?: KvTxn): Promise<Inode> {
     const cached = this.inodes.get(ino)
     if (cached) return cached
+    const before = this.commits
     const raw = await (tx ?? this.kv).get(keys.inode(ino))
     if (!raw) throw new FsError('ENOENT', `no inode ${ino}`)
     const inode = decodeInode(ino, raw)
-    if (!tx) this.inodes.set(ino, inode)
+    if (!tx && this.commits === before) this.inodes.set(ino, inode)
     return inode
   }
 
@@ -162,9 +165,10 @@ export class Directory {
     if (cached !== undefined) return cached === 0 ? undefined : cached
     if (Buffer.byteLength(name, 'utf8') > NAME_MAX) throw new FsError('ENAMETOOLONG', `name over ${NAME_MAX} bytes`)
     const key = keys.entry(parent, name)
+    const before = this.commits
     const raw = await (tx ?? this.kv).get(key)
     const ino = raw ? decodeEntry(key, raw).ino : undefined
-    if (!tx) this.dentries.set(k, ino ?? 0)
+    if (!tx && this.commits === before) this.dentries.set(k, ino ?? 0)
     return ino
   }
 
@@ -227,6 +231,7 @@ export class Directory {
 
   /** @internal used by Writer to publish committed state. */
   applyCommitted (inodes: Map<number, Inode | null>, dentries: Map<string, number>, usage: Usage | null): void {
+    this.commits++
     for (const [ino, inode] of inodes) {
       if (inode) this.inodes.set(ino, inode)
       else this.inodes.delete(ino)
@@ -238,8 +243,10 @@ export class Directory {
   /** @internal */
   reserveIno (tx: KvTxn): number {
     if (this.nextIno >= this.inoLimit) {
-      this.inoLimit = this.nextIno + INO_RESERVE
-      tx.put(keys.meta('ino'), encodeJSON(this.inoLimit))
+      // The new limit counts only once stored: a failed batch must not let later numbers run past it.
+      const limit = this.nextIno + INO_RESERVE
+      tx.put(keys.meta('ino'), encodeJSON(limit))
+      tx.onCommit(() => { this.inoLimit = Math.max(this.inoLimit, limit) })
     }
     return this.nextIno++
   }
@@ -258,7 +265,7 @@ export class Directory {
   }
 
   /** Create a file, directory, symlink or special node named `name` in `parent`. */
-  createNode (parent: number, name: string, node: NewNode, now = nowTimespec()): Promise<Inode> {
+  async createNode (parent: number, name: string, node: NewNode, now = nowTimespec()): Promise<Inode> {
     checkName(name)
     return this.write(async w => {
       const dir = await w.inode(parent)
@@ -288,7 +295,7 @@ export class Directory {
   }
 
   /** A new name for an existing non-directory inode. */
-  link (ino: number, parent: number, name: string, now = nowTimespec()): Promise<Inode> {
+  async link (ino: number, parent: number, name: string, now = nowTimespec()): Promise<Inode> {
     checkName(name)
     return this.write(async w => {
       const inode = await w.inode(ino)
@@ -332,7 +339,7 @@ export class Directory {
   }
 
   /** rename(2): atomic, over an existing file or empty directory, across directories. */
-  rename (srcParent: number, srcName: string, dstParent: number, dstName: string, now = nowTimespec()): Promise<void> {
+  async rename (srcParent: number, srcName: string, dstParent: number, dstName: string, now = nowTimespec()): Promise<void> {
     checkName(dstName)
     return this.write(async w => {
       const ino = await w.lookup(srcParent, srcName)

@@ -44,6 +44,7 @@ class LevelTxn implements KvTxn {
     let i = 0
     let count = 0
     const limit = opts.limit ?? Infinity
+    if (limit <= 0) return
     for await (const [k, v] of scanFrom(this.db, prefix, opts.after)) {
       while (i < pending.length && Buffer.compare(pending[i].key, k) < 0) {
         const w = pending[i++]
@@ -123,6 +124,7 @@ export class LevelKv implements KvStore {
     const db = this.db
     return (async function * () {
       let n = 0
+      if (opts.limit !== undefined && opts.limit <= 0) return
       for await (const e of scanFrom(db, prefix, opts.after)) {
         yield e
         if (opts.limit !== undefined && ++n >= opts.limit) return

@@ -79,7 +79,8 @@ export class Volumes {
         lastError = err
       }
     }
-    throw lastError instanceof FsError ? lastError : new FsError('EIO', `no copy of ${formatBSL(bsl)} could be read`, { cause: lastError })
+    // Whatever each copy said (missing, corrupt, unreachable), to the reader it is an I/O error.
+    throw new FsError('EIO', `no copy of ${formatBSL(bsl)} could be read: ${(lastError as Error)?.message}`, { cause: lastError })
   }
 
   /** Remove a block's objects from every place (reclaim). */

@@ -1,0 +1,362 @@
+import t, { Test } from 'tap'
+import * as fsp from 'node:fs/promises'
+import { join } from 'node:path'
+import { BSL, objectIdOf } from '../src/bsl'
+import { checksum } from '../src/checksum'
+import { Device, DeviceSpace } from '../src/devices/device'
+import { LocalDevice } from '../src/devices/local'
+import { FsError } from '../src/errors'
+import { Place, Tables, VolumeRow, placeText } from '../src/volumes/tables'
+import { Volumes } from '../src/volumes/volumes'
+
+// The volumes layer's unit test: fake devices (the layer below) stand in for
+// disks and servers, except in the last test, which uses real LocalDevices.
+
+/** An in-memory device with switches to make it fail. */
+class FakeDevice implements Device {
+  readonly objects = new Map<string, { data: Buffer, sum: number }>()
+  failGet = false
+  failPut = false
+  failDelete = false
+  /** Return bytes that do not match their checksum, as a damaged disk would (the device reports EIO). */
+  corrupt = false
+  closed = false
+
+  constructor (readonly label: string, readonly log: string[] = []) {}
+
+  async put (objectId: string, data: Uint8Array, sum: number): Promise<void> {
+    this.log.push(`put ${this.label} ${objectId}`)
+    if (this.failPut) throw new FsError('EIO', `${this.label}: put failed`)
+    if (checksum(data) !== sum) throw new FsError('EIO', `${this.label}: checksum of the data does not match`)
+    this.objects.set(objectId, { data: Buffer.from(data), sum })
+  }
+
+  async get (objectId: string, sum: number): Promise<Buffer> {
+    this.log.push(`get ${this.label} ${objectId}`)
+    if (this.failGet) throw new FsError('EIO', `${this.label}: device unreachable`)
+    const o = this.objects.get(objectId)
+    if (!o) throw new FsError('EIO', `${this.label}: object ${objectId} is missing`)
+    const data = this.corrupt ? Buffer.concat([o.data, Buffer.from('rot')]) : o.data
+    if (checksum(data) !== sum) throw new FsError('EIO', `${this.label}: checksum mismatch on ${objectId}`)
+    return Buffer.from(data)
+  }
+
+  async delete (objectId: string): Promise<void> {
+    this.log.push(`delete ${this.label} ${objectId}`)
+    if (this.failDelete) throw new FsError('EIO', `${this.label}: delete failed`)
+    this.objects.delete(objectId)
+  }
+
+  async stat (objectId: string): Promise<{ size: number } | null> {
+    const o = this.objects.get(objectId)
+    return o ? { size: o.data.length } : null
+  }
+
+  async * list (): AsyncIterable<string> {
+    yield * this.objects.keys()
+  }
+
+  async space (): Promise<DeviceSpace> {
+    return { total: 1000, free: 500, available: 400 }
+  }
+
+  async close (): Promise<void> {
+    this.closed = true
+  }
+}
+
+function row (volume: number, server: string, device: string): VolumeRow {
+  return { volume, place: { server, device }, since: '2024-01-01T00:00:00.000Z', history: [] }
+}
+
+/** DESIGN.md's tables: VOL 1 → (X, x), VOL 2 → (Y, y); VOL 0 → VOL 1, VOL 2. */
+function figureTables (extra: Partial<Tables> = {}): Tables {
+  return {
+    volumes: new Map([[1, row(1, 'X', 'x')], [2, row(2, 'Y', 'y')], [3, row(3, 'Z', 'z')]]),
+    mirrors: new Map([[0, [1, 2]], [10, [2, 3, 1]]]),
+    devices: new Map(),
+    servers: new Map(),
+    defaultVolume: 0,
+    ...extra
+  }
+}
+
+/** Fake devices by place, an opener that counts opens, and a Volumes over them. */
+function rig (t: Test, tables = figureTables()): { volumes: Volumes, dev: (server: string, device: string) => FakeDevice, opens: string[], log: string[], unreachable: Set<string> } {
+  const log: string[] = []
+  const devices = new Map<string, FakeDevice>()
+  const opens: string[] = []
+  const unreachable = new Set<string>()
+  const dev = (server: string, device: string): FakeDevice => {
+    const key = `${server}:${device}`
+    let d = devices.get(key)
+    if (!d) devices.set(key, d = new FakeDevice(key, log))
+    return d
+  }
+  const volumes = new Volumes(tables, async (p: Place) => {
+    opens.push(placeText(p))
+    if (unreachable.has(placeText(p))) throw new Error(`cannot reach ${placeText(p)}`)
+    return dev(p.server, p.device)
+  })
+  t.teardown(() => volumes.close())
+  return { volumes, dev, opens, log, unreachable }
+}
+
+async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code: string, what: string, extra: { todo?: string } = {}): Promise<FsError | undefined> {
+  let err: unknown
+  try {
+    await fn()
+  } catch (e) {
+    err = e
+  }
+  if (!(err instanceof FsError)) {
+    t.fail(`${what}: expected FsError ${code}, got ${err === undefined ? 'success' : String(err)}`, extra)
+    return undefined
+  }
+  t.equal(err.code, code, what, extra)
+  return err
+}
+
+const data = Buffer.from('the bytes of one block\n'.repeat(100))
+const sum = checksum(data)
+
+t.test('resolve', async t => {
+  const { volumes } = rig(t)
+  t.same(volumes.resolve({ form: 'physical', server: 'host9', device: 'disk3', fileId: 5n }), [{ server: 'host9', device: 'disk3' }],
+    'a physical BSL names its own place')
+  t.same(volumes.resolve({ form: 'physical', server: 'X', device: 'other', fileId: 5n }), [{ server: 'X', device: 'other' }],
+    'even one no table knows')
+  t.same(volumes.resolve({ form: 'logical', volume: 1, fileId: 5n }), [{ server: 'X', device: 'x' }], 'logical → the volume table')
+  t.same(volumes.resolve({ form: 'logical', volume: 2, fileId: 5n }), [{ server: 'Y', device: 'y' }])
+  t.same(volumes.resolve({ form: 'mirrored', volume: 0, fileId: 5n }), [{ server: 'X', device: 'x' }, { server: 'Y', device: 'y' }],
+    'mirrored → its mirrors in order')
+  t.same(volumes.resolve({ form: 'mirrored', volume: 10, fileId: 5n }),
+    [{ server: 'Y', device: 'y' }, { server: 'Z', device: 'z' }, { server: 'X', device: 'x' }], 'the mirror table\'s order, not the volume numbers\'')
+  t.same(volumes.resolve({ form: 'logical', volume: 0, fileId: 5n }), [{ server: 'X', device: 'x' }, { server: 'Y', device: 'y' }],
+    'a logical BSL of a mirrored volume → its mirrors')
+  t.same(volumes.resolve({ form: 'indexed', volume: 10, index: 7, fileId: 5n }),
+    [{ server: 'Y', device: 'y' }, { server: 'Z', device: 'z' }, { server: 'X', device: 'x' }], 'indexed on a mirrored volume')
+  t.same(volumes.resolve({ form: 'indexed', volume: 3, index: 0, fileId: 5n }), [{ server: 'Z', device: 'z' }], 'indexed on a plain volume')
+
+  await rejectsCode(t, () => volumes.resolve({ form: 'mirrored', volume: 1, fileId: 5n }), 'EIO', 'mirrored form of a volume not in the mirror table')
+  const e1 = await rejectsCode(t, () => volumes.resolve({ form: 'logical', volume: 77, fileId: 5n }), 'EIO', 'unknown volume')
+  t.match(e1?.message ?? '', /volume 77\b/, `names the volume: ${e1?.message}`)
+  t.match(e1?.message ?? '', /vol:77\/0000000000000005/, 'and the BSL')
+  const e2 = await rejectsCode(t, () => volumes.resolve({ form: 'indexed', volume: 78, index: 2, fileId: 5n }), 'EIO', 'unknown volume, indexed')
+  t.match(e2?.message ?? '', /volume 78\b/)
+  const e3 = await rejectsCode(t, () => volumes.resolve({ form: 'mirrored', volume: 99, fileId: 5n }), 'EIO', 'unknown mirrored volume')
+  t.match(e3?.message ?? '', /volume 99\b/)
+
+  // A mirror that lists a volume the volume table lacks.
+  const broken = rig(t, figureTables({ mirrors: new Map([[20, [1, 42]]]) })).volumes
+  const e4 = await rejectsCode(t, () => broken.resolve({ form: 'mirrored', volume: 20, fileId: 1n }), 'EIO', 'a mirror of an unknown volume')
+  t.match(e4?.message ?? '', /volume 42\b/, 'names the missing mirror volume')
+})
+
+t.test('write goes to every place; read fails over in order', async t => {
+  const { volumes, dev, opens, log } = rig(t)
+  const bsl: BSL = { form: 'mirrored', volume: 10, fileId: 0xabcn }
+  const id = objectIdOf(bsl)
+  await volumes.write(bsl, data, sum)
+  for (const [s, d] of [['X', 'x'], ['Y', 'y'], ['Z', 'z']]) {
+    t.same(dev(s, d).objects.get(id)?.data, data, `copy on ${s}:${d}`)
+  }
+  t.same(opens.sort(), ['X:x', 'Y:y', 'Z:z'], 'each device opened once')
+
+  log.length = 0
+  t.same(await volumes.read(bsl, sum), data, 'read')
+  t.same(log, [`get Y:y ${id}`], 'the first copy is enough')
+
+  log.length = 0
+  dev('Y', 'y').failGet = true
+  t.same(await volumes.read(bsl, sum), data, 'read with the first copy failing')
+  t.same(log, [`get Y:y ${id}`, `get Z:z ${id}`], 'falls through to the second, in order')
+
+  log.length = 0
+  dev('Z', 'z').corrupt = true
+  t.same(await volumes.read(bsl, sum), data, 'read with the first failing and the second corrupt')
+  t.same(log, [`get Y:y ${id}`, `get Z:z ${id}`, `get X:x ${id}`], 'tries every copy in order')
+
+  log.length = 0
+  dev('X', 'x').objects.delete(id)
+  const err = await rejectsCode(t, () => volumes.read(bsl, sum), 'EIO', 'every copy failing is EIO')
+  t.ok(err)
+  t.same(log, [`get Y:y ${id}`, `get Z:z ${id}`, `get X:x ${id}`])
+
+  dev('Y', 'y').failGet = false
+  t.same(await volumes.read(bsl, sum), data, 'a copy that comes back is used again')
+
+  await rejectsCode(t, () => volumes.read(bsl, sum ^ 1), 'EIO', 'a wrong checksum is EIO from every copy')
+  t.same(opens.length, 3, 'no device was opened twice')
+})
+
+t.test('a device that cannot be opened is a failed copy, and is retried later', async t => {
+  const { volumes, dev, opens, unreachable } = rig(t)
+  const bsl: BSL = { form: 'indexed', volume: 0, index: 3, fileId: 77n }
+  dev('X', 'x').objects.set(objectIdOf(bsl), { data, sum })
+  dev('Y', 'y').objects.set(objectIdOf(bsl), { data, sum })
+  unreachable.add('X:x')
+  t.same(await volumes.read(bsl, sum), data, 'read skips a device that cannot be opened')
+  unreachable.clear()
+  t.same(await volumes.read(bsl, sum), data)
+  t.equal(opens.filter(o => o === 'X:x').length, 2, 'the failed open is retried, not cached as failed')
+  await rejectsCode(t, () => volumes.write({ form: 'logical', volume: 77, fileId: 1n }, data, sum), 'EIO', 'write to an unknown volume')
+
+  // Nothing reachable: EIO for reads, and writes fail rather than drop a copy.
+  const other = rig(t)
+  other.unreachable.add('X:x')
+  other.unreachable.add('Y:y')
+  other.dev('Y', 'y').objects.set(objectIdOf(bsl), { data, sum })
+  const err = await rejectsCode(t, () => other.volumes.read(bsl, sum), 'EIO', 'no device reachable is EIO')
+  t.match(err?.message ?? '', /idx:0\.3\/000000000000004d/, `names the block: ${err?.message}`)
+  other.unreachable.delete('Y:y')
+  t.ok(await errorOf(() => other.volumes.write(bsl, data, sum)), 'a write that cannot reach every copy fails rather than silently dropping a copy')
+})
+
+t.test('a write that fails on one copy is not reported as done', async t => {
+  const { volumes, dev } = rig(t)
+  const bsl: BSL = { form: 'logical', volume: 0, fileId: 9n }
+  dev('Y', 'y').failPut = true
+  await rejectsCode(t, () => volumes.write(bsl, data, sum), 'EIO', 'write rejects with the device\'s error')
+  t.ok(dev('X', 'x').objects.has(objectIdOf(bsl)), 'the other copy was written (in parallel)')
+})
+
+t.test('delete reaches every place', async t => {
+  const { volumes, dev, log } = rig(t)
+  const bsl: BSL = { form: 'mirrored', volume: 10, fileId: 0x55n }
+  const id = objectIdOf(bsl)
+  await volumes.write(bsl, data, sum)
+  log.length = 0
+  await volumes.delete(bsl)
+  t.same(log.sort(), [`delete X:x ${id}`, `delete Y:y ${id}`, `delete Z:z ${id}`])
+  for (const [s, d] of [['X', 'x'], ['Y', 'y'], ['Z', 'z']]) t.notOk(dev(s, d).objects.has(id), `gone from ${s}:${d}`)
+  await volumes.delete(bsl)
+  t.pass('deleting again is not an error')
+  const phys: BSL = { form: 'physical', server: 'P', device: 'p', fileId: 0x66n }
+  await volumes.write(phys, data, sum)
+  t.ok(dev('P', 'p').objects.has(objectIdOf(phys)), 'a physical BSL writes to its place')
+  await volumes.delete(phys)
+  t.notOk(dev('P', 'p').objects.has(objectIdOf(phys)))
+  dev('X', 'x').failDelete = true
+  await rejectsCode(t, () => volumes.delete({ form: 'logical', volume: 1, fileId: 1n }), 'EIO', 'a failed delete is reported')
+})
+
+t.test('newBlock uses the default volume and the indexed form', async t => {
+  const { volumes } = rig(t, figureTables({ defaultVolume: 2 }))
+  t.equal(volumes.defaultVolume, 2)
+  t.same(volumes.newBlock(0x1234n, 5), { form: 'indexed', volume: 2, index: 5, fileId: 0x1234n })
+  volumes.update(figureTables({ defaultVolume: 10 }))
+  const b = volumes.newBlock(1n, 0)
+  t.same(b, { form: 'indexed', volume: 10, index: 0, fileId: 1n }, 'a volume only in the mirror table is a valid default')
+  t.equal(volumes.resolve(b).length, 3, 'and resolves to its mirrors')
+  volumes.update(figureTables({ defaultVolume: 55 }))
+  const err = await rejectsCode(t, () => volumes.newBlock(1n, 0), 'EIO', 'an unknown default volume')
+  t.match(err?.message ?? '', /55/, 'names the volume')
+})
+
+t.test('update(tables) changes later resolutions (remap)', async t => {
+  const tables = figureTables()
+  const { volumes, dev, log } = rig(t, tables)
+  const bsl: BSL = { form: 'indexed', volume: 3, index: 0, fileId: 0x99n }
+  const id = objectIdOf(bsl)
+  await volumes.write(bsl, data, sum)
+  t.same(volumes.resolve(bsl), [{ server: 'Z', device: 'z' }])
+  // Z's disk moves to W: copy, then change one row. The BSL stays the same.
+  dev('W', 'w').objects.set(id, { data, sum })
+  volumes.update(figureTables({ volumes: new Map([...tables.volumes, [3, row(3, 'W', 'w')]]) }))
+  t.same(volumes.resolve(bsl), [{ server: 'W', device: 'w' }], 'the volume now resolves to the new place')
+  dev('Z', 'z').failGet = true
+  log.length = 0
+  t.same(await volumes.read(bsl, sum), data, 'reads go to the new place')
+  t.same(log, [`get W:w ${id}`])
+  // A mirror change too.
+  volumes.update(figureTables({ mirrors: new Map([[10, [1]]]) }))
+  t.same(volumes.resolve({ form: 'mirrored', volume: 10, fileId: 1n }), [{ server: 'X', device: 'x' }])
+  await rejectsCode(t, () => volumes.resolve({ form: 'mirrored', volume: 0, fileId: 1n }), 'EIO', 'a mirror removed by the update is gone')
+})
+
+t.test('space and close', async t => {
+  const { volumes, dev } = rig(t)
+  await volumes.write({ form: 'logical', volume: 1, fileId: 1n }, data, sum)
+  const space = await volumes.space()
+  t.same([...space.keys()].sort(), ['X:x', 'Y:y', 'Z:z'])
+  t.same(space.get('X:x'), { total: 1000, free: 500, available: 400 })
+  await volumes.close()
+  t.ok(dev('X', 'x').closed, 'close closes the opened devices')
+})
+
+t.test('the last copy\'s own error code must not leak out of read', async t => {
+  // The Device interface allows ENOENT for a missing object; a read of a block
+  // no copy can supply is an I/O error for the program that reads the file.
+  const { volumes, dev } = rig(t)
+  const bsl: BSL = { form: 'logical', volume: 0, fileId: 3n }
+  dev('X', 'x').failGet = true
+  dev('Y', 'y').get = async (objectId: string) => { throw new FsError('ENOENT', `object ${objectId} is not on Y:y`) }
+  await rejectsCode(t, () => volumes.read(bsl, sum), 'EIO', 'all copies failed → EIO')
+})
+
+async function errorOf (fn: () => Promise<unknown>): Promise<unknown> {
+  try {
+    await fn()
+  } catch (err) {
+    return err
+  }
+  return undefined
+}
+
+t.test('with real LocalDevices', async t => {
+  const root = t.testdir()
+  const paths = { d1: join(root, 'd1'), d2: join(root, 'd2'), d3: join(root, 'd3') }
+  const devs = new Map<string, LocalDevice>()
+  for (const [name, path] of Object.entries(paths)) devs.set(`local:${name}`, await LocalDevice.create(path, { server: 'local', device: name }))
+  const tables: Tables = {
+    volumes: new Map([[1, row(1, 'local', 'd1')], [2, row(2, 'local', 'd2')]]),
+    mirrors: new Map([[10, [1, 2]]]),
+    devices: new Map(),
+    servers: new Map(),
+    defaultVolume: 10
+  }
+  const volumes = new Volumes(tables, async p => {
+    const d = devs.get(placeText(p))
+    if (!d) throw new Error(`no device ${placeText(p)}`)
+    return d
+  })
+  t.teardown(() => volumes.close())
+
+  const bsl = volumes.newBlock(0x1234abcdn, 0)
+  t.same(bsl, { form: 'indexed', volume: 10, index: 0, fileId: 0x1234abcdn })
+  const id = objectIdOf(bsl)
+  const objectFile = (dev: string): string => join(paths[dev as keyof typeof paths], 'objects', id.slice(-2), id)
+
+  await volumes.write(bsl, data, sum)
+  t.same(await fsp.readFile(objectFile('d1')), data, 'the bytes are on d1')
+  t.same(await fsp.readFile(objectFile('d2')), data, 'and on d2')
+  t.same(await volumes.read(bsl, sum), data)
+
+  // Bit rot on the first copy: the read falls over to the mirror.
+  const rotten = Buffer.from(data)
+  rotten[10] ^= 0x40
+  await fsp.writeFile(objectFile('d1'), rotten)
+  t.same(await volumes.read(bsl, sum), data, 'a corrupt first copy falls over to the second')
+
+  // The second copy lost too: EIO.
+  await fsp.unlink(objectFile('d2'))
+  await rejectsCode(t, () => volumes.read(bsl, sum), 'EIO', 'no good copy left')
+
+  // Heal d2 and move volume 1 to d3 (a remap with a copy).
+  await devs.get('local:d2')!.put(id, data, sum)
+  await devs.get('local:d3')!.put(id, data, sum)
+  volumes.update({ ...tables, volumes: new Map([[1, row(1, 'local', 'd3')], [2, row(2, 'local', 'd2')]]) })
+  t.same(volumes.resolve(bsl), [{ server: 'local', device: 'd3' }, { server: 'local', device: 'd2' }])
+  t.same(await volumes.read(bsl, sum), data, 'after the remap')
+
+  await volumes.delete(bsl)
+  t.equal(await devs.get('local:d3')!.stat(id), null, 'deleted from d3')
+  t.equal(await devs.get('local:d2')!.stat(id), null, 'deleted from d2')
+  t.ok(await devs.get('local:d1')!.stat(id), 'd1 is no longer a place of volume 1, so its (rotten) copy stays')
+  await rejectsCode(t, () => volumes.read(bsl, sum), 'EIO', 'read after delete')
+
+  const space = await volumes.space()
+  t.same([...space.keys()].sort(), ['local:d2', 'local:d3'])
+  t.ok((space.get('local:d2') as DeviceSpace).total > 0)
+})
