@@ -42,6 +42,8 @@ function formatStatus (r: admin.StatusReport): string {
     'volumes:'
   ]
   for (const v of r.volumes) lines.push(`  ${v.volume}  ${v.mirrors ? `mirrored on ${v.mirrors.join(', ')}` : v.place}`)
+  if (r.servers.length) lines.push('servers:')
+  for (const sv of r.servers) lines.push(`  ${sv.name}  ${sv.url}  ${sv.reachable ? `reachable, devices ${sv.devices?.join(', ')}` : `UNREACHABLE: ${sv.error}`}`)
   lines.push('devices:')
   for (const d of r.devices) {
     lines.push(d.error
@@ -112,12 +114,35 @@ export function program (): Command {
       console.log(`bslfs: device local:${r.device} at ${r.path}`)
     })
 
+  const server = cli.command('server').description('remote block servers (see `bslfs serve`)')
+  server.command('add').argument('<STATE>').argument('<NAME>').argument('<URL>', 'http://HOST:PORT')
+    .description('add a block server; it must answer with the token')
+    .option('--token-file <FILE>', 'the file holding the server\'s bearer token')
+    .action(async (state: string, name: string, url: string, o: { tokenFile?: string }) => {
+      const tokenFile = o.tokenFile ? resolve(o.tokenFile) : undefined
+      const r = await onState(state, 'server-add', [name, url, tokenFile ?? ''], s => admin.serverAdd(s, name, url, tokenFile))
+      console.log(`bslfs: server ${r.name} at ${r.url}`)
+    })
+  server.command('list').argument('<STATE>')
+    .description('the block servers this filesystem uses')
+    .option('--json', 'machine-readable output')
+    .action(async (state: string, o: { json?: boolean }) => {
+      const rows = await onState(state, 'server-list', [], s => admin.serverList(s))
+      print(o.json, rows, () => rows.map(r => `${r.name}  ${r.url}${r.tokenFile ? `  token ${r.tokenFile}` : ''}`).join('\n') || '(no servers)')
+    })
+
   const volume = cli.command('volume').description('logical volumes')
   volume.command('add').argument('<STATE>').argument('<VOL>').argument('<SERVER:DEVICE>')
     .description('map a new logical volume to a device (server "local" is this host)')
     .action(async (state: string, vol: string, place: string) => {
       const r = await onState(state, 'volume-add', [vol, place], s => admin.volumeAdd(s, vol, place))
       console.log(`bslfs: volume ${r.volume} → ${r.place}`)
+    })
+  volume.command('default').argument('<STATE>').argument('<VOL>')
+    .description('send new blocks to this volume')
+    .action(async (state: string, vol: string) => {
+      const r = await onState(state, 'volume-default', [vol], s => admin.volumeDefault(s, vol))
+      console.log(`bslfs: new blocks go to volume ${r.volume}`)
     })
   volume.command('list').argument('<STATE>')
     .description('every volume, where it lives now, and where it lived before')

@@ -1,9 +1,12 @@
 import { formatBSL, parsePlace, validName } from '../bsl'
 import { LocalDevice } from '../devices/local'
+import { probeServer } from '../devices/remote'
+import { readTokenFile } from './state'
 import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, placeText } from '../volumes/tables'
 import { State } from './state'
 import { resolve } from 'node:path'
+import { ServerRow } from '../volumes/tables'
 
 /**
  * The management operations. The same code serves a running mount (through
@@ -22,6 +25,7 @@ export interface StatusReport {
   defaultVolume: number
   volumes: Array<{ volume: number, place: string, mirrors?: number[] }>
   devices: Array<{ place: string, path?: string, total?: number, free?: number, available?: number, error?: string }>
+  servers: Array<{ name: string, url: string, reachable: boolean, error?: string, devices?: string[] }>
 }
 
 export async function status (state: State, mounted: MountInfo | null): Promise<StatusReport> {
@@ -37,6 +41,19 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
       ? { place, path: row.path, error: s.message }
       : { place, path: row.path, total: s.total, free: s.free, available: s.available })
   }
+  // Remote devices named by a volume are in `space` already; the servers themselves are probed here.
+  for (const [place, sp] of space) {
+    if (place.startsWith(`${LOCAL_SERVER}:`)) continue
+    devices.push(sp instanceof Error ? { place, error: sp.message } : { place, total: sp.total, free: sp.free, available: sp.available })
+  }
+  const servers = await Promise.all([...tables.servers.values()].map(async row => {
+    try {
+      const health = await probeServer(row.url, await readTokenFile(row.tokenFile), 2000, { retries: 0, name: row.name })
+      return { name: row.name, url: row.url, reachable: true, devices: health.devices }
+    } catch (err) {
+      return { name: row.name, url: row.url, reachable: false, error: (err as Error).message }
+    }
+  }))
   return {
     state: state.paths.root,
     blockSize: state.dir.blockSize,
@@ -46,7 +63,8 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
     defaultVolume: tables.defaultVolume,
     volumes: [...tables.volumes.values()].sort((a, b) => a.volume - b.volume).map(v => ({ volume: v.volume, place: placeText(v.place) }))
       .concat([...tables.mirrors].map(([volume, mirrors]) => ({ volume, place: 'mirror', mirrors }))),
-    devices
+    devices,
+    servers
   }
 }
 
@@ -126,4 +144,50 @@ export async function bslOf (state: State, path: string): Promise<BlockReport[]>
     }
     return { index, bsl: formatBSL(rec.bsl), length: rec.length, checksum: rec.checksum.toString(16).padStart(8, '0'), places }
   })
+}
+
+/** Add a remote block server; it must answer with the token before it is recorded. */
+export async function serverAdd (state: State, name: string, url: string, tokenFile: string | undefined): Promise<ServerRow> {
+  try {
+    validName('server', name)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+  if (name === LOCAL_SERVER) throw new UsageError(`"${LOCAL_SERVER}" is this host; pick another server name`)
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    throw new UsageError(`bad URL "${url}": use http://HOST:PORT`)
+  }
+  if (parsed.protocol !== 'http:' || parsed.pathname !== '/' || parsed.search || parsed.username) {
+    throw new UsageError(`bad URL "${url}": use http://HOST:PORT (no path, query or credentials)`)
+  }
+  const tables = await state.dir.tables()
+  if (tables.servers.has(name)) throw new UsageError(`server "${name}" already exists (${tables.servers.get(name)!.url})`)
+  const row: ServerRow = { name, url: parsed.origin }
+  if (tokenFile) row.tokenFile = resolve(tokenFile)
+  const token = await readTokenFile(row.tokenFile)
+  await probeServer(row.url, token, 2000, { name }).catch((err: Error) => {
+    throw new UsageError(`server ${name} at ${row.url} does not answer: ${err.message}`)
+  })
+  await state.dir.putServer(row)
+  await state.reloadTables()
+  return row
+}
+
+export async function serverList (state: State): Promise<ServerRow[]> {
+  return [...(await state.dir.tables()).servers.values()].sort((a, b) => a.name.localeCompare(b.name))
+}
+
+/** Send new blocks to `volume` (a volume of the volume table or of the mirror table). */
+export async function volumeDefault (state: State, volumeText: string): Promise<{ volume: number }> {
+  const volume = parseVolume(volumeText)
+  const tables = await state.dir.tables()
+  if (!tables.volumes.has(volume) && !tables.mirrors.has(volume)) {
+    throw new UsageError(`there is no volume ${volume}; add it first with \`bslfs volume add STATE ${volume} SERVER:DEVICE\``)
+  }
+  await state.dir.setDefaultVolume(volume)
+  await state.reloadTables()
+  return { volume }
 }

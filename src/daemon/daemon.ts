@@ -110,6 +110,9 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       case 'device-add': return admin.deviceAdd(state, a, b)
       case 'volume-add': return admin.volumeAdd(state, a, b)
       case 'volume-list': return admin.volumeList(state)
+      case 'volume-default': return admin.volumeDefault(state, a)
+      case 'server-add': return admin.serverAdd(state, a, b, req.args[2] || undefined)
+      case 'server-list': return admin.serverList(state)
       case 'bsl': return admin.bslOf(state, a)
       default: throw new UsageError(`unknown control command "${req.cmd}"`)
     }

@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path'
 import { Device } from '../devices/device'
 import { syncDir, writeWhole } from '../durable'
 import { LocalDevice } from '../devices/local'
+import { RemoteDevice } from '../devices/remote'
 import { Directory } from '../directory/directory'
 import { LevelKv } from '../directory/leveldb'
 import { FsError, UsageError } from '../errors'
@@ -140,12 +141,32 @@ export class State {
 }
 
 async function openDevice (dir: Directory, place: Place): Promise<Device> {
+  const tables = await dir.tables()
   if (place.server !== LOCAL_SERVER) {
-    throw new FsError('ENODEV', `${placeText(place)}: remote servers are not supported yet`)
+    const server = tables.servers.get(place.server)
+    if (!server) throw new FsError('ENODEV', `${placeText(place)}: no server "${place.server}"; add it with \`bslfs server add STATE ${place.server} URL\``)
+    return new RemoteDevice({ server: server.name, device: place.device, url: server.url, token: await readTokenFile(server.tokenFile) })
   }
-  const row = (await dir.tables()).devices.get(place.device)
+  const row = tables.devices.get(place.device)
   if (!row) {
     throw new FsError('ENODEV', `no local device "${place.device}"; add it with \`bslfs device add STATE ${place.device} PATH\``)
   }
   return LocalDevice.open(row.path, { server: LOCAL_SERVER, device: place.device })
+}
+
+/**
+ * The bearer token for a block server: the content of its token file, or,
+ * for a server started without one on this host, the token it wrote.
+ */
+export async function readTokenFile (file: string | undefined): Promise<string> {
+  if (!file) throw new UsageError('this server has no token file; give --token-file FILE (the server prints where its token is)')
+  let text: string
+  try {
+    text = await fsp.readFile(file, 'utf8')
+  } catch (err) {
+    throw new UsageError(`cannot read the token file ${file}: ${(err as Error).message}`)
+  }
+  const token = text.trim()
+  if (!token) throw new UsageError(`the token file ${file} is empty`)
+  return token
 }

@@ -1,0 +1,693 @@
+import { createHash } from 'node:crypto'
+import createDebug from 'debug'
+import { Dispatcher, Pool } from 'undici'
+import { isObjectId, validName } from '../bsl'
+import { checksum } from '../checksum'
+import { ErrnoCode, FsError } from '../errors'
+import { Device, DeviceSpace } from './device'
+
+const log = createDebug('bslfs:devices')
+
+/** Per-request bound, in milliseconds, unless the caller says otherwise. */
+export const DEFAULT_TIMEOUT_MS = 2000
+/** Extra attempts of an idempotent request after a connection error, timeout or 5xx. */
+export const DEFAULT_RETRIES = 2
+/** The largest object a get accepts (the largest block size bslfs allows). */
+export const DEFAULT_MAX_OBJECT_BYTES = 64 * 1024 * 1024
+/** Connections per server in the shared pool. */
+export const POOL_CONNECTIONS = 8
+
+// Pauses before the 2nd, 3rd, … attempt; later attempts reuse the last one.
+const BACKOFF_MS = [50, 150, 400, 1000]
+// How much of an error answer is read for its message; the rest is dropped.
+const ERROR_BODY_LIMIT = 16 * 1024
+// The longest line a listing may hold (an id is 16 characters).
+const LIST_LINE_LIMIT = 1024
+const MAX_RETRIES = 10
+
+export interface RemoteDeviceOptions {
+  /** The server's name in the server table ("s2"); used in labels and messages. */
+  server: string
+  /** The device's name on that server ("d1"). */
+  device: string
+  /** Base URL of the block server, e.g. "http://host2:7070". */
+  url: string
+  /** The shared bearer token. */
+  token: string
+  /** Bound on each attempt of a request: connect, headers and body together. Default 2000. */
+  timeoutMs?: number
+  /** Extra attempts after a connection error, timeout or retryable 5xx. Default 2. */
+  retries?: number
+  /** A dispatcher to use instead of the shared per-server pool; the device never closes it. */
+  pool?: Dispatcher
+  /** The largest object body a get accepts. Default 64 MiB. */
+  maxObjectBytes?: number
+}
+
+/** What `GET /v1/health` answers. */
+export interface ServerHealth {
+  ok: true
+  /** The server's own name for itself. */
+  server: string
+  /** Names of the devices it serves. */
+  devices: string[]
+}
+
+// ---------------------------------------------------------------------------
+// The pool registry: one keep-alive pool per (server URL, token), shared by
+// every device of that server and closed when the last of them closes.
+
+interface PoolEntry {
+  key: string
+  pool: Pool
+  refs: number
+}
+
+const pools = new Map<string, PoolEntry>()
+
+function poolKey (origin: string, token: string): string {
+  // The token is part of the key (two tokens are two sets of connections) but is not kept in clear.
+  return `${origin} ${createHash('sha256').update(token).digest('hex').slice(0, 16)}`
+}
+
+function acquirePool (origin: string, token: string, connectTimeoutMs: number): PoolEntry {
+  const key = poolKey(origin, token)
+  let e = pools.get(key)
+  if (e === undefined) {
+    const pool = new Pool(origin, {
+      connections: POOL_CONNECTIONS,
+      pipelining: 1,
+      keepAliveTimeout: 4000,
+      keepAliveMaxTimeout: 30_000,
+      connect: { timeout: connectTimeoutMs }
+    })
+    e = { key, pool, refs: 0 }
+    pools.set(key, e)
+    log('new connection pool for %s', origin)
+  }
+  e.refs++
+  return e
+}
+
+async function releasePool (e: PoolEntry): Promise<void> {
+  e.refs--
+  if (e.refs > 0) return
+  if (pools.get(e.key) === e) pools.delete(e.key)
+  // Let finished requests hand back their sockets; anything still hanging is cut off.
+  let timer: NodeJS.Timeout | undefined
+  const closed = await Promise.race([
+    e.pool.close().then(() => true, () => true),
+    new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(false), 500) })
+  ])
+  clearTimeout(timer)
+  if (!closed) await e.pool.destroy().catch(() => undefined)
+}
+
+/** How many shared server pools are open (for status output and tests). */
+export function openPoolCount (): number {
+  return pools.size
+}
+
+// ---------------------------------------------------------------------------
+// One HTTP exchange with bounds and retries.
+
+/** The attempt's own deadline passed (the whole request, not just one phase). */
+class TimedOut extends Error {
+  constructor (readonly ms: number) {
+    super(`no complete answer within ${ms} ms`)
+    this.name = 'TimedOut'
+  }
+}
+
+/** A server answer that is an error: the FsError to report and whether asking again may help. */
+class Answer extends Error {
+  constructor (readonly fsError: FsError, readonly retry: boolean) {
+    super(fsError.message)
+    this.name = 'Answer'
+  }
+}
+
+/** Everything one endpoint (a device, or a probe of a server) needs to talk HTTP. */
+interface Endpoint {
+  /** "s2:d1" for a device, the URL's host for a probe. */
+  label: string
+  /** The server's name, for the token message. */
+  serverName: string
+  origin: string
+  basePath: string
+  token: string
+  timeoutMs: number
+  retries: number
+  dispatcher: Dispatcher
+  closed: () => boolean
+}
+
+interface Call<T> {
+  method: Dispatcher.HttpMethod
+  path: string
+  /** For messages: "get of object 0000000000000abc". */
+  what: string
+  headers?: Record<string, string>
+  body?: Uint8Array
+  /** Turns the answer into the result, or throws Answer / FsError; runs inside the attempt's deadline. */
+  handle: (res: Dispatcher.ResponseData) => Promise<T>
+  /** Releases a result that arrived after its deadline (a stream nobody will read). */
+  late?: (v: T) => void
+}
+
+function noop (): void {}
+
+function destroyBody (body: Dispatcher.ResponseData['body']): void {
+  body.on('error', noop)
+  body.destroy()
+}
+
+function sleep (ms: number): Promise<void> {
+  return new Promise(resolve => setTimeout(resolve, ms))
+}
+
+/** A network-level failure in words: "connect ECONNREFUSED 127.0.0.1:7070", "connection closed by the server". */
+function describe (err: unknown): string {
+  if (err instanceof TimedOut) return err.message
+  if (err instanceof AggregateError && err.errors.length > 0) {
+    return [...new Set(err.errors.map(describe))].join('; ')
+  }
+  const e = err as { code?: unknown, message?: unknown } | null | undefined
+  const code = typeof e?.code === 'string' ? e.code : undefined
+  const msg = typeof e?.message === 'string' && e.message !== '' ? e.message : (code ?? String(err))
+  switch (code) {
+    case 'UND_ERR_SOCKET': return `connection closed by the server (${msg})`
+    case 'UND_ERR_CONNECT_TIMEOUT': return `connect timed out (${msg})`
+    case 'UND_ERR_HEADERS_TIMEOUT': return 'no response headers in time'
+    case 'UND_ERR_BODY_TIMEOUT': return 'the response body stalled'
+    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH': return `the response body does not match its Content-Length (${msg})`
+    default: return msg
+  }
+}
+
+function header (res: Dispatcher.ResponseData, name: string): string | undefined {
+  const v = res.headers[name]
+  return Array.isArray(v) ? v[0] : v
+}
+
+/** Content-Length as a number; undefined when absent; EIO when it is not a plain decimal. */
+function contentLength (ep: Endpoint, res: Dispatcher.ResponseData, what: string): number | undefined {
+  const v = header(res, 'content-length')
+  if (v === undefined) return undefined
+  if (!/^[0-9]{1,16}$/.test(v)) throw new FsError('EIO', `${ep.label}: bad Content-Length ${JSON.stringify(v.slice(0, 40))} in the answer to ${what}`)
+  return Number(v)
+}
+
+/** Reads a whole body, but never more than `limit` bytes; null when it is longer. */
+async function readLimited (body: Dispatcher.ResponseData['body'], limit: number): Promise<Buffer | null> {
+  const chunks: Buffer[] = []
+  let n = 0
+  for await (const chunk of body) {
+    const b = chunk as Buffer
+    n += b.length
+    if (n > limit) {
+      destroyBody(body)
+      return null
+    }
+    chunks.push(b)
+  }
+  return Buffer.concat(chunks, n)
+}
+
+/** The server's `{ error, code }`, as far as it can be read. */
+async function errorInfo (res: Dispatcher.ResponseData): Promise<{ error?: string, code?: string }> {
+  let text: string
+  try {
+    const buf = await readLimited(res.body, ERROR_BODY_LIMIT)
+    if (buf === null) return {}
+    text = buf.toString('utf8')
+  } catch {
+    return {}
+  }
+  try {
+    const j = JSON.parse(text) as unknown
+    if (j !== null && typeof j === 'object') {
+      const o = j as Record<string, unknown>
+      return {
+        error: typeof o.error === 'string' ? o.error.slice(0, 500) : undefined,
+        code: typeof o.code === 'string' ? o.code.slice(0, 40) : undefined
+      }
+    }
+  } catch {}
+  const plain = text.trim().slice(0, 200)
+  return plain === '' ? {} : { error: plain }
+}
+
+/** Maps an error status to the FsError the caller sees (404 is the caller's to interpret first). */
+function statusAnswer (ep: Endpoint, status: number, info: { error?: string, code?: string }, what: string): Answer {
+  const said = info.error !== undefined ? `: ${info.error}` : ''
+  const fail = (code: ErrnoCode, message: string, retry = false): Answer => new Answer(new FsError(code, message), retry)
+  if (status === 401) return fail('EACCES', `token rejected by ${ep.serverName} — check --token-file`)
+  if (status === 403) return fail('EACCES', `${ep.label} refused ${what} (403)${said}`)
+  if (status === 404) return fail('ENODEV', `${ep.label}: not found on the server (404, ${what})${said}`)
+  if (status === 408 || status === 429) return fail('EIO', `${ep.label} is busy (${status}, ${what})${said}`, true)
+  if (status === 413) return fail('EFBIG', `${ep.label} refused ${what}: too large (413)${said}`)
+  if (status === 422) return fail('EIO', `${ep.label} refused ${what}: the bytes it received do not match their checksum (422)${said}`)
+  if (status === 507) return fail('ENOSPC', `${ep.label} is full (${what})${said}`)
+  if (status >= 400 && status < 500) return fail('EINVAL', `${ep.label} refused ${what} (${status})${said}`)
+  if (status >= 500) {
+    // A definite EIO answer (a corrupt or unreadable copy) will not get better by asking again.
+    const definite = info.code === 'EIO'
+    return fail('EIO', `${ep.label} failed ${what} (${status}${info.code !== undefined ? ' ' + info.code : ''})${said}`, !definite)
+  }
+  return fail('EIO', `${ep.label}: unexpected answer ${status} to ${what}`)
+}
+
+/** Reads an error answer's body and maps it. */
+async function answerFor (ep: Endpoint, res: Dispatcher.ResponseData, what: string): Promise<Answer> {
+  return statusAnswer(ep, res.statusCode, await errorInfo(res), what)
+}
+
+/** One attempt, bounded as a whole by ep.timeoutMs: connect, send, headers and `handle`. */
+async function attempt<T> (ep: Endpoint, call: Call<T>): Promise<T> {
+  const ac = new AbortController()
+  let timer: NodeJS.Timeout | undefined
+  const deadline = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => {
+      const err = new TimedOut(ep.timeoutMs)
+      ac.abort(err)
+      reject(err)
+    }, ep.timeoutMs)
+  })
+  deadline.catch(noop)
+  const work = (async () => {
+    const res = await ep.dispatcher.request({
+      origin: ep.origin,
+      path: ep.basePath + call.path,
+      method: call.method,
+      headers: { authorization: `Bearer ${ep.token}`, ...call.headers },
+      body: call.body,
+      signal: ac.signal,
+      headersTimeout: ep.timeoutMs,
+      bodyTimeout: ep.timeoutMs
+    })
+    try {
+      return await call.handle(res)
+    } catch (err) {
+      destroyBody(res.body)
+      throw err
+    }
+  })()
+  try {
+    // The race keeps the bound even where the dispatcher would notice the abort late (a queued request).
+    return await Promise.race([work, deadline])
+  } catch (err) {
+    work.then(v => call.late?.(v), noop)
+    throw err
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** A request with bounded retries; every failure comes out as an FsError. */
+async function exchange<T> (ep: Endpoint, call: Call<T>): Promise<T> {
+  const attempts = ep.retries + 1
+  let last: unknown
+  for (let i = 0; i < attempts; i++) {
+    if (i > 0) await sleep(BACKOFF_MS[Math.min(i - 1, BACKOFF_MS.length - 1)])
+    if (ep.closed()) throw new FsError('EIO', `device ${ep.label} is closed`)
+    try {
+      return await attempt(ep, call)
+    } catch (err) {
+      if (err instanceof Answer) {
+        log('%s: %s %s → %s%s', ep.label, call.method, call.path, err.fsError.message, err.retry ? ' (will retry)' : '')
+        if (!err.retry) throw err.fsError
+        last = err
+        continue
+      }
+      if (err instanceof FsError) throw err
+      const code = (err as { code?: unknown } | null)?.code
+      if (code === 'UND_ERR_INVALID_ARG') {
+        throw new FsError('EINVAL', `${ep.label}: bad request for ${call.what}: ${describe(err)}`, { cause: err })
+      }
+      if (code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED') {
+        throw new FsError('EIO', `device ${ep.label} is closed`, { cause: err })
+      }
+      log('%s: %s %s attempt %d/%d failed: %s', ep.label, call.method, call.path, i + 1, attempts, describe(err))
+      last = err
+    }
+  }
+  if (last instanceof Answer) throw last.fsError
+  const tries = attempts > 1 ? `, ${attempts} attempts` : ''
+  throw new FsError('EIO', `${ep.label} unreachable: ${describe(last)} (${call.what}${tries})`, { cause: last })
+}
+
+// ---------------------------------------------------------------------------
+
+function checkedUrl (url: string): { origin: string, basePath: string } {
+  let u: URL
+  try {
+    u = new URL(url)
+  } catch {
+    throw new FsError('EINVAL', `bad server URL ${JSON.stringify(String(url).slice(0, 200))}: expected e.g. http://host2:7070`)
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+    throw new FsError('EINVAL', `bad server URL ${url}: must start with http:// or https://`)
+  }
+  if (u.username !== '' || u.password !== '' || u.search !== '' || u.hash !== '') {
+    throw new FsError('EINVAL', `bad server URL ${url}: no user, password, query or fragment allowed (the token goes in --token-file)`)
+  }
+  return { origin: u.origin, basePath: u.pathname.replace(/\/+$/, '') }
+}
+
+function checkedToken (token: string): string {
+  if (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
+    throw new FsError('EINVAL', 'bad token: must be non-empty printable ASCII without spaces (check --token-file)')
+  }
+  return token
+}
+
+function checkedTimeout (ms: number | undefined): number {
+  const v = ms ?? DEFAULT_TIMEOUT_MS
+  if (!Number.isFinite(v) || v <= 0) throw new FsError('EINVAL', `bad timeout ${String(ms)}: must be a positive number of milliseconds`)
+  return v
+}
+
+/**
+ * A device on a remote bslfs block server, spoken to over HTTP:
+ *
+ *     PUT/GET/HEAD/DELETE  /v1/devices/:device/objects/:id
+ *     GET                  /v1/devices/:device/objects     (ids, one a line)
+ *     GET                  /v1/devices/:device/space
+ *
+ * Every request is bounded as a whole by `timeoutMs` (connect, headers and
+ * body), and retried `retries` times after a connection error, a timeout or a
+ * transient 5xx; all requests are idempotent (objects are immutable). A call
+ * therefore never takes longer than timeoutMs × (retries + 1) plus the short
+ * backoff between attempts. Reads are checked end to end: the crc32 of the
+ * bytes that arrived must match, or the read is EIO — never wrong bytes.
+ */
+export class RemoteDevice implements Device {
+  readonly label: string
+  readonly server: string
+  readonly device: string
+  readonly url: string
+  readonly timeoutMs: number
+  readonly retries: number
+  private readonly maxObjectBytes: number
+  private readonly ep: Endpoint
+  private readonly entry: PoolEntry | undefined
+  private readonly devicePath: string
+  private closed = false
+
+  constructor (opts: RemoteDeviceOptions) {
+    validName('server', opts.server)
+    validName('device', opts.device)
+    this.server = opts.server
+    this.device = opts.device
+    this.label = `${opts.server}:${opts.device}`
+    this.url = opts.url
+    const { origin, basePath } = checkedUrl(opts.url)
+    const token = checkedToken(opts.token)
+    this.timeoutMs = checkedTimeout(opts.timeoutMs)
+    const retries = opts.retries ?? DEFAULT_RETRIES
+    if (!Number.isInteger(retries) || retries < 0 || retries > MAX_RETRIES) {
+      throw new FsError('EINVAL', `bad retries ${String(opts.retries)}: must be an integer 0..${MAX_RETRIES}`)
+    }
+    this.retries = retries
+    this.maxObjectBytes = opts.maxObjectBytes ?? DEFAULT_MAX_OBJECT_BYTES
+    this.entry = opts.pool === undefined ? acquirePool(origin, token, this.timeoutMs) : undefined
+    this.devicePath = `/v1/devices/${encodeURIComponent(opts.device)}`
+    this.ep = {
+      label: this.label,
+      serverName: opts.server,
+      origin,
+      basePath,
+      token,
+      timeoutMs: this.timeoutMs,
+      retries,
+      dispatcher: opts.pool ?? (this.entry as PoolEntry).pool,
+      closed: () => this.closed
+    }
+  }
+
+  private check (objectId: string, sum?: number): void {
+    if (sum !== undefined && !(Number.isInteger(sum) && sum >= 0 && sum <= 0xffff_ffff)) {
+      throw new FsError('EINVAL', `bad checksum ${String(sum)} for ${this.label}: must be an unsigned 32-bit integer`)
+    }
+    if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
+    if (!isObjectId(objectId)) {
+      const id: unknown = objectId
+      const shown = typeof id === 'string' ? JSON.stringify(id.slice(0, 40)) : String(id)
+      throw new FsError('EINVAL', `bad object id ${shown} for ${this.label}: must be 16 lowercase hex digits`)
+    }
+  }
+
+  private objectPath (objectId: string): string {
+    // The id is 16 lowercase hex digits (checked), so encoding is only belt and braces.
+    return `${this.devicePath}/objects/${encodeURIComponent(objectId)}`
+  }
+
+  async put (objectId: string, data: Uint8Array, sum: number): Promise<void> {
+    this.check(objectId, sum)
+    const actual = checksum(data)
+    if (actual !== sum) {
+      throw new FsError('EIO', `put of object ${objectId} on ${this.label} refused: data checksum 0x${actual.toString(16)} does not match the given 0x${sum.toString(16)}`)
+    }
+    const what = `put of object ${objectId}`
+    await exchange(this.ep, {
+      method: 'PUT',
+      path: this.objectPath(objectId),
+      what,
+      headers: {
+        'content-type': 'application/octet-stream',
+        'content-length': String(data.byteLength),
+        'x-bslfs-checksum': String(sum)
+      },
+      body: data,
+      handle: async res => {
+        if (res.statusCode === 201 || res.statusCode === 200 || res.statusCode === 204) {
+          await readLimited(res.body, ERROR_BODY_LIMIT)
+          return
+        }
+        throw await answerFor(this.ep, res, what)
+      }
+    })
+    log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
+  }
+
+  async get (objectId: string, sum: number): Promise<Buffer> {
+    this.check(objectId, sum)
+    const what = `get of object ${objectId}`
+    const max = this.maxObjectBytes
+    return await exchange(this.ep, {
+      method: 'GET',
+      path: this.objectPath(objectId),
+      what,
+      headers: { 'x-bslfs-checksum': String(sum) },
+      handle: async res => {
+        if (res.statusCode !== 200) {
+          const info = await errorInfo(res)
+          if (res.statusCode === 404 && (info.code === undefined || info.code === 'ENOENT')) {
+            // EIO for the reader, but a message that says "missing" rather than "corrupt" (as LocalDevice).
+            throw new Answer(new FsError('EIO', `object ${objectId} is missing on ${this.label}`), false)
+          }
+          throw statusAnswer(this.ep, res.statusCode, info, what)
+        }
+        const declared = contentLength(this.ep, res, what)
+        if (declared !== undefined && declared > max) {
+          throw new FsError('EIO', `${this.label} answered ${what} with ${declared} bytes; at most ${max} are accepted`)
+        }
+        const data = await readLimited(res.body, max)
+        if (data === null) throw new FsError('EIO', `${this.label} answered ${what} with more than ${max} bytes`)
+        if (declared !== undefined && data.length !== declared) {
+          throw new FsError('EIO', `${this.label} answered ${what} with ${data.length} bytes but a Content-Length of ${declared}`)
+        }
+        const got = checksum(data)
+        if (got !== sum) {
+          log('%s: checksum mismatch on %s after transfer', this.label, objectId)
+          throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId} (as received): expected 0x${sum.toString(16)}, got 0x${got.toString(16)} (${data.length} bytes)`)
+        }
+        return data
+      }
+    })
+  }
+
+  async delete (objectId: string): Promise<void> {
+    this.check(objectId)
+    const what = `delete of object ${objectId}`
+    await exchange(this.ep, {
+      method: 'DELETE',
+      path: this.objectPath(objectId),
+      what,
+      handle: async res => {
+        if (res.statusCode === 204 || res.statusCode === 200) {
+          await readLimited(res.body, ERROR_BODY_LIMIT)
+          return
+        }
+        const info = await errorInfo(res)
+        // Removing what is not there is not an error; an unknown device is.
+        if (res.statusCode === 404 && (info.code === undefined || info.code === 'ENOENT')) return
+        throw statusAnswer(this.ep, res.statusCode, info, what)
+      }
+    })
+    log('%s: deleted %s', this.label, objectId)
+  }
+
+  async stat (objectId: string): Promise<{ size: number } | null> {
+    this.check(objectId)
+    const what = `stat of object ${objectId}`
+    return await exchange(this.ep, {
+      method: 'HEAD',
+      path: this.objectPath(objectId),
+      what,
+      handle: async res => {
+        await res.body.dump({ limit: ERROR_BODY_LIMIT }).catch(noop)
+        if (res.statusCode === 404) return null
+        if (res.statusCode !== 200) throw statusAnswer(this.ep, res.statusCode, {}, what)
+        const size = contentLength(this.ep, res, what)
+        if (size === undefined) throw new FsError('EIO', `${this.label} answered ${what} without a Content-Length`)
+        return { size }
+      }
+    })
+  }
+
+  /**
+   * Every object id on the device, streamed line by line. Getting the
+   * answer started is bounded and retried like any request; after that each
+   * chunk must arrive within timeoutMs (a long listing may take long as a
+   * whole), and a failure part-way is EIO rather than a silent short list.
+   */
+  async * list (): AsyncIterable<string> {
+    if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
+    const what = 'listing'
+    const body = await exchange(this.ep, {
+      method: 'GET',
+      path: `${this.devicePath}/objects`,
+      what,
+      handle: async res => {
+        if (res.statusCode !== 200) throw await answerFor(this.ep, res, what)
+        return res.body
+      },
+      late: b => destroyBody(b)
+    })
+    let rest = ''
+    let n = 0
+    const line = (s: string): string | undefined => {
+      const id = s.endsWith('\r') ? s.slice(0, -1) : s
+      if (id === '') return undefined
+      if (!isObjectId(id)) {
+        const shown: string = s
+        throw new FsError('EIO', `${this.label} listed a bad object id ${JSON.stringify(shown.slice(0, 40))} (after ${n} good ones)`)
+      }
+      n++
+      return id
+    }
+    try {
+      body.setEncoding('utf8')
+      for await (const chunk of body) {
+        rest += chunk as string
+        const lines = rest.split('\n')
+        rest = lines.pop() as string
+        if (rest.length > LIST_LINE_LIMIT) throw new FsError('EIO', `${this.label} listed a line longer than ${LIST_LINE_LIMIT} characters`)
+        for (const l of lines) {
+          const id = line(l)
+          if (id !== undefined) yield id
+        }
+      }
+      const id = line(rest)
+      if (id !== undefined) yield id
+    } catch (err) {
+      if (err instanceof FsError) throw err
+      throw new FsError('EIO', `listing ${this.label} failed after ${n} ids: ${describe(err)}`, { cause: err })
+    } finally {
+      // Also when the consumer stops early: the connection must not stay half-read.
+      if (!body.readableEnded) destroyBody(body)
+    }
+  }
+
+  async space (): Promise<DeviceSpace> {
+    if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
+    const what = 'space query'
+    return await exchange(this.ep, {
+      method: 'GET',
+      path: `${this.devicePath}/space`,
+      what,
+      handle: async res => {
+        if (res.statusCode !== 200) throw await answerFor(this.ep, res, what)
+        const j = await jsonBody(this.ep, res, what)
+        const out: Partial<DeviceSpace> = {}
+        for (const k of ['total', 'free', 'available'] as const) {
+          const v = j[k]
+          if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+            throw new FsError('EIO', `${this.label} answered the ${what} with a bad "${k}": ${String(JSON.stringify(v)).slice(0, 40)}`)
+          }
+          out[k] = v
+        }
+        return out as DeviceSpace
+      }
+    })
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    if (this.entry !== undefined) await releasePool(this.entry)
+  }
+}
+
+async function jsonBody (ep: Endpoint, res: Dispatcher.ResponseData, what: string): Promise<Record<string, unknown>> {
+  const buf = await readLimited(res.body, 64 * 1024)
+  if (buf === null) throw new FsError('EIO', `${ep.label} answered the ${what} with too much data`)
+  let j: unknown
+  try {
+    j = JSON.parse(buf.toString('utf8'))
+  } catch (err) {
+    throw new FsError('EIO', `${ep.label} answered the ${what} with something that is not JSON: ${(err as Error).message}`)
+  }
+  if (j === null || typeof j !== 'object' || Array.isArray(j)) throw new FsError('EIO', `${ep.label} answered the ${what} with JSON that is not an object`)
+  return j as Record<string, unknown>
+}
+
+/**
+ * Asks a block server whether it is up and which devices it serves (for
+ * `bslfs status` and `bslfs server add`). One attempt unless `retries` says
+ * otherwise; every failure is an FsError (EACCES for a rejected token, EIO
+ * for an unreachable server or a malformed answer).
+ */
+export async function probeServer (url: string, token: string, timeoutMs: number = DEFAULT_TIMEOUT_MS, opts: { retries?: number, name?: string } = {}): Promise<ServerHealth> {
+  const { origin, basePath } = checkedUrl(url)
+  const host = new URL(origin).host
+  const ms = checkedTimeout(timeoutMs)
+  const pool = new Pool(origin, { connections: 1, pipelining: 1, connect: { timeout: ms } })
+  const ep: Endpoint = {
+    label: host,
+    serverName: opts.name ?? host,
+    origin,
+    basePath,
+    token: checkedToken(token),
+    timeoutMs: ms,
+    retries: opts.retries ?? 0,
+    dispatcher: pool,
+    closed: () => false
+  }
+  const what = 'health check'
+  try {
+    return await exchange(ep, {
+      method: 'GET',
+      path: '/v1/health',
+      what,
+      handle: async res => {
+        if (res.statusCode !== 200) throw await answerFor(ep, res, what)
+        const j = await jsonBody(ep, res, what)
+        if (j.ok !== true) throw new FsError('EIO', `${host} says it is not healthy: ${JSON.stringify(j).slice(0, 200)}`)
+        if (typeof j.server !== 'string') throw new FsError('EIO', `${host} answered the ${what} without a server name`)
+        if (!Array.isArray(j.devices)) throw new FsError('EIO', `${host} answered the ${what} without a device list`)
+        const devices = j.devices.map((d: unknown) => {
+          // A device is a name, or an object with one; the protocol leaves the rest open.
+          const name = typeof d === 'string' ? d : (d !== null && typeof d === 'object' ? (d as Record<string, unknown>).name : undefined)
+          if (typeof name !== 'string') throw new FsError('EIO', `${host} listed a device without a name: ${String(JSON.stringify(d)).slice(0, 80)}`)
+          return name
+        })
+        return { ok: true as const, server: j.server, devices }
+      }
+    })
+  } finally {
+    await pool.destroy().catch(() => undefined)
+  }
+}
