@@ -6,6 +6,7 @@ import { askControl } from '../daemon/control'
 import { findMount, findStateMount, fusermount } from '../daemon/mountpoint'
 import { DEFAULT_BLOCK_SIZE, State, initState, statePaths } from '../daemon/state'
 import { mountCommand } from './mount-command'
+import { registerServe } from './serve-command'
 
 /**
  * Run a management command on the running mount of `state` through its
@@ -105,6 +106,8 @@ export function program (): Command {
       const r = await onState(state, 'status', [], s => admin.status(s, null))
       print(o.json, r, () => formatStatus(r))
     })
+
+  registerServe(cli)
 
   const device = cli.command('device').description('local devices (directories on local disks)')
   device.command('add').argument('<STATE>').argument('<NAME>').argument('<PATH>')

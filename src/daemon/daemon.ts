@@ -127,7 +127,11 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     }, () => undefined)
   }, 2000)
   watch.unref()
-  const sweep = setInterval(() => { fs.sweepHidden().catch(err => log('sweep: %s', (err as Error).message)) }, 1000)
+  const sweep = setInterval(() => {
+    fs.sweepHidden().catch(err => log('sweep: %s', (err as Error).message))
+    // Closed files whose blocks a device refused are written once it answers again.
+    files.retryUnwritten().catch(err => log('retry: %s', (err as Error).message))
+  }, 1000)
   sweep.unref()
   server = await serveControl(state.paths.socket, handle)
   await fsp.chmod(state.paths.socket, 0o600)

@@ -121,6 +121,9 @@ export class OpenFile {
 
   get size (): number { return this.pending.size ?? this.committedSize }
 
+  /** Blocks written to but not yet stored. */
+  get dirtyBlocks (): number { return this.dirty.size + this.flushing.size }
+
   /** The inode as the kernel should see it: committed attributes with this file's newer ones on top. */
   view (inode: Inode): Inode {
     return this.pendingVersion === this.committedVersion ? inode : { ...inode, ...this.pending }
@@ -240,6 +243,11 @@ export class OpenFile {
     done.catch(err => {
       log('block %d of inode %d not written: %s', i, this.ino, (err as Error).message)
       this.error ??= err
+      // Keep the bytes: the next flush tries again (a newer write of the block wins).
+      if (!this.dirty.has(i) && i * this.bs < this.size) {
+        this.dirty.set(i, data)
+        this.shared.dirtyBytes += this.bs
+      }
     }).finally(() => {
       if (this.flushing.get(i) === entry) this.flushing.delete(i)
     })
@@ -307,6 +315,7 @@ export class OpenFile {
 /** The open files of a mount, by inode; the first open loads the block map, the last close flushes. */
 export class OpenFiles {
   private readonly files = new Map<number, Promise<OpenFile>>()
+  private retrying = false
 
   constructor (readonly shared: FileData) {}
 
@@ -334,14 +343,38 @@ export class OpenFiles {
   /** Drop one reference; the last one flushes and frees an inode that lost all its links. */
   async release (file: OpenFile): Promise<void> {
     if (--file.refs > 0) return
+    // A file whose data could not be written stays here, dirty, until retryUnwritten succeeds.
+    await file.flush()
+    await this.forget(file)
+  }
+
+  private async forget (file: OpenFile): Promise<void> {
+    if (file.refs !== 0 || file.dirtyBlocks > 0) return
+    this.files.delete(file.ino)
+    await this.shared.dir.releaseIfUnlinked(file.ino)
+  }
+
+  /** Try again to write closed files whose blocks could not be written (a device was down). */
+  async retryUnwritten (): Promise<number> {
+    if (this.retrying) return 0
+    this.retrying = true
+    let left = 0
     try {
-      await file.flush()
-    } finally {
-      if (file.refs === 0) {
-        this.files.delete(file.ino)
-        await this.shared.dir.releaseIfUnlinked(file.ino)
+      for (const f of [...this.files.values()]) {
+        const file = await f
+        if (file.refs > 0) continue
+        try {
+          await file.flush()
+          await this.forget(file)
+        } catch (err) {
+          left++
+          log('inode %d still not written: %s', file.ino, (err as Error).message)
+        }
       }
+    } finally {
+      this.retrying = false
     }
+    return left
   }
 
   /** Flush every open file (unmount, shutdown). */

@@ -14,7 +14,7 @@
  * simply not registered otherwise.
  */
 import { spawn, spawnSync, type SpawnOptions } from 'node:child_process'
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, existsSync, readFileSync } from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import { join, resolve } from 'node:path'
@@ -30,6 +30,65 @@ function readTarget (): Target {
 }
 
 export const target: Target = readTarget()
+
+/**
+ * Where a bslfs test filesystem keeps its data: 'local' (the device bslfs init makes) or 'remote'
+ * (a block server started by the test as a child process on loopback; BSLFS_TEST_VOLUME=remote).
+ */
+export const volumeKind: 'local' | 'remote' = process.env.BSLFS_TEST_VOLUME === 'remote' ? 'remote' : 'local'
+
+export interface BlockServer { pid: number, port: number, url: string, tokenFile: string, device: string, stop (signal?: NodeJS.Signals): Promise<void>, start (): Promise<void> }
+
+/** A free TCP port on 127.0.0.1 (bound, read, released). */
+export async function freePort (): Promise<number> {
+  const net = await import('node:net')
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer()
+    srv.once('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port
+      srv.close(() => resolve(port))
+    })
+  })
+}
+
+/**
+ * Start `bslfs serve` as a child process on 127.0.0.1 serving device d1 in `dir`, with a 0600
+ * token file; stop() kills it by pid (SIGTERM by default) and start() starts it again on the same port.
+ */
+export async function startBlockServer (dir: string, opts: { port?: number } = {}): Promise<BlockServer> {
+  await fsp.mkdir(dir, { recursive: true })
+  const tokenFile = join(dir, 'token')
+  if (!existsSync(tokenFile)) await fsp.writeFile(tokenFile, randomBytes(24).toString('hex') + '\n', { mode: 0o600 })
+  const port = opts.port ?? await freePort()
+  const device = join(dir, 'd1')
+  let child: ReturnType<typeof spawn> | undefined
+  const server: BlockServer = {
+    pid: 0,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    tokenFile,
+    device,
+    async start () {
+      child = spawn(process.execPath, [join(repoRoot, 'dist', 'server', 'main.js'), '--listen', `127.0.0.1:${port}`,
+        '--device', `d1=${device}`, '--token-file', tokenFile, '--name', 's1'], { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv })
+      server.pid = child.pid ?? 0
+      let out = ''
+      child.stdout!.on('data', (c) => { out += c })
+      child.stderr!.on('data', (c) => { out += c })
+      const up = await waitFor(() => out.includes('listening on'), 15_000)
+      if (!up) throw new Error(`block server did not start:\n${out}`)
+    },
+    async stop (signal: NodeJS.Signals = 'SIGTERM') {
+      if (!child || child.exitCode !== null || child.signalCode !== null) return
+      const exited = new Promise<void>((resolve) => child!.once('exit', () => resolve()))
+      child.kill(signal)
+      await exited
+    }
+  }
+  await server.start()
+  return server
+}
 export const isBslfs = target === 'bslfs'
 
 /** The repository root (test/helpers/../..). */
@@ -436,6 +495,8 @@ export interface Mount {
   bslfs (args: string[], opts?: RunOptions): Promise<RunResult>
   /** The mount daemon's pid: STATE/daemon.pid, else pgrep -f on the mount point. */
   daemonPid (): Promise<number | undefined>
+  /** With BSLFS_TEST_VOLUME=remote: the block server holding the data volume. */
+  server?: BlockServer
 }
 
 /** Pids of processes that must die at exit (started by the helper). */
@@ -558,6 +619,17 @@ export async function withMount (t: TapLike, opts: MountOpts = {}): Promise<Moun
   } else if (target === 'bslfs') {
     const r = await bslfs(['init', state], { timeout: 60_000 })
     if (r.code !== 0) throw new Error(`bslfs init failed:\n${describeRun(r)}`)
+    if (volumeKind === 'remote') {
+      // New data goes to volume 2 on a block server on loopback, stopped after the unmount.
+      const server = await startBlockServer(join(base, 'server'))
+      m.server = server
+      t.teardown(() => server.stop())
+      for (const args of [['server', 'add', state, 's1', server.url, '--token-file', server.tokenFile],
+        ['volume', 'add', state, '2', 's1:d1'], ['volume', 'default', state, '2']]) {
+        const rr = await bslfs(args, { timeout: 60_000 })
+        if (rr.code !== 0) throw new Error(`bslfs ${args[0]} ${args[1]} failed:\n${describeRun(rr)}`)
+      }
+    }
   }
   if (!opts.noMount) await m.mount()
   return m

@@ -1,0 +1,625 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
+import * as http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Duplex } from 'node:stream'
+import createDebug from 'debug'
+import { isObjectId, isValidName } from '../bsl'
+import { checksum } from '../checksum'
+import type { Device } from '../devices/device'
+import { FsError } from '../errors'
+import { ByteBudget } from './budget'
+import {
+  ALLOWED, CHECKSUM_HEADER, HttpError, Route, parseChecksumHeader, parseContentLength, parseRange,
+  parseTarget, resolveRange, shown
+} from './protocol'
+
+const log = createDebug('bslfs:server')
+
+export interface BlockServerOptions {
+  /** This server's name (reported by /v1/health), or null. */
+  name: string | null
+  /** The devices served, by name. */
+  devices: ReadonlyMap<string, Device>
+  /** The shared bearer token every request must carry. */
+  token: string
+  /** The largest object a PUT may carry (413 above it). */
+  maxObjectBytes: number
+  /** Bytes of request bodies and objects held in memory at once; requests beyond it wait. */
+  maxBufferedBytes: number
+  /** Time allowed for a request's headers to arrive (408 after it). */
+  headersTimeoutMs: number
+  /** Time allowed for a whole request (headers and body) to arrive. */
+  requestTimeoutMs: number
+  /** A connection with no traffic either way for this long is closed. */
+  idleTimeoutMs: number
+  /** How long an idle keep-alive connection is kept open between requests. */
+  keepAliveTimeoutMs: number
+  /** Connections beyond this are closed as they arrive. */
+  maxConnections: number
+}
+
+/** The client closed its connection (or it timed out) before the request was whole. */
+class ClientGone extends Error {}
+
+/** What one request carries through its handler. */
+interface Exchange {
+  req: http.IncomingMessage
+  res: http.ServerResponse
+  /** The client sent `Expect: 100-continue` ... */
+  expectContinue: boolean
+  /** ... and we answered 100 Continue (we are going to read the body). */
+  continued: boolean
+  /** Aborts when the response closes (finished, or the client went away). */
+  signal: AbortSignal
+  /** Runs `fn` when the response closes (at once if it already has). */
+  defer: (fn: () => void) => void
+}
+
+const JSON_TYPE = 'application/json; charset=utf-8'
+const CHALLENGE = 'Bearer realm="bslfs"'
+
+function isMissing (err: unknown): boolean {
+  if (!(err instanceof FsError)) return false
+  if (err.code === 'ENOENT') return true
+  const cause = (err as { cause?: unknown }).cause as NodeJS.ErrnoException | undefined
+  return cause?.code === 'ENOENT'
+}
+
+/** The answer for an error a device raised. */
+function fromFsError (err: FsError): HttpError {
+  if (isMissing(err)) return new HttpError(404, 'ENOENT', err.message)
+  switch (err.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new HttpError(507, 'ENOSPC', err.message)
+    case 'EINVAL':
+      return new HttpError(400, 'EINVAL', err.message)
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return new HttpError(500, err.code, err.message)
+    default:
+      return new HttpError(500, 'EIO', err.message)
+  }
+}
+
+/** The status line and JSON error body written straight to a socket when a request could not even be parsed. */
+function rawErrorResponse (status: number, code: string, message: string): string {
+  const body = JSON.stringify({ error: message, code })
+  return `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\n` +
+    `Content-Type: ${JSON_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+    'Cache-Control: no-store\r\nConnection: close\r\n\r\n' + body
+}
+
+/**
+ * The block server: exposes devices over HTTP/1.1 (see ./protocol.ts for the
+ * routes). Every request is authenticated first, every name and id is
+ * validated before it reaches a device, bodies are bounded, and every
+ * failure is answered (or the connection closed) without touching the rest
+ * of the server.
+ */
+export class BlockServer {
+  private readonly server: http.Server
+  private readonly tokenHash: Buffer
+  private readonly budget: ByteBudget
+  private stopping: Promise<boolean> | null = null
+  private forceClose: (() => void) | null = null
+  private active = 0
+  /** Per connection: settles when the last request dispatched on it has been answered. */
+  private readonly turns = new WeakMap<Duplex, Promise<void>>()
+  /** Connections already answered for a parse error (Node may report one several times). */
+  private readonly failedSockets = new WeakSet<Duplex>()
+
+  constructor (private readonly opts: BlockServerOptions) {
+    if (opts.token.length === 0) throw new Error('the block server needs a token')
+    this.tokenHash = createHash('sha256').update(opts.token).digest()
+    this.budget = new ByteBudget(opts.maxBufferedBytes)
+    this.server = http.createServer({
+      headersTimeout: opts.headersTimeoutMs,
+      requestTimeout: opts.requestTimeoutMs,
+      keepAliveTimeout: opts.keepAliveTimeoutMs,
+      // How often the timeouts above are checked (Node's default is 30 s).
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(opts.headersTimeoutMs / 4))),
+      // The Host header means nothing here; do not answer its absence with a non-JSON 400.
+      requireHostHeader: false
+    }, (req, res) => this.dispatch(req, res, false))
+    this.server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => this.dispatch(req, res, true))
+    this.server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
+      res.on('error', () => {})
+      this.sendError(res, new HttpError(417, 'EINVAL', `unsupported Expect: ${shown(String(req.headers.expect))}`), true)
+    })
+    this.server.on('clientError', (err: Error, socket: Duplex) => this.onClientError(err, socket))
+    // With no 'timeout' listener, Node destroys a socket idle this long.
+    this.server.setTimeout(opts.idleTimeoutMs)
+    this.server.maxConnections = opts.maxConnections
+  }
+
+  /** Starts listening; resolves with the bound address (port 0 picks a free port). */
+  async listen (host: string, port: number): Promise<AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException): void => {
+        const what = err.code === 'EADDRINUSE'
+          ? 'the address is in use (is another server running?)'
+          : err.code === 'EADDRNOTAVAIL' ? 'no interface of this host has that address' : err.message
+        reject(new Error(`cannot listen on ${host}:${port}: ${what}`, { cause: err }))
+      }
+      this.server.once('error', onError)
+      this.server.listen({ host, port }, () => {
+        this.server.off('error', onError)
+        resolve()
+      })
+    })
+    this.server.on('error', (err) => log('server error: %s', err.message))
+    return this.server.address() as AddressInfo
+  }
+
+  /** Requests being handled now. */
+  get inFlight (): number {
+    return this.active
+  }
+
+  /**
+   * Stops accepting connections, lets requests in flight finish (new
+   * requests on open connections are still answered, with
+   * `Connection: close`), closes the devices. After `graceMs` whatever is
+   * left is cut off. Resolves true when nothing had to be cut off.
+   */
+  async stop (graceMs: number): Promise<boolean> {
+    if (this.stopping) return this.stopping
+    this.stopping = (async () => {
+      let forced = false
+      const closed = new Promise<void>(resolve => this.server.close(() => resolve()))
+      this.server.closeIdleConnections()
+      // Connections whose last response started before the stop become idle later.
+      const sweep = setInterval(() => this.server.closeIdleConnections(), 100)
+      sweep.unref()
+      const force = (): void => {
+        if (forced) return
+        forced = true
+        log('stop: cutting off %d request(s) still in flight', this.active)
+        this.server.closeAllConnections()
+      }
+      this.forceClose = force
+      const deadline = setTimeout(force, graceMs)
+      deadline.unref()
+      try {
+        await closed
+      } finally {
+        clearInterval(sweep)
+        clearTimeout(deadline)
+      }
+      for (const dev of this.opts.devices.values()) {
+        await dev.close().catch((err: Error) => log('closing %s: %s', dev.label, err.message))
+      }
+      log('stopped%s', forced ? ' (some requests were cut off)' : '')
+      return !forced
+    })()
+    return this.stopping
+  }
+
+  /** During a stop: cut off what is still running now instead of waiting for the grace period. */
+  forceStop (): void {
+    this.forceClose?.()
+  }
+
+  // ---------------------------------------------------------------------------
+  // One request
+
+  private dispatch (req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void {
+    this.active++
+    const started = Date.now()
+    const ac = new AbortController()
+    let closed = false
+    const deferred: Array<() => void> = []
+    const ex: Exchange = {
+      req,
+      res,
+      expectContinue,
+      continued: false,
+      signal: ac.signal,
+      defer: (fn) => {
+        if (closed) fn()
+        else deferred.push(fn)
+      }
+    }
+    res.once('close', () => {
+      closed = true
+      ac.abort()
+      for (const fn of deferred.splice(0)) {
+        try {
+          fn()
+        } catch (err) {
+          log('cleanup failed: %s', (err as Error).message)
+        }
+      }
+      this.active--
+      log('%s %s → %d%s (%d ms)', req.method, String(req.url).slice(0, 100), res.statusCode,
+        res.writableFinished ? '' : ' (not finished)', Date.now() - started)
+    })
+    req.on('error', (err) => log('request %s %s: %s', req.method, String(req.url).slice(0, 100), err.message))
+    res.on('error', (err) => log('response %s %s: %s', req.method, String(req.url).slice(0, 100), err.message))
+    const done = new Promise<void>(resolve => {
+      res.once('finish', resolve)
+      res.once('close', resolve)
+    })
+    const start = (): Promise<void> => {
+      if (closed) return done
+      try {
+        res.setHeader('Server', 'bslfs')
+        if (this.stopping) res.setHeader('Connection', 'close')
+      } catch {}
+      this.handle(ex).catch((err: unknown) => this.fail(ex, err))
+      return done
+    }
+    // Requests pipelined on one connection are handled one after the other, in
+    // order (Node parses ahead and would otherwise run them all at once: a GET
+    // could overtake the PUT before it).
+    const socket = req.socket
+    const before = this.turns.get(socket)
+    const turn = before ? before.then(start) : start()
+    this.turns.set(socket, turn)
+    void turn.then(() => {
+      if (this.turns.get(socket) === turn) this.turns.delete(socket)
+    })
+  }
+
+  private async handle (ex: Exchange): Promise<void> {
+    const { req } = ex
+    // Authentication comes before anything else looks at the request.
+    this.authenticate(req)
+    const route = parseTarget(req.url)
+    const method = req.method ?? ''
+    const allowed = ALLOWED[route.kind]
+    if (!allowed.includes(method)) {
+      throw new HttpError(405, 'EOPNOTSUPP', `method ${method} is not allowed here; allowed: ${allowed.join(', ')}`,
+        { Allow: allowed.join(', ') })
+    }
+    switch (route.kind) {
+      case 'health':
+        return this.health(ex)
+      case 'space':
+        return this.space(ex, this.device(route.device))
+      case 'list':
+        return this.list(ex, this.device(route.device))
+      case 'object':
+        return this.object(ex, route)
+    }
+  }
+
+  private authenticate (req: http.IncomingMessage): void {
+    let count = 0
+    for (let i = 0; i < req.rawHeaders.length; i += 2) {
+      if (req.rawHeaders[i].toLowerCase() === 'authorization') count++
+    }
+    const challenge = { 'WWW-Authenticate': CHALLENGE }
+    if (count === 0) throw new HttpError(401, 'EACCES', 'missing Authorization: Bearer TOKEN header', challenge)
+    if (count > 1) throw new HttpError(401, 'EACCES', 'more than one Authorization header', challenge)
+    const m = /^Bearer +([^ ]+) *$/i.exec(req.headers.authorization ?? '')
+    if (!m) throw new HttpError(401, 'EACCES', 'the Authorization header must be "Bearer TOKEN"', challenge)
+    // Compare digests of equal length, in constant time.
+    const given = createHash('sha256').update(m[1]).digest()
+    if (!timingSafeEqual(given, this.tokenHash)) {
+      throw new HttpError(401, 'EACCES', 'wrong token', { 'WWW-Authenticate': `${CHALLENGE}, error="invalid_token"` })
+    }
+  }
+
+  private device (name: string): Device {
+    if (!isValidName(name)) {
+      throw new HttpError(400, 'EINVAL', `bad device name ${shown(name)}: 1-64 characters of A-Z a-z 0-9 _ . -, not starting with "." or "-"`)
+    }
+    const dev = this.opts.devices.get(name)
+    if (!dev) throw new HttpError(404, 'ENODEV', `no device ${shown(name)} on this server`)
+    return dev
+  }
+
+  private health (ex: Exchange): void {
+    this.sendJson(ex.res, 200, { ok: true, server: this.opts.name, devices: [...this.opts.devices.keys()] })
+  }
+
+  private async space (ex: Exchange, dev: Device): Promise<void> {
+    const s = await dev.space()
+    this.sendJson(ex.res, 200, { total: s.total, free: s.free, available: s.available })
+  }
+
+  /** One id per line, streamed with back-pressure; an error halfway cuts the connection (never a clean short list). */
+  private async list (ex: Exchange, dev: Device): Promise<void> {
+    const { res } = ex
+    const ids = dev.list()[Symbol.asyncIterator]()
+    // The first id before the headers, so that a device that cannot be listed gets a proper error answer.
+    let r = await ids.next()
+    res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-store' })
+    let chunk = ''
+    try {
+      for (; r.done !== true; r = await ids.next()) {
+        if (ex.signal.aborted) return
+        chunk += r.value + '\n'
+        if (chunk.length >= 16384) {
+          const ok = res.write(chunk)
+          chunk = ''
+          if (!ok) await this.drained(ex)
+        }
+      }
+      res.end(chunk)
+    } finally {
+      // Stops the walk (and closes its directory handle) when it ended early.
+      if (r.done !== true) await ids.return?.()
+    }
+  }
+
+  private async drained (ex: Exchange): Promise<void> {
+    if (ex.signal.aborted) return
+    await new Promise<void>(resolve => {
+      const done = (): void => {
+        ex.res.off('drain', done)
+        ex.signal.removeEventListener('abort', done)
+        resolve()
+      }
+      ex.res.on('drain', done)
+      ex.signal.addEventListener('abort', done)
+    })
+  }
+
+  private async object (ex: Exchange, route: Extract<Route, { kind: 'object' }>): Promise<void> {
+    const dev = this.device(route.device)
+    if (!isObjectId(route.id)) {
+      throw new HttpError(400, 'EINVAL', `bad object id ${shown(route.id)}: must be exactly 16 lowercase hex digits`)
+    }
+    switch (ex.req.method) {
+      case 'GET':
+        return this.getObject(ex, dev, route.id)
+      case 'HEAD':
+        return this.headObject(ex, dev, route.id)
+      case 'PUT':
+        return this.putObject(ex, dev, route.id)
+      case 'DELETE':
+        await dev.delete(route.id)
+        ex.res.writeHead(204, { 'Cache-Control': 'no-store' })
+        ex.res.end()
+    }
+  }
+
+  private async getObject (ex: Exchange, dev: Device, id: string): Promise<void> {
+    const { req, res } = ex
+    const sum = parseChecksumHeader(req.headers[CHECKSUM_HEADER])
+    const rangeHeader = req.headers.range
+    const range = rangeHeader === undefined ? null : parseRange(rangeHeader)
+    const st = await dev.stat(id)
+    if (!st) throw new HttpError(404, 'ENOENT', `object ${id} is not on device ${dev.label}`)
+    await this.reserve(ex, st.size)
+    // The whole object is read and verified before any byte of it is sent.
+    const data = await dev.get(id, sum)
+    const headers: Record<string, string | number> = {
+      'Content-Type': 'application/octet-stream',
+      'Accept-Ranges': 'bytes',
+      'Cache-Control': 'no-store',
+      'X-Bslfs-Checksum': String(sum)
+    }
+    if (range === null) {
+      headers['Content-Length'] = data.length
+      res.writeHead(200, headers)
+      res.end(data)
+      return
+    }
+    const { start, end } = resolveRange(range, data.length)
+    headers['Content-Length'] = end - start + 1
+    headers['Content-Range'] = `bytes ${start}-${end}/${data.length}`
+    res.writeHead(206, headers)
+    res.end(data.subarray(start, end + 1))
+  }
+
+  private async headObject (ex: Exchange, dev: Device, id: string): Promise<void> {
+    const st = await dev.stat(id)
+    if (!st) throw new HttpError(404, 'ENOENT', `object ${id} is not on device ${dev.label}`)
+    ex.res.writeHead(200, {
+      'Content-Type': 'application/octet-stream',
+      'Content-Length': st.size,
+      'Accept-Ranges': 'bytes',
+      'Cache-Control': 'no-store'
+    })
+    ex.res.end()
+  }
+
+  private async putObject (ex: Exchange, dev: Device, id: string): Promise<void> {
+    const { req, res } = ex
+    const sum = parseChecksumHeader(req.headers[CHECKSUM_HEADER])
+    const length = parseContentLength(req.headers['content-length'])
+    if (length === undefined) {
+      throw new HttpError(411, 'EINVAL', 'a PUT needs a Content-Length header (chunked bodies are not accepted)')
+    }
+    if (length > this.opts.maxObjectBytes) {
+      throw new HttpError(413, 'EFBIG', `object of ${length} bytes is larger than this server's limit of ${this.opts.maxObjectBytes} bytes`)
+    }
+    await this.reserve(ex, length)
+    if (ex.expectContinue) {
+      ex.continued = true
+      res.writeContinue()
+    }
+    const body = await this.readBody(ex, length)
+    const actual = checksum(body)
+    if (actual !== sum) {
+      throw new HttpError(422, 'EBADMSG', `the body's CRC-32 is ${actual}, not the ${sum} given in X-Bslfs-Checksum; nothing was stored`)
+    }
+    // Stored whole or not at all (temp file, fsync, rename), and verified again by the device.
+    await dev.put(id, body, sum)
+    res.writeHead(201, { 'Content-Length': 0, 'Cache-Control': 'no-store', 'X-Bslfs-Checksum': String(sum) })
+    res.end()
+  }
+
+  /** Holds `n` bytes of the memory budget until the response closes. */
+  private async reserve (ex: Exchange, n: number): Promise<void> {
+    let release: () => void
+    try {
+      release = await this.budget.reserve(n, ex.signal)
+    } catch {
+      throw new ClientGone('client went away while waiting for memory')
+    }
+    ex.defer(release)
+  }
+
+  /** The whole body, exactly `length` bytes; rejects when the client stops short. */
+  private async readBody (ex: Exchange, length: number): Promise<Buffer> {
+    const { req } = ex
+    return await new Promise<Buffer>((resolve, reject) => {
+      const buf = Buffer.allocUnsafe(length)
+      let got = 0
+      let settled = false
+      const settle = (err: Error | null): void => {
+        if (settled) return
+        settled = true
+        req.off('data', onData)
+        req.off('end', onEnd)
+        req.off('error', onGone)
+        req.off('close', onGone)
+        if (err) {
+          // Let whatever still arrives drain away instead of stalling the socket.
+          req.resume()
+          reject(err)
+        } else {
+          resolve(buf)
+        }
+      }
+      const onData = (chunk: Buffer): void => {
+        if (got + chunk.length > length) {
+          settle(new HttpError(400, 'EINVAL', `the body is longer than its Content-Length of ${length}`))
+          return
+        }
+        chunk.copy(buf, got)
+        got += chunk.length
+      }
+      const onEnd = (): void => {
+        settle(got === length ? null : new ClientGone(`body ended after ${got} of ${length} bytes`))
+      }
+      const onGone = (): void => settle(new ClientGone(`client went away after ${got} of ${length} bytes of the body`))
+      req.on('data', onData)
+      req.once('end', onEnd)
+      req.once('error', onGone)
+      req.once('close', onGone)
+    })
+  }
+
+  // ---------------------------------------------------------------------------
+  // Answers
+
+  private fail (ex: Exchange, err: unknown): void {
+    const { req, res } = ex
+    if (err instanceof ClientGone) {
+      log('%s %s: %s', req.method, String(req.url).slice(0, 100), err.message)
+      res.destroy()
+      return
+    }
+    let e: HttpError
+    if (err instanceof HttpError) {
+      e = err
+    } else if (err instanceof FsError) {
+      e = fromFsError(err)
+      if (e.status >= 500) log('%s %s: %s', req.method, String(req.url).slice(0, 100), err.message)
+    } else {
+      log('%s %s: internal error: %s', req.method, String(req.url).slice(0, 100), (err as Error)?.stack ?? String(err))
+      e = new HttpError(500, 'EIO', `internal server error: ${(err as Error)?.message ?? String(err)}`)
+    }
+    if (res.headersSent || res.writableEnded || res.destroyed) {
+      // Too late for an error answer: cut the connection so the client cannot take a partial answer as whole.
+      if (!res.writableEnded) res.destroy()
+      return
+    }
+    this.sendError(res, e, this.bodyLeftUnread(ex))
+  }
+
+  /**
+   * True when the request's body will not be read and cannot safely be
+   * discarded: unbounded (chunked), over the limit, or not sent because we
+   * did not answer 100 Continue. The connection is then closed after the answer.
+   * A bounded body is discarded by Node and the connection stays usable.
+   */
+  private bodyLeftUnread (ex: Exchange): boolean {
+    const { req } = ex
+    if (req.complete) return false
+    if (ex.expectContinue && !ex.continued) return true
+    const cl = req.headers['content-length']
+    if (cl === undefined) return req.headers['transfer-encoding'] !== undefined
+    const n = Number(cl)
+    return !(Number.isSafeInteger(n) && n <= this.opts.maxObjectBytes)
+  }
+
+  private sendError (res: http.ServerResponse, e: HttpError, close: boolean): void {
+    try {
+      if (close) res.setHeader('Connection', 'close')
+      this.sendJson(res, e.status, { error: e.message, code: e.code }, e.headers)
+    } catch (err) {
+      log('could not answer %d: %s', e.status, (err as Error).message)
+      res.destroy()
+    }
+  }
+
+  private sendJson (res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+    const text = JSON.stringify(body)
+    res.writeHead(status, {
+      ...headers,
+      'Content-Type': JSON_TYPE,
+      'Content-Length': Buffer.byteLength(text),
+      'Cache-Control': 'no-store'
+    })
+    res.end(text)
+  }
+
+  /**
+   * A request Node could not parse, or one that timed out: a JSON error
+   * answer (after the answers to requests before it on the connection), then
+   * the connection is closed.
+   */
+  private onClientError (err: Error & { code?: string }, socket: Duplex): void {
+    log('client error %s: %s', err.code, err.message)
+    try {
+      if (this.failedSockets.has(socket)) return
+      this.failedSockets.add(socket)
+      if (err.code === 'ECONNRESET' || !socket.writable) {
+        socket.destroy()
+        return
+      }
+      let answer: string
+      switch (err.code) {
+        case 'HPE_HEADER_OVERFLOW':
+          answer = rawErrorResponse(431, 'EMSGSIZE', 'request headers too large')
+          break
+        case 'ERR_HTTP_REQUEST_TIMEOUT':
+          answer = rawErrorResponse(408, 'ETIMEDOUT', 'the request did not arrive in time')
+          break
+        case 'HPE_INVALID_METHOD':
+          answer = rawErrorResponse(501, 'ENOSYS', 'unknown request method')
+          break
+        case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
+          answer = rawErrorResponse(413, 'EFBIG', 'chunk extensions too large')
+          break
+        default:
+          answer = rawErrorResponse(400, 'EINVAL', `malformed request (${String(err.code ?? 'parse error')})`)
+      }
+      const send = (): void => {
+        const current = (socket as Duplex & { _httpMessage?: http.ServerResponse | null })._httpMessage
+        if (!socket.writable || (current && current.headersSent && !current.writableFinished)) {
+          // Another answer is being written: an error now would corrupt it.
+          socket.destroy()
+          return
+        }
+        socket.end(answer)
+        // The peer may never close its side; do not keep the descriptor for it.
+        setTimeout(() => socket.destroy(), 1000).unref()
+      }
+      const pending = this.turns.get(socket)
+      if (pending === undefined || err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+        // A timeout cuts off whatever is in flight on the connection.
+        send()
+        return
+      }
+      // Answer the complete requests before the bad one first, but not for ever.
+      const cap = setTimeout(() => socket.destroy(), Math.min(this.opts.requestTimeoutMs, 10_000))
+      cap.unref()
+      void pending.then(() => {
+        clearTimeout(cap)
+        if (!socket.destroyed) send()
+      })
+    } catch (e) {
+      log('answering a client error failed: %s', (e as Error).message)
+      socket.destroy()
+    }
+  }
+}
