@@ -1,3 +1,6 @@
+import { isObjectId } from '../bsl'
+import { FsError } from '../errors'
+
 /** Space on a device, in bytes, as statvfs reports it for the disk that holds it. */
 export interface DeviceSpace {
   total: number
@@ -28,4 +31,20 @@ export interface Device {
   list (): AsyncIterable<string>
   space (): Promise<DeviceSpace>
   close (): Promise<void>
+}
+
+/**
+ * What every device checks before it acts on a request: an open device, an
+ * object id that can name nothing but an object, and a 32-bit checksum.
+ */
+export function checkDeviceRequest (label: string, closed: boolean, objectId: string, sum?: number): void {
+  if (sum !== undefined && !(Number.isInteger(sum) && sum >= 0 && sum <= 0xffff_ffff)) {
+    throw new FsError('EINVAL', `bad checksum ${String(sum)} for ${label}: must be an unsigned 32-bit integer`)
+  }
+  if (closed) throw new FsError('EIO', `device ${label} is closed`)
+  if (!isObjectId(objectId)) {
+    const id: unknown = objectId
+    const shown = typeof id === 'string' ? JSON.stringify(id.slice(0, 40)) : String(id)
+    throw new FsError('EINVAL', `bad object id ${shown} for ${label}: must be 16 lowercase hex digits`)
+  }
 }

@@ -6,7 +6,7 @@ import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
-import { Device, DeviceSpace } from './device'
+import { Device, DeviceSpace, checkDeviceRequest } from './device'
 
 const log = createDebug('bslfs:devices')
 
@@ -195,15 +195,7 @@ export class LocalDevice implements Device {
   }
 
   private check (objectId: string, sum?: number): void {
-    if (sum !== undefined && !(Number.isInteger(sum) && sum >= 0 && sum <= 0xffff_ffff)) {
-      throw new FsError('EINVAL', `bad checksum ${String(sum)} for ${this.label}: must be an unsigned 32-bit integer`)
-    }
-    if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
-    if (!isObjectId(objectId)) {
-      const id: unknown = objectId
-      const shown = typeof id === 'string' ? JSON.stringify(id.slice(0, 40)) : String(id)
-      throw new FsError('EINVAL', `bad object id ${shown} for ${this.label}: must be 16 lowercase hex digits`)
-    }
+    checkDeviceRequest(this.label, this.closed, objectId, sum)
   }
 
   private fanoutOf (objectId: string): string {
