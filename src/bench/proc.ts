@@ -4,8 +4,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
 
 const running = new Set<ChildProcess>()
+/** Called once on the first stop signal (a background child still starting up gives up waiting). */
+const onStop = new Set<(sig: NodeJS.Signals) => void>()
 let stopSignal: NodeJS.Signals | null = null
 let cleaningUp = false
 
@@ -20,6 +23,7 @@ export function trapSignals (): void {
       stopSignal = sig
       console.error(`\nbench: ${sig}: stopping, then cleaning up`)
       for (const child of running) child.kill('SIGTERM')
+      for (const f of onStop) f(sig)
     })
   }
 }
@@ -47,6 +51,145 @@ export function run (cmd: string, args: string[]): Promise<RunResult> {
       reject(new Error(`${cmd} ${args.join(' ')}: ${how}${stderr.trim() ? '\n' + stderr.trim() : ''}`))
     })
   })
+}
+
+/** The tail of a child's output that is kept for error messages. */
+const KEEP_OUTPUT = 64 * 1024
+const keepTail = (text: string): string => text.length > KEEP_OUTPUT ? text.slice(-KEEP_OUTPUT) : text
+
+export interface Exit { code: number | null, signal: NodeJS.Signals | null }
+
+/** A long-running child (the block server): started by startBackground, stopped by its stop(). */
+export interface Background {
+  pid: number
+  /** The start line it printed. */
+  readyLine: string
+  stdout: () => string
+  stderr: () => string
+  /** How it exited, or null while it runs. */
+  exit: () => Exit | null
+  /** SIGTERM; SIGKILL when it has not exited after graceMs. Resolves with how it exited. */
+  stop: (graceMs: number) => Promise<Exit>
+  /** Leave it running when the benchmark exits (something still depends on it). */
+  disown: () => void
+}
+
+const describeExit = (e: Exit): string => e.signal ? `signal ${e.signal}` : `exit ${e.code}`
+
+/**
+ * Start a long-running command and wait until a line of its stdout matches
+ * `ready`. It gets its own process group, so a Ctrl-C at the terminal does not
+ * reach it: the benchmark stops it itself, in order, during cleanup. It is
+ * killed when the benchmark exits without having stopped it (unless disowned).
+ */
+export async function startBackground (cmd: string, args: string[], ready: RegExp, timeoutMs: number): Promise<Background> {
+  if (stopSignal && !cleaningUp) throw new Error(`stopped by ${stopSignal}`)
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+  let stdout = ''
+  let stderr = ''
+  let exit: Exit | null = null
+  let spawnError: Error | null = null
+  child.stdout.setEncoding('utf8').on('data', (s: string) => { stdout = keepTail(stdout + s) })
+  child.stderr.setEncoding('utf8').on('data', (s: string) => { stderr = keepTail(stderr + s) })
+  const exited = new Promise<Exit>(resolve => {
+    child.on('error', err => { spawnError = err; exit = { code: null, signal: null }; resolve(exit) })
+    child.on('exit', (code, signal) => { exit = { code, signal }; resolve(exit) })
+  })
+  const killAtExit = (): void => {
+    if (exit !== null || child.pid === undefined) return
+    try {
+      process.kill(child.pid, 'SIGKILL')
+    } catch {}
+  }
+  process.on('exit', killAtExit)
+  void exited.then(() => process.off('exit', killAtExit))
+
+  const stop = async (graceMs: number): Promise<Exit> => {
+    if (exit === null) child.kill('SIGTERM')
+    let timer: NodeJS.Timeout | undefined
+    const killed = new Promise<void>(resolve => {
+      timer = setTimeout(() => {
+        if (exit === null) {
+          console.error(`bench: ${cmd} ${args[0] ?? ''} (pid ${child.pid}) still running ${graceMs / 1000} s after SIGTERM: SIGKILL`)
+          child.kill('SIGKILL')
+        }
+        resolve()
+      }, graceMs)
+    })
+    const e = await Promise.race([exited, killed.then(async () => await exited)])
+    clearTimeout(timer)
+    return e
+  }
+  const what = `${cmd} ${args.join(' ')}`
+  const output = (): string => `${stdout.trim() ? `\nstdout: ${stdout.trim()}` : ''}${stderr.trim() ? `\nstderr: ${stderr.trim()}` : ''}`
+
+  let onSignal: ((sig: NodeJS.Signals) => void) | undefined
+  let timer: NodeJS.Timeout | undefined
+  let onData: (() => void) | undefined
+  try {
+    const readyLine = await new Promise<string>((resolve, reject) => {
+      onData = () => {
+        const lines = stdout.split('\n')
+        lines.pop() // not a whole line yet
+        const line = lines.find(l => ready.test(l))
+        if (line !== undefined) resolve(line)
+      }
+      child.stdout.on('data', onData)
+      void exited.then(e => reject(new Error(`${what}: ${spawnError ? spawnError.message : `${describeExit(e)} before it was ready`}${output()}`)))
+      timer = setTimeout(() => reject(new Error(`${what}: not ready after ${timeoutMs / 1000} s${output()}`)), timeoutMs)
+      onSignal = sig => reject(new Error(`stopped by ${sig}`))
+      onStop.add(onSignal)
+    })
+    if (child.pid === undefined) throw new Error(`${what}: no pid`)
+    return {
+      pid: child.pid,
+      readyLine,
+      stdout: () => stdout,
+      stderr: () => stderr,
+      exit: () => exit,
+      stop,
+      disown: () => { process.off('exit', killAtExit) }
+    }
+  } catch (err) {
+    await stop(10_000)
+    throw err
+  } finally {
+    clearTimeout(timer)
+    if (onSignal) onStop.delete(onSignal)
+    if (onData) child.stdout.off('data', onData)
+  }
+}
+
+/** A TCP port that was free on HOST a moment ago: bind port 0, note the port, release it. */
+export async function freePort (host: string): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.once('error', reject)
+    srv.listen(0, host, () => {
+      const addr = srv.address()
+      srv.close(() => typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error(`no port from ${host}:0`)))
+    })
+  })
+}
+
+/** Whether a process with this pid exists. */
+export function alive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/** A process's peak resident set size in KiB (VmHWM in /proc/PID/status), or undefined when it is gone. */
+export async function peakRssKiB (pid: number): Promise<number | undefined> {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) : undefined
+  } catch {
+    return undefined
+  }
 }
 
 /** Flush dirty data and drop the page, dentry and inode caches. */

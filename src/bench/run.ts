@@ -1,28 +1,45 @@
 /**
  * `npm run bench`: bslfs against a plain local directory ("native") and bindfs
- * (the C FUSE passthrough) on the same disk. Runs are interleaved round-robin
+ * (the C FUSE passthrough) on the same disk, and bslfs with its data volume on
+ * a block server on loopback ("bslfs-remote"). Runs are interleaved round-robin
  * (run 1 of every target, then run 2, ...) and reported as median (min–max).
  *
- *   npm run bench -- [--runs N] [--size MIB] [--files N] [--dir DIR] [--json FILE] [--quick]
+ *   npm run bench -- [--runs N] [--size MIB] [--files N] [--targets LIST] [--dir DIR] [--json FILE] [--quick]
  */
+import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { release } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { defaultFuseOptions } from '../fs/mount'
-import { dropCaches, mountLine, run, sleep, startCleanup, stoppedBy, trapSignals } from './proc'
+import {
+  alive, type Background, dropCaches, freePort, mountLine, peakRssKiB, run, sleep, startBackground, startCleanup,
+  stoppedBy, trapSignals
+} from './proc'
 
 const USAGE = `usage: npm run bench -- [options]
   --runs N       runs per target (default 3; 1 with --quick)
   --size MIB     sequential write/read size in MiB (default 1024; 64 with --quick)
   --files N      files to create, stat and unlink (default 10000; 1000 with --quick)
+  --targets LIST comma-separated, from native,bindfs,bslfs,bslfs-remote (default: all four)
   --dir DIR      where the temporary directories go (default /var/tmp, the disk the bslfs STATE is on)
   --json FILE    also write the results as JSON
   --quick        small sizes and one run: a smoke check`
 
-const TARGETS = ['native', 'bindfs', 'bslfs'] as const
+const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote'] as const
 type Target = typeof TARGETS[number]
+
+/** bslfs-remote: the block server on loopback, its name and the device its data volume is on. */
+const SERVER_HOST = '127.0.0.1'
+const SERVER_NAME = 's1'
+const SERVER_DEVICE = 'd1'
+const REMOTE_VOLUME = '2'
+/** How long the block server gets to say it is listening, and to exit after SIGTERM. */
+const SERVER_START_MS = 30_000
+const SERVER_STOP_GRACE_MS = 10_000
+/** How long the bslfs-remote mount daemon gets to finish (final flush, reclaim) after its unmount, before the server stops. */
+const DAEMON_EXIT_MS = 60_000
 
 interface Workload { key: string, label: string, unit: string }
 
@@ -54,6 +71,7 @@ function parseOptions () {
       runs: { type: 'string' },
       size: { type: 'string' },
       files: { type: 'string' },
+      targets: { type: 'string' },
       dir: { type: 'string', default: '/var/tmp' },
       json: { type: 'string' },
       quick: { type: 'boolean', default: false },
@@ -67,10 +85,21 @@ function parseOptions () {
     return n
   }
   const q = values.quick
+  let targets: Target[] = [...TARGETS]
+  if (values.targets !== undefined) {
+    const names = values.targets.split(',').map(t => t.trim()).filter(t => t !== '')
+    const unknown = names.filter(t => !(TARGETS as readonly string[]).includes(t))
+    if (names.length === 0 || unknown.length) {
+      console.error(`bench: --targets wants a comma-separated list from ${TARGETS.join(',')}, not "${values.targets}"\n${USAGE}`)
+      process.exit(2)
+    }
+    targets = TARGETS.filter(t => names.includes(t)) // the usual column order, each once
+  }
   return {
     runs: int('runs', values.runs, q ? 1 : 3),
     sizeMiB: int('size', values.size, q ? 64 : 1024),
     files: int('files', values.files, q ? 1000 : 10000),
+    targets,
     dir: resolve(values.dir),
     json: values.json
   }
@@ -136,8 +165,46 @@ function table (rows: string[][]): string {
   return rows.map(r => r.map((cell, c) => c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c])).join('   ')).join('\n')
 }
 
+/** The pid in STATE/daemon.pid, or undefined when there is none (not mounted, or already stopped). */
+async function daemonPid (state: string): Promise<number | undefined> {
+  try {
+    const pid = Number((await readFile(join(state, 'daemon.pid'), 'utf8')).trim())
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** A random token in a new 0600 file. */
+async function writeTokenFile (file: string): Promise<void> {
+  await writeFile(file, randomBytes(32).toString('base64url') + '\n', { mode: 0o600, flag: 'wx' })
+  await chmod(file, 0o600)
+}
+
+/**
+ * `bslfs serve` on a free loopback port, in the foreground of its own process
+ * group. The port is found by binding port 0 and releasing it; should another
+ * process take it in between, a new one is tried.
+ */
+async function startBlockServer (device: string, tokenFile: string): Promise<{ server: Background, url: string }> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort(SERVER_HOST)
+    try {
+      const server = await startBackground(process.execPath, [bslfsBin, 'serve', '--listen', `${SERVER_HOST}:${port}`,
+        '--device', `${SERVER_DEVICE}=${device}`, '--name', SERVER_NAME, '--token-file', tokenFile], /listening on/, SERVER_START_MS)
+      return { server, url: `http://${SERVER_HOST}:${port}` }
+    } catch (err) {
+      if (attempt >= 3 || !/EADDRINUSE|address already in use/i.test((err as Error).message)) throw err
+    }
+  }
+}
+
+const fmtRss = (kib: number | undefined): string => kib !== undefined ? `${(kib / 1024).toFixed(1)} MiB` : 'unknown'
+
 async function main (): Promise<void> {
   const opts = parseOptions()
+  const targets = opts.targets
+  const has = (t: Target): boolean => targets.includes(t)
   trapSignals()
   const workloads: Workload[] = [
     { key: 'write', label: `seq write ${fmtSize(opts.sizeMiB)} (fio bs=1M psync end_fsync=1)`, unit: 'MB/s' },
@@ -154,98 +221,210 @@ async function main (): Promise<void> {
     bindfsSrc: join(root, 'bindfs-src'),
     bindfsMnt: join(root, 'bindfs-mnt'),
     state: join(root, 'bslfs-state'),
-    bslfsMnt: join(root, 'bslfs-mnt')
+    bslfsMnt: join(root, 'bslfs-mnt'),
+    serverDevice: join(root, `server-${SERVER_DEVICE}`),
+    tokenFile: join(root, 'server-token'),
+    remoteState: join(root, 'bslfs-remote-state'),
+    remoteMnt: join(root, 'bslfs-remote-mnt')
   }
-  const dirs: Record<Target, string> = { native: p.native, bindfs: p.bindfsMnt, bslfs: p.bslfsMnt }
+  const dirs: Record<Target, string> = { native: p.native, bindfs: p.bindfsMnt, bslfs: p.bslfsMnt, 'bslfs-remote': p.remoteMnt }
   const samples: Record<string, Record<Target, number[]>> = {}
-  for (const w of workloads) samples[w.key] = { native: [], bindfs: [], bslfs: [] }
+  for (const w of workloads) samples[w.key] = { native: [], bindfs: [], bslfs: [], 'bslfs-remote': [] }
   let bindfsOptions: string[] = []
-  let peakRssKiB: number | undefined
+  const remote = { server: undefined as Background | undefined, url: '' }
 
   let failed = false
   try {
-    for (const d of [p.native, p.bindfsSrc, p.bindfsMnt, p.bslfsMnt]) await mkdir(d)
-
-    const probe = await probeBindfsOptions(p.bindfsSrc, p.bindfsMnt)
-    bindfsOptions = probe.used
-    await run('bindfs', ['-o', bindfsOptions.join(','), p.bindfsSrc, p.bindfsMnt])
-    await run(process.execPath, [bslfsBin, 'init', p.state])
-    await run(process.execPath, [bslfsBin, 'mount', p.state, p.bslfsMnt])
+    let bindfsRefused: string[] = []
+    if (has('native')) await mkdir(p.native)
+    if (has('bindfs')) {
+      for (const d of [p.bindfsSrc, p.bindfsMnt]) await mkdir(d)
+      const probe = await probeBindfsOptions(p.bindfsSrc, p.bindfsMnt)
+      bindfsOptions = probe.used
+      bindfsRefused = probe.refused
+      await run('bindfs', ['-o', bindfsOptions.join(','), p.bindfsSrc, p.bindfsMnt])
+    }
+    if (has('bslfs')) {
+      await mkdir(p.bslfsMnt)
+      await run(process.execPath, [bslfsBin, 'init', p.state])
+      await run(process.execPath, [bslfsBin, 'mount', p.state, p.bslfsMnt])
+    }
+    if (has('bslfs-remote')) {
+      await mkdir(p.remoteMnt)
+      await mkdir(p.serverDevice)
+      await writeTokenFile(p.tokenFile)
+      const started = await startBlockServer(p.serverDevice, p.tokenFile)
+      remote.server = started.server
+      remote.url = started.url
+      const bslfs = (...args: string[]): Promise<unknown> => run(process.execPath, [bslfsBin, ...args])
+      await bslfs('init', p.remoteState)
+      await bslfs('server', 'add', p.remoteState, SERVER_NAME, remote.url, '--token-file', p.tokenFile)
+      await bslfs('volume', 'add', p.remoteState, REMOTE_VOLUME, `${SERVER_NAME}:${SERVER_DEVICE}`)
+      await bslfs('volume', 'default', p.remoteState, REMOTE_VOLUME)
+      await bslfs('mount', p.remoteState, p.remoteMnt)
+    }
 
     console.log(`bslfs benchmark: ${opts.runs} run(s) per target, round-robin; kernel ${release()}; temp dir ${root}`)
-    console.log(`  native: plain directory ${p.native}`)
-    console.log(`  bindfs: bindfs -o ${bindfsOptions.join(',')}${probe.refused.length ? ` (refused by bindfs: ${probe.refused.join(',')})` : ''}`)
-    console.log(`  bslfs:  bslfs mount (its defaults: ${bslfsFuseOptions().join(',')})`)
-    for (const mnt of [p.bindfsMnt, p.bslfsMnt]) console.log(`  /proc/mounts: ${await mountLine(mnt)}`)
+    const describe: Record<Target, () => string> = {
+      native: () => `plain directory ${p.native}`,
+      bindfs: () => `bindfs -o ${bindfsOptions.join(',')}${bindfsRefused.length ? ` (refused by bindfs: ${bindfsRefused.join(',')})` : ''}`,
+      bslfs: () => `bslfs mount (its defaults: ${bslfsFuseOptions().join(',')})`,
+      'bslfs-remote': () => `bslfs mount, data on volume ${REMOTE_VOLUME} = ${SERVER_NAME}:${SERVER_DEVICE}, ` +
+        `\`bslfs serve\` at ${remote.url} (pid ${remote.server?.pid}, device ${SERVER_DEVICE}=${p.serverDevice})`
+    }
+    const width = Math.max(...targets.map(t => t.length)) + 1
+    for (const t of targets) console.log(`  ${`${t}:`.padEnd(width)} ${describe[t]()}`)
+    for (const t of targets) if (t !== 'native') console.log(`  /proc/mounts: ${await mountLine(dirs[t])}`)
 
     for (let r = 1; r <= opts.runs; r++) {
-      for (const t of TARGETS) {
+      for (const t of targets) {
         const res = await runOnce(dirs[t], opts.sizeMiB, opts.files)
         for (const w of workloads) samples[w.key][t].push(res[w.key])
-        console.log(`  run ${r}/${opts.runs} ${t.padEnd(6)} ` + workloads.map(w => `${w.key} ${fmt(res[w.key])}`).join(', '))
+        console.log(`  run ${r}/${opts.runs} ${t.padEnd(width - 1)} ` + workloads.map(w => `${w.key} ${fmt(res[w.key])}`).join(', '))
       }
     }
 
-    const pid = Number((await readFile(join(p.state, 'daemon.pid'), 'utf8')).trim())
-    const hwm = /^VmHWM:\s+(\d+) kB/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))
-    peakRssKiB = hwm ? Number(hwm[1]) : undefined
+    // Peak RSS: VmHWM is a high-water mark, so sampling once after the last run is enough.
+    const bslfsPid = has('bslfs') ? await daemonPid(p.state) : undefined
+    const remotePid = has('bslfs-remote') ? await daemonPid(p.remoteState) : undefined
+    const rss = {
+      bslfs: bslfsPid !== undefined ? await peakRssKiB(bslfsPid) : undefined,
+      remote: remotePid !== undefined ? await peakRssKiB(remotePid) : undefined,
+      server: remote.server ? await peakRssKiB(remote.server.pid) : undefined
+    }
 
     const cell = (xs: number[]): string => `${fmt(median(xs))} (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})`
-    const ratio = (w: Workload, base: Target): string => (median(samples[w.key].bslfs) / median(samples[w.key][base])).toFixed(2)
-    const rows = [['workload', 'unit', ...TARGETS, 'bslfs/bindfs', 'bslfs/native']]
+    const ratio = (w: Workload, num: Target, den: Target): number => median(samples[w.key][num]) / median(samples[w.key][den])
+    const allRatios: Array<{ label: string, key: string, num: Target, den: Target }> = [
+      { label: 'bslfs/bindfs', key: 'bslfsToBindfs', num: 'bslfs', den: 'bindfs' },
+      { label: 'bslfs/native', key: 'bslfsToNative', num: 'bslfs', den: 'native' },
+      { label: 'remote/local', key: 'remoteToLocal', num: 'bslfs-remote', den: 'bslfs' }
+    ]
+    const ratios = allRatios.filter(r => has(r.num) && has(r.den))
+    const rows = [['workload', 'unit', ...targets, ...ratios.map(r => r.label)]]
     for (const w of workloads) {
-      rows.push([w.label, w.unit, ...TARGETS.map(t => cell(samples[w.key][t])), ratio(w, 'bindfs'), ratio(w, 'native')])
+      rows.push([w.label, w.unit, ...targets.map(t => cell(samples[w.key][t])), ...ratios.map(r => ratio(w, r.num, r.den).toFixed(2))])
     }
-    console.log(`\nmedian (min–max) of ${opts.runs} run(s); higher is better; ratios are of medians\n`)
+    console.log(`\nmedian (min–max) of ${opts.runs} run(s); higher is better; ratios are of medians` +
+      `${ratios.some(r => r.key === 'remoteToLocal') ? ' (remote/local: bslfs-remote / bslfs)' : ''}\n`)
     console.log(table(rows))
-    console.log(`\nbslfs mount daemon (pid ${pid}) peak RSS (VmHWM): ${peakRssKiB !== undefined ? `${(peakRssKiB / 1024).toFixed(1)} MiB` : 'unknown'}`)
+    const rssRows: string[][] = []
+    if (has('bslfs')) rssRows.push([`bslfs mount daemon (pid ${bslfsPid ?? '?'})`, fmtRss(rss.bslfs)])
+    if (has('bslfs-remote')) {
+      rssRows.push([`bslfs-remote mount daemon (pid ${remotePid ?? '?'})`, fmtRss(rss.remote)])
+      rssRows.push([`block server ${SERVER_NAME} (pid ${remote.server?.pid ?? '?'})`, fmtRss(rss.server)])
+    }
+    if (rssRows.length) {
+      console.log('\npeak RSS (VmHWM, read after the last run)')
+      console.log(table(rssRows).split('\n').map(l => `  ${l}`).join('\n'))
+    }
 
     if (opts.json) {
       const results = Object.fromEntries(workloads.map(w => [w.key, {
         label: w.label,
         unit: w.unit,
-        ...Object.fromEntries(TARGETS.map(t => {
+        ...Object.fromEntries(targets.map(t => {
           const xs = samples[w.key][t]
           return [t, { runs: xs, median: median(xs), min: Math.min(...xs), max: Math.max(...xs) }]
         })),
-        bslfsToBindfs: median(samples[w.key].bslfs) / median(samples[w.key].bindfs),
-        bslfsToNative: median(samples[w.key].bslfs) / median(samples[w.key].native)
+        ...Object.fromEntries(ratios.map(r => [r.key, ratio(w, r.num, r.den)]))
       }]))
-      const out = { date: new Date().toISOString(), kernel: release(), runs: opts.runs, sizeMiB: opts.sizeMiB, files: opts.files, bindfsOptions, bslfsOptions: bslfsFuseOptions(), results, bslfsPeakRssKiB: peakRssKiB }
+      const out = {
+        date: new Date().toISOString(),
+        kernel: release(),
+        targets,
+        runs: opts.runs,
+        sizeMiB: opts.sizeMiB,
+        files: opts.files,
+        ...(has('bindfs') ? { bindfsOptions } : {}),
+        ...(has('bslfs') || has('bslfs-remote') ? { bslfsOptions: bslfsFuseOptions() } : {}),
+        ...(has('bslfs-remote') ? { blockServer: { url: remote.url, name: SERVER_NAME, device: SERVER_DEVICE, volume: Number(REMOTE_VOLUME) } } : {}),
+        results,
+        ...(has('bslfs') ? { bslfsPeakRssKiB: rss.bslfs } : {}),
+        ...(has('bslfs-remote') ? { bslfsRemotePeakRssKiB: rss.remote, blockServerPeakRssKiB: rss.server } : {})
+      }
       await writeFile(opts.json, JSON.stringify(out, null, 2) + '\n')
       console.log(`results written to ${opts.json}`)
     }
   } catch (err) {
     failed = true
     console.error(`bench: ${(err as Error).message}`)
+    const exit = remote.server?.exit()
+    if (remote.server && exit) {
+      console.error(`bench: the block server (pid ${remote.server.pid}) had exited (${exit.signal ? `signal ${exit.signal}` : `exit ${exit.code}`}); ` +
+        `its stderr:\n${remote.server.stderr().trim() || '(nothing)'}`)
+    }
   } finally {
     startCleanup()
-    await cleanup(root, p.bindfsMnt, p.bslfsMnt)
+    if (!await cleanup(root, p, remote.server)) failed = true
   }
   const sig = stoppedBy()
   if (sig) process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1))
   if (failed) process.exit(1)
 }
 
-/** Unmount both FUSE mounts (retrying a busy one, then detaching it) and remove the temp dir once nothing is mounted in it. */
-async function cleanup (root: string, bindfsMnt: string, bslfsMnt: string): Promise<void> {
-  const unmounts: Array<[string, string[][]]> = [
-    [bindfsMnt, [['fusermount', '-u', bindfsMnt], ['fusermount', '-uz', bindfsMnt]]],
-    [bslfsMnt, [[process.execPath, bslfsBin, 'unmount', bslfsMnt], [process.execPath, bslfsBin, 'unmount', '--lazy', bslfsMnt]]]
-  ]
-  for (const [mnt, [strict, lazy]] of unmounts) {
-    for (let attempt = 1; (await mountLine(mnt)) && attempt <= 6; attempt++) {
-      const [cmd, ...args] = attempt < 6 ? strict : lazy
-      try { await run(cmd, args) } catch (err) { if (attempt >= 5) console.error(`bench: ${(err as Error).message}`) }
-      if (await mountLine(mnt)) await sleep(1000)
+/** Unmount a FUSE mount: the strict command, retried while busy, then the lazy one. Resolves with whether it is gone. */
+async function unmount (mnt: string, strict: string[], lazy: string[]): Promise<boolean> {
+  for (let attempt = 1; (await mountLine(mnt)) && attempt <= 6; attempt++) {
+    const [cmd, ...args] = attempt < 6 ? strict : lazy
+    try { await run(cmd, args) } catch (err) { if (attempt >= 5) console.error(`bench: ${(err as Error).message}`) }
+    if (await mountLine(mnt)) await sleep(1000)
+  }
+  return !(await mountLine(mnt))
+}
+
+/**
+ * Unmount the FUSE mounts (retrying a busy one, then detaching it); then, once
+ * the bslfs-remote mount is gone and its daemon has exited, stop the block
+ * server (SIGTERM, SIGKILL after 10 s); remove the temp dir once nothing is
+ * mounted in it. Resolves with false when something was left behind.
+ */
+async function cleanup (root: string, p: { bindfsMnt: string, bslfsMnt: string, remoteState: string, remoteMnt: string },
+  server: Background | undefined): Promise<boolean> {
+  const bslfsUnmount = (mnt: string): [string[], string[]] =>
+    [[process.execPath, bslfsBin, 'unmount', mnt], [process.execPath, bslfsBin, 'unmount', '--lazy', mnt]]
+  // Its pid before the unmount: the daemon removes daemon.pid as it finishes.
+  const remotePid = await daemonPid(p.remoteState)
+  await unmount(p.bindfsMnt, ['fusermount', '-u', p.bindfsMnt], ['fusermount', '-uz', p.bindfsMnt])
+  await unmount(p.bslfsMnt, ...bslfsUnmount(p.bslfsMnt))
+  const remoteGone = await unmount(p.remoteMnt, ...bslfsUnmount(p.remoteMnt))
+
+  let ok = true
+  if (!remoteGone) {
+    // The mount still needs its daemon and the server; leave them for the user.
+    if (server && server.exit() === null) server.disown()
+    console.error(`bench: ${p.remoteMnt} is still mounted, so its block server${server ? ` (pid ${server.pid})` : ''} is left running; ` +
+      `unmount it, then stop the server${server ? ` (\`kill ${server.pid}\`)` : ''}`)
+    ok = false
+  } else {
+    // After an unmount (a lazy one above all) the daemon still flushes and reclaims, through the server.
+    if (remotePid !== undefined && alive(remotePid)) {
+      const deadline = Date.now() + DAEMON_EXIT_MS
+      while (alive(remotePid) && Date.now() < deadline) await sleep(200)
+      if (alive(remotePid)) {
+        console.error(`bench: the bslfs-remote mount daemon (pid ${remotePid}) is still running ${DAEMON_EXIT_MS / 1000} s after its unmount; ` +
+          'killing it (SIGKILL)')
+        try { process.kill(remotePid, 'SIGKILL') } catch {}
+        ok = false
+      }
+    }
+    if (server && server.exit() === null) {
+      const exit = await server.stop(SERVER_STOP_GRACE_MS)
+      if (exit.code !== 0) {
+        console.error(`bench: the block server (pid ${server.pid}) exited with ${exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`}` +
+          `${server.stderr().trim() ? `; its stderr:\n${server.stderr().trim()}` : ''}`)
+        ok = false
+      }
     }
   }
+
   const left = (await readFile('/proc/mounts', 'utf8')).split('\n').filter(l => (l.split(' ')[1] ?? '').startsWith(root + '/'))
   if (left.length) {
     console.error(`bench: still mounted, leaving ${root} in place:\n${left.join('\n')}`)
-    return
+    return false
   }
   await rm(root, { recursive: true, force: true })
+  return ok
 }
 
 main().catch(err => { console.error(err); process.exit(1) })

@@ -264,7 +264,6 @@ const EXPECTED: Record<BSLForm, string> = {
   indexed: 'idx:VOLUME.INDEX/FILEID (16 hex digits)'
 }
 const PREFIX_FORM: Record<string, BSLForm> = { phys: 'physical', vol: 'logical', mir: 'mirrored', idx: 'indexed' }
-const FORM_PREFIX: Record<BSLForm, string> = { physical: 'phys', logical: 'vol', mirrored: 'mir', indexed: 'idx' }
 
 /** The text form printed by the CLI, e.g. `vol:3/0000000000000abc`. */
 export function formatBSL (bsl: BSL): string {

@@ -19,7 +19,7 @@ const log = createDebug('bslfs:server')
 
 export interface ServeOptions {
   listen: string
-  device: string[]
+  device?: string[]
   tokenFile?: string
   tokenOut?: string
   name?: string
@@ -40,7 +40,7 @@ export function configureServeCommand (cmd: Command): Command {
     .description('serve local devices to other hosts over HTTP (the block server)')
     .requiredOption('--listen <HOST:PORT>', 'address to listen on, e.g. 0.0.0.0:7070 or 127.0.0.1:7070 (port 0: any free port)')
     .option('--device <NAME=PATH>', 'a device to serve: a directory (created when missing or empty); repeatable',
-      (v: string, prev: string[]) => [...prev, v], [] as string[])
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--token-file <FILE>', 'the shared token clients must send (mode 0600); required unless listening on loopback')
     .option('--token-out <FILE>', `without --token-file: where the loopback token is kept (default: ${GENERATED_TOKEN_NAME} in the first device)`)
     .option('--name <NAME>', "this server's name (default: the host's short name)")

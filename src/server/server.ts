@@ -92,6 +92,20 @@ function rawErrorResponse (status: number, code: string, message: string): strin
 }
 
 /**
+ * True when a request Node refused for its method starts with a word that
+ * could be a method (`FOO /x HTTP/1.1`: 501), rather than with bytes that
+ * are not HTTP at all (a TLS hello: 400).
+ */
+function looksLikeMethod (err: Error & { rawPacket?: unknown, bytesParsed?: unknown }): boolean {
+  const packet = err.rawPacket
+  const at = err.bytesParsed
+  if (!Buffer.isBuffer(packet) || typeof at !== 'number') return false
+  const lineStart = packet.lastIndexOf('\n', Math.max(0, at - 1)) + 1
+  const text = packet.subarray(lineStart, Math.min(packet.length, lineStart + 40)).toString('latin1')
+  return /^[A-Z][A-Z_-]{0,31} /.test(text)
+}
+
+/**
  * The block server: exposes devices over HTTP/1.1 (see ./protocol.ts for the
  * routes). Every request is authenticated first, every name and id is
  * validated before it reaches a device, bodies are bounded, and every
@@ -522,22 +536,25 @@ export class BlockServer {
       if (!res.writableEnded) res.destroy()
       return
     }
-    this.sendError(res, e, this.bodyLeftUnread(ex))
+    this.sendError(res, e, this.bodyLeftUnread(ex, e.status))
   }
 
   /**
-   * True when the request's body will not be read and cannot safely be
-   * discarded: unbounded (chunked), over the limit, or not sent because we
-   * did not answer 100 Continue. The connection is then closed after the answer.
-   * A bounded body is discarded by Node and the connection stays usable.
+   * True when the request's body will not be read and must not be
+   * discarded either: an unauthenticated client's (unless small), an unbounded (chunked)
+   * one, one over the limit, or one not sent because we did not answer
+   * 100 Continue. The connection is then closed after the answer. Any other
+   * (bounded) body is discarded by Node and the connection stays usable.
    */
-  private bodyLeftUnread (ex: Exchange): boolean {
+  private bodyLeftUnread (ex: Exchange, status: number): boolean {
     const { req } = ex
     if (req.complete) return false
     if (ex.expectContinue && !ex.continued) return true
     const cl = req.headers['content-length']
     if (cl === undefined) return req.headers['transfer-encoding'] !== undefined
     const n = Number(cl)
+    // An unauthenticated client gets no more than a small body read (and discarded) for it.
+    if (status === 401) return n > 64 * 1024
     return !(Number.isSafeInteger(n) && n <= this.opts.maxObjectBytes)
   }
 
@@ -585,7 +602,9 @@ export class BlockServer {
           answer = rawErrorResponse(408, 'ETIMEDOUT', 'the request did not arrive in time')
           break
         case 'HPE_INVALID_METHOD':
-          answer = rawErrorResponse(501, 'ENOSYS', 'unknown request method')
+          answer = looksLikeMethod(err)
+            ? rawErrorResponse(501, 'ENOSYS', 'unknown request method')
+            : rawErrorResponse(400, 'EINVAL', 'malformed request (not HTTP/1.1)')
           break
         case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
           answer = rawErrorResponse(413, 'EFBIG', 'chunk extensions too large')
