@@ -10,8 +10,20 @@
  *   HEAD   /v1/devices/DEV/objects/ID          200 with Content-Length, or 404
  *   DELETE /v1/devices/DEV/objects/ID          204 (idempotent)
  *
- * Every request carries `Authorization: Bearer TOKEN`. Every error answer is
- * JSON `{"error": MESSAGE, "code": POSIX_CODE}`.
+ * Every request carries `Authorization: Bearer TOKEN` (401 otherwise, before
+ * anything else is looked at). Every error answer is JSON
+ * `{"error": MESSAGE, "code": POSIX_CODE}`, with the code also in the
+ * `X-Bslfs-Error` header (a HEAD answer has no body):
+ *
+ *   400 EINVAL bad id, device name, checksum header, Content-Length; malformed request
+ *   401 EACCES no or wrong token          404 ENOENT no such object or route
+ *   404 ENODEV no such device             405 EOPNOTSUPP wrong method (Allow: ...)
+ *   408 ETIMEDOUT request too slow        411 EINVAL PUT without Content-Length
+ *   413 EFBIG body over the limit         414 ENAMETOOLONG target over 4096 characters
+ *   416 EINVAL bad Range / ERANGE unsatisfiable (Content-Range: bytes *\/SIZE)
+ *   417 EINVAL unknown Expect             422 EBADMSG body does not match its checksum
+ *   431 EMSGSIZE headers too large        500 EIO corrupt object or device failure
+ *   501 ENOSYS unknown method             507 ENOSPC device full
  */
 import type { ErrnoCode } from '../errors'
 

@@ -87,7 +87,7 @@ function fromFsError (err: FsError): HttpError {
 function rawErrorResponse (status: number, code: string, message: string): string {
   const body = JSON.stringify({ error: message, code })
   return `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\n` +
-    `Content-Type: ${JSON_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+    `Content-Type: ${JSON_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Bslfs-Error: ${code}\r\n` +
     'Cache-Control: no-store\r\nConnection: close\r\n\r\n' + body
 }
 
@@ -561,7 +561,8 @@ export class BlockServer {
   private sendError (res: http.ServerResponse, e: HttpError, close: boolean): void {
     try {
       if (close) res.setHeader('Connection', 'close')
-      this.sendJson(res, e.status, { error: e.message, code: e.code }, e.headers)
+      // The code also as a header: a HEAD answer has no body to carry it.
+      this.sendJson(res, e.status, { error: e.message, code: e.code }, { ...e.headers, 'X-Bslfs-Error': e.code })
     } catch (err) {
       log('could not answer %d: %s', e.status, (err as Error).message)
       res.destroy()
