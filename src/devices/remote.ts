@@ -530,8 +530,10 @@ export class RemoteDevice implements Device {
       what,
       handle: async res => {
         await res.body.dump({ limit: ERROR_BODY_LIMIT }).catch(noop)
-        if (res.statusCode === 404) return null
-        if (res.statusCode !== 200) throw statusAnswer(this.ep, res.statusCode, {}, what)
+        // A HEAD answer has no body: the server names the error in a header (an unknown device is not a missing object).
+        const code = String(res.headers['x-bslfs-error'] ?? '')
+        if (res.statusCode === 404 && code !== 'ENODEV') return null
+        if (res.statusCode !== 200) throw statusAnswer(this.ep, res.statusCode, code ? { code } : {}, what)
         const size = contentLength(this.ep, res, what)
         if (size === undefined) throw new FsError('EIO', `${this.label} answered ${what} without a Content-Length`)
         return { size }
