@@ -219,8 +219,8 @@ export class OpenFile {
   private flushBlock (i: number): void {
     const data = this.dirty.get(i)
     if (!data) return
+    // The buffer counts against the memory budget until its write is done, so a slow device throttles writers.
     this.dirty.delete(i)
-    this.shared.dirtyBytes -= this.bs
     const prev = this.flushing.get(i)?.done
     const done = (async () => {
       if (prev) await prev.catch(() => undefined)
@@ -240,16 +240,18 @@ export class OpenFile {
     })()
     const entry = { done, data }
     this.flushing.set(i, entry)
+    let kept = false
     done.catch(err => {
       log('block %d of inode %d not written: %s', i, this.ino, (err as Error).message)
       this.error ??= err
       // Keep the bytes: the next flush tries again (a newer write of the block wins).
       if (!this.dirty.has(i) && i * this.bs < this.size) {
         this.dirty.set(i, data)
-        this.shared.dirtyBytes += this.bs
+        kept = true
       }
     }).finally(() => {
       if (this.flushing.get(i) === entry) this.flushing.delete(i)
+      if (!kept) this.shared.dirtyBytes -= this.bs
     })
   }
 
