@@ -32,13 +32,13 @@ async function errorOf (fn: () => Promise<unknown> | unknown): Promise<FsError |
   return undefined
 }
 
-async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code: string, what?: string, extra: { todo?: string } = {}): Promise<FsError | undefined> {
+async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code: string, what?: string): Promise<FsError | undefined> {
   const err = await errorOf(fn)
   if (!(err instanceof FsError)) {
-    t.fail(`${what ?? 'call'}: expected FsError ${code}, got ${err === undefined ? 'success' : String(err)}`, extra)
+    t.fail(`${what ?? 'call'}: expected FsError ${code}, got ${err === undefined ? 'success' : String(err)}`)
     return undefined
   }
-  t.equal(err.code, code, what ?? `rejects with ${code}`, extra)
+  t.equal(err.code, code, what ?? `rejects with ${code}`)
   return err
 }
 

@@ -102,7 +102,7 @@ function rig (t: Test, tables = figureTables()): { volumes: Volumes, dev: (serve
   return { volumes, dev, opens, log, unreachable }
 }
 
-async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code: string, what: string, extra: { todo?: string } = {}): Promise<FsError | undefined> {
+async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code: string, what: string): Promise<FsError | undefined> {
   let err: unknown
   try {
     await fn()
@@ -110,10 +110,10 @@ async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code:
     err = e
   }
   if (!(err instanceof FsError)) {
-    t.fail(`${what}: expected FsError ${code}, got ${err === undefined ? 'success' : String(err)}`, extra)
+    t.fail(`${what}: expected FsError ${code}, got ${err === undefined ? 'success' : String(err)}`)
     return undefined
   }
-  t.equal(err.code, code, what, extra)
+  t.equal(err.code, code, what)
   return err
 }
 

@@ -209,9 +209,7 @@ export class OpenFile {
     }
     this.change({ size: Math.max(this.size, end), mtime: now, ctime: now })
     // Blocks the write has filled to their end are flushed now: a sequential writer streams.
-    for (const i of [...this.dirty.keys()]) {
-      if ((i + 1) * bs <= end && (i + 1) * bs > pos) this.flushBlock(i)
-    }
+    for (let i = Math.floor(pos / bs); (i + 1) * bs <= end; i++) this.flushBlock(i)
     if (this.shared.dirtyBytes > this.shared.dirtyLimit) await this.flush()
     return data.length
   }

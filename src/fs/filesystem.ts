@@ -337,7 +337,7 @@ export class BslFilesystem {
     const file = this.fileOf(fh)
     const n = await file.read(buf, len, pos)
     const now = nowTimespec()
-    if (this.needsAtime(await this.current(file.ino), now)) file.markAccessed(now)
+    if (this.needsAtime(file.view(await this.dir.getInode(file.ino)), now)) file.markAccessed(now)
     return n
   }
 
