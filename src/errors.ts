@@ -11,13 +11,29 @@ export type ErrnoCode = keyof typeof constants.errno
 export class FsError extends Error {
   readonly code: ErrnoCode
   readonly errno: number
+  /** For a device error: what it says about that copy of a block (the volumes layer's failover reads it). */
+  readonly fault?: CopyFault
 
-  constructor (code: ErrnoCode, message?: string, options?: { cause?: unknown }) {
+  constructor (code: ErrnoCode, message?: string, options?: { cause?: unknown, fault?: CopyFault }) {
     super(message ? `${code}: ${message}` : code, options)
     this.name = 'FsError'
     this.code = code
     this.errno = constants.errno[code]
+    if (options?.fault) this.fault = options.fault
   }
+}
+
+/**
+ * What a failed device call says about the copy: `missing` (the device
+ * answered, the object is not there), `corrupt` (it is there with the wrong
+ * bytes, or could not be read back), `unreachable` (no answer at all: the
+ * whole device is down, not just this block).
+ */
+export type CopyFault = 'missing' | 'corrupt' | 'unreachable'
+
+/** The copy fault an error carries, if any. */
+export function faultOf (err: unknown): CopyFault | undefined {
+  return err instanceof FsError ? err.fault : undefined
 }
 
 /** The positive errno for any thrown value: FsError and Node system errors keep theirs, anything else is EIO. */

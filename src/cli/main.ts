@@ -5,6 +5,8 @@ import * as admin from '../daemon/admin'
 import { askControl } from '../daemon/control'
 import { findMount, findStateMount, fusermount } from '../daemon/mountpoint'
 import { DEFAULT_BLOCK_SIZE, State, initState, statePaths } from '../daemon/state'
+import { Progress } from '../daemon/repair'
+import { Presets, SingleBar } from 'cli-progress'
 import { mountCommand } from './mount-command'
 import { registerServe } from './serve-command'
 
@@ -12,8 +14,9 @@ import { registerServe } from './serve-command'
  * Run a management command on the running mount of `state` through its
  * control socket, or, when nothing is mounted, on the STATE opened here.
  */
-async function onState<T> (state: string, cmd: string, args: string[], offline: (s: State) => Promise<T>): Promise<T> {
-  const answer = await askControl(statePaths(state).socket, { cmd, args })
+async function onState<T> (state: string, cmd: string, args: string[], offline: (s: State) => Promise<T>,
+  extra: { options?: Record<string, unknown>, onProgress?: (p: Progress) => void } = {}): Promise<T> {
+  const answer = await askControl(statePaths(state).socket, { cmd, args, options: extra.options }, undefined, p => extra.onProgress?.(p as Progress))
   if (answer) {
     if (!answer.ok) throw new UsageError(answer.error)
     return answer.result as T
@@ -42,7 +45,19 @@ function formatStatus (r: admin.StatusReport): string {
     `default     volume ${r.defaultVolume}`,
     'volumes:'
   ]
-  for (const v of r.volumes) lines.push(`  ${v.volume}  ${v.mirrors ? `mirrored on ${v.mirrors.join(', ')}` : v.place}`)
+  for (const v of r.volumes) {
+    const where = v.mirrors
+      ? `mirrored on ${v.mirrors.map(m => `${m.volume} (${m.place}${m.up ? '' : ', DOWN'})`).join(', ')}, min copies ${v.minCopies}`
+      : v.place
+    const extra = [v.backlog ? `${v.backlog} copies to heal` : '', v.failovers ? `${v.failovers} failovers` : ''].filter(Boolean).join(', ')
+    lines.push(`  ${v.volume}  ${v.health}  ${where}${extra ? `  (${extra})` : ''}`)
+  }
+  lines.push(`heal backlog ${r.healBacklog}`)
+  const places = r.places.filter(p => !p.up || p.failovers || p.missing || p.corrupt || p.downs)
+  if (places.length) lines.push('places:')
+  for (const p of places) {
+    lines.push(`  ${p.place}  ${p.up ? 'up' : `DOWN since ${p.downSince}`}  served ${p.served}, failovers ${p.failovers}, missing ${p.missing}, corrupt ${p.corrupt}, went down ${p.downs}x${p.lastError ? `; last error: ${p.lastError}` : ''}`)
+  }
   if (r.servers.length) lines.push('servers:')
   for (const sv of r.servers) lines.push(`  ${sv.name}  ${sv.url}  ${sv.reachable ? `reachable, devices ${sv.devices?.join(', ')}` : `UNREACHABLE: ${sv.error}`}`)
   lines.push('devices:')
@@ -52,6 +67,28 @@ function formatStatus (r: admin.StatusReport): string {
       : `  ${d.place}  ${d.path ?? ''}  ${mib(d.available)} free of ${mib(d.total)}`)
   }
   return lines.join('\n')
+}
+
+/** Run `work` with a progress bar on stderr (when it is a terminal and the output is not JSON). */
+async function withProgressBar<T> (name: string, unit: 'copies' | 'bytes', work: (onProgress: (p: Progress) => void) => Promise<T>, json?: boolean): Promise<T> {
+  if (json || !process.stderr.isTTY) return await work(() => {})
+  const bytes = unit === 'bytes'
+  const bar = new SingleBar({
+    format: `${name} [{bar}] {percentage}% | ${bytes ? '{doneMiB}/{totalMiB} MiB' : '{value}/{total} copies, {doneMiB} MiB'} | {rate} MiB/s | eta {eta_formatted}`,
+    stream: process.stderr,
+    hideCursor: true
+  }, Presets.shades_classic)
+  const started = Date.now()
+  bar.start(1, 0, { doneMiB: '0', totalMiB: '0', rate: '0' })
+  try {
+    return await work(p => {
+      const s = Math.max(0.001, (Date.now() - started) / 1000)
+      bar.setTotal(Math.max(1, p.total))
+      bar.update(p.done, { doneMiB: (p.bytes / 1048576).toFixed(1), totalMiB: (p.total / 1048576).toFixed(1), rate: (p.bytes / 1048576 / s).toFixed(1) })
+    })
+  } finally {
+    bar.stop()
+  }
 }
 
 export function program (): Command {
@@ -154,6 +191,34 @@ export function program (): Command {
       const rows = await onState(state, 'volume-list', [], s => admin.volumeList(s))
       print(o.json, rows, () => rows.map(r => [`${r.volume}  ${r.place}  since ${r.since}`,
         ...r.history.map(h => `     was ${h.place}  ${h.from} .. ${h.to}`)].join('\n')).join('\n') || '(no volumes)')
+    })
+
+  cli.command('mirror').argument('<STATE>').argument('<VOL>', 'the mirrored volume (a new number)').argument('<MIRRORS...>', 'two or more volumes of the volume table')
+    .description('serve volume VOL from mirror volumes: every block is written to each of them')
+    .option('--min-copies <N>', 'copies a write must reach to succeed (default: all); the missed ones are healed later')
+    .action(async (state: string, vol: string, mirrors: string[], o: { minCopies?: string }) => {
+      const r = await onState(state, 'mirror', [vol, ...mirrors], s => admin.mirrorSet(s, vol, mirrors, o.minCopies), { options: { minCopies: o.minCopies } })
+      console.log(`bslfs: volume ${r.volume} → mirrors ${r.mirrors.join(', ')} (a write needs ${r.minCopies} of ${r.mirrors.length} copies)`)
+    })
+
+  cli.command('heal').argument('<STATE>')
+    .description('copy every missing or bad copy of a mirrored block from a good one')
+    .option('--json', 'machine-readable summary')
+    .action(async (state: string, o: { json?: boolean }) => {
+      const r = await withProgressBar('heal', 'copies', bar => onState(state, 'heal', [], s => admin.heal(s, bar), { onProgress: bar }), o.json)
+      print(o.json, r, () => [
+        `bslfs: heal: ${r.queued} queued; ${r.copied} copied (${mib(r.bytes)}), ${r.present} already whole, ${r.dropped} no longer needed, ${r.failed} left for later`,
+        ...r.errors.map(e => `  ${e}`)].join('\n'))
+      if (r.failed) process.exitCode = 1
+    })
+
+  cli.command('scrub').argument('<STATE>')
+    .description('read every copy of every block, check its checksum, and queue bad copies for heal')
+    .option('--json', 'machine-readable summary')
+    .action(async (state: string, o: { json?: boolean }) => {
+      const r = await withProgressBar('scrub', 'bytes', bar => onState(state, 'scrub', [], s => admin.scrub(s, bar), { onProgress: bar }), o.json)
+      print(o.json, r, () => `bslfs: scrub: ${r.blocks} blocks, ${r.good} good copies (${mib(r.bytes)}), ${r.missing} missing, ${r.corrupt} corrupt, ${r.unchecked} not checked (place down); ${r.queued} queued for heal${r.queued ? ' (run `bslfs heal STATE`, or let the mount heal them)' : ''}`)
+      if (r.missing || r.corrupt || r.unchecked) process.exitCode = 1
     })
 
   cli.command('bsl').argument('<STATE>').argument('<PATH>', 'a path in the filesystem, or through its mount point')

@@ -3,7 +3,9 @@ import { LocalDevice } from '../devices/local'
 import { probeServer } from '../devices/remote'
 import { readTokenFile } from './state'
 import { FsError, UsageError } from '../errors'
-import { LOCAL_SERVER, placeText } from '../volumes/tables'
+import { LOCAL_SERVER, MirrorRow, Place, Tables, placeText } from '../volumes/tables'
+import { PlaceHealth } from '../volumes/health'
+import { HealReport, OnProgress, ScrubReport, heal as healQueue, scrub as scrubAll } from './repair'
 import { State } from './state'
 import { resolve } from 'node:path'
 import { ServerRow } from '../volumes/tables'
@@ -23,15 +25,63 @@ export interface StatusReport {
   files: number
   bytes: number
   defaultVolume: number
-  volumes: Array<{ volume: number, place: string, mirrors?: number[] }>
+  volumes: VolumeStatus[]
+  /** Health of each place the volume table names: up or down, latency, reads served, failovers, bad copies. */
+  places: PlaceHealth[]
+  /** Copies waiting in the heal queue. */
+  healBacklog: number
   devices: Array<{ place: string, path?: string, total?: number, free?: number, available?: number, error?: string }>
   servers: Array<{ name: string, url: string, reachable: boolean, error?: string, devices?: string[] }>
+}
+
+export interface VolumeStatus {
+  volume: number
+  /** Where a plain volume lives ("s2:d1"); "mirror" for a mirrored one. */
+  place: string
+  /** healthy; degraded (a mirror down, or copies waiting to be healed); down (no copy reachable). */
+  health: 'healthy' | 'degraded' | 'down'
+  mirrors?: Array<{ volume: number, place: string, up: boolean }>
+  minCopies?: number
+  /** Copies of this volume's blocks waiting to be healed. */
+  backlog: number
+  /** Reads that were served by other than their first copy since the mount started. */
+  failovers: number
+}
+
+function volumeStatus (state: State, tables: Tables, backlog: Map<number, number>): VolumeStatus[] {
+  const up = (p: Place) => state.volumes.health.isUp(placeText(p))
+  const plain: VolumeStatus[] = [...tables.volumes.values()].sort((a, b) => a.volume - b.volume).map(v => ({
+    volume: v.volume,
+    place: placeText(v.place),
+    health: up(v.place) ? (backlog.get(v.volume) ? 'degraded' : 'healthy') : 'down',
+    backlog: backlog.get(v.volume) ?? 0,
+    failovers: state.volumes.failoversOf(v.volume)
+  }))
+  const mirrored: VolumeStatus[] = [...tables.mirrors.values()].sort((a, b) => a.volume - b.volume).map(m => {
+    const mirrors = m.mirrors.map(v => {
+      const row = tables.volumes.get(v)
+      return { volume: v, place: row ? placeText(row.place) : '(not in the volume table)', up: row ? up(row.place) : false }
+    })
+    const waiting = m.mirrors.reduce((n, v) => n + (backlog.get(v) ?? 0), 0)
+    const upCount = mirrors.filter(x => x.up).length
+    return {
+      volume: m.volume,
+      place: 'mirror',
+      health: upCount === 0 ? 'down' : upCount < mirrors.length || waiting > 0 ? 'degraded' : 'healthy',
+      mirrors,
+      minCopies: m.minCopies,
+      backlog: waiting,
+      failovers: state.volumes.failoversOf(m.volume)
+    }
+  })
+  return [...plain, ...mirrored]
 }
 
 export async function status (state: State, mounted: MountInfo | null): Promise<StatusReport> {
   const tables = await state.dir.tables()
   const space = await state.volumes.space()
   const usage = state.dir.usage
+  const backlog = await state.dir.repairBacklog()
   const devices: StatusReport['devices'] = []
   for (const row of tables.devices.values()) {
     const place = placeText({ server: LOCAL_SERVER, device: row.name })
@@ -61,8 +111,9 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
     files: usage.files,
     bytes: usage.bytes,
     defaultVolume: tables.defaultVolume,
-    volumes: [...tables.volumes.values()].sort((a, b) => a.volume - b.volume).map(v => ({ volume: v.volume, place: placeText(v.place) }))
-      .concat([...tables.mirrors].map(([volume, mirrors]) => ({ volume, place: 'mirror', mirrors }))),
+    volumes: volumeStatus(state, tables, backlog),
+    places: state.volumes.placeHealth(),
+    healBacklog: [...backlog.values()].reduce((a, b) => a + b, 0),
     devices,
     servers
   }
@@ -190,4 +241,56 @@ export async function volumeDefault (state: State, volumeText: string): Promise<
   await state.dir.setDefaultVolume(volume)
   await state.reloadTables()
   return { volume }
+}
+
+/**
+ * Serve logical volume `volume` from the mirror volumes `mirrorTexts` (each
+ * in the volume table, each on its own place). On an existing mirror only
+ * `minCopies` may change: blocks already written live on the old set.
+ */
+export async function mirrorSet (state: State, volumeText: string, mirrorTexts: string[], minCopiesText?: string): Promise<MirrorRow> {
+  const volume = parseVolume(volumeText)
+  const mirrors = mirrorTexts.map(parseVolume)
+  const tables = await state.dir.tables()
+  if (tables.volumes.has(volume)) {
+    throw new UsageError(`volume ${volume} is a plain volume (on ${placeText(tables.volumes.get(volume)!.place)}); a mirrored volume needs a number of its own`)
+  }
+  if (mirrors.length < 2) throw new UsageError('a mirror needs at least two volumes: `bslfs mirror STATE VOL VOL1 VOL2 [...]`')
+  const places = new Map<string, number>()
+  for (const m of mirrors) {
+    if (m === volume) throw new UsageError(`volume ${volume} cannot mirror itself`)
+    if (tables.mirrors.has(m)) throw new UsageError(`volume ${m} is itself mirrored; mirror plain volumes only`)
+    const row = tables.volumes.get(m)
+    if (!row) throw new UsageError(`there is no volume ${m}; add it first with \`bslfs volume add STATE ${m} SERVER:DEVICE\``)
+    const key = placeText(row.place)
+    if (places.has(key)) {
+      throw new UsageError(places.get(key) === m ? `volume ${m} is named twice` : `volumes ${places.get(key)} and ${m} are both on ${key}: their copies would share one device`)
+    }
+    places.set(key, m)
+  }
+  let minCopies = mirrors.length
+  if (minCopiesText !== undefined) {
+    if (!/^[1-9][0-9]*$/.test(minCopiesText) || Number(minCopiesText) > mirrors.length) {
+      throw new UsageError(`bad --min-copies "${minCopiesText}": a number from 1 to ${mirrors.length} (the mirror's copies)`)
+    }
+    minCopies = Number(minCopiesText)
+  }
+  const old = tables.mirrors.get(volume)
+  if (old && old.mirrors.join(',') !== mirrors.join(',')) {
+    throw new UsageError(`volume ${volume} is already mirrored on ${old.mirrors.join(', ')}; its blocks live there (move a copy with \`bslfs remap\`)`)
+  }
+  const row: MirrorRow = { volume, mirrors, minCopies }
+  await state.dir.setMirror(row)
+  await state.reloadTables()
+  return row
+}
+
+export async function heal (state: State, onProgress?: OnProgress): Promise<HealReport> {
+  await state.volumes.space() // find out which places are up before trying them
+  return await healQueue(state.dir, state.volumes, onProgress)
+}
+
+export async function scrub (state: State, onProgress?: OnProgress): Promise<ScrubReport> {
+  await state.volumes.space()
+  return await scrubAll(state.dir, state.volumes, onProgress)
 }

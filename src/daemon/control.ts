@@ -14,7 +14,12 @@ export type ControlAnswer = { ok: true, result: unknown } | { ok: false, error: 
 
 const MAX_REQUEST = 64 * 1024
 
-export type ControlHandler = (req: ControlRequest, socket: Socket) => Promise<unknown>
+/** Progress of a long command, sent to the client as `{"progress": …}` lines before the answer. */
+export type ControlProgress = (progress: unknown) => void
+export type ControlHandler = (req: ControlRequest, progress: ControlProgress) => Promise<unknown>
+
+/** At most this often a progress line goes out (the client draws a bar). */
+const PROGRESS_EVERY_MS = 200
 
 export function serveControl (path: string, handler: ControlHandler): Promise<Server> {
   const server = createServer(socket => {
@@ -39,7 +44,14 @@ export function serveControl (path: string, handler: ControlHandler): Promise<Se
         socket.end(JSON.stringify({ ok: false, error: 'malformed control request' }) + '\n')
         return
       }
-      handler(req, socket).then(
+      let lastProgress = 0
+      const progress: ControlProgress = p => {
+        const now = Date.now()
+        if (now - lastProgress < PROGRESS_EVERY_MS || socket.destroyed) return
+        lastProgress = now
+        socket.write(JSON.stringify({ progress: p }) + '\n')
+      }
+      handler(req, progress).then(
         result => socket.end(JSON.stringify({ ok: true, result }) + '\n'),
         (err: Error & { code?: string }) => socket.end(JSON.stringify({ ok: false, error: err.message, code: err.code }) + '\n'))
     })
@@ -53,22 +65,40 @@ export function serveControl (path: string, handler: ControlHandler): Promise<Se
   })
 }
 
-/** Ask the mount behind `path`; null when no mount answers there (not mounted, or the daemon is gone). */
-export function askControl (path: string, req: ControlRequest, timeoutMs = 600_000): Promise<ControlAnswer | null> {
+/**
+ * Ask the mount behind `path`; null when no mount answers there (not mounted,
+ * or the daemon is gone). Progress lines before the answer go to `onProgress`.
+ */
+export function askControl (path: string, req: ControlRequest, timeoutMs = 600_000, onProgress?: (p: unknown) => void): Promise<ControlAnswer | null> {
   return new Promise((resolve, reject) => {
     const socket = createConnection({ path })
     let buf = ''
     let connected = false
-    const timer = setTimeout(() => {
+    // A bound on silence: progress lines of a long heal or scrub restart it.
+    const arm = () => setTimeout(() => {
       socket.destroy()
       reject(new UsageError(`the mount did not answer within ${timeoutMs / 1000} s (${path})`))
     }, timeoutMs)
+    let timer = arm()
     socket.setEncoding('utf8')
     socket.on('connect', () => {
       connected = true
       socket.write(JSON.stringify(req) + '\n')
     })
-    socket.on('data', chunk => { buf += chunk })
+    socket.on('data', chunk => {
+      buf += chunk
+      clearTimeout(timer)
+      timer = arm()
+      // Every complete line but the answer is progress.
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const line = buf.slice(0, nl)
+        if (!line.startsWith('{"progress":')) break
+        buf = buf.slice(nl + 1)
+        try {
+          onProgress?.(JSON.parse(line).progress)
+        } catch {}
+      }
+    })
     socket.on('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer)
       if (!connected && (err.code === 'ENOENT' || err.code === 'ECONNREFUSED')) resolve(null)

@@ -6,9 +6,10 @@ import { FileData, OpenFiles } from '../fs/files'
 import { BslFilesystem } from '../fs/filesystem'
 import { MountedFuse, ParsedOptions, defaultFuseOptions, mountFuse } from '../fs/mount'
 import * as admin from './admin'
-import { ControlRequest, serveControl } from './control'
+import { ControlProgress, ControlRequest, serveControl } from './control'
 import { checkFuseAvailable, findMount, prepareMountpoint } from './mountpoint'
 import { reclaim, startReclaimer } from './reclaim'
+import { startHealer } from './repair'
 import { State } from './state'
 
 const log = createDebug('bslfs:daemon')
@@ -21,12 +22,13 @@ const log = createDebug('bslfs:daemon')
 export async function runDaemon (stateArg: string, mountpointArg: string, options: ParsedOptions): Promise<{ done: Promise<void> }> {
   checkFuseAvailable()
   const mountpoint = await prepareMountpoint(mountpointArg)
-  const state = await State.open(stateArg)
+  const state = await State.open(stateArg, { copyTimeoutMs: options.copyTimeoutMs })
   const cleanup: Array<() => Promise<unknown>> = [() => state.close()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse
   let server: Server
   let reclaimer: ReturnType<typeof startReclaimer>
+  let healer: ReturnType<typeof startHealer>
   const files = new OpenFiles(new FileData(state.dir, state.volumes))
   const fs = new BslFilesystem(state.dir, files, {
     space: async () => {
@@ -51,6 +53,8 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     if (st.ino !== 1) throw new UsageError(`${mountpoint} did not come up as a bslfs mount`)
     reclaimer = startReclaimer(state.dir, state.volumes)
     cleanup.push(() => reclaimer.stop())
+    healer = startHealer(state.dir, state.volumes)
+    cleanup.push(() => healer.stop())
   } catch (err) {
     await undo()
     throw err
@@ -94,6 +98,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     await fs.flushAll().catch(err => console.error(`bslfs: final flush failed: ${(err as Error).message}`))
     await fs.sweepHidden(0)
     await reclaimer.stop()
+    await healer.stop()
     await reclaim(state.dir, state.volumes).catch(() => 0)
     await state.close()
     await fsp.rm(state.paths.pid, { force: true })
@@ -102,7 +107,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     server.close(() => { void fsp.rm(state.paths.socket, { force: true }).finally(finish) })
   }
 
-  const handle = async (req: ControlRequest): Promise<unknown> => {
+  const handle = async (req: ControlRequest, progress: ControlProgress): Promise<unknown> => {
     const [a, b] = req.args
     switch (req.cmd) {
       case 'status': return admin.status(state, info)
@@ -114,6 +119,9 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       case 'server-add': return admin.serverAdd(state, a, b, req.args[2] || undefined)
       case 'server-list': return admin.serverList(state)
       case 'bsl': return admin.bslOf(state, a)
+      case 'mirror': return admin.mirrorSet(state, a, req.args.slice(1), typeof req.options?.minCopies === 'string' ? req.options.minCopies : undefined)
+      case 'heal': return admin.heal(state, progress)
+      case 'scrub': return admin.scrub(state, progress)
       default: throw new UsageError(`unknown control command "${req.cmd}"`)
     }
   }

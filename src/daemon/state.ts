@@ -9,7 +9,7 @@ import { Directory } from '../directory/directory'
 import { LevelKv } from '../directory/leveldb'
 import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, Place, placeText } from '../volumes/tables'
-import { Volumes } from '../volumes/volumes'
+import { Volumes, VolumesOptions } from '../volumes/volumes'
 
 /**
  * A STATE directory: what `bslfs init` makes and every command names.
@@ -106,7 +106,7 @@ export async function readMarker (state: string): Promise<StateMarker> {
 export class State {
   private constructor (readonly paths: ReturnType<typeof statePaths>, readonly dir: Directory, readonly volumes: Volumes) {}
 
-  static async open (state: string): Promise<State> {
+  static async open (state: string, opts: VolumesOptions = {}): Promise<State> {
     const p = statePaths(state)
     await readMarker(state)
     let kv: LevelKv
@@ -121,7 +121,8 @@ export class State {
     try {
       const dir = await Directory.open(kv)
       const tables = await dir.tables()
-      const volumes = new Volumes(tables, place => openDevice(dir, place))
+      const volumes = new Volumes(tables, place => openDevice(dir, place), opts)
+      volumes.setRepairLog({ record: repairs => dir.recordRepairs(repairs) })
       return new State(p, dir, volumes)
     } catch (err) {
       await kv.close().catch(() => undefined)

@@ -9,27 +9,38 @@ export interface DeviceSpace {
 }
 
 /**
+ * Bounds for one call, overriding the device's own (a mirrored read asks
+ * one copy briefly and moves on to the next rather than retrying). Local
+ * devices have no network to bound and ignore them.
+ */
+export interface CallLimits {
+  timeoutMs?: number
+  retries?: number
+}
+
+/**
  * A place that stores block objects: a directory on a local disk, or (later)
  * a device on a remote block server. Objects are immutable: a rewrite of a
  * block is a new object id, so `put` never replaces live bytes in place.
  *
  * Errors are FsError with the POSIX code of what went wrong: EIO for a failed
  * or corrupt read, ENOSPC when the disk is full, ENOENT for a missing object.
+ * A failed read also carries its `fault` (missing, corrupt, unreachable).
  */
 export interface Device {
   /** "server:device", for messages and logs. */
   readonly label: string
   /** Store `data` whole as `objectId`; resolves only after the bytes are flushed and visible under their final name. */
-  put (objectId: string, data: Uint8Array, checksum: number): Promise<void>
+  put (objectId: string, data: Uint8Array, checksum: number, limits?: CallLimits): Promise<void>
   /** The whole object, verified against `checksum`; a mismatch is EIO, never wrong bytes. */
-  get (objectId: string, checksum: number): Promise<Buffer>
+  get (objectId: string, checksum: number, limits?: CallLimits): Promise<Buffer>
   /** Remove an object; removing one that is not there is not an error. */
   delete (objectId: string): Promise<void>
   /** The stored size of an object, or null when it is absent. */
   stat (objectId: string): Promise<{ size: number } | null>
   /** Every object id on the device (for fsck and heal). */
   list (): AsyncIterable<string>
-  space (): Promise<DeviceSpace>
+  space (limits?: CallLimits): Promise<DeviceSpace>
   close (): Promise<void>
 }
 

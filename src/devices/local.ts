@@ -269,14 +269,14 @@ export class LocalDevice implements Device {
     } catch (err) {
       if (errCode(err) === 'ENOENT') {
         // EIO for the reader, but a message (and cause) that says "missing" rather than "corrupt".
-        throw new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err })
+        throw new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err, fault: 'missing' })
       }
-      throw this.ioError('read of', objectId, err)
+      throw new FsError('EIO', `read of object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err, fault: 'corrupt' })
     }
     const actual = checksum(data)
     if (actual !== sum) {
       log('%s: checksum mismatch on %s', this.label, objectId)
-      throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId}: expected 0x${sum.toString(16)}, got 0x${actual.toString(16)} (${data.length} bytes)`)
+      throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId}: expected 0x${sum.toString(16)}, got 0x${actual.toString(16)} (${data.length} bytes)`, { fault: 'corrupt' })
     }
     return data
   }

@@ -4,7 +4,7 @@ import { Dispatcher, Pool } from 'undici'
 import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { ErrnoCode, FsError } from '../errors'
-import { Device, DeviceSpace, checkDeviceRequest } from './device'
+import { CallLimits, Device, DeviceSpace, checkDeviceRequest } from './device'
 
 const log = createDebug('bslfs:devices')
 
@@ -263,16 +263,16 @@ async function answerFor (ep: Endpoint, res: Dispatcher.ResponseData, what: stri
   return statusAnswer(ep, res.statusCode, await errorInfo(res), what)
 }
 
-/** One attempt, bounded as a whole by ep.timeoutMs: connect, send, headers and `handle`. */
-async function attempt<T> (ep: Endpoint, call: Call<T>): Promise<T> {
+/** One attempt, bounded as a whole by `timeoutMs`: connect, send, headers and `handle`. */
+async function attempt<T> (ep: Endpoint, call: Call<T>, timeoutMs: number): Promise<T> {
   const ac = new AbortController()
   let timer: NodeJS.Timeout | undefined
   const deadline = new Promise<never>((_resolve, reject) => {
     timer = setTimeout(() => {
-      const err = new TimedOut(ep.timeoutMs)
+      const err = new TimedOut(timeoutMs)
       ac.abort(err)
       reject(err)
-    }, ep.timeoutMs)
+    }, timeoutMs)
   })
   deadline.catch(noop)
   const work = (async () => {
@@ -283,8 +283,8 @@ async function attempt<T> (ep: Endpoint, call: Call<T>): Promise<T> {
       headers: { authorization: `Bearer ${ep.token}`, ...call.headers },
       body: call.body,
       signal: ac.signal,
-      headersTimeout: ep.timeoutMs,
-      bodyTimeout: ep.timeoutMs
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs
     })
     try {
       return await call.handle(res)
@@ -304,15 +304,19 @@ async function attempt<T> (ep: Endpoint, call: Call<T>): Promise<T> {
   }
 }
 
-/** A request with bounded retries; every failure comes out as an FsError. */
-async function exchange<T> (ep: Endpoint, call: Call<T>): Promise<T> {
-  const attempts = ep.retries + 1
+/**
+ * A request with bounded retries; every failure comes out as an FsError.
+ * No answer at all after the last attempt is fault `unreachable`.
+ */
+async function exchange<T> (ep: Endpoint, call: Call<T>, limits: CallLimits = {}): Promise<T> {
+  const attempts = (limits.retries ?? ep.retries) + 1
+  const timeoutMs = limits.timeoutMs ?? ep.timeoutMs
   let last: unknown
   for (let i = 0; i < attempts; i++) {
     if (i > 0) await sleep(BACKOFF_MS[Math.min(i - 1, BACKOFF_MS.length - 1)])
     if (ep.closed()) throw new FsError('EIO', `device ${ep.label} is closed`)
     try {
-      return await attempt(ep, call)
+      return await attempt(ep, call, timeoutMs)
     } catch (err) {
       if (err instanceof Answer) {
         log('%s: %s %s → %s%s', ep.label, call.method, call.path, err.fsError.message, err.retry ? ' (will retry)' : '')
@@ -334,7 +338,7 @@ async function exchange<T> (ep: Endpoint, call: Call<T>): Promise<T> {
   }
   if (last instanceof Answer) throw last.fsError
   const tries = attempts > 1 ? `, ${attempts} attempts` : ''
-  throw new FsError('EIO', `${ep.label} unreachable: ${describe(last)} (${call.what}${tries})`, { cause: last })
+  throw new FsError('EIO', `${ep.label} unreachable: ${describe(last)} (${call.what}${tries})`, { cause: last, fault: 'unreachable' })
 }
 
 // ---------------------------------------------------------------------------
@@ -435,7 +439,7 @@ export class RemoteDevice implements Device {
     return `${this.devicePath}/objects/${encodeURIComponent(objectId)}`
   }
 
-  async put (objectId: string, data: Uint8Array, sum: number): Promise<void> {
+  async put (objectId: string, data: Uint8Array, sum: number, limits?: CallLimits): Promise<void> {
     this.check(objectId, sum)
     const actual = checksum(data)
     if (actual !== sum) {
@@ -459,11 +463,11 @@ export class RemoteDevice implements Device {
         }
         throw await answerFor(this.ep, res, what)
       }
-    })
+    }, limits)
     log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
   }
 
-  async get (objectId: string, sum: number): Promise<Buffer> {
+  async get (objectId: string, sum: number, limits?: CallLimits): Promise<Buffer> {
     this.check(objectId, sum)
     const what = `get of object ${objectId}`
     const max = this.maxObjectBytes
@@ -477,9 +481,12 @@ export class RemoteDevice implements Device {
           const info = await errorInfo(res)
           if (res.statusCode === 404 && (info.code === undefined || info.code === 'ENOENT')) {
             // EIO for the reader, but a message that says "missing" rather than "corrupt" (as LocalDevice).
-            throw new Answer(new FsError('EIO', `object ${objectId} is missing on ${this.label}`), false)
+            throw new Answer(new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { fault: 'missing' }), false)
           }
-          throw statusAnswer(this.ep, res.statusCode, info, what)
+          const answer = statusAnswer(this.ep, res.statusCode, info, what)
+          // The server read its copy and found it bad (checksum, disk error): this copy is corrupt.
+          if (res.statusCode >= 500 && info.code === 'EIO') throw new Answer(new FsError('EIO', answer.fsError.message.slice('EIO: '.length), { fault: 'corrupt' }), false)
+          throw answer
         }
         const declared = contentLength(this.ep, res, what)
         if (declared !== undefined && declared > max) {
@@ -493,11 +500,11 @@ export class RemoteDevice implements Device {
         const got = checksum(data)
         if (got !== sum) {
           log('%s: checksum mismatch on %s after transfer', this.label, objectId)
-          throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId} (as received): expected 0x${sum.toString(16)}, got 0x${got.toString(16)} (${data.length} bytes)`)
+          throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId} (as received): expected 0x${sum.toString(16)}, got 0x${got.toString(16)} (${data.length} bytes)`, { fault: 'corrupt' })
         }
         return data
       }
-    })
+    }, limits)
   }
 
   async delete (objectId: string): Promise<void> {
@@ -595,7 +602,7 @@ export class RemoteDevice implements Device {
     }
   }
 
-  async space (): Promise<DeviceSpace> {
+  async space (limits?: CallLimits): Promise<DeviceSpace> {
     if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
     const what = 'space query'
     return await exchange(this.ep, {
@@ -615,7 +622,7 @@ export class RemoteDevice implements Device {
         }
         return out as DeviceSpace
       }
-    })
+    }, limits)
   }
 
   async close (): Promise<void> {

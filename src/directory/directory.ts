@@ -2,7 +2,8 @@ import createDebug from 'debug'
 import { randomUUID } from 'node:crypto'
 import { BSL, objectIdOf } from '../bsl'
 import { FsError } from '../errors'
-import { DeviceRow, Place, ServerRow, Tables, VolumeRow } from '../volumes/tables'
+import { DeviceRow, MirrorRow, Place, ServerRow, Tables, VolumeRow } from '../volumes/tables'
+import { Repair } from '../volumes/volumes'
 import { KvStore, KvTxn } from './kv'
 import {
   BlockRecord, Inode, ROOT_INO, Timespec, corrupt, decodeBlock, decodeEntry, decodeInode, decodeJSON,
@@ -466,6 +467,51 @@ export class Directory {
     return this.kv.txn(tx => { for (const id of objectIds) tx.del(keys.garbage(id)) })
   }
 
+  /** True while a block's object waits in the reclaim queue (nothing references it). */
+  async isGarbage (objectId: string): Promise<boolean> {
+    return (await this.kv.get(keys.garbage(objectId))) !== undefined
+  }
+
+  // ---- repairs (copies of mirrored blocks to heal) --------------------------
+
+  /** Note copies that are missing or bad; the heal queue survives crashes. */
+  recordRepairs (repairs: Repair[]): Promise<void> {
+    return this.kv.txn(tx => {
+      for (const r of repairs) tx.put(keys.repair(objectIdOf(r.block.bsl), r.volume), encodeBlock(r.block))
+    })
+  }
+
+  /** The heal queue, in key order from `after`. */
+  async repairs (limit: number, after?: Buffer): Promise<Array<Repair & { key: Buffer }>> {
+    const out: Array<Repair & { key: Buffer }> = []
+    for await (const [k, v] of this.kv.scan(keys.repairPrefix, { limit, after })) {
+      if (k.length !== 21) throw corrupt('repair record', `key ${k.toString('hex')} has ${k.length} bytes`)
+      out.push({ key: k, volume: k.readUInt32BE(17), block: decodeBlock(k, v) })
+    }
+    return out
+  }
+
+  forgetRepairs (keyList: Buffer[]): Promise<void> {
+    return this.kv.txn(tx => { for (const k of keyList) tx.del(k) })
+  }
+
+  /** Queued repairs by mirror volume. */
+  async repairBacklog (): Promise<Map<number, number>> {
+    const out = new Map<number, number>()
+    for await (const [k] of this.kv.scan(keys.repairPrefix)) {
+      const v = k.readUInt32BE(17)
+      out.set(v, (out.get(v) ?? 0) + 1)
+    }
+    return out
+  }
+
+  /** Every block record of every file (scrub, fsck). */
+  async * allBlocks (): AsyncIterable<{ ino: number, index: number, block: BlockRecord }> {
+    for await (const [k, v] of this.kv.scan(keys.blockPrefix)) {
+      yield { ino: keyNumber(k), index: keyNumber(k, 9), block: decodeBlock(k, v) }
+    }
+  }
+
   // ---- xattrs -------------------------------------------------------------
 
   async getXattr (ino: number, name: string): Promise<Buffer> {
@@ -516,7 +562,9 @@ export class Directory {
     }
     for await (const [k, v] of this.kv.scan(keys.tablePrefix('mirror'))) {
       const vol = Number(k.subarray(keys.tablePrefix('mirror').length).toString())
-      t.mirrors.set(vol, decodeJSON<number[]>(`mirror row ${vol}`, v, r => Array.isArray(r) && r.every(Number.isInteger)))
+      const row = decodeJSON<MirrorRow>(`mirror row ${vol}`, v, r => r?.volume === vol && Array.isArray(r.mirrors) &&
+        r.mirrors.length > 0 && r.mirrors.every(Number.isInteger) && Number.isInteger(r.minCopies) && r.minCopies >= 1 && r.minCopies <= r.mirrors.length)
+      t.mirrors.set(vol, row)
     }
     for await (const [, v] of this.kv.scan(keys.tablePrefix('device'))) {
       const row = decodeJSON<DeviceRow>('device row', v, r => typeof r?.name === 'string' && typeof r.path === 'string')
@@ -554,8 +602,8 @@ export class Directory {
     }, { sync: true })
   }
 
-  setMirror (volume: number, mirrors: number[]): Promise<void> {
-    return this.kv.txn(tx => { tx.put(keys.table('mirror', String(volume)), encodeJSON(mirrors)) }, { sync: true })
+  setMirror (row: MirrorRow): Promise<void> {
+    return this.kv.txn(tx => { tx.put(keys.table('mirror', String(row.volume)), encodeJSON(row)) }, { sync: true })
   }
 
   setDefaultVolume (volume: number): Promise<void> {

@@ -12,6 +12,7 @@ import { FsError } from '../errors'
  *   X ino name            → xattr value
  *   O ino                 → (empty) inode with no links left, still open
  *   G objectId            → BSL of a block nothing references any more (to reclaim)
+ *   H objectId volume     → block record whose copy on that mirror volume is missing or bad (to heal)
  *   M name                → metadata (JSON): config, counters, usage
  *   T kind key            → tables (JSON): volumes, mirrors, servers, devices
  */
@@ -67,6 +68,12 @@ export const keys = {
   orphanPrefix: Buffer.from('O'),
   garbage: (objectId: string) => Buffer.concat([Buffer.from('G'), Buffer.from(objectId, 'ascii')]),
   garbagePrefix: Buffer.from('G'),
+  repair: (objectId: string, volume: number) => {
+    const v = Buffer.allocUnsafe(4)
+    v.writeUInt32BE(volume)
+    return Buffer.concat([Buffer.from('H'), Buffer.from(objectId, 'ascii'), v])
+  },
+  repairPrefix: Buffer.from('H'),
   meta: (name: string) => Buffer.from('M' + name),
   table: (kind: string, key: string) => Buffer.from(`T${kind}\0${key}`),
   tablePrefix: (kind: string) => Buffer.from(`T${kind}\0`)

@@ -10,8 +10,8 @@ const log = createDebug('bslfs:files')
 /** What file data needs from the volumes layer. */
 export interface BlockStore {
   newBlock (fileId: bigint, index: number): BSL
-  write (bsl: BSL, data: Uint8Array, checksum: number): Promise<void>
-  read (bsl: BSL, checksum: number): Promise<Buffer>
+  write (block: BlockRecord, data: Uint8Array): Promise<void>
+  read (block: BlockRecord): Promise<Buffer>
 }
 
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
@@ -89,7 +89,7 @@ export class FileData {
     const id = objectIdOf(rec.bsl)
     const hit = this.cache.get(id)
     if (hit) return hit
-    const data = await this.store.read(rec.bsl, rec.checksum)
+    const data = await this.store.read(rec)
     if (data.length !== rec.length) throw new FsError('EIO', `block ${id} has ${data.length} bytes, the directory says ${rec.length}`)
     this.cache.set(id, data)
     return data
@@ -229,7 +229,7 @@ export class OpenFile {
         const bytes = data.subarray(0, length)
         const fileId = await this.shared.dir.allocateObjectId()
         const rec: BlockRecord = { bsl: this.shared.store.newBlock(fileId, i), length, checksum: checksum(bytes) }
-        await this.shared.store.write(rec.bsl, bytes, rec.checksum)
+        await this.shared.store.write(rec, bytes)
         await this.commit([{ index: i, record: rec }])
         this.blocks.set(i, rec)
       } finally {

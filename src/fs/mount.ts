@@ -19,6 +19,8 @@ const OWN_OPTIONS = new Set(['foreground'])
 
 export interface ParsedOptions {
   readOnly: boolean
+  /** copy_timeout=MS: how long a copy of a mirrored block may take before a read moves on. */
+  copyTimeoutMs?: number
   /** Options to hand to libfuse. */
   fuse: string[]
 }
@@ -31,8 +33,14 @@ export function parseMountOptions (text: string | undefined): ParsedOptions {
     if (opt === '' || MOUNT8_OPTIONS.has(opt) || opt.startsWith('x-') || OWN_OPTIONS.has(opt)) continue
     const eq = opt.indexOf('=')
     const name = eq < 0 ? opt : opt.slice(0, eq)
+    if (name === 'copy_timeout') {
+      const ms = Number(opt.slice(eq + 1))
+      if (eq < 0 || !/^[0-9]+$/.test(opt.slice(eq + 1)) || ms < 10 || ms > 60000) throw new Error(`bad mount option "${opt}": copy_timeout=MS takes 10 to 60000 milliseconds`)
+      out.copyTimeoutMs = ms
+      continue
+    }
     if (eq < 0 ? !FLAG_OPTIONS.has(name) : !VALUE_OPTIONS.has(name)) {
-      throw new Error(`unknown or unsupported mount option "${opt}"; supported: ${[...FLAG_OPTIONS].join(', ')}, ${[...VALUE_OPTIONS].map(o => o + '=N').join(', ')}`)
+      throw new Error(`unknown or unsupported mount option "${opt}"; supported: ${[...FLAG_OPTIONS].join(', ')}, ${[...VALUE_OPTIONS].map(o => o + '=N').join(', ')}, copy_timeout=MS`)
     }
     if (eq >= 0 && !/^[A-Za-z0-9_.:/@+-]+$/.test(opt.slice(eq + 1))) throw new Error(`bad value in mount option "${opt}"`)
     if (name === 'ro') out.readOnly = true

@@ -35,10 +35,18 @@ export interface ServerRow {
   tokenFile?: string
 }
 
+/** A logical volume served by mirror volumes: every block goes to each of them. */
+export interface MirrorRow {
+  volume: number
+  /** The mirror volumes, each resolved through the volume table, in the order reads prefer. */
+  mirrors: number[]
+  /** Copies a write must reach to succeed; the others are recorded for healing. */
+  minCopies: number
+}
+
 export interface Tables {
   volumes: Map<number, VolumeRow>
-  /** Logical volume → the mirror volumes that serve it, in order. */
-  mirrors: Map<number, number[]>
+  mirrors: Map<number, MirrorRow>
   devices: Map<string, DeviceRow>
   servers: Map<string, ServerRow>
   /** The volume new blocks are written to. */

@@ -1,7 +1,9 @@
 import createDebug from 'debug'
+import { EventEmitter } from 'node:events'
 import { BSL, formatBSL, objectIdOf } from '../bsl'
-import { Device, DeviceSpace } from '../devices/device'
-import { FsError } from '../errors'
+import { CallLimits, Device, DeviceSpace } from '../devices/device'
+import { FsError, faultOf } from '../errors'
+import { Health, PlaceHealth } from './health'
 import { Place, Tables, placeText } from './tables'
 
 const log = createDebug('bslfs:volumes')
@@ -9,19 +11,83 @@ const log = createDebug('bslfs:volumes')
 /** Opens the device at a place; the caller (the state layer) knows local paths and remote servers. */
 export type DeviceOpener = (place: Place) => Promise<Device>
 
+/** A block as the directory records it: where, how long, and its checksum. */
+export interface StoredBlock {
+  bsl: BSL
+  length: number
+  checksum: number
+}
+
+/** A copy of a block that is missing or bad on one mirror volume and must be healed. */
+export interface Repair {
+  block: StoredBlock
+  /** The mirror volume whose copy is missing. */
+  volume: number
+}
+
+/** Where repairs are recorded durably (the directory); the volumes layer only reports them. */
+export interface RepairLog {
+  record (repairs: Repair[]): Promise<void>
+}
+
+/** One copy of a block: the mirror volume (or the volume itself) and the place it resolves to. */
+interface Copy {
+  volume: number
+  place: Place
+  key: string
+}
+
+export interface VolumesOptions {
+  /** How long one copy of a mirrored block may take to answer before the read moves on (ms). */
+  copyTimeoutMs?: number
+}
+
+export const DEFAULT_COPY_TIMEOUT_MS = 1500
+
+/** What a repair did. */
+export type RepairOutcome = 'copied' | 'present' | 'gone'
+
 /**
  * Resolves BSLs to the places that hold their bytes, and reads and writes
- * blocks there. Failover is this layer's policy: reads try the places in
- * order, writes go to every place in parallel.
+ * blocks there. Failover is this layer's policy:
+ *
+ * - reads of a mirrored block try the copies that are up, best first; a copy
+ *   that has not answered within its usual time gets a second copy asked
+ *   beside it (a hedged read), and one that fails or times out passes the
+ *   read to the next. Missing or corrupt copies are reported for repair;
+ *   a copy that does not answer at all marks its place down, and a down
+ *   place is skipped until a background probe finds it back;
+ * - writes go to every copy that is up, in parallel; the write succeeds when
+ *   the volume's `minCopies` are flushed, and the copies it missed are
+ *   recorded (RepairLog) before it returns, never dropped.
+ *
+ * A block with one copy (a plain volume, a physical BSL) is read and written
+ * with the device's own timeout and retries: there is nowhere to fail over.
+ *
+ * Events: 'up' (place) when a down place answers again.
  */
-export class Volumes {
+export class Volumes extends EventEmitter {
   private readonly devices = new Map<string, Promise<Device>>()
+  readonly health = new Health()
+  private readonly probes = new Map<string, NodeJS.Timeout>()
+  private repairLog: RepairLog | null = null
+  private readonly copyTimeoutMs: number
+  /** Reads of each logical volume that needed more than their first copy. */
+  private readonly failovers = new Map<number, number>()
+  private closed = false
 
-  constructor (private tables: Tables, private readonly openDevice: DeviceOpener) {}
+  constructor (private tables: Tables, private readonly openDevice: DeviceOpener, opts: VolumesOptions = {}) {
+    super()
+    this.copyTimeoutMs = opts.copyTimeoutMs ?? DEFAULT_COPY_TIMEOUT_MS
+  }
 
   /** New tables (after `volume add`, `remap`, …): later resolutions use them. */
   update (tables: Tables): void {
     this.tables = tables
+  }
+
+  setRepairLog (repairs: RepairLog): void {
+    this.repairLog = repairs
   }
 
   get defaultVolume (): number {
@@ -37,17 +103,28 @@ export class Volumes {
     return { form: 'indexed', volume, index, fileId }
   }
 
-  /** The places that hold a block, in the order reads should try them. */
-  resolve (bsl: BSL): Place[] {
-    if (bsl.form === 'physical') return [{ server: bsl.server, device: bsl.device }]
-    const mirrors = this.tables.mirrors.get(bsl.volume)
-    if (bsl.form === 'mirrored' && !mirrors) throw new FsError('EIO', `${formatBSL(bsl)}: volume ${bsl.volume} is not in the mirror table`)
-    const volumes = mirrors ?? [bsl.volume]
-    return volumes.map(v => {
-      const row = this.tables.volumes.get(v)
-      if (!row) throw new FsError('EIO', `${formatBSL(bsl)}: volume ${v} is not in the volume table`)
-      return row.place
+  private copies (bsl: BSL): Copy[] {
+    if (bsl.form === 'physical') {
+      const place = { server: bsl.server, device: bsl.device }
+      return [{ volume: -1, place, key: placeText(place) }]
+    }
+    const mirror = this.tables.mirrors.get(bsl.volume)
+    if (bsl.form === 'mirrored' && !mirror) throw new FsError('EIO', `${formatBSL(bsl)}: volume ${bsl.volume} is not in the mirror table`)
+    return (mirror?.mirrors ?? [bsl.volume]).map(volume => {
+      const row = this.tables.volumes.get(volume)
+      if (!row) throw new FsError('EIO', `${formatBSL(bsl)}: volume ${volume} is not in the volume table`)
+      return { volume, place: row.place, key: placeText(row.place) }
     })
+  }
+
+  /** The places that hold a block, in table order. */
+  resolve (bsl: BSL): Place[] {
+    return this.copies(bsl).map(c => c.place)
+  }
+
+  /** The mirror volumes a logical volume writes to ([volume] for a plain one). */
+  mirrorsOf (volume: number): number[] {
+    return this.tables.mirrors.get(volume)?.mirrors ?? [volume]
   }
 
   private device (place: Place): Promise<Device> {
@@ -61,50 +138,277 @@ export class Volumes {
     return d
   }
 
-  /** Store a block on every place of its BSL; resolves once every copy is flushed. */
-  async write (bsl: BSL, data: Uint8Array, checksum: number): Promise<void> {
-    const id = objectIdOf(bsl)
-    await Promise.all(this.resolve(bsl).map(async p => (await this.device(p)).put(id, data, checksum)))
+  /** Note what a failed call says about a copy: a missing or bad copy, or a place that is down. */
+  private copyFailed (c: Copy, err: unknown, block?: StoredBlock): void {
+    const message = (err as Error).message
+    const fault = faultOf(err)
+    if (fault === 'missing' || fault === 'corrupt') {
+      this.health.badCopy(c.key, fault, message)
+      if (block && c.volume >= 0) this.report([{ block, volume: c.volume }])
+    } else if (fault === 'unreachable' || (err as FsError).code === 'ENODEV' || (err as FsError).code === 'EACCES') {
+      this.markDown(c.key, message)
+    }
   }
 
-  /** Read a whole block, verified; a failed or corrupt copy falls through to the next. */
-  async read (bsl: BSL, checksum: number): Promise<Buffer> {
-    const id = objectIdOf(bsl)
-    let lastError: unknown
-    for (const p of this.resolve(bsl)) {
+  private report (repairs: Repair[]): void {
+    if (!this.repairLog) return
+    this.repairLog.record(repairs).then(() => this.emit('repair'), err => log('cannot record repairs: %s', (err as Error).message))
+  }
+
+  private markDown (key: string, message: string): void {
+    if (!this.health.markDown(key, message)) return
+    log('%s is down: %s', key, message)
+    this.scheduleProbe(key)
+  }
+
+  private scheduleProbe (key: string): void {
+    if (this.closed || this.probes.has(key)) return
+    const timer = setTimeout(() => {
+      this.probes.delete(key)
+      void this.probe(key)
+    }, this.health.nextProbeDelay(key))
+    timer.unref()
+    this.probes.set(key, timer)
+  }
+
+  /** Ask a down place whether it is back (its space query is cheap and touches the device). */
+  private async probe (key: string): Promise<void> {
+    if (this.closed || this.health.isUp(key)) return
+    const [server, ...rest] = key.split(':')
+    try {
+      const d = await this.device({ server, device: rest.join(':') })
+      await d.space({ timeoutMs: this.copyTimeoutMs, retries: 0 })
+      this.placeUp(key)
+    } catch (err) {
+      log('%s still down: %s', key, (err as Error).message)
+      this.scheduleProbe(key)
+    }
+  }
+
+  private placeUp (key: string): void {
+    if (!this.health.markUp(key)) return
+    log('%s is back up', key)
+    this.emit('up', key)
+  }
+
+  private async timed<T> (c: Copy, read: boolean, work: (d: Device) => Promise<T>): Promise<T> {
+    const started = performance.now()
+    const out = await work(await this.device(c.place))
+    if (this.health.succeeded(c.key, performance.now() - started, read)) this.placeUp(c.key)
+    return out
+  }
+
+  /**
+   * Store a block on every copy of its BSL; resolves once enough copies are
+   * flushed (every copy, or the mirror's minCopies), after the missed ones
+   * are recorded for healing.
+   */
+  async write (block: StoredBlock, data: Uint8Array): Promise<void> {
+    const id = objectIdOf(block.bsl)
+    const copies = this.copies(block.bsl)
+    if (copies.length === 1) {
+      await this.timed(copies[0], false, d => d.put(id, data, block.checksum)).catch(err => {
+        this.copyFailed(copies[0], err)
+        throw err
+      })
+      return
+    }
+    const need = this.minCopies(block.bsl, copies.length)
+    const errors: string[] = []
+    const results = await Promise.all(copies.map(async c => {
+      if (!this.health.isUp(c.key)) {
+        errors.push(`${c.key} is down`)
+        return false
+      }
       try {
-        return await (await this.device(p)).get(id, checksum)
+        await this.timed(c, false, d => d.put(id, data, block.checksum))
+        return true
       } catch (err) {
-        log('read %s from %s failed: %s', id, placeText(p), (err as Error).message)
-        lastError = err
+        errors.push((err as Error).message)
+        this.copyFailed(c, err)
+        return false
+      }
+    }))
+    const written = copies.filter((_c, i) => results[i])
+    const missed = copies.filter((_c, i) => !results[i])
+    if (written.length < need) {
+      // Not stored: the caller keeps the bytes and tries again; the copies made are of no use.
+      for (const c of written) void this.device(c.place).then(d => d.delete(id)).catch(() => undefined)
+      throw new FsError('EIO', `${formatBSL(block.bsl)}: only ${written.length} of ${copies.length} copies written, ${need} needed: ${errors.join('; ')}`)
+    }
+    if (missed.length > 0) {
+      log('%s written degraded: %d of %d copies', formatBSL(block.bsl), written.length, copies.length)
+      if (!this.repairLog) throw new FsError('EIO', `${formatBSL(block.bsl)}: ${missed.length} copies missed and nowhere to record them`)
+      await this.repairLog.record(missed.map(c => ({ block, volume: c.volume })))
+    }
+  }
+
+  private minCopies (bsl: BSL, copies: number): number {
+    if (bsl.form === 'physical') return 1
+    return Math.min(this.tables.mirrors.get(bsl.volume)?.minCopies ?? copies, copies)
+  }
+
+  /** Read a whole block, verified; see the class comment for the failover. */
+  async read (block: StoredBlock): Promise<Buffer> {
+    const id = objectIdOf(block.bsl)
+    const copies = this.copies(block.bsl)
+    if (copies.length === 1) {
+      try {
+        return await this.timed(copies[0], true, d => d.get(id, block.checksum))
+      } catch (err) {
+        this.copyFailed(copies[0], err)
+        throw new FsError('EIO', `${formatBSL(block.bsl)} could not be read: ${(err as Error).message}`, { cause: err })
       }
     }
-    // Whatever each copy said (missing, corrupt, unreachable), to the reader it is an I/O error.
-    throw new FsError('EIO', `no copy of ${formatBSL(bsl)} could be read: ${(lastError as Error)?.message}`, { cause: lastError })
+    const up = this.health.order(copies, c => c.key)
+    if (up.length === 0) {
+      throw new FsError('EIO', `${formatBSL(block.bsl)}: every copy is down (${copies.map(c => `${c.key}: ${this.health.report(c.key).lastError ?? 'down'}`).join('; ')})`)
+    }
+    return await this.race(block, id, up)
   }
 
-  /** Remove a block's objects from every place (reclaim). */
+  /** Ask copies one after another, starting the next early when one is slow; the first good answer wins. */
+  private race (block: StoredBlock, id: string, copies: Copy[]): Promise<Buffer> {
+    const limits: CallLimits = { timeoutMs: this.copyTimeoutMs, retries: 0 }
+    return new Promise((resolve, reject) => {
+      let next = 0
+      let running = 0
+      let settled = false
+      let hedge: NodeJS.Timeout | undefined
+      const errors: string[] = []
+      const launch = (): void => {
+        clearTimeout(hedge)
+        if (settled || next >= copies.length) return
+        const c = copies[next++]
+        running++
+        this.timed(c, true, d => d.get(id, block.checksum, limits)).then(data => {
+          running--
+          if (settled) return
+          settled = true
+          clearTimeout(hedge)
+          // Every copy asked before this one failed or was too slow.
+          for (const earlier of copies.slice(0, copies.indexOf(c))) this.health.failedOver(earlier.key)
+          if (c !== copies[0] && block.bsl.form !== 'physical') this.failovers.set(block.bsl.volume, this.failoversOf(block.bsl.volume) + 1)
+          resolve(data)
+        }, err => {
+          running--
+          this.copyFailed(c, err, block)
+          errors.push((err as Error).message)
+          if (settled) return
+          if (next < copies.length) launch()
+          else if (running === 0) {
+            settled = true
+            reject(new FsError('EIO', `no copy of ${formatBSL(block.bsl)} could be read: ${errors.join('; ')}`, { cause: err }))
+          }
+        })
+        if (next < copies.length) {
+          hedge = setTimeout(launch, this.health.hedgeDelay(c.key, this.copyTimeoutMs))
+          hedge.unref()
+        }
+      }
+      launch()
+    })
+  }
+
+  /** Reads of a logical volume that were served by other than their first copy. */
+  failoversOf (volume: number): number {
+    return this.failovers.get(volume) ?? 0
+  }
+
+  /**
+   * Make the copy of `block` on mirror volume `volume` whole again: keep it
+   * if it reads back right, else copy it from another copy (checksummed
+   * both ways). 'gone' when that volume no longer holds the block.
+   */
+  async repair (block: StoredBlock, volume: number): Promise<RepairOutcome> {
+    const id = objectIdOf(block.bsl)
+    const copies = this.copies(block.bsl)
+    const target = copies.find(c => c.volume === volume)
+    if (!target) return 'gone'
+    if (!this.health.isUp(target.key)) throw new FsError('EIO', `${target.key} (volume ${volume}) is down`)
+    try {
+      await this.timed(target, false, d => d.get(id, block.checksum))
+      return 'present'
+    } catch (err) {
+      const fault = faultOf(err)
+      if (fault !== 'missing' && fault !== 'corrupt') {
+        this.copyFailed(target, err)
+        throw err
+      }
+    }
+    const sources = this.health.order(copies.filter(c => c !== target), c => c.key)
+    if (sources.length === 0) throw new FsError('EIO', `${formatBSL(block.bsl)}: no other copy is up to heal ${target.key} from`)
+    const data = await this.race(block, id, sources)
+    try {
+      await this.timed(target, false, d => d.put(id, data, block.checksum))
+    } catch (err) {
+      this.copyFailed(target, err)
+      throw err
+    }
+    return 'copied'
+  }
+
+  /** Read one copy of a block, verified (scrub): null when it is good, else what is wrong. */
+  async verifyCopy (block: StoredBlock, volume: number): Promise<'down' | 'missing' | 'corrupt' | 'error' | null> {
+    const c = this.copies(block.bsl).find(x => x.volume === volume)
+    if (!c || !this.health.isUp(c.key)) return 'down'
+    try {
+      await this.timed(c, false, d => d.get(objectIdOf(block.bsl), block.checksum))
+      return null
+    } catch (err) {
+      this.copyFailed(c, err)
+      const fault = faultOf(err)
+      if (fault === 'missing' || fault === 'corrupt') return fault
+      return this.health.isUp(c.key) ? 'error' : 'down'
+    }
+  }
+
+  /** Remove a block's objects from every place (reclaim); fails while a copy cannot be reached. */
   async delete (bsl: BSL): Promise<void> {
     const id = objectIdOf(bsl)
-    await Promise.all(this.resolve(bsl).map(async p => (await this.device(p)).delete(id)))
+    await Promise.all(this.copies(bsl).map(async c => {
+      if (!this.health.isUp(c.key)) throw new FsError('EIO', `${c.key} is down`)
+      try {
+        await (await this.device(c.place)).delete(id)
+      } catch (err) {
+        this.copyFailed(c, err)
+        throw err
+      }
+    }))
   }
 
-  /** Space of every device named in the volume table, by place. */
-  async space (): Promise<Map<string, DeviceSpace | Error>> {
-    const out = new Map<string, DeviceSpace | Error>()
+  /** Every place of the volume table. */
+  private places (): Map<string, Place> {
     const places = new Map<string, Place>()
     for (const row of this.tables.volumes.values()) places.set(placeText(row.place), row.place)
-    await Promise.all([...places].map(async ([key, p]) => {
+    return places
+  }
+
+  /** Space of every device named in the volume table, by place; asking also checks that each is up. */
+  async space (): Promise<Map<string, DeviceSpace | Error>> {
+    const out = new Map<string, DeviceSpace | Error>()
+    await Promise.all([...this.places()].map(async ([key, p]) => {
       try {
-        out.set(key, await (await this.device(p)).space())
+        const d = await this.device(p)
+        out.set(key, await d.space(this.health.isUp(key) ? {} : { timeoutMs: this.copyTimeoutMs, retries: 0 }))
+        this.placeUp(key)
       } catch (err) {
         out.set(key, err as Error)
+        if (faultOf(err) === 'unreachable') this.markDown(key, (err as Error).message)
       }
     }))
     return out
   }
 
+  /** Health of every place of the volume table. */
+  placeHealth (): PlaceHealth[] {
+    return [...this.places().keys()].map(k => this.health.report(k))
+  }
+
   async close (): Promise<void> {
+    this.closed = true
+    for (const t of this.probes.values()) clearTimeout(t)
+    this.probes.clear()
     const all = [...this.devices.values()]
     this.devices.clear()
     await Promise.all(all.map(async d => (await d.catch(() => null))?.close()))
