@@ -1075,8 +1075,8 @@ t.test('tables', async t => {
   t.same(v1c.history.map(h => h.place.server), ['local', 's2'], 'history grows, oldest first')
   await dir.setVolume(2, { server: 'local', device: 'd1' })
   await dir.setVolume(12, { server: 'local', device: 'd0' })
-  await dir.setMirror(10, [2, 1])
-  await dir.setMirror(0, [12])
+  await dir.setMirror({ volume: 10, mirrors: [2, 1], minCopies: 1 })
+  await dir.setMirror({ volume: 0, mirrors: [12], minCopies: 1 })
   await dir.setDefaultVolume(10)
 
   const check = async (d: Directory): Promise<void> => {
@@ -1085,8 +1085,8 @@ t.test('tables', async t => {
     t.same(tb.volumes.get(1)?.place, { server: 's3', device: 'd1' })
     t.equal(tb.volumes.get(1)?.history.length, 2)
     t.same(tb.volumes.get(12)?.place, { server: 'local', device: 'd0' })
-    t.same(tb.mirrors.get(10), [2, 1], 'mirror order kept')
-    t.same(tb.mirrors.get(0), [12])
+    t.same(tb.mirrors.get(10), { volume: 10, mirrors: [2, 1], minCopies: 1 }, 'mirror order and min copies kept')
+    t.same(tb.mirrors.get(0), { volume: 0, mirrors: [12], minCopies: 1 })
     t.equal(tb.mirrors.size, 2)
     t.same(tb.devices.get('d1'), { name: 'd1', path: '/srv/d1' })
     t.equal(tb.devices.size, 2)
@@ -1094,9 +1094,9 @@ t.test('tables', async t => {
     t.equal(tb.defaultVolume, 10)
   }
   await check(dir)
-  await dir.setMirror(10, [1, 2])
-  t.same((await dir.tables()).mirrors.get(10), [1, 2], 'setMirror replaces')
-  await dir.setMirror(10, [2, 1])
+  await dir.setMirror({ volume: 10, mirrors: [1, 2], minCopies: 2 })
+  t.same((await dir.tables()).mirrors.get(10)?.mirrors, [1, 2], 'setMirror replaces')
+  await dir.setMirror({ volume: 10, mirrors: [2, 1], minCopies: 1 })
   await fs.reopen()
   await check(fs.dir)
 
@@ -1108,6 +1108,30 @@ t.test('tables', async t => {
   t.teardown(() => d.close())
   const err = await rejectsCode(t, () => d.tables(), 'EIO')
   t.match(err?.message ?? '', /mirror row 10/)
+  for (const bad of ['[1, 2]', '{"volume":10,"mirrors":[1,2],"minCopies":3}', '{"volume":10,"mirrors":[1,2],"minCopies":0}', '{"volume":11,"mirrors":[1,2],"minCopies":1}', '{"volume":10,"mirrors":[],"minCopies":1}']) {
+    await kv.txn(tx => { tx.put(keys.table('mirror', '10'), B(bad)) })
+    const e = await rejectsCode(t, () => d.tables(), 'EIO', `mirror row ${bad}`)
+    t.match(e?.message ?? '', /corrupt mirror row 10/)
+  }
+})
+
+t.test('the heal queue', async t => {
+  const fs = await Fs.create(t)
+  const dir = fs.dir
+  const block = (fileId: bigint) => ({ bsl: { form: 'indexed' as const, volume: 10, index: 0, fileId }, length: 100, checksum: 0xdeadbeef })
+  t.same(await dir.repairs(10), [], 'empty at first')
+  await dir.recordRepairs([{ block: block(1n), volume: 2 }, { block: block(1n), volume: 3 }, { block: block(2n), volume: 3 }])
+  await dir.recordRepairs([{ block: block(1n), volume: 2 }])
+  t.same([...(await dir.repairBacklog())].sort(), [[2, 1], [3, 2]], 'by volume; recording twice is one repair')
+  const all = await dir.repairs(10)
+  t.same(all.map(r => [r.block.bsl.fileId, r.volume]), [[1n, 2], [1n, 3], [2n, 3]], 'in key order')
+  t.same(all[0].block, block(1n), 'with the block record')
+  const page = await dir.repairs(1, all[0].key)
+  t.same(page.map(r => [r.block.bsl.fileId, r.volume]), [[1n, 3]], 'paged after a key')
+  await dir.forgetRepairs([all[0].key, all[2].key])
+  await fs.reopen()
+  t.same((await fs.dir.repairs(10)).map(r => [r.block.bsl.fileId, r.volume]), [[1n, 3]], 'forgotten ones are gone, the rest survive a reopen')
+  t.equal(await fs.dir.isGarbage('0000000000000001'), false)
 })
 
 // ---------------------------------------------------------------------------

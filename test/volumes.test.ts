@@ -3,11 +3,11 @@ import * as fsp from 'node:fs/promises'
 import { join } from 'node:path'
 import { BSL, objectIdOf } from '../src/bsl'
 import { checksum } from '../src/checksum'
-import { Device, DeviceSpace } from '../src/devices/device'
+import { CallLimits, Device, DeviceSpace } from '../src/devices/device'
 import { LocalDevice } from '../src/devices/local'
 import { FsError } from '../src/errors'
-import { Place, Tables, VolumeRow, placeText } from '../src/volumes/tables'
-import { Volumes } from '../src/volumes/volumes'
+import { MirrorRow, Place, Tables, VolumeRow, placeText } from '../src/volumes/tables'
+import { Repair, StoredBlock, Volumes } from '../src/volumes/volumes'
 
 // The volumes layer's unit test: fake devices (the layer below) stand in for
 // disks and servers, except in the last test, which uses real LocalDevices.
@@ -16,6 +16,10 @@ import { Volumes } from '../src/volumes/volumes'
 class FakeDevice implements Device {
   readonly objects = new Map<string, { data: Buffer, sum: number }>()
   failGet = false
+  /** Answer nothing at all, as a dead server: fault "unreachable". */
+  unreachable = false
+  /** Hold gets this long before answering (a slow or hung copy). */
+  delayMs = 0
   failPut = false
   failDelete = false
   /** Return bytes that do not match their checksum, as a damaged disk would (the device reports EIO). */
@@ -24,20 +28,31 @@ class FakeDevice implements Device {
 
   constructor (readonly label: string, readonly log: string[] = []) {}
 
+  limits: Array<CallLimits | undefined> = []
+
   async put (objectId: string, data: Uint8Array, sum: number): Promise<void> {
     this.log.push(`put ${this.label} ${objectId}`)
+    if (this.unreachable) throw new FsError('EIO', `${this.label} unreachable`, { fault: 'unreachable' })
     if (this.failPut) throw new FsError('EIO', `${this.label}: put failed`)
     if (checksum(data) !== sum) throw new FsError('EIO', `${this.label}: checksum of the data does not match`)
     this.objects.set(objectId, { data: Buffer.from(data), sum })
   }
 
-  async get (objectId: string, sum: number): Promise<Buffer> {
+  async get (objectId: string, sum: number, limits?: CallLimits): Promise<Buffer> {
     this.log.push(`get ${this.label} ${objectId}`)
-    if (this.failGet) throw new FsError('EIO', `${this.label}: device unreachable`)
+    this.limits.push(limits)
+    if (this.delayMs) {
+      const ms = this.delayMs
+      const bound = limits?.timeoutMs ?? Infinity
+      await new Promise(resolve => setTimeout(resolve, Math.min(ms, bound)))
+      if (ms > bound) throw new FsError('EIO', `${this.label} unreachable: no answer within ${bound} ms`, { fault: 'unreachable' })
+    }
+    if (this.unreachable) throw new FsError('EIO', `${this.label} unreachable`, { fault: 'unreachable' })
+    if (this.failGet) throw new FsError('EIO', `${this.label}: disk error`)
     const o = this.objects.get(objectId)
-    if (!o) throw new FsError('EIO', `${this.label}: object ${objectId} is missing`)
+    if (!o) throw new FsError('EIO', `${this.label}: object ${objectId} is missing`, { fault: 'missing' })
     const data = this.corrupt ? Buffer.concat([o.data, Buffer.from('rot')]) : o.data
-    if (checksum(data) !== sum) throw new FsError('EIO', `${this.label}: checksum mismatch on ${objectId}`)
+    if (checksum(data) !== sum) throw new FsError('EIO', `${this.label}: checksum mismatch on ${objectId}`, { fault: 'corrupt' })
     return Buffer.from(data)
   }
 
@@ -57,12 +72,18 @@ class FakeDevice implements Device {
   }
 
   async space (): Promise<DeviceSpace> {
+    if (this.unreachable) throw new FsError('EIO', `${this.label} unreachable`, { fault: 'unreachable' })
     return { total: 1000, free: 500, available: 400 }
   }
 
   async close (): Promise<void> {
     this.closed = true
   }
+}
+
+/** Mirror rows from [volume, mirrors, minCopies?]; min copies default to all. */
+function mirrorMap (rows: Array<[number, number[], number?]>): Map<number, MirrorRow> {
+  return new Map(rows.map(([volume, mirrors, minCopies]) => [volume, { volume, mirrors, minCopies: minCopies ?? mirrors.length }]))
 }
 
 function row (volume: number, server: string, device: string): VolumeRow {
@@ -73,7 +94,7 @@ function row (volume: number, server: string, device: string): VolumeRow {
 function figureTables (extra: Partial<Tables> = {}): Tables {
   return {
     volumes: new Map([[1, row(1, 'X', 'x')], [2, row(2, 'Y', 'y')], [3, row(3, 'Z', 'z')]]),
-    mirrors: new Map([[0, [1, 2]], [10, [2, 3, 1]]]),
+    mirrors: mirrorMap([[0, [1, 2]], [10, [2, 3, 1]]]),
     devices: new Map(),
     servers: new Map(),
     defaultVolume: 0,
@@ -82,7 +103,7 @@ function figureTables (extra: Partial<Tables> = {}): Tables {
 }
 
 /** Fake devices by place, an opener that counts opens, and a Volumes over them. */
-function rig (t: Test, tables = figureTables()): { volumes: Volumes, dev: (server: string, device: string) => FakeDevice, opens: string[], log: string[], unreachable: Set<string> } {
+function rig (t: Test, tables = figureTables(), copyTimeoutMs = 1500): { volumes: Volumes, dev: (server: string, device: string) => FakeDevice, opens: string[], log: string[], unreachable: Set<string>, repairs: Repair[] } {
   const log: string[] = []
   const devices = new Map<string, FakeDevice>()
   const opens: string[] = []
@@ -97,9 +118,11 @@ function rig (t: Test, tables = figureTables()): { volumes: Volumes, dev: (serve
     opens.push(placeText(p))
     if (unreachable.has(placeText(p))) throw new Error(`cannot reach ${placeText(p)}`)
     return dev(p.server, p.device)
-  })
+  }, { copyTimeoutMs })
+  const repairs: Repair[] = []
+  volumes.setRepairLog({ record: async r => { repairs.push(...r) } })
   t.teardown(() => volumes.close())
-  return { volumes, dev, opens, log, unreachable }
+  return { volumes, dev, opens, log, unreachable, repairs }
 }
 
 async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code: string, what: string): Promise<FsError | undefined> {
@@ -119,6 +142,8 @@ async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code:
 
 const data = Buffer.from('the bytes of one block\n'.repeat(100))
 const sum = checksum(data)
+/** The directory's record of `data` stored at `bsl`. */
+const blk = (bsl: BSL): StoredBlock => ({ bsl, length: data.length, checksum: sum })
 
 t.test('resolve', async t => {
   const { volumes } = rig(t)
@@ -148,7 +173,7 @@ t.test('resolve', async t => {
   t.match(e3?.message ?? '', /volume 99\b/)
 
   // A mirror that lists a volume the volume table lacks.
-  const broken = rig(t, figureTables({ mirrors: new Map([[20, [1, 42]]]) })).volumes
+  const broken = rig(t, figureTables({ mirrors: mirrorMap([[20, [1, 42]]]) })).volumes
   const e4 = await rejectsCode(t, () => broken.resolve({ form: 'mirrored', volume: 20, fileId: 1n }), 'EIO', 'a mirror of an unknown volume')
   t.match(e4?.message ?? '', /volume 42\b/, 'names the missing mirror volume')
 })
@@ -157,36 +182,36 @@ t.test('write goes to every place; read fails over in order', async t => {
   const { volumes, dev, opens, log } = rig(t)
   const bsl: BSL = { form: 'mirrored', volume: 10, fileId: 0xabcn }
   const id = objectIdOf(bsl)
-  await volumes.write(bsl, data, sum)
+  await volumes.write(blk(bsl), data)
   for (const [s, d] of [['X', 'x'], ['Y', 'y'], ['Z', 'z']]) {
     t.same(dev(s, d).objects.get(id)?.data, data, `copy on ${s}:${d}`)
   }
   t.same(opens.sort(), ['X:x', 'Y:y', 'Z:z'], 'each device opened once')
 
   log.length = 0
-  t.same(await volumes.read(bsl, sum), data, 'read')
+  t.same(await volumes.read(blk(bsl)), data, 'read')
   t.same(log, [`get Y:y ${id}`], 'the first copy is enough')
 
   log.length = 0
   dev('Y', 'y').failGet = true
-  t.same(await volumes.read(bsl, sum), data, 'read with the first copy failing')
+  t.same(await volumes.read(blk(bsl)), data, 'read with the first copy failing')
   t.same(log, [`get Y:y ${id}`, `get Z:z ${id}`], 'falls through to the second, in order')
 
   log.length = 0
   dev('Z', 'z').corrupt = true
-  t.same(await volumes.read(bsl, sum), data, 'read with the first failing and the second corrupt')
+  t.same(await volumes.read(blk(bsl)), data, 'read with the first failing and the second corrupt')
   t.same(log, [`get Y:y ${id}`, `get Z:z ${id}`, `get X:x ${id}`], 'tries every copy in order')
 
   log.length = 0
   dev('X', 'x').objects.delete(id)
-  const err = await rejectsCode(t, () => volumes.read(bsl, sum), 'EIO', 'every copy failing is EIO')
+  const err = await rejectsCode(t, () => volumes.read(blk(bsl)), 'EIO', 'every copy failing is EIO')
   t.ok(err)
   t.same(log, [`get Y:y ${id}`, `get Z:z ${id}`, `get X:x ${id}`])
 
   dev('Y', 'y').failGet = false
-  t.same(await volumes.read(bsl, sum), data, 'a copy that comes back is used again')
+  t.same(await volumes.read(blk(bsl)), data, 'a copy that comes back is used again')
 
-  await rejectsCode(t, () => volumes.read(bsl, sum ^ 1), 'EIO', 'a wrong checksum is EIO from every copy')
+  await rejectsCode(t, () => volumes.read({ ...blk(bsl), checksum: sum ^ 1 }), 'EIO', 'a wrong checksum is EIO from every copy')
   t.same(opens.length, 3, 'no device was opened twice')
 })
 
@@ -196,36 +221,40 @@ t.test('a device that cannot be opened is a failed copy, and is retried later', 
   dev('X', 'x').objects.set(objectIdOf(bsl), { data, sum })
   dev('Y', 'y').objects.set(objectIdOf(bsl), { data, sum })
   unreachable.add('X:x')
-  t.same(await volumes.read(bsl, sum), data, 'read skips a device that cannot be opened')
+  t.same(await volumes.read(blk(bsl)), data, 'read skips a device that cannot be opened')
   unreachable.clear()
-  t.same(await volumes.read(bsl, sum), data)
+  t.same(await volumes.read(blk(bsl)), data)
   t.equal(opens.filter(o => o === 'X:x').length, 2, 'the failed open is retried, not cached as failed')
-  await rejectsCode(t, () => volumes.write({ form: 'logical', volume: 77, fileId: 1n }, data, sum), 'EIO', 'write to an unknown volume')
+  await rejectsCode(t, () => volumes.write(blk({ form: 'logical', volume: 77, fileId: 1n }), data), 'EIO', 'write to an unknown volume')
 
   // Nothing reachable: EIO for reads, and writes fail rather than drop a copy.
   const other = rig(t)
   other.unreachable.add('X:x')
   other.unreachable.add('Y:y')
   other.dev('Y', 'y').objects.set(objectIdOf(bsl), { data, sum })
-  const err = await rejectsCode(t, () => other.volumes.read(bsl, sum), 'EIO', 'no device reachable is EIO')
+  const err = await rejectsCode(t, () => other.volumes.read(blk(bsl)), 'EIO', 'no device reachable is EIO')
   t.match(err?.message ?? '', /idx:0\.3\/000000000000004d/, `names the block: ${err?.message}`)
   other.unreachable.delete('Y:y')
-  t.ok(await errorOf(() => other.volumes.write(bsl, data, sum)), 'a write that cannot reach every copy fails rather than silently dropping a copy')
+  t.ok(await errorOf(() => other.volumes.write(blk(bsl), data)), 'a write that cannot reach every copy fails rather than silently dropping a copy')
 })
 
 t.test('a write that fails on one copy is not reported as done', async t => {
-  const { volumes, dev } = rig(t)
+  const { volumes, dev, log, repairs } = rig(t)
   const bsl: BSL = { form: 'logical', volume: 0, fileId: 9n }
   dev('Y', 'y').failPut = true
-  await rejectsCode(t, () => volumes.write(bsl, data, sum), 'EIO', 'write rejects with the device\'s error')
-  t.ok(dev('X', 'x').objects.has(objectIdOf(bsl)), 'the other copy was written (in parallel)')
+  const err = await rejectsCode(t, () => volumes.write(blk(bsl), data), 'EIO', 'write rejects with the device\'s error')
+  t.match(err?.message ?? '', /only 1 of 2 copies written, 2 needed.*Y:y: put failed/, `says how many copies and why: ${err?.message}`)
+  t.ok(log.includes(`put X:x ${objectIdOf(bsl)}`), 'the other copy was written (in parallel)')
+  await new Promise(resolve => setTimeout(resolve, 20))
+  t.notOk(dev('X', 'x').objects.has(objectIdOf(bsl)), 'and removed again: nothing will reference it')
+  t.same(repairs, [], 'a failed write records no repairs (the caller writes the block again)')
 })
 
 t.test('delete reaches every place', async t => {
   const { volumes, dev, log } = rig(t)
   const bsl: BSL = { form: 'mirrored', volume: 10, fileId: 0x55n }
   const id = objectIdOf(bsl)
-  await volumes.write(bsl, data, sum)
+  await volumes.write(blk(bsl), data)
   log.length = 0
   await volumes.delete(bsl)
   t.same(log.sort(), [`delete X:x ${id}`, `delete Y:y ${id}`, `delete Z:z ${id}`])
@@ -233,7 +262,7 @@ t.test('delete reaches every place', async t => {
   await volumes.delete(bsl)
   t.pass('deleting again is not an error')
   const phys: BSL = { form: 'physical', server: 'P', device: 'p', fileId: 0x66n }
-  await volumes.write(phys, data, sum)
+  await volumes.write(blk(phys), data)
   t.ok(dev('P', 'p').objects.has(objectIdOf(phys)), 'a physical BSL writes to its place')
   await volumes.delete(phys)
   t.notOk(dev('P', 'p').objects.has(objectIdOf(phys)))
@@ -259,7 +288,7 @@ t.test('update(tables) changes later resolutions (remap)', async t => {
   const { volumes, dev, log } = rig(t, tables)
   const bsl: BSL = { form: 'indexed', volume: 3, index: 0, fileId: 0x99n }
   const id = objectIdOf(bsl)
-  await volumes.write(bsl, data, sum)
+  await volumes.write(blk(bsl), data)
   t.same(volumes.resolve(bsl), [{ server: 'Z', device: 'z' }])
   // Z's disk moves to W: copy, then change one row. The BSL stays the same.
   dev('W', 'w').objects.set(id, { data, sum })
@@ -267,17 +296,17 @@ t.test('update(tables) changes later resolutions (remap)', async t => {
   t.same(volumes.resolve(bsl), [{ server: 'W', device: 'w' }], 'the volume now resolves to the new place')
   dev('Z', 'z').failGet = true
   log.length = 0
-  t.same(await volumes.read(bsl, sum), data, 'reads go to the new place')
+  t.same(await volumes.read(blk(bsl)), data, 'reads go to the new place')
   t.same(log, [`get W:w ${id}`])
   // A mirror change too.
-  volumes.update(figureTables({ mirrors: new Map([[10, [1]]]) }))
+  volumes.update(figureTables({ mirrors: mirrorMap([[10, [1]]]) }))
   t.same(volumes.resolve({ form: 'mirrored', volume: 10, fileId: 1n }), [{ server: 'X', device: 'x' }])
   await rejectsCode(t, () => volumes.resolve({ form: 'mirrored', volume: 0, fileId: 1n }), 'EIO', 'a mirror removed by the update is gone')
 })
 
 t.test('space and close', async t => {
   const { volumes, dev } = rig(t)
-  await volumes.write({ form: 'logical', volume: 1, fileId: 1n }, data, sum)
+  await volumes.write(blk({ form: 'logical', volume: 1, fileId: 1n }), data)
   const space = await volumes.space()
   t.same([...space.keys()].sort(), ['X:x', 'Y:y', 'Z:z'])
   t.same(space.get('X:x'), { total: 1000, free: 500, available: 400 })
@@ -292,7 +321,7 @@ t.test('the last copy\'s own error code must not leak out of read', async t => {
   const bsl: BSL = { form: 'logical', volume: 0, fileId: 3n }
   dev('X', 'x').failGet = true
   dev('Y', 'y').get = async (objectId: string) => { throw new FsError('ENOENT', `object ${objectId} is not on Y:y`) }
-  await rejectsCode(t, () => volumes.read(bsl, sum), 'EIO', 'all copies failed → EIO')
+  await rejectsCode(t, () => volumes.read(blk(bsl)), 'EIO', 'all copies failed → EIO')
 })
 
 async function errorOf (fn: () => Promise<unknown>): Promise<unknown> {
@@ -311,7 +340,7 @@ t.test('with real LocalDevices', async t => {
   for (const [name, path] of Object.entries(paths)) devs.set(`local:${name}`, await LocalDevice.create(path, { server: 'local', device: name }))
   const tables: Tables = {
     volumes: new Map([[1, row(1, 'local', 'd1')], [2, row(2, 'local', 'd2')]]),
-    mirrors: new Map([[10, [1, 2]]]),
+    mirrors: mirrorMap([[10, [1, 2]]]),
     devices: new Map(),
     servers: new Map(),
     defaultVolume: 10
@@ -328,35 +357,159 @@ t.test('with real LocalDevices', async t => {
   const id = objectIdOf(bsl)
   const objectFile = (dev: string): string => join(paths[dev as keyof typeof paths], 'objects', id.slice(-2), id)
 
-  await volumes.write(bsl, data, sum)
+  await volumes.write(blk(bsl), data)
   t.same(await fsp.readFile(objectFile('d1')), data, 'the bytes are on d1')
   t.same(await fsp.readFile(objectFile('d2')), data, 'and on d2')
-  t.same(await volumes.read(bsl, sum), data)
+  t.same(await volumes.read(blk(bsl)), data)
 
   // Bit rot on the first copy: the read falls over to the mirror.
   const rotten = Buffer.from(data)
   rotten[10] ^= 0x40
   await fsp.writeFile(objectFile('d1'), rotten)
-  t.same(await volumes.read(bsl, sum), data, 'a corrupt first copy falls over to the second')
+  t.same(await volumes.read(blk(bsl)), data, 'a corrupt first copy falls over to the second')
 
   // The second copy lost too: EIO.
   await fsp.unlink(objectFile('d2'))
-  await rejectsCode(t, () => volumes.read(bsl, sum), 'EIO', 'no good copy left')
+  await rejectsCode(t, () => volumes.read(blk(bsl)), 'EIO', 'no good copy left')
 
   // Heal d2 and move volume 1 to d3 (a remap with a copy).
   await devs.get('local:d2')!.put(id, data, sum)
   await devs.get('local:d3')!.put(id, data, sum)
   volumes.update({ ...tables, volumes: new Map([[1, row(1, 'local', 'd3')], [2, row(2, 'local', 'd2')]]) })
   t.same(volumes.resolve(bsl), [{ server: 'local', device: 'd3' }, { server: 'local', device: 'd2' }])
-  t.same(await volumes.read(bsl, sum), data, 'after the remap')
+  t.same(await volumes.read(blk(bsl)), data, 'after the remap')
 
   await volumes.delete(bsl)
   t.equal(await devs.get('local:d3')!.stat(id), null, 'deleted from d3')
   t.equal(await devs.get('local:d2')!.stat(id), null, 'deleted from d2')
   t.ok(await devs.get('local:d1')!.stat(id), 'd1 is no longer a place of volume 1, so its (rotten) copy stays')
-  await rejectsCode(t, () => volumes.read(bsl, sum), 'EIO', 'read after delete')
+  await rejectsCode(t, () => volumes.read(blk(bsl)), 'EIO', 'read after delete')
 
   const space = await volumes.space()
   t.same([...space.keys()].sort(), ['local:d2', 'local:d3'])
   t.ok((space.get('local:d2') as DeviceSpace).total > 0)
+})
+
+const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
+
+t.test('a place that does not answer is down: skipped, probed, and back when it answers', async t => {
+  const { volumes, dev, log } = rig(t)
+  const bsl: BSL = { form: 'indexed', volume: 10, index: 0, fileId: 0x77n }
+  const id = objectIdOf(bsl)
+  await volumes.write(blk(bsl), data)
+  dev('Y', 'y').unreachable = true
+  log.length = 0
+  t.same(await volumes.read(blk(bsl)), data, 'read falls over from the dead first copy')
+  t.same(log, [`get Y:y ${id}`, `get Z:z ${id}`])
+  t.notOk(volumes.health.isUp('Y:y'), 'Y:y is marked down')
+  t.equal(volumes.failoversOf(10), 1, 'one failover counted for volume 10')
+  t.equal(volumes.health.report('Y:y').failovers, 1, 'and against the place that failed')
+  t.equal(volumes.health.report('Z:z').served, 1)
+  log.length = 0
+  t.same(await volumes.read(blk(bsl)), data)
+  t.same(log, [`get Z:z ${id}`], 'a down place is not asked again on every read')
+  t.equal(volumes.failoversOf(10), 1, 'skipping a down place is not a failover')
+
+  const up = new Promise<string>(resolve => volumes.once('up', resolve))
+  dev('Y', 'y').unreachable = false
+  t.equal(await Promise.race([up, sleep(3000).then(() => 'timeout')]), 'Y:y', 'the background probe finds it back')
+  log.length = 0
+  t.same(await volumes.read(blk(bsl)), data)
+  t.same(log, [`get Y:y ${id}`], 'and reads prefer it again')
+  t.equal(volumes.health.report('Y:y').downs, 1)
+})
+
+t.test('every copy down: EIO at once, naming each copy', async t => {
+  const { volumes, dev } = rig(t)
+  const bsl: BSL = { form: 'indexed', volume: 0, index: 1, fileId: 0x78n }
+  await volumes.write(blk(bsl), data)
+  dev('X', 'x').unreachable = true
+  dev('Y', 'y').unreachable = true
+  await rejectsCode(t, () => volumes.read(blk(bsl)), 'EIO', 'both copies unreachable')
+  const started = Date.now()
+  const err = await rejectsCode(t, () => volumes.read(blk(bsl)), 'EIO', 'again, now that both are down')
+  t.ok(Date.now() - started < 50, 'without asking anyone')
+  t.match(err?.message ?? '', /every copy is down.*X:x.*Y:y/, `says so: ${err?.message}`)
+})
+
+t.test('a hung copy: the read is hedged to the next one, well within the timeout', async t => {
+  const { volumes, dev, log } = rig(t, figureTables(), 1500)
+  const bsl: BSL = { form: 'indexed', volume: 0, index: 2, fileId: 0x79n }
+  const id = objectIdOf(bsl)
+  await volumes.write(blk(bsl), data)
+  dev('X', 'x').delayMs = 60_000
+  log.length = 0
+  const started = Date.now()
+  t.same(await volumes.read(blk(bsl)), data, 'the read completes from Y')
+  const took = Date.now() - started
+  t.ok(took < 750, `hedged after at most half the timeout (${took} ms)`)
+  t.same(log, [`get X:x ${id}`, `get Y:y ${id}`])
+  t.same(dev('X', 'x').limits[0], { timeoutMs: 1500, retries: 0 }, 'a copy of a mirror is asked once, with the copy timeout')
+  t.equal(volumes.failoversOf(0), 1)
+  await sleep(1600)
+  t.notOk(volumes.health.isUp('X:x'), 'the hung copy is down once its timeout passes')
+})
+
+t.test('missing and corrupt copies are reported for repair; the place stays up', async t => {
+  const { volumes, dev, repairs } = rig(t)
+  const bsl: BSL = { form: 'indexed', volume: 10, index: 0, fileId: 0x7an }
+  const id = objectIdOf(bsl)
+  await volumes.write(blk(bsl), data)
+  dev('Y', 'y').objects.delete(id)
+  dev('Z', 'z').corrupt = true
+  t.same(await volumes.read(blk(bsl)), data, 'served by the third copy')
+  await sleep(10)
+  t.same(repairs.map(r => r.volume).sort(), [2, 3], 'volume 2 (Y, missing) and 3 (Z, corrupt) queued')
+  t.same(repairs[0].block, blk(bsl), 'with the block record')
+  t.ok(volumes.health.isUp('Y:y') && volumes.health.isUp('Z:z'), 'a bad copy does not take its place down')
+  t.equal(volumes.health.report('Y:y').missing, 1)
+  t.equal(volumes.health.report('Z:z').corrupt, 1)
+  dev('Z', 'z').corrupt = false
+
+  t.equal(await volumes.repair(blk(bsl), 2), 'copied', 'repair copies Y back from a good copy')
+  t.same(dev('Y', 'y').objects.get(id)?.data, data)
+  t.equal(await volumes.repair(blk(bsl), 3), 'present', 'a copy that reads back right is left alone')
+  t.equal(await volumes.repair(blk(bsl), 7), 'gone', 'a volume that is not a mirror of the block')
+  dev('X', 'x').unreachable = true
+  dev('Z', 'z').unreachable = true
+  await volumes.read(blk(bsl))
+  dev('Y', 'y').objects.delete(id)
+  dev('Y', 'y').unreachable = false
+  await rejectsCode(t, () => volumes.repair(blk(bsl), 2), 'EIO', 'no good source up')
+  await rejectsCode(t, () => volumes.repair(blk(bsl), 1), 'EIO', 'the target is down')
+})
+
+t.test('degraded writes: min copies decide; the missed copies are recorded before the write returns', async t => {
+  const { volumes, dev, repairs } = rig(t, figureTables({ mirrors: mirrorMap([[10, [2, 3, 1], 2]]) }))
+  const bsl: BSL = { form: 'indexed', volume: 10, index: 0, fileId: 0x7bn }
+  const id = objectIdOf(bsl)
+  dev('Z', 'z').unreachable = true
+  await volumes.write(blk(bsl), data)
+  t.same(repairs, [{ block: blk(bsl), volume: 3 }], 'Z\'s copy (volume 3) is recorded for healing')
+  t.ok(dev('X', 'x').objects.has(id) && dev('Y', 'y').objects.has(id), 'the other two are written')
+  t.notOk(volumes.health.isUp('Z:z'), 'Z is down')
+
+  dev('Y', 'y').failPut = true
+  const bsl2: BSL = { ...bsl, fileId: 0x7cn }
+  await rejectsCode(t, () => volumes.write(blk(bsl2), data), 'EIO', 'one copy of three is below min copies 2')
+  t.equal(repairs.length, 1, 'nothing more recorded')
+
+  // Without a repair log, a degraded write cannot be recorded: it fails rather than drop the copy.
+  const bare = new Volumes(figureTables({ mirrors: mirrorMap([[10, [2, 3], 1]]) }), async p => dev(p.server, p.device))
+  t.teardown(() => bare.close())
+  await rejectsCode(t, () => bare.write(blk({ ...bsl, fileId: 0x7dn }), data), 'EIO', 'no repair log')
+})
+
+t.test('a copy much slower than the others is read last', async t => {
+  const { volumes, dev, log } = rig(t)
+  const bsl: BSL = { form: 'indexed', volume: 0, index: 0, fileId: 0x7en }
+  const id = objectIdOf(bsl)
+  await volumes.write(blk(bsl), data)
+  dev('X', 'x').delayMs = 60
+  for (let i = 0; i < 3; i++) await volumes.read(blk(bsl))
+  log.length = 0
+  dev('Y', 'y').delayMs = 0
+  await volumes.read(blk(bsl))
+  t.same(log, [`get Y:y ${id}`], 'Y (fast) is asked first now')
+  t.ok(volumes.health.isUp('X:x'), 'slow is not down')
 })
