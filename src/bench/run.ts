@@ -1,8 +1,9 @@
 /**
  * `npm run bench`: bslfs against a plain local directory ("native") and bindfs
- * (the C FUSE passthrough) on the same disk, and bslfs with its data volume on
- * a block server on loopback ("bslfs-remote"). Runs are interleaved round-robin
- * (run 1 of every target, then run 2, ...) and reported as median (min–max).
+ * (the C FUSE passthrough) on the same disk, bslfs with its data volume on
+ * a block server on loopback ("bslfs-remote"), and bslfs with its data volume
+ * mirrored across two such servers ("bslfs-mirror"). Runs are interleaved
+ * round-robin (run 1 of every target, then run 2, ...) and reported as median (min–max).
  *
  *   npm run bench -- [--runs N] [--size MIB] [--files N] [--targets LIST] [--dir DIR] [--json FILE] [--quick]
  */
@@ -22,23 +23,28 @@ const USAGE = `usage: npm run bench -- [options]
   --runs N       runs per target (default 3; 1 with --quick)
   --size MIB     sequential write/read size in MiB (default 1024; 64 with --quick)
   --files N      files to create, stat and unlink (default 10000; 1000 with --quick)
-  --targets LIST comma-separated, from native,bindfs,bslfs,bslfs-remote (default: all four)
+  --targets LIST comma-separated, from native,bindfs,bslfs,bslfs-remote,bslfs-mirror (default: all five)
   --dir DIR      where the temporary directories go (default /var/tmp, the disk the bslfs STATE is on)
   --json FILE    also write the results as JSON
   --quick        small sizes and one run: a smoke check`
 
-const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote'] as const
+const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-mirror'] as const
 type Target = typeof TARGETS[number]
 
-/** bslfs-remote: the block server on loopback, its name and the device its data volume is on. */
+/** bslfs-remote and bslfs-mirror: block servers on loopback, each serving one device. */
 const SERVER_HOST = '127.0.0.1'
-const SERVER_NAME = 's1'
 const SERVER_DEVICE = 'd1'
+/** bslfs-remote: its data volume on server s1. */
+const REMOTE_SERVERS = ['s1']
 const REMOTE_VOLUME = '2'
+/** bslfs-mirror: volumes 2 and 3 on its own servers s1 and s2, mirrored as volume 10 (a write needs both copies). */
+const MIRROR_SERVERS = ['s1', 's2']
+const MIRROR_VOLUMES = ['2', '3']
+const MIRROR_VOLUME = '10'
 /** How long the block server gets to say it is listening, and to exit after SIGTERM. */
 const SERVER_START_MS = 30_000
 const SERVER_STOP_GRACE_MS = 10_000
-/** How long the bslfs-remote mount daemon gets to finish (final flush, reclaim) after its unmount, before the server stops. */
+/** How long a server-backed mount daemon gets to finish (final flush, reclaim) after its unmount, before the server stops. */
 const DAEMON_EXIT_MS = 60_000
 
 interface Workload { key: string, label: string, unit: string }
@@ -186,18 +192,50 @@ async function writeTokenFile (file: string): Promise<void> {
  * group. The port is found by binding port 0 and releasing it; should another
  * process take it in between, a new one is tried.
  */
-async function startBlockServer (device: string, tokenFile: string): Promise<{ server: Background, url: string }> {
+async function startBlockServer (name: string, device: string, tokenFile: string): Promise<{ server: Background, url: string }> {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort(SERVER_HOST)
     try {
       const server = await startBackground(process.execPath, [bslfsBin, 'serve', '--listen', `${SERVER_HOST}:${port}`,
-        '--device', `${SERVER_DEVICE}=${device}`, '--name', SERVER_NAME, '--token-file', tokenFile], /listening on/, SERVER_START_MS)
+        '--device', `${SERVER_DEVICE}=${device}`, '--name', name, '--token-file', tokenFile], /listening on/, SERVER_START_MS)
       return { server, url: `http://${SERVER_HOST}:${port}` }
     } catch (err) {
       if (attempt >= 3 || !/EADDRINUSE|address already in use/i.test((err as Error).message)) throw err
     }
   }
 }
+
+/** Run a bslfs CLI command; resolves with its trimmed stdout. */
+const bslfs = async (...args: string[]): Promise<string> => (await run(process.execPath, [bslfsBin, ...args])).stdout.trim()
+
+/** A block server the benchmark started: its name (the same in `serve --name` and `server add`), device dir, token file, URL. */
+interface BlockServer { name: string, device: string, tokenFile: string, url: string, proc: Background }
+
+/** A bslfs target whose data is on block servers of its own: its STATE, mount point and servers. */
+interface Served { target: Target, state: string, mnt: string, servers: BlockServer[] }
+
+/**
+ * Start one block server per name for a target, each with its own device dir
+ * and token file in ROOT, then `bslfs init` its STATE and `server add` them.
+ * Each server goes into s.servers as soon as it is up, so cleanup stops it
+ * even when a later step fails.
+ */
+async function startServed (root: string, s: Served, names: string[]): Promise<void> {
+  for (const name of names) {
+    const device = join(root, `${s.target}-${name}-${SERVER_DEVICE}`)
+    const tokenFile = join(root, `${s.target}-${name}-token`)
+    await mkdir(device)
+    await writeTokenFile(tokenFile)
+    const { server, url } = await startBlockServer(name, device, tokenFile)
+    s.servers.push({ name, device, tokenFile, url, proc: server })
+  }
+  await bslfs('init', s.state)
+  for (const b of s.servers) await bslfs('server', 'add', s.state, b.name, b.url, '--token-file', b.tokenFile)
+}
+
+/** How a target's servers are described: name, URL, pid and device dir of each. */
+const describeServers = (servers: BlockServer[]): string =>
+  servers.map(b => `${b.name} at ${b.url} (pid ${b.proc.pid}, device ${SERVER_DEVICE}=${b.device})`).join('; ')
 
 const fmtRss = (kib: number | undefined): string => kib !== undefined ? `${(kib / 1024).toFixed(1)} MiB` : 'unknown'
 
@@ -221,17 +259,18 @@ async function main (): Promise<void> {
     bindfsSrc: join(root, 'bindfs-src'),
     bindfsMnt: join(root, 'bindfs-mnt'),
     state: join(root, 'bslfs-state'),
-    bslfsMnt: join(root, 'bslfs-mnt'),
-    serverDevice: join(root, `server-${SERVER_DEVICE}`),
-    tokenFile: join(root, 'server-token'),
-    remoteState: join(root, 'bslfs-remote-state'),
-    remoteMnt: join(root, 'bslfs-remote-mnt')
+    bslfsMnt: join(root, 'bslfs-mnt')
   }
-  const dirs: Record<Target, string> = { native: p.native, bindfs: p.bindfsMnt, bslfs: p.bslfsMnt, 'bslfs-remote': p.remoteMnt }
+  const remote: Served = { target: 'bslfs-remote', state: join(root, 'bslfs-remote-state'), mnt: join(root, 'bslfs-remote-mnt'), servers: [] }
+  const mirror: Served = { target: 'bslfs-mirror', state: join(root, 'bslfs-mirror-state'), mnt: join(root, 'bslfs-mirror-mnt'), servers: [] }
+  const served = [remote, mirror]
+  const dirs: Record<Target, string> = {
+    native: p.native, bindfs: p.bindfsMnt, bslfs: p.bslfsMnt, 'bslfs-remote': remote.mnt, 'bslfs-mirror': mirror.mnt
+  }
   const samples: Record<string, Record<Target, number[]>> = {}
-  for (const w of workloads) samples[w.key] = { native: [], bindfs: [], bslfs: [], 'bslfs-remote': [] }
+  for (const w of workloads) samples[w.key] = { native: [], bindfs: [], bslfs: [], 'bslfs-remote': [], 'bslfs-mirror': [] }
   let bindfsOptions: string[] = []
-  const remote = { server: undefined as Background | undefined, url: '' }
+  let mirrorSummary = '' // what `bslfs mirror` said, e.g. how many copies a write needs
 
   let failed = false
   try {
@@ -250,18 +289,19 @@ async function main (): Promise<void> {
       await run(process.execPath, [bslfsBin, 'mount', p.state, p.bslfsMnt])
     }
     if (has('bslfs-remote')) {
-      await mkdir(p.remoteMnt)
-      await mkdir(p.serverDevice)
-      await writeTokenFile(p.tokenFile)
-      const started = await startBlockServer(p.serverDevice, p.tokenFile)
-      remote.server = started.server
-      remote.url = started.url
-      const bslfs = (...args: string[]): Promise<unknown> => run(process.execPath, [bslfsBin, ...args])
-      await bslfs('init', p.remoteState)
-      await bslfs('server', 'add', p.remoteState, SERVER_NAME, remote.url, '--token-file', p.tokenFile)
-      await bslfs('volume', 'add', p.remoteState, REMOTE_VOLUME, `${SERVER_NAME}:${SERVER_DEVICE}`)
-      await bslfs('volume', 'default', p.remoteState, REMOTE_VOLUME)
-      await bslfs('mount', p.remoteState, p.remoteMnt)
+      await mkdir(remote.mnt)
+      await startServed(root, remote, REMOTE_SERVERS)
+      await bslfs('volume', 'add', remote.state, REMOTE_VOLUME, `${REMOTE_SERVERS[0]}:${SERVER_DEVICE}`)
+      await bslfs('volume', 'default', remote.state, REMOTE_VOLUME)
+      await bslfs('mount', remote.state, remote.mnt)
+    }
+    if (has('bslfs-mirror')) {
+      await mkdir(mirror.mnt)
+      await startServed(root, mirror, MIRROR_SERVERS)
+      for (const [i, vol] of MIRROR_VOLUMES.entries()) await bslfs('volume', 'add', mirror.state, vol, `${MIRROR_SERVERS[i]}:${SERVER_DEVICE}`)
+      mirrorSummary = (await bslfs('mirror', mirror.state, MIRROR_VOLUME, ...MIRROR_VOLUMES)).replace(/^bslfs: /, '')
+      await bslfs('volume', 'default', mirror.state, MIRROR_VOLUME)
+      await bslfs('mount', mirror.state, mirror.mnt)
     }
 
     console.log(`bslfs benchmark: ${opts.runs} run(s) per target, round-robin; kernel ${release()}; temp dir ${root}`)
@@ -269,8 +309,11 @@ async function main (): Promise<void> {
       native: () => `plain directory ${p.native}`,
       bindfs: () => `bindfs -o ${bindfsOptions.join(',')}${bindfsRefused.length ? ` (refused by bindfs: ${bindfsRefused.join(',')})` : ''}`,
       bslfs: () => `bslfs mount (its defaults: ${bslfsFuseOptions().join(',')})`,
-      'bslfs-remote': () => `bslfs mount, data on volume ${REMOTE_VOLUME} = ${SERVER_NAME}:${SERVER_DEVICE}, ` +
-        `\`bslfs serve\` at ${remote.url} (pid ${remote.server?.pid}, device ${SERVER_DEVICE}=${p.serverDevice})`
+      'bslfs-remote': () => `bslfs mount, data on volume ${REMOTE_VOLUME} = ${REMOTE_SERVERS[0]}:${SERVER_DEVICE}, ` +
+        `\`bslfs serve\` ${describeServers(remote.servers)}`,
+      'bslfs-mirror': () => `bslfs mount, data on ${mirrorSummary}, ` +
+        `volumes ${MIRROR_VOLUMES.map((v, i) => `${v} = ${MIRROR_SERVERS[i]}:${SERVER_DEVICE}`).join(', ')}, ` +
+        `\`bslfs serve\` ${describeServers(mirror.servers)}`
     }
     const width = Math.max(...targets.map(t => t.length)) + 1
     for (const t of targets) console.log(`  ${`${t}:`.padEnd(width)} ${describe[t]()}`)
@@ -285,12 +328,17 @@ async function main (): Promise<void> {
     }
 
     // Peak RSS: VmHWM is a high-water mark, so sampling once after the last run is enough.
-    const bslfsPid = has('bslfs') ? await daemonPid(p.state) : undefined
-    const remotePid = has('bslfs-remote') ? await daemonPid(p.remoteState) : undefined
+    const daemonRss = async (state: string): Promise<{ pid?: number, kib?: number }> => {
+      const pid = await daemonPid(state)
+      return { pid, kib: pid !== undefined ? await peakRssKiB(pid) : undefined }
+    }
     const rss = {
-      bslfs: bslfsPid !== undefined ? await peakRssKiB(bslfsPid) : undefined,
-      remote: remotePid !== undefined ? await peakRssKiB(remotePid) : undefined,
-      server: remote.server ? await peakRssKiB(remote.server.pid) : undefined
+      bslfs: has('bslfs') ? await daemonRss(p.state) : {},
+      // Per server-backed target: its mount daemon, and each of its block servers (in s.servers order).
+      served: Object.fromEntries(await Promise.all(served.filter(s => has(s.target)).map(async s => [s.target, {
+        daemon: await daemonRss(s.state),
+        servers: await Promise.all(s.servers.map(async b => await peakRssKiB(b.proc.pid)))
+      }] as const)))
     }
 
     const cell = (xs: number[]): string => `${fmt(median(xs))} (${fmt(Math.min(...xs))}–${fmt(Math.max(...xs))})`
@@ -298,21 +346,26 @@ async function main (): Promise<void> {
     const allRatios: Array<{ label: string, key: string, num: Target, den: Target }> = [
       { label: 'bslfs/bindfs', key: 'bslfsToBindfs', num: 'bslfs', den: 'bindfs' },
       { label: 'bslfs/native', key: 'bslfsToNative', num: 'bslfs', den: 'native' },
-      { label: 'remote/local', key: 'remoteToLocal', num: 'bslfs-remote', den: 'bslfs' }
+      { label: 'remote/local', key: 'remoteToLocal', num: 'bslfs-remote', den: 'bslfs' },
+      { label: 'mirror/local', key: 'mirrorToLocal', num: 'bslfs-mirror', den: 'bslfs' },
+      { label: 'mirror/remote', key: 'mirrorToRemote', num: 'bslfs-mirror', den: 'bslfs-remote' }
     ]
     const ratios = allRatios.filter(r => has(r.num) && has(r.den))
     const rows = [['workload', 'unit', ...targets, ...ratios.map(r => r.label)]]
     for (const w of workloads) {
       rows.push([w.label, w.unit, ...targets.map(t => cell(samples[w.key][t])), ...ratios.map(r => ratio(w, r.num, r.den).toFixed(2))])
     }
+    // Spell out the ratios whose labels abbreviate the target names.
+    const abbreviated = ratios.filter(r => r.label !== `${r.num}/${r.den}`).map(r => `${r.label}: ${r.num} / ${r.den}`)
     console.log(`\nmedian (min–max) of ${opts.runs} run(s); higher is better; ratios are of medians` +
-      `${ratios.some(r => r.key === 'remoteToLocal') ? ' (remote/local: bslfs-remote / bslfs)' : ''}\n`)
+      `${abbreviated.length ? ` (${abbreviated.join('; ')})` : ''}\n`)
     console.log(table(rows))
     const rssRows: string[][] = []
-    if (has('bslfs')) rssRows.push([`bslfs mount daemon (pid ${bslfsPid ?? '?'})`, fmtRss(rss.bslfs)])
-    if (has('bslfs-remote')) {
-      rssRows.push([`bslfs-remote mount daemon (pid ${remotePid ?? '?'})`, fmtRss(rss.remote)])
-      rssRows.push([`block server ${SERVER_NAME} (pid ${remote.server?.pid ?? '?'})`, fmtRss(rss.server)])
+    if (has('bslfs')) rssRows.push([`bslfs mount daemon (pid ${rss.bslfs.pid ?? '?'})`, fmtRss(rss.bslfs.kib)])
+    for (const s of served.filter(s => has(s.target))) {
+      const r = rss.served[s.target]
+      rssRows.push([`${s.target} mount daemon (pid ${r.daemon.pid ?? '?'})`, fmtRss(r.daemon.kib)])
+      s.servers.forEach((b, i) => rssRows.push([`${s.target} block server ${b.name} (pid ${b.proc.pid})`, fmtRss(r.servers[i])]))
     }
     if (rssRows.length) {
       console.log('\npeak RSS (VmHWM, read after the last run)')
@@ -337,11 +390,26 @@ async function main (): Promise<void> {
         sizeMiB: opts.sizeMiB,
         files: opts.files,
         ...(has('bindfs') ? { bindfsOptions } : {}),
-        ...(has('bslfs') || has('bslfs-remote') ? { bslfsOptions: bslfsFuseOptions() } : {}),
-        ...(has('bslfs-remote') ? { blockServer: { url: remote.url, name: SERVER_NAME, device: SERVER_DEVICE, volume: Number(REMOTE_VOLUME) } } : {}),
+        ...(has('bslfs') || has('bslfs-remote') || has('bslfs-mirror') ? { bslfsOptions: bslfsFuseOptions() } : {}),
+        ...(has('bslfs-remote')
+          ? { blockServer: { url: remote.servers[0].url, name: remote.servers[0].name, device: SERVER_DEVICE, volume: Number(REMOTE_VOLUME) } }
+          : {}),
+        ...(has('bslfs-mirror')
+          ? {
+              mirror: {
+                volume: Number(MIRROR_VOLUME),
+                servers: mirror.servers.map((b, i) => ({ url: b.url, name: b.name, device: SERVER_DEVICE, volume: Number(MIRROR_VOLUMES[i]) }))
+              }
+            }
+          : {}),
         results,
-        ...(has('bslfs') ? { bslfsPeakRssKiB: rss.bslfs } : {}),
-        ...(has('bslfs-remote') ? { bslfsRemotePeakRssKiB: rss.remote, blockServerPeakRssKiB: rss.server } : {})
+        ...(has('bslfs') ? { bslfsPeakRssKiB: rss.bslfs.kib } : {}),
+        ...(has('bslfs-remote')
+          ? { bslfsRemotePeakRssKiB: rss.served['bslfs-remote'].daemon.kib, blockServerPeakRssKiB: rss.served['bslfs-remote'].servers[0] }
+          : {}),
+        ...(has('bslfs-mirror')
+          ? { bslfsMirrorPeakRssKiB: rss.served['bslfs-mirror'].daemon.kib, mirrorServersPeakRssKiB: rss.served['bslfs-mirror'].servers }
+          : {})
       }
       await writeFile(opts.json, JSON.stringify(out, null, 2) + '\n')
       console.log(`results written to ${opts.json}`)
@@ -349,14 +417,19 @@ async function main (): Promise<void> {
   } catch (err) {
     failed = true
     console.error(`bench: ${(err as Error).message}`)
-    const exit = remote.server?.exit()
-    if (remote.server && exit) {
-      console.error(`bench: the block server (pid ${remote.server.pid}) had exited (${exit.signal ? `signal ${exit.signal}` : `exit ${exit.code}`}); ` +
-        `its stderr:\n${remote.server.stderr().trim() || '(nothing)'}`)
+    for (const s of served) {
+      for (const b of s.servers) {
+        const exit = b.proc.exit()
+        if (exit) {
+          console.error(`bench: ${s.target}'s block server ${b.name} (pid ${b.proc.pid}) had exited ` +
+            `(${exit.signal ? `signal ${exit.signal}` : `exit ${exit.code}`}); ` +
+            `its stderr:\n${b.proc.stderr().trim() || '(nothing)'}`)
+        }
+      }
     }
   } finally {
     startCleanup()
-    if (!await cleanup(root, p, remote.server)) failed = true
+    if (!await cleanup(root, p, served)) failed = true
   }
   const sig = stoppedBy()
   if (sig) process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1))
@@ -374,45 +447,49 @@ async function unmount (mnt: string, strict: string[], lazy: string[]): Promise<
 }
 
 /**
- * Unmount the FUSE mounts (retrying a busy one, then detaching it); then, once
- * the bslfs-remote mount is gone and its daemon has exited, stop the block
- * server (SIGTERM, SIGKILL after 10 s); remove the temp dir once nothing is
- * mounted in it. Resolves with false when something was left behind.
+ * Unmount the FUSE mounts (retrying a busy one, then detaching it); then, for
+ * each server-backed target, once its mount is gone and its daemon has exited,
+ * stop its block servers (SIGTERM, SIGKILL after 10 s); remove the temp dir once
+ * nothing is mounted in it. Resolves with false when something was left behind.
  */
-async function cleanup (root: string, p: { bindfsMnt: string, bslfsMnt: string, remoteState: string, remoteMnt: string },
-  server: Background | undefined): Promise<boolean> {
+async function cleanup (root: string, p: { bindfsMnt: string, bslfsMnt: string }, served: Served[]): Promise<boolean> {
   const bslfsUnmount = (mnt: string): [string[], string[]] =>
     [[process.execPath, bslfsBin, 'unmount', mnt], [process.execPath, bslfsBin, 'unmount', '--lazy', mnt]]
-  // Its pid before the unmount: the daemon removes daemon.pid as it finishes.
-  const remotePid = await daemonPid(p.remoteState)
   await unmount(p.bindfsMnt, ['fusermount', '-u', p.bindfsMnt], ['fusermount', '-uz', p.bindfsMnt])
   await unmount(p.bslfsMnt, ...bslfsUnmount(p.bslfsMnt))
-  const remoteGone = await unmount(p.remoteMnt, ...bslfsUnmount(p.remoteMnt))
 
   let ok = true
-  if (!remoteGone) {
-    // The mount still needs its daemon and the server; leave them for the user.
-    if (server && server.exit() === null) server.disown()
-    console.error(`bench: ${p.remoteMnt} is still mounted, so its block server${server ? ` (pid ${server.pid})` : ''} is left running; ` +
-      `unmount it, then stop the server${server ? ` (\`kill ${server.pid}\`)` : ''}`)
-    ok = false
-  } else {
-    // After an unmount (a lazy one above all) the daemon still flushes and reclaims, through the server.
-    if (remotePid !== undefined && alive(remotePid)) {
+  for (const s of served) {
+    // Its pid before the unmount: the daemon removes daemon.pid as it finishes.
+    const pid = await daemonPid(s.state)
+    const gone = await unmount(s.mnt, ...bslfsUnmount(s.mnt))
+    const running = s.servers.filter(b => b.proc.exit() === null)
+    const pids = running.map(b => b.proc.pid)
+    if (!gone) {
+      // The mount still needs its daemon and the servers; leave them for the user.
+      for (const b of running) b.proc.disown()
+      console.error(`bench: ${s.mnt} is still mounted, so its block servers${pids.length ? ` (pid ${pids.join(', ')})` : ''} are left running; ` +
+        `unmount it, then stop the servers${pids.length ? ` (\`kill ${pids.join(' ')}\`)` : ''}`)
+      ok = false
+      continue
+    }
+    // After an unmount (a lazy one above all) the daemon still flushes and reclaims, through the servers.
+    if (pid !== undefined && alive(pid)) {
       const deadline = Date.now() + DAEMON_EXIT_MS
-      while (alive(remotePid) && Date.now() < deadline) await sleep(200)
-      if (alive(remotePid)) {
-        console.error(`bench: the bslfs-remote mount daemon (pid ${remotePid}) is still running ${DAEMON_EXIT_MS / 1000} s after its unmount; ` +
+      while (alive(pid) && Date.now() < deadline) await sleep(200)
+      if (alive(pid)) {
+        console.error(`bench: the ${s.target} mount daemon (pid ${pid}) is still running ${DAEMON_EXIT_MS / 1000} s after its unmount; ` +
           'killing it (SIGKILL)')
-        try { process.kill(remotePid, 'SIGKILL') } catch {}
+        try { process.kill(pid, 'SIGKILL') } catch {}
         ok = false
       }
     }
-    if (server && server.exit() === null) {
-      const exit = await server.stop(SERVER_STOP_GRACE_MS)
+    for (const b of running) {
+      const exit = await b.proc.stop(SERVER_STOP_GRACE_MS)
       if (exit.code !== 0) {
-        console.error(`bench: the block server (pid ${server.pid}) exited with ${exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`}` +
-          `${server.stderr().trim() ? `; its stderr:\n${server.stderr().trim()}` : ''}`)
+        console.error(`bench: ${s.target}'s block server ${b.name} (pid ${b.proc.pid}) exited with ` +
+          `${exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`}` +
+          `${b.proc.stderr().trim() ? `; its stderr:\n${b.proc.stderr().trim()}` : ''}`)
         ok = false
       }
     }
