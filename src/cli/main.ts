@@ -42,7 +42,7 @@ function formatStatus (r: admin.StatusReport): string {
     `files       ${r.files}`,
     `bytes       ${r.bytes} (${mib(r.bytes)})`,
     `block size  ${r.blockSize}`,
-    `default     volume ${r.defaultVolume}`,
+    `default     ${r.defaultPlace ? `${r.defaultPlace} (physical BSLs)` : `volume ${r.defaultVolume}`}`,
     'volumes:'
   ]
   for (const v of r.volumes) {
@@ -178,11 +178,11 @@ export function program (): Command {
       const r = await onState(state, 'volume-add', [vol, place], s => admin.volumeAdd(s, vol, place))
       console.log(`bslfs: volume ${r.volume} → ${r.place}`)
     })
-  volume.command('default').argument('<STATE>').argument('<VOL>')
-    .description('send new blocks to this volume')
+  volume.command('default').argument('<STATE>').argument('<VOL>', 'a volume, or SERVER:DEVICE for physical BSLs (no volume; see adopt)')
+    .description('send new blocks to this volume (or straight to a device)')
     .action(async (state: string, vol: string) => {
       const r = await onState(state, 'volume-default', [vol], s => admin.volumeDefault(s, vol))
-      console.log(`bslfs: new blocks go to volume ${r.volume}`)
+      console.log('volume' in r ? `bslfs: new blocks go to volume ${r.volume}` : `bslfs: new blocks go to ${r.place} directly, as physical BSLs (they cannot be remapped until adopted into a volume)`)
     })
   volume.command('list').argument('<STATE>')
     .description('every volume, where it lives now, and where it lived before')
@@ -219,6 +219,38 @@ export function program (): Command {
       const r = await withProgressBar('scrub', 'bytes', bar => onState(state, 'scrub', [], s => admin.scrub(s, bar), { onProgress: bar }), o.json)
       print(o.json, r, () => `bslfs: scrub: ${r.blocks} blocks, ${r.good} good copies (${mib(r.bytes)}), ${r.missing} missing, ${r.corrupt} corrupt, ${r.unchecked} not checked (place down); ${r.queued} queued for heal${r.queued ? ' (run `bslfs heal STATE`, or let the mount heal them)' : ''}`)
       if (r.missing || r.corrupt || r.unchecked) process.exitCode = 1
+    })
+
+  cli.command('remap').argument('<STATE>').argument('<VOL>').argument('<SERVER:DEVICE>', 'the new place')
+    .description('move a volume to another server or device: one row of the volume table changes, no BSL does')
+    .option('--copy', 'copy every block there first (resumes an interrupted copy); blocks written meanwhile go there too')
+    .option('--delete-old', 'after the switch, remove the copies from the old place')
+    .option('--verify', 'without --copy: check every block is there, not a sample')
+    .option('--json', 'machine-readable summary')
+    .action(async (state: string, vol: string, place: string, o: { copy?: boolean, deleteOld?: boolean, verify?: boolean, json?: boolean }) => {
+      const opts = { copy: !!o.copy, deleteOld: !!o.deleteOld, verify: !!o.verify }
+      const r = await withProgressBar('remap', opts.copy ? 'bytes' : 'copies',
+        bar => onState(state, 'remap', [vol, place], s => admin.remapVolume(s, vol, place, opts, bar), { options: opts, onProgress: bar }), o.json)
+      print(o.json, r, () => [
+        `bslfs: volume ${r.volume} moved from ${r.from} to ${r.to} (${r.blocks} blocks, ${mib(r.bytes)})`,
+        opts.copy ? `  copied ${r.copied}, already there ${r.alreadyThere}, ${(r.bytes / 1048576 / Math.max(r.copySeconds, 0.001)).toFixed(1)} MiB/s over ${r.copySeconds.toFixed(1)} s` : `  checked ${r.checked} blocks on the new place`,
+        ...(opts.deleteOld ? [`  old copies removed: ${r.deleted}${r.notDeleted ? `, ${r.notDeleted} could not be (the old place is gone?)` : ''}`] : [])].join('\n'))
+    })
+
+  cli.command('adopt').argument('<STATE>').argument('<SERVER:DEVICE>')
+    .description('turn the physical BSLs naming a device into logical BSLs of a volume on it')
+    .requiredOption('--as <VOL>', 'the volume (new, or already on that device)')
+    .action(async (state: string, place: string, o: { as: string }) => {
+      const r = await onState(state, 'adopt', [place, o.as], s => admin.adopt(s, place, o.as))
+      console.log(`bslfs: ${r.blocks} blocks of ${r.files} files on ${r.place} are now volume ${r.volume}; it can be remapped`)
+    })
+
+  cli.command('blocks').argument('<STATE>')
+    .description('every block map entry (inode, index, BSL, length, checksum), for comparison and audits')
+    .option('--json', 'machine-readable output')
+    .action(async (state: string, o: { json?: boolean }) => {
+      const rows = await onState(state, 'blocks', [], s => admin.blockDump(s))
+      print(o.json, rows, () => rows.map(b => `${b.ino}\t${b.index}\t${b.bsl}\t${b.length}\t${b.checksum}`).join('\n'))
     })
 
   cli.command('bsl').argument('<STATE>').argument('<PATH>', 'a path in the filesystem, or through its mount point')

@@ -6,6 +6,8 @@ import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, MirrorRow, Place, Tables, placeText } from '../volumes/tables'
 import { PlaceHealth } from '../volumes/health'
 import { HealReport, OnProgress, ScrubReport, heal as healQueue, scrub as scrubAll } from './repair'
+import { RemapOptions, RemapReport, remap } from './remap'
+import { BlockRecord } from '../directory/records'
 import { State } from './state'
 import { resolve } from 'node:path'
 import { ServerRow } from '../volumes/tables'
@@ -25,6 +27,8 @@ export interface StatusReport {
   files: number
   bytes: number
   defaultVolume: number
+  /** Set when new blocks go straight to a place (physical BSLs) rather than to a volume. */
+  defaultPlace?: string
   volumes: VolumeStatus[]
   /** Health of each place the volume table names: up or down, latency, reads served, failovers, bad copies. */
   places: PlaceHealth[]
@@ -111,6 +115,7 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
     files: usage.files,
     bytes: usage.bytes,
     defaultVolume: tables.defaultVolume,
+    ...(tables.defaultPlace ? { defaultPlace: placeText(tables.defaultPlace) } : {}),
     volumes: volumeStatus(state, tables, backlog),
     places: state.volumes.placeHealth(),
     healBacklog: [...backlog.values()].reduce((a, b) => a + b, 0),
@@ -145,16 +150,27 @@ export async function deviceAdd (state: State, name: string, path: string): Prom
 
 export async function volumeAdd (state: State, volumeText: string, placeArg: string): Promise<{ volume: number, place: string }> {
   const volume = parseVolume(volumeText)
-  let place
-  try {
-    place = parsePlace(placeArg)
-  } catch (err) {
-    throw new UsageError((err as Error).message)
-  }
+  const place = parsePlaceArg(placeArg)
   const tables = await state.dir.tables()
   if (tables.volumes.has(volume) || tables.mirrors.has(volume)) {
     throw new UsageError(`volume ${volume} already exists; to move it use \`bslfs remap\``)
   }
+  await checkPlaceKnown(tables, place)
+  await state.dir.setVolume(volume, place)
+  await state.reloadTables()
+  return { volume, place: placeText(place) }
+}
+
+function parsePlaceArg (text: string): Place {
+  try {
+    return parsePlace(text)
+  } catch (err) {
+    throw new UsageError((err as Error).message)
+  }
+}
+
+/** A place must name a local device or a server this filesystem knows. */
+async function checkPlaceKnown (tables: Tables, place: Place): Promise<void> {
   if (place.server === LOCAL_SERVER) {
     if (!tables.devices.has(place.device)) {
       throw new UsageError(`there is no local device "${place.device}"; add it first with \`bslfs device add STATE ${place.device} PATH\``)
@@ -162,9 +178,6 @@ export async function volumeAdd (state: State, volumeText: string, placeArg: str
   } else if (!tables.servers.has(place.server)) {
     throw new UsageError(`there is no server "${place.server}"; add it first with \`bslfs server add STATE ${place.server} URL\``)
   }
-  await state.dir.setVolume(volume, place)
-  await state.reloadTables()
-  return { volume, place: placeText(place) }
 }
 
 export async function volumeList (state: State): Promise<Array<{ volume: number, place: string, since: string, history: Array<{ place: string, from: string, to: string }> }>> {
@@ -231,10 +244,20 @@ export async function serverList (state: State): Promise<ServerRow[]> {
   return [...(await state.dir.tables()).servers.values()].sort((a, b) => a.name.localeCompare(b.name))
 }
 
-/** Send new blocks to `volume` (a volume of the volume table or of the mirror table). */
-export async function volumeDefault (state: State, volumeText: string): Promise<{ volume: number }> {
-  const volume = parseVolume(volumeText)
+/**
+ * Send new blocks to `volume` (a volume of the volume table or of the mirror
+ * table), or straight to a place SERVER:DEVICE as physical BSLs.
+ */
+export async function volumeDefault (state: State, volumeText: string): Promise<{ volume: number } | { place: string }> {
   const tables = await state.dir.tables()
+  if (volumeText.includes(':')) {
+    const place = parsePlaceArg(volumeText)
+    await checkPlaceKnown(tables, place)
+    await state.dir.setDefaultVolume(place)
+    await state.reloadTables()
+    return { place: placeText(place) }
+  }
+  const volume = parseVolume(volumeText)
   if (!tables.volumes.has(volume) && !tables.mirrors.has(volume)) {
     throw new UsageError(`there is no volume ${volume}; add it first with \`bslfs volume add STATE ${volume} SERVER:DEVICE\``)
   }
@@ -293,4 +316,84 @@ export async function heal (state: State, onProgress?: OnProgress): Promise<Heal
 export async function scrub (state: State, onProgress?: OnProgress): Promise<ScrubReport> {
   await state.volumes.space()
   return await scrubAll(state.dir, state.volumes, onProgress)
+}
+
+/** Every block record of every file, in key order: the block maps as stored (remap must leave them as they were). */
+export async function blockDump (state: State): Promise<Array<{ ino: number, index: number, bsl: string, length: number, checksum: string }>> {
+  const out = []
+  for await (const { ino, index, block } of state.dir.allBlocks()) {
+    out.push({ ino, index, bsl: formatBSL(block.bsl), length: block.length, checksum: block.checksum.toString(16).padStart(8, '0') })
+  }
+  return out
+}
+
+/**
+ * Move volume VOL to SERVER:DEVICE (see remap.ts). A place given instead of
+ * a volume names physical BSLs, which only `adopt` can turn into a volume.
+ */
+export async function remapVolume (state: State, volumeText: string, placeText_: string, opts: Omit<RemapOptions, 'onProgress' | 'signal'>,
+  onProgress?: OnProgress, signal?: AbortSignal): Promise<RemapReport> {
+  if (volumeText.includes(':')) {
+    throw new UsageError(`${volumeText} is a place, not a volume: blocks with physical BSLs name their server and device directly, so there is no row to change. ` +
+      `Make them a volume first: \`bslfs adopt STATE ${volumeText} --as VOL\`, then remap VOL`)
+  }
+  const volume = parseVolume(volumeText)
+  const target = parsePlaceArg(placeText_)
+  const tables = await state.dir.tables()
+  if (tables.mirrors.has(volume)) {
+    throw new UsageError(`volume ${volume} is mirrored on ${tables.mirrors.get(volume)!.mirrors.join(', ')}; remap those volumes one at a time`)
+  }
+  const row = tables.volumes.get(volume)
+  if (!row) throw new UsageError(`there is no volume ${volume} (see \`bslfs volume list STATE\`)`)
+  await checkPlaceKnown(tables, target)
+  if (placeText(row.place) === placeText(target)) throw new UsageError(`volume ${volume} is on ${placeText(target)} already`)
+  return await remap(state.dir, state.volumes, () => state.reloadTables(), volume, target, { ...opts, onProgress, signal })
+}
+
+/**
+ * Turn every physical BSL naming SERVER:DEVICE into a logical BSL of volume
+ * VOL (created on that place if new), one atomic batch per file. The
+ * objects stay where they are; afterwards the device can be remapped.
+ */
+export async function adopt (state: State, placeArg: string, volumeText: string,
+  onAdopted: (ino: number, changes: Map<number, BlockRecord>) => Promise<void> = async () => {}): Promise<{ volume: number, place: string, files: number, blocks: number }> {
+  const place = parsePlaceArg(placeArg)
+  const volume = parseVolume(volumeText)
+  const tables = await state.dir.tables()
+  await checkPlaceKnown(tables, place)
+  if (tables.mirrors.has(volume)) throw new UsageError(`volume ${volume} is mirrored; adopt into a plain volume`)
+  const row = tables.volumes.get(volume)
+  if (row && placeText(row.place) !== placeText(place)) {
+    throw new UsageError(`volume ${volume} is on ${placeText(row.place)}, not ${placeText(place)}; pick a new volume number`)
+  }
+  for (const other of tables.volumes.values()) {
+    if (other.volume !== volume && placeText(other.place) === placeText(place)) {
+      throw new UsageError(`${placeText(place)} is volume ${other.volume} already; adopt into it: --as ${other.volume}`)
+    }
+  }
+  if (!row) {
+    await state.dir.setVolume(volume, place)
+    await state.reloadTables()
+  }
+  const inos = new Set<number>()
+  for await (const { ino, block: { bsl } } of state.dir.allBlocks()) {
+    if (bsl.form === 'physical' && bsl.server === place.server && bsl.device === place.device) inos.add(ino)
+  }
+  if (tables.defaultPlace && placeText(tables.defaultPlace) === placeText(place)) {
+    // New blocks would keep naming the device directly: send them to the volume instead.
+    await state.dir.setDefaultVolume(volume)
+    await state.reloadTables()
+  }
+  let blocks = 0
+  for (const ino of inos) {
+    const changes = await state.dir.adoptBlocks(ino, place, volume)
+    blocks += changes.size
+    await onAdopted(ino, changes)
+  }
+  return { volume, place: placeText(place), files: inos.size, blocks }
+}
+
+/** The remap flags as the control socket carries them. */
+export function remapOptions (o: Record<string, unknown> | undefined): Omit<RemapOptions, 'onProgress' | 'signal'> {
+  return { copy: o?.copy === true, deleteOld: o?.deleteOld === true, verify: o?.verify === true }
 }

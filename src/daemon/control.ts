@@ -16,7 +16,8 @@ const MAX_REQUEST = 64 * 1024
 
 /** Progress of a long command, sent to the client as `{"progress": …}` lines before the answer. */
 export type ControlProgress = (progress: unknown) => void
-export type ControlHandler = (req: ControlRequest, progress: ControlProgress) => Promise<unknown>
+/** `signal` aborts when the client goes away before its answer (Ctrl-C on a long command). */
+export type ControlHandler = (req: ControlRequest, progress: ControlProgress, signal: AbortSignal) => Promise<unknown>
 
 /** At most this often a progress line goes out (the client draws a bar). */
 const PROGRESS_EVERY_MS = 200
@@ -51,7 +52,9 @@ export function serveControl (path: string, handler: ControlHandler): Promise<Se
         lastProgress = now
         socket.write(JSON.stringify({ progress: p }) + '\n')
       }
-      handler(req, progress).then(
+      const gone = new AbortController()
+      socket.once('close', () => gone.abort())
+      handler(req, progress, gone.signal).then(
         result => socket.end(JSON.stringify({ ok: true, result }) + '\n'),
         (err: Error & { code?: string }) => socket.end(JSON.stringify({ ok: false, error: err.message, code: err.code }) + '\n'))
     })

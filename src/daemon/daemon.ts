@@ -107,7 +107,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     server.close(() => { void fsp.rm(state.paths.socket, { force: true }).finally(finish) })
   }
 
-  const handle = async (req: ControlRequest, progress: ControlProgress): Promise<unknown> => {
+  const handle = async (req: ControlRequest, progress: ControlProgress, signal: AbortSignal): Promise<unknown> => {
     const [a, b] = req.args
     switch (req.cmd) {
       case 'status': return admin.status(state, info)
@@ -122,6 +122,9 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       case 'mirror': return admin.mirrorSet(state, a, req.args.slice(1), typeof req.options?.minCopies === 'string' ? req.options.minCopies : undefined)
       case 'heal': return admin.heal(state, progress)
       case 'scrub': return admin.scrub(state, progress)
+      case 'remap': return admin.remapVolume(state, a, b, admin.remapOptions(req.options), progress, signal)
+      case 'adopt': return admin.adopt(state, a, b, (ino, changes) => files.adopted(ino, changes))
+      case 'blocks': return admin.blockDump(state)
       default: throw new UsageError(`unknown control command "${req.cmd}"`)
     }
   }

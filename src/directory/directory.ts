@@ -505,6 +505,26 @@ export class Directory {
     return out
   }
 
+  /**
+   * Turn the physical BSLs of a file's blocks that name `place` into logical
+   * BSLs of `volume` (same object ids, so nothing moves), in one batch.
+   * Returns the changed records by block index.
+   */
+  adoptBlocks (ino: number, place: Place, volume: number): Promise<Map<number, BlockRecord>> {
+    return this.kv.txn(async tx => {
+      const changed = new Map<number, BlockRecord>()
+      for await (const [k, v] of tx.scan(keys.blocks(ino))) {
+        const rec = decodeBlock(k, v)
+        const b = rec.bsl
+        if (b.form !== 'physical' || b.server !== place.server || b.device !== place.device) continue
+        const adopted: BlockRecord = { ...rec, bsl: { form: 'logical', volume, fileId: b.fileId } }
+        tx.put(k, encodeBlock(adopted))
+        changed.set(keyNumber(k, 9), adopted)
+      }
+      return changed
+    }, { sync: true })
+  }
+
   /** Every block record of every file (scrub, fsck). */
   async * allBlocks (): AsyncIterable<{ ino: number, index: number, block: BlockRecord }> {
     for await (const [k, v] of this.kv.scan(keys.blockPrefix)) {
@@ -575,7 +595,9 @@ export class Directory {
       t.servers.set(row.name, row)
     }
     const def = await this.kv.get(keys.meta('defaultVolume'))
-    t.defaultVolume = def ? decodeJSON<number>('default volume', def, Number.isInteger) : 0
+    const d = def ? decodeJSON<number | Place>('default volume', def, v => Number.isInteger(v) || (typeof v?.server === 'string' && typeof v.device === 'string')) : 0
+    if (typeof d === 'number') t.defaultVolume = d
+    else t.defaultPlace = { server: d.server, device: d.device }
     return t
   }
 
@@ -606,7 +628,8 @@ export class Directory {
     return this.kv.txn(tx => { tx.put(keys.table('mirror', String(row.volume)), encodeJSON(row)) }, { sync: true })
   }
 
-  setDefaultVolume (volume: number): Promise<void> {
+  /** Where new blocks go: a volume, or a place (physical BSLs). */
+  setDefaultVolume (volume: number | Place): Promise<void> {
     return this.kv.txn(tx => { tx.put(keys.meta('defaultVolume'), encodeJSON(volume)) }, { sync: true })
   }
 }

@@ -306,6 +306,14 @@ export class OpenFile {
     for (const i of [...this.blocks.keys()]) if (i >= keep) this.blocks.delete(i)
   }
 
+  /** Blocks whose BSL changed in the directory but not their object (adopt): use the new BSLs. */
+  adopt (changes: Map<number, BlockRecord>): void {
+    for (const [i, rec] of changes) {
+      const mine = this.blocks.get(i)
+      if (mine && objectIdOf(mine.bsl) === objectIdOf(rec.bsl)) this.blocks.set(i, rec)
+    }
+  }
+
   /** Commit pending attributes now (before chmod, utimens and such change the inode directly). */
   async commitAttrs (): Promise<void> {
     if (this.pendingVersion !== this.committedVersion) await this.commit([])
@@ -375,6 +383,12 @@ export class OpenFiles {
       this.retrying = false
     }
     return left
+  }
+
+  /** The directory gave blocks of `ino` new BSLs for the same objects (adopt). */
+  async adopted (ino: number, changes: Map<number, BlockRecord>): Promise<void> {
+    const f = this.files.get(ino)
+    if (f) (await f).adopt(changes)
   }
 
   /** Flush every open file (unmount, shutdown). */

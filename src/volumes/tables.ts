@@ -51,6 +51,8 @@ export interface Tables {
   servers: Map<string, ServerRow>
   /** The volume new blocks are written to. */
   defaultVolume: number
+  /** Instead of a volume: a place new blocks are written to directly, as physical BSLs. */
+  defaultPlace?: Place
 }
 
 export const LOCAL_SERVER = 'local'

@@ -25,6 +25,15 @@ export interface Repair {
   volume: number
 }
 
+/** A place that receives copies of a volume's new blocks while the volume is remapped to it. */
+export interface Shadow {
+  volume: number
+  place: Place
+  /** Blocks whose copy to `place` failed, by object id. */
+  missed: Map<string, StoredBlock>
+  remove (): void
+}
+
 /** Where repairs are recorded durably (the directory); the volumes layer only reports them. */
 export interface RepairLog {
   record (repairs: Repair[]): Promise<void>
@@ -72,6 +81,10 @@ export class Volumes extends EventEmitter {
   private readonly probes = new Map<string, NodeJS.Timeout>()
   private repairLog: RepairLog | null = null
   private readonly copyTimeoutMs: number
+  /** Extra places that get a copy of every new block of a volume while it is being remapped. */
+  private readonly shadows = new Map<number, Shadow>()
+  /** Writes in progress (remap waits for those that began before its shadow). */
+  private readonly inFlight = new Set<Promise<unknown>>()
   /** Reads of each logical volume that needed more than their first copy. */
   private readonly failovers = new Map<number, number>()
   private closed = false
@@ -94,8 +107,10 @@ export class Volumes extends EventEmitter {
     return this.tables.defaultVolume
   }
 
-  /** The BSL for a new block: the indexed logical form on the default volume. */
+  /** The BSL for a new block: the indexed logical form on the default volume (or the physical form on a default place). */
   newBlock (fileId: bigint, index: number): BSL {
+    const place = this.tables.defaultPlace
+    if (place) return { form: 'physical', server: place.server, device: place.device, fileId }
     const volume = this.tables.defaultVolume
     if (!this.tables.volumes.has(volume) && !this.tables.mirrors.has(volume)) {
       throw new FsError('EIO', `the default volume ${volume} is not in the volume table; run \`bslfs volume default STATE VOL\``)
@@ -204,13 +219,60 @@ export class Volumes extends EventEmitter {
    * are recorded for healing.
    */
   async write (block: StoredBlock, data: Uint8Array): Promise<void> {
+    const work = this.writeCopies(block, data)
+    this.inFlight.add(work)
+    try {
+      await work
+    } finally {
+      this.inFlight.delete(work)
+    }
+  }
+
+  /**
+   * While volume `volume` moves to `place` (remap), every new block that has a
+   * copy on the volume gets one on `place` too. A copy the new place misses
+   * does not fail the write: it is noted in `missed` for the remap to copy.
+   */
+  addShadow (volume: number, place: Place): Shadow {
+    if (this.shadows.has(volume)) throw new FsError('EBUSY', `volume ${volume} is already being remapped`)
+    const shadow: Shadow = { volume, place, missed: new Map(), remove: () => { if (this.shadows.get(volume) === shadow) this.shadows.delete(volume) } }
+    this.shadows.set(volume, shadow)
+    return shadow
+  }
+
+  /** Wait for every write in progress now (not for ones that start later). */
+  async drain (): Promise<void> {
+    await Promise.allSettled([...this.inFlight])
+  }
+
+  /** The device at a place (remap copies to places no volume names yet). */
+  deviceAt (place: Place): Promise<Device> {
+    return this.device(place)
+  }
+
+  private async shadowWrites (block: StoredBlock, data: Uint8Array, copies: Copy[]): Promise<void> {
+    const id = objectIdOf(block.bsl)
+    await Promise.all(copies.map(async c => {
+      const shadow = this.shadows.get(c.volume)
+      if (!shadow) return
+      try {
+        await (await this.device(shadow.place)).put(id, data, block.checksum)
+      } catch (err) {
+        log('remap copy of %s to %s missed: %s', id, placeText(shadow.place), (err as Error).message)
+        shadow.missed.set(id, block)
+      }
+    }))
+  }
+
+  private async writeCopies (block: StoredBlock, data: Uint8Array): Promise<void> {
     const id = objectIdOf(block.bsl)
     const copies = this.copies(block.bsl)
+    const shadowed = this.shadows.size > 0 ? this.shadowWrites(block, data, copies) : undefined
     if (copies.length === 1) {
-      await this.timed(copies[0], false, d => d.put(id, data, block.checksum)).catch(err => {
+      await Promise.all([shadowed, this.timed(copies[0], false, d => d.put(id, data, block.checksum)).catch(err => {
         this.copyFailed(copies[0], err)
         throw err
-      })
+      })])
       return
     }
     const need = this.minCopies(block.bsl, copies.length)
@@ -229,6 +291,7 @@ export class Volumes extends EventEmitter {
         return false
       }
     }))
+    await shadowed
     const written = copies.filter((_c, i) => results[i])
     const missed = copies.filter((_c, i) => !results[i])
     if (written.length < need) {

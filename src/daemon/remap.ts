@@ -1,0 +1,156 @@
+import createDebug from 'debug'
+import { objectIdOf } from '../bsl'
+import { Directory } from '../directory/directory'
+import { FsError, UsageError } from '../errors'
+import { Place, placeText } from '../volumes/tables'
+import { StoredBlock, Volumes } from '../volumes/volumes'
+import { OnProgress } from './repair'
+
+const log = createDebug('bslfs:remap')
+
+export interface RemapOptions {
+  /** Copy every block to the new place first (else only check that it holds them). */
+  copy: boolean
+  /** After the switch, remove the copies from the old place. */
+  deleteOld: boolean
+  /** Without --copy: check every block rather than a sample. */
+  verify: boolean
+  /** Aborts the copy (Ctrl-C: the CLI's control connection closed); the old mapping stays. */
+  signal?: AbortSignal
+  onProgress?: OnProgress
+}
+
+export interface RemapReport {
+  volume: number
+  from: string
+  to: string
+  /** Blocks that have a copy on the volume. */
+  blocks: number
+  bytes: number
+  /** Blocks copied by this run, and those already on the new place (an earlier, interrupted run). */
+  copied: number
+  alreadyThere: number
+  /** Blocks checked on the new place without --copy. */
+  checked: number
+  deleted: number
+  /** Old copies that could not be removed (the old place is gone). */
+  notDeleted: number
+  /** Time spent copying (the rate is bytes over this), and in all. */
+  copySeconds: number
+  seconds: number
+}
+
+const PARALLEL = 8
+const SAMPLE = 64
+
+/** Every block with a copy on `volume` (as itself or as a mirror), once each. */
+async function blocksOf (dir: Directory, volumes: Volumes, volume: number): Promise<Map<string, StoredBlock>> {
+  const out = new Map<string, StoredBlock>()
+  for await (const { block } of dir.allBlocks()) {
+    if (block.bsl.form === 'physical') continue
+    if (volumes.mirrorsOf(block.bsl.volume).includes(volume)) out.set(objectIdOf(block.bsl), block)
+  }
+  return out
+}
+
+async function eachParallel<T> (items: T[], n: number, signal: AbortSignal | undefined, fn: (item: T) => Promise<void>): Promise<void> {
+  let at = 0
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
+    while (at < items.length) {
+      if (signal?.aborted) throw new UsageError('remap interrupted; the volume stays where it was (run the same command again to resume)')
+      await fn(items[at++])
+    }
+  }))
+}
+
+/**
+ * Move `volume` to `target` by changing its row in the volume table; no BSL
+ * in the directory changes. With `copy`, every block is first copied there
+ * (from the old place or a mirror, verified by checksum), blocks already
+ * there from an interrupted run are kept, and new blocks written meanwhile
+ * are copied there too. The row switches in one step only after all that;
+ * an interruption before it leaves the old mapping in force.
+ */
+export async function remap (dir: Directory, volumes: Volumes, reload: () => Promise<void>, volume: number, target: Place, opts: RemapOptions): Promise<RemapReport> {
+  const started = Date.now()
+  const row = (await dir.tables()).volumes.get(volume)
+  if (!row) throw new UsageError(`there is no volume ${volume}`)
+  const report: RemapReport = {
+    volume, from: placeText(row.place), to: placeText(target), blocks: 0, bytes: 0, copied: 0, alreadyThere: 0, checked: 0, deleted: 0, notDeleted: 0, copySeconds: 0, seconds: 0
+  }
+  const progress = opts.onProgress ?? (() => {})
+  const dest = await volumes.deviceAt(target)
+  await dest.space().catch((err: Error) => { throw new UsageError(`the new place ${report.to} does not answer: ${err.message}`) })
+  const present = async (b: StoredBlock): Promise<boolean> => (await dest.stat(objectIdOf(b.bsl)))?.size === b.length
+
+  const shadow = opts.copy ? volumes.addShadow(volume, target) : undefined
+  try {
+    // Writes that began before the shadow may not reach the new place; the scan after them sees their blocks.
+    await volumes.drain()
+    const blocks = await blocksOf(dir, volumes, volume)
+    report.blocks = blocks.size
+    const list = [...blocks.values()]
+    const total = list.reduce((n, b) => n + b.length, 0)
+    if (!opts.copy) {
+      const sample = opts.verify || list.length <= SAMPLE ? list : [...list].sort(() => Math.random() - 0.5).slice(0, SAMPLE)
+      const missing: string[] = []
+      await eachParallel(sample, PARALLEL * 4, opts.signal, async b => {
+        if (!(await present(b))) missing.push(objectIdOf(b.bsl))
+        report.checked++
+        progress({ done: report.checked, total: sample.length, bytes: 0 })
+      })
+      if (missing.length) {
+        throw new UsageError(`${report.to} lacks ${missing.length} of the ${sample.length} blocks checked${opts.verify ? '' : ' (a sample)'} of volume ${volume}` +
+          ` (e.g. ${missing.slice(0, 3).join(', ')}); nothing changed. Copy them with --copy, or check the place`)
+      }
+    } else {
+      const copyOne = async (b: StoredBlock): Promise<void> => {
+        if (await present(b)) {
+          report.alreadyThere++
+        } else {
+          const data = await volumes.read(b)
+          await dest.put(objectIdOf(b.bsl), data, b.checksum)
+          report.copied++
+        }
+        report.bytes += b.length
+        progress({ done: report.bytes, total, bytes: report.bytes })
+      }
+      const copyStarted = Date.now()
+      await eachParallel(list, PARALLEL, opts.signal, copyOne)
+      // New blocks whose copy to the new place failed meanwhile: copy them now, until none is left.
+      for (let round = 0; shadow!.missed.size > 0; round++) {
+        if (round >= 5) throw new FsError('EIO', `${report.to} keeps missing new blocks; the volume stays on ${report.from}`)
+        const missed = [...shadow!.missed.values()]
+        shadow!.missed.clear()
+        await eachParallel(missed, PARALLEL, opts.signal, copyOne)
+      }
+      report.copySeconds = (Date.now() - copyStarted) / 1000
+    }
+    if (opts.signal?.aborted) throw new UsageError('remap interrupted; the volume stays where it was (run the same command again to resume)')
+    await dir.setVolume(volume, target)
+    await reload()
+    log('volume %d moved from %s to %s', volume, report.from, report.to)
+    // Writes that resolved the old row still get their shadow copy until they are done.
+    await volumes.drain()
+  } finally {
+    shadow?.remove()
+  }
+
+  if (opts.deleteOld && report.from !== report.to) {
+    // A read that resolved the old row a moment ago may still be fetching from there.
+    await new Promise(resolve => setTimeout(resolve, 1000))
+    const old = await volumes.deviceAt(row.place)
+    const list = [...(await blocksOf(dir, volumes, volume)).values()]
+    await eachParallel(list, PARALLEL * 4, undefined, async b => {
+      try {
+        await old.delete(objectIdOf(b.bsl))
+        report.deleted++
+      } catch (err) {
+        report.notDeleted++
+        log('cannot delete the old copy %s: %s', objectIdOf(b.bsl), (err as Error).message)
+      }
+    })
+  }
+  report.seconds = (Date.now() - started) / 1000
+  return report
+}
