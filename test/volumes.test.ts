@@ -513,3 +513,30 @@ t.test('a copy much slower than the others is read last', async t => {
   t.same(log, [`get Y:y ${id}`], 'Y (fast) is asked first now')
   t.ok(volumes.health.isUp('X:x'), 'slow is not down')
 })
+
+t.test('a shadow place gets a copy of every new block of a volume being remapped', async t => {
+  const { volumes, dev } = rig(t)
+  const plain: BSL = { form: 'indexed', volume: 3, index: 0, fileId: 0x90n }
+  const mirrored: BSL = { form: 'indexed', volume: 0, index: 0, fileId: 0x91n }
+  const other: BSL = { form: 'indexed', volume: 2, index: 0, fileId: 0x92n }
+  const shadow = volumes.addShadow(3, { server: 'W', device: 'w' })
+  t.throws(() => volumes.addShadow(3, { server: 'V', device: 'v' }), /already being remapped/, 'one remap of a volume at a time')
+  await volumes.write(blk(plain), data)
+  await volumes.write(blk(other), data)
+  t.ok(dev('W', 'w').objects.has(objectIdOf(plain)), 'a block of volume 3 reaches the new place')
+  t.notOk(dev('W', 'w').objects.has(objectIdOf(other)), 'a block of another volume does not')
+  // Volume 3 as a mirror: mirror 10 is [2, 3, 1].
+  await volumes.write(blk({ ...mirrored, volume: 10 }), data)
+  t.ok(dev('W', 'w').objects.has(objectIdOf(mirrored)), 'a block of a mirror that includes volume 3 too')
+  dev('W', 'w').failPut = true
+  const missed: BSL = { ...plain, fileId: 0x93n }
+  await volumes.write(blk(missed), data)
+  t.ok(dev('Z', 'z').objects.has(objectIdOf(missed)), 'a failing new place does not fail the write')
+  t.same([...shadow.missed.keys()], [objectIdOf(missed)], 'the missed copy is noted for the remap')
+  shadow.remove()
+  dev('W', 'w').failPut = false
+  await volumes.write(blk({ ...plain, fileId: 0x94n }), data)
+  t.notOk(dev('W', 'w').objects.has('0000000000000094'), 'after remove, no more shadow copies')
+  await volumes.drain()
+  t.pass('drain with nothing in flight returns')
+})
