@@ -63,7 +63,9 @@ export interface SpaceSource {
   space (): Promise<{ total: number, free: number, available: number }>
 }
 
-interface Handle { ino: number, file: OpenFile | null }
+interface Handle { ino: number, file: OpenFile | null, writable: boolean }
+const O_ACCMODE = 3
+const O_RDONLY = 0
 
 
 const DAY = 86400
@@ -129,11 +131,11 @@ export class BslFilesystem {
     return this.resolve(path)
   }
 
-  private newHandle (ino: number, file: OpenFile | null): number {
+  private newHandle (ino: number, file: OpenFile | null, writable = true): number {
     while (this.handles.has(this.nextFh) || this.nextFh === 0) this.nextFh = (this.nextFh + 1) >>> 0
     const fh = this.nextFh
     this.nextFh = (this.nextFh + 1) >>> 0
-    this.handles.set(fh, { ino, file })
+    this.handles.set(fh, { ino, file, writable })
     return fh
   }
 
@@ -319,12 +321,12 @@ export class BslFilesystem {
 
   // ---- file data ------------------------------------------------------------
 
-  async open (path: string | null): Promise<number> {
+  async open (path: string | null, flags = O_RDONLY): Promise<number> {
     const ino = await this.target(path)
     const inode = await this.dir.getInode(ino)
     if (isDir(inode.mode)) throw new FsError('EISDIR', path ?? '')
     const file = (inode.mode & S_IFMT) === S_IFREG ? await this.files.acquire(ino) : null
-    return this.newHandle(ino, file)
+    return this.newHandle(ino, file, (flags & O_ACCMODE) !== O_RDONLY)
   }
 
   private fileOf (fh: number): OpenFile {
@@ -345,10 +347,14 @@ export class BslFilesystem {
     return this.fileOf(fh).write(buf, pos, nowTimespec())
   }
 
-  /** close(2) of one descriptor: the data goes to the devices (close-to-open consistency). */
+  /**
+   * close(2) of one descriptor: the data goes to the devices (close-to-open
+   * consistency). A read-only descriptor wrote nothing: its close neither
+   * waits for the writers' data nor reports their errors (theirs do).
+   */
   async flush (fh: number): Promise<void> {
     const h = this.handle(fh)
-    if (h.file) await h.file.flush()
+    if (h.file && h.writable) await h.file.flush()
   }
 
   async fsync (fh: number): Promise<void> {

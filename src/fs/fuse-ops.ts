@@ -58,7 +58,7 @@ export function fuseOperations (fs: BslFilesystem): Record<string, (...args: any
     utimens: op('utimens', (path: string | null, atime: Timespec, mtime: Timespec) => fs.utimens(path, atime, mtime)),
     truncate: op('truncate', (path: string, size: number) => fs.truncate(path, size)),
     ftruncate: op('ftruncate', (path: string | null, fd: number, size: number) => fs.truncate(path, size, fd)),
-    open: op('open', (path: string) => fs.open(path), value),
+    open: op('open', (path: string, flags: number) => fs.open(path, flags), value),
     read: op('read', (_path: string | null, fd: number, buf: Buffer, len: number, pos: number) => fs.read(fd, buf, len, pos), count),
     write: op('write', (_path: string | null, fd: number, buf: Buffer, len: number, pos: number) => fs.write(fd, buf.subarray(0, len), pos), count),
     flush: op('flush', (_path: string | null, fd: number) => fs.flush(fd)),
