@@ -6,6 +6,7 @@ import { askControl } from '../daemon/control'
 import { findMount, findStateMount, fusermount } from '../daemon/mountpoint'
 import { DEFAULT_BLOCK_SIZE, State, initState, statePaths } from '../daemon/state'
 import { Progress } from '../daemon/repair'
+import { FsckReport } from '../daemon/fsck'
 import { Presets, SingleBar } from 'cli-progress'
 import { mountCommand } from './mount-command'
 import { registerServe } from './serve-command'
@@ -67,6 +68,18 @@ function formatStatus (r: admin.StatusReport): string {
       : `  ${d.place}  ${d.path ?? ''}  ${mib(d.available)} free of ${mib(d.total)}`)
   }
   return lines.join('\n')
+}
+
+function formatFsck (r: FsckReport): string {
+  const kinds = Object.entries(r.problems)
+  return [
+    `bslfs: fsck ${r.clean ? (kinds.length ? 'repaired everything it found' : 'found no problems') : 'found problems'} in ${r.seconds.toFixed(1)} s`,
+    `  ${r.inodes} inodes (${r.directories} directories), ${r.entries} entries, ${r.blocks} blocks (${mib(r.bytes)}), ${r.copiesChecked} copies checked, ${r.objectsListed} objects on the devices`,
+    `  queues: ${r.reclaimQueue} blocks to reclaim, ${r.healQueue} copies to heal, ${r.openOrphans} unlinked open inodes to free`,
+    ...kinds.map(([k, n]) => `  ${k}: ${n}${r.repaired[k] ? ` (repaired ${r.repaired[k]})` : ''}`),
+    ...Object.entries(r.repaired).filter(([k]) => !(k in r.problems)).map(([k, n]) => `  ${k}: ${n}`),
+    ...(r.first.length ? ['first problems:', ...r.first.map(p => `  ${p}`)] : [])
+  ].join('\n')
 }
 
 /** Run `work` with a progress bar on stderr (when it is a terminal and the output is not JSON). */
@@ -243,6 +256,18 @@ export function program (): Command {
     .action(async (state: string, place: string, o: { as: string }) => {
       const r = await onState(state, 'adopt', [place, o.as], s => admin.adopt(s, place, o.as))
       console.log(`bslfs: ${r.blocks} blocks of ${r.files} files on ${r.place} are now volume ${r.volume}; it can be remapped`)
+    })
+
+  cli.command('fsck').argument('<STATE>')
+    .description('check the directory and the devices against each other; exit 1 when something is wrong')
+    .option('--repair', 'fix counts, remove orphans, move what has no name into /lost+found (unmounted only)')
+    .option('--no-checksums', 'check that each copy exists with the right size instead of reading it')
+    .option('--json', 'machine-readable report')
+    .action(async (state: string, o: { repair?: boolean, checksums: boolean, json?: boolean }) => {
+      const opts = { repair: !!o.repair, checksums: o.checksums }
+      const r = await withProgressBar('fsck', 'copies', bar => onState(state, 'fsck', [], s => admin.fsckState(s, opts, false, bar), { options: opts, onProgress: bar }), o.json)
+      print(o.json, r, () => formatFsck(r))
+      if (!r.clean) process.exitCode = 1
     })
 
   cli.command('blocks').argument('<STATE>')

@@ -7,6 +7,7 @@ import { LOCAL_SERVER, MirrorRow, Place, Tables, placeText } from '../volumes/ta
 import { PlaceHealth } from '../volumes/health'
 import { HealReport, OnProgress, ScrubReport, heal as healQueue, scrub as scrubAll } from './repair'
 import { RemapOptions, RemapReport, remap } from './remap'
+import { FsckReport, fsck } from './fsck'
 import { BlockRecord } from '../directory/records'
 import { State } from './state'
 import { resolve } from 'node:path'
@@ -396,4 +397,11 @@ export async function adopt (state: State, placeArg: string, volumeText: string,
 /** The remap flags as the control socket carries them. */
 export function remapOptions (o: Record<string, unknown> | undefined): Omit<RemapOptions, 'onProgress' | 'signal'> {
   return { copy: o?.copy === true, deleteOld: o?.deleteOld === true, verify: o?.verify === true }
+}
+
+/** fsck: offline it may repair; on a mounted filesystem (through the control socket) it only reads. */
+export async function fsckState (state: State, opts: { repair: boolean, checksums: boolean }, mounted: boolean, onProgress?: OnProgress): Promise<FsckReport> {
+  if (mounted && opts.repair) throw new UsageError('fsck --repair needs the filesystem unmounted (run `bslfs unmount MOUNTPOINT` first); without --repair it checks a mounted one read-only')
+  await state.volumes.space()
+  return await fsck(state.dir, state.volumes, { ...opts, onProgress })
 }

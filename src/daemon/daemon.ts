@@ -125,6 +125,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       case 'remap': return admin.remapVolume(state, a, b, admin.remapOptions(req.options), progress, signal)
       case 'adopt': return admin.adopt(state, a, b, (ino, changes) => files.adopted(ino, changes))
       case 'blocks': return admin.blockDump(state)
+      case 'fsck': return admin.fsckState(state, { repair: req.options?.repair === true, checksums: req.options?.checksums !== false }, true, progress)
       default: throw new UsageError(`unknown control command "${req.cmd}"`)
     }
   }

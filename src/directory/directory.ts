@@ -532,6 +532,80 @@ export class Directory {
     }
   }
 
+  // ---- fsck repairs (offline only: they bypass the namespace rules on purpose) --
+
+  /** Set fields fsck found wrong (link count, a directory's parent, stored bytes). */
+  fixInode (ino: number, patch: Partial<Pick<Inode, 'nlink' | 'parent' | 'stored'>>): Promise<Inode> {
+    return this.write(async w => {
+      const updated = { ...(await w.inode(ino)), ...patch }
+      w.putInode(updated)
+      return updated
+    }, true)
+  }
+
+  /** Remove an entry whose inode is gone. */
+  dropEntry (parent: number, name: string): Promise<void> {
+    return this.write(async w => { w.delEntry(parent, name) }, true)
+  }
+
+  /** Give an inode nothing names a name in `dir` (lost+found); a directory also gets `dir` as its parent. */
+  relink (ino: number, dir: number, name: string): Promise<void> {
+    return this.write(async w => {
+      const inode = await w.inode(ino)
+      const d = await w.inode(dir)
+      w.putEntry(dir, name, inode)
+      if (isDir(inode.mode)) {
+        w.putInode({ ...inode, parent: dir })
+        w.putInode({ ...d, nlink: d.nlink + 1 })
+      }
+    }, true)
+  }
+
+  /** Queue for reclaim the blocks recorded for an inode that does not exist. */
+  freeBlocksOf (ino: number): Promise<number> {
+    return this.kv.txn(async tx => {
+      let n = 0
+      for await (const [k, v] of tx.scan(keys.blocks(ino))) {
+        const rec = decodeBlock(k, v)
+        tx.del(k)
+        tx.put(keys.garbage(objectIdOf(rec.bsl)), encodeBlock(rec))
+        n++
+      }
+      return n
+    }, { sync: true })
+  }
+
+  /** Set the file and byte counters (statfs) to what fsck counted. */
+  fixUsage (usage: Usage): Promise<void> {
+    return this.kv.txn(tx => {
+      tx.put(keys.meta('usage'), encodeJSON(usage))
+      tx.onCommit(() => { this.usageNow = { ...usage } })
+    }, { sync: true })
+  }
+
+  /** Every inode, entry and orphan record, raw (fsck reads the whole namespace). */
+  async * allInodes (): AsyncIterable<Inode> {
+    for await (const [k, v] of this.kv.scan(keys.inodePrefix)) yield decodeInode(keyNumber(k), v)
+  }
+
+  async * allEntries (): AsyncIterable<{ parent: number, name: string, ino: number, mode: number }> {
+    for await (const [k, v] of this.kv.scan(keys.entryPrefix)) {
+      const e = decodeEntry(k, v)
+      yield { parent: keyNumber(k), name: k.subarray(9).toString('utf8'), ino: e.ino, mode: e.mode }
+    }
+  }
+
+  async orphanInodes (): Promise<number[]> {
+    const out: number[] = []
+    for await (const [k] of this.kv.scan(keys.orphanPrefix)) out.push(keyNumber(k))
+    return out
+  }
+
+  /** Object ids waiting in the reclaim queue. */
+  async * garbageIds (): AsyncIterable<string> {
+    for await (const [k] of this.kv.scan(keys.garbagePrefix)) yield k.subarray(1).toString('ascii')
+  }
+
   // ---- xattrs -------------------------------------------------------------
 
   async getXattr (ino: number, name: string): Promise<Buffer> {

@@ -132,6 +132,31 @@ export class Volumes extends EventEmitter {
     })
   }
 
+  /** The copies of a block: each mirror volume (-1 for a physical BSL) and its place, in table order. */
+  copiesOf (bsl: BSL): Array<{ volume: number, place: Place }> {
+    return this.copies(bsl).map(({ volume, place }) => ({ volume, place }))
+  }
+
+  /**
+   * Check one copy at a place (fsck): null when it is there and whole;
+   * `checksums` reads it and checks the checksum, else its size is enough.
+   */
+  async checkCopyAt (block: StoredBlock, place: Place, checksums: boolean): Promise<string | null> {
+    const id = objectIdOf(block.bsl)
+    try {
+      const d = await this.device(place)
+      if (checksums) {
+        await d.get(id, block.checksum)
+        return null
+      }
+      const st = await d.stat(id)
+      if (!st) return 'missing'
+      return st.size === block.length ? null : `${st.size} bytes instead of ${block.length}`
+    } catch (err) {
+      return faultOf(err) ?? (err as Error).message
+    }
+  }
+
   /** The places that hold a block, in table order. */
   resolve (bsl: BSL): Place[] {
     return this.copies(bsl).map(c => c.place)
