@@ -1,6 +1,6 @@
 import createDebug from 'debug'
 import { formatBSL, objectIdOf } from '../bsl'
-import { Directory, isDir } from '../directory/directory'
+import { Directory, NamespaceReader, isDir } from '../directory/directory'
 import { Inode, ROOT_INO } from '../directory/records'
 import { FsError } from '../errors'
 import { Place, placeText } from '../volumes/tables'
@@ -70,12 +70,6 @@ export async function fsck (dir: Directory, volumes: Volumes, opts: FsckOptions)
     inodes: 0, directories: 0, entries: 0, blocks: 0, bytes: 0, copiesChecked: 0, objectsListed: 0,
     problems: {}, first: [], repaired: {}, openOrphans: 0, reclaimQueue: 0, healQueue: 0, clean: true, seconds: 0
   }
-  const problem = (kind: string, text: string): void => {
-    report.problems[kind] = (report.problems[kind] ?? 0) + 1
-    if (report.first.length < MAX_LISTED) report.first.push(text)
-  }
-  const repaired = (kind: string, n = 1): void => { report.repaired[kind] = (report.repaired[kind] ?? 0) + n }
-  const progress = opts.onProgress ?? (() => {})
 
   // ---- what the devices hold, listed first: on a mounted filesystem a block written after the
   // listing is not an orphan, and one written before it is committed by the time the maps are read.
@@ -95,11 +89,28 @@ export async function fsck (dir: Directory, volumes: Volumes, opts: FsckOptions)
   for (const row of tables.volumes.values()) await listPlace(placeText(row.place), row.place)
   if (tables.defaultPlace) await listPlace(placeText(tables.defaultPlace), tables.defaultPlace)
 
-  // ---- the namespace ----
+  // ---- the namespace, read from one snapshot so a mounted filesystem's changes meanwhile do not look like damage ----
+  await volumes.drain() // blocks being written as the devices were listed get committed first
+  const snap = dir.snapshot()
+  try {
+    return await check(dir, snap.read, volumes, opts, report, listed, listPlace, started)
+  } finally {
+    await snap.close()
+  }
+}
+
+async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, opts: FsckOptions, report: FsckReport,
+  listed: Map<string, string[] | Error>, listPlace: (key: string, place: Place) => Promise<void>, started: number): Promise<FsckReport> {
+  const problem = (kind: string, text: string): void => {
+    report.problems[kind] = (report.problems[kind] ?? 0) + 1
+    if (report.first.length < MAX_LISTED) report.first.push(text)
+  }
+  const repaired = (kind: string, n = 1): void => { report.repaired[kind] = (report.repaired[kind] ?? 0) + n }
+  const progress = opts.onProgress ?? (() => {})
   const inodes = new Map<number, Inode>()
-  for await (const inode of dir.allInodes()) inodes.set(inode.ino, inode)
+  for await (const inode of read.allInodes()) inodes.set(inode.ino, inode)
   report.inodes = inodes.size
-  const orphans = new Set(await dir.orphanInodes())
+  const orphans = new Set(await read.orphanInodes())
   report.openOrphans = orphans.size
   const names = new Map<number, number>() // entries naming each inode
   const subdirs = new Map<number, number>()
@@ -117,7 +128,7 @@ export async function fsck (dir: Directory, volumes: Volumes, opts: FsckOptions)
     }
     return `/${parts.join('/')}`
   }
-  for await (const e of dir.allEntries()) {
+  for await (const e of read.allEntries()) {
     report.entries++
     const child = inodes.get(e.ino)
     const parent = inodes.get(e.parent)
@@ -201,11 +212,12 @@ export async function fsck (dir: Directory, volumes: Volumes, opts: FsckOptions)
   const places = new Map<string, Place>()
   const stored = new Map<number, number>()
   const heal = new Set<string>()
-  for (const r of await dir.repairs(Number.MAX_SAFE_INTEGER)) heal.add(`${objectIdOf(r.block.bsl)}/${r.volume}`)
+  for (const r of await read.repairs(Number.MAX_SAFE_INTEGER)) heal.add(`${objectIdOf(r.block.bsl)}/${r.volume}`)
   report.healQueue = heal.size
   const toHeal: Repair[] = []
   let batch: Array<{ ino: number, index: number, block: StoredBlock }> = []
   const missingInodes = new Set<number>()
+  const totalBytes = (await read.usage()).bytes
   const checkBatch = async (): Promise<void> => {
     const items = batch
     batch = []
@@ -216,7 +228,7 @@ export async function fsck (dir: Directory, volumes: Volumes, opts: FsckOptions)
         await checkBlock(ino, index, block)
       }
     }))
-    progress({ done: report.blocks, total: Math.max(dir.usage.bytes > 0 ? report.blocks : 0, report.blocks), bytes: report.bytes })
+    progress({ done: report.bytes, total: Math.max(totalBytes, report.bytes), bytes: report.bytes })
   }
   const checkBlock = async (ino: number, index: number, block: StoredBlock): Promise<void> => {
     const what = `block ${index} of ${pathOf(ino)} (inode ${ino}, ${formatBSL(block.bsl)})`
@@ -246,7 +258,7 @@ export async function fsck (dir: Directory, volumes: Volumes, opts: FsckOptions)
       toHeal.push({ block, volume: b.volume })
     }
   }
-  for await (const { ino, index, block } of dir.allBlocks()) {
+  for await (const { ino, index, block } of read.allBlocks()) {
     report.blocks++
     report.bytes += block.length
     referenced.add(objectIdOf(block.bsl))
@@ -277,14 +289,14 @@ export async function fsck (dir: Directory, volumes: Volumes, opts: FsckOptions)
   let usageBytes = 0
   for (const [ino, n] of stored) if (!missingInodes.has(ino)) usageBytes += n
   const usage = { files: inodes.size + (opts.repair && lostFound !== undefined && !inodes.has(lostFound) ? 1 : 0), bytes: usageBytes }
-  const now = dir.usage
+  const now = await read.usage()
   if (now.files !== inodes.size || now.bytes !== usageBytes) {
     problem('usage counters', `the directory counts ${now.files} files and ${now.bytes} bytes; fsck found ${inodes.size} and ${usageBytes}`)
     if (opts.repair) { await dir.fixUsage(usage); repaired('usage counters') }
   }
 
   // ---- orphan objects: on the devices, referenced by nothing ----
-  for await (const id of dir.garbageIds()) { referenced.add(id); report.reclaimQueue++ }
+  for await (const id of read.garbageIds()) { referenced.add(id); report.reclaimQueue++ }
   for (const [key, place] of places) await listPlace(key, place) // places only physical BSLs name
   for (const [key, ids] of listed) {
     if (ids instanceof Error) {

@@ -4,7 +4,7 @@ import { BSL, objectIdOf } from '../bsl'
 import { FsError } from '../errors'
 import { DeviceRow, MirrorRow, Place, ServerRow, Tables, VolumeRow } from '../volumes/tables'
 import { Repair } from '../volumes/volumes'
-import { KvStore, KvTxn } from './kv'
+import { KvReader, KvStore, KvTxn } from './kv'
 import {
   BlockRecord, Inode, ROOT_INO, Timespec, corrupt, decodeBlock, decodeEntry, decodeInode, decodeJSON,
   encodeBlock, encodeEntry, encodeInode, encodeJSON, keyNumber, keys
@@ -98,7 +98,11 @@ export class Directory {
   /** Whether an inode is held open (set by the FUSE layer): an open inode outlives its last link. */
   isOpen: (ino: number) => boolean = () => false
 
-  private constructor (readonly kv: KvStore, readonly config: DirectoryConfig) {}
+  private readonly reader: NamespaceReader
+
+  private constructor (readonly kv: KvStore, readonly config: DirectoryConfig) {
+    this.reader = new NamespaceReader(kv)
+  }
 
   static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number } }): Promise<Directory> {
     const existing = await kv.get(keys.meta('config'))
@@ -482,27 +486,22 @@ export class Directory {
   }
 
   /** The heal queue, in key order from `after`. */
-  async repairs (limit: number, after?: Buffer): Promise<Array<Repair & { key: Buffer }>> {
-    const out: Array<Repair & { key: Buffer }> = []
-    for await (const [k, v] of this.kv.scan(keys.repairPrefix, { limit, after })) {
-      if (k.length !== 21) throw corrupt('repair record', `key ${k.toString('hex')} has ${k.length} bytes`)
-      out.push({ key: k, volume: k.readUInt32BE(17), block: decodeBlock(k, v) })
-    }
-    return out
+  repairs (limit: number, after?: Buffer): Promise<Array<Repair & { key: Buffer }>> { return this.reader.repairs(limit, after) }
+
+  /** Queued repairs by mirror volume. */
+  repairBacklog (): Promise<Map<number, number>> { return this.reader.repairBacklog() }
+
+  /** Every block record of every file (scrub, remap, fsck). */
+  allBlocks (): AsyncIterable<{ ino: number, index: number, block: BlockRecord }> { return this.reader.allBlocks() }
+
+  /** A consistent view of the whole namespace as it is now; close it when done. */
+  snapshot (): { read: NamespaceReader, close (): Promise<void> } {
+    const snap = this.kv.snapshot()
+    return { read: new NamespaceReader(snap), close: () => snap.close() }
   }
 
   forgetRepairs (keyList: Buffer[]): Promise<void> {
     return this.kv.txn(tx => { for (const k of keyList) tx.del(k) })
-  }
-
-  /** Queued repairs by mirror volume. */
-  async repairBacklog (): Promise<Map<number, number>> {
-    const out = new Map<number, number>()
-    for await (const [k] of this.kv.scan(keys.repairPrefix)) {
-      const v = k.readUInt32BE(17)
-      out.set(v, (out.get(v) ?? 0) + 1)
-    }
-    return out
   }
 
   /**
@@ -523,13 +522,6 @@ export class Directory {
       }
       return changed
     }, { sync: true })
-  }
-
-  /** Every block record of every file (scrub, fsck). */
-  async * allBlocks (): AsyncIterable<{ ino: number, index: number, block: BlockRecord }> {
-    for await (const [k, v] of this.kv.scan(keys.blockPrefix)) {
-      yield { ino: keyNumber(k), index: keyNumber(k, 9), block: decodeBlock(k, v) }
-    }
   }
 
   // ---- fsck repairs (offline only: they bypass the namespace rules on purpose) --
@@ -581,29 +573,6 @@ export class Directory {
       tx.put(keys.meta('usage'), encodeJSON(usage))
       tx.onCommit(() => { this.usageNow = { ...usage } })
     }, { sync: true })
-  }
-
-  /** Every inode, entry and orphan record, raw (fsck reads the whole namespace). */
-  async * allInodes (): AsyncIterable<Inode> {
-    for await (const [k, v] of this.kv.scan(keys.inodePrefix)) yield decodeInode(keyNumber(k), v)
-  }
-
-  async * allEntries (): AsyncIterable<{ parent: number, name: string, ino: number, mode: number }> {
-    for await (const [k, v] of this.kv.scan(keys.entryPrefix)) {
-      const e = decodeEntry(k, v)
-      yield { parent: keyNumber(k), name: k.subarray(9).toString('utf8'), ino: e.ino, mode: e.mode }
-    }
-  }
-
-  async orphanInodes (): Promise<number[]> {
-    const out: number[] = []
-    for await (const [k] of this.kv.scan(keys.orphanPrefix)) out.push(keyNumber(k))
-    return out
-  }
-
-  /** Object ids waiting in the reclaim queue. */
-  async * garbageIds (): AsyncIterable<string> {
-    for await (const [k] of this.kv.scan(keys.garbagePrefix)) yield k.subarray(1).toString('ascii')
   }
 
   // ---- xattrs -------------------------------------------------------------
@@ -795,5 +764,70 @@ class Writer {
     if (this.usage) this.tx.put(keys.meta('usage'), encodeJSON(this.usage))
     const { inodes, dentries, usage } = this
     this.tx.onCommit(() => this.dir.applyCommitted(inodes, dentries, usage))
+  }
+}
+
+/**
+ * Whole-namespace reads (fsck, scrub, remap, heal) over any reader: the
+ * live store, or a snapshot of it.
+ */
+export class NamespaceReader {
+  constructor (private readonly kv: KvReader) {}
+
+  /** The heal queue, in key order from `after`. */
+  async repairs (limit: number, after?: Buffer): Promise<Array<Repair & { key: Buffer }>> {
+    const out: Array<Repair & { key: Buffer }> = []
+    for await (const [k, v] of this.kv.scan(keys.repairPrefix, { limit, after })) {
+      if (k.length !== 21) throw corrupt('repair record', `key ${k.toString('hex')} has ${k.length} bytes`)
+      out.push({ key: k, volume: k.readUInt32BE(17), block: decodeBlock(k, v) })
+    }
+    return out
+  }
+
+  /** Queued repairs by mirror volume. */
+  async repairBacklog (): Promise<Map<number, number>> {
+    const out = new Map<number, number>()
+    for await (const [k] of this.kv.scan(keys.repairPrefix)) {
+      const v = k.readUInt32BE(17)
+      out.set(v, (out.get(v) ?? 0) + 1)
+    }
+    return out
+  }
+
+  /** Every block record of every file (scrub, fsck). */
+  async * allBlocks (): AsyncIterable<{ ino: number, index: number, block: BlockRecord }> {
+    for await (const [k, v] of this.kv.scan(keys.blockPrefix)) {
+      yield { ino: keyNumber(k), index: keyNumber(k, 9), block: decodeBlock(k, v) }
+    }
+  }
+
+  /** Every inode, entry and orphan record, raw (fsck reads the whole namespace). */
+  async * allInodes (): AsyncIterable<Inode> {
+    for await (const [k, v] of this.kv.scan(keys.inodePrefix)) yield decodeInode(keyNumber(k), v)
+  }
+
+  async * allEntries (): AsyncIterable<{ parent: number, name: string, ino: number, mode: number }> {
+    for await (const [k, v] of this.kv.scan(keys.entryPrefix)) {
+      const e = decodeEntry(k, v)
+      yield { parent: keyNumber(k), name: k.subarray(9).toString('utf8'), ino: e.ino, mode: e.mode }
+    }
+  }
+
+  async orphanInodes (): Promise<number[]> {
+    const out: number[] = []
+    for await (const [k] of this.kv.scan(keys.orphanPrefix)) out.push(keyNumber(k))
+    return out
+  }
+
+  /** Object ids waiting in the reclaim queue. */
+  async * garbageIds (): AsyncIterable<string> {
+    for await (const [k] of this.kv.scan(keys.garbagePrefix)) yield k.subarray(1).toString('ascii')
+  }
+
+  /** The file and byte counters as stored. */
+  async usage (): Promise<Usage> {
+    const raw = await this.kv.get(keys.meta('usage'))
+    if (!raw) throw corrupt('metadata "usage"', 'missing')
+    return decodeJSON<Usage>('metadata "usage"', raw, v => Number.isSafeInteger(v?.files) && Number.isSafeInteger(v?.bytes))
   }
 }

@@ -18,7 +18,14 @@ export interface KvTxn extends KvReader {
   onCommit (fn: () => void): void
 }
 
+/** A consistent read-only view of the store as it was when taken. */
+export interface KvSnapshot extends KvReader {
+  close (): Promise<void>
+}
+
 export interface KvStore extends KvReader {
+  /** A view that later transactions do not change (fsck reads a mounted filesystem through one). */
+  snapshot (): KvSnapshot
   /**
    * Run `fn` and commit everything it wrote as one atomic batch. Transactions
    * are serialized; `sync` asks the engine to make the batch durable against

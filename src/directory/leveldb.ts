@@ -1,6 +1,6 @@
 import { ClassicLevel } from 'classic-level'
 import { FsError } from '../errors'
-import { KvStore, KvTxn, prefixEnd } from './kv'
+import { KvSnapshot, KvStore, KvTxn, prefixEnd } from './kv'
 
 type Level = ClassicLevel<Buffer, Buffer>
 
@@ -81,22 +81,35 @@ function startsWith (key: Buffer, prefix: Buffer): boolean {
   return key.length >= prefix.length && key.compare(prefix, 0, prefix.length, 0, prefix.length) === 0
 }
 
-async function getFrom (db: Level, key: Buffer): Promise<Buffer | undefined> {
+type Snapshot = ReturnType<Level['snapshot']>
+
+async function getFrom (db: Level, key: Buffer, snapshot?: Snapshot): Promise<Buffer | undefined> {
   try {
-    const v = await db.get(key)
+    const v = await db.get(key, snapshot ? { snapshot } : {})
     return v ?? undefined
   } catch (err) {
     throw new FsError('EIO', `directory read failed: ${(err as Error).message}`, { cause: err })
   }
 }
 
-async function * scanFrom (db: Level, prefix: Buffer, after?: Buffer): AsyncIterable<[Buffer, Buffer]> {
+async function * scanFrom (db: Level, prefix: Buffer, after?: Buffer, snapshot?: Snapshot): AsyncIterable<[Buffer, Buffer]> {
   const end = prefixEnd(prefix)
-  const range: { gte?: Buffer, gt?: Buffer, lt?: Buffer } = {}
+  const range: { gte?: Buffer, gt?: Buffer, lt?: Buffer, snapshot?: Snapshot } = {}
   if (after && Buffer.compare(after, prefix) >= 0) range.gt = after
   else range.gte = prefix
   if (end) range.lt = end
+  if (snapshot) range.snapshot = snapshot
   for await (const entry of db.iterator(range)) yield entry
+}
+
+/** Bounded scan: at most `limit` entries. */
+async function * scanLimited (db: Level, prefix: Buffer, opts: { after?: Buffer, limit?: number }, snapshot?: Snapshot): AsyncIterable<[Buffer, Buffer]> {
+  let n = 0
+  if (opts.limit !== undefined && opts.limit <= 0) return
+  for await (const e of scanFrom(db, prefix, opts.after, snapshot)) {
+    yield e
+    if (opts.limit !== undefined && ++n >= opts.limit) return
+  }
 }
 
 /** The LevelDB engine: the process that opens it owns it (LevelDB's own lock keeps others out). */
@@ -121,15 +134,17 @@ export class LevelKv implements KvStore {
   }
 
   scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
+    return scanLimited(this.db, prefix, opts)
+  }
+
+  snapshot (): KvSnapshot {
     const db = this.db
-    return (async function * () {
-      let n = 0
-      if (opts.limit !== undefined && opts.limit <= 0) return
-      for await (const e of scanFrom(db, prefix, opts.after)) {
-        yield e
-        if (opts.limit !== undefined && ++n >= opts.limit) return
-      }
-    })()
+    const snap = db.snapshot()
+    return {
+      get: key => getFrom(db, key, snap),
+      scan: (prefix, opts = {}) => scanLimited(db, prefix, opts, snap),
+      close: () => snap.close()
+    }
   }
 
   txn<T> (fn: (tx: KvTxn) => Promise<T> | T, opts: { sync?: boolean } = {}): Promise<T> {
