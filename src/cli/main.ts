@@ -246,8 +246,10 @@ export function program (): Command {
         bar => onState(state, 'remap', [vol, place], s => admin.remapVolume(s, vol, place, opts, bar), { options: opts, onProgress: bar }), o.json)
       print(o.json, r, () => [
         `bslfs: volume ${r.volume} moved from ${r.from} to ${r.to} (${r.blocks} blocks, ${mib(r.bytes)})`,
-        opts.copy ? `  copied ${r.copied}, already there ${r.alreadyThere}, ${(r.bytes / 1048576 / Math.max(r.copySeconds, 0.001)).toFixed(1)} MiB/s over ${r.copySeconds.toFixed(1)} s` : `  checked ${r.checked} blocks on the new place`,
-        ...(opts.deleteOld ? [`  old copies removed: ${r.deleted}${r.notDeleted ? `, ${r.notDeleted} could not be (the old place is gone?)` : ''}`] : [])].join('\n'))
+        opts.copy ? `  copied ${r.copied}, already there ${r.alreadyThere}${r.gone ? `, ${r.gone} deleted meanwhile` : ''}, ${(r.bytes / 1048576 / Math.max(r.copySeconds, 0.001)).toFixed(1)} MiB/s over ${r.copySeconds.toFixed(1)} s` : `  checked ${r.checked} blocks on the new place`,
+        ...(r.stranded ? [`  WARNING: ${r.stranded} blocks written during the switch could not be copied to ${r.to}; they are still on ${r.from}, whose copies were kept`] : []),
+        ...(opts.deleteOld && !r.stranded ? [`  old copies removed: ${r.deleted}${r.notDeleted ? `, ${r.notDeleted} could not be (the old place is gone?)` : ''}`] : [])].join('\n'))
+      if (r.stranded) process.exitCode = 1
     })
 
   cli.command('adopt').argument('<STATE>').argument('<SERVER:DEVICE>')

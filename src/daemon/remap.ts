@@ -30,6 +30,10 @@ export interface RemapReport {
   /** Blocks copied by this run, and those already on the new place (an earlier, interrupted run). */
   copied: number
   alreadyThere: number
+  /** Blocks whose file was deleted or rewritten during the copy (their old object reclaimed): nothing to copy. */
+  gone: number
+  /** Blocks written as the row switched that could not be copied to the new place: the old copies are kept (run fsck). */
+  stranded: number
   /** Blocks checked on the new place without --copy. */
   checked: number
   deleted: number
@@ -43,12 +47,15 @@ export interface RemapReport {
 const PARALLEL = 8
 const SAMPLE = 64
 
-/** Every block with a copy on `volume` (as itself or as a mirror), once each. */
-async function blocksOf (dir: Directory, volumes: Volumes, volume: number): Promise<Map<string, StoredBlock>> {
+/** Every block with a copy on `volume` (as itself or as a mirror), once each; `where` gets the (inode, index) of each. */
+async function blocksOf (dir: Directory, volumes: Volumes, volume: number, where?: Map<string, { ino: number, index: number }>): Promise<Map<string, StoredBlock>> {
   const out = new Map<string, StoredBlock>()
-  for await (const { block } of dir.allBlocks()) {
+  for await (const { ino, index, block } of dir.allBlocks()) {
     if (block.bsl.form === 'physical') continue
-    if (volumes.mirrorsOf(block.bsl.volume).includes(volume)) out.set(objectIdOf(block.bsl), block)
+    if (volumes.mirrorsOf(block.bsl.volume).includes(volume)) {
+      out.set(objectIdOf(block.bsl), block)
+      where?.set(objectIdOf(block.bsl), { ino, index })
+    }
   }
   return out
 }
@@ -76,19 +83,31 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
   const row = (await dir.tables()).volumes.get(volume)
   if (!row) throw new UsageError(`there is no volume ${volume}`)
   const report: RemapReport = {
-    volume, from: placeText(row.place), to: placeText(target), blocks: 0, bytes: 0, copied: 0, alreadyThere: 0, checked: 0, deleted: 0, notDeleted: 0, copySeconds: 0, seconds: 0
+    volume, from: placeText(row.place), to: placeText(target), blocks: 0, bytes: 0, copied: 0, alreadyThere: 0, gone: 0, stranded: 0, checked: 0, deleted: 0, notDeleted: 0, copySeconds: 0, seconds: 0
   }
   const progress = opts.onProgress ?? (() => {})
   const dest = await volumes.deviceAt(target)
   await dest.space().catch((err: Error) => { throw new UsageError(`the new place ${report.to} does not answer: ${err.message}`) })
   const present = async (b: StoredBlock): Promise<boolean> => (await dest.stat(objectIdOf(b.bsl)))?.size === b.length
 
-  const shadow = opts.copy ? volumes.addShadow(volume, target) : undefined
-  try {
-    // Writes that began before the shadow may not reach the new place; the scan after them sees their blocks.
+  // Writes in progress finish, and their blocks are committed to the directory: a block is committed right
+  // after its write returns (the continuation queues the commit on the directory's FIFO lock), so after one
+  // turn of the event loop a transaction of our own waits for those commits.
+  const settleWrites = async (): Promise<void> => {
     await volumes.drain()
-    const blocks = await blocksOf(dir, volumes, volume)
+    await new Promise(resolve => setImmediate(resolve))
+    await dir.sync()
+  }
+  const shadow = opts.copy ? volumes.addShadow(volume, target) : undefined
+  /** Every object the volume had on the old place: at the scan, and written since (the shadow saw those). */
+  const onOld = new Set<string>()
+  try {
+    // Writes that began before the shadow may not reach the new place; the scan after them and their commits sees their blocks.
+    await settleWrites()
+    const where = new Map<string, { ino: number, index: number }>()
+    const blocks = await blocksOf(dir, volumes, volume, where)
     report.blocks = blocks.size
+    for (const id of blocks.keys()) onOld.add(id)
     const list = [...blocks.values()]
     const total = list.reduce((n, b) => n + b.length, 0)
     if (!opts.copy) {
@@ -104,12 +123,36 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
           ` (e.g. ${missing.slice(0, 3).join(', ')}); nothing changed. Copy them with --copy, or check the place`)
       }
     } else {
+      // Is the block still in a file? (Unlink, truncate and rewrite drop it from the block map before its object is reclaimed.)
+      const referenced = async (b: StoredBlock): Promise<boolean> => {
+        const id = objectIdOf(b.bsl)
+        const at = where.get(id)
+        if (!at) return false
+        const rec = await dir.getBlock(at.ino, at.index)
+        return rec !== undefined && objectIdOf(rec.bsl) === id
+      }
       const copyOne = async (b: StoredBlock): Promise<void> => {
         if (await present(b)) {
           report.alreadyThere++
         } else {
-          const data = await volumes.read(b)
+          let data: Buffer
+          try {
+            data = await volumes.read(b)
+          } catch (err) {
+            // A file deleted or rewritten since the scan: its old object may be reclaimed already, and need not move.
+            if (!(await referenced(b))) {
+              report.gone++
+              return
+            }
+            throw err
+          }
           await dest.put(objectIdOf(b.bsl), data, b.checksum)
+          // Deleted while it was being copied: the reclaim may have missed this copy (it was not there yet).
+          if (!(await referenced(b))) {
+            await dest.delete(objectIdOf(b.bsl)).catch(() => {})
+            report.gone++
+            return
+          }
           report.copied++
         }
         report.bytes += b.length
@@ -120,6 +163,9 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
       // New blocks whose copy to the new place failed meanwhile: copy them now, until none is left.
       for (let round = 0; shadow!.missed.size > 0; round++) {
         if (round >= 5) throw new FsError('EIO', `${report.to} keeps missing new blocks; the volume stays on ${report.from}`)
+        // Once their writes are committed, a scan tells which of them are still in a file (and where).
+        await settleWrites()
+        await blocksOf(dir, volumes, volume, where)
         const missed = [...shadow!.missed.values()]
         shadow!.missed.clear()
         await eachParallel(missed, PARALLEL, opts.signal, copyOne)
@@ -132,22 +178,37 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
     log('volume %d moved from %s to %s', volume, report.from, report.to)
     // Writes that resolved the old row still get their shadow copy until they are done.
     await volumes.drain()
+    // A write racing the switch whose copy to the new place failed exists only on the old place:
+    // copy it straight from there, and keep the old copies if that fails.
+    if (shadow && shadow.missed.size > 0) {
+      const old = await volumes.deviceAt(row.place)
+      for (const b of shadow.missed.values()) {
+        const id = objectIdOf(b.bsl)
+        try {
+          await dest.put(id, await old.get(id, b.checksum), b.checksum)
+        } catch (err) {
+          report.stranded++
+          log('block %s written during the switch is only on %s: %s', id, report.from, (err as Error).message)
+        }
+      }
+    }
   } finally {
     shadow?.remove()
   }
 
-  if (opts.deleteOld && report.from !== report.to) {
+  if (opts.deleteOld && report.from !== report.to && report.stranded === 0) {
     // A read that resolved the old row a moment ago may still be fetching from there.
     await new Promise(resolve => setTimeout(resolve, 1000))
     const old = await volumes.deviceAt(row.place)
-    const list = [...(await blocksOf(dir, volumes, volume)).values()]
-    await eachParallel(list, PARALLEL * 4, undefined, async b => {
+    // Blocks of files deleted since the switch are no longer in the scan, but their old copies are in onOld.
+    const ids = new Set([...onOld, ...(shadow?.written ?? []), ...(await blocksOf(dir, volumes, volume)).keys()])
+    await eachParallel([...ids], PARALLEL * 4, undefined, async id => {
       try {
-        await old.delete(objectIdOf(b.bsl))
+        await old.delete(id)
         report.deleted++
       } catch (err) {
         report.notDeleted++
-        log('cannot delete the old copy %s: %s', objectIdOf(b.bsl), (err as Error).message)
+        log('cannot delete the old copy %s: %s', id, (err as Error).message)
       }
     })
   }

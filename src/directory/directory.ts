@@ -215,6 +215,13 @@ export class Directory {
     return out
   }
 
+  /** One block record of a file, or undefined when the file has none at that index. */
+  async getBlock (ino: number, index: number): Promise<BlockRecord | undefined> {
+    const k = keys.block(ino, index)
+    const v = await this.kv.get(k)
+    return v === undefined ? undefined : decodeBlock(k, v)
+  }
+
   async getBlocks (ino: number): Promise<Map<number, BlockRecord>> {
     const prefix = keys.blocks(ino)
     const out = new Map<number, BlockRecord>()

@@ -31,6 +31,8 @@ export interface Shadow {
   place: Place
   /** Blocks whose copy to `place` failed, by object id. */
   missed: Map<string, StoredBlock>
+  /** Every new block of the volume written meanwhile, by object id (they reached the old place too). */
+  written: Set<string>
   remove (): void
 }
 
@@ -260,7 +262,7 @@ export class Volumes extends EventEmitter {
    */
   addShadow (volume: number, place: Place): Shadow {
     if (this.shadows.has(volume)) throw new FsError('EBUSY', `volume ${volume} is already being remapped`)
-    const shadow: Shadow = { volume, place, missed: new Map(), remove: () => { if (this.shadows.get(volume) === shadow) this.shadows.delete(volume) } }
+    const shadow: Shadow = { volume, place, missed: new Map(), written: new Set(), remove: () => { if (this.shadows.get(volume) === shadow) this.shadows.delete(volume) } }
     this.shadows.set(volume, shadow)
     return shadow
   }
@@ -280,6 +282,7 @@ export class Volumes extends EventEmitter {
     await Promise.all(copies.map(async c => {
       const shadow = this.shadows.get(c.volume)
       if (!shadow) return
+      shadow.written.add(id)
       try {
         await (await this.device(shadow.place)).put(id, data, block.checksum)
       } catch (err) {
@@ -454,7 +457,8 @@ export class Volumes extends EventEmitter {
   /** Remove a block's objects from every place (reclaim); fails while a copy cannot be reached. */
   async delete (bsl: BSL): Promise<void> {
     const id = objectIdOf(bsl)
-    await Promise.all(this.copies(bsl).map(async c => {
+    const copies = this.copies(bsl)
+    await Promise.all(copies.map(async c => {
       if (!this.health.isUp(c.key)) throw new FsError('EIO', `${c.key} is down`)
       try {
         await (await this.device(c.place)).delete(id)
@@ -462,6 +466,14 @@ export class Volumes extends EventEmitter {
         this.copyFailed(c, err)
         throw err
       }
+    }))
+    // A volume being remapped may have a copy on its new place already (copied, or a shadow copy): not left behind there.
+    await Promise.all(copies.map(async c => {
+      const shadow = this.shadows.get(c.volume)
+      if (!shadow) return
+      await (await this.device(shadow.place)).delete(id).catch((err: Error) => {
+        log('cannot delete %s from %s (the remap target): %s', id, placeText(shadow.place), err.message)
+      })
     }))
   }
 
