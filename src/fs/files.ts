@@ -242,8 +242,10 @@ export class OpenFile {
     done.catch(err => {
       log('block %d of inode %d not written: %s', i, this.ino, (err as Error).message)
       this.error ??= err
-      // Keep the bytes: the next flush tries again (a newer write of the block wins).
-      if (!this.dirty.has(i) && i * this.bs < this.size) {
+      // Keep the bytes: the next flush tries again. A newer version of the block wins, whether it
+      // is still being written to (dirty) or already flushing (made from these bytes, it waited
+      // for this write to fail): putting these back would undo the writes it carries.
+      if (!this.dirty.has(i) && this.flushing.get(i) === entry && i * this.bs < this.size) {
         this.dirty.set(i, data)
         kept = true
       }

@@ -343,8 +343,9 @@ export class BslFilesystem {
     return n
   }
 
-  write (fh: number, buf: Buffer, pos: number): Promise<number> {
-    return this.fileOf(fh).write(buf, pos, nowTimespec())
+  async write (fh: number, buf: Buffer, pos: number): Promise<number> {
+    // async: an unknown handle must come back as a rejected promise (an answer to the kernel), not a throw.
+    return await this.fileOf(fh).write(buf, pos, nowTimespec())
   }
 
   /**
