@@ -764,6 +764,33 @@ const fmtErrors = (e: Record<string, number>) => Object.entries(e).map(([k, n]) 
 
 // Each subtest makes its own STATE (64 KiB blocks) and its own block server: under
 // BSLFS_TEST_VOLUME=remote the file would only run again.
+/**
+ * After a kill: fsck the unmounted STATE (only orphans allowed; `repair` fixes them), remount, replay the
+ * journal and check every name against it; what an earlier round kept is checked too.
+ */
+async function afterKill (t: Test, m: Mount, c: { what: string, journal: string, killedAt: number, repair: boolean, dataErrors: boolean,
+  work: string, keeps: Map<string, [string, number]>, seed: number, round: number }) {
+  const { found, note } = await fsckAfterCrash(t, m, c.what, c.repair)
+  await remount(t, m)
+  const md = replay(await readJournal(c.journal), { killedAt: c.killedAt, dataErrors: c.dataErrors })
+  for (const [p, v] of md.keeps) c.keeps.set(p, v)
+  const { problems, checked } = checkAfterCrash(md, c.work, c.keeps)
+  t.same(problems, [], `${c.what}: what was fsync'd before the kill is intact`, { seed: c.seed, round: c.round })
+  if (problems.length) await keepEvidence(t, m, c.what, c.journal)
+  return { found, note, md, checked }
+}
+
+/** The end of a run: a clean unmount; fsck repairs only orphans, then is clean; nothing leaks (every object is a block). */
+async function finalCheck (t: Test, m: Mount, when: string): Promise<void> {
+  await m.unmount()
+  const end = await fsck(m, '--repair')
+  t.same(notOrphans(end), [], `${when}: fsck --repair finds only orphans`, { problems: end.problems })
+  const last = await fsck(m)
+  t.ok(last.clean && Object.keys(last.problems).length === 0, `${when}: fsck is clean`, { report: last })
+  t.equal(last.reclaimQueue, 0, `${when}: nothing left to reclaim`)
+  t.equal(last.objectsListed, last.blocks, `${when}: no space leaked: ${last.objectsListed} objects on the devices, ${last.blocks} blocks in files`)
+}
+
 if (target !== 'bslfs' || volumeKind !== 'local') {
   t.comment(`crash tests run once, for BSLFS_TEST_TARGET=bslfs with local volumes: not registered for ${target}/${volumeKind}`)
 } else {
@@ -789,13 +816,7 @@ if (target !== 'bslfs' || volumeKind !== 'local') {
       t.ok(ended.signal === 'SIGKILL' || ended.code === 0, `${what}: the driver stopped without a traceback`, { stderr: ended.stderr })
 
       const repair = round % 2 === 0 || round === ROUNDS - 1
-      const { found, note } = await fsckAfterCrash(t, m, what, repair)
-      await remount(t, m)
-      const md = replay(await readJournal(journal), { killedAt, dataErrors: false })
-      for (const [p, v] of md.keeps) keeps.set(p, v)
-      const { problems, checked } = checkAfterCrash(md, work, keeps)
-      t.same(problems, [], `${what}: what was fsync'd before the kill is intact`, { seed, round })
-      if (problems.length) await keepEvidence(t, m, what, journal)
+      const { found, note, md, checked } = await afterKill(t, m, { what, journal, killedAt, repair, dataErrors: false, work, keeps, seed, round })
       let mountedNote = ''
       if (!repair) {
         // The mount freed what the crash left queued: unlinked open inodes and blocks to reclaim.
@@ -811,14 +832,7 @@ if (target !== 'bslfs' || volumeKind !== 'local') {
         `${note}${mountedNote}; checked ${checked.exact} fsync'd names exactly, ${checked.loose} written since present, ${checked.absent} removed absent, ` +
         `${checked.keeps} kept files, ${checked.files} files read`)
     }
-    // The end: a clean unmount; fsck repairs only orphans; nothing leaks (every object is a block).
-    await m.unmount()
-    const end = await fsck(m, '--repair')
-    t.same(notOrphans(end), [], 'after the last round: fsck --repair finds only orphans', { problems: end.problems })
-    const last = await fsck(m)
-    t.ok(last.clean && Object.keys(last.problems).length === 0, 'after the last round: fsck is clean', { report: last })
-    t.equal(last.reclaimQueue, 0, 'nothing left to reclaim')
-    t.equal(last.objectsListed, last.blocks, `no space leaked: ${last.objectsListed} objects on the device, ${last.blocks} blocks in files`)
+    await finalCheck(t, m, 'after the last round')
     t.comment(`${ROUNDS} kills: ${totals.ops} operations, ${totals.fsyncs} fsyncs; fsck found ${totals.orphans} orphan objects, ` +
       `${totals.openOrphans} unlinked open inodes, ${totals.queued} blocks queued for reclaim; ${totals.exact} fsync'd names checked exactly; ` +
       `${((Date.now() - started) / 1000).toFixed(1)} s`)
@@ -921,23 +935,12 @@ if (target !== 'bslfs' || volumeKind !== 'local') {
       const ended = await endDriver(driver)
       t.ok(ended.signal === 'SIGKILL' || ended.code === 0, `${what}: the driver stopped without a traceback`, { stderr: ended.stderr })
       await server.start()
-      const { found, note } = await fsckAfterCrash(t, m, what, round !== 1)
-      await remount(t, m)
-      const md = replay(await readJournal(journal), { killedAt, dataErrors: true })
-      for (const [p, v] of md.keeps) keeps.set(p, v)
-      const { problems, checked } = checkAfterCrash(md, work, keeps)
-      t.same(problems, [], `${what}: what was fsync'd before the kills is intact`, { seed, round })
-      if (problems.length) await keepEvidence(t, m, what, journal)
+      const { found, note, md, checked } = await afterKill(t, m, { what, journal, killedAt, repair: round !== 1, dataErrors: true, work, keeps, seed, round })
       t.comment(`${what}: server killed after ${d1} ms, daemon ${d2} ms later; ${md.counts.done} ops (${md.counts.fsyncs} fsyncs), ` +
         `errors: ${fmtErrors(md.counts.errors)}, in flight: ${checked.inflight}; ${note}; checked ${checked.exact} exactly, ` +
         `${checked.loose} present, ${checked.absent} absent, ${checked.keeps} kept, ${checked.files} read; orphans ${orphansOf(found)}`)
     }
-    await m.unmount()
-    const end = await fsck(m, '--repair')
-    t.same(notOrphans(end), [], 'at the end: fsck --repair finds only orphans', { problems: end.problems })
-    const last = await fsck(m)
-    t.ok(last.clean && Object.keys(last.problems).length === 0, 'at the end: fsck is clean', { report: last })
-    t.equal(last.objectsListed, last.blocks, `no space leaked: ${last.objectsListed} objects, ${last.blocks} blocks`)
+    await finalCheck(t, m, 'at the end')
     t.comment(`block server subtest: ${((Date.now() - started) / 1000).toFixed(1)} s`)
   })
 
