@@ -1,16 +1,15 @@
 import createDebug from 'debug'
 import { formatBSL, objectIdOf } from '../bsl'
-import { Directory, NamespaceReader, isDir } from '../directory/directory'
+import { Directory, NamespaceReader, S_IFMT, isDir, isRegular } from '../directory/directory'
 import { Inode, ROOT_INO } from '../directory/records'
 import { FsError } from '../errors'
 import { Place, placeText } from '../volumes/tables'
 import { Repair, StoredBlock, Volumes } from '../volumes/volumes'
+import { eachParallel } from './parallel'
 import { OnProgress } from './repair'
 
 const log = createDebug('bslfs:fsck')
 
-const S_IFMT = 0o170000
-const S_IFREG = 0o100000
 const LOST_FOUND = 'lost+found'
 /** Problems listed one by one in the report; the counts cover all of them. */
 const MAX_LISTED = 20
@@ -221,13 +220,7 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
   const checkBatch = async (): Promise<void> => {
     const items = batch
     batch = []
-    let at = 0
-    await Promise.all(Array.from({ length: PARALLEL }, async () => {
-      while (at < items.length) {
-        const { ino, index, block } = items[at++]
-        await checkBlock(ino, index, block)
-      }
-    }))
+    await eachParallel(items, PARALLEL, ({ ino, index, block }) => checkBlock(ino, index, block))
     progress({ done: report.bytes, total: Math.max(totalBytes, report.bytes), bytes: report.bytes })
   }
   const checkBlock = async (ino: number, index: number, block: StoredBlock): Promise<void> => {
@@ -244,9 +237,9 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
     for (const c of copies) {
       places.set(placeText(c.place), c.place)
       report.copiesChecked++
-      const verdict = await volumes.checkCopyAt(block, c.place, opts.checksums)
+      const verdict = await volumes.checkCopy(block, c.volume, opts.checksums)
       if (verdict === null) good++
-      else bad.push({ volume: c.volume, why: `${placeText(c.place)}: ${verdict}` })
+      else bad.push({ volume: c.volume, why: `${placeText(c.place)}: ${verdict.detail}` })
     }
     if (good === 0) {
       problem('block with no good copy', `${what}: no good copy (${bad.map(b => b.why).join('; ')})`)
@@ -268,7 +261,7 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
       missingInodes.add(ino)
       continue
     }
-    if ((inode.mode & S_IFMT) !== S_IFREG) problem('blocks of a non-file', `inode ${ino} is not a regular file but has block ${index}`)
+    if (!isRegular(inode.mode)) problem('blocks of a non-file', `inode ${ino} is not a regular file but has block ${index}`)
     stored.set(ino, (stored.get(ino) ?? 0) + block.length)
     batch.push({ ino, index, block })
     if (batch.length >= 256) await checkBatch()
@@ -279,7 +272,7 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
     if (toHeal.length) { await dir.recordRepairs(toHeal); repaired('bad copy (queued for heal)', toHeal.length) }
   }
   for (const inode of inodes.values()) {
-    if ((inode.mode & S_IFMT) !== S_IFREG) continue
+    if (!isRegular(inode.mode)) continue
     const want = stored.get(inode.ino) ?? 0
     if ((inode.stored ?? 0) !== want) {
       problem('stored bytes', `inode ${inode.ino} records ${inode.stored ?? 0} stored bytes, its blocks hold ${want}`)

@@ -4,6 +4,7 @@ import { Directory } from '../directory/directory'
 import { FsError, UsageError } from '../errors'
 import { Place, placeText } from '../volumes/tables'
 import { StoredBlock, Volumes } from '../volumes/volumes'
+import { eachParallel } from './parallel'
 import { OnProgress } from './repair'
 
 const log = createDebug('bslfs:remap')
@@ -60,14 +61,9 @@ async function blocksOf (dir: Directory, volumes: Volumes, volume: number, where
   return out
 }
 
-async function eachParallel<T> (items: T[], n: number, signal: AbortSignal | undefined, fn: (item: T) => Promise<void>): Promise<void> {
-  let at = 0
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
-    while (at < items.length) {
-      if (signal?.aborted) throw new UsageError('remap interrupted; the volume stays where it was (run the same command again to resume)')
-      await fn(items[at++])
-    }
-  }))
+/** Stops a remap whose client went away (Ctrl-C): before the switch, so the old row stays. */
+function stopIfAborted (signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new UsageError('remap interrupted; the volume stays where it was (run the same command again to resume)')
 }
 
 /**
@@ -86,6 +82,7 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
     volume, from: placeText(row.place), to: placeText(target), blocks: 0, bytes: 0, copied: 0, alreadyThere: 0, gone: 0, stranded: 0, checked: 0, deleted: 0, notDeleted: 0, copySeconds: 0, seconds: 0
   }
   const progress = opts.onProgress ?? (() => {})
+  const stop = (): void => stopIfAborted(opts.signal)
   const dest = await volumes.deviceAt(target)
   await dest.space().catch((err: Error) => { throw new UsageError(`the new place ${report.to} does not answer: ${err.message}`) })
   const present = async (b: StoredBlock): Promise<boolean> => (await dest.stat(objectIdOf(b.bsl)))?.size === b.length
@@ -113,11 +110,11 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
     if (!opts.copy) {
       const sample = opts.verify || list.length <= SAMPLE ? list : [...list].sort(() => Math.random() - 0.5).slice(0, SAMPLE)
       const missing: string[] = []
-      await eachParallel(sample, PARALLEL * 4, opts.signal, async b => {
+      await eachParallel(sample, PARALLEL * 4, async b => {
         if (!(await present(b))) missing.push(objectIdOf(b.bsl))
         report.checked++
         progress({ done: report.checked, total: sample.length, bytes: 0 })
-      })
+      }, stop)
       if (missing.length) {
         throw new UsageError(`${report.to} lacks ${missing.length} of the ${sample.length} blocks checked${opts.verify ? '' : ' (a sample)'} of volume ${volume}` +
           ` (e.g. ${missing.slice(0, 3).join(', ')}); nothing changed. Copy them with --copy, or check the place`)
@@ -159,7 +156,7 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
         progress({ done: report.bytes, total, bytes: report.bytes })
       }
       const copyStarted = Date.now()
-      await eachParallel(list, PARALLEL, opts.signal, copyOne)
+      await eachParallel(list, PARALLEL, copyOne, stop)
       // New blocks whose copy to the new place failed meanwhile: copy them now, until none is left.
       for (let round = 0; shadow!.missed.size > 0; round++) {
         if (round >= 5) throw new FsError('EIO', `${report.to} keeps missing new blocks; the volume stays on ${report.from}`)
@@ -168,11 +165,11 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
         await blocksOf(dir, volumes, volume, where)
         const missed = [...shadow!.missed.values()]
         shadow!.missed.clear()
-        await eachParallel(missed, PARALLEL, opts.signal, copyOne)
+        await eachParallel(missed, PARALLEL, copyOne, stop)
       }
       report.copySeconds = (Date.now() - copyStarted) / 1000
     }
-    if (opts.signal?.aborted) throw new UsageError('remap interrupted; the volume stays where it was (run the same command again to resume)')
+    stop()
     await dir.setVolume(volume, target)
     await reload()
     log('volume %d moved from %s to %s', volume, report.from, report.to)
@@ -202,7 +199,7 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
     const old = await volumes.deviceAt(row.place)
     // Blocks of files deleted since the switch are no longer in the scan, but their old copies are in onOld.
     const ids = new Set([...onOld, ...(shadow?.written ?? []), ...(await blocksOf(dir, volumes, volume)).keys()])
-    await eachParallel([...ids], PARALLEL * 4, undefined, async id => {
+    await eachParallel([...ids], PARALLEL * 4, async id => {
       try {
         await old.delete(id)
         report.deleted++

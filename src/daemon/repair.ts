@@ -2,6 +2,7 @@ import createDebug from 'debug'
 import { objectIdOf } from '../bsl'
 import { Directory } from '../directory/directory'
 import { Repair, StoredBlock, Volumes } from '../volumes/volumes'
+import { eachParallel } from './parallel'
 
 const log = createDebug('bslfs:heal')
 
@@ -28,14 +29,6 @@ export interface HealReport {
 const BATCH = 256
 const PARALLEL = 8
 const MAX_ERRORS = 5
-
-/** Run `fn` over items with at most `n` at once. */
-async function eachParallel<T> (items: T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let at = 0
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
-    while (at < items.length) await fn(items[at++])
-  }))
-}
 
 /**
  * Work through the heal queue: every copy a write missed or a read found bad
@@ -103,7 +96,7 @@ export async function scrub (dir: Directory, volumes: Volumes, onProgress: OnPro
         vols = []
       }
       for (const volume of vols) {
-        const verdict = await volumes.verifyCopy(block, volume)
+        const verdict = (await volumes.checkCopy(block, volume))?.problem ?? null
         if (verdict === null) { report.good++; report.bytes += block.length } else if (verdict === 'missing' || verdict === 'corrupt') {
           report[verdict]++
           if (vols.length > 1) bad.push({ block, volume })

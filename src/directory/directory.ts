@@ -12,10 +12,12 @@ import {
 
 const log = createDebug('bslfs:directory')
 
-const S_IFMT = 0o170000
+export const S_IFMT = 0o170000
 const S_IFDIR = 0o040000
+const S_IFREG = 0o100000
 const S_ISGID = 0o2000
 export const isDir = (mode: number): boolean => (mode & S_IFMT) === S_IFDIR
+export const isRegular = (mode: number): boolean => (mode & S_IFMT) === S_IFREG
 
 export const NAME_MAX = 255
 

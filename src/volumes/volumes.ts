@@ -55,6 +55,12 @@ export interface VolumesOptions {
 
 export const DEFAULT_COPY_TIMEOUT_MS = 1500
 
+/** What is wrong with one copy of a block (scrub, fsck): the kind, and words for a report. */
+export interface CopyProblem {
+  problem: 'down' | 'missing' | 'corrupt' | 'error'
+  detail: string
+}
+
 /** What a repair did. */
 export type RepairOutcome = 'copied' | 'present' | 'gone'
 
@@ -137,26 +143,6 @@ export class Volumes extends EventEmitter {
   /** The copies of a block: each mirror volume (-1 for a physical BSL) and its place, in table order. */
   copiesOf (bsl: BSL): Array<{ volume: number, place: Place }> {
     return this.copies(bsl).map(({ volume, place }) => ({ volume, place }))
-  }
-
-  /**
-   * Check one copy at a place (fsck): null when it is there and whole;
-   * `checksums` reads it and checks the checksum, else its size is enough.
-   */
-  async checkCopyAt (block: StoredBlock, place: Place, checksums: boolean): Promise<string | null> {
-    const id = objectIdOf(block.bsl)
-    try {
-      const d = await this.device(place)
-      if (checksums) {
-        await d.get(id, block.checksum)
-        return null
-      }
-      const st = await d.stat(id)
-      if (!st) return 'missing'
-      return st.size === block.length ? null : `${st.size} bytes instead of ${block.length}`
-    } catch (err) {
-      return faultOf(err) ?? (err as Error).message
-    }
   }
 
   /** The places that hold a block, in table order. */
@@ -439,18 +425,29 @@ export class Volumes extends EventEmitter {
     return 'copied'
   }
 
-  /** Read one copy of a block, verified (scrub): null when it is good, else what is wrong. */
-  async verifyCopy (block: StoredBlock, volume: number): Promise<'down' | 'missing' | 'corrupt' | 'error' | null> {
+  /**
+   * Check the copy of a block on mirror volume `volume` (-1: a physical
+   * BSL's one copy), for scrub and fsck: null when it is there and whole.
+   * `checksums` reads it and checks its checksum; without, its size is enough.
+   * A place that is down is not asked.
+   */
+  async checkCopy (block: StoredBlock, volume: number, checksums = true): Promise<CopyProblem | null> {
     const c = this.copies(block.bsl).find(x => x.volume === volume)
-    if (!c || !this.health.isUp(c.key)) return 'down'
+    if (!c || !this.health.isUp(c.key)) return { problem: 'down', detail: 'down' }
+    const id = objectIdOf(block.bsl)
     try {
-      await this.timed(c, false, d => d.get(objectIdOf(block.bsl), block.checksum))
-      return null
+      if (checksums) {
+        await this.timed(c, false, d => d.get(id, block.checksum))
+        return null
+      }
+      const st = await this.timed(c, false, d => d.stat(id))
+      if (!st) return { problem: 'missing', detail: 'missing' }
+      return st.size === block.length ? null : { problem: 'corrupt', detail: `${st.size} bytes instead of ${block.length}` }
     } catch (err) {
       this.copyFailed(c, err)
       const fault = faultOf(err)
-      if (fault === 'missing' || fault === 'corrupt') return fault
-      return this.health.isUp(c.key) ? 'error' : 'down'
+      if (fault === 'missing' || fault === 'corrupt') return { problem: fault, detail: fault }
+      return { problem: this.health.isUp(c.key) ? 'error' : 'down', detail: (err as Error).message }
     }
   }
 
