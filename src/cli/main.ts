@@ -87,17 +87,22 @@ async function withProgressBar<T> (name: string, unit: 'copies' | 'bytes', work:
   if (json || !process.stderr.isTTY) return await work(() => {})
   const bytes = unit === 'bytes'
   const bar = new SingleBar({
-    format: `${name} [{bar}] {percentage}% | ${bytes ? '{doneMiB}/{totalMiB} MiB' : '{value}/{total} copies, {doneMiB} MiB'} | {rate} MiB/s | eta {eta_formatted}`,
+    format: `${name} [{bar}] {percentage}% | ${bytes ? '{doneMiB}/{totalMiB} MiB{blocks}' : '{value}/{total} copies, {doneMiB} MiB'} | {rate} MiB/s | eta {eta_formatted}`,
     stream: process.stderr,
     hideCursor: true
   }, Presets.shades_classic)
   const started = Date.now()
-  bar.start(1, 0, { doneMiB: '0', totalMiB: '0', rate: '0' })
+  bar.start(1, 0, { doneMiB: '0', totalMiB: '0', rate: '0', blocks: '' })
   try {
     return await work(p => {
       const s = Math.max(0.001, (Date.now() - started) / 1000)
       bar.setTotal(Math.max(1, p.total))
-      bar.update(p.done, { doneMiB: (p.bytes / 1048576).toFixed(1), totalMiB: (p.total / 1048576).toFixed(1), rate: (p.bytes / 1048576 / s).toFixed(1) })
+      bar.update(p.done, {
+        doneMiB: (p.bytes / 1048576).toFixed(1),
+        totalMiB: (p.total / 1048576).toFixed(1),
+        rate: (p.bytes / 1048576 / s).toFixed(1),
+        blocks: p.blocks === undefined ? '' : `, ${p.blocks} blocks`
+      })
     })
   } finally {
     bar.stop()
@@ -267,7 +272,7 @@ export function program (): Command {
     .option('--json', 'machine-readable report')
     .action(async (state: string, o: { repair?: boolean, checksums: boolean, json?: boolean }) => {
       const opts = { repair: !!o.repair, checksums: o.checksums }
-      const r = await withProgressBar('fsck', 'copies', bar => onState(state, 'fsck', [], s => admin.fsckState(s, opts, false, bar), { options: opts, onProgress: bar }), o.json)
+      const r = await withProgressBar('fsck', 'bytes', bar => onState(state, 'fsck', [], s => admin.fsckState(s, opts, false, bar), { options: opts, onProgress: bar }), o.json)
       print(o.json, r, () => formatFsck(r))
       if (!r.clean) process.exitCode = 1
     })

@@ -221,7 +221,7 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
     const items = batch
     batch = []
     await eachParallel(items, PARALLEL, ({ ino, index, block }) => checkBlock(ino, index, block))
-    progress({ done: report.bytes, total: Math.max(totalBytes, report.bytes), bytes: report.bytes })
+    progress({ done: report.bytes, total: Math.max(totalBytes, report.bytes), bytes: report.bytes, blocks: report.blocks })
   }
   const checkBlock = async (ino: number, index: number, block: StoredBlock): Promise<void> => {
     const what = `block ${index} of ${pathOf(ino)} (inode ${ino}, ${formatBSL(block.bsl)})`

@@ -153,7 +153,7 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
           report.copied++
         }
         report.bytes += b.length
-        progress({ done: report.bytes, total, bytes: report.bytes })
+        progress({ done: report.bytes, total, bytes: report.bytes, blocks: report.copied + report.alreadyThere })
       }
       const copyStarted = Date.now()
       await eachParallel(list, PARALLEL, copyOne, stop)

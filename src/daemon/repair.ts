@@ -7,7 +7,13 @@ import { eachParallel } from './parallel'
 const log = createDebug('bslfs:heal')
 
 /** Progress of a long run: units done of total (total may grow), and bytes moved or read. */
-export interface Progress { done: number, total: number, bytes: number }
+export interface Progress {
+  done: number
+  total: number
+  bytes: number
+  /** Blocks handled so far, when `done` counts bytes (remap, fsck). */
+  blocks?: number
+}
 export type OnProgress = (p: Progress) => void
 
 export interface HealReport {
