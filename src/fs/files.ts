@@ -159,13 +159,17 @@ export class OpenFile {
     if (pos >= size) return 0
     const end = Math.min(pos + len, size)
     for (const { index, offset, length, at } of spans(pos, end, this.bs)) {
+      // A truncate during this read dropped the blocks past the new size, dirty ones included:
+      // reading on would find an older version of them in the block map.
+      if (at >= this.size) break
       const src = await this.blockBytes(index)
       const dst = at - pos
       const have = src ? Math.max(0, Math.min(length, src.length - offset)) : 0
       if (have > 0) src!.copy(buf, dst, offset, offset + have)
       if (have < length) buf.fill(0, dst + have, dst + length)
     }
-    return end - pos
+    // Bytes past a size that shrank meanwhile are not the file's any more (a truncate zeroed them).
+    return Math.max(0, Math.min(end, this.size) - pos)
   }
 
   /** A writable buffer for block `i`, holding its current bytes unless the caller overwrites it whole. */
