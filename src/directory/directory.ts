@@ -97,6 +97,8 @@ export class Directory {
   private usageNow: Usage = { files: 0, bytes: 0 }
   /** Counts commits that changed cached state: a read that raced one must not cache what it read. */
   private commits = 0
+  /** Inodes that have extended attributes (loaded at open): freeing any other inode needs no xattr scan. */
+  readonly withXattrs = new Set<number>()
   /** Whether an inode is held open (set by the FUSE layer): an open inode outlives its last link. */
   isOpen: (ino: number) => boolean = () => false
 
@@ -138,6 +140,7 @@ export class Directory {
     dir.nextObject = dir.objectLimit = BigInt(await dir.meta<string>('object', v => typeof v === 'string' && /^[0-9]{1,20}$/.test(v)))
     dir.usageNow = await dir.meta<Usage>('usage', v => Number.isSafeInteger(v?.files) && Number.isSafeInteger(v?.bytes))
     await dir.getInode(ROOT_INO)
+    for await (const [k] of kv.scan(keys.xattrPrefix)) dir.withXattrs.add(keyNumber(k, 1))
     return dir
   }
 
@@ -611,6 +614,7 @@ export class Directory {
       if ((flags & 2) && !exists) throw new FsError('ENODATA', name)
       w.tx.put(key, Buffer.from(value))
       w.putInode({ ...inode, ctime: now })
+      w.tx.onCommit(() => this.withXattrs.add(ino))
     })
   }
 
@@ -760,8 +764,14 @@ class Writer {
 
   async deleteInode (inode: Inode): Promise<void> {
     let bytes = 0
-    for await (const [k, v] of this.tx.scan(keys.blocks(inode.ino))) bytes -= this.freeBlock(k, decodeBlock(k, v))
-    for await (const [k] of this.tx.scan(keys.xattrs(inode.ino))) this.tx.del(k)
+    // An empty file has no block records (truncate and unlink drop them with the bytes they count): no scan.
+    if (inode.size > 0 || (inode.stored ?? 0) > 0) {
+      for await (const [k, v] of this.tx.scan(keys.blocks(inode.ino))) bytes -= this.freeBlock(k, decodeBlock(k, v))
+    }
+    if (this.dir.withXattrs.has(inode.ino)) {
+      for await (const [k] of this.tx.scan(keys.xattrs(inode.ino))) this.tx.del(k)
+      this.tx.onCommit(() => this.dir.withXattrs.delete(inode.ino))
+    }
     this.tx.del(keys.inode(inode.ino))
     this.tx.del(keys.orphan(inode.ino))
     this.inodes.set(inode.ino, null)

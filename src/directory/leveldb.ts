@@ -83,9 +83,14 @@ function startsWith (key: Buffer, prefix: Buffer): boolean {
 
 type Snapshot = ReturnType<Level['snapshot']>
 
+/**
+ * One key's value. Synchronous inside: a point read of LevelDB's memtable or
+ * block cache takes a few microseconds, while the async get's thread-pool round
+ * trip costs about 75, and a file operation makes several of them.
+ */
 async function getFrom (db: Level, key: Buffer, snapshot?: Snapshot): Promise<Buffer | undefined> {
   try {
-    const v = await db.get(key, snapshot ? { snapshot } : {})
+    const v = db.getSync(key, snapshot ? { snapshot } : {})
     return v ?? undefined
   } catch (err) {
     throw new FsError('EIO', `directory read failed: ${(err as Error).message}`, { cause: err })

@@ -64,6 +64,7 @@ export const keys = {
   blockPrefix: Buffer.from('B'),
   xattr: (ino: number, name: string) => Buffer.concat([Buffer.from('X'), u64(ino), Buffer.from(name, 'utf8')]),
   xattrs: (ino: number) => Buffer.concat([Buffer.from('X'), u64(ino)]),
+  xattrPrefix: Buffer.from('X'),
   orphan: (ino: number) => Buffer.concat([Buffer.from('O'), u64(ino)]),
   orphanPrefix: Buffer.from('O'),
   garbage: (objectId: string) => Buffer.concat([Buffer.from('G'), Buffer.from(objectId, 'ascii')]),

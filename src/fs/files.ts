@@ -14,6 +14,9 @@ export interface BlockStore {
   read (block: BlockRecord): Promise<Buffer>
 }
 
+/** How many blocks a sequential reader gets fetched ahead (4 MiB with the default block size). */
+const READ_AHEAD_BLOCKS = 4
+
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
 
@@ -83,16 +86,45 @@ export class FileData {
   }
 
   readonly dirtyLimit: number
+  /** Block buffers whose writes are done, kept for new dirty blocks: fewer large allocations for the GC to chase. */
+  private readonly spare: Buffer[] = []
+
+  takeBuffer (): Buffer {
+    return this.spare.pop() ?? Buffer.allocUnsafe(this.dir.blockSize)
+  }
+
+  giveBuffer (b: Buffer): void {
+    if (b.length === this.dir.blockSize && this.spare.length * b.length < this.dirtyLimit) this.spare.push(b)
+  }
+
+  /** Reads of blocks in flight, by object id: a reader and the read-ahead share one device read. */
+  private readonly fetching = new Map<string, Promise<Buffer>>()
 
   /** A block's bytes, verified (the device checks the checksum), through the cache. */
-  async fetch (rec: BlockRecord): Promise<Buffer> {
+  fetch (rec: BlockRecord): Promise<Buffer> {
     const id = objectIdOf(rec.bsl)
     const hit = this.cache.get(id)
-    if (hit) return hit
-    const data = await this.store.read(rec)
-    if (data.length !== rec.length) throw new FsError('EIO', `block ${id} has ${data.length} bytes, the directory says ${rec.length}`)
-    this.cache.set(id, data)
-    return data
+    if (hit) return Promise.resolve(hit)
+    let f = this.fetching.get(id)
+    if (!f) {
+      f = (async () => {
+        try {
+          const data = await this.store.read(rec)
+          if (data.length !== rec.length) throw new FsError('EIO', `block ${id} has ${data.length} bytes, the directory says ${rec.length}`)
+          this.cache.set(id, data)
+          return data
+        } finally {
+          this.fetching.delete(id)
+        }
+      })()
+      this.fetching.set(id, f)
+    }
+    return f
+  }
+
+  /** Start reading a block the reader will want soon; a failure here is left for the real read to report. */
+  prefetch (rec: BlockRecord): void {
+    this.fetch(rec).catch(err => log('read-ahead of %s failed: %s', objectIdOf(rec.bsl), (err as Error).message))
   }
 }
 
@@ -114,6 +146,8 @@ export class OpenFile {
   private committedVersion = 0
   /** The first error of a background write, reported by the next write, flush or fsync. */
   private error: unknown = null
+  /** The block the last read ended in: a read that starts there or just after is sequential. */
+  private lastReadBlock = -2
 
   constructor (readonly ino: number, private readonly shared: FileData, private blocks: Map<number, BlockRecord>, private committedSize: number) {}
 
@@ -146,10 +180,16 @@ export class OpenFile {
     }
   }
 
-  /** The bytes of block `i` as the file holds them now, or null for a hole. */
-  private async blockBytes (i: number): Promise<Buffer | null> {
-    const d = this.dirty.get(i) ?? this.flushing.get(i)?.data
-    if (d) return d
+  /**
+   * Block `i`'s bytes when they are in memory (being written to, or being stored).
+   * These buffers are reused once stored, so a caller copies from one before it awaits anything.
+   */
+  private buffered (i: number): Buffer | undefined {
+    return this.dirty.get(i) ?? this.flushing.get(i)?.data
+  }
+
+  /** Block `i`'s stored bytes, or null for a hole. */
+  private async stored (i: number): Promise<Buffer | null> {
     const rec = this.blocks.get(i)
     return rec ? this.shared.fetch(rec) : null
   }
@@ -158,11 +198,12 @@ export class OpenFile {
     const size = this.size
     if (pos >= size) return 0
     const end = Math.min(pos + len, size)
+    this.readAhead(Math.floor(pos / this.bs), Math.floor((end - 1) / this.bs))
     for (const { index, offset, length, at } of spans(pos, end, this.bs)) {
       // A truncate during this read dropped the blocks past the new size, dirty ones included:
       // reading on would find an older version of them in the block map.
       if (at >= this.size) break
-      const src = await this.blockBytes(index)
+      const src = this.buffered(index) ?? await this.stored(index)
       const dst = at - pos
       const have = src ? Math.max(0, Math.min(length, src.length - offset)) : 0
       if (have > 0) src!.copy(buf, dst, offset, offset + have)
@@ -172,15 +213,46 @@ export class OpenFile {
     return Math.max(0, Math.min(end, this.size) - pos)
   }
 
+  /**
+   * A sequential reader gets the next blocks fetched ahead of its requests, so
+   * device latency overlaps the kernel's reads instead of adding to each.
+   */
+  private readAhead (first: number, last: number): void {
+    const sequential = first === this.lastReadBlock || first === this.lastReadBlock + 1
+    const before = this.lastReadBlock
+    this.lastReadBlock = last
+    if (!sequential || last === before) return // a new block is entered: look further ahead once per block
+    const lastBlock = Math.floor((this.size - 1) / this.bs)
+    for (let i = last + 1; i <= Math.min(last + READ_AHEAD_BLOCKS, lastBlock); i++) {
+      if (this.dirty.has(i) || this.flushing.has(i)) continue
+      const rec = this.blocks.get(i)
+      if (rec) this.shared.prefetch(rec)
+    }
+  }
+
   /** A writable buffer for block `i`, holding its current bytes unless the caller overwrites it whole. */
   private async dirtyBlock (i: number, whole: boolean): Promise<Buffer> {
     let b = this.dirty.get(i)
     if (b) return b
-    const old = whole ? null : await this.blockBytes(i)
-    b = this.dirty.get(i) // another write may have made it while we read
-    if (b) return b
-    b = Buffer.alloc(this.bs)
-    if (old) old.copy(b, 0, 0, Math.min(old.length, this.bs))
+    let old: Buffer | undefined
+    while (!whole) {
+      old = this.buffered(i)
+      const rec = this.blocks.get(i)
+      if (old || !rec) break
+      const fetched = await this.shared.fetch(rec)
+      b = this.dirty.get(i) // another write may have made it while we read
+      if (b) return b
+      // Unless a newer version came and went meanwhile, the stored bytes are the block's.
+      if (!this.buffered(i) && this.blocks.get(i) === rec) { old = fetched; break }
+    }
+    b = this.shared.takeBuffer()
+    if (old) {
+      const n = Math.min(old.length, this.bs)
+      old.copy(b, 0, 0, n)
+      b.fill(0, n)
+    } else if (!whole) {
+      b.fill(0)
+    }
     this.dirty.set(i, b)
     this.shared.dirtyBytes += this.bs
     return b
@@ -243,6 +315,8 @@ export class OpenFile {
     const entry = { done, data }
     this.flushing.set(i, entry)
     let kept = false
+    let stored = false
+    done.then(() => { stored = true }, () => {})
     done.catch(err => {
       log('block %d of inode %d not written: %s', i, this.ino, (err as Error).message)
       this.error ??= err
@@ -256,6 +330,7 @@ export class OpenFile {
     }).finally(() => {
       if (this.flushing.get(i) === entry) this.flushing.delete(i)
       if (!kept) this.shared.dirtyBytes -= this.bs
+      if (stored) this.shared.giveBuffer(data)
     })
   }
 
@@ -303,7 +378,11 @@ export class OpenFile {
     }
     const keep = Math.ceil(size / bs)
     for (const i of [...this.dirty.keys()]) {
-      if (i >= keep) { this.dirty.delete(i); this.shared.dirtyBytes -= bs }
+      if (i >= keep) {
+        this.shared.giveBuffer(this.dirty.get(i)!)
+        this.dirty.delete(i)
+        this.shared.dirtyBytes -= bs
+      }
     }
     const tail = this.dirty.get(Math.floor(size / bs))
     if (tail && size % bs) tail.fill(0, size % bs)
@@ -341,12 +420,13 @@ export class OpenFiles {
     return this.files.get(ino)
   }
 
-  acquire (ino: number): Promise<OpenFile> {
+  /** Open `ino`; `created` says it was just made, so it has no blocks to load (a scan of the directory saved). */
+  acquire (ino: number, created = false): Promise<OpenFile> {
     let f = this.files.get(ino)
     if (!f) {
       f = (async () => {
         const inode = await this.shared.dir.getInode(ino)
-        return new OpenFile(ino, this.shared, await this.shared.dir.getBlocks(ino), inode.size)
+        return new OpenFile(ino, this.shared, created ? new Map() : await this.shared.dir.getBlocks(ino), inode.size)
       })()
       this.files.set(ino, f)
       f.catch(() => this.files.delete(ino))

@@ -183,7 +183,7 @@ export class BslFilesystem {
   async create (path: string, mode: number, caller: Caller): Promise<number> {
     const { parent, name } = await this.dir.resolveParent(path)
     const inode = await this.dir.createNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: caller.uid, gid: caller.gid })
-    return this.newHandle(inode.ino, await this.files.acquire(inode.ino))
+    return this.newHandle(inode.ino, await this.files.acquire(inode.ino, true))
   }
 
   async mkdir (path: string, mode: number, caller: Caller): Promise<void> {
