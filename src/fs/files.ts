@@ -86,16 +86,6 @@ export class FileData {
   }
 
   readonly dirtyLimit: number
-  /** Block buffers whose writes are done, kept for new dirty blocks: fewer large allocations for the GC to chase. */
-  private readonly spare: Buffer[] = []
-
-  takeBuffer (): Buffer {
-    return this.spare.pop() ?? Buffer.allocUnsafe(this.dir.blockSize)
-  }
-
-  giveBuffer (b: Buffer): void {
-    if (b.length === this.dir.blockSize && this.spare.length * b.length < this.dirtyLimit) this.spare.push(b)
-  }
 
   /** Reads of blocks in flight, by object id: a reader and the read-ahead share one device read. */
   private readonly fetching = new Map<string, Promise<Buffer>>()
@@ -107,16 +97,11 @@ export class FileData {
     if (hit) return Promise.resolve(hit)
     let f = this.fetching.get(id)
     if (!f) {
-      f = (async () => {
-        try {
-          const data = await this.store.read(rec)
-          if (data.length !== rec.length) throw new FsError('EIO', `block ${id} has ${data.length} bytes, the directory says ${rec.length}`)
-          this.cache.set(id, data)
-          return data
-        } finally {
-          this.fetching.delete(id)
-        }
-      })()
+      f = this.store.read(rec).then(data => {
+        if (data.length !== rec.length) throw new FsError('EIO', `block ${id} has ${data.length} bytes, the directory says ${rec.length}`)
+        this.cache.set(id, data)
+        return data
+      }).finally(() => this.fetching.delete(id))
       this.fetching.set(id, f)
     }
     return f
@@ -180,10 +165,7 @@ export class OpenFile {
     }
   }
 
-  /**
-   * Block `i`'s bytes when they are in memory (being written to, or being stored).
-   * These buffers are reused once stored, so a caller copies from one before it awaits anything.
-   */
+  /** Block `i`'s bytes when they are in memory (being written to, or being stored). */
   private buffered (i: number): Buffer | undefined {
     return this.dirty.get(i) ?? this.flushing.get(i)?.data
   }
@@ -230,32 +212,32 @@ export class OpenFile {
     }
   }
 
-  /** A writable buffer for block `i`, holding its current bytes unless the caller overwrites it whole. */
-  private async dirtyBlock (i: number, whole: boolean): Promise<Buffer> {
-    let b = this.dirty.get(i)
-    if (b) return b
+  /**
+   * Put `bytes` into block `i` at `offset`. A new dirty buffer starts from the
+   * block's current bytes (none when `bytes` covers it whole) and is published
+   * only once it holds `bytes`: a read must never see it half made.
+   */
+  private async writeBlock (i: number, offset: number, bytes: Buffer): Promise<void> {
+    const whole = offset === 0 && bytes.length === this.bs
     let old: Buffer | undefined
-    while (!whole) {
+    while (!whole && !this.dirty.has(i)) {
       old = this.buffered(i)
       const rec = this.blocks.get(i)
       if (old || !rec) break
       const fetched = await this.shared.fetch(rec)
-      b = this.dirty.get(i) // another write may have made it while we read
-      if (b) return b
-      // Unless a newer version came and went meanwhile, the stored bytes are the block's.
-      if (!this.buffered(i) && this.blocks.get(i) === rec) { old = fetched; break }
+      // Unless a newer version came meanwhile, the stored bytes are the block's.
+      if (!this.dirty.has(i) && !this.buffered(i) && this.blocks.get(i) === rec) { old = fetched; break }
     }
-    b = this.shared.takeBuffer()
-    if (old) {
-      const n = Math.min(old.length, this.bs)
-      old.copy(b, 0, 0, n)
-      b.fill(0, n)
-    } else if (!whole) {
-      b.fill(0)
+    let b = this.dirty.get(i) // another write may have made it while we read
+    if (!b) {
+      b = Buffer.alloc(this.bs)
+      if (old) old.copy(b, 0, 0, Math.min(old.length, this.bs))
+      bytes.copy(b, offset)
+      this.dirty.set(i, b)
+      this.shared.dirtyBytes += this.bs
+      return
     }
-    this.dirty.set(i, b)
-    this.shared.dirtyBytes += this.bs
-    return b
+    bytes.copy(b, offset)
   }
 
   /**
@@ -269,8 +251,7 @@ export class OpenFile {
     const i = Math.floor(size / this.bs)
     const src = this.dirty.get(i) ?? this.flushing.get(i)?.data ?? this.blocks.get(i)
     if (!src || src.length <= off) return
-    const b = await this.dirtyBlock(i, false)
-    b.fill(0, off)
+    await this.writeBlock(i, off, Buffer.alloc(this.bs - off))
   }
 
   async write (data: Buffer, pos: number, now: Timespec): Promise<number> {
@@ -280,8 +261,7 @@ export class OpenFile {
     if (pos > this.size) await this.zeroTail()
     const bs = this.bs
     for (const { index, offset, length, at } of spans(pos, end, bs)) {
-      const b = await this.dirtyBlock(index, length === bs)
-      data.copy(b, offset, at - pos, at - pos + length)
+      await this.writeBlock(index, offset, data.subarray(at - pos, at - pos + length))
     }
     this.change({ size: Math.max(this.size, end), mtime: now, ctime: now })
     // Blocks the write has filled to their end are flushed now: a sequential writer streams.
@@ -315,8 +295,6 @@ export class OpenFile {
     const entry = { done, data }
     this.flushing.set(i, entry)
     let kept = false
-    let stored = false
-    done.then(() => { stored = true }, () => {})
     done.catch(err => {
       log('block %d of inode %d not written: %s', i, this.ino, (err as Error).message)
       this.error ??= err
@@ -330,7 +308,6 @@ export class OpenFile {
     }).finally(() => {
       if (this.flushing.get(i) === entry) this.flushing.delete(i)
       if (!kept) this.shared.dirtyBytes -= this.bs
-      if (stored) this.shared.giveBuffer(data)
     })
   }
 
@@ -378,11 +355,7 @@ export class OpenFile {
     }
     const keep = Math.ceil(size / bs)
     for (const i of [...this.dirty.keys()]) {
-      if (i >= keep) {
-        this.shared.giveBuffer(this.dirty.get(i)!)
-        this.dirty.delete(i)
-        this.shared.dirtyBytes -= bs
-      }
+      if (i >= keep) { this.dirty.delete(i); this.shared.dirtyBytes -= bs }
     }
     const tail = this.dirty.get(Math.floor(size / bs))
     if (tail && size % bs) tail.fill(0, size % bs)
