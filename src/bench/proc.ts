@@ -28,6 +28,11 @@ export function trapSignals (): void {
   }
 }
 
+/** Stop the running children, as a signal would, without stopping the benchmark: the step waiting on them fails. */
+export function killRunning (): void {
+  for (const child of running) child.kill('SIGTERM')
+}
+
 /** From here on, commands run even after a signal (unmounting must still happen). */
 export function startCleanup (): void { cleaningUp = true }
 
@@ -74,7 +79,7 @@ export interface Background {
   disown: () => void
 }
 
-const describeExit = (e: Exit): string => e.signal ? `signal ${e.signal}` : `exit ${e.code}`
+export const describeExit = (e: Exit): string => e.signal ? `signal ${e.signal}` : `exit ${e.code}`
 
 /**
  * Start a long-running command and wait until a line of its stdout matches
@@ -204,3 +209,68 @@ export async function mountLine (mountpoint: string): Promise<string | undefined
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise(resolve => setTimeout(resolve, ms))
+
+/** Seconds a step took, with its result. */
+export async function timed<T> (fn: () => Promise<T>): Promise<{ secs: number, result: T }> {
+  const t0 = process.hrtime.bigint()
+  const result = await fn()
+  return { secs: Number(process.hrtime.bigint() - t0) / 1e9, result }
+}
+
+/**
+ * What to undo, in reverse order of set-up: each step is added just before the
+ * thing it undoes is done, so a set-up that fails half-way is undone as far as
+ * it got. Every step runs even when an earlier one failed.
+ */
+export class Teardown {
+  private readonly steps: Array<{ what: string, fn: () => Promise<boolean | undefined | void> }> = []
+
+  /** fn resolves with false (or throws) when it left something behind. */
+  add (what: string, fn: () => Promise<boolean | undefined | void>): void { this.steps.push({ what, fn }) }
+
+  /** Run and forget every step, last added first; resolves with false when one of them failed. */
+  async run (): Promise<boolean> {
+    let ok = true
+    for (let step = this.steps.pop(); step !== undefined; step = this.steps.pop()) {
+      try {
+        if (await step.fn() === false) ok = false
+      } catch (err) {
+        console.error(`bench: ${step.what}: ${(err as Error).message}`)
+        ok = false
+      }
+    }
+    return ok
+  }
+}
+
+/** How often a strict unmount is tried, a second apart, while the mount is busy. */
+const STRICT_UNMOUNT_TRIES = 5
+
+/**
+ * Unmount a FUSE mount: the strict command, retried while busy, then each
+ * fallback in turn (lazy ones). Resolves with whether it is gone.
+ */
+export async function unmount (mnt: string, strict: string[], fallbacks: string[][]): Promise<boolean> {
+  const n = STRICT_UNMOUNT_TRIES
+  const tries = [...Array<string[]>(n).fill(strict), ...fallbacks]
+  const quote = (cmd: string[]): string => `\`${cmd.join(' ')}\``
+  for (const [i, [cmd, ...args]] of tries.entries()) {
+    if (!await mountLine(mnt)) return true
+    if (i === n) console.error(`bench: ${mnt} is still mounted after ${n} tries of ${quote(strict)}; trying ${fallbacks.map(quote).join(', then ')}`)
+    try { await run(cmd, args) } catch (err) { if (i >= n - 1) console.error(`bench: ${(err as Error).message}`) }
+    if (i < n - 1 && await mountLine(mnt)) await sleep(1000)
+  }
+  if (!await mountLine(mnt)) return true
+  console.error(`bench: ${mnt} is still mounted after ${[strict, ...fallbacks].map(quote).join(', ')}`)
+  return false
+}
+
+/** Wait up to ms for a process to exit; SIGKILL it after that. Resolves with whether it exited by itself. */
+export async function waitExit (pid: number, ms: number, what: string, after: string): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (alive(pid) && Date.now() < deadline) await sleep(200)
+  if (!alive(pid)) return true
+  console.error(`bench: ${what} (pid ${pid}) is still running ${ms / 1000} s after ${after}; killing it (SIGKILL)`)
+  try { process.kill(pid, 'SIGKILL') } catch {}
+  return false
+}

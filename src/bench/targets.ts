@@ -1,0 +1,348 @@
+/**
+ * The filesystems the benchmark compares, each set up in the bench's temp dir:
+ * a plain directory, bindfs with bslfs's FUSE options, bslfs on a local volume,
+ * on one loopback block server, mirrored across two, and GlusterFS replica 2
+ * on this host. Each set-up adds its undo steps to a Teardown as it goes.
+ */
+import { randomBytes } from 'node:crypto'
+import { constants } from 'node:fs'
+import { access, chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { networkInterfaces } from 'node:os'
+import { delimiter, join, resolve } from 'node:path'
+import { defaultFuseOptions } from '../fs/mount'
+import {
+  alive, type Background, describeExit, freePort, killRunning, mountLine, run, sleep, startBackground, type Teardown, unmount, waitExit
+} from './proc'
+
+export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-mirror', 'glusterfs'] as const
+export type TargetName = typeof TARGETS[number]
+
+/** A process behind a target whose peak RSS is reported. */
+export interface Watched { label: string, pid: number | undefined }
+
+export interface Target {
+  name: TargetName
+  /** Where the workloads run. */
+  dir: string
+  /** One line: what this target is, with its options. */
+  description: string
+  /** The processes whose peak RSS is reported (looked up late: a daemon's pid is known once it is mounted). */
+  processes: () => Promise<Watched[]>
+  /** Why the target cannot work any more (a process it needs has exited), or undefined while it can. */
+  broken: () => string | undefined
+}
+
+const intact = (): undefined => undefined
+
+const repoRoot = resolve(__dirname, '..', '..')
+const bslfsBin = join(repoRoot, 'bin', 'bslfs')
+
+/** Run a bslfs CLI command; resolves with its trimmed stdout. */
+export const bslfs = async (...args: string[]): Promise<string> => (await run(process.execPath, [bslfsBin, ...args])).stdout.trim()
+
+/** Block servers on loopback, each serving one device. */
+const SERVER_HOST = '127.0.0.1'
+const SERVER_DEVICE = 'd1'
+/** How long a block server gets to say it is listening, and to exit after SIGTERM. */
+const SERVER_START_MS = 30_000
+const SERVER_STOP_GRACE_MS = 10_000
+/** How long a mount daemon gets to finish (final flush, reclaim) after its unmount, before its servers stop. */
+const DAEMON_EXIT_MS = 60_000
+
+/**
+ * Where a bslfs target keeps its data: the local device of `bslfs init`; volume 2 on
+ * block server s1 ("remote"); or volumes 2 and 3 on servers s1 and s2, mirrored as
+ * volume 10, so a write needs both copies ("mirror").
+ */
+export type Layout = 'local' | 'remote' | 'mirror'
+const LAYOUTS: Record<Layout, { servers: string[], volumes: string[], mirror?: string }> = {
+  local: { servers: [], volumes: [] },
+  remote: { servers: ['s1'], volumes: ['2'] },
+  mirror: { servers: ['s1', 's2'], volumes: ['2', '3'], mirror: '10' }
+}
+
+/** The options every bslfs mount gets, minus its name: what bindfs should get too where it accepts them. */
+export function bslfsFuseOptions (): string[] {
+  return defaultFuseOptions('bench').filter(o => !o.startsWith('fsname=') && !o.startsWith('subtype='))
+}
+
+export async function nativeTarget (root: string): Promise<Target> {
+  const dir = join(root, 'native')
+  await mkdir(dir)
+  return { name: 'native', dir, description: `plain directory ${dir}`, processes: async () => [], broken: intact }
+}
+
+/** Which of bslfs's FUSE options bindfs (with this libfuse) accepts: try a scratch mount with each. */
+async function probeBindfsOptions (src: string, mnt: string): Promise<{ used: string[], refused: string[] }> {
+  const used = ['allow_other']
+  const refused: string[] = []
+  for (const opt of bslfsFuseOptions().filter(o => o !== 'allow_other')) {
+    try {
+      await run('bindfs', ['-o', `allow_other,${opt}`, src, mnt])
+      used.push(opt)
+    } catch {
+      refused.push(opt)
+    }
+    if (await mountLine(mnt)) await run('fusermount', ['-u', mnt])
+  }
+  return { used, refused }
+}
+
+export async function bindfsTarget (root: string, td: Teardown): Promise<Target> {
+  const src = join(root, 'bindfs-src')
+  const mnt = join(root, 'bindfs-mnt')
+  for (const d of [src, mnt]) await mkdir(d)
+  td.add(`unmount bindfs at ${mnt}`, async () => await unmount(mnt, ['fusermount', '-u', mnt], [['fusermount', '-uz', mnt]]))
+  const { used, refused } = await probeBindfsOptions(src, mnt)
+  await run('bindfs', ['-o', used.join(','), src, mnt])
+  return {
+    name: 'bindfs',
+    dir: mnt,
+    description: `bindfs -o ${used.join(',')}${refused.length ? ` (refused by bindfs: ${refused.join(',')})` : ''}`,
+    processes: async () => [],
+    broken: intact
+  }
+}
+
+/** The pid in STATE/daemon.pid, or undefined when there is none (not mounted, or already stopped). */
+export async function daemonPid (state: string): Promise<number | undefined> {
+  try {
+    const pid = Number((await readFile(join(state, 'daemon.pid'), 'utf8')).trim())
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** A random token in a new 0600 file. */
+async function writeTokenFile (file: string): Promise<void> {
+  await writeFile(file, randomBytes(32).toString('base64url') + '\n', { mode: 0o600, flag: 'wx' })
+  await chmod(file, 0o600)
+}
+
+/**
+ * `bslfs serve` on a free loopback port, in the foreground of its own process
+ * group. The port is found by binding port 0 and releasing it; should another
+ * process take it in between, a new one is tried.
+ */
+async function startBlockServer (name: string, device: string, tokenFile: string): Promise<{ server: Background, url: string }> {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort(SERVER_HOST)
+    try {
+      const server = await startBackground(process.execPath, [bslfsBin, 'serve', '--listen', `${SERVER_HOST}:${port}`,
+        '--device', `${SERVER_DEVICE}=${device}`, '--name', name, '--token-file', tokenFile], /listening on/, SERVER_START_MS)
+      return { server, url: `http://${SERVER_HOST}:${port}` }
+    } catch (err) {
+      if (attempt >= 3 || !/EADDRINUSE|address already in use/i.test((err as Error).message)) throw err
+    }
+  }
+}
+
+/**
+ * A bslfs mount named NAME in ROOT with its data laid out as LAYOUT: its block
+ * servers started (each with its own device dir and token file), STATE made with
+ * `bslfs init`, the servers, volumes and mirror added, then mounted. On teardown
+ * the mount goes first and its daemon gets to exit; only then do its servers stop
+ * (left running, with a note, if the mount could not be removed).
+ */
+export async function bslfsTarget (root: string, td: Teardown, name: TargetName, layout: Layout): Promise<Target & { state: string }> {
+  const { servers: names, volumes, mirror } = LAYOUTS[layout]
+  const state = join(root, `${name}-state`)
+  const mnt = join(root, `${name}-mnt`)
+  const servers: Array<{ name: string, device: string, tokenFile: string, url: string, proc: Background }> = []
+  let leftMounted = false
+  await mkdir(mnt)
+  for (const server of names) {
+    const device = join(root, `${name}-${server}-${SERVER_DEVICE}`)
+    const tokenFile = join(root, `${name}-${server}-token`)
+    await mkdir(device)
+    await writeTokenFile(tokenFile)
+    const { server: proc, url } = await startBlockServer(server, device, tokenFile)
+    servers.push({ name: server, device, tokenFile, url, proc })
+    td.add(`stop ${name}'s block server ${server} (pid ${proc.pid})`, async () => {
+      const what = `${name}'s block server ${server} (pid ${proc.pid})`
+      if (leftMounted && proc.exit() === null) {
+        // The mount still needs it; leave it for the user.
+        proc.disown()
+        console.error(`bench: ${mnt} is still mounted, so ${what} is left running; unmount it, then \`kill ${proc.pid}\``)
+        return false
+      }
+      const early = proc.exit()
+      const exit = early ?? await proc.stop(SERVER_STOP_GRACE_MS)
+      if (early !== null || exit.code !== 0) {
+        const stderr = proc.stderr().trim()
+        console.error(`bench: ${what} ${early ? 'had exited by itself' : 'exited'} with ${describeExit(exit)}` +
+          `${stderr ? `; its stderr:\n${stderr}` : ''}`)
+        return false
+      }
+    })
+  }
+  await bslfs('init', state)
+  for (const b of servers) await bslfs('server', 'add', state, b.name, b.url, '--token-file', b.tokenFile)
+  for (const [i, vol] of volumes.entries()) await bslfs('volume', 'add', state, vol, `${names[i]}:${SERVER_DEVICE}`)
+  let where = 'the local device d0 of `bslfs init`'
+  if (mirror !== undefined) {
+    where = (await bslfs('mirror', state, mirror, ...volumes)).replace(/^bslfs: /, '')
+    await bslfs('volume', 'default', state, mirror)
+  } else if (volumes.length) {
+    where = `volume ${volumes[0]}`
+    await bslfs('volume', 'default', state, volumes[0])
+  }
+  if (volumes.length) {
+    where += `, volumes ${volumes.map((v, i) => `${v} = ${names[i]}:${SERVER_DEVICE}`).join(', ')}, \`bslfs serve\` ` +
+      servers.map(b => `${b.name} at ${b.url} (pid ${b.proc.pid}, device ${SERVER_DEVICE}=${b.device})`).join('; ')
+  }
+
+  td.add(`unmount ${name} at ${mnt}`, async () => {
+    const pid = await daemonPid(state) // before the unmount: the daemon removes daemon.pid as it finishes
+    const cli = [process.execPath, bslfsBin, 'unmount']
+    // `bslfs unmount --lazy` still refuses while the daemon holds data it cannot write (a server is
+    // gone); this filesystem is scratch, so the kernel's lazy unmount is the last resort.
+    if (!await unmount(mnt, [...cli, mnt], [[...cli, '--lazy', mnt], ['fusermount', '-uz', mnt]])) {
+      leftMounted = true
+      return false
+    }
+    // After an unmount (a lazy one above all) the daemon still flushes and reclaims, through its servers.
+    return pid === undefined || await waitExit(pid, DAEMON_EXIT_MS, `the ${name} mount daemon`, 'its unmount')
+  })
+  await bslfs('mount', state, mnt)
+  const daemon = await daemonPid(state)
+  return {
+    name,
+    dir: mnt,
+    state,
+    description: `bslfs mount (its defaults: ${bslfsFuseOptions().join(',')}), data on ${where}`,
+    processes: async () => [
+      { label: `${name} mount daemon`, pid: await daemonPid(state) },
+      ...servers.map(b => ({ label: `${name} block server ${b.name}`, pid: b.proc.pid }))
+    ],
+    broken: () => {
+      const dead = servers.find(b => b.proc.exit() !== null)
+      if (dead) {
+        const stderr = dead.proc.stderr().trim()
+        return `${name}'s block server ${dead.name} (pid ${dead.proc.pid}) exited with ${describeExit(dead.proc.exit()!)}` +
+          `${stderr ? `; its stderr:\n${stderr}` : ''}`
+      }
+      if (daemon !== undefined && !alive(daemon)) return `${name}'s mount daemon (pid ${daemon}) has exited; see ${join(state, 'daemon.log')}`
+    }
+  }
+}
+
+/** Whether an executable of this name is on PATH. */
+export async function onPath (cmd: string): Promise<boolean> {
+  for (const dir of (process.env.PATH ?? '').split(delimiter).filter(d => d !== '')) {
+    try {
+      await access(join(dir, cmd), constants.X_OK)
+      return true
+    } catch {}
+  }
+  return false
+}
+
+/** The gluster CLI without its questions (replica 2 asks to confirm). */
+const gluster = async (...args: string[]): Promise<string> => (await run('gluster', ['--mode=script', ...args])).stdout
+
+/** Whether glusterd answers the CLI. */
+const glusterdAnswers = async (): Promise<boolean> => await gluster('pool', 'list').then(() => true, () => false)
+
+/** "Started", "Stopped", "Created", or undefined when there is no such volume. */
+async function glusterVolumeStatus (vol: string): Promise<string | undefined> {
+  try {
+    return /^Status:\s*(\S+)/m.exec(await gluster('volume', 'info', vol))?.[1] ?? 'unknown'
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * This host's first IPv4 address that is not loopback: the gluster CLI refuses
+ * bricks on localhost or 127.0.0.1, but traffic to a local address stays on
+ * this host just the same.
+ */
+function brickHost (): string {
+  for (const addrs of Object.values(networkInterfaces())) {
+    for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal) return a.address
+  }
+  throw new Error('GlusterFS refuses bricks on a loopback address, and this host has no other IPv4 address')
+}
+
+/**
+ * A GlusterFS replica-2 volume of two bricks in ROOT on this host, mounted
+ * with the native client. glusterd is started (and stopped at the end) when it
+ * is not running already. Teardown unmounts, stops and deletes the volume.
+ */
+export async function glusterTarget (root: string, td: Teardown): Promise<Target> {
+  const host = brickHost()
+  if (!await glusterdAnswers()) {
+    const pidFile = join(root, 'glusterd.pid')
+    td.add('stop the glusterd the benchmark started', async () => {
+      const pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim())
+      if (!Number.isInteger(pid) || pid <= 0) return
+      try { process.kill(pid, 'SIGTERM') } catch { return }
+      return await waitExit(pid, SERVER_STOP_GRACE_MS, 'glusterd', 'SIGTERM')
+    })
+    await run('glusterd', ['-p', pidFile]) // it daemonizes
+    for (let i = 0; !await glusterdAnswers(); i++) {
+      if (i >= 60) throw new Error('glusterd was started but does not answer `gluster pool list` after 30 s')
+      await sleep(500)
+    }
+  }
+  const vol = `bslfsbench${process.pid}`
+  const bricks = ['gluster-b1', 'gluster-b2'].map(b => join(root, b))
+  const mnt = join(root, 'glusterfs-mnt')
+  for (const d of [...bricks, mnt]) await mkdir(d)
+  td.add(`stop and delete gluster volume ${vol}`, async () => {
+    const status = await glusterVolumeStatus(vol)
+    if (status === undefined) return
+    if (status === 'Started') await gluster('volume', 'stop', vol, 'force')
+    await gluster('volume', 'delete', vol)
+    // Bricks keep xattrs and a .glusterfs dir; the temp dir's removal takes them.
+  })
+  // force: both bricks on one host, and on the root filesystem.
+  await gluster('volume', 'create', vol, 'replica', '2', ...bricks.map(b => `${host}:${b}`), 'force')
+  await gluster('volume', 'start', vol)
+  td.add(`unmount glusterfs at ${mnt}`, async () => await unmount(mnt, ['umount', mnt], [['umount', '-l', mnt]]))
+  await run('mount', ['-t', 'glusterfs', `${host}:/${vol}`, mnt])
+  if (!await mountLine(mnt)) throw new Error(`mount -t glusterfs ${host}:/${vol} ${mnt} exited 0 but nothing is mounted there`)
+  return {
+    name: 'glusterfs',
+    dir: mnt,
+    description: `GlusterFS volume ${vol}, replica 2, bricks ${bricks.map(b => `${host}:${b}`).join(' ')}, native client`,
+    processes: async () => [],
+    broken: intact
+  }
+}
+
+/** Remove DIR unless something is still mounted in it. Resolves with false when it was left. */
+export async function removeUnlessMounted (dir: string): Promise<boolean> {
+  const left = (await readFile('/proc/mounts', 'utf8')).split('\n').filter(l => (l.split(' ')[1] ?? '').startsWith(dir + '/'))
+  if (left.length) {
+    console.error(`bench: still mounted, leaving ${dir} in place:\n${left.join('\n')}`)
+    return false
+  }
+  await rm(dir, { recursive: true, force: true })
+  return true
+}
+
+/**
+ * Run FN on target T, checking every second that T still works; when it breaks
+ * (a block server died, say: every write would then wait out its retries), the
+ * running commands are stopped and FN fails with the reason.
+ */
+export async function watched<R> (t: Target, fn: () => Promise<R>): Promise<R> {
+  let reason: string | undefined
+  const timer = setInterval(() => {
+    reason ??= t.broken()
+    if (reason !== undefined) killRunning()
+  }, 1000)
+  try {
+    const result = await fn()
+    reason ??= t.broken()
+    if (reason !== undefined) throw new Error(reason)
+    return result
+  } catch (err) {
+    throw reason !== undefined && (err as Error).message !== reason ? new Error(`${reason}\n(${t.name}'s workload stopped: ${(err as Error).message})`) : err
+  } finally {
+    clearInterval(timer)
+  }
+}
