@@ -206,9 +206,8 @@ export class OpenFile {
     if (!sequential || last === before) return // a new block is entered: look further ahead once per block
     const lastBlock = Math.floor((this.size - 1) / this.bs)
     for (let i = last + 1; i <= Math.min(last + READ_AHEAD_BLOCKS, lastBlock); i++) {
-      if (this.dirty.has(i) || this.flushing.has(i)) continue
       const rec = this.blocks.get(i)
-      if (rec) this.shared.prefetch(rec)
+      if (rec && !this.buffered(i)) this.shared.prefetch(rec)
     }
   }
 
@@ -226,7 +225,7 @@ export class OpenFile {
       if (old || !rec) break
       const fetched = await this.shared.fetch(rec)
       // Unless a newer version came meanwhile, the stored bytes are the block's.
-      if (!this.dirty.has(i) && !this.buffered(i) && this.blocks.get(i) === rec) { old = fetched; break }
+      if (!this.buffered(i) && this.blocks.get(i) === rec) { old = fetched; break }
     }
     let b = this.dirty.get(i) // another write may have made it while we read
     if (!b) {
@@ -249,7 +248,7 @@ export class OpenFile {
     const off = size % this.bs
     if (off === 0) return
     const i = Math.floor(size / this.bs)
-    const src = this.dirty.get(i) ?? this.flushing.get(i)?.data ?? this.blocks.get(i)
+    const src = this.buffered(i) ?? this.blocks.get(i)
     if (!src || src.length <= off) return
     await this.writeBlock(i, off, Buffer.alloc(this.bs - off))
   }

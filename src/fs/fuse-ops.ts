@@ -14,11 +14,6 @@ const EROFS = 30
 const DATA_OPS = new Set(['read', 'write'])
 
 /**
- * The FUSE boundary: fuse-native's callback conventions on one side, the
- * filesystem's promises on the other. Errors keep the POSIX code they were
- * raised with; here they only become the negative errno the kernel expects.
- */
-/**
  * Keeps the event loop polling (not sleeping) for a moment after each
  * operation. A sleeping loop takes a wake-up from the FUSE thread per request,
  * which on a virtual machine costs as much as the request itself; a process
@@ -44,15 +39,29 @@ class HotLoop {
   }
 }
 
+/** BSLFS_HOT_LOOP_US: how long the loop stays awake after a metadata request (default 200; 0 turns it off). */
+function hotLoopWindowNs (): bigint {
+  const text = process.env.BSLFS_HOT_LOOP_US ?? '200'
+  if (!/^[0-9]{1,7}$/.test(text)) throw new Error(`bad BSLFS_HOT_LOOP_US "${text}": give microseconds, 0 to 9999999`)
+  return BigInt(text) * 1000n
+}
+
+/**
+ * The FUSE boundary: fuse-native's callback conventions on one side, the
+ * filesystem's promises on the other. Errors keep the POSIX code they were
+ * raised with; here they only become the negative errno the kernel expects.
+ */
 export function fuseOperations (fs: BslFilesystem): Record<string, (...args: any[]) => void> {
-  const hot = new HotLoop(BigInt(Number(process.env.BSLFS_HOT_LOOP_US ?? 200)) * 1000n)
+  const hot = new HotLoop(hotLoopWindowNs())
   /** Run an operation, answer cb(0, ...result) or cb(-errno). */
-  const op = (name: string, fn: (...args: any[]) => Promise<unknown>, answer: (cb: Cb, v: any) => void = (cb) => cb(0)) =>
-    (...args: any[]) => {
-      // Streams of reads and writes keep the loop busy anyway, and polling then takes CPU from the devices.
-      if (!DATA_OPS.has(name)) hot.touch()
+  const op = (name: string, fn: (...args: any[]) => Promise<unknown>, answer: (cb: Cb, v: any) => void = (cb) => cb(0)) => {
+    // Streams of reads and writes keep the loop busy anyway, and polling then takes CPU from the devices.
+    const keepsLoopAwake = !DATA_OPS.has(name)
+    const refused = fs.readOnly && MUTATING.has(name)
+    return (...args: any[]) => {
+      if (keepsLoopAwake) hot.touch()
       const cb: Cb = args.pop()
-      if (fs.readOnly && MUTATING.has(name)) return cb(-EROFS)
+      if (refused) return cb(-EROFS)
       fn(...args).then(v => answer(cb, v), (err: unknown) => {
         const errno = errnoOf(err)
         log('%s %o: %s', name, args.filter(a => !Buffer.isBuffer(a)), (err as Error).message)
@@ -60,6 +69,7 @@ export function fuseOperations (fs: BslFilesystem): Record<string, (...args: any
         cb(-errno)
       })
     }
+  }
   const value = (cb: Cb, v: unknown) => cb(0, v)
   /** read and write answer with the byte count in the error position. */
   const count = (cb: Cb, n: number) => cb(n)
