@@ -17,6 +17,9 @@ export interface BlockStore {
 /** How many blocks a sequential reader gets fetched ahead (4 MiB with the default block size). */
 const READ_AHEAD_BLOCKS = 4
 
+/** Block buffers kept for reuse (8 MiB with the default block size). */
+const SPARE_BUFFERS = 8
+
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
 
@@ -86,6 +89,24 @@ export class FileData {
   }
 
   readonly dirtyLimit: number
+
+  /**
+   * Block buffers whose write finished, for the next dirty block: a fresh
+   * zeroed 1 MiB buffer per block kept the garbage collector busy for about
+   * a second per GiB written.
+   */
+  private readonly spare: Buffer[] = []
+
+  /** A block-sized buffer for a new dirty block; its bytes are arbitrary. */
+  takeBuffer (size: number): Buffer {
+    const b = this.spare.pop()
+    return b && b.length === size ? b : Buffer.allocUnsafeSlow(size)
+  }
+
+  /** Give back a buffer nothing refers to any more (its write is done, or it was dropped). */
+  giveBuffer (b: Buffer): void {
+    if (this.spare.length < SPARE_BUFFERS) this.spare.push(b)
+  }
 
   /** Reads of blocks in flight, by object id: a reader and the read-ahead share one device read. */
   private readonly fetching = new Map<string, Promise<Buffer>>()
@@ -229,8 +250,9 @@ export class OpenFile {
     }
     let b = this.dirty.get(i) // another write may have made it while we read
     if (!b) {
-      b = Buffer.alloc(this.bs)
-      if (old) old.copy(b, 0, 0, Math.min(old.length, this.bs))
+      b = this.shared.takeBuffer(this.bs)
+      const kept = old ? old.copy(b, 0, 0, Math.min(old.length, this.bs)) : 0
+      if (kept < this.bs) b.fill(0, kept)
       bytes.copy(b, offset)
       this.dirty.set(i, b)
       this.shared.dirtyBytes += this.bs
@@ -294,7 +316,8 @@ export class OpenFile {
     const entry = { done, data }
     this.flushing.set(i, entry)
     let kept = false
-    done.catch(err => {
+    let stored = false
+    done.then(() => { stored = true }, err => {
       log('block %d of inode %d not written: %s', i, this.ino, (err as Error).message)
       this.error ??= err
       // Keep the bytes: the next flush tries again. A newer version of the block wins, whether it
@@ -307,6 +330,8 @@ export class OpenFile {
     }).finally(() => {
       if (this.flushing.get(i) === entry) this.flushing.delete(i)
       if (!kept) this.shared.dirtyBytes -= this.bs
+      // Stored: every copy has taken the bytes and no read can still be copying from them (reads copy at once).
+      if (stored) this.shared.giveBuffer(data)
     })
   }
 
@@ -354,7 +379,8 @@ export class OpenFile {
     }
     const keep = Math.ceil(size / bs)
     for (const i of [...this.dirty.keys()]) {
-      if (i >= keep) { this.dirty.delete(i); this.shared.dirtyBytes -= bs }
+      const b = this.dirty.get(i)
+      if (b && i >= keep) { this.dirty.delete(i); this.shared.dirtyBytes -= bs; this.shared.giveBuffer(b) }
     }
     const tail = this.dirty.get(Math.floor(size / bs))
     if (tail && size % bs) tail.fill(0, size % bs)
