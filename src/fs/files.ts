@@ -1,5 +1,6 @@
 import createDebug from 'debug'
 import { BSL, objectIdOf } from '../bsl'
+import { BufferPool } from '../buffer-pool'
 import { checksum } from '../checksum'
 import { Directory } from '../directory/directory'
 import { BlockRecord, Inode, Timespec } from '../directory/records'
@@ -16,9 +17,6 @@ export interface BlockStore {
 
 /** How many blocks a sequential reader gets fetched ahead (4 MiB with the default block size). */
 const READ_AHEAD_BLOCKS = 4
-
-/** Block buffers kept for reuse (8 MiB with the default block size). */
-const SPARE_BUFFERS = 8
 
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
@@ -84,29 +82,15 @@ export class FileData {
 
   constructor (readonly dir: Directory, readonly store: BlockStore, opts: { cacheBytes?: number, dirtyBytes?: number, parallelWrites?: number } = {}) {
     this.cache = new BlockCache(opts.cacheBytes ?? 64 * 1024 * 1024)
-    this.writers = new Semaphore(opts.parallelWrites ?? 8)
+    this.writers = new Semaphore(opts.parallelWrites ?? 16)
     this.dirtyLimit = opts.dirtyBytes ?? 64 * 1024 * 1024
+    this.buffers = new BufferPool(dir.blockSize)
   }
 
   readonly dirtyLimit: number
 
-  /**
-   * Block buffers whose write finished, for the next dirty block: a fresh
-   * zeroed 1 MiB buffer per block kept the garbage collector busy for about
-   * a second per GiB written.
-   */
-  private readonly spare: Buffer[] = []
-
-  /** A block-sized buffer for a new dirty block; its bytes are arbitrary. */
-  takeBuffer (size: number): Buffer {
-    const b = this.spare.pop()
-    return b && b.length === size ? b : Buffer.allocUnsafeSlow(size)
-  }
-
-  /** Give back a buffer nothing refers to any more (its write is done, or it was dropped). */
-  giveBuffer (b: Buffer): void {
-    if (this.spare.length < SPARE_BUFFERS) this.spare.push(b)
-  }
+  /** Buffers for dirty blocks, reused once their write is stored. */
+  readonly buffers: BufferPool
 
   /** Reads of blocks in flight, by object id: a reader and the read-ahead share one device read. */
   private readonly fetching = new Map<string, Promise<Buffer>>()
@@ -250,7 +234,7 @@ export class OpenFile {
     }
     let b = this.dirty.get(i) // another write may have made it while we read
     if (!b) {
-      b = this.shared.takeBuffer(this.bs)
+      b = this.shared.buffers.take()
       const kept = old ? old.copy(b, 0, 0, Math.min(old.length, this.bs)) : 0
       if (kept < this.bs) b.fill(0, kept)
       bytes.copy(b, offset)
@@ -331,7 +315,7 @@ export class OpenFile {
       if (this.flushing.get(i) === entry) this.flushing.delete(i)
       if (!kept) this.shared.dirtyBytes -= this.bs
       // Stored: every copy has taken the bytes and no read can still be copying from them (reads copy at once).
-      if (stored) this.shared.giveBuffer(data)
+      if (stored) this.shared.buffers.give(data)
     })
   }
 
@@ -380,7 +364,7 @@ export class OpenFile {
     const keep = Math.ceil(size / bs)
     for (const i of [...this.dirty.keys()]) {
       const b = this.dirty.get(i)
-      if (b && i >= keep) { this.dirty.delete(i); this.shared.dirtyBytes -= bs; this.shared.giveBuffer(b) }
+      if (b && i >= keep) { this.dirty.delete(i); this.shared.dirtyBytes -= bs; this.shared.buffers.give(b) }
     }
     const tail = this.dirty.get(Math.floor(size / bs))
     if (tail && size % bs) tail.fill(0, size % bs)

@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import createDebug from 'debug'
 import { isObjectId, isValidName } from '../bsl'
+import { BufferPool } from '../buffer-pool'
 import { checksum } from '../checksum'
 import type { Device } from '../devices/device'
 import { FsError } from '../errors'
@@ -116,6 +117,8 @@ export class BlockServer {
   private readonly server: http.Server
   private readonly tokenHash: Buffer
   private readonly budget: ByteBudget
+  /** Bodies of up to a default block (1 MiB) are received into reused buffers. */
+  private readonly bodies = new BufferPool(1024 * 1024)
   private stopping: Promise<boolean> | null = null
   private forceClose: (() => void) | null = null
   private active = 0
@@ -448,13 +451,19 @@ export class BlockServer {
       ex.continued = true
       res.writeContinue()
     }
-    const body = await this.readBody(ex, length)
-    const actual = checksum(body)
-    if (actual !== sum) {
-      throw new HttpError(422, 'EBADMSG', `the body's CRC-32 is ${actual}, not the ${sum} given in X-Bslfs-Checksum; nothing was stored`)
+    const pooled = length <= this.bodies.size ? this.bodies.take() : undefined
+    try {
+      const body = await this.readBody(ex, pooled ? pooled.subarray(0, length) : Buffer.allocUnsafe(length))
+      const actual = checksum(body)
+      if (actual !== sum) {
+        throw new HttpError(422, 'EBADMSG', `the body's CRC-32 is ${actual}, not the ${sum} given in X-Bslfs-Checksum; nothing was stored`)
+      }
+      // Stored whole or not at all, and verified again by the device.
+      await dev.put(id, body, sum)
+    } finally {
+      // Settled: the body's listeners are gone and the device is done with the bytes.
+      if (pooled) this.bodies.give(pooled)
     }
-    // Stored whole or not at all (temp file, fsync, rename), and verified again by the device.
-    await dev.put(id, body, sum)
     res.writeHead(201, { 'Content-Length': 0, 'Cache-Control': 'no-store', 'X-Bslfs-Checksum': String(sum) })
     res.end()
   }
@@ -470,11 +479,11 @@ export class BlockServer {
     ex.defer(release)
   }
 
-  /** The whole body, exactly `length` bytes; rejects when the client stops short. */
-  private async readBody (ex: Exchange, length: number): Promise<Buffer> {
+  /** The whole body into `buf`, exactly its length; rejects when the client stops short. */
+  private async readBody (ex: Exchange, buf: Buffer): Promise<Buffer> {
     const { req } = ex
+    const length = buf.length
     return await new Promise<Buffer>((resolve, reject) => {
-      const buf = Buffer.allocUnsafe(length)
       let got = 0
       let settled = false
       const settle = (err: Error | null): void => {
