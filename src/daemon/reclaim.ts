@@ -12,9 +12,12 @@ const log = createDebug('bslfs:reclaim')
  */
 export async function reclaim (dir: Directory, volumes: Volumes, batch = 256): Promise<number> {
   let total = 0
-  for (;;) {
+  for (let round = 0; ; round++) {
     const items = await dir.garbage(batch)
     if (items.length === 0) return total
+    // The changes that queued these were committed without fsync: make them durable first, or a
+    // power loss could bring back a block map that points at objects deleted here.
+    if (round === 0) await dir.sync()
     const done: string[] = []
     await Promise.all(items.map(async g => {
       try {
