@@ -30,7 +30,12 @@ export interface CallLimits {
 export interface Device {
   /** "server:device", for messages and logs. */
   readonly label: string
-  /** Store `data` whole as `objectId`; resolves only after the bytes are flushed and visible under their final name. */
+  /**
+   * Store `data` whole as `objectId`; resolves only after the bytes are flushed and visible
+   * under their final name. `checksum` is the caller's CRC-32 of `data`, recorded, not
+   * recomputed in process: bytes are checked where they cross the network (the block server
+   * checks what it received) and on every read.
+   */
   put (objectId: string, data: Uint8Array, checksum: number, limits?: CallLimits): Promise<void>
   /** The whole object, verified against `checksum`; a mismatch is EIO, never wrong bytes. */
   get (objectId: string, checksum: number, limits?: CallLimits): Promise<Buffer>

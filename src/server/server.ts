@@ -458,7 +458,7 @@ export class BlockServer {
       if (actual !== sum) {
         throw new HttpError(422, 'EBADMSG', `the body's CRC-32 is ${actual}, not the ${sum} given in X-Bslfs-Checksum; nothing was stored`)
       }
-      // Stored whole or not at all, and verified again by the device.
+      // Checked here, where the bytes crossed the network; the device stores them whole or not at all.
       await dev.put(id, body, sum)
     } finally {
       // Settled: the body's listeners are gone and the device is done with the bytes.
