@@ -52,6 +52,11 @@ export function configureServeCommand (cmd: Command): Command {
     .option('--max-connections <N>', 'connections open at once; more are closed as they arrive', '1024')
     .action(async (o: ServeOptions) => {
       process.exitCode = await runServe(o)
+      // Stopped: a signal sent while the process winds down (a supervisor asking again) must
+      // not turn a clean exit into death by signal.
+      const exiting = (sig: NodeJS.Signals): void => { console.error(`bslfs serve: ${sig}: already stopped, exiting`) }
+      process.on('SIGTERM', exiting)
+      process.on('SIGINT', exiting)
       // Should anything still hold the event loop open after a stop, do not hang around for it.
       setTimeout(() => process.exit(), 2000).unref()
     })
