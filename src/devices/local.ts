@@ -6,7 +6,8 @@ import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
-import { Device, DeviceSpace, checkDeviceRequest } from './device'
+import { Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
+import { HandleCache } from './handles'
 
 const log = createDebug('bslfs:devices')
 
@@ -103,6 +104,8 @@ export class LocalDevice implements Device {
   private readonly tmpDir: string
   // Fan-out dirs known to exist, so a put does not mkdir every time.
   private readonly fanouts = new Set<string>()
+  /** Handles kept open for getRange (random small reads). */
+  private readonly handles = new HandleCache(512)
   private closed = false
 
   private constructor (path: string, marker: DeviceMarker) {
@@ -246,6 +249,9 @@ export class LocalDevice implements Device {
       await syncDir(dir)
     } catch (err) {
       throw this.ioError('put of', objectId, err)
+    } finally {
+      // A put may have replaced a bad copy: an open handle would still read the old file.
+      this.handles.forget(objectId)
     }
     log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
   }
@@ -281,8 +287,36 @@ export class LocalDevice implements Device {
     return data
   }
 
+  async getRange (objectId: string, offset: number, length: number): Promise<Buffer> {
+    this.check(objectId)
+    checkRange(this.label, objectId, offset, length)
+    try {
+      const { data, n } = await this.handles.use(objectId, () => fsp.open(this.objectPath(objectId), 'r'), async fh => {
+        const data = Buffer.allocUnsafe(length)
+        let n = 0
+        while (n < length) {
+          const { bytesRead } = await fh.read(data, n, length - n, offset + n)
+          if (bytesRead === 0) break
+          n += bytesRead
+        }
+        return { data, n }
+      })
+      if (n < length) {
+        throw new FsError('EIO', `object ${objectId} on ${this.label} ends before bytes ${offset}..${offset + length} (read ${n})`, { fault: 'corrupt' })
+      }
+      return data
+    } catch (err) {
+      if (err instanceof FsError) throw err
+      if (errCode(err) === 'ENOENT') {
+        throw new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err, fault: 'missing' })
+      }
+      throw new FsError('EIO', `read of object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err, fault: 'corrupt' })
+    }
+  }
+
   async delete (objectId: string): Promise<void> {
     this.check(objectId)
+    this.handles.forget(objectId)
     try {
       await fsp.unlink(this.objectPath(objectId))
     } catch (err) {
@@ -334,7 +368,8 @@ export class LocalDevice implements Device {
   }
 
   async close (): Promise<void> {
-    // Nothing is held open between calls; closing only stops further use.
+    // Only the read handles are held open between calls.
     this.closed = true
+    this.handles.closeAll()
   }
 }
