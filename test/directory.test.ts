@@ -5,7 +5,8 @@ import { BSL, objectIdOf } from '../src/bsl'
 import { FsError } from '../src/errors'
 import { KvStore, KvTxn } from '../src/directory/kv'
 import { LevelKv } from '../src/directory/leveldb'
-import { BlockRecord, ROOT_INO, keys } from '../src/directory/records'
+import { BlockRecord, ROOT_INO, decodeBlock, encodeBlock, keys } from '../src/directory/records'
+import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
 import { Directory, NAME_MAX, isDir } from '../src/directory/directory'
 
 // Everything here runs on a real LevelDB in a temp dir.
@@ -845,6 +846,49 @@ t.test('a failed commit must not leave the inode reservation ahead of what is st
 
 // ---------------------------------------------------------------------------
 // Block maps, garbage and orphans
+
+t.test('block records carry chunk sums; records without them still decode', async t => {
+  const key = keys.block(5, 0)
+  const bytes = Buffer.alloc(2 * CHUNK_BYTES + 7, 'x')
+  const forms: BSL[] = [
+    { form: 'indexed', volume: 3, index: 9, fileId: 0xabcn },
+    { form: 'logical', volume: 1, fileId: 1n },
+    { form: 'physical', server: 'host2', device: 'd1', fileId: 2n }
+  ]
+  for (const bsl of forms) {
+    const rec: BlockRecord = { bsl, length: bytes.length, checksum: checksum(bytes), chunks: chunkSums(bytes) }
+    t.equal(rec.chunks?.length, 3, 'one sum per 32 KiB, the last chunk short')
+    t.same(decodeBlock(key, encodeBlock(rec)), rec, `round trip with sums (${bsl.form})`)
+    const old: BlockRecord = { bsl, length: bytes.length, checksum: checksum(bytes) }
+    const oldBytes = encodeBlock(old)
+    const decoded = decodeBlock(key, oldBytes)
+    t.same(decoded, old, `a record without sums (the old layout) decodes (${bsl.form})`)
+    t.equal(decoded.chunks, undefined, 'and has none')
+    const bad = encodeBlock(rec)
+    t.throws(() => decodeBlock(key, bad.subarray(0, bad.length - 4)), /corrupt block record.*2 chunk sums for 65543 bytes, expected 3/, 'too few sums is corrupt')
+    t.throws(() => decodeBlock(key, Buffer.concat([bad, Buffer.alloc(4)])), /4 chunk sums.*expected 3/, 'too many sums is corrupt')
+    t.throws(() => decodeBlock(key, bad.subarray(0, bad.length - 1)), /chunk sums/, 'a cut sum is corrupt')
+    t.throws(() => decodeBlock(key, Buffer.concat([oldBytes, Buffer.from([0x58, 1, 2, 3, 4])])), /unexpected bytes after the BSL/, 'unknown trailing bytes are corrupt')
+    t.throws(() => encodeBlock({ ...rec, chunks: [1] }), /needs 3 chunk sums/, 'a record with the wrong number of sums is never written')
+  }
+  const e = (() => { try { decodeBlock(key, encodeBlock({ bsl: forms[0], length: 10, checksum: 0, chunks: [0] }).subarray(0, 20)) } catch (err) { return err } })()
+  t.ok(e instanceof FsError && e.code === 'EIO', 'corrupt records are EIO')
+})
+
+t.test('chunk sums survive the directory: block maps, the heal queue, adopt', async t => {
+  const fs = await Fs.create(t)
+  const dir = fs.dir
+  const f = await dir.createNode(ROOT_INO, 'f', FILE)
+  const bytes = Buffer.alloc(CHUNK_BYTES + 1, 'y')
+  const rec: BlockRecord = { bsl: { form: 'physical', server: 'local', device: 'd0', fileId: 77n }, length: bytes.length, checksum: checksum(bytes), chunks: chunkSums(bytes) }
+  await dir.commitBlocks(f.ino, [{ index: 0, record: rec }], { size: bytes.length })
+  t.same((await dir.getBlocks(f.ino)).get(0), rec, 'committed and read back with its sums')
+  await dir.recordRepairs([{ block: rec, volume: 2 }])
+  t.same((await dir.repairs(10))[0].block, rec, 'a queued repair keeps them')
+  const adopted = await dir.adoptBlocks(f.ino, { server: 'local', device: 'd0' }, 1)
+  t.same(adopted.get(0)?.chunks, rec.chunks, 'adopt keeps them')
+  t.same((await dir.getBlocks(f.ino)).get(0)?.chunks, rec.chunks, 'and stores them')
+})
 
 t.test('block maps', async t => {
   const fs = await Fs.create(t)

@@ -1,5 +1,7 @@
 import t from 'tap'
 import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
 import { BSL } from '../src/bsl'
 import { Directory } from '../src/directory/directory'
 import { LevelKv } from '../src/directory/leveldb'
@@ -12,6 +14,101 @@ import { BlockStore, FileData, OpenFile } from '../src/fs/files'
 
 const bs = 65536
 const now = { sec: 0, nsec: 0 }
+
+async function notUsed (): Promise<never> {
+  throw new Error('readRange is not expected here')
+}
+
+/** A store in memory that counts whole-block reads and ranged reads (chunk-aligned, as the volumes layer answers). */
+function countingStore (): { store: BlockStore, objects: Map<bigint, Buffer>, reads: string[] } {
+  const objects = new Map<bigint, Buffer>()
+  const reads: string[] = []
+  const store: BlockStore = {
+    newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
+    async write (rec: BlockRecord, data: Uint8Array) { objects.set(rec.bsl.fileId, Buffer.from(data)) },
+    async read (rec: BlockRecord) {
+      reads.push(`block ${rec.bsl.fileId}`)
+      await new Promise(resolve => setTimeout(resolve, 5))
+      return objects.get(rec.bsl.fileId) as Buffer
+    },
+    async readRange (rec: BlockRecord, offset: number, length: number) {
+      const start = Math.floor(offset / CHUNK_BYTES) * CHUNK_BYTES
+      const end = Math.min(rec.length, Math.ceil((offset + length) / CHUNK_BYTES) * CHUNK_BYTES)
+      reads.push(`range ${rec.bsl.fileId} ${start / CHUNK_BYTES}-${Math.ceil(end / CHUNK_BYTES)}`)
+      await new Promise(resolve => setTimeout(resolve, 5))
+      return { start, data: (objects.get(rec.bsl.fileId) as Buffer).subarray(start, end) }
+    }
+  }
+  return { store, objects, reads }
+}
+
+t.test('random small reads fetch only the chunks they need; sequential reads fetch whole blocks', async t => {
+  const big = 8 * CHUNK_BYTES
+  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
+  const dir = await Directory.create(kv, { blockSize: big, root: { uid: 0, gid: 0 } })
+  t.teardown(() => dir.close())
+  const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
+  const { store, reads } = countingStore()
+  const source = randomBytes(8 * big - 1000)
+  const w = new OpenFile(inode.ino, new FileData(dir, store), new Map(), 0)
+  await w.write(source, 0, now)
+  await w.flush()
+  const blocks = await dir.getBlocks(inode.ino)
+  t.same(blocks.get(0)?.chunks, chunkSums(source.subarray(0, big)), 'written blocks carry their chunk sums')
+  t.equal(blocks.get(7)?.chunks?.length, Math.ceil((big - 1000) / CHUNK_BYTES), 'the short last block too')
+
+  const f = new OpenFile(inode.ino, new FileData(dir, store), blocks, source.length)
+  const read = async (pos: number, len = 4096): Promise<Buffer> => {
+    const buf = Buffer.alloc(len)
+    const n = await f.read(buf, len, pos)
+    return buf.subarray(0, n)
+  }
+  const offsets = [1_900_000, 50_000, 1_200_000, 600_000, 5 * CHUNK_BYTES - 100, 3 * big - 2000, 1_700_000, source.length - 10]
+  for (const pos of offsets) {
+    t.same(await read(pos), source.subarray(pos, pos + 4096), `4 KiB at ${pos}`)
+  }
+  const fileIdOf = (i: number): bigint => blocks.get(i)!.bsl.fileId
+  const expected: string[] = []
+  for (const pos of offsets) {
+    const end = Math.min(pos + 4096, source.length)
+    for (let at = pos; at < end; at = (Math.floor(at / big) + 1) * big) {
+      const i = Math.floor(at / big)
+      const last = Math.min(end, (i + 1) * big) - 1
+      expected.push(`range ${fileIdOf(i)} ${Math.floor((at - i * big) / CHUNK_BYTES)}-${Math.floor((last - i * big) / CHUNK_BYTES) + 1}`)
+    }
+  }
+  t.same(reads, expected, 'only the chunks covering each read, never a whole block')
+
+  reads.length = 0
+  t.same(await read(50_000 + 8192, 100), source.subarray(58_192, 58_292), 'a read in a chunk fetched before')
+  const both = await Promise.all([read(1_000_000), read(1_000_000 + 500_000), read(1_000_100)])
+  t.same(both[0], source.subarray(1_000_000, 1_004_096))
+  t.same(both[2], source.subarray(1_000_100, 1_004_196))
+  t.same(reads, [`range ${fileIdOf(3)} 6-7`, `range ${fileIdOf(5)} 5-6`], 'cached chunks are not fetched again; concurrent reads share a fetch')
+
+  // A sequential reader gets whole blocks (and read-ahead), as before.
+  reads.length = 0
+  for (let pos = 0; pos < 3 * big; pos += 128 * 1024) t.same(await read(pos, 128 * 1024), source.subarray(pos, pos + 128 * 1024))
+  t.ok(reads.includes(`block ${fileIdOf(1)}`) && reads.includes(`block ${fileIdOf(2)}`), `whole blocks for a stream: ${reads.join(', ')}`)
+  t.notOk(reads.some(r => r.startsWith(`range ${fileIdOf(1)} `)), 'no chunk reads in the stream past its start')
+})
+
+t.test('a block recorded without chunk sums is read whole', async t => {
+  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
+  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
+  t.teardown(() => dir.close())
+  const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
+  const { store, objects, reads } = countingStore()
+  const bytes = randomBytes(bs)
+  objects.set(5n, bytes)
+  // As a bslfs without chunk sums wrote it.
+  await dir.commitBlocks(inode.ino, [{ index: 1, record: { bsl: { form: 'logical', volume: 1, fileId: 5n }, length: bs, checksum: checksum(bytes) } }], { size: 2 * bs })
+  const f = new OpenFile(inode.ino, new FileData(dir, store), await dir.getBlocks(inode.ino), 2 * bs)
+  const buf = Buffer.alloc(4096)
+  t.equal(await f.read(buf, 4096, bs + 40_000), 4096)
+  t.same(buf, bytes.subarray(40_000, 44_096))
+  t.same(reads, ['block 5'], 'the whole verified block')
+})
 
 t.test('a block write that fails late does not undo a newer version of the block', async t => {
   const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
@@ -34,7 +131,8 @@ t.test('a block write that fails late does not undo a newer version of the block
       const o = objects.get(rec.bsl.fileId)
       if (!o) throw new FsError('EIO', 'missing')
       return o
-    }
+    },
+    readRange: notUsed
   }
   const f = new OpenFile(inode.ino, new FileData(dir, store), new Map(), 0)
   await f.write(Buffer.alloc(bs, 'a'), 0, now) // fills block 0: its flush starts, and will fail
@@ -65,6 +163,12 @@ t.test('a read racing a truncate never returns an older version of a dropped blo
       const o = objects.get(rec.bsl.fileId)
       if (!o) throw new FsError('EIO', 'missing')
       return o
+    },
+    async readRange (rec: BlockRecord, offset: number, length: number) {
+      if (slowReads) await new Promise(resolve => setTimeout(resolve, 100))
+      const o = objects.get(rec.bsl.fileId)
+      if (!o) throw new FsError('EIO', 'missing')
+      return { start: offset, data: o.subarray(offset, offset + length) }
     }
   }
   const data = new FileData(dir, store, { cacheBytes: 0 })

@@ -262,6 +262,20 @@ class FakeServer {
         return
       }
       case 'GET': {
+        const range = req.headers.range
+        if (range !== undefined) {
+          // Ranges as the real server answers them: unverified bytes, 206 with Content-Range.
+          const m = /^bytes=(\d+)-(\d+)$/.exec(range)
+          if (!m) return this.error(res, 416, 'EINVAL', 'bad Range')
+          const data = store.get(id)
+          if (data === undefined) return this.error(res, 404, 'ENOENT', `no object ${id}`)
+          const start = Number(m[1])
+          const end = Math.min(Number(m[2]), data.length - 1)
+          if (start >= data.length) return this.error(res, 416, 'ERANGE', 'range not satisfiable')
+          res.writeHead(206, { 'content-length': end - start + 1, 'content-range': `bytes ${start}-${end}/${data.length}` })
+          res.end(data.subarray(start, end + 1))
+          return
+        }
         if (typeof sumHeader !== 'string' || !/^[0-9]+$/.test(sumHeader)) return this.error(res, 400, 'EINVAL', 'X-Bslfs-Checksum required')
         const data = store.get(id)
         if (data === undefined) return this.error(res, 404, 'ENOENT', `no object ${id}`)
@@ -536,6 +550,44 @@ t.test('end to end checks on get', async t => {
   await fsError(t, small.get(id1, sum), 'EIO', /at most 1000/)
 
   t.same(await dev.get(id1, sum), data, 'and the device still works')
+})
+
+t.test('getRange: a ranged GET, checked for shape but not checksummed', async t => {
+  const f = await fake(t)
+  const dev = device(t, f)
+  const data = randomBytes(100_000)
+  await dev.put(id1, data, checksum(data))
+  t.teardown(() => f.clear())
+  for (const [off, len] of [[0, 1], [32768, 32768], [99_999, 1], [0, 100_000]]) {
+    t.same(await dev.getRange(id1, off, len), data.subarray(off, off + len), `bytes ${off}+${len}`)
+  }
+  const missing = await fsError(t, dev.getRange(idMissing, 0, 10), 'EIO', /object 0000000000000001 is missing on s2:d1/)
+  t.equal(missing?.fault, 'missing', 'a missing object is fault missing')
+  const short = await fsError(t, dev.getRange(id1, 99_000, 2000), 'EIO', /ends before bytes 99000\.\.101000 \(got 1000\)/)
+  t.equal(short?.fault, 'corrupt', 'an object shorter than the range is corrupt')
+  const past = await fsError(t, dev.getRange(id1, 200_000, 10), 'EIO', /ends before byte 200000/)
+  t.equal(past?.fault, 'corrupt', 'a range past the end (416) too')
+  for (const [off, len] of [[-1, 10], [0, 0], [1.5, 10], [0, 2 ** 40]]) {
+    await fsError(t, dev.getRange(id1, off, len), 'EINVAL', /bad range/)
+  }
+  let before = f.requests
+  f.fault({ kind: 'reset' }, { methods: ['GET'], times: 1 })
+  t.same(await dev.getRange(id1, 10, 10), data.subarray(10, 20), 'a reset connection is retried')
+  t.equal(f.requests - before, 2)
+  f.clear()
+  before = f.requests
+  f.fault({ kind: 'status', status: 500, code: 'EIO', error: 'disk error' }, { methods: ['GET'] })
+  const eio = await fsError(t, dev.getRange(id1, 0, 10), 'EIO', /disk error/)
+  t.equal(eio?.fault, 'corrupt', 'a definite EIO from the server is a bad copy, not retried')
+  t.equal(f.requests - before, 1)
+  f.clear()
+  f.fault({ kind: 'hang' }, { methods: ['GET'] })
+  const ms = await elapsed(() => dev.getRange(id1, 0, 10, { timeoutMs: 200, retries: 0 }).catch(() => undefined))
+  t.ok(ms < 1500, `a hung server fails within the caller's bound (${ms} ms)`)
+  f.clear()
+  f.fault({ kind: 'raw', status: 200, type: 'application/octet-stream', body: 'whole object' }, { methods: ['GET'] })
+  await fsError(t, dev.getRange(id1, 0, 5), 'EIO', /whole object \(200\) instead of the range/)
+  f.clear()
 })
 
 t.test('connection errors are retried, then EIO', async t => {

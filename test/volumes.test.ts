@@ -2,7 +2,7 @@ import t, { Test } from 'tap'
 import * as fsp from 'node:fs/promises'
 import { join } from 'node:path'
 import { BSL, objectIdOf } from '../src/bsl'
-import { checksum } from '../src/checksum'
+import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
 import { CallLimits, Device, DeviceSpace } from '../src/devices/device'
 import { LocalDevice } from '../src/devices/local'
 import { FsError } from '../src/errors'
@@ -54,6 +54,21 @@ class FakeDevice implements Device {
     const data = this.corrupt ? Buffer.concat([o.data, Buffer.from('rot')]) : o.data
     if (checksum(data) !== sum) throw new FsError('EIO', `${this.label}: checksum mismatch on ${objectId}`, { fault: 'corrupt' })
     return Buffer.from(data)
+  }
+
+  /** Flip this byte of the stored object in what getRange returns (a rotted chunk; get sees it too). */
+  rotAt: number | null = null
+
+  async getRange (objectId: string, offset: number, length: number, limits?: CallLimits): Promise<Buffer> {
+    this.log.push(`range ${this.label} ${objectId} ${offset}+${length}`)
+    this.limits.push(limits)
+    if (this.unreachable) throw new FsError('EIO', `${this.label} unreachable`, { fault: 'unreachable' })
+    if (this.failGet) throw new FsError('EIO', `${this.label}: disk error`)
+    const o = this.objects.get(objectId)
+    if (!o) throw new FsError('EIO', `${this.label}: object ${objectId} is missing`, { fault: 'missing' })
+    const out = Buffer.from(o.data.subarray(offset, offset + length))
+    if (this.rotAt !== null && this.rotAt >= offset && this.rotAt < offset + length) out[this.rotAt - offset] ^= 0x40
+    return out
   }
 
   async delete (objectId: string): Promise<void> {
@@ -213,6 +228,54 @@ t.test('write goes to every place; read fails over in order', async t => {
 
   await rejectsCode(t, () => volumes.read({ ...blk(bsl), checksum: sum ^ 1 }), 'EIO', 'a wrong checksum is EIO from every copy')
   t.same(opens.length, 3, 'no device was opened twice')
+})
+
+t.test('readRange reads and verifies only the chunks it needs, with the same failover as read', async t => {
+  const { volumes, dev, log, repairs } = rig(t)
+  const big = Buffer.from(Array.from({ length: 3 * CHUNK_BYTES + 1000 }, (_v, i) => (i * 7 + (i >> 9)) & 0xff))
+  const bsl: BSL = { form: 'mirrored', volume: 0, fileId: 0x51n }
+  const id = objectIdOf(bsl)
+  const block: StoredBlock = { bsl, length: big.length, checksum: checksum(big), chunks: chunkSums(big) }
+  await volumes.write(block, big)
+
+  log.length = 0
+  let r = await volumes.readRange(block, CHUNK_BYTES + 10, 100)
+  t.equal(r.start, CHUNK_BYTES, 'starts at the chunk boundary')
+  t.same(r.data, big.subarray(CHUNK_BYTES, 2 * CHUNK_BYTES), 'the whole covering chunk')
+  t.same(log, [`range X:x ${id} ${CHUNK_BYTES}+${CHUNK_BYTES}`], 'one ranged read of one copy, no whole get')
+  r = await volumes.readRange(block, 2 * CHUNK_BYTES - 5, CHUNK_BYTES + 10)
+  t.same([r.start, r.data], [CHUNK_BYTES, big.subarray(CHUNK_BYTES, big.length)], 'a span over chunks, the last one short')
+
+  // The first copy's chunk 1 rotted: the read moves to the next copy and queues the bad one for heal.
+  log.length = 0
+  dev('X', 'x').rotAt = CHUNK_BYTES + 5
+  r = await volumes.readRange(block, CHUNK_BYTES, 10)
+  t.same(r.data, big.subarray(CHUNK_BYTES, 2 * CHUNK_BYTES), 'good bytes from the other mirror')
+  t.same(log, [`range X:x ${id} ${CHUNK_BYTES}+${CHUNK_BYTES}`, `range Y:y ${id} ${CHUNK_BYTES}+${CHUNK_BYTES}`], 'failed over in order')
+  t.same(repairs.map(x => [objectIdOf(x.block.bsl), x.volume]), [[id, 1]], 'the bad copy is recorded for repair')
+  t.same(repairs[0].block.chunks, block.chunks, 'with the chunk sums')
+  t.equal(volumes.health.report('X:x').corrupt, 1, 'and counted as a corrupt copy')
+  t.same((await volumes.readRange(block, 0, 10)).data, big.subarray(0, CHUNK_BYTES), 'other chunks of the copy still read')
+
+  // A single copy with a rotted chunk: EIO, never wrong bytes.
+  const one: BSL = { form: 'logical', volume: 3, fileId: 0x52n }
+  const oneBlock = { ...block, bsl: one }
+  await volumes.write(oneBlock, big)
+  dev('Z', 'z').rotAt = 3 * CHUNK_BYTES + 1
+  const err = await rejectsCode(t, () => volumes.readRange(oneBlock, 3 * CHUNK_BYTES, 1), 'EIO', 'a corrupt single copy is EIO')
+  t.match(err?.message ?? '', /chunk checksum mismatch.*chunk 3/, err?.message)
+  t.same((await volumes.readRange(oneBlock, 0, 1)).data, big.subarray(0, CHUNK_BYTES), 'its good chunks read')
+
+  // A record without chunk sums (written before they existed) is read whole.
+  log.length = 0
+  const old: StoredBlock = { bsl, length: big.length, checksum: checksum(big) }
+  dev('X', 'x').rotAt = null
+  r = await volumes.readRange(old, CHUNK_BYTES + 1, 3)
+  t.same([r.start, r.data], [CHUNK_BYTES, big.subarray(CHUNK_BYTES, 2 * CHUNK_BYTES)], 'same answer')
+  t.same(log, [`get X:x ${id}`], 'from a whole verified get')
+
+  await rejectsCode(t, () => volumes.readRange(block, big.length - 1, 2), 'EINVAL', 'a range past the block')
+  await rejectsCode(t, () => volumes.readRange(block, 0, 0), 'EINVAL', 'an empty range')
 })
 
 t.test('a device that cannot be opened is a failed copy, and is retried later', async t => {

@@ -197,6 +197,19 @@ function hexByte (n: number): string {
 
 /** Decodes `encodeBSL`'s output; anything else is a BSLFormatError saying exactly what is wrong. */
 export function decodeBSL (buf: Uint8Array): BSL {
+  const { bsl, bytes } = decodeBSLPrefix(buf)
+  if (buf.length > bytes) {
+    throw new BSLFormatError(`bad encoded ${bsl.form} BSL: ${buf.length - bytes} trailing bytes (expected ${bytes} bytes, got ${buf.length})`)
+  }
+  return bsl
+}
+
+/**
+ * Decodes the encoded BSL at the start of `buf` (the encoding is
+ * self-delimiting) and says how many bytes it took: records may carry more
+ * after it. Throws BSLFormatError as decodeBSL does, except for trailing bytes.
+ */
+export function decodeBSLPrefix (buf: Uint8Array): { bsl: BSL, bytes: number } {
   if (!(buf instanceof Uint8Array)) throw new BSLFormatError('bad encoded BSL: not a byte buffer')
   const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
   if (b.length === 0) throw new BSLFormatError('bad encoded BSL: empty buffer')
@@ -209,18 +222,18 @@ export function decodeBSL (buf: Uint8Array): BSL {
   if (form === undefined) {
     throw new BSLFormatError(`bad encoded BSL: tag ${hexByte(tag)} has unknown form code ${tag & 0x0f}`)
   }
-  const exact = (want: number): void => {
+  const need = (want: number): number => {
     if (b.length < want) throw new BSLFormatError(`bad encoded ${form} BSL: ${b.length} bytes, truncated (expected ${want})`)
-    if (b.length > want) throw new BSLFormatError(`bad encoded ${form} BSL: ${b.length - want} trailing bytes (expected ${want} bytes, got ${b.length})`)
+    return want
   }
   switch (form) {
     case 'logical':
     case 'mirrored':
-      exact(13)
-      return { form, volume: b.readUInt32BE(1), fileId: b.readBigUInt64BE(5) }
+      need(13)
+      return { bsl: { form, volume: b.readUInt32BE(1), fileId: b.readBigUInt64BE(5) }, bytes: 13 }
     case 'indexed':
-      exact(19)
-      return { form, volume: b.readUInt32BE(1), index: b.readUIntBE(5, 6), fileId: b.readBigUInt64BE(11) }
+      need(19)
+      return { bsl: { form, volume: b.readUInt32BE(1), index: b.readUIntBE(5, 6), fileId: b.readBigUInt64BE(11) }, bytes: 19 }
     case 'physical': {
       let at = 1
       const name = (kind: 'server' | 'device'): string => {
@@ -241,8 +254,8 @@ export function decodeBSL (buf: Uint8Array): BSL {
       }
       const server = name('server')
       const device = name('device')
-      exact(at + 8)
-      return { form, server, device, fileId: b.readBigUInt64BE(at) }
+      const bytes = need(at + 8)
+      return { bsl: { form, server, device, fileId: b.readBigUInt64BE(at) }, bytes }
     }
   }
 }

@@ -39,6 +39,12 @@ export interface Device {
   put (objectId: string, data: Uint8Array, checksum: number, limits?: CallLimits): Promise<void>
   /** The whole object, verified against `checksum`; a mismatch is EIO, never wrong bytes. */
   get (objectId: string, checksum: number, limits?: CallLimits): Promise<Buffer>
+  /**
+   * Bytes [offset, offset + length) of the object, NOT verified: the caller
+   * checks them against the chunk sums it holds. A range past the object's
+   * end is EIO (the object is shorter than the directory says: corrupt).
+   */
+  getRange (objectId: string, offset: number, length: number, limits?: CallLimits): Promise<Buffer>
   /** Remove an object; removing one that is not there is not an error. */
   delete (objectId: string): Promise<void>
   /** The stored size of an object, or null when it is absent. */
@@ -62,5 +68,17 @@ export function checkDeviceRequest (label: string, closed: boolean, objectId: st
     const id: unknown = objectId
     const shown = typeof id === 'string' ? JSON.stringify(id.slice(0, 40)) : String(id)
     throw new FsError('EINVAL', `bad object id ${shown} for ${label}: must be 16 lowercase hex digits`)
+  }
+}
+
+/** The largest range a getRange may ask for (the largest block size bslfs allows). */
+export const MAX_RANGE_BYTES = 64 * 1024 * 1024
+
+/** A range of a getRange: non-negative integers, not empty, not over MAX_RANGE_BYTES. */
+export function checkRange (label: string, objectId: string, offset: number, length: number): void {
+  const ok = Number.isSafeInteger(offset) && offset >= 0 && Number.isSafeInteger(length) && length > 0 && length <= MAX_RANGE_BYTES
+  if (!ok) {
+    throw new FsError('EINVAL', `bad range offset ${String(offset)} length ${String(length)} of object ${objectId} on ${label}: ` +
+      `must be integers, offset >= 0, 1 <= length <= ${MAX_RANGE_BYTES}`)
   }
 }

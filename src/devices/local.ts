@@ -7,7 +7,8 @@ import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { syncDir, writeNew, writeWhole } from '../durable'
 import { FsError } from '../errors'
-import { Device, DeviceSpace, checkDeviceRequest } from './device'
+import { Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
+import { HandleCache } from './handles'
 
 const log = createDebug('bslfs:devices')
 
@@ -104,6 +105,8 @@ export class LocalDevice implements Device {
   private readonly tmpDir: string
   // Fan-out dirs known to exist, held open so a put's directory fsync is one call, not three.
   private readonly fanouts = new Map<string, Promise<fsp.FileHandle>>()
+  /** Handles kept open for getRange (random small reads). */
+  private readonly handles = new HandleCache(512)
   private closed = false
 
   private constructor (path: string, marker: DeviceMarker) {
@@ -253,6 +256,9 @@ export class LocalDevice implements Device {
       await dir.sync()
     } catch (err) {
       throw this.ioError('put of', objectId, err)
+    } finally {
+      // A put may have replaced a bad copy: an open handle would still read the old file.
+      this.handles.forget(objectId)
     }
     log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
   }
@@ -288,8 +294,36 @@ export class LocalDevice implements Device {
     return data
   }
 
+  async getRange (objectId: string, offset: number, length: number): Promise<Buffer> {
+    this.check(objectId)
+    checkRange(this.label, objectId, offset, length)
+    try {
+      const { data, n } = await this.handles.use(objectId, () => fsp.open(this.objectPath(objectId), 'r'), async fh => {
+        const data = Buffer.allocUnsafe(length)
+        let n = 0
+        while (n < length) {
+          const { bytesRead } = await fh.read(data, n, length - n, offset + n)
+          if (bytesRead === 0) break
+          n += bytesRead
+        }
+        return { data, n }
+      })
+      if (n < length) {
+        throw new FsError('EIO', `object ${objectId} on ${this.label} ends before bytes ${offset}..${offset + length} (read ${n})`, { fault: 'corrupt' })
+      }
+      return data
+    } catch (err) {
+      if (err instanceof FsError) throw err
+      if (errCode(err) === 'ENOENT') {
+        throw new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err, fault: 'missing' })
+      }
+      throw new FsError('EIO', `read of object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err, fault: 'corrupt' })
+    }
+  }
+
   async delete (objectId: string): Promise<void> {
     this.check(objectId)
+    this.handles.forget(objectId)
     try {
       await fsp.unlink(this.objectPath(objectId))
     } catch (err) {
@@ -342,6 +376,7 @@ export class LocalDevice implements Device {
 
   async close (): Promise<void> {
     this.closed = true
+    this.handles.closeAll()
     const dirs = [...this.fanouts.values()]
     this.fanouts.clear()
     await Promise.all(dirs.map(async h => { await (await h).close() }).map(p => p.catch(() => {})))

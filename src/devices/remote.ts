@@ -4,7 +4,7 @@ import { Dispatcher, Pool } from 'undici'
 import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { ErrnoCode, FsError } from '../errors'
-import { CallLimits, Device, DeviceSpace, checkDeviceRequest } from './device'
+import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
 
 const log = createDebug('bslfs:devices')
 
@@ -499,6 +499,46 @@ export class RemoteDevice implements Device {
         if (got !== sum) {
           log('%s: checksum mismatch on %s after transfer', this.label, objectId)
           throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId} (as received): expected 0x${sum.toString(16)}, got 0x${got.toString(16)} (${data.length} bytes)`, { fault: 'corrupt' })
+        }
+        return data
+      }
+    }, limits)
+  }
+
+  /** A ranged GET (206): the server reads only those bytes, and the caller checks them against its chunk sums. */
+  async getRange (objectId: string, offset: number, length: number, limits?: CallLimits): Promise<Buffer> {
+    this.check(objectId)
+    checkRange(this.label, objectId, offset, length)
+    const last = offset + length - 1
+    const what = `get of bytes ${offset}-${last} of object ${objectId}`
+    return await exchange(this.ep, {
+      method: 'GET',
+      path: this.objectPath(objectId),
+      what,
+      headers: { range: `bytes=${offset}-${last}` },
+      handle: async res => {
+        if (res.statusCode !== 206) {
+          const info = await errorInfo(res)
+          if (res.statusCode === 404 && (info.code === undefined || info.code === 'ENOENT')) {
+            throw new Answer(new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { fault: 'missing' }), false)
+          }
+          // The object is shorter than the range: not the block the directory describes.
+          if (res.statusCode === 416 && info.code === 'ERANGE') {
+            throw new Answer(new FsError('EIO', `object ${objectId} on ${this.label} ends before byte ${offset}: ${info.error ?? 'range not satisfiable'}`, { fault: 'corrupt' }), false)
+          }
+          if (res.statusCode === 200) throw new FsError('EIO', `${this.label} answered ${what} with the whole object (200) instead of the range`)
+          const answer = statusAnswer(this.ep, res.statusCode, info, what)
+          if (res.statusCode >= 500 && info.code === 'EIO') throw new Answer(new FsError('EIO', answer.fsError.message.slice('EIO: '.length), { fault: 'corrupt' }), false)
+          throw answer
+        }
+        const range = header(res, 'content-range')
+        if (range === undefined || !range.startsWith(`bytes ${offset}-`)) {
+          throw new FsError('EIO', `${this.label} answered ${what} with Content-Range ${JSON.stringify(String(range).slice(0, 60))}`)
+        }
+        const data = await readLimited(res.body, length)
+        if (data === null) throw new FsError('EIO', `${this.label} answered ${what} with more than ${length} bytes`)
+        if (data.length < length) {
+          throw new FsError('EIO', `object ${objectId} on ${this.label} ends before bytes ${offset}..${offset + length} (got ${data.length})`, { fault: 'corrupt' })
         }
         return data
       }

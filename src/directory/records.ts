@@ -1,4 +1,5 @@
-import { BSL, decodeBSL, encodeBSL } from '../bsl'
+import { BSL, decodeBSLPrefix, encodeBSL } from '../bsl'
+import { chunkCount } from '../checksum'
 import { FsError } from '../errors'
 
 /**
@@ -8,7 +9,7 @@ import { FsError } from '../errors'
  *
  *   I ino                 → inode (JSON)
  *   E parent name         → child ino (u64) + mode (u32)
- *   B ino index           → block record: length u32, checksum u32, BSL
+ *   B ino index           → block record: length u32, checksum u32, BSL [, 'C', chunk sums u32…]
  *   X ino name            → xattr value
  *   O ino                 → (empty) inode with no links left, still open
  *   G objectId            → BSL of a block nothing references any more (to reclaim)
@@ -43,6 +44,12 @@ export interface BlockRecord {
   /** Bytes stored in the object (a block may be shorter than the block size). */
   length: number
   checksum: number
+  /**
+   * The CRC-32 of each CHUNK_BYTES piece of the block (chunkSums), so a small
+   * read can fetch and check only the pieces it needs. Absent in records
+   * written before chunk sums existed: those blocks are read whole.
+   */
+  chunks?: number[]
 }
 
 export const ROOT_INO = 1
@@ -132,20 +139,45 @@ export function decodeEntry (key: Buffer, value: Buffer): { ino: number, mode: n
   return { ino: Number(value.readBigUInt64BE(0)), mode: value.readUInt32BE(8) }
 }
 
+/** Marks the chunk sums after a block record's BSL (older records end with the BSL). */
+const CHUNKS_TAG = 0x43 // 'C'
+
 export function encodeBlock (rec: BlockRecord): Buffer {
   const head = Buffer.allocUnsafe(8)
   head.writeUInt32BE(rec.length, 0)
   head.writeUInt32BE(rec.checksum >>> 0, 4)
-  return Buffer.concat([head, encodeBSL(rec.bsl)])
+  const bsl = encodeBSL(rec.bsl)
+  if (rec.chunks === undefined) return Buffer.concat([head, bsl])
+  if (rec.chunks.length !== chunkCount(rec.length)) {
+    throw new Error(`block record of ${rec.length} bytes needs ${chunkCount(rec.length)} chunk sums, got ${rec.chunks.length}`)
+  }
+  const sums = Buffer.allocUnsafe(1 + 4 * rec.chunks.length)
+  sums[0] = CHUNKS_TAG
+  rec.chunks.forEach((c, i) => sums.writeUInt32BE(c >>> 0, 1 + 4 * i))
+  return Buffer.concat([head, bsl, sums])
 }
 
 export function decodeBlock (key: Buffer, value: Buffer): BlockRecord {
-  if (value.length < 9) throw corrupt('block record', `key ${key.toString('hex')} is too short`)
+  const bad = (detail: string): FsError => corrupt('block record', `key ${key.toString('hex')}${detail}`)
+  if (value.length < 9) throw bad(' is too short')
+  const length = value.readUInt32BE(0)
+  let decoded
   try {
-    return { length: value.readUInt32BE(0), checksum: value.readUInt32BE(4), bsl: decodeBSL(value.subarray(8)) }
+    decoded = decodeBSLPrefix(value.subarray(8))
   } catch (err) {
-    throw corrupt('block record', `key ${key.toString('hex')}: ${(err as Error).message}`)
+    throw bad(`: ${(err as Error).message}`)
   }
+  const rec: BlockRecord = { length, checksum: value.readUInt32BE(4), bsl: decoded.bsl }
+  const rest = value.subarray(8 + decoded.bytes)
+  if (rest.length === 0) return rec
+  if (rest[0] !== CHUNKS_TAG) throw bad(`: ${rest.length} unexpected bytes after the BSL`)
+  const want = chunkCount(length)
+  if (rest.length !== 1 + 4 * want) {
+    throw bad(`: ${(rest.length - 1) / 4} chunk sums for ${length} bytes, expected ${want}`)
+  }
+  rec.chunks = new Array<number>(want)
+  for (let i = 0; i < want; i++) rec.chunks[i] = rest.readUInt32BE(1 + 4 * i)
+  return rec
 }
 
 export function encodeJSON (v: unknown): Buffer {

@@ -1,7 +1,7 @@
 import createDebug from 'debug'
 import { BSL, objectIdOf } from '../bsl'
 import { BufferPool } from '../buffer-pool'
-import { checksum } from '../checksum'
+import { CHUNK_BYTES, checksum, chunkSums } from '../checksum'
 import { Directory } from '../directory/directory'
 import { BlockRecord, Inode, Timespec } from '../directory/records'
 import { FsError } from '../errors'
@@ -13,10 +13,23 @@ export interface BlockStore {
   newBlock (fileId: bigint, index: number): BSL
   write (block: BlockRecord, data: Uint8Array): Promise<void>
   read (block: BlockRecord): Promise<Buffer>
+  /**
+   * The verified bytes of the chunks covering [offset, offset + length) of a
+   * block with chunk sums: `data` starts at `start` (offset rounded down to a
+   * chunk) and ends at a chunk boundary or the block's end.
+   */
+  readRange (block: BlockRecord, offset: number, length: number): Promise<{ start: number, data: Buffer }>
 }
 
 /** How many blocks a sequential reader gets fetched ahead (4 MiB with the default block size). */
 const READ_AHEAD_BLOCKS = 8
+
+/**
+ * A read starting this close to where the last one ended continues a stream
+ * (the kernel's read-ahead may send a couple of requests out of order): it gets
+ * whole blocks and read-ahead. Any other read fetches only the chunks it needs.
+ */
+const STREAM_WINDOW = 256 * 1024
 
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
@@ -50,7 +63,10 @@ class Semaphore {
   }
 }
 
-/** Recently read blocks by object id. Objects never change, so a cached block is never stale. */
+/**
+ * Recently read blocks by object id, and chunks of blocks by `id:chunk`.
+ * Objects never change, so a cached block or chunk is never stale.
+ */
 class BlockCache {
   private readonly map = new Map<string, Buffer>()
   private bytes = 0
@@ -113,6 +129,51 @@ export class FileData {
     return f
   }
 
+  /**
+   * Bytes [offset, offset + length) of a block with chunk sums, fetching only
+   * the chunks that cover them (verified below, in the volumes layer), through
+   * the cache. A whole block cached or on its way serves the bytes instead.
+   */
+  async fetchRange (rec: BlockRecord, offset: number, length: number): Promise<Buffer> {
+    const id = objectIdOf(rec.bsl)
+    // A failed whole fetch (a bad chunk on every copy, say) is no answer here: the chunks needed may be good.
+    const whole = this.cache.get(id) ?? await this.fetching.get(id)?.catch(() => undefined)
+    if (whole) return whole.subarray(offset, offset + length)
+    const first = Math.floor(offset / CHUNK_BYTES)
+    const last = Math.floor((offset + length - 1) / CHUNK_BYTES)
+    const chunks: Array<Promise<Buffer>> = []
+    const missing: number[] = []
+    for (let k = first; k <= last; k++) {
+      const hit = this.cache.get(`${id}:${k}`)
+      const f = hit ? Promise.resolve(hit) : this.fetching.get(`${id}:${k}`)
+      if (!f) missing.push(k)
+      chunks.push(f ?? Promise.resolve(Buffer.alloc(0))) // a placeholder, set below
+    }
+    if (missing.length > 0) {
+      // One device read for the chunks nobody has or is fetching (and any between them).
+      const lo = missing[0] * CHUNK_BYTES
+      const hi = Math.min(rec.length, (missing[missing.length - 1] + 1) * CHUNK_BYTES)
+      const span = this.store.readRange(rec, lo, hi - lo).then(({ start, data }) => {
+        if (start !== lo || data.length !== hi - lo) throw new FsError('EIO', `block ${id}: asked for bytes ${lo}..${hi}, got ${data.length} at ${start}`)
+        return data
+      })
+      for (const k of missing) {
+        const key = `${id}:${k}`
+        const f = span.then(data => {
+          const chunk = data.subarray(k * CHUNK_BYTES - lo, (k + 1) * CHUNK_BYTES - lo)
+          this.cache.set(key, chunk)
+          return chunk
+        }).finally(() => this.fetching.delete(key))
+        this.fetching.set(key, f)
+        chunks[k - first] = f
+      }
+    }
+    const got = await Promise.all(chunks)
+    const from = offset - first * CHUNK_BYTES
+    if (got.length === 1) return got[0].subarray(from, from + length)
+    return Buffer.concat(got).subarray(from, from + length)
+  }
+
   /** Start reading a block the reader will want soon; a failure here is left for the real read to report. */
   prefetch (rec: BlockRecord): void {
     this.fetch(rec).catch(err => log('read-ahead of %s failed: %s', objectIdOf(rec.bsl), (err as Error).message))
@@ -139,6 +200,8 @@ export class OpenFile {
   private error: unknown = null
   /** The block the last read ended in: a read that starts there or just after is sequential. */
   private lastReadBlock = -2
+  /** Where the last read ended: a read near it continues a stream (STREAM_WINDOW). */
+  private lastReadEnd = 0
 
   constructor (readonly ino: number, private readonly shared: FileData, private blocks: Map<number, BlockRecord>, private committedSize: number) {}
 
@@ -176,25 +239,17 @@ export class OpenFile {
     return this.dirty.get(i) ?? this.flushing.get(i)?.data
   }
 
-  /** Block `i`'s stored bytes, or null for a hole. */
-  private async stored (i: number): Promise<Buffer | null> {
-    const rec = this.blocks.get(i)
-    return rec ? this.shared.fetch(rec) : null
-  }
-
   async read (buf: Buffer, len: number, pos: number): Promise<number> {
     const size = this.size
     if (pos >= size) return 0
     const end = Math.min(pos + len, size)
-    this.readAhead(Math.floor(pos / this.bs), Math.floor((end - 1) / this.bs))
+    const streaming = this.readAhead(pos, end)
     for (const { index, offset, length, at } of spans(pos, end, this.bs)) {
       // A truncate during this read dropped the blocks past the new size, dirty ones included:
       // reading on would find an older version of them in the block map.
       if (at >= this.size) break
-      const src = this.buffered(index) ?? await this.stored(index)
       const dst = at - pos
-      const have = src ? Math.max(0, Math.min(length, src.length - offset)) : 0
-      if (have > 0) src!.copy(buf, dst, offset, offset + have)
+      const have = await this.readBlock(index, offset, length, streaming, buf, dst)
       if (have < length) buf.fill(0, dst + have, dst + length)
     }
     // Bytes past a size that shrank meanwhile are not the file's any more (a truncate zeroed them).
@@ -202,19 +257,57 @@ export class OpenFile {
   }
 
   /**
+   * Copy up to `length` bytes of block `i` from `offset` into `buf` at `dst`,
+   * and say how many the block has there (the rest is a hole or past its end).
+   * Bytes in memory come first, then the stored record: whole for a
+   * streaming reader, only the chunks needed for a random one.
+   */
+  private async readBlock (i: number, offset: number, length: number, streaming: boolean, buf: Buffer, dst: number): Promise<number> {
+    const mem = this.buffered(i)
+    const rec = mem ? undefined : this.blocks.get(i)
+    if (rec && !streaming && rec.chunks !== undefined) {
+      const n = Math.max(0, Math.min(length, rec.length - offset))
+      if (n > 0) (await this.shared.fetchRange(rec, offset, n)).copy(buf, dst)
+      return n
+    }
+    let src = mem ?? null
+    if (!src && rec) {
+      try {
+        src = await this.shared.fetch(rec)
+      } catch (err) {
+        // No whole good copy (every copy has a bad chunk somewhere): the chunks this read needs may still be good.
+        const n = Math.max(0, Math.min(length, rec.length - offset))
+        if (rec.chunks === undefined || n === 0 || (err as FsError).code !== 'EIO') throw err
+        log('block %s unreadable whole, reading its chunks: %s', objectIdOf(rec.bsl), (err as Error).message)
+        ;(await this.shared.fetchRange(rec, offset, n)).copy(buf, dst)
+        return n
+      }
+    }
+    const have = src ? Math.max(0, Math.min(length, src.length - offset)) : 0
+    if (have > 0) src!.copy(buf, dst, offset, offset + have)
+    return have
+  }
+
+  /**
    * A sequential reader gets the next blocks fetched ahead of its requests, so
    * device latency overlaps the kernel's reads instead of adding to each.
+   * Says whether [pos, end) continues a stream.
    */
-  private readAhead (first: number, last: number): void {
-    const sequential = first === this.lastReadBlock || first === this.lastReadBlock + 1
+  private readAhead (pos: number, end: number): boolean {
+    const first = Math.floor(pos / this.bs)
+    const last = Math.floor((end - 1) / this.bs)
+    const streaming = Math.abs(pos - this.lastReadEnd) <= STREAM_WINDOW
+    const sequential = streaming && (first === this.lastReadBlock || first === this.lastReadBlock + 1)
     const before = this.lastReadBlock
     this.lastReadBlock = last
-    if (!sequential || last === before) return // a new block is entered: look further ahead once per block
+    this.lastReadEnd = end
+    if (!sequential || last === before) return streaming // a new block is entered: look further ahead once per block
     const lastBlock = Math.floor((this.size - 1) / this.bs)
     for (let i = last + 1; i <= Math.min(last + READ_AHEAD_BLOCKS, lastBlock); i++) {
       const rec = this.blocks.get(i)
       if (rec && !this.buffered(i)) this.shared.prefetch(rec)
     }
+    return streaming
   }
 
   /**
@@ -290,7 +383,7 @@ export class OpenFile {
       try {
         const bytes = data.subarray(0, length)
         const fileId = await this.shared.dir.allocateObjectId()
-        const rec: BlockRecord = { bsl: this.shared.store.newBlock(fileId, i), length, checksum: checksum(bytes) }
+        const rec: BlockRecord = { bsl: this.shared.store.newBlock(fileId, i), length, checksum: checksum(bytes), chunks: chunkSums(bytes) }
         await this.shared.store.write(rec, bytes)
         await this.commit([{ index: i, record: rec }])
         this.blocks.set(i, rec)

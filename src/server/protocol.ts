@@ -6,7 +6,9 @@
  *   GET    /v1/devices/DEV/space               200 {"total","free","available"} (bytes)
  *   GET    /v1/devices/DEV/objects             200 text/plain, one object id per line
  *   PUT    /v1/devices/DEV/objects/ID          201 (Content-Length and X-Bslfs-Checksum required)
- *   GET    /v1/devices/DEV/objects/ID          200/206 the bytes (X-Bslfs-Checksum required; Range: bytes=A-B)
+ *   GET    /v1/devices/DEV/objects/ID          200 the bytes, verified (X-Bslfs-Checksum required), or with
+ *                                              Range: bytes=A-B 206 those bytes read alone and NOT verified
+ *                                              (the client checks them against its chunk sums)
  *   HEAD   /v1/devices/DEV/objects/ID          200 with Content-Length, or 404
  *   DELETE /v1/devices/DEV/objects/ID          204 (idempotent)
  *

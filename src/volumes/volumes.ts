@@ -1,6 +1,7 @@
 import createDebug from 'debug'
 import { EventEmitter } from 'node:events'
 import { BSL, formatBSL, objectIdOf } from '../bsl'
+import { CHUNK_BYTES, checksum } from '../checksum'
 import { CallLimits, Device, DeviceSpace } from '../devices/device'
 import { FsError, faultOf } from '../errors'
 import { Health, PlaceHealth } from './health'
@@ -16,6 +17,26 @@ export interface StoredBlock {
   bsl: BSL
   length: number
   checksum: number
+  /** CRC-32 of each CHUNK_BYTES piece, when the directory records them (readRange). */
+  chunks?: number[]
+}
+
+/** Reads one copy of a block and verifies what it read (a whole object, or chunks of it). */
+type CopyRead = (d: Device, limits?: CallLimits) => Promise<Buffer>
+
+/**
+ * Checks `data`, the bytes of chunks first, first + 1, … of `block`, against
+ * the block's chunk sums: a mismatch is a corrupt copy, never wrong bytes.
+ */
+function verifyChunks (block: StoredBlock, first: number, data: Buffer, label: string): Buffer {
+  const sums = block.chunks as number[]
+  for (let at = 0, k = first; at < data.length; at += CHUNK_BYTES, k++) {
+    const got = checksum(data.subarray(at, at + CHUNK_BYTES))
+    if (got !== sums[k]) {
+      throw new FsError('EIO', `chunk checksum mismatch on ${label} object ${objectIdOf(block.bsl)} chunk ${k}: expected 0x${sums[k].toString(16)}, got 0x${got.toString(16)}`, { fault: 'corrupt' })
+    }
+  }
+  return data
 }
 
 /** A copy of a block that is missing or bad on one mirror volume and must be healed. */
@@ -328,10 +349,36 @@ export class Volumes extends EventEmitter {
   /** Read a whole block, verified; see the class comment for the failover. */
   async read (block: StoredBlock): Promise<Buffer> {
     const id = objectIdOf(block.bsl)
+    return await this.readCopies(block, (d, limits) => d.get(id, block.checksum, limits))
+  }
+
+  /**
+   * The bytes of the chunks of `block` that cover [offset, offset + length),
+   * each verified against the block's chunk sums, with the same failover as
+   * `read` (a chunk that does not match is a corrupt copy). `start` is where
+   * `data` begins in the block: offset rounded down to a chunk boundary;
+   * `data` ends at a chunk boundary or at the end of the block. A block
+   * without chunk sums (written before they existed) is read whole.
+   */
+  async readRange (block: StoredBlock, offset: number, length: number): Promise<{ start: number, data: Buffer }> {
+    if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0 && offset + length <= block.length)) {
+      throw new FsError('EINVAL', `bad range ${offset}+${length} of ${formatBSL(block.bsl)} (${block.length} bytes)`)
+    }
+    const first = Math.floor(offset / CHUNK_BYTES)
+    const start = first * CHUNK_BYTES
+    const end = Math.min(block.length, Math.ceil((offset + length) / CHUNK_BYTES) * CHUNK_BYTES)
+    if (block.chunks === undefined) return { start, data: (await this.read(block)).subarray(start, end) }
+    const id = objectIdOf(block.bsl)
+    const data = await this.readCopies(block, async (d, limits) => verifyChunks(block, first, await d.getRange(id, start, end - start, limits), d.label))
+    return { start, data }
+  }
+
+  /** One good answer of `fetch` from the copies of a block: the device's own retries for a lone copy, else `race`. */
+  private async readCopies (block: StoredBlock, fetch: CopyRead): Promise<Buffer> {
     const copies = this.copies(block.bsl)
     if (copies.length === 1) {
       try {
-        return await this.timed(copies[0], true, d => d.get(id, block.checksum))
+        return await this.timed(copies[0], true, d => fetch(d))
       } catch (err) {
         this.copyFailed(copies[0], err)
         throw new FsError('EIO', `${formatBSL(block.bsl)} could not be read: ${(err as Error).message}`, { cause: err })
@@ -341,11 +388,11 @@ export class Volumes extends EventEmitter {
     if (up.length === 0) {
       throw new FsError('EIO', `${formatBSL(block.bsl)}: every copy is down (${copies.map(c => `${c.key}: ${this.health.report(c.key).lastError ?? 'down'}`).join('; ')})`)
     }
-    return await this.race(block, id, up)
+    return await this.race(block, up, fetch)
   }
 
   /** Ask copies one after another, starting the next early when one is slow; the first good answer wins. */
-  private race (block: StoredBlock, id: string, copies: Copy[]): Promise<Buffer> {
+  private race (block: StoredBlock, copies: Copy[], fetch: CopyRead): Promise<Buffer> {
     const limits: CallLimits = { timeoutMs: this.copyTimeoutMs, retries: 0 }
     return new Promise((resolve, reject) => {
       let next = 0
@@ -358,7 +405,7 @@ export class Volumes extends EventEmitter {
         if (settled || next >= copies.length) return
         const c = copies[next++]
         running++
-        this.timed(c, true, d => d.get(id, block.checksum, limits)).then(data => {
+        this.timed(c, true, d => fetch(d, limits)).then(data => {
           running--
           if (settled) return
           settled = true
@@ -415,7 +462,7 @@ export class Volumes extends EventEmitter {
     }
     const sources = this.health.order(copies.filter(c => c !== target), c => c.key)
     if (sources.length === 0) throw new FsError('EIO', `${formatBSL(block.bsl)}: no other copy is up to heal ${target.key} from`)
-    const data = await this.race(block, id, sources)
+    const data = await this.race(block, sources, (d, limits) => d.get(id, block.checksum, limits))
     try {
       await this.timed(target, false, d => d.put(id, data, block.checksum))
     } catch (err) {

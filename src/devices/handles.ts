@@ -1,0 +1,81 @@
+import type { FileHandle } from 'node:fs/promises'
+
+interface Entry {
+  fh: Promise<FileHandle>
+  /** Reads using the handle now: it is closed only once they are done. */
+  users: number
+  dropped: boolean
+  lastUsed: number
+}
+
+/** A handle nobody has read through for this long is closed (descriptors are not held for idle objects). */
+const IDLE_MS = 2000
+
+/**
+ * Open handles of recently read objects, least recently used dropped first.
+ * A small random read then costs one thread-pool round trip (the read)
+ * instead of three (open, read, close). Objects are immutable, but a put can
+ * replace a bad copy and a delete can remove one: both `forget` the handle,
+ * so a read never sees the bytes of a file that is no longer the object.
+ */
+export class HandleCache {
+  private readonly map = new Map<string, Entry>()
+  private sweeper: NodeJS.Timeout | undefined
+
+  constructor (private readonly max: number) {}
+
+  async use<T> (key: string, open: () => Promise<FileHandle>, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    let e = this.map.get(key)
+    if (e) {
+      this.map.delete(key)
+      this.map.set(key, e)
+    } else {
+      const entry: Entry = { fh: open(), users: 0, dropped: false, lastUsed: 0 }
+      // A failed open is not kept: the next read tries again (the object may have been healed).
+      entry.fh.catch(() => { if (this.map.get(key) === entry) this.map.delete(key) })
+      this.map.set(key, entry)
+      e = entry
+      while (this.map.size > this.max) this.forget(this.map.keys().next().value as string)
+      this.sweeper ??= setInterval(() => this.sweep(), IDLE_MS / 2).unref()
+    }
+    e.lastUsed = performance.now()
+    e.users++
+    try {
+      return await fn(await e.fh)
+    } finally {
+      e.users--
+      if (e.dropped && e.users === 0) close(e)
+    }
+  }
+
+  /** Close the handle of `key` (once no read uses it); the next read opens the file again. */
+  forget (key: string): void {
+    const e = this.map.get(key)
+    if (!e) return
+    this.map.delete(key)
+    e.dropped = true
+    if (e.users === 0) close(e)
+  }
+
+  closeAll (): void {
+    for (const key of [...this.map.keys()]) this.forget(key)
+    this.sweep()
+  }
+
+  /** Close the handles idle for IDLE_MS (least recently used first, so stop at the first one still in use lately). */
+  private sweep (): void {
+    const now = performance.now()
+    for (const [key, e] of this.map) {
+      if (now - e.lastUsed < IDLE_MS) break
+      this.forget(key)
+    }
+    if (this.map.size === 0) {
+      clearInterval(this.sweeper)
+      this.sweeper = undefined
+    }
+  }
+}
+
+function close (e: Entry): void {
+  e.fh.then(fh => fh.close()).catch(() => undefined)
+}
