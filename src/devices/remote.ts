@@ -15,7 +15,7 @@ export const DEFAULT_RETRIES = 2
 /** The largest object a get accepts (the largest block size bslfs allows). */
 export const DEFAULT_MAX_OBJECT_BYTES = 64 * 1024 * 1024
 /** Connections per server in the shared pool. */
-export const POOL_CONNECTIONS = 16
+export const POOL_CONNECTIONS = 8
 
 // Pauses before the 2nd, 3rd, … attempt; later attempts reuse the last one.
 const BACKOFF_MS = [50, 150, 400, 1000]

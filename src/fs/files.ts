@@ -99,7 +99,7 @@ export class FileData {
   constructor (readonly dir: Directory, readonly store: BlockStore, opts: { cacheBytes?: number, dirtyBytes?: number, parallelWrites?: number } = {}) {
     // 32 MiB: with the dirty budget and the read-ahead, the mount stays under 250 MiB RSS.
     this.cache = new BlockCache(opts.cacheBytes ?? 32 * 1024 * 1024)
-    this.writers = new Semaphore(opts.parallelWrites ?? 16)
+    this.writers = new Semaphore(opts.parallelWrites ?? 8)
     this.dirtyLimit = opts.dirtyBytes ?? 64 * 1024 * 1024
     this.buffers = new BufferPool(dir.blockSize)
   }
@@ -160,7 +160,9 @@ export class FileData {
       for (const k of missing) {
         const key = `${id}:${k}`
         const f = span.then(data => {
-          const chunk = data.subarray(k * CHUNK_BYTES - lo, (k + 1) * CHUNK_BYTES - lo)
+          const piece = data.subarray(k * CHUNK_BYTES - lo, (k + 1) * CHUNK_BYTES - lo)
+          // A view would keep the whole span alive while the cache counts only the chunk.
+          const chunk = missing.length > 1 ? Buffer.from(piece) : piece
           this.cache.set(key, chunk)
           return chunk
         }).finally(() => this.fetching.delete(key))
