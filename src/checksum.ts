@@ -22,3 +22,49 @@ export function chunkSums (data: Uint8Array): number[] {
   for (let i = 0; i < out.length; i++) out[i] = checksum(data.subarray(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES))
   return out
 }
+
+// CRC-32 combination (zlib's crc32_combine, done here because node:zlib does not export it):
+// the CRC of A followed by B from crc(A), crc(B) and B's length, by polynomial arithmetic mod
+// the CRC polynomial, so a block's whole checksum comes from its chunk sums without a second pass.
+const POLY = 0xedb88320
+
+/** a * b modulo the CRC polynomial (bit-reflected, as zlib's multmodp). */
+function multmodp (a: number, b: number): number {
+  let m = 0x80000000
+  let p = 0
+  for (;;) {
+    if (a & m) {
+      p ^= b
+      if ((a & (m - 1)) === 0) break
+    }
+    m >>>= 1
+    b = b & 1 ? (b >>> 1) ^ POLY : b >>> 1
+  }
+  return p >>> 0
+}
+
+/** x^(2^k) modulo the polynomial, k = 0..31. */
+const X2N: number[] = [0x40000000]
+for (let k = 1; k < 32; k++) X2N.push(multmodp(X2N[k - 1], X2N[k - 1]))
+
+/** x^(8 * bytes) modulo the polynomial: what appending `bytes` bytes does to a CRC. */
+function shiftFor (bytes: number): number {
+  let p = 0x80000000
+  for (let n = bytes, k = 3; n > 0; n = Math.floor(n / 2), k++) {
+    if (n % 2) p = multmodp(X2N[k & 31], p)
+  }
+  return p
+}
+
+const CHUNK_SHIFT = shiftFor(CHUNK_BYTES)
+
+/** The whole CRC-32 and the chunk sums of a block, with one pass over its bytes. */
+export function blockSums (data: Uint8Array): { checksum: number, chunks: number[] } {
+  const chunks = chunkSums(data)
+  let whole = 0
+  for (let k = 0; k < chunks.length; k++) {
+    const len = Math.min(CHUNK_BYTES, data.length - k * CHUNK_BYTES)
+    whole = (multmodp(len === CHUNK_BYTES ? CHUNK_SHIFT : shiftFor(len), whole) ^ chunks[k]) >>> 0
+  }
+  return { checksum: whole, chunks }
+}

@@ -1,7 +1,7 @@
 import createDebug from 'debug'
 import { BSL, objectIdOf } from '../bsl'
 import { BufferPool } from '../buffer-pool'
-import { CHUNK_BYTES, checksum, chunkSums } from '../checksum'
+import { CHUNK_BYTES, blockSums } from '../checksum'
 import { Directory } from '../directory/directory'
 import { BlockRecord, Inode, Timespec } from '../directory/records'
 import { FsError } from '../errors'
@@ -385,7 +385,7 @@ export class OpenFile {
       try {
         const bytes = data.subarray(0, length)
         const fileId = await this.shared.dir.allocateObjectId()
-        const rec: BlockRecord = { bsl: this.shared.store.newBlock(fileId, i), length, checksum: checksum(bytes), chunks: chunkSums(bytes) }
+        const rec: BlockRecord = { bsl: this.shared.store.newBlock(fileId, i), length, ...blockSums(bytes) }
         await this.shared.store.write(rec, bytes)
         await this.commit([{ index: i, record: rec }])
         this.blocks.set(i, rec)
