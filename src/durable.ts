@@ -33,7 +33,12 @@ export async function writeNew (path: string, data: Uint8Array): Promise<boolean
     await fsp.unlink(path).catch(() => {})
     throw err
   }
-  await h.close()
+  try {
+    await h.close()
+  } catch (err) {
+    await fsp.unlink(path).catch(() => {})
+    throw err
+  }
   return true
 }
 
@@ -43,14 +48,10 @@ export async function writeNew (path: string, data: Uint8Array): Promise<boolean
  * temp file is gone. The caller syncs the directory when the name must last.
  */
 export async function writeWhole (tmp: string, final: string, data: string | Uint8Array): Promise<void> {
+  if (!await writeNew(tmp, typeof data === 'string' ? Buffer.from(data) : data)) {
+    throw Object.assign(new Error(`EEXIST: temp file ${tmp} exists already`), { code: 'EEXIST' })
+  }
   try {
-    const h = await fsp.open(tmp, 'wx', 0o644)
-    try {
-      await h.writeFile(data)
-      await h.sync()
-    } finally {
-      await h.close()
-    }
     await fsp.rename(tmp, final)
   } catch (err) {
     await fsp.unlink(tmp).catch(() => {})

@@ -210,6 +210,12 @@ export class LocalDevice implements Device {
     return join(this.fanoutOf(objectId), objectId)
   }
 
+  /** A failed read of an object: EIO for the reader, with a message (and fault) that says "missing" or not. */
+  private readError (objectId: string, err: unknown): FsError {
+    if (errCode(err) === 'ENOENT') return new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err, fault: 'missing' })
+    return new FsError('EIO', `read of object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err, fault: 'corrupt' })
+  }
+
   private ioError (what: string, objectId: string, err: unknown): FsError {
     const code = errCode(err)
     if (code === 'ENOSPC' || code === 'EDQUOT') {
@@ -280,11 +286,7 @@ export class LocalDevice implements Device {
     try {
       data = await fsp.readFile(this.objectPath(objectId))
     } catch (err) {
-      if (errCode(err) === 'ENOENT') {
-        // EIO for the reader, but a message (and cause) that says "missing" rather than "corrupt".
-        throw new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err, fault: 'missing' })
-      }
-      throw new FsError('EIO', `read of object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err, fault: 'corrupt' })
+      throw this.readError(objectId, err)
     }
     const actual = checksum(data)
     if (actual !== sum) {
@@ -313,11 +315,7 @@ export class LocalDevice implements Device {
       }
       return data
     } catch (err) {
-      if (err instanceof FsError) throw err
-      if (errCode(err) === 'ENOENT') {
-        throw new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err, fault: 'missing' })
-      }
-      throw new FsError('EIO', `read of object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err, fault: 'corrupt' })
+      throw err instanceof FsError ? err : this.readError(objectId, err)
     }
   }
 

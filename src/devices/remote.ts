@@ -465,6 +465,18 @@ export class RemoteDevice implements Device {
     log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
   }
 
+  /** Why a read got no bytes: the object is missing (404), the server found its copy bad (5xx EIO), or what the status says. */
+  private readFailure (status: number, info: { error?: string, code?: string }, objectId: string, what: string): Answer {
+    if (status === 404 && (info.code === undefined || info.code === 'ENOENT')) {
+      // EIO for the reader, but a message that says "missing" rather than "corrupt" (as LocalDevice).
+      return new Answer(new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { fault: 'missing' }), false)
+    }
+    const answer = statusAnswer(this.ep, status, info, what)
+    // The server read its copy and found it bad (checksum, disk error): this copy is corrupt.
+    if (status >= 500 && info.code === 'EIO') return new Answer(new FsError('EIO', answer.fsError.message.slice('EIO: '.length), { fault: 'corrupt' }), false)
+    return answer
+  }
+
   async get (objectId: string, sum: number, limits?: CallLimits): Promise<Buffer> {
     this.check(objectId, sum)
     const what = `get of object ${objectId}`
@@ -476,15 +488,7 @@ export class RemoteDevice implements Device {
       headers: { 'x-bslfs-checksum': String(sum) },
       handle: async res => {
         if (res.statusCode !== 200) {
-          const info = await errorInfo(res)
-          if (res.statusCode === 404 && (info.code === undefined || info.code === 'ENOENT')) {
-            // EIO for the reader, but a message that says "missing" rather than "corrupt" (as LocalDevice).
-            throw new Answer(new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { fault: 'missing' }), false)
-          }
-          const answer = statusAnswer(this.ep, res.statusCode, info, what)
-          // The server read its copy and found it bad (checksum, disk error): this copy is corrupt.
-          if (res.statusCode >= 500 && info.code === 'EIO') throw new Answer(new FsError('EIO', answer.fsError.message.slice('EIO: '.length), { fault: 'corrupt' }), false)
-          throw answer
+          throw this.readFailure(res.statusCode, await errorInfo(res), objectId, what)
         }
         const declared = contentLength(this.ep, res, what)
         if (declared !== undefined && declared > max) {
@@ -519,17 +523,12 @@ export class RemoteDevice implements Device {
       handle: async res => {
         if (res.statusCode !== 206) {
           const info = await errorInfo(res)
-          if (res.statusCode === 404 && (info.code === undefined || info.code === 'ENOENT')) {
-            throw new Answer(new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { fault: 'missing' }), false)
-          }
           // The object is shorter than the range: not the block the directory describes.
           if (res.statusCode === 416 && info.code === 'ERANGE') {
             throw new Answer(new FsError('EIO', `object ${objectId} on ${this.label} ends before byte ${offset}: ${info.error ?? 'range not satisfiable'}`, { fault: 'corrupt' }), false)
           }
           if (res.statusCode === 200) throw new FsError('EIO', `${this.label} answered ${what} with the whole object (200) instead of the range`)
-          const answer = statusAnswer(this.ep, res.statusCode, info, what)
-          if (res.statusCode >= 500 && info.code === 'EIO') throw new Answer(new FsError('EIO', answer.fsError.message.slice('EIO: '.length), { fault: 'corrupt' }), false)
-          throw answer
+          throw this.readFailure(res.statusCode, info, objectId, what)
         }
         const range = header(res, 'content-range')
         if (range === undefined || !range.startsWith(`bytes ${offset}-`)) {
