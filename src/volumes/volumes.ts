@@ -502,6 +502,9 @@ export class Volumes extends EventEmitter {
   async delete (bsl: BSL): Promise<void> {
     const id = objectIdOf(bsl)
     const copies = this.copies(bsl)
+    // Taken with the copies: a remap that switches and ends while the deletes below run would
+    // otherwise leave its copy on the new place, which nothing then references.
+    const shadows = copies.map(c => this.shadows.get(c.volume)).filter((s): s is Shadow => s !== undefined)
     await Promise.all(copies.map(async c => {
       if (!this.health.isUp(c.key)) throw new FsError('EIO', `${c.key} is down`)
       try {
@@ -512,9 +515,7 @@ export class Volumes extends EventEmitter {
       }
     }))
     // A volume being remapped may have a copy on its new place already (copied, or a shadow copy): not left behind there.
-    await Promise.all(copies.map(async c => {
-      const shadow = this.shadows.get(c.volume)
-      if (!shadow) return
+    await Promise.all(shadows.map(async shadow => {
       await (await this.device(shadow.place)).delete(id).catch((err: Error) => {
         log('cannot delete %s from %s (the remap target): %s', id, placeText(shadow.place), err.message)
       })
