@@ -7,7 +7,7 @@ import { Directory } from '../src/directory/directory'
 import { LevelKv } from '../src/directory/leveldb'
 import { BlockRecord } from '../src/directory/records'
 import { FsError } from '../src/errors'
-import { BlockStore, FileData, OpenFile } from '../src/fs/files'
+import { BlockStore, FileData, OpenFile, OpenFiles } from '../src/fs/files'
 
 // Open-file data against a real directory (LevelDB in a temp dir) and a block
 // store (the layer below) whose writes can be made to fail late.
@@ -185,4 +185,27 @@ t.test('a read racing a truncate never returns an older version of a dropped blo
   t.ok(n <= bs + 10 || buf.subarray(bs + 10, bs + 110).toString() === 'n'.repeat(100),
     `the read (${n} bytes) holds the newer bytes of block 1 or stops before them`)
   t.ok(n <= bs / 2 || n === 2 * bs, `it ends at the old size or the new one (${n})`)
+})
+
+t.test('an open racing the release of the same inode gets the file the release keeps', async t => {
+  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
+  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
+  t.teardown(() => dir.close())
+  const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
+  const { store } = countingStore()
+  const files = new OpenFiles(new FileData(dir, store))
+  const first = await files.acquire(inode.ino)
+  await first.write(Buffer.from('hello'), 0, now)
+  await first.flush() // nothing left to write: the release below finishes within a few microtasks
+  // The kernel does not wait for a release: the next open arrives while the last close is handled.
+  const released = files.release(first)
+  const second = await files.acquire(inode.ino)
+  await released
+  t.equal(second, first, 'the same open file')
+  t.equal(await files.get(inode.ino), second, 'still the one the directory overlays')
+  await second.write(Buffer.from('!'), 5, now)
+  t.equal((await files.get(inode.ino))?.size, 6, 'a write through the new handle shows in the size')
+  await files.release(second)
+  t.notOk(files.isOpen(inode.ino), 'the last release lets go')
+  t.equal((await dir.getInode(inode.ino)).size, 6, 'and the size is committed')
 })

@@ -31,6 +31,8 @@ const READ_AHEAD_BLOCKS = 8
  */
 const STREAM_WINDOW = 256 * 1024
 
+function noop (): void {}
+
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
 
@@ -191,7 +193,6 @@ export class FileData {
  * then committed to the directory with the file's size and times.
  */
 export class OpenFile {
-  refs = 0
   private readonly dirty = new Map<number, Buffer>()
   /** Block writes in flight, and the bytes they carry (reads see them until they commit). */
   private readonly flushing = new Map<number, { done: Promise<void>, data: Buffer }>()
@@ -204,6 +205,8 @@ export class OpenFile {
   private lastReadBlock = -2
   /** Where the last read ended: a read near it continues a stream (STREAM_WINDOW). */
   private lastReadEnd = 0
+  /** The end of the last write or truncate queued (see serially). */
+  private queue: Promise<void> = Promise.resolve()
 
   constructor (readonly ino: number, private readonly shared: FileData, private blocks: Map<number, BlockRecord>, private committedSize: number) {}
 
@@ -355,7 +358,23 @@ export class OpenFile {
     await this.writeBlock(i, off, Buffer.alloc(this.bs - off))
   }
 
-  async write (data: Buffer, pos: number, now: Timespec): Promise<number> {
+  /**
+   * Run writes and truncates of this file one at a time, in arrival order: each
+   * decides from the size the one before left (a write past the end zeroes the
+   * old tail first). The kernel sends one file's writes together when it splits
+   * a direct write into several requests.
+   */
+  private serially<T> (fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn)
+    this.queue = run.then(noop, noop)
+    return run
+  }
+
+  write (data: Buffer, pos: number, now: Timespec): Promise<number> {
+    return this.serially(() => this.writeNow(data, pos, now))
+  }
+
+  private async writeNow (data: Buffer, pos: number, now: Timespec): Promise<number> {
     this.throwPendingError()
     const end = pos + data.length
     if (end > MAX_FILE_SIZE) throw new FsError('EFBIG', `write past ${MAX_FILE_SIZE} bytes`)
@@ -446,7 +465,11 @@ export class OpenFile {
     await this.shared.dir.sync()
   }
 
-  async truncate (size: number, now: Timespec): Promise<void> {
+  truncate (size: number, now: Timespec): Promise<void> {
+    return this.serially(() => this.truncateNow(size, now))
+  }
+
+  private async truncateNow (size: number, now: Timespec): Promise<void> {
     if (size > MAX_FILE_SIZE) throw new FsError('EFBIG', `size over ${MAX_FILE_SIZE} bytes`)
     await this.settle()
     this.throwPendingError()
@@ -483,46 +506,62 @@ export class OpenFile {
   }
 }
 
-/** The open files of a mount, by inode; the first open loads the block map, the last close flushes. */
+interface OpenEntry { refs: number, file: Promise<OpenFile> }
+
+/**
+ * The open files of a mount, by inode; the first open loads the block map, the
+ * last close flushes. References are counted when taken, not once the file has
+ * loaded: an open racing the release of the same inode (the kernel does not wait
+ * for a release) must find the file the release is about to keep, never one it
+ * has just let go of.
+ */
 export class OpenFiles {
-  private readonly files = new Map<number, Promise<OpenFile>>()
+  private readonly entries = new Map<number, OpenEntry>()
   private retrying = false
 
   constructor (readonly shared: FileData) {}
 
   isOpen (ino: number): boolean {
-    return this.files.has(ino)
+    return this.entries.has(ino)
   }
 
   get (ino: number): Promise<OpenFile> | undefined {
-    return this.files.get(ino)
+    return this.entries.get(ino)?.file
   }
 
   /** Open `ino`; `created` says it was just made, so it has no blocks to load (a scan of the directory saved). */
   acquire (ino: number, created = false): Promise<OpenFile> {
-    let f = this.files.get(ino)
-    if (!f) {
-      f = (async () => {
-        const inode = await this.shared.dir.getInode(ino)
-        return new OpenFile(ino, this.shared, created ? new Map() : await this.shared.dir.getBlocks(ino), inode.size)
-      })()
-      this.files.set(ino, f)
-      f.catch(() => this.files.delete(ino))
+    let e = this.entries.get(ino)
+    if (!e) {
+      const entry: OpenEntry = {
+        refs: 0,
+        file: (async () => {
+          const inode = await this.shared.dir.getInode(ino)
+          return new OpenFile(ino, this.shared, created ? new Map() : await this.shared.dir.getBlocks(ino), inode.size)
+        })()
+      }
+      entry.file.catch(() => { if (this.entries.get(ino) === entry) this.entries.delete(ino) })
+      this.entries.set(ino, entry)
+      e = entry
     }
-    return f.then(file => { file.refs++; return file })
+    const taken = e
+    taken.refs++
+    return taken.file.catch(err => { taken.refs--; throw err })
   }
 
   /** Drop one reference; the last one flushes and frees an inode that lost all its links. */
   async release (file: OpenFile): Promise<void> {
-    if (--file.refs > 0) return
+    const e = this.entries.get(file.ino)
+    if (!e || --e.refs > 0) return
     // A file whose data could not be written stays here, dirty, until retryUnwritten succeeds.
     await file.flush()
     await this.forget(file)
   }
 
   private async forget (file: OpenFile): Promise<void> {
-    if (file.refs !== 0 || file.dirtyBlocks > 0) return
-    this.files.delete(file.ino)
+    const e = this.entries.get(file.ino)
+    if (!e || e.refs !== 0 || file.dirtyBlocks > 0) return
+    this.entries.delete(file.ino)
     await this.shared.dir.releaseIfUnlinked(file.ino)
   }
 
@@ -532,9 +571,9 @@ export class OpenFiles {
     this.retrying = true
     let left = 0
     try {
-      for (const f of [...this.files.values()]) {
-        const file = await f
-        if (file.refs > 0) continue
+      for (const e of [...this.entries.values()]) {
+        if (e.refs > 0) continue
+        const file = await e.file
         try {
           await file.flush()
           await this.forget(file)
@@ -551,14 +590,14 @@ export class OpenFiles {
 
   /** The directory gave blocks of `ino` new BSLs for the same objects (adopt). */
   async adopted (ino: number, changes: Map<number, BlockRecord>): Promise<void> {
-    const f = this.files.get(ino)
+    const f = this.get(ino)
     if (f) (await f).adopt(changes)
   }
 
   /** Flush every open file (unmount, shutdown). */
   async flushAll (): Promise<void> {
-    for (const f of this.files.values()) await (await f).flush()
+    for (const e of this.entries.values()) await (await e.file).flush()
   }
 
-  get count (): number { return this.files.size }
+  get count (): number { return this.entries.size }
 }
