@@ -116,6 +116,14 @@ t.test('posix semantics', async (t) => {
     fs.mkdirSync(join(d, 'other'))
     fs.linkSync(b, join(d, 'other', 'b2'))
     t.equal(st(b).nlink, 3n, 'link across directories')
+    // A link made while writes to the file are still in the mount's buffers: the new name's
+    // attributes (which the kernel trusts) include them.
+    const open = fs.openSync(join(d, 'open'), 'w')
+    fs.writeSync(open, Buffer.alloc(300_000, 7))
+    fs.linkSync(join(d, 'open'), join(d, 'open2'))
+    t.equal(st(join(d, 'open2')).size, 300_000n, 'a link of a file being written shows its size')
+    t.equal(fs.readFileSync(join(d, 'open')).length, 300_000, 'and reads it whole')
+    fs.closeSync(open)
     afterRemount.push({
       name: 'hard links persist',
       fn: (t) => {

@@ -9,7 +9,7 @@ import { constants } from 'node:fs'
 import { access, chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import { delimiter, join, resolve } from 'node:path'
-import { defaultFuseOptions } from '../fs/mount'
+import { defaultOptionList } from '../fs/mount'
 import {
   alive, type Background, describeExit, freePort, killRunning, mountLine, run, sleep, startBackground, type Teardown, unmount, waitExit
 } from './proc'
@@ -63,7 +63,7 @@ const LAYOUTS: Record<Layout, { servers: string[], volumes: string[], mirror?: s
 
 /** The options every bslfs mount gets, minus its name: what bindfs should get too where it accepts them. */
 export function bslfsFuseOptions (): string[] {
-  return defaultFuseOptions('bench').filter(o => !o.startsWith('fsname=') && !o.startsWith('subtype='))
+  return defaultOptionList()
 }
 
 export async function nativeTarget (root: string): Promise<Target> {

@@ -4,10 +4,10 @@ import { Server } from 'node:net'
 import { FsError, UsageError } from '../errors'
 import { FileData, OpenFiles } from '../fs/files'
 import { BslFilesystem } from '../fs/filesystem'
-import { MountedFuse, ParsedOptions, defaultFuseOptions, mountFuse } from '../fs/mount'
+import { MountedFuse, ParsedOptions, mountFuse } from '../fs/mount'
 import * as admin from './admin'
 import { ControlProgress, ControlRequest, serveControl } from './control'
-import { checkFuseAvailable, findMount, prepareMountpoint } from './mountpoint'
+import { checkFuseAvailable, prepareMountpoint } from './mountpoint'
 import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './repair'
 import { State } from './state'
@@ -36,7 +36,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       const all = [...(await state.volumes.space()).values()].filter((s): s is { total: number, free: number, available: number } => !(s instanceof Error))
       return all.reduce((a, s) => ({ total: a.total + s.total, free: a.free + s.free, available: a.available + s.available }), { total: 0, free: 0, available: 0 })
     }
-  }, options.readOnly)
+  }, options.readOnly, options.overrides)
   try {
     // What a crash left: inodes unlinked while open, blocks queued for reclaim.
     const orphans = await state.dir.purgeOrphans()
@@ -44,7 +44,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     await reclaim(state.dir, state.volumes)
     await fsp.rm(state.paths.socket, { force: true })
 
-    mounted = await mountFuse(mountpoint, fs, [...defaultFuseOptions(state.paths.root), ...options.fuse]).catch((err: Error) => {
+    mounted = await mountFuse(mountpoint, fs, state.paths.root, options).catch((err: Error) => {
       throw new UsageError(`cannot mount ${mountpoint}: ${err.message} (see ${state.paths.log})`)
     })
     cleanup.push(() => mounted.unmount(true))
@@ -64,7 +64,6 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
   let finish!: () => void
   const done = new Promise<void>(resolve => { finish = resolve })
   let stopping = false
-  let watch: NodeJS.Timeout | undefined
 
   /**
    * Unmount: 'strict' fails with EBUSY on a busy mount and changes nothing;
@@ -85,18 +84,14 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       if (/busy/i.test(text)) throw new FsError('EBUSY', `${mountpoint} is busy (a process has a file open or its working directory there); close it, or use --lazy`)
       throw err
     }
-    clearInterval(watch)
     void finalize()
   }
 
   const finalize = async (): Promise<void> => {
     // Serve until the kernel lets go: at once after a plain unmount, when the last user leaves after a lazy one.
-    await new Promise<void>(resolve => {
-      const poll = setInterval(() => { if (mounted.ended()) { clearInterval(poll); resolve() } }, 200)
-    })
-    clearInterval(sweep)
+    await mounted.end
+    clearInterval(retry)
     await fs.flushAll().catch(err => console.error(`bslfs: final flush failed: ${(err as Error).message}`))
-    await fs.sweepHidden(0)
     await reclaimer.stop()
     await healer.stop()
     await reclaim(state.dir, state.volumes).catch(() => 0)
@@ -130,21 +125,16 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     }
   }
   // Unmounted from outside (umount, fusermount -u): there is nothing left to serve.
-  watch = setInterval(() => {
-    findMount(mountpoint).then(m => {
-      if (!m && !stopping) {
-        log('%s was unmounted from outside', mountpoint)
-        stop('gone').catch(err => console.error(`bslfs: stopping after an outside unmount failed: ${(err as Error).message}`))
-      }
-    }, () => undefined)
-  }, 2000)
-  watch.unref()
-  const sweep = setInterval(() => {
-    fs.sweepHidden().catch(err => log('sweep: %s', (err as Error).message))
-    // Closed files whose blocks a device refused are written once it answers again.
+  void mounted.end.then(() => {
+    if (stopping) return
+    log('%s was unmounted from outside', mountpoint)
+    stop('gone').catch(err => console.error(`bslfs: stopping after an outside unmount failed: ${(err as Error).message}`))
+  })
+  // Closed files whose blocks a device refused are written once it answers again.
+  const retry = setInterval(() => {
     files.retryUnwritten().catch(err => log('retry: %s', (err as Error).message))
   }, 1000)
-  sweep.unref()
+  retry.unref()
   server = await serveControl(state.paths.socket, handle)
   await fsp.chmod(state.paths.socket, 0o600)
   await fsp.writeFile(state.paths.pid, `${process.pid}\n`)

@@ -1,10 +1,9 @@
-import { execFile } from 'node:child_process'
 import { existsSync, promises as fsp } from 'node:fs'
 import { resolve } from 'node:path'
-import { promisify } from 'node:util'
 import { UsageError } from '../errors'
+import { channel, fusermount } from '../fs/fuse/native'
 
-const run = promisify(execFile)
+export { fusermount }
 
 export interface MountEntry { mountpoint: string, fstype: string, source: string, options: string }
 
@@ -32,15 +31,6 @@ export async function findStateMount (state: string): Promise<MountEntry | undef
   return (await mountTable()).find(m => m.fstype === 'fuse.bslfs' && m.source === abs)
 }
 
-/** fusermount -u (strict) or -uz (lazy); returns fusermount's complaint on failure. */
-export async function fusermount (mountpoint: string, lazy: boolean): Promise<string | null> {
-  try {
-    await run('fusermount', [lazy ? '-uz' : '-u', mountpoint])
-    return null
-  } catch (err) {
-    return ((err as { stderr?: string }).stderr || (err as Error).message).trim()
-  }
-}
 
 /** What the machine needs to mount at all; each failure says what to install or do. */
 export function checkFuseAvailable (): void {
@@ -52,11 +42,9 @@ export function checkFuseAvailable (): void {
     throw new UsageError('fusermount is missing: install FUSE (`apt-get install -y fuse libfuse2`)')
   }
   try {
-    require('fuse-native')
+    channel()
   } catch (err) {
-    const msg = (err as Error).message
-    if (/libfuse/.test(msg)) throw new UsageError('libfuse2 is missing: install it (`apt-get install -y libfuse2 fuse`), then mount again')
-    throw new UsageError(`the FUSE binding cannot be loaded (${msg.split('\n')[0]}); reinstall bslfs (\`npm install\`)`)
+    throw new UsageError((err as Error).message)
   }
 }
 
@@ -73,17 +61,23 @@ export async function prepareMountpoint (mountpoint: string): Promise<string> {
     const code = (err as NodeJS.ErrnoException).code
     if (err instanceof UsageError) throw err
     if (code === 'ENOENT') throw new UsageError(`mount point ${abs} does not exist; create it with \`mkdir -p ${abs}\``)
-    if (code === 'ENOTCONN' || code === 'ECONNABORTED') {
-      // The daemon of an earlier mount died: its mount is left behind, answering nothing.
-      const complaint = (await fusermount(abs, false)) && (await fusermount(abs, true))
-      if (complaint) throw new UsageError(`${abs} holds a dead FUSE mount that could not be removed: ${complaint}`)
-      return prepareMountpoint(abs)
-    }
+    if (code === 'ENOTCONN' || code === 'ECONNABORTED') return await removeDeadMount(abs)
     throw new UsageError(`cannot use mount point ${abs}: ${(err as Error).message}`)
   }
   const existing = await findMount(abs)
   if (existing && existing.mountpoint === abs) {
+    // The kernel may still answer stat from its cache; statfs always asks the daemon.
+    if (existing.fstype.startsWith('fuse') && await fsp.statfs(abs).then(() => false, (e: NodeJS.ErrnoException) => e.code === 'ENOTCONN' || e.code === 'ECONNABORTED')) {
+      return await removeDeadMount(abs)
+    }
     throw new UsageError(`${abs} is already a mount point (${existing.fstype} from ${existing.source}); unmount it first or pick another directory`)
   }
   return abs
+}
+
+/** The daemon of an earlier mount died: its mount is left behind, answering nothing. */
+async function removeDeadMount (abs: string): Promise<string> {
+  const complaint = (await fusermount(abs, false)) && (await fusermount(abs, true))
+  if (complaint) throw new UsageError(`${abs} holds a dead FUSE mount that could not be removed: ${complaint}`)
+  return await prepareMountpoint(abs)
 }

@@ -358,8 +358,12 @@ export class Directory {
     })
   }
 
-  /** rename(2): atomic, over an existing file or empty directory, across directories. */
-  async rename (srcParent: number, srcName: string, dstParent: number, dstName: string, now = nowTimespec()): Promise<void> {
+  /**
+   * rename(2): atomic, over an existing file or empty directory, across
+   * directories; with `noReplace` (renameat2's RENAME_NOREPLACE) an existing
+   * target is EEXIST instead.
+   */
+  async rename (srcParent: number, srcName: string, dstParent: number, dstName: string, opts: { noReplace?: boolean } = {}, now = nowTimespec()): Promise<void> {
     checkName(dstName)
     return this.write(async w => {
       const ino = await w.lookup(srcParent, srcName)
@@ -368,6 +372,7 @@ export class Directory {
       const dstDir = await w.inode(dstParent)
       if (!isDir(dstDir.mode)) throw new FsError('ENOTDIR', `inode ${dstParent}`)
       const existing = await w.lookup(dstParent, dstName)
+      if (existing !== undefined && opts.noReplace) throw new FsError('EEXIST', dstName)
       if (existing === ino) return // both names are links to one inode: POSIX says do nothing
       const moving = isDir(inode.mode)
       if (moving && dstParent !== srcParent) {

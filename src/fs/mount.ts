@@ -1,99 +1,131 @@
 import createDebug from 'debug'
-import { BslFilesystem } from './filesystem'
-import { fuseOperations } from './fuse-ops'
+import { AttrOverrides, BslFilesystem } from './filesystem'
+import { DEFAULT_SESSION, FuseSession, SessionOptions } from './fuse/session'
 
 const log = createDebug('bslfs:fs')
 
-/** Options the user may pass with -o, besides the ones bslfs always sets. Anything else is refused up front:
- * libfuse2 rejects unknown options only after the kernel mount exists, leaving a dead mount behind. */
-const FLAG_OPTIONS = new Set(['ro', 'rw', 'allow_other', 'allow_root', 'default_permissions', 'kernel_cache', 'auto_cache',
-  'noauto_cache', 'big_writes', 'async_read', 'sync_read', 'atomic_o_trunc', 'no_remote_lock', 'nosuid', 'suid', 'nodev',
-  'dev', 'noexec', 'exec', 'intr', 'direct_io', 'debug', 'use_ino', 'readdir_ino', 'noatime'])
-const VALUE_OPTIONS = new Set(['entry_timeout', 'attr_timeout', 'negative_timeout', 'ac_attr_timeout', 'max_write',
-  'max_read', 'max_readahead', 'umask', 'uid', 'gid', 'fsname', 'subtype', 'intr_signal', 'blksize'])
+/** Mount options the kernel (through libfuse's fuse_mount) takes as they are. */
+const KERNEL_FLAGS = new Set(['allow_other', 'allow_root', 'default_permissions', 'nonempty', 'nosuid', 'suid', 'nodev', 'dev',
+  'noexec', 'exec', 'noatime', 'atime', 'sync', 'async', 'dirsync'])
+const KERNEL_VALUES = new Set(['fsname', 'subtype', 'max_read'])
+/** libfuse2 options that describe what bslfs always does: accepted, and change nothing. */
+const ALWAYS = new Set(['use_ino', 'readdir_ino', 'big_writes', 'hard_remove', 'atomic_o_trunc', 'async_read', 'intr', 'auto_cache', 'noauto_cache'])
 /** mount(8) and fstab options that mean nothing to FUSE. */
-const MOUNT8_OPTIONS = new Set(['defaults', 'auto', 'noauto', 'nofail', '_netdev', 'user', 'users', 'nouser', 'owner', 'group', 'relatime', 'strictatime', 'lazytime'])
-
-/** bslfs's own -o options, handled by the daemon rather than libfuse. */
-const OWN_OPTIONS = new Set(['foreground'])
+const MOUNT8_OPTIONS = new Set(['defaults', 'auto', 'noauto', 'nofail', '_netdev', 'user', 'users', 'nouser', 'owner', 'group',
+  'relatime', 'strictatime', 'lazytime'])
+/** bslfs's own options, handled by the daemon rather than the kernel. */
+const OWN_FLAGS = new Set(['foreground', 'kernel_cache', 'direct_io', 'noreaddirplus'])
+const SECONDS = new Set(['entry_timeout', 'attr_timeout', 'negative_timeout'])
 
 export interface ParsedOptions {
   readOnly: boolean
   /** copy_timeout=MS: how long a copy of a mirrored block may take before a read moves on. */
   copyTimeoutMs?: number
-  /** Options to hand to libfuse. */
-  fuse: string[]
+  /** Options for the kernel mount (fuse_mount). */
+  kernel: string[]
+  /** What the FUSE session is told (timeouts, page cache, request sizes). */
+  session: Partial<SessionOptions>
+  /** uid=, gid=, umask=: what stat shows instead of the stored owner and mode. */
+  overrides: AttrOverrides
+}
+
+const ALL_OPTIONS = [...KERNEL_FLAGS, ...KERNEL_VALUES].map(o => KERNEL_VALUES.has(o) ? `${o}=V` : o).concat(
+  ['ro', 'rw', ...OWN_FLAGS].filter(o => o !== 'foreground'), [...SECONDS].map(o => `${o}=SECONDS`),
+  ['max_write=BYTES', 'max_readahead=BYTES', 'uid=N', 'gid=N', 'umask=OCTAL', 'copy_timeout=MS'], [...ALWAYS])
+
+function bad (opt: string, why: string): Error {
+  return new Error(`bad mount option "${opt}": ${why}`)
+}
+
+/** A whole number from `lo` to `hi`. */
+function integer (opt: string, text: string, lo: number, hi: number, radix = 10): number {
+  const n = radix === 8 ? (/^[0-7]{1,4}$/.test(text) ? parseInt(text, 8) : NaN) : (/^[0-9]{1,10}$/.test(text) ? Number(text) : NaN)
+  if (!(n >= lo && n <= hi)) throw bad(opt, `takes ${radix === 8 ? 'an octal number' : 'a whole number'} from ${lo.toString(radix)} to ${hi.toString(radix)}`)
+  return n
 }
 
 /** Parse a mount -o list ("ro,allow_other,entry_timeout=5"); throws a message that names the bad option. */
 export function parseMountOptions (text: string | undefined): ParsedOptions {
-  const out: ParsedOptions = { readOnly: false, fuse: [] }
+  const out: ParsedOptions = { readOnly: false, kernel: [], session: {}, overrides: {} }
   for (const raw of (text ?? '').split(',')) {
     const opt = raw.trim()
-    if (opt === '' || MOUNT8_OPTIONS.has(opt) || opt.startsWith('x-') || OWN_OPTIONS.has(opt)) continue
+    if (opt === '' || MOUNT8_OPTIONS.has(opt) || opt.startsWith('x-') || ALWAYS.has(opt) || opt === 'foreground') continue
     const eq = opt.indexOf('=')
     const name = eq < 0 ? opt : opt.slice(0, eq)
-    if (name === 'copy_timeout') {
-      const ms = Number(opt.slice(eq + 1))
-      if (eq < 0 || !/^[0-9]+$/.test(opt.slice(eq + 1)) || ms < 10 || ms > 60000) throw new Error(`bad mount option "${opt}": copy_timeout=MS takes 10 to 60000 milliseconds`)
-      out.copyTimeoutMs = ms
-      continue
-    }
-    if (eq < 0 ? !FLAG_OPTIONS.has(name) : !VALUE_OPTIONS.has(name)) {
-      throw new Error(`unknown or unsupported mount option "${opt}"; supported: ${[...FLAG_OPTIONS].join(', ')}, ${[...VALUE_OPTIONS].map(o => o + '=N').join(', ')}, copy_timeout=MS`)
-    }
-    if (eq >= 0 && !/^[A-Za-z0-9_.:/@+-]+$/.test(opt.slice(eq + 1))) throw new Error(`bad value in mount option "${opt}"`)
-    if (name === 'ro') out.readOnly = true
-    else if (name === 'rw') out.readOnly = false
-    else out.fuse.push(opt)
+    const value = eq < 0 ? '' : opt.slice(eq + 1)
+    if (eq >= 0 && !/^[A-Za-z0-9_.:/@+-]+$/.test(value)) throw bad(opt, 'the value has characters a mount option cannot carry')
+    if (eq < 0 && KERNEL_FLAGS.has(name)) out.kernel.push(name)
+    else if (eq >= 0 && KERNEL_VALUES.has(name)) out.kernel.push(opt)
+    else if (opt === 'ro') out.readOnly = true
+    else if (opt === 'rw') out.readOnly = false
+    else if (opt === 'kernel_cache') out.session.keepCache = true
+    else if (opt === 'direct_io') out.session.directIo = true
+    else if (opt === 'noreaddirplus') out.session.readdirPlus = false
+    else if (eq >= 0 && SECONDS.has(name)) {
+      const s = Number(value)
+      if (!/^[0-9]+(\.[0-9]+)?$/.test(value) || s > 86400) throw bad(opt, `${name}=SECONDS takes 0 to 86400 seconds`)
+      if (name === 'entry_timeout') out.session.entryTimeout = s
+      else if (name === 'attr_timeout') out.session.attrTimeout = s
+      else out.session.negativeTimeout = s
+    } else if (name === 'max_write' && eq >= 0) {
+      const n = integer(opt, value, 4096, 1 << 20)
+      if (n % 4096) throw bad(opt, 'max_write=BYTES takes a multiple of 4096')
+      out.session.maxWrite = n
+    } else if (name === 'max_readahead' && eq >= 0) out.session.maxReadahead = integer(opt, value, 0, 2 ** 31)
+    else if (name === 'uid' && eq >= 0) out.overrides.uid = integer(opt, value, 0, 0xfffffffe)
+    else if (name === 'gid' && eq >= 0) out.overrides.gid = integer(opt, value, 0, 0xfffffffe)
+    else if (name === 'umask' && eq >= 0) out.overrides.umask = integer(opt, value, 0, 0o777, 8)
+    else if (name === 'copy_timeout' && eq >= 0) out.copyTimeoutMs = integer(opt, value, 10, 60000)
+    else throw new Error(`unknown or unsupported mount option "${opt}"; supported: ${ALL_OPTIONS.join(', ')}`)
   }
-  if (out.readOnly) out.fuse.push('ro')
   return out
 }
 
-/** The options every bslfs mount gets; user options come after and win. */
-export function defaultFuseOptions (fsname: string): string[] {
-  const opts = [
-    'use_ino', // st_ino is ours: hard links show one inode number
-    'default_permissions', // the kernel checks modes and owners as on ext4
-    'big_writes', 'max_write=131072', // 128 KiB writes instead of 4 KiB
-    // libfuse2's high-level API gives each name of a hard-linked file its own kernel inode, so
-    // cached attributes of one name go stale when another changes: the kernel asks every time.
-    'entry_timeout=0', 'attr_timeout=0',
-    `fsname=${fsname}`, 'subtype=bslfs'
-  ]
-  if (process.getuid?.() === 0) opts.push('allow_other') // a root mount is for every user, under the usual checks
-  return opts
+/**
+ * The kernel options every bslfs mount gets; the user's come after and win.
+ * default_permissions: the kernel checks modes and owners as on ext4; a root
+ * mount is for every user (allow_other), under the usual checks.
+ */
+export function kernelOptions (fsname: string, parsed: ParsedOptions): string[] {
+  const opts = ['default_permissions', `fsname=${fsname}`, 'subtype=bslfs']
+  if (process.getuid?.() === 0) opts.push('allow_other')
+  if (parsed.readOnly) opts.push('ro')
+  return [...opts, ...parsed.kernel.filter(o => !opts.includes(o))]
 }
 
-// fuse-native is plain JavaScript with no types.
-// eslint-disable-next-line @typescript-eslint/no-var-requires
-const Fuse = require('fuse-native')
+/** The session settings: bslfs's defaults with the user's options on top. */
+export function sessionOptions (parsed: ParsedOptions): SessionOptions {
+  return { ...DEFAULT_SESSION, ...parsed.session }
+}
+
+/**
+ * bslfs's defaults spelled as libfuse2 mount options (what `bslfs mount`
+ * does with none given): the benchmark gives bindfs these, where it takes them.
+ */
+export function defaultOptionList (): string[] {
+  const s = DEFAULT_SESSION
+  return ['default_permissions', ...(process.getuid?.() === 0 ? ['allow_other'] : []), 'use_ino', 'big_writes',
+    `max_write=${s.maxWrite}`, ...(s.keepCache ? ['kernel_cache'] : []),
+    `entry_timeout=${s.entryTimeout}`, `attr_timeout=${s.attrTimeout}`, `negative_timeout=${s.negativeTimeout}`]
+}
 
 export interface MountedFuse {
   /** Unmount: strict fails with EBUSY on a busy mount; lazy detaches it anyway. */
   unmount (lazy: boolean): Promise<void>
   /** Whether the kernel connection has ended (after a lazy unmount: once the last user left). */
   ended (): boolean
+  /** Settles when the kernel connection ends, however it does. */
+  readonly end: Promise<void>
 }
 
-export function mountFuse (mountpoint: string, fs: BslFilesystem, options: string[]): Promise<MountedFuse> {
-  const fuse = new Fuse(mountpoint, fuseOperations(fs), {
-    timeout: false, // the layers below bound their own waits; a FUSE-level timeout would answer while work goes on
-    extraOptions: options,
-    strictUnmount: true
-  })
-  log('mounting %s with -o %s', mountpoint, options.join(','))
-  return new Promise((resolve, reject) => {
-    fuse.mount((err: Error | null) => {
-      if (err) return reject(err)
-      resolve({
-        ended: () => fuse.loopDone(),
-        unmount: (lazy: boolean) => new Promise<void>((resolve, reject) => {
-          fuse.opts.strictUnmount = !lazy
-          fuse.unmount((err: Error | null) => err ? reject(err) : resolve())
-        })
-      })
-    })
-  })
+export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: string, parsed: ParsedOptions): Promise<MountedFuse> {
+  const kernel = kernelOptions(fsname, parsed)
+  const session = sessionOptions(parsed)
+  log('mounting %s with -o %s, session %o', mountpoint, kernel.join(','), session)
+  const s = await FuseSession.mount(mountpoint, fs, kernel, session)
+  return {
+    unmount: lazy => s.unmount(lazy),
+    ended: () => s.isEnded(),
+    end: s.ended
+  }
 }

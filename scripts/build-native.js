@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+'use strict'
+// Build bslfs's FUSE channel (native/fuse_channel.c → build/Release/fuse_channel.node)
+// against Debian's libfuse2 and this Node's headers, then load it in a child process
+// to check that it works. Safe to run any number of times (npm's postinstall runs it).
+// See native-notes/fuse-channel.md.
+
+const fs = require('fs')
+const path = require('path')
+const { spawnSync } = require('child_process')
+
+const INSTALL_HINT = 'apt-get install -y libfuse2 fuse libfuse-dev python3 make g++'
+const root = path.resolve(__dirname, '..')
+
+function fail (msg, detail) {
+  if (detail) process.stderr.write(String(detail).trimEnd() + '\n')
+  process.stderr.write('build-native: ' + msg + '\n')
+  process.exit(1)
+}
+
+function have (cmd) {
+  return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', cmd]).status === 0
+}
+
+if (!fs.existsSync('/usr/include/fuse/fuse_lowlevel.h')) fail(`libfuse-dev headers not found (/usr/include/fuse/fuse_lowlevel.h); install: ${INSTALL_HINT}`)
+for (const tool of ['make', 'cc', 'python3']) {
+  if (!have(tool)) fail(`\`${tool}\` not found (node-gyp needs a C compiler, make and python3); install: ${INSTALL_HINT}`)
+}
+
+let nodeGyp
+try {
+  nodeGyp = require.resolve('node-gyp/bin/node-gyp.js', { paths: [root] })
+} catch {
+  fail('node-gyp is missing; run `npm install` first')
+}
+
+// The directory holding include/node/node_api.h (/usr for Debian's /usr/bin/node): with it,
+// node-gyp downloads no headers.
+const nodeDir = [path.resolve(path.dirname(process.execPath), '..'), process.env.npm_config_nodedir]
+  .find(d => d && fs.existsSync(path.join(d, 'include', 'node', 'node_api.h')))
+
+const args = [nodeGyp, 'rebuild', '--loglevel=warn']
+if (nodeDir) args.push('--nodedir=' + nodeDir)
+const built = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8' })
+if (built.status !== 0) {
+  const out = (built.stdout || '') + (built.stderr || '')
+  if (/fuse_lowlevel\.h: No such file|cannot find -lfuse/.test(out)) fail(`libfuse-dev is missing; install: ${INSTALL_HINT}`, out)
+  if (/node_api\.h: No such file|gyp ERR! .*(download|ENOTFOUND|EAI_AGAIN)/.test(out)) {
+    fail(`Node headers not found next to ${process.execPath} (need <prefix>/include/node/node_api.h); install them or set npm_config_nodedir`, out)
+  }
+  fail(`node-gyp rebuild failed (prerequisites: ${INSTALL_HINT})`, out)
+}
+
+const addon = path.join(root, 'build', 'Release', 'fuse_channel.node')
+const probe = spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(addon)}).version)`], { encoding: 'utf8' })
+if (probe.status !== 0) {
+  const out = (probe.stdout || '') + (probe.stderr || '')
+  if (/libfuse\.so\.2/.test(out)) fail(`the built channel cannot load libfuse.so.2; install: ${INSTALL_HINT}`, out)
+  fail(`the built channel ${addon} does not load`, out)
+}
+console.log(`build-native: ${path.relative(root, addon)} (channel version ${probe.stdout.trim()}), linked against libfuse2${nodeDir ? `, Node headers from ${nodeDir}` : ''}`)

@@ -1,0 +1,314 @@
+/**
+ * The FUSE kernel protocol, version 7.31, as far as bslfs speaks it: opcodes,
+ * flags, and the layouts of the structs the kernel sends and expects
+ * (linux/fuse.h). Integers are little-endian; 64-bit fields that hold inode
+ * numbers, sizes and offsets are read and written as two 32-bit halves, exact
+ * up to 2^53.
+ */
+
+export const KERNEL_MAJOR = 7
+/** The minor version bslfs implements; the kernel's, when lower, wins. */
+export const KERNEL_MINOR = 31
+/** The oldest minor bslfs accepts: 64-byte init reply, 128-byte entries, max_pages. */
+export const MIN_KERNEL_MINOR = 28
+
+export const Op = {
+  LOOKUP: 1,
+  FORGET: 2,
+  GETATTR: 3,
+  SETATTR: 4,
+  READLINK: 5,
+  SYMLINK: 6,
+  MKNOD: 8,
+  MKDIR: 9,
+  UNLINK: 10,
+  RMDIR: 11,
+  RENAME: 12,
+  LINK: 13,
+  OPEN: 14,
+  READ: 15,
+  WRITE: 16,
+  STATFS: 17,
+  RELEASE: 18,
+  FSYNC: 20,
+  SETXATTR: 21,
+  GETXATTR: 22,
+  LISTXATTR: 23,
+  REMOVEXATTR: 24,
+  FLUSH: 25,
+  INIT: 26,
+  OPENDIR: 27,
+  READDIR: 28,
+  RELEASEDIR: 29,
+  FSYNCDIR: 30,
+  GETLK: 31,
+  SETLK: 32,
+  SETLKW: 33,
+  ACCESS: 34,
+  CREATE: 35,
+  INTERRUPT: 36,
+  BMAP: 37,
+  DESTROY: 38,
+  IOCTL: 39,
+  POLL: 40,
+  NOTIFY_REPLY: 41,
+  BATCH_FORGET: 42,
+  FALLOCATE: 43,
+  READDIRPLUS: 44,
+  RENAME2: 45,
+  LSEEK: 46,
+  COPY_FILE_RANGE: 47
+} as const
+
+/** Opcode → name, for logs. */
+export const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Op).map(([k, v]) => [v, k.toLowerCase()]))
+
+/** INIT flags (fuse_init_in.flags / fuse_init_out.flags). */
+export const Init = {
+  ASYNC_READ: 1 << 0,
+  ATOMIC_O_TRUNC: 1 << 3,
+  BIG_WRITES: 1 << 5,
+  DO_READDIRPLUS: 1 << 13,
+  ASYNC_DIO: 1 << 15,
+  PARALLEL_DIROPS: 1 << 18,
+  ABORT_ERROR: 1 << 21,
+  MAX_PAGES: 1 << 22,
+  CACHE_SYMLINKS: 1 << 23
+} as const
+
+/** fuse_setattr_in.valid */
+export const Fattr = {
+  MODE: 1 << 0,
+  UID: 1 << 1,
+  GID: 1 << 2,
+  SIZE: 1 << 3,
+  ATIME: 1 << 4,
+  MTIME: 1 << 5,
+  FH: 1 << 6,
+  ATIME_NOW: 1 << 7,
+  MTIME_NOW: 1 << 8,
+  CTIME: 1 << 10
+} as const
+
+/** fuse_open_out.open_flags */
+export const Fopen = { DIRECT_IO: 1 << 0, KEEP_CACHE: 1 << 1 } as const
+
+export const GETATTR_FH = 1
+export const FSYNC_FDATASYNC = 1
+export const RENAME_NOREPLACE = 1
+export const RENAME_EXCHANGE = 2
+
+export const IN_HEADER_BYTES = 40
+export const OUT_HEADER_BYTES = 16
+export const ATTR_BYTES = 88
+export const ENTRY_OUT_BYTES = 40 + ATTR_BYTES
+export const ATTR_OUT_BYTES = 16 + ATTR_BYTES
+export const INIT_OUT_BYTES = 64
+export const DIRENT_HEADER_BYTES = 24
+
+const TWO_32 = 2 ** 32
+
+export interface Timespec { sec: number, nsec: number }
+
+/** What the kernel caches of an inode (fuse_attr). */
+export interface Attr {
+  ino: number
+  size: number
+  blocks: number
+  atime: Timespec
+  mtime: Timespec
+  ctime: Timespec
+  mode: number
+  nlink: number
+  uid: number
+  gid: number
+  rdev: number
+  blksize: number
+}
+
+/** A request's fixed header (fuse_in_header). */
+export interface InHeader {
+  len: number
+  opcode: number
+  unique: number
+  nodeid: number
+  uid: number
+  gid: number
+  pid: number
+}
+
+export function u64 (b: Buffer, at: number): number {
+  return b.readUInt32LE(at) + b.readUInt32LE(at + 4) * TWO_32
+}
+
+/** A signed 64-bit count of seconds (times before 1970 are negative). */
+export function s64 (b: Buffer, at: number): number {
+  return b.readUInt32LE(at) + b.readInt32LE(at + 4) * TWO_32
+}
+
+export function putU64 (b: Buffer, at: number, v: number): void {
+  const hi = Math.floor(v / TWO_32)
+  b.writeUInt32LE(v - hi * TWO_32, at)
+  b.writeUInt32LE(hi >>> 0, at + 4)
+}
+
+export function putS64 (b: Buffer, at: number, v: number): void {
+  const hi = Math.floor(v / TWO_32)
+  b.writeUInt32LE(v - hi * TWO_32, at)
+  b.writeInt32LE(hi, at + 4)
+}
+
+export function readHeader (b: Buffer): InHeader {
+  return {
+    len: b.readUInt32LE(0),
+    opcode: b.readUInt32LE(4),
+    unique: u64(b, 8),
+    nodeid: u64(b, 16),
+    uid: b.readUInt32LE(24),
+    gid: b.readUInt32LE(28),
+    pid: b.readUInt32LE(32)
+  }
+}
+
+/** A NUL-terminated name at `at`; `end` is where the request ends. Returns the name and where the next field starts. */
+export function cstring (b: Buffer, at: number, end: number): { text: string, next: number } {
+  const nul = b.indexOf(0, at)
+  if (nul < 0 || nul >= end) throw new RangeError('unterminated name in a FUSE request')
+  return { text: b.toString('utf8', at, nul), next: nul + 1 }
+}
+
+/** fuse_attr at `at` (88 bytes); times before 1970 go as negative seconds. */
+export function putAttr (b: Buffer, at: number, a: Attr): void {
+  putU64(b, at, a.ino)
+  putU64(b, at + 8, a.size)
+  putU64(b, at + 16, a.blocks)
+  putS64(b, at + 24, a.atime.sec)
+  putS64(b, at + 32, a.mtime.sec)
+  putS64(b, at + 40, a.ctime.sec)
+  b.writeUInt32LE(a.atime.nsec, at + 48)
+  b.writeUInt32LE(a.mtime.nsec, at + 52)
+  b.writeUInt32LE(a.ctime.nsec, at + 56)
+  b.writeUInt32LE(a.mode >>> 0, at + 60)
+  b.writeUInt32LE(Math.min(a.nlink, 0xffffffff), at + 64)
+  b.writeUInt32LE(a.uid >>> 0, at + 68)
+  b.writeUInt32LE(a.gid >>> 0, at + 72)
+  b.writeUInt32LE(a.rdev >>> 0, at + 76)
+  b.writeUInt32LE(a.blksize, at + 80)
+  b.writeUInt32LE(0, at + 84)
+}
+
+/** Seconds as the kernel's (u64 seconds, u32 nanoseconds) validity pair. */
+function putValid (b: Buffer, secAt: number, nsecAt: number, seconds: number): void {
+  const whole = Math.floor(seconds)
+  putU64(b, secAt, whole)
+  b.writeUInt32LE(Math.floor((seconds - whole) * 1e9), nsecAt)
+}
+
+/** fuse_entry_out; ino 0 with a timeout is a negative entry (the name is known not to exist). */
+export function putEntry (b: Buffer, at: number, ino: number, attr: Attr | null, entryTimeout: number, attrTimeout: number): void {
+  putU64(b, at, ino)
+  putU64(b, at + 8, 0) // generation: inode numbers are never reused
+  putValid(b, at + 16, at + 32, entryTimeout)
+  putValid(b, at + 24, at + 36, attrTimeout)
+  if (attr) putAttr(b, at + 40, attr)
+  else b.fill(0, at + 40, at + ENTRY_OUT_BYTES)
+}
+
+export function entryOut (ino: number, attr: Attr | null, entryTimeout: number, attrTimeout: number): Buffer {
+  const b = Buffer.allocUnsafe(ENTRY_OUT_BYTES)
+  putEntry(b, 0, ino, attr, entryTimeout, attrTimeout)
+  return b
+}
+
+export function attrOut (attr: Attr, attrTimeout: number): Buffer {
+  const b = Buffer.allocUnsafe(ATTR_OUT_BYTES)
+  putValid(b, 0, 8, attrTimeout)
+  b.writeUInt32LE(0, 12)
+  putAttr(b, 16, attr)
+  return b
+}
+
+export function openOut (fh: number, flags: number): Buffer {
+  const b = Buffer.alloc(16)
+  putU64(b, 0, fh)
+  b.writeUInt32LE(flags, 8)
+  return b
+}
+
+export function u32Out (v: number): Buffer {
+  const b = Buffer.alloc(8)
+  b.writeUInt32LE(v, 0)
+  return b
+}
+
+export interface StatFs {
+  blocks: number
+  bfree: number
+  bavail: number
+  files: number
+  ffree: number
+  bsize: number
+  namelen: number
+  frsize: number
+}
+
+export function statfsOut (s: StatFs): Buffer {
+  const b = Buffer.alloc(80)
+  putU64(b, 0, s.blocks)
+  putU64(b, 8, s.bfree)
+  putU64(b, 16, s.bavail)
+  putU64(b, 24, s.files)
+  putU64(b, 32, s.ffree)
+  b.writeUInt32LE(s.bsize, 40)
+  b.writeUInt32LE(s.namelen, 44)
+  b.writeUInt32LE(s.frsize, 48)
+  return b
+}
+
+/** Bytes a directory entry takes in a READDIR (plus: READDIRPLUS) reply. */
+export function direntBytes (nameBytes: number, plus: boolean): number {
+  return (plus ? ENTRY_OUT_BYTES : 0) + ((DIRENT_HEADER_BYTES + nameBytes + 7) & ~7)
+}
+
+/** Write one fuse_dirent at `at`: `off` is the cookie of the entry after it. Returns the bytes used. */
+export function putDirent (b: Buffer, at: number, ino: number, off: number, mode: number, name: Buffer): number {
+  putU64(b, at, ino)
+  putU64(b, at + 8, off)
+  b.writeUInt32LE(name.length, at + 16)
+  b.writeUInt32LE((mode >>> 12) & 0o17, at + 20)
+  name.copy(b, at + DIRENT_HEADER_BYTES)
+  const end = at + DIRENT_HEADER_BYTES + name.length
+  const padded = (end - at + 7) & ~7
+  b.fill(0, end, at + padded)
+  return padded
+}
+
+export interface InitIn { major: number, minor: number, maxReadahead: number, flags: number }
+
+export function readInit (b: Buffer, at: number): InitIn {
+  return { major: b.readUInt32LE(at), minor: b.readUInt32LE(at + 4), maxReadahead: b.readUInt32LE(at + 8), flags: b.readUInt32LE(at + 12) }
+}
+
+export interface InitOut {
+  minor: number
+  maxReadahead: number
+  flags: number
+  maxBackground: number
+  congestionThreshold: number
+  maxWrite: number
+  maxPages: number
+}
+
+export function initOut (o: InitOut): Buffer {
+  const b = Buffer.alloc(INIT_OUT_BYTES)
+  b.writeUInt32LE(KERNEL_MAJOR, 0)
+  b.writeUInt32LE(o.minor, 4)
+  b.writeUInt32LE(o.maxReadahead, 8)
+  b.writeUInt32LE(o.flags >>> 0, 12)
+  b.writeUInt16LE(o.maxBackground, 16)
+  b.writeUInt16LE(o.congestionThreshold, 18)
+  b.writeUInt32LE(o.maxWrite, 20)
+  b.writeUInt32LE(1, 24) // time_gran: nanoseconds
+  b.writeUInt16LE(o.maxPages, 28)
+  return b
+}
