@@ -209,3 +209,26 @@ t.test('an open racing the release of the same inode gets the file the release k
   t.notOk(files.isOpen(inode.ino), 'the last release lets go')
   t.equal((await dir.getInode(inode.ino)).size, 6, 'and the size is committed')
 })
+
+t.test('two writes of one file at once (a direct write the kernel split) land in order', async t => {
+  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
+  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
+  t.teardown(() => dir.close())
+  const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
+  const { store } = countingStore()
+  const shared = new FileData(dir, store)
+  const w = new OpenFile(inode.ino, shared, new Map(), 0)
+  await w.write(Buffer.alloc(2000, 1), 0, now)
+  await w.flush()
+  await w.truncate(1000, now) // the stored block keeps its old bytes past the new end
+  // The end of the file is in a stored block: both writes must read it back first (the store
+  // takes a few milliseconds), and the second starts past the end, so it zeroes the old tail.
+  const f = new OpenFile(inode.ino, shared, await dir.getBlocks(inode.ino), 1000)
+  const first = f.write(Buffer.alloc(10, 2), 1000, now)
+  const second = f.write(Buffer.alloc(10, 3), 1100, now)
+  await Promise.all([first, second])
+  const buf = Buffer.alloc(1110)
+  t.equal(await f.read(buf, 1110, 0), 1110, 'size')
+  const want = Buffer.concat([Buffer.alloc(1000, 1), Buffer.alloc(10, 2), Buffer.alloc(90), Buffer.alloc(10, 3)])
+  t.ok(buf.equals(want), 'the first write survives the second one zeroing the tail')
+})
