@@ -5,6 +5,11 @@
       "sources": ["native/fuse_channel.c"],
       "cflags": ["-O2", "-Wall", "-D_FILE_OFFSET_BITS=64", "-I/usr/include/fuse"],
       "libraries": ["-lfuse", "-pthread"]
+    },
+    {
+      "target_name": "object_io",
+      "sources": ["native/object_io.c"],
+      "cflags": ["-O2", "-Wall", "-D_FILE_OFFSET_BITS=64"]
     }
   ]
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 'use strict'
-// Build bslfs's FUSE channel (native/fuse_channel.c → build/Release/fuse_channel.node)
-// against Debian's libfuse2 and this Node's headers, then load it in a child process
-// to check that it works. Safe to run any number of times (npm's postinstall runs it).
-// See native-notes/fuse-channel.md.
+// Build bslfs's native addons against Debian's libfuse2 and this Node's headers: the FUSE
+// channel (native/fuse_channel.c) and the local device's whole-object I/O
+// (native/object_io.c), into build/Release/; then load each in a child process to check it.
+// Safe to run any number of times (npm's postinstall runs it). See native-notes/.
 
 const fs = require('fs')
 const path = require('path')
@@ -41,9 +41,9 @@ const nodeDir = [path.resolve(path.dirname(process.execPath), '..'), process.env
 
 const args = [nodeGyp, 'rebuild', '--loglevel=warn']
 if (nodeDir) args.push('--nodedir=' + nodeDir)
-const built = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8' })
-if (built.status !== 0) {
-  const out = (built.stdout || '') + (built.stderr || '')
+const gyp = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8' })
+if (gyp.status !== 0) {
+  const out = (gyp.stdout || '') + (gyp.stderr || '')
   if (/fuse_lowlevel\.h: No such file|cannot find -lfuse/.test(out)) fail(`libfuse-dev is missing; install: ${INSTALL_HINT}`, out)
   if (/node_api\.h: No such file|gyp ERR! .*(download|ENOTFOUND|EAI_AGAIN)/.test(out)) {
     fail(`Node headers not found next to ${process.execPath} (need <prefix>/include/node/node_api.h); install them or set npm_config_nodedir`, out)
@@ -51,11 +51,16 @@ if (built.status !== 0) {
   fail(`node-gyp rebuild failed (prerequisites: ${INSTALL_HINT})`, out)
 }
 
-const addon = path.join(root, 'build', 'Release', 'fuse_channel.node')
-const probe = spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(addon)}).version)`], { encoding: 'utf8' })
-if (probe.status !== 0) {
-  const out = (probe.stdout || '') + (probe.stderr || '')
-  if (/libfuse\.so\.2/.test(out)) fail(`the built channel cannot load libfuse.so.2; install: ${INSTALL_HINT}`, out)
-  fail(`the built channel ${addon} does not load`, out)
+// Each addon loads in a child process (a missing libfuse.so.2 shows here, not at mount time).
+const built = []
+for (const name of ['fuse_channel', 'object_io']) {
+  const addon = path.join(root, 'build', 'Release', `${name}.node`)
+  const probe = spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(addon)}).version)`], { encoding: 'utf8' })
+  if (probe.status !== 0) {
+    const out = (probe.stdout || '') + (probe.stderr || '')
+    if (/libfuse\.so\.2/.test(out)) fail(`the built channel cannot load libfuse.so.2; install: ${INSTALL_HINT}`, out)
+    fail(`the built addon ${addon} does not load`, out)
+  }
+  built.push(`${path.relative(root, addon)} (version ${probe.stdout.trim()})`)
 }
-console.log(`build-native: ${path.relative(root, addon)} (channel version ${probe.stdout.trim()}), linked against libfuse2${nodeDir ? `, Node headers from ${nodeDir}` : ''}`)
+console.log(`build-native: ${built.join(', ')}, against libfuse2${nodeDir ? `, Node headers from ${nodeDir}` : ''}`)

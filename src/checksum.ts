@@ -1,8 +1,26 @@
-import { crc32 } from 'node:zlib'
+import { crc32 as zlibCrc32 } from 'node:zlib'
 
-/** The checksum every block carries: CRC-32 (zlib's native implementation), as an unsigned 32-bit number. */
+type Crc32 = (data: Buffer) => number
+
+/**
+ * @node-rs/crc32 computes the same CRC-32 as zlib with carry-less multiply
+ * (about 14 GB/s here, zlib's 5.8): a tenth of a write's CPU was zlib's CRC.
+ * Where its prebuilt binary does not load, zlib's serves.
+ */
+function fastest (): Crc32 {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const fast = (require('@node-rs/crc32') as { crc32: Crc32 }).crc32
+    if (fast(Buffer.from('123456789')) >>> 0 === 0xcbf43926) return fast
+  } catch {}
+  return zlibCrc32
+}
+
+const crc32 = fastest()
+
+/** The checksum every block carries: CRC-32 (the polynomial of zlib and gzip), as an unsigned 32-bit number. */
 export function checksum (data: Uint8Array): number {
-  return crc32(data) >>> 0
+  return crc32(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)) >>> 0
 }
 
 /**

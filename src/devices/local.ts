@@ -5,14 +5,17 @@ import { dirname, join } from 'node:path'
 import createDebug from 'debug'
 import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
-import { syncDir, writeNew, writeWhole } from '../durable'
+import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
 import { Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
 import { HandleCache } from './handles'
+import { putObject, readObject } from './object-io'
 
 const log = createDebug('bslfs:devices')
 
 export const MARKER_FILE = 'bslfs-device.json'
+/** The largest object a get reads (the largest block size); a longer file is a bad copy. */
+const MAX_OBJECT_BYTES = 64 * 1024 * 1024
 export const MARKER_FORMAT = 'bslfs-device'
 export const MARKER_VERSION = 1
 
@@ -252,14 +255,18 @@ export class LocalDevice implements Device {
     const final = this.objectPath(objectId)
     try {
       const dir = await this.ensureFanout(objectId)
-      // A new object is written in place: nothing refers to it until this put returns, and a
-      // crash mid-write leaves an orphan for fsck. One already there (a retried or repeated
-      // put, or healing over a bad copy) is kept when it holds these bytes, else replaced whole.
-      if (!await writeNew(final, data)) {
+      // A new object is written in place, in one job with its fsync and the directory's:
+      // nothing refers to it until this put returns, and a crash mid-write leaves an orphan
+      // for fsck. One already there (a retried or repeated put, or healing over a bad copy)
+      // is kept when it holds these bytes, else replaced whole.
+      try {
+        await putObject(final, dir.fd, data)
+      } catch (err) {
+        if (errCode(err) !== 'EEXIST') throw err
         if (await this.holds(final, data.byteLength, sum)) return
         await writeWhole(join(this.tmpDir, `${objectId}.${randomBytes(6).toString('hex')}`), final, data)
+        await dir.sync()
       }
-      await dir.sync()
     } catch (err) {
       throw this.ioError('put of', objectId, err)
     } finally {
@@ -284,7 +291,7 @@ export class LocalDevice implements Device {
     this.check(objectId, sum)
     let data: Buffer
     try {
-      data = await fsp.readFile(this.objectPath(objectId))
+      data = await readObject(this.objectPath(objectId), MAX_OBJECT_BYTES)
     } catch (err) {
       throw this.readError(objectId, err)
     }

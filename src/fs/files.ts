@@ -334,8 +334,10 @@ export class OpenFile {
     let b = this.dirty.get(i) // another write may have made it while we read
     if (!b) {
       b = this.shared.buffers.take()
-      const kept = old ? old.copy(b, 0, 0, Math.min(old.length, this.bs)) : 0
-      if (kept < this.bs) b.fill(0, kept)
+      if (!whole) {
+        const kept = old ? old.copy(b, 0, 0, Math.min(old.length, this.bs)) : 0
+        if (kept < this.bs) b.fill(0, kept)
+      }
       bytes.copy(b, offset)
       this.dirty.set(i, b)
       this.shared.dirtyBytes += this.bs

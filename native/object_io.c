@@ -1,0 +1,201 @@
+// Whole-object I/O for the local device (src/devices/local.ts), each call one job on
+// libuv's thread pool. Node's fs would take four to six jobs for the same work (open,
+// write, fsync, close, the directory's fsync; or open, fstat, read, close), and every job
+// wakes two threads: on a virtual machine that costs as much as the copying.
+//
+//   put(path, dirFd, data, cb)    create path (O_EXCL), write data, fsync it and the directory
+//                                 dirFd; cb(errno): 0, or the error (a failed put removes what it
+//                                 made; EEXIST: nothing was touched)
+//   read(path, maxBytes, cb)      the whole file: cb(errno, buffer); EFBIG past maxBytes
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <node_api.h>
+
+#define OBJECT_IO_VERSION 1
+
+typedef struct {
+  napi_async_work work;
+  napi_ref callback;
+  napi_ref data_ref; // keeps the caller's buffer alive while the pool thread writes it
+  char *path;
+  int dir_fd;
+  const uint8_t *data;
+  size_t length;
+  size_t max_bytes;
+  uint8_t *out;      // read: malloc'd bytes handed to JS as an external buffer
+  size_t out_length;
+  int err;
+} job_t;
+
+static napi_value throw_error (napi_env env, const char *msg) {
+  napi_throw_error(env, NULL, msg);
+  return NULL;
+}
+
+static char *string_arg (napi_env env, napi_value v) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return NULL;
+  char *s = malloc(len + 1);
+  if (s != NULL) napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  return s;
+}
+
+static void free_job (napi_env env, job_t *j) {
+  if (j->callback) napi_delete_reference(env, j->callback);
+  if (j->data_ref) napi_delete_reference(env, j->data_ref);
+  napi_delete_async_work(env, j->work);
+  free(j->path);
+  free(j->out);
+  free(j);
+}
+
+static int write_all (int fd, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += w;
+    n -= (size_t) w;
+  }
+  return 0;
+}
+
+static void put_execute (napi_env env, void *arg) {
+  job_t *j = arg;
+  int fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) { j->err = errno; return; }
+  int err = write_all(fd, j->data, j->length);
+  if (err == 0 && fsync(fd) != 0) err = errno;
+  if (close(fd) != 0 && err == 0) err = errno;
+  if (err != 0) {
+    unlink(j->path);
+    j->err = err;
+    return;
+  }
+  // The new name must survive a crash as well as the bytes.
+  if (j->dir_fd >= 0 && fsync(j->dir_fd) != 0) j->err = errno;
+}
+
+static void read_execute (napi_env env, void *arg) {
+  job_t *j = arg;
+  int fd = open(j->path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) { j->err = errno; return; }
+  struct stat st;
+  if (fstat(fd, &st) != 0) { j->err = errno; close(fd); return; }
+  if ((size_t) st.st_size > j->max_bytes) { j->err = EFBIG; close(fd); return; }
+  j->out = malloc(st.st_size > 0 ? (size_t) st.st_size : 1);
+  if (j->out == NULL) { j->err = ENOMEM; close(fd); return; }
+  size_t n = 0;
+  while (n < (size_t) st.st_size) {
+    ssize_t r = read(fd, j->out + n, (size_t) st.st_size - n);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      j->err = errno;
+      break;
+    }
+    if (r == 0) break; // shorter than fstat said: the caller's length check reports it
+    n += (size_t) r;
+  }
+  j->out_length = n;
+  close(fd);
+}
+
+static void free_external (napi_env env, void *data, void *hint) {
+  free(data);
+  int64_t adjusted;
+  napi_adjust_external_memory(env, -(int64_t) (uintptr_t) hint, &adjusted);
+}
+
+static void complete (napi_env env, napi_status status, void *arg) {
+  job_t *j = arg;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, global, argv[2], result;
+  napi_get_reference_value(env, j->callback, &cb);
+  napi_get_global(env, &global);
+  napi_create_int32(env, status == napi_ok ? j->err : ECANCELED, &argv[0]);
+  size_t argc = 1;
+  if (j->out != NULL && j->err == 0) {
+    int64_t adjusted;
+    napi_adjust_external_memory(env, (int64_t) j->out_length, &adjusted);
+    napi_create_external_buffer(env, j->out_length, j->out, free_external, (void *) (uintptr_t) j->out_length, &argv[1]);
+    j->out = NULL; // owned by the buffer now
+    argc = 2;
+  }
+  napi_call_function(env, global, cb, argc, argv, &result);
+  napi_close_handle_scope(env, scope);
+  free_job(env, j);
+}
+
+static napi_value start (napi_env env, job_t *j, napi_value cb, const char *name, napi_async_execute_callback execute) {
+  napi_value resource;
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource);
+  napi_create_reference(env, cb, 1, &j->callback);
+  if (napi_create_async_work(env, NULL, resource, execute, complete, j, &j->work) != napi_ok) {
+    free_job(env, j);
+    return throw_error(env, "cannot start a thread-pool job");
+  }
+  napi_queue_async_work(env, j->work);
+  return NULL;
+}
+
+static napi_value put (napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  job_t *j = calloc(1, sizeof *j);
+  if (j == NULL) return throw_error(env, "out of memory");
+  void *data;
+  j->path = argc == 4 ? string_arg(env, argv[0]) : NULL;
+  if (j->path == NULL || napi_get_value_int32(env, argv[1], &j->dir_fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[2], &data, &j->length) != napi_ok) {
+    free(j->path);
+    free(j);
+    return throw_error(env, "put(path, dirFd, buffer, callback)");
+  }
+  j->data = data;
+  napi_create_reference(env, argv[2], 1, &j->data_ref);
+  return start(env, j, argv[3], "bslfs:put", put_execute);
+}
+
+static napi_value read_object (napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  job_t *j = calloc(1, sizeof *j);
+  if (j == NULL) return throw_error(env, "out of memory");
+  int64_t max;
+  j->path = argc == 3 ? string_arg(env, argv[0]) : NULL;
+  if (j->path == NULL || napi_get_value_int64(env, argv[1], &max) != napi_ok || max < 0) {
+    free(j->path);
+    free(j);
+    return throw_error(env, "read(path, maxBytes, callback)");
+  }
+  j->max_bytes = (size_t) max;
+  j->dir_fd = -1;
+  return start(env, j, argv[2], "bslfs:read", read_execute);
+}
+
+static napi_value init (napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    { "put", NULL, put, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "read", NULL, read_object, NULL, NULL, NULL, napi_enumerable, NULL }
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_value version;
+  napi_create_uint32(env, OBJECT_IO_VERSION, &version);
+  napi_set_named_property(env, exports, "version", version);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
