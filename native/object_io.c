@@ -6,7 +6,9 @@
 //   put(path, dirFd, data, cb)    create path (O_EXCL), write data, fsync it and the directory
 //                                 dirFd; cb(errno): 0, or the error (a failed put removes what it
 //                                 made; EEXIST: nothing was touched)
-//   read(path, maxBytes, cb)      the whole file: cb(errno, buffer); EFBIG past maxBytes
+//   read(path, maxBytes, cb)      the whole file: cb(errno, buffer, crc); EFBIG past maxBytes. crc
+//                                 is its CRC-32, computed on the pool thread with the zlib inside
+//                                 node (crc32_z), or -1 when that cannot be found (JS checks then)
 #define _GNU_SOURCE
 
 #include <errno.h>
@@ -17,9 +19,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <dlfcn.h>
 #include <node_api.h>
 
 #define OBJECT_IO_VERSION 1
+
+typedef unsigned long (*crc32_fn) (unsigned long crc, const unsigned char *buf, size_t len);
+// node links zlib in and exports it; looked up at load, so an embedder without it still loads us.
+static crc32_fn zlib_crc32;
 
 typedef struct {
   napi_async_work work;
@@ -32,6 +39,7 @@ typedef struct {
   size_t max_bytes;
   uint8_t *out;      // read: malloc'd bytes handed to JS as an external buffer
   size_t out_length;
+  int64_t crc;       // read: CRC-32 of out, or -1
   int err;
 } job_t;
 
@@ -108,6 +116,7 @@ static void read_execute (napi_env env, void *arg) {
   }
   j->out_length = n;
   close(fd);
+  j->crc = zlib_crc32 != NULL && j->err == 0 ? (int64_t) (zlib_crc32(0, j->out, n) & 0xffffffffUL) : -1;
 }
 
 static void free_external (napi_env env, void *data, void *hint) {
@@ -120,7 +129,7 @@ static void complete (napi_env env, napi_status status, void *arg) {
   job_t *j = arg;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value cb, global, argv[2], result;
+  napi_value cb, global, argv[3], result;
   napi_get_reference_value(env, j->callback, &cb);
   napi_get_global(env, &global);
   napi_create_int32(env, status == napi_ok ? j->err : ECANCELED, &argv[0]);
@@ -130,7 +139,8 @@ static void complete (napi_env env, napi_status status, void *arg) {
     napi_adjust_external_memory(env, (int64_t) j->out_length, &adjusted);
     napi_create_external_buffer(env, j->out_length, j->out, free_external, (void *) (uintptr_t) j->out_length, &argv[1]);
     j->out = NULL; // owned by the buffer now
-    argc = 2;
+    napi_create_int64(env, j->crc, &argv[2]);
+    argc = 3;
   }
   napi_call_function(env, global, cb, argc, argv, &result);
   napi_close_handle_scope(env, scope);
@@ -187,6 +197,7 @@ static napi_value read_object (napi_env env, napi_callback_info info) {
 }
 
 static napi_value init (napi_env env, napi_value exports) {
+  zlib_crc32 = (crc32_fn) dlsym(RTLD_DEFAULT, "crc32_z");
   napi_property_descriptor props[] = {
     { "put", NULL, put, NULL, NULL, NULL, napi_enumerable, NULL },
     { "read", NULL, read_object, NULL, NULL, NULL, napi_enumerable, NULL }

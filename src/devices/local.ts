@@ -290,12 +290,13 @@ export class LocalDevice implements Device {
   async get (objectId: string, sum: number): Promise<Buffer> {
     this.check(objectId, sum)
     let data: Buffer
+    let crc: number
     try {
-      data = await readObject(this.objectPath(objectId), MAX_OBJECT_BYTES)
+      ({ data, crc } = await readObject(this.objectPath(objectId), MAX_OBJECT_BYTES))
     } catch (err) {
       throw this.readError(objectId, err)
     }
-    const actual = checksum(data)
+    const actual = crc >= 0 ? crc : checksum(data)
     if (actual !== sum) {
       log('%s: checksum mismatch on %s', this.label, objectId)
       throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId}: expected 0x${sum.toString(16)}, got 0x${actual.toString(16)} (${data.length} bytes)`, { fault: 'corrupt' })

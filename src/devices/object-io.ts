@@ -5,7 +5,7 @@ import { getSystemErrorName } from 'node:util'
 interface ObjectIo {
   version: number
   put (path: string, dirFd: number, data: Uint8Array, cb: (errno: number) => void): void
-  read (path: string, maxBytes: number, cb: (errno: number, data?: Buffer) => void): void
+  read (path: string, maxBytes: number, cb: (errno: number, data?: Buffer, crc?: number) => void): void
 }
 
 const VERSION = 1
@@ -43,9 +43,12 @@ export function putObject (path: string, dirFd: number, data: Uint8Array): Promi
   })
 }
 
-/** The whole file at `path`; EFBIG when it is longer than `maxBytes`. */
-export function readObject (path: string, maxBytes: number): Promise<Buffer> {
+/**
+ * The whole file at `path` and its CRC-32 (computed on the thread pool; -1
+ * when this node has no zlib to do it with); EFBIG when it is longer than `maxBytes`.
+ */
+export function readObject (path: string, maxBytes: number): Promise<{ data: Buffer, crc: number }> {
   return new Promise((resolve, reject) => {
-    io().read(path, maxBytes, (errno, data) => errno === 0 && data ? resolve(data) : reject(systemError(errno, 'read', path)))
+    io().read(path, maxBytes, (errno, data, crc) => errno === 0 && data ? resolve({ data, crc: crc ?? -1 }) : reject(systemError(errno, 'read', path)))
   })
 }

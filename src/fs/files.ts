@@ -33,6 +33,10 @@ const STREAM_WINDOW = 256 * 1024
 
 function noop (): void {}
 
+const EMPTY = Buffer.alloc(0)
+/** Holes read as views of this. */
+const ZEROS = Buffer.alloc(1 << 20)
+
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
 
@@ -244,53 +248,68 @@ export class OpenFile {
     return this.dirty.get(i) ?? this.flushing.get(i)?.data
   }
 
+  /** Read into `buf`: the pieces of readPieces, copied. */
   async read (buf: Buffer, len: number, pos: number): Promise<number> {
+    let n = 0
+    for (const piece of await this.readPieces(len, pos)) n += piece.copy(buf, n)
+    return n
+  }
+
+  /**
+   * Up to `len` bytes at `pos`, as pieces in order: views of stored blocks
+   * and chunks (objects never change, so a view stays right), copies of bytes
+   * still in memory (a later write would change those), and zeros for holes.
+   * Fewer bytes only at the end of the file.
+   */
+  async readPieces (len: number, pos: number): Promise<Buffer[]> {
     const size = this.size
-    if (pos >= size) return 0
+    if (pos >= size) return []
     const end = Math.min(pos + len, size)
     const streaming = this.readAhead(pos, end)
+    const pieces: Buffer[] = []
     for (const { index, offset, length, at } of spans(pos, end, this.bs)) {
       // A truncate during this read dropped the blocks past the new size, dirty ones included:
       // reading on would find an older version of them in the block map.
       if (at >= this.size) break
-      const dst = at - pos
-      const have = await this.readBlock(index, offset, length, streaming, buf, dst)
-      if (have < length) buf.fill(0, dst + have, dst + length)
+      const piece = await this.readBlock(index, offset, length, streaming)
+      if (piece.length > 0) pieces.push(piece)
+      for (let gap = length - piece.length; gap > 0; gap -= ZEROS.length) pieces.push(ZEROS.subarray(0, Math.min(gap, ZEROS.length)))
     }
     // Bytes past a size that shrank meanwhile are not the file's any more (a truncate zeroed them).
-    return Math.max(0, Math.min(end, this.size) - pos)
+    let keep = Math.max(0, Math.min(end, this.size) - pos)
+    for (let k = 0; k < pieces.length; k++) {
+      if (keep < pieces[k].length) {
+        pieces[k] = pieces[k].subarray(0, keep)
+        pieces.length = k + 1
+        break
+      }
+      keep -= pieces[k].length
+    }
+    return pieces
   }
 
   /**
-   * Copy up to `length` bytes of block `i` from `offset` into `buf` at `dst`,
-   * and say how many the block has there (the rest is a hole or past its end).
-   * Bytes in memory come first, then the stored record: whole for a
-   * streaming reader, only the chunks needed for a random one.
+   * Up to `length` bytes of block `i` from `offset`: as many as the block has
+   * there (the rest is a hole or past its end). Bytes in memory come first,
+   * then the stored record: whole for a streaming reader, only the chunks
+   * needed for a random one.
    */
-  private async readBlock (i: number, offset: number, length: number, streaming: boolean, buf: Buffer, dst: number): Promise<number> {
+  private async readBlock (i: number, offset: number, length: number, streaming: boolean): Promise<Buffer> {
     const mem = this.buffered(i)
-    const rec = mem ? undefined : this.blocks.get(i)
-    if (rec && !streaming && rec.chunks !== undefined) {
-      const n = Math.max(0, Math.min(length, rec.length - offset))
-      if (n > 0) (await this.shared.fetchRange(rec, offset, n)).copy(buf, dst)
-      return n
+    if (mem) return Buffer.from(mem.subarray(offset, offset + Math.max(0, Math.min(length, mem.length - offset))))
+    const rec = this.blocks.get(i)
+    if (!rec) return EMPTY
+    const n = Math.max(0, Math.min(length, rec.length - offset))
+    if (n === 0) return EMPTY
+    if (!streaming && rec.chunks !== undefined) return await this.shared.fetchRange(rec, offset, n)
+    try {
+      return (await this.shared.fetch(rec)).subarray(offset, offset + n)
+    } catch (err) {
+      // No whole good copy (every copy has a bad chunk somewhere): the chunks this read needs may still be good.
+      if (rec.chunks === undefined || (err as FsError).code !== 'EIO') throw err
+      log('block %s unreadable whole, reading its chunks: %s', objectIdOf(rec.bsl), (err as Error).message)
+      return await this.shared.fetchRange(rec, offset, n)
     }
-    let src = mem ?? null
-    if (!src && rec) {
-      try {
-        src = await this.shared.fetch(rec)
-      } catch (err) {
-        // No whole good copy (every copy has a bad chunk somewhere): the chunks this read needs may still be good.
-        const n = Math.max(0, Math.min(length, rec.length - offset))
-        if (rec.chunks === undefined || n === 0 || (err as FsError).code !== 'EIO') throw err
-        log('block %s unreadable whole, reading its chunks: %s', objectIdOf(rec.bsl), (err as Error).message)
-        ;(await this.shared.fetchRange(rec, offset, n)).copy(buf, dst)
-        return n
-      }
-    }
-    const have = src ? Math.max(0, Math.min(length, src.length - offset)) : 0
-    if (have > 0) src!.copy(buf, dst, offset, offset + have)
-    return have
   }
 
   /**

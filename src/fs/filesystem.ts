@@ -245,13 +245,12 @@ export class BslFilesystem implements FuseFilesystem {
     return fh
   }
 
-  async read (_ino: number, fh: number, offset: number, size: number): Promise<Buffer> {
+  async read (_ino: number, fh: number, offset: number, size: number): Promise<Buffer[]> {
     const file = this.fileOf(fh)
-    const buf = Buffer.allocUnsafe(size)
-    const n = await file.read(buf, size, offset)
+    const pieces = await file.readPieces(size, offset)
     const now = nowTimespec()
     if (this.needsAtime(file.view(await this.dir.getInode(file.ino)), now)) file.markAccessed(now)
-    return n === size ? buf : buf.subarray(0, n)
+    return pieces
   }
 
   write (_ino: number, fh: number, offset: number, data: Buffer): Promise<number> {

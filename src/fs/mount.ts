@@ -1,4 +1,5 @@
 import createDebug from 'debug'
+import { promises as fsp } from 'node:fs'
 import { AttrOverrides, BslFilesystem } from './filesystem'
 import { DEFAULT_SESSION, FuseSession, SessionOptions } from './fuse/session'
 
@@ -118,11 +119,30 @@ export interface MountedFuse {
   readonly end: Promise<void>
 }
 
+/**
+ * The kernel reads ahead at most what the mount's backing device allows (128
+ * KiB for a FUSE mount, whatever INIT says): raise it, as root may, to
+ * `bytes`, so a sequential reader's requests come as whole 1 MiB blocks, a
+ * few at a time (1 GiB cold read here: 469 MB/s at 128 KiB, 696 at 4 MiB,
+ * 547 at 16 MiB). Not being able to is not an error.
+ */
+async function raiseReadahead (mountpoint: string, bytes: number): Promise<void> {
+  try {
+    const dev = (await fsp.stat(mountpoint)).dev
+    const major = ((dev >> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff)
+    const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00)
+    await fsp.writeFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, String(Math.floor(bytes / 1024)))
+  } catch (err) {
+    log('read-ahead of %s left as it is: %s', mountpoint, (err as Error).message)
+  }
+}
+
 export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: string, parsed: ParsedOptions): Promise<MountedFuse> {
   const kernel = kernelOptions(fsname, parsed)
   const session = sessionOptions(parsed)
   log('mounting %s with -o %s, session %o', mountpoint, kernel.join(','), session)
   const s = await FuseSession.mount(mountpoint, fs, kernel, session)
+  if (session.maxReadahead > 128 * 1024) await raiseReadahead(mountpoint, session.maxReadahead)
   return {
     unmount: lazy => s.unmount(lazy),
     ended: () => s.isEnded(),

@@ -182,10 +182,10 @@ export class MemoryFs implements FuseFilesystem {
     return { attr: { ...this.make(parent, name, S_IFREG | (mode & 0o7777), caller).attr }, fh: this.nextFh++ }
   }
 
-  async read (ino: number, fh: number, offset: number, size: number): Promise<Buffer> {
+  async read (ino: number, fh: number, offset: number, size: number): Promise<Buffer[]> {
     this.log('read', ino, fh, offset, size)
     const d = this.get(ino).data ?? Buffer.alloc(0)
-    return Buffer.from(d.subarray(Math.min(offset, d.length), Math.min(offset + size, d.length)))
+    return [Buffer.from(d.subarray(Math.min(offset, d.length), Math.min(offset + size, d.length)))]
   }
 
   write (ino: number, fh: number, offset: number, data: Buffer): number {

@@ -50,8 +50,12 @@ export interface FuseFilesystem {
   link (ino: number, newParent: number, newName: string): Promise<Attr>
   open (ino: number, flags: number): Promise<number>
   create (parent: number, name: string, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }>
-  /** Up to `size` bytes at `offset`; fewer only at the end of the file. */
-  read (ino: number, fh: number, offset: number, size: number): Promise<Buffer>
+  /**
+   * Up to `size` bytes at `offset`, fewer only at the end of the file, as
+   * pieces that are written to the kernel as they are (no copy): each must
+   * hold its bytes until the promise's reply has gone, which is at once.
+   */
+  read (ino: number, fh: number, offset: number, size: number): Promise<Buffer[]>
   /** `data` is valid until the returned promise settles (or the call returns): copy what must outlive it. */
   write (ino: number, fh: number, offset: number, data: Buffer): number | Promise<number>
   flush (ino: number, fh: number): Promise<void>
@@ -80,7 +84,7 @@ export interface SessionOptions {
   directIo: boolean
   /** The largest write request (bytes, a multiple of 4096, at most 1 MiB). */
   maxWrite: number
-  /** The kernel's read-ahead for the mount, at most (bytes). */
+  /** The kernel's read-ahead for the mount (bytes; raised from the kernel's 128 KiB where root may). */
   maxReadahead: number
   /** Use READDIRPLUS: listings carry attributes, so `ls -l` needs no lookup per name. */
   readdirPlus: boolean
@@ -93,7 +97,7 @@ export const DEFAULT_SESSION: SessionOptions = {
   keepCache: true,
   directIo: false,
   maxWrite: 1 << 20,
-  maxReadahead: 1 << 20,
+  maxReadahead: 4 << 20,
   readdirPlus: true
 }
 
@@ -301,9 +305,7 @@ export class FuseSession {
           entryOut(r.attr.ino, r.attr, this.opts.entryTimeout, this.opts.attrTimeout), openOut(r.fh, this.openFlags())
         ]), fail)
         break
-      case Op.READ:
-        this.answer(fs.read(h.nodeid, u64(buf, B), u64(buf, B + 8), buf.readUInt32LE(B + 16)), data => ok(data), fail)
-        break
+      case Op.READ: this.answer(fs.read(h.nodeid, u64(buf, B), u64(buf, B + 8), buf.readUInt32LE(B + 16)), ok, fail); break
       case Op.WRITE: {
         const size = buf.readUInt32LE(B + 16)
         const data = buf.subarray(B + 40, B + 40 + size)
