@@ -78,11 +78,55 @@ static int write_all (int fd, const uint8_t *p, size_t n) {
   return 0;
 }
 
+// O_DIRECT needs the buffer, the offset and the length aligned to the device's block: 4096 covers
+// every device. Each pool thread keeps one staging buffer for bytes that are not aligned.
+#define DIRECT_ALIGN 4096
+static __thread uint8_t *stage;
+static __thread size_t stage_size;
+
+static const uint8_t *aligned_copy (const uint8_t *data, size_t length, size_t padded) {
+  if (((uintptr_t) data % DIRECT_ALIGN) == 0 && padded == length) return data;
+  if (stage_size < padded) {
+    free(stage);
+    stage = NULL;
+    stage_size = 0;
+    if (posix_memalign((void **) &stage, DIRECT_ALIGN, padded) != 0) return NULL;
+    stage_size = padded;
+  }
+  memcpy(stage, data, length);
+  memset(stage + length, 0, padded - length);
+  return stage;
+}
+
+// The bytes go to the disk without the page cache (O_DIRECT): on a virtual machine the kernel's
+// copy into the cache costs several times the rest of a put (0.8 against 0.2 ms of CPU per MiB
+// here), and nothing reads a new object back soon. A file system without O_DIRECT (tmpfs) gets
+// plain writes; a padded last block is cut back to the object's length.
+static int write_object (int fd, int direct, const uint8_t *data, size_t length) {
+  if (direct) {
+    size_t padded = (length + DIRECT_ALIGN - 1) & ~((size_t) DIRECT_ALIGN - 1);
+    const uint8_t *src = aligned_copy(data, length, padded);
+    if (src != NULL) {
+      int err = write_all(fd, src, padded);
+      if (err == 0) return padded == length ? 0 : (ftruncate(fd, (off_t) length) == 0 ? 0 : errno);
+      if (err != EINVAL) return err;
+    }
+    // Not possible here after all: start over with ordinary writes.
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_DIRECT) != 0 || ftruncate(fd, 0) != 0 || lseek(fd, 0, SEEK_SET) != 0) return errno;
+  }
+  return write_all(fd, data, length);
+}
+
 static void put_execute (napi_env env, void *arg) {
   job_t *j = arg;
-  int fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  int direct = 1;
+  int fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
+  if (fd < 0 && errno == EINVAL) {
+    direct = 0;
+    fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  }
   if (fd < 0) { j->err = errno; return; }
-  int err = write_all(fd, j->data, j->length);
+  int err = write_object(fd, direct, j->data, j->length);
   if (err == 0 && fsync(fd) != 0) err = errno;
   if (close(fd) != 0 && err == 0) err = errno;
   if (err != 0) {
