@@ -3,9 +3,15 @@
 // write, fsync, close, the directory's fsync; or open, fstat, read, close), and every job
 // wakes two threads: on a virtual machine that costs as much as the copying.
 //
-//   put(path, dirFd, data, cb)    create path (O_EXCL), write data, fsync it and the directory
-//                                 dirFd; cb(errno): 0, or the error (a failed put removes what it
-//                                 made; EEXIST: nothing was touched)
+//   put(path, dirFd, data, flags, cb)
+//                                 create path (O_EXCL) and write data; with PUT_DURABLE fsync it and
+//                                 the directory dirFd, with PUT_DIRECT bypass the page cache;
+//                                 cb(errno): 0, or the error (a failed put removes what it made;
+//                                 EEXIST: nothing was touched)
+//   syncfs(fd, cb)                make everything written on the file system of fd durable (one
+//                                 journal commit for every object put without PUT_DURABLE)
+//   aligned(size)                 a Buffer whose memory starts on a 4096-byte boundary: a put of it
+//                                 goes to the disk as it is, without the staging copy
 //   read(path, maxBytes, cb)      the whole file: cb(errno, buffer, crc); EFBIG past maxBytes. crc
 //                                 is its CRC-32, computed on the pool thread with the zlib inside
 //                                 node (crc32_z), or -1 when that cannot be found (JS checks then)
@@ -22,7 +28,9 @@
 #include <dlfcn.h>
 #include <node_api.h>
 
-#define OBJECT_IO_VERSION 1
+#define OBJECT_IO_VERSION 3
+#define PUT_DURABLE 1
+#define PUT_DIRECT 2
 
 typedef unsigned long (*crc32_fn) (unsigned long crc, const unsigned char *buf, size_t len);
 // node links zlib in and exports it; looked up at load, so an embedder without it still loads us.
@@ -34,6 +42,7 @@ typedef struct {
   napi_ref data_ref; // keeps the caller's buffer alive while the pool thread writes it
   char *path;
   int dir_fd;
+  int flags;
   const uint8_t *data;
   size_t length;
   size_t max_bytes;
@@ -119,15 +128,15 @@ static int write_object (int fd, int direct, const uint8_t *data, size_t length)
 
 static void put_execute (napi_env env, void *arg) {
   job_t *j = arg;
-  int direct = 1;
-  int fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
-  if (fd < 0 && errno == EINVAL) {
+  int direct = (j->flags & PUT_DIRECT) != 0;
+  int fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct ? O_DIRECT : 0), 0644);
+  if (fd < 0 && errno == EINVAL && direct) {
     direct = 0;
     fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   }
   if (fd < 0) { j->err = errno; return; }
   int err = write_object(fd, direct, j->data, j->length);
-  if (err == 0 && fsync(fd) != 0) err = errno;
+  if (err == 0 && (j->flags & PUT_DURABLE) && fsync(fd) != 0) err = errno;
   if (close(fd) != 0 && err == 0) err = errno;
   if (err != 0) {
     unlink(j->path);
@@ -135,7 +144,12 @@ static void put_execute (napi_env env, void *arg) {
     return;
   }
   // The new name must survive a crash as well as the bytes.
-  if (j->dir_fd >= 0 && fsync(j->dir_fd) != 0) j->err = errno;
+  if ((j->flags & PUT_DURABLE) && j->dir_fd >= 0 && fsync(j->dir_fd) != 0) j->err = errno;
+}
+
+static void syncfs_execute (napi_env env, void *arg) {
+  job_t *j = arg;
+  if (syncfs(j->dir_fd) != 0) j->err = errno;
 }
 
 static void read_execute (napi_env env, void *arg) {
@@ -204,22 +218,35 @@ static napi_value start (napi_env env, job_t *j, napi_value cb, const char *name
 }
 
 static napi_value put (napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   job_t *j = calloc(1, sizeof *j);
   if (j == NULL) return throw_error(env, "out of memory");
   void *data;
-  j->path = argc == 4 ? string_arg(env, argv[0]) : NULL;
+  j->path = argc == 5 ? string_arg(env, argv[0]) : NULL;
   if (j->path == NULL || napi_get_value_int32(env, argv[1], &j->dir_fd) != napi_ok ||
-      napi_get_buffer_info(env, argv[2], &data, &j->length) != napi_ok) {
+      napi_get_buffer_info(env, argv[2], &data, &j->length) != napi_ok || napi_get_value_int32(env, argv[3], &j->flags) != napi_ok) {
     free(j->path);
     free(j);
-    return throw_error(env, "put(path, dirFd, buffer, callback)");
+    return throw_error(env, "put(path, dirFd, buffer, flags, callback)");
   }
   j->data = data;
   napi_create_reference(env, argv[2], 1, &j->data_ref);
-  return start(env, j, argv[3], "bslfs:put", put_execute);
+  return start(env, j, argv[4], "bslfs:put", put_execute);
+}
+
+static napi_value sync_fs (napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  job_t *j = calloc(1, sizeof *j);
+  if (j == NULL) return throw_error(env, "out of memory");
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &j->dir_fd) != napi_ok) {
+    free(j);
+    return throw_error(env, "syncfs(fd, callback)");
+  }
+  return start(env, j, argv[1], "bslfs:syncfs", syncfs_execute);
 }
 
 static napi_value read_object (napi_env env, napi_callback_info info) {
@@ -240,11 +267,36 @@ static napi_value read_object (napi_env env, napi_callback_info info) {
   return start(env, j, argv[2], "bslfs:read", read_execute);
 }
 
+static void free_aligned (napi_env env, void *data, void *hint) {
+  free(data);
+  int64_t adjusted;
+  napi_adjust_external_memory(env, -(int64_t) (uintptr_t) hint, &adjusted);
+}
+
+static napi_value aligned (napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t size;
+  if (argc < 1 || napi_get_value_int64(env, argv[0], &size) != napi_ok || size <= 0 || size > (1LL << 31)) {
+    return throw_error(env, "aligned(size): size from 1 to 2 GiB");
+  }
+  void *mem;
+  if (posix_memalign(&mem, DIRECT_ALIGN, (size_t) size) != 0) return throw_error(env, "aligned: out of memory");
+  int64_t adjusted;
+  napi_adjust_external_memory(env, size, &adjusted);
+  napi_value out;
+  napi_create_external_buffer(env, (size_t) size, mem, free_aligned, (void *) (uintptr_t) size, &out);
+  return out;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   zlib_crc32 = (crc32_fn) dlsym(RTLD_DEFAULT, "crc32_z");
   napi_property_descriptor props[] = {
     { "put", NULL, put, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "read", NULL, read_object, NULL, NULL, NULL, napi_enumerable, NULL }
+    { "read", NULL, read_object, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "syncfs", NULL, sync_fs, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "aligned", NULL, aligned, NULL, NULL, NULL, napi_enumerable, NULL }
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value version;

@@ -25,6 +25,7 @@ function countingStore (): { store: BlockStore, objects: Map<bigint, Buffer>, re
   const reads: string[] = []
   const store: BlockStore = {
     newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
+    async sync () {},
     async write (rec: BlockRecord, data: Uint8Array) { objects.set(rec.bsl.fileId, Buffer.from(data)) },
     async read (rec: BlockRecord) {
       reads.push(`block ${rec.bsl.fileId}`)
@@ -52,7 +53,7 @@ t.test('random small reads fetch only the chunks they need; sequential reads fet
   const source = randomBytes(8 * big - 1000)
   const w = new OpenFile(inode.ino, new FileData(dir, store), new Map(), 0)
   await w.write(source, 0, now)
-  await w.flush()
+  await w.flushNow()
   const blocks = await dir.getBlocks(inode.ino)
   t.same(blocks.get(0)?.chunks, chunkSums(source.subarray(0, big)), 'written blocks carry their chunk sums')
   t.equal(blocks.get(7)?.chunks?.length, Math.ceil((big - 1000) / CHUNK_BYTES), 'the short last block too')
@@ -119,6 +120,7 @@ t.test('a block write that fails late does not undo a newer version of the block
   let calls = 0
   const store: BlockStore = {
     newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
+    async sync () {},
     async write (rec: BlockRecord, data: Uint8Array) {
       // The first put fails after a while (a server killed under it); later ones succeed at once.
       if (++calls === 1) {
@@ -141,7 +143,7 @@ t.test('a block write that fails late does not undo a newer version of the block
   const buf = Buffer.alloc(4)
   await f.read(buf, 4, 1000)
   t.equal(buf.toString(), 'bbbb', 'reads see the newer bytes, not the failed version put back')
-  await f.flush()
+  await f.flushNow()
   const rec = (await dir.getBlocks(inode.ino)).get(0)
   t.ok(rec, 'block 0 is committed')
   t.equal(objects.get(rec!.bsl.fileId)?.subarray(998, 1002).toString(), 'aabb', 'and stored with the newer bytes')
@@ -156,6 +158,7 @@ t.test('a read racing a truncate never returns an older version of a dropped blo
   let slowReads = false
   const store: BlockStore = {
     newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
+    async sync () {},
     async write (rec: BlockRecord, data: Uint8Array) { objects.set(rec.bsl.fileId, Buffer.from(data)) },
     async read (rec: BlockRecord) {
       // A slow device: the read of block 0 is still waiting when the truncate runs.
@@ -174,7 +177,7 @@ t.test('a read racing a truncate never returns an older version of a dropped blo
   const data = new FileData(dir, store, { cacheBytes: 0 })
   const f = new OpenFile(inode.ino, data, new Map(), 0)
   await f.write(Buffer.alloc(2 * bs, 'o'), 0, now) // blocks 0 and 1, old bytes
-  await f.flush()
+  await f.flushNow()
   await f.write(Buffer.alloc(100, 'n'), bs + 10, now) // block 1 again, newer bytes, still dirty
   slowReads = true
   const buf = Buffer.alloc(2 * bs)
@@ -196,7 +199,7 @@ t.test('an open racing the release of the same inode gets the file the release k
   const files = new OpenFiles(new FileData(dir, store))
   const first = await files.acquire(inode.ino)
   await first.write(Buffer.from('hello'), 0, now)
-  await first.flush() // nothing left to write: the release below finishes within a few microtasks
+  await first.flushNow() // nothing left to write: the release below finishes within a few microtasks
   // The kernel does not wait for a release: the next open arrives while the last close is handled.
   const released = files.release(first)
   const second = await files.acquire(inode.ino)
@@ -206,7 +209,9 @@ t.test('an open racing the release of the same inode gets the file the release k
   await second.write(Buffer.from('!'), 5, now)
   t.equal((await files.get(inode.ino))?.size, 6, 'a write through the new handle shows in the size')
   await files.release(second)
-  t.notOk(files.isOpen(inode.ino), 'the last release lets go')
+  // The last release stores the data; the file is let go once its group commit is in the directory.
+  for (let i = 0; i < 100 && files.isOpen(inode.ino); i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.notOk(files.isOpen(inode.ino), 'the last release lets go, after the commit')
   t.equal((await dir.getInode(inode.ino)).size, 6, 'and the size is committed')
 })
 
@@ -219,7 +224,7 @@ t.test('two writes of one file at once (a direct write the kernel split) land in
   const shared = new FileData(dir, store)
   const w = new OpenFile(inode.ino, shared, new Map(), 0)
   await w.write(Buffer.alloc(2000, 1), 0, now)
-  await w.flush()
+  await w.flushNow()
   await w.truncate(1000, now) // the stored block keeps its old bytes past the new end
   // The end of the file is in a stored block: both writes must read it back first (the store
   // takes a few milliseconds), and the second starts past the end, so it zeroes the old tail.
@@ -231,4 +236,86 @@ t.test('two writes of one file at once (a direct write the kernel split) land in
   t.equal(await f.read(buf, 1110, 0), 1110, 'size')
   const want = Buffer.concat([Buffer.alloc(1000, 1), Buffer.alloc(10, 2), Buffer.alloc(90), Buffer.alloc(10, 3)])
   t.ok(buf.equals(want), 'the first write survives the second one zeroing the tail')
+})
+
+/** A store that logs what it is asked, and can fail its next syncs. */
+function loggingStore (): { store: BlockStore, log: string[], objects: Map<bigint, Buffer>, failSyncs: (n: number) => void } {
+  const objects = new Map<bigint, Buffer>()
+  const log: string[] = []
+  let failing = 0
+  const store: BlockStore = {
+    newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
+    async write (rec: BlockRecord, data: Uint8Array, opts?: { durable?: boolean }) {
+      log.push(`${opts?.durable === false ? 'store' : 'put'} ${rec.bsl.fileId}`)
+      objects.set(rec.bsl.fileId, Buffer.from(data))
+    },
+    async sync () {
+      log.push('sync')
+      if (failing > 0) { failing--; throw new FsError('EIO', 'the disk did not flush') }
+    },
+    async read (rec: BlockRecord) { return objects.get(rec.bsl.fileId) as Buffer },
+    readRange: notUsed
+  }
+  return { store, log, objects, failSyncs: n => { failing = n } }
+}
+
+async function until (what: () => Promise<boolean>, ms = 2000): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    if (await what()) return true
+    await new Promise(resolve => setTimeout(resolve, 5))
+  }
+  return await what()
+}
+
+t.test('closed files: blocks stored at close, committed together after one sync of the devices', async t => {
+  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
+  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
+  t.teardown(() => dir.close())
+  const { store, log } = loggingStore()
+  const files = new OpenFiles(new FileData(dir, store))
+  const inos: number[] = []
+  // What the directory held when the devices were synced: no record may be there before.
+  const committedAtSync: number[] = []
+  const sync = store.sync.bind(store)
+  store.sync = async () => {
+    for (const ino of inos) committedAtSync.push((await dir.getBlocks(ino)).size)
+    await sync()
+  }
+  for (let k = 0; k < 3; k++) {
+    const inode = await dir.createNode(1, `f${k}`, { mode: 0o100644, uid: 0, gid: 0 })
+    inos.push(inode.ino)
+    const f = await files.acquire(inode.ino, true)
+    await f.write(Buffer.alloc(1000 + k, 'x'), 0, now)
+    await files.release(f) // close(2)
+  }
+  t.same(log, ['store 1', 'store 2', 'store 3'], 'each close stored its block, not durably, and nothing synced yet')
+  t.ok(await until(async () => !inos.some(ino => files.isOpen(ino))), 'the files are let go once committed')
+  t.same(log, ['store 1', 'store 2', 'store 3', 'sync'], 'then one sync for all three')
+  t.same(committedAtSync, [0, 0, 0], 'and no record was in the directory before it')
+  for (const [k, ino] of inos.entries()) {
+    t.equal((await dir.getBlocks(ino)).size, 1, `f${k}: its block is committed`)
+    t.equal((await dir.getInode(ino)).size, 1000 + k, `f${k}: with its size`)
+  }
+})
+
+t.test('a sync that fails keeps the bytes: fsync reports EIO, and the next fsync commits them', async t => {
+  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
+  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
+  t.teardown(() => dir.close())
+  const { store, objects, failSyncs } = loggingStore()
+  const files = new OpenFiles(new FileData(dir, store))
+  const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
+  const f = await files.acquire(inode.ino, true)
+  await f.write(Buffer.from('precious'), 0, now)
+  failSyncs(1)
+  await t.rejects(f.fsync(), /did not flush/, 'fsync: EIO')
+  t.equal((await dir.getBlocks(inode.ino)).size, 0, 'nothing was committed')
+  const buf = Buffer.alloc(8)
+  await f.read(buf, 8, 0)
+  t.equal(buf.toString(), 'precious', 'the bytes are still there to read')
+  await f.fsync()
+  const rec = (await dir.getBlocks(inode.ino)).get(0)
+  t.ok(rec, 'the second fsync committed the block')
+  t.equal(objects.get(rec!.bsl.fileId)?.toString(), 'precious', 'with its bytes')
+  await files.release(f)
 })

@@ -36,6 +36,8 @@ function noop (): void {}
 
 class FakeServer {
   readonly devices = new Map<string, Map<string, Buffer>>([['d1', new Map()], ['d2', new Map()]])
+  /** Objects stored with X-Bslfs-Durable: 0 and not synced since, by device. */
+  readonly unsynced = new Map<string, Set<string>>([['d1', new Set()], ['d2', new Set()]])
   readonly rules: Rule[] = []
   full = false
   requests = 0
@@ -219,6 +221,15 @@ class FakeServer {
     if (url === '/v1/health' && method === 'GET') {
       return this.json(res, 200, { ok: true, server: 'fake', devices: [...this.devices.keys()] })
     }
+    const sync = /^\/v1\/devices\/([^/]+)\/sync$/.exec(url)
+    if (sync !== null && method === 'POST') {
+      const pending = this.unsynced.get(decodeURIComponent(sync[1]))
+      if (pending === undefined) return this.error(res, 404, 'ENODEV', `no device ${sync[1]}`)
+      pending.clear()
+      res.writeHead(204)
+      res.end()
+      return
+    }
     const m = /^\/v1\/devices\/([^/]+)\/(space|objects)(?:\/([^/]+))?$/.exec(url)
     if (m === null) {
       req.resume()
@@ -257,6 +268,7 @@ class FakeServer {
         if (String(checksum(body)) !== sumHeader) return this.error(res, 422, 'EIO', 'checksum mismatch')
         if (this.full) return this.error(res, 507, 'ENOSPC', 'disk full')
         store.set(id, body)
+        if (req.headers['x-bslfs-durable'] === '0') this.unsynced.get(decodeURIComponent(m[1]))?.add(id)
         res.writeHead(201, { 'content-length': 0 })
         res.end()
         return
@@ -378,6 +390,21 @@ t.test('round trips: put, get, stat, list, space, delete', async t => {
   // Another device of the same server is separate on the server.
   const d2 = device(t, f, { device: 'd2' })
   t.equal(await d2.stat(id1), null)
+})
+
+t.test('store and sync: a put that is durable later, and the sync that makes it so', async t => {
+  const f = await fake(t)
+  const dev = device(t, f)
+  const a = randomBytes(50_000)
+  await dev.store(id1, a, checksum(a))
+  t.same(f.devices.get('d1')?.get(id1), a, 'the server holds the bytes')
+  t.same([...f.unsynced.get('d1') ?? []], [id1], 'asked to store without waiting for the disk')
+  t.same(await dev.get(id1, checksum(a)), a, 'and they read back at once')
+  await dev.put(id2, a, checksum(a))
+  t.same([...f.unsynced.get('d1') ?? []], [id1], 'a plain put is durable when it answers')
+  await dev.sync()
+  t.same([...f.unsynced.get('d1') ?? []], [], 'sync: durable')
+  await fsError(t, device(t, f, { device: 'nope' }).sync(), 'ENODEV', /not found/)
 })
 
 t.test('a long listing streams, split across chunks', async t => {

@@ -176,6 +176,26 @@ t.test('hostile requests', async t => {
     const r = await get(`/v1/devices/d1/objects/${goodId}`)
     t.equal(r.status, 200)
     t.ok(r.body.equals(goodData), 'the old object is intact')
+
+    // X-Bslfs-Durable: 0 stores without waiting for the disk; a sync makes it durable.
+    const later = '00000000000c0002'
+    const sum = String(checksum(data))
+    for (const v of ['2', 'yes', '', '00']) {
+      expectError(`X-Bslfs-Durable: ${JSON.stringify(v)}`, await request(port, { method: 'PUT', path: `/v1/devices/d1/objects/${later}`, headers: { ...auth, 'X-Bslfs-Checksum': sum, 'X-Bslfs-Durable': v }, body: data }), 400, 'EINVAL')
+    }
+    t.ok(await absent('d1', later), 'a refused durability header stores nothing')
+    const stored = await request(port, { method: 'PUT', path: `/v1/devices/d1/objects/${later}`, headers: { ...auth, 'X-Bslfs-Checksum': sum, 'X-Bslfs-Durable': '0' }, body: data })
+    t.equal(stored.status, 201, 'a store (durable later) is 201')
+    known.set(later, { dev: d1, sum: checksum(data) })
+    const back = await get(`/v1/devices/d1/objects/${later}`, { 'X-Bslfs-Checksum': sum })
+    t.ok(back.status === 200 && back.body.equals(data), 'and reads back at once')
+    const synced = await request(port, { method: 'POST', path: '/v1/devices/d1/sync', headers: auth })
+    t.equal(synced.status, 204, 'POST …/sync: 204')
+    expectError('sync of an unknown device', await request(port, { method: 'POST', path: '/v1/devices/nope/sync', headers: auth }), 404, 'ENODEV')
+    const getSync = await request(port, { method: 'GET', path: '/v1/devices/d1/sync', headers: auth })
+    expectError('GET on sync', getSync, 405, 'EOPNOTSUPP')
+    t.equal(getSync.headers.allow, 'POST')
+    expectError('sync without the token', await request(port, { method: 'POST', path: '/v1/devices/d1/sync' }), 401, 'EACCES')
   })
 
   await t.test('bodies', async t => {

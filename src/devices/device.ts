@@ -37,6 +37,13 @@ export interface Device {
    * checks what it received) and on every read.
    */
   put (objectId: string, data: Uint8Array, checksum: number, limits?: CallLimits): Promise<void>
+  /**
+   * As put, but resolves once the object is whole and readable, before it is durable: the
+   * next `sync` makes it so. Many stores and one sync cost one flush of the disk, not one each.
+   */
+  store (objectId: string, data: Uint8Array, checksum: number, limits?: CallLimits): Promise<void>
+  /** Make every object stored (with `store`) before this call durable. */
+  sync (limits?: CallLimits): Promise<void>
   /** The whole object, verified against `checksum`; a mismatch is EIO, never wrong bytes. */
   get (objectId: string, checksum: number, limits?: CallLimits): Promise<Buffer>
   /**

@@ -4,11 +4,15 @@ import { getSystemErrorName } from 'node:util'
 /** native/object_io.c: whole-object puts and reads, one thread-pool job each. */
 interface ObjectIo {
   version: number
-  put (path: string, dirFd: number, data: Uint8Array, cb: (errno: number) => void): void
+  put (path: string, dirFd: number, data: Uint8Array, flags: number, cb: (errno: number) => void): void
+  syncfs (fd: number, cb: (errno: number) => void): void
+  aligned (size: number): Buffer
   read (path: string, maxBytes: number, cb: (errno: number, data?: Buffer, crc?: number) => void): void
 }
 
-const VERSION = 1
+const VERSION = 3
+const PUT_DURABLE = 1
+const PUT_DIRECT = 2
 const ADDON = join(__dirname, '..', '..', 'build', 'Release', 'object_io.node')
 
 let addon: ObjectIo | undefined
@@ -34,12 +38,22 @@ function systemError (errno: number, syscall: string, path: string): NodeJS.Errn
 }
 
 /**
- * Create `path` (it must not exist), write `data`, fsync it and the directory
- * open as `dirFd`. A failure removes what was made; EEXIST touches nothing.
+ * Create `path` (it must not exist) and write `data`; `durable`: also fsync it
+ * and the directory open as `dirFd` (else the next syncFs makes it durable);
+ * `direct`: past the page cache (O_DIRECT), where the file system allows. A
+ * failure removes what was made; EEXIST touches nothing.
  */
-export function putObject (path: string, dirFd: number, data: Uint8Array): Promise<void> {
+export function putObject (path: string, dirFd: number, data: Uint8Array, opts: { durable: boolean, direct: boolean }): Promise<void> {
+  const flags = (opts.durable ? PUT_DURABLE : 0) | (opts.direct ? PUT_DIRECT : 0)
   return new Promise((resolve, reject) => {
-    io().put(path, dirFd, data, errno => errno === 0 ? resolve() : reject(systemError(errno, 'put', path)))
+    io().put(path, dirFd, data, flags, errno => errno === 0 ? resolve() : reject(systemError(errno, 'put', path)))
+  })
+}
+
+/** syncfs(2) on the file system that holds `fd`: everything written there so far becomes durable. */
+export function syncFs (fd: number, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    io().syncfs(fd, errno => errno === 0 ? resolve() : reject(systemError(errno, 'syncfs', what)))
   })
 }
 
@@ -51,4 +65,9 @@ export function readObject (path: string, maxBytes: number): Promise<{ data: Buf
   return new Promise((resolve, reject) => {
     io().read(path, maxBytes, (errno, data, crc) => errno === 0 && data ? resolve({ data, crc: crc ?? -1 }) : reject(systemError(errno, 'read', path)))
   })
+}
+
+/** A buffer whose memory starts on a 4096-byte boundary (a put of it needs no staging copy for O_DIRECT). */
+export function alignedBuffer (size: number): Buffer {
+  return io().aligned(size)
 }

@@ -439,7 +439,33 @@ export class RemoteDevice implements Device {
     return `${this.devicePath}/objects/${encodeURIComponent(objectId)}`
   }
 
-  async put (objectId: string, data: Uint8Array, sum: number, limits?: CallLimits): Promise<void> {
+  put (objectId: string, data: Uint8Array, sum: number, limits?: CallLimits): Promise<void> {
+    return this.send(objectId, data, sum, true, limits)
+  }
+
+  store (objectId: string, data: Uint8Array, sum: number, limits?: CallLimits): Promise<void> {
+    return this.send(objectId, data, sum, false, limits)
+  }
+
+  /** POST …/sync: the server makes every object stored on the device durable (one syncfs). */
+  async sync (limits?: CallLimits): Promise<void> {
+    if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
+    const what = 'sync'
+    await exchange(this.ep, {
+      method: 'POST',
+      path: `${this.devicePath}/sync`,
+      what,
+      handle: async res => {
+        if (res.statusCode === 204 || res.statusCode === 200) {
+          await readLimited(res.body, ERROR_BODY_LIMIT)
+          return
+        }
+        throw await answerFor(this.ep, res, what)
+      }
+    }, limits)
+  }
+
+  private async send (objectId: string, data: Uint8Array, sum: number, durable: boolean, limits?: CallLimits): Promise<void> {
     this.check(objectId, sum)
     // No checksum here: the server checks the bytes it received against `sum` (422 otherwise),
     // which covers a wrong `sum` from the caller as well as damage on the way.
@@ -451,7 +477,8 @@ export class RemoteDevice implements Device {
       headers: {
         'content-type': 'application/octet-stream',
         'content-length': String(data.byteLength),
-        'x-bslfs-checksum': String(sum)
+        'x-bslfs-checksum': String(sum),
+        ...(durable ? {} : { 'x-bslfs-durable': '0' })
       },
       body: data,
       handle: async res => {

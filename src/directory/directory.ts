@@ -53,6 +53,12 @@ export interface NewNode {
 /** A change to one block of a file: a new record, or null to drop the block (a hole). */
 export interface BlockChange { index: number, record: BlockRecord | null }
 
+/** Attributes a file's writes and changes through an open handle set. */
+export type FilePatch = Partial<Pick<Inode, 'size' | 'mtime' | 'ctime' | 'atime' | 'mode' | 'uid' | 'gid'>>
+
+/** What one file commits: block changes (every block at or past `dropFrom` dropped first) and attributes. */
+export interface FileCommit { ino: number, changes: BlockChange[], patch: FilePatch, dropFrom?: number }
+
 const INO_RESERVE = 1024
 const OBJECT_RESERVE = 65536
 const CACHE_LIMIT = 250_000
@@ -425,32 +431,16 @@ export class Directory {
    * update its attributes, in one batch. Replaced blocks, and every block
    * at or past `dropFrom`, are queued for reclaim.
    */
-  commitBlocks (ino: number, changes: BlockChange[], patch: Partial<Pick<Inode, 'size' | 'mtime' | 'ctime' | 'atime'>>,
-    opts: { dropFrom?: number, sync?: boolean } = {}): Promise<Inode> {
+  commitBlocks (ino: number, changes: BlockChange[], patch: FilePatch, opts: { dropFrom?: number, sync?: boolean } = {}): Promise<Inode> {
+    return this.write(async w => await w.commitFile({ ino, changes, patch, dropFrom: opts.dropFrom }), opts.sync)
+  }
+
+  /** commitBlocks for several files in one batch (a group commit); the inodes as updated, in order. */
+  commitFiles (files: FileCommit[], opts: { sync?: boolean } = {}): Promise<Inode[]> {
     return this.write(async w => {
-      const inode = await w.inode(ino)
-      let bytes = 0
-      if (opts.dropFrom !== undefined) {
-        for await (const [k, v] of w.tx.scan(keys.blocks(ino), { after: keys.block(ino, opts.dropFrom) })) {
-          bytes -= w.freeBlock(k, decodeBlock(k, v))
-        }
-        const at = keys.block(ino, opts.dropFrom)
-        const raw = await w.tx.get(at)
-        if (raw) bytes -= w.freeBlock(at, decodeBlock(at, raw))
-      }
-      for (const c of changes) {
-        const key = keys.block(ino, c.index)
-        const old = await w.tx.get(key)
-        if (old) bytes -= w.freeBlock(key, decodeBlock(key, old))
-        if (c.record) {
-          w.tx.put(key, encodeBlock(c.record))
-          bytes += c.record.length
-        }
-      }
-      const updated = { ...inode, ...patch, stored: Math.max(0, (inode.stored ?? 0) + bytes) }
-      w.putInode(updated)
-      w.addUsage(0, bytes)
-      return updated
+      const out: Inode[] = []
+      for (const f of files) out.push(await w.commitFile(f))
+      return out
     }, opts.sync)
   }
 
@@ -737,6 +727,34 @@ class Writer {
   addUsage (files: number, bytes: number): void {
     const u = this.usage ?? this.dir.usage
     this.usage = { files: u.files + files, bytes: u.bytes + bytes }
+  }
+
+  /** Block changes and attributes of one file (Directory.commitBlocks). */
+  async commitFile (f: FileCommit): Promise<Inode> {
+    const { ino, changes, patch, dropFrom } = f
+    const inode = await this.inode(ino)
+    let bytes = 0
+    if (dropFrom !== undefined) {
+      for await (const [k, v] of this.tx.scan(keys.blocks(ino), { after: keys.block(ino, dropFrom) })) {
+        bytes -= this.freeBlock(k, decodeBlock(k, v))
+      }
+      const at = keys.block(ino, dropFrom)
+      const raw = await this.tx.get(at)
+      if (raw) bytes -= this.freeBlock(at, decodeBlock(at, raw))
+    }
+    for (const c of changes) {
+      const key = keys.block(ino, c.index)
+      const old = await this.tx.get(key)
+      if (old) bytes -= this.freeBlock(key, decodeBlock(key, old))
+      if (c.record) {
+        this.tx.put(key, encodeBlock(c.record))
+        bytes += c.record.length
+      }
+    }
+    const updated = { ...inode, ...patch, stored: Math.max(0, (inode.stored ?? 0) + bytes) }
+    this.putInode(updated)
+    this.addUsage(0, bytes)
+    return updated
   }
 
   /** Queue a block's object for reclaim; returns its length. */

@@ -2,7 +2,7 @@ import createDebug from 'debug'
 import { BSL, objectIdOf } from '../bsl'
 import { BufferPool } from '../buffer-pool'
 import { CHUNK_BYTES, blockSums } from '../checksum'
-import { Directory } from '../directory/directory'
+import { BlockChange, Directory, FileCommit, FilePatch } from '../directory/directory'
 import { BlockRecord, Inode, Timespec } from '../directory/records'
 import { FsError } from '../errors'
 
@@ -11,7 +11,10 @@ const log = createDebug('bslfs:files')
 /** What file data needs from the volumes layer. */
 export interface BlockStore {
   newBlock (fileId: bigint, index: number): BSL
-  write (block: BlockRecord, data: Uint8Array): Promise<void>
+  /** Store a block on its copies; not `durable`: durable after the next sync. */
+  write (block: BlockRecord, data: Uint8Array, opts?: { durable?: boolean }): Promise<void>
+  /** Make every block written without `durable` so far durable. */
+  sync (): Promise<void>
   read (block: BlockRecord): Promise<Buffer>
   /**
    * The verified bytes of the chunks covering [offset, offset + length) of a
@@ -51,7 +54,6 @@ function * spans (pos: number, end: number, bs: number): Generator<{ index: numb
   }
 }
 
-type PendingAttrs = Partial<Pick<Inode, 'size' | 'mtime' | 'ctime' | 'atime'>>
 
 /** A counting semaphore: bounds the block writes in flight. */
 class Semaphore {
@@ -96,19 +98,123 @@ class BlockCache {
   }
 }
 
+/** How long the first record of a group waits for others (ms): ext4 waits 5 s, a sequential writer fills a group in a few ms. */
+const GROUP_DELAY_MS = 5
+
+interface Queued { file: OpenFile, change: BlockChange | null, resolve: () => void, reject: (err: unknown) => void }
+
+/**
+ * Records of blocks whose bytes are stored but not yet durable, committed
+ * many at a time: one sync of every device written, then one directory
+ * batch for every file. A record never reaches the directory before its bytes
+ * are durable (DESIGN: blocks are written before they are referenced), and a
+ * closed file costs neither a flush of the disk nor a batch of its own.
+ */
+class GroupCommit {
+  private queue: Queued[] = []
+  private timer: NodeJS.Timeout | undefined
+  private running: Promise<void> | undefined
+
+  constructor (private readonly shared: FileData) {}
+
+  /** Commit `change` (null: only the file's attributes) with the next group; resolves once it is in the directory. */
+  add (file: OpenFile, change: BlockChange | null): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ file, change, resolve, reject })
+      this.schedule(GROUP_DELAY_MS)
+    })
+  }
+
+  /** Commit everything queued without waiting for more (fsync, truncate, unmount). */
+  async now (): Promise<void> {
+    while (this.running) await this.running
+    clearTimeout(this.timer)
+    this.timer = undefined
+    if (this.queue.length > 0) await this.run()
+  }
+
+  private schedule (ms: number): void {
+    if (this.timer || this.running) return
+    this.timer = setTimeout(() => {
+      this.timer = undefined
+      void this.run()
+    }, ms)
+  }
+
+  private run (): Promise<void> {
+    const batch = this.queue.splice(0)
+    const work = this.commit(batch)
+    this.running = work
+    return work.finally(() => {
+      this.running = undefined
+      // What came while this group ran goes with the next one, at once.
+      if (this.queue.length > 0) this.schedule(0)
+    })
+  }
+
+  private async commit (batch: Queued[]): Promise<void> {
+    if (batch.length === 0) return
+    const byFile = new Map<OpenFile, BlockChange[]>()
+    for (const q of batch) {
+      let changes = byFile.get(q.file)
+      if (!changes) byFile.set(q.file, changes = [])
+      if (q.change) changes.push(q.change)
+    }
+    try {
+      await this.shared.store.sync()
+      const files = [...byFile.keys()]
+      const items = files.map(f => f.commitItem(byFile.get(f) as BlockChange[]))
+      const inodes = await this.shared.dir.commitFiles(items.map(it => it.commit))
+      files.forEach((f, k) => f.committed(items[k], inodes[k]))
+    } catch (err) {
+      for (const q of batch) q.reject(err)
+      return
+    }
+    for (const q of batch) q.resolve()
+    // Once the writes waiting on this group have wound up (their promises run first).
+    setImmediate(() => { for (const f of byFile.keys()) this.shared.settled(f) })
+  }
+}
+
 /** Shared by every open file of a mount: the memory budgets. */
 export class FileData {
   readonly cache: BlockCache
   readonly writers: Semaphore
+  /** Bytes of blocks written to and not yet committed (dirty, or on their way). */
   dirtyBytes = 0
+  private roomWaiters: Array<() => void> = []
+
+  /** `n` more bytes held in block buffers. */
+  hold (n: number): void {
+    this.dirtyBytes += n
+  }
+
+  /** `n` bytes let go: writers waiting for room go on once there is. */
+  release (n: number): void {
+    this.dirtyBytes -= n
+    if (this.dirtyBytes <= this.dirtyLimit && this.roomWaiters.length > 0) for (const w of this.roomWaiters.splice(0)) w()
+  }
+
+  /** Resolves once the bytes held are within the budget. */
+  async room (): Promise<void> {
+    while (this.dirtyBytes > this.dirtyLimit) await new Promise<void>(resolve => this.roomWaiters.push(resolve))
+  }
 
   constructor (readonly dir: Directory, readonly store: BlockStore, opts: { cacheBytes?: number, dirtyBytes?: number, parallelWrites?: number } = {}) {
     // 32 MiB: with the dirty budget and the read-ahead, the mount stays under 250 MiB RSS.
     this.cache = new BlockCache(opts.cacheBytes ?? 32 * 1024 * 1024)
     this.writers = new Semaphore(opts.parallelWrites ?? 8)
     this.dirtyLimit = opts.dirtyBytes ?? 64 * 1024 * 1024
-    this.buffers = new BufferPool(dir.blockSize)
+    // 4 KiB before each buffer: the FUSE session reads a write request there (see FuseSession.take).
+    this.buffers = new BufferPool(dir.blockSize, 24, 4096)
+    this.group = new GroupCommit(this)
   }
+
+  /** Block records (and attributes) on their way to the directory. */
+  readonly group: GroupCommit
+
+  /** Called when a file's changes reached the directory (the open files let go of a closed one then). */
+  settled: (file: OpenFile) => void = () => {}
 
   readonly dirtyLimit: number
 
@@ -199,8 +305,8 @@ export class FileData {
 export class OpenFile {
   private readonly dirty = new Map<number, Buffer>()
   /** Block writes in flight, and the bytes they carry (reads see them until they commit). */
-  private readonly flushing = new Map<number, { done: Promise<void>, data: Buffer }>()
-  private pending: PendingAttrs = {}
+  private readonly flushing = new Map<number, { done: Promise<void>, stored: Promise<unknown>, data: Buffer }>()
+  private pending: FilePatch = {}
   private pendingVersion = 0
   private committedVersion = 0
   /** The first error of a background write, reported by the next write, flush or fsync. */
@@ -218,15 +324,12 @@ export class OpenFile {
 
   get size (): number { return this.pending.size ?? this.committedSize }
 
-  /** Blocks written to but not yet stored. */
-  get dirtyBlocks (): number { return this.dirty.size + this.flushing.size }
-
   /** The inode as the kernel should see it: committed attributes with this file's newer ones on top. */
   view (inode: Inode): Inode {
     return this.pendingVersion === this.committedVersion ? inode : { ...inode, ...this.pending }
   }
 
-  private change (attrs: PendingAttrs): void {
+  private change (attrs: FilePatch): void {
     this.pending = { ...this.pending, ...attrs }
     this.pendingVersion++
   }
@@ -359,7 +462,7 @@ export class OpenFile {
       }
       bytes.copy(b, offset)
       this.dirty.set(i, b)
-      this.shared.dirtyBytes += this.bs
+      this.shared.hold(this.bs)
       return
     }
     bytes.copy(b, offset)
@@ -391,99 +494,183 @@ export class OpenFile {
     return run
   }
 
-  write (data: Buffer, pos: number, now: Timespec): Promise<number> {
-    return this.serially(() => this.writeNow(data, pos, now))
+  /**
+   * `adopt`, when given, lets the file keep `data` itself (a buffer of its
+   * pool, whole): a write of exactly one whole block becomes the block
+   * without a copy.
+   */
+  write (data: Buffer, pos: number, now: Timespec, adopt?: () => void): Promise<number> {
+    return this.serially(() => this.writeNow(data, pos, now, adopt))
   }
 
-  private async writeNow (data: Buffer, pos: number, now: Timespec): Promise<number> {
+  private async writeNow (data: Buffer, pos: number, now: Timespec, adopt?: () => void): Promise<number> {
     this.throwPendingError()
     const end = pos + data.length
     if (end > MAX_FILE_SIZE) throw new FsError('EFBIG', `write past ${MAX_FILE_SIZE} bytes`)
     if (pos > this.size) await this.zeroTail()
     const bs = this.bs
-    for (const { index, offset, length, at } of spans(pos, end, bs)) {
-      await this.writeBlock(index, offset, data.subarray(at - pos, at - pos + length))
+    const i = pos / bs
+    if (adopt && data.length === bs && Number.isInteger(i) && !this.dirty.has(i)) {
+      adopt()
+      this.dirty.set(i, data)
+      this.shared.hold(bs)
+    } else {
+      for (const { index, offset, length, at } of spans(pos, end, bs)) {
+        await this.writeBlock(index, offset, data.subarray(at - pos, at - pos + length))
+      }
     }
     this.change({ size: Math.max(this.size, end), mtime: now, ctime: now })
     // Blocks the write has filled to their end are flushed now: a sequential writer streams.
     for (let i = Math.floor(pos / bs); (i + 1) * bs <= end; i++) this.flushBlock(i)
-    if (this.shared.dirtyBytes > this.shared.dirtyLimit) await this.flush()
+    if (this.shared.dirtyBytes > this.shared.dirtyLimit) {
+      // Over the budget: this file's partly written blocks go too, and the writer waits for room.
+      for (const i of [...this.dirty.keys()]) this.flushBlock(i)
+      await this.shared.room()
+    }
     return data.length
   }
 
   private flushBlock (i: number): void {
-    const data = this.dirty.get(i)
-    if (!data) return
-    // The buffer counts against the memory budget until its write is done, so a slow device throttles writers.
+    const full = this.dirty.get(i)
+    if (!full) return
+    // The bytes count against the memory budget until their record is committed, so a slow device throttles writers.
     this.dirty.delete(i)
     const prev = this.flushing.get(i)?.done
-    const done = (async () => {
+    let held = this.bs
+    const entry: { done: Promise<void>, stored: Promise<unknown>, data: Buffer } = { done: Promise.resolve(), stored: Promise.resolve(), data: full }
+    // Stored on the devices, not yet durable: close waits for this much.
+    const stored = (async (): Promise<BlockRecord | null> => {
       if (prev) await prev.catch(() => undefined)
       const length = Math.min(this.bs, this.size - i * this.bs)
-      if (length <= 0) return // truncated away meanwhile
+      if (length <= 0) return null // truncated away meanwhile
+      if (length <= this.bs / 4 && entry.data === full) {
+        // A small last block waits for its commit in a buffer of its own size: the whole-block
+        // buffer goes back to the pool at once (a tar of small files holds one per file).
+        entry.data = Buffer.from(full.subarray(0, length))
+        this.shared.buffers.give(full)
+        this.shared.release(this.bs - length)
+        held = length
+      }
       await this.shared.writers.take()
       try {
-        const bytes = data.subarray(0, length)
+        const bytes = entry.data.subarray(0, length)
         const fileId = await this.shared.dir.allocateObjectId()
         const rec: BlockRecord = { bsl: this.shared.store.newBlock(fileId, i), length, ...blockSums(bytes) }
-        await this.shared.store.write(rec, bytes)
-        await this.commit([{ index: i, record: rec }])
-        this.blocks.set(i, rec)
+        await this.shared.store.write(rec, bytes, { durable: false })
+        return rec
       } finally {
         this.shared.writers.give()
       }
     })()
-    const entry = { done, data }
+    // Durable and in the directory, with the next group.
+    const done = stored.then(async rec => {
+      if (!rec) return
+      await this.shared.group.add(this, { index: i, record: rec })
+      this.blocks.set(i, rec)
+    })
+    stored.catch(noop)
+    entry.done = done
+    entry.stored = stored
     this.flushing.set(i, entry)
     let kept = false
-    let stored = false
-    done.then(() => { stored = true }, err => {
+    let written = false
+    done.then(() => { written = true }, err => {
       log('block %d of inode %d not written: %s', i, this.ino, (err as Error).message)
       this.error ??= err
       // Keep the bytes: the next flush tries again. A newer version of the block wins, whether it
       // is still being written to (dirty) or already flushing (made from these bytes, it waited
       // for this write to fail): putting these back would undo the writes it carries.
       if (!this.dirty.has(i) && this.flushing.get(i) === entry && i * this.bs < this.size) {
-        this.dirty.set(i, data)
+        this.dirty.set(i, this.wholeBlock(entry.data))
+        this.shared.hold(this.bs - held)
         kept = true
       }
     }).finally(() => {
       if (this.flushing.get(i) === entry) this.flushing.delete(i)
-      if (!kept) this.shared.dirtyBytes -= this.bs
-      // Stored: every copy has taken the bytes and no read can still be copying from them (reads copy at once).
-      if (stored) this.shared.buffers.give(data)
+      if (!kept) this.shared.release(held)
+      // Committed: every copy has the bytes and no read can still be copying from them (reads copy at once).
+      if (written && entry.data === full) this.shared.buffers.give(full)
     })
   }
 
-  /** Commit block changes with the attributes pending now. */
-  private async commit (changes: Array<{ index: number, record: BlockRecord | null }>, dropFrom?: number, sync = false): Promise<void> {
-    const version = this.pendingVersion
-    const attrs = { ...this.pending }
-    const inode = await this.shared.dir.commitBlocks(this.ino, changes, attrs, { dropFrom, sync })
+  /** `data` as a whole-block buffer (a dirty block is always one): itself, or its bytes in a pool buffer. */
+  private wholeBlock (data: Buffer): Buffer {
+    if (data.length === this.bs) return data
+    const b = this.shared.buffers.take()
+    data.copy(b)
+    b.fill(0, data.length)
+    return b
+  }
+
+  /** What this file commits with `changes`: its attributes as they are now, and their version. */
+  commitItem (changes: BlockChange[], dropFrom?: number): { commit: FileCommit, version: number } {
+    return { commit: { ino: this.ino, changes, patch: { ...this.pending }, dropFrom }, version: this.pendingVersion }
+  }
+
+  /** `item` is in the directory, which now holds `inode`. */
+  committed (item: { version: number }, inode: Inode): void {
     this.committedSize = inode.size
-    if (version >= this.committedVersion) this.committedVersion = version
+    if (item.version >= this.committedVersion) this.committedVersion = item.version
     if (this.committedVersion === this.pendingVersion) this.pending = {}
   }
 
-  /** Wait for every block write in flight. */
+  /** Commit block changes with the attributes pending now, in a batch of their own. */
+  private async commit (changes: BlockChange[], dropFrom?: number, sync = false): Promise<void> {
+    const item = this.commitItem(changes, dropFrom)
+    this.committed(item, await this.shared.dir.commitBlocks(this.ino, changes, item.commit.patch, { dropFrom, sync }))
+  }
+
+  /** Nothing of this file waits to be written or committed. */
+  get clean (): boolean {
+    return this.dirty.size === 0 && this.flushing.size === 0 && this.pendingVersion === this.committedVersion
+  }
+
+  /** Wait for every block write in flight to be stored. */
+  private async stored (): Promise<void> {
+    await Promise.allSettled([...this.flushing.values()].map(f => f.stored))
+  }
+
+  /** Wait for every block write in flight to be committed (asking the group to go at once). */
   private async settle (): Promise<void> {
     while (this.flushing.size > 0) {
+      await this.stored()
+      await this.shared.group.now()
       await Promise.allSettled([...this.flushing.values()].map(f => f.done))
     }
   }
 
-  /** Write every dirty block and commit the attributes; reports a background write error once. */
+  /**
+   * close(2): every dirty block is stored on its devices (a write error is
+   * reported here), and the records and attributes go to the directory with
+   * the next group commit, a few milliseconds later; until then the open files
+   * keep this file, so every open sees its data.
+   */
   async flush (): Promise<void> {
     for (const i of [...this.dirty.keys()]) this.flushBlock(i)
+    await this.stored()
+    this.throwPendingError()
+    if (this.flushing.size === 0 && this.pendingVersion !== this.committedVersion) {
+      this.shared.group.add(this, null).catch(err => log('attributes of inode %d not committed: %s', this.ino, (err as Error).message))
+    }
+  }
+
+  /** Write and commit everything now (unmount): resolves once this file is clean, or fails with why not. */
+  async flushNow (): Promise<void> {
+    await this.flush()
     await this.settle()
     this.throwPendingError()
     if (this.pendingVersion !== this.committedVersion) await this.commit([])
   }
 
-  /** flush, then make the directory durable: after this the bytes survive a crash. */
+  /** flush, then make it all durable: after this the bytes survive a crash. */
   async fsync (): Promise<void> {
-    await this.flush()
+    await this.flushNow()
     await this.shared.dir.sync()
+  }
+
+  /** Attributes set through the kernel (chmod, chown, utimens) while the file is open: committed with its next commit. */
+  setAttrs (patch: FilePatch): void {
+    this.change(patch)
   }
 
   truncate (size: number, now: Timespec): Promise<void> {
@@ -504,7 +691,7 @@ export class OpenFile {
     const keep = Math.ceil(size / bs)
     for (const i of [...this.dirty.keys()]) {
       const b = this.dirty.get(i)
-      if (b && i >= keep) { this.dirty.delete(i); this.shared.dirtyBytes -= bs; this.shared.buffers.give(b) }
+      if (b && i >= keep) { this.dirty.delete(i); this.shared.release(bs); this.shared.buffers.give(b) }
     }
     const tail = this.dirty.get(Math.floor(size / bs))
     if (tail && size % bs) tail.fill(0, size % bs)
@@ -521,10 +708,6 @@ export class OpenFile {
     }
   }
 
-  /** Commit pending attributes now (before chmod, utimens and such change the inode directly). */
-  async commitAttrs (): Promise<void> {
-    if (this.pendingVersion !== this.committedVersion) await this.commit([])
-  }
 }
 
 interface OpenEntry { refs: number, file: Promise<OpenFile> }
@@ -540,7 +723,10 @@ export class OpenFiles {
   private readonly entries = new Map<number, OpenEntry>()
   private retrying = false
 
-  constructor (readonly shared: FileData) {}
+  constructor (readonly shared: FileData) {
+    // A closed file is let go once its last changes are in the directory.
+    shared.settled = file => { this.forget(file).catch(err => log('inode %d: %s', file.ino, (err as Error).message)) }
+  }
 
   isOpen (ino: number): boolean {
     return this.entries.has(ino)
@@ -570,18 +756,23 @@ export class OpenFiles {
     return taken.file.catch(err => { taken.refs--; throw err })
   }
 
-  /** Drop one reference; the last one flushes and frees an inode that lost all its links. */
+  /**
+   * Drop one reference; the last one flushes. The file stays here until its
+   * changes are committed (a file whose data could not be written, until
+   * retryUnwritten succeeds); then an inode that lost all its links is freed.
+   */
   async release (file: OpenFile): Promise<void> {
     const e = this.entries.get(file.ino)
     if (!e || --e.refs > 0) return
-    // A file whose data could not be written stays here, dirty, until retryUnwritten succeeds.
     await file.flush()
     await this.forget(file)
   }
 
   private async forget (file: OpenFile): Promise<void> {
     const e = this.entries.get(file.ino)
-    if (!e || e.refs !== 0 || file.dirtyBlocks > 0) return
+    if (!e || await e.file !== file) return
+    // Checked after that await: an open may have come meanwhile.
+    if (this.entries.get(file.ino) !== e || e.refs !== 0 || !file.clean) return
     this.entries.delete(file.ino)
     await this.shared.dir.releaseIfUnlinked(file.ino)
   }
@@ -617,7 +808,7 @@ export class OpenFiles {
 
   /** Flush every open file (unmount, shutdown). */
   async flushAll (): Promise<void> {
-    for (const e of this.entries.values()) await (await e.file).flush()
+    for (const e of [...this.entries.values()]) await (await e.file).flushNow()
   }
 
   get count (): number { return this.entries.size }

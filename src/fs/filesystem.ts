@@ -1,4 +1,4 @@
-import { Directory, isDir, nowTimespec } from '../directory/directory'
+import { Directory, FilePatch, isDir, nowTimespec } from '../directory/directory'
 import { Inode, ROOT_INO, Timespec } from '../directory/records'
 import { FsError } from '../errors'
 import { OpenFile, OpenFiles } from './files'
@@ -185,28 +185,38 @@ export class BslFilesystem implements FuseFilesystem {
     const h = set.fh !== undefined ? this.handles.get(set.fh) : undefined
     if (set.size !== undefined) await this.truncate(ino, set.size, h)
     if (set.mode !== undefined || set.uid !== undefined || set.gid !== undefined || set.atime !== undefined || set.mtime !== undefined) {
-      // What writes changed is committed first, so nothing newer is overlaid on top of this change.
-      const open = this.files.get(ino)
-      if (open) await (await open).commitAttrs()
-      const inode = await this.dir.getInode(ino)
-      const now = nowTimespec()
-      const patch: Partial<Pick<Inode, 'mode' | 'uid' | 'gid' | 'atime' | 'mtime' | 'ctime'>> = { ctime: now }
-      let mode = set.mode !== undefined ? (inode.mode & S_IFMT) | (set.mode & 0o7777) : inode.mode
-      if (set.uid !== undefined || set.gid !== undefined) {
-        // As chown(2) on Linux: a non-directory loses set-user-ID, and set-group-ID when group-executable.
-        if (!isDir(mode)) {
-          mode &= ~S_ISUID
-          if (mode & S_IXGRP) mode &= ~S_ISGID
-        }
-        if (set.uid !== undefined) patch.uid = set.uid
-        if (set.gid !== undefined) patch.gid = set.gid
+      // An open file takes the change with its own (committed with its next commit, as its size
+      // and times are); the reference keeps it until then.
+      const file = this.files.isOpen(ino) ? await this.files.acquire(ino) : null
+      try {
+        await this.changeAttrs(ino, set, file)
+      } finally {
+        if (file) await this.files.release(file)
       }
-      if (mode !== inode.mode) patch.mode = mode
-      if (set.atime !== undefined) patch.atime = set.atime === 'now' ? now : set.atime
-      if (set.mtime !== undefined) patch.mtime = set.mtime === 'now' ? now : set.mtime
-      await this.dir.setAttrs(ino, patch)
     }
     return await this.attrOf(ino)
+  }
+
+  /** Mode, owner and times: into the open file (`file`), or straight into the directory. */
+  private async changeAttrs (ino: number, set: SetAttr, file: OpenFile | null): Promise<void> {
+    const inode = file ? file.view(await this.dir.getInode(ino)) : await this.dir.getInode(ino)
+    const now = nowTimespec()
+    const patch: FilePatch = { ctime: now }
+    let mode = set.mode !== undefined ? (inode.mode & S_IFMT) | (set.mode & 0o7777) : inode.mode
+    if (set.uid !== undefined || set.gid !== undefined) {
+      // As chown(2) on Linux: a non-directory loses set-user-ID, and set-group-ID when group-executable.
+      if (!isDir(mode)) {
+        mode &= ~S_ISUID
+        if (mode & S_IXGRP) mode &= ~S_ISGID
+      }
+      if (set.uid !== undefined) patch.uid = set.uid
+      if (set.gid !== undefined) patch.gid = set.gid
+    }
+    if (mode !== inode.mode) patch.mode = mode
+    if (set.atime !== undefined) patch.atime = set.atime === 'now' ? now : set.atime
+    if (set.mtime !== undefined) patch.mtime = set.mtime === 'now' ? now : set.mtime
+    if (file) file.setAttrs(patch)
+    else await this.dir.setAttrs(ino, patch)
   }
 
   private async truncate (ino: number, size: number, h: FileHandle | undefined): Promise<void> {
@@ -253,8 +263,10 @@ export class BslFilesystem implements FuseFilesystem {
     return pieces
   }
 
-  write (_ino: number, fh: number, offset: number, data: Buffer): Promise<number> {
-    return this.fileOf(fh).write(data, offset, nowTimespec())
+  write (_ino: number, fh: number, offset: number, data: Buffer, adopt?: () => void): Promise<number> {
+    const file = this.fileOf(fh)
+    // Only a buffer of the files' own pool can become a block.
+    return file.write(data, offset, nowTimespec(), data.length === this.files.shared.buffers.size ? adopt : undefined)
   }
 
   /**

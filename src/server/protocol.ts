@@ -5,7 +5,10 @@
  *   GET    /v1/health                          200 {"ok":true,"server":NAME,"devices":[...]}
  *   GET    /v1/devices/DEV/space               200 {"total","free","available"} (bytes)
  *   GET    /v1/devices/DEV/objects             200 text/plain, one object id per line
- *   PUT    /v1/devices/DEV/objects/ID          201 (Content-Length and X-Bslfs-Checksum required)
+ *   PUT    /v1/devices/DEV/objects/ID          201 (Content-Length and X-Bslfs-Checksum required), once the
+ *                                              object is durable; with X-Bslfs-Durable: 0 once it is whole
+ *                                              and readable, durable after the next sync
+ *   POST   /v1/devices/DEV/sync                204 once every object put before it is durable
  *   GET    /v1/devices/DEV/objects/ID          200 the bytes, verified (X-Bslfs-Checksum required), or with
  *                                              Range: bytes=A-B 206 those bytes read alone and NOT verified
  *                                              (the client checks them against its chunk sums)
@@ -31,6 +34,7 @@ import type { ErrnoCode } from '../errors'
 
 export const PROTOCOL_PREFIX = '/v1'
 export const CHECKSUM_HEADER = 'x-bslfs-checksum'
+export const DURABLE_HEADER = 'x-bslfs-durable'
 export const DEFAULT_MAX_OBJECT_BYTES = 64 * 1024 * 1024
 /** A request target longer than this is refused with 414 before it is looked at. */
 export const MAX_TARGET_LENGTH = 4096
@@ -71,6 +75,13 @@ export function parseChecksumHeader (value: string | string[] | undefined): numb
     throw new HttpError(400, 'EINVAL', `bad X-Bslfs-Checksum ${shown(value)}: larger than 4294967295`)
   }
   return n
+}
+
+/** X-Bslfs-Durable: absent or "1", the PUT answers once the object is durable; "0", once it is stored. */
+export function parseDurableHeader (value: string | string[] | undefined): boolean {
+  if (value === undefined || value === '1') return true
+  if (value === '0') return false
+  throw new HttpError(400, 'EINVAL', `bad X-Bslfs-Durable ${shown(String(value))}: must be 0 or 1`)
 }
 
 /** The value of Content-Length as a number; undefined when absent. Throws 400 when malformed. */
@@ -135,6 +146,7 @@ export type Route =
   | { kind: 'health' }
   | { kind: 'space', device: string }
   | { kind: 'list', device: string }
+  | { kind: 'sync', device: string }
   | { kind: 'object', device: string, id: string }
 
 /** The methods each kind of route answers (the Allow header of a 405). */
@@ -142,6 +154,7 @@ export const ALLOWED: Record<Route['kind'], readonly string[]> = {
   health: ['GET', 'HEAD'],
   space: ['GET', 'HEAD'],
   list: ['GET'],
+  sync: ['POST'],
   object: ['GET', 'HEAD', 'PUT', 'DELETE']
 }
 
@@ -168,6 +181,7 @@ export function parseTarget (target: string | undefined): Route {
   if (segs[1] === 'devices' && segs.length >= 4) {
     const device = segs[2]
     if (segs[3] === 'space' && segs.length === 4) return { kind: 'space', device }
+    if (segs[3] === 'sync' && segs.length === 4) return { kind: 'sync', device }
     if (segs[3] === 'objects') {
       if (segs.length === 4) return { kind: 'list', device }
       return { kind: 'object', device, id: segs.slice(4).join('/') }

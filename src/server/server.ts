@@ -10,7 +10,7 @@ import type { Device } from '../devices/device'
 import { FsError } from '../errors'
 import { ByteBudget } from './budget'
 import {
-  ALLOWED, CHECKSUM_HEADER, HttpError, RangeSpec, Route, parseChecksumHeader, parseContentLength, parseRange,
+  ALLOWED, CHECKSUM_HEADER, DURABLE_HEADER, HttpError, RangeSpec, Route, parseChecksumHeader, parseContentLength, parseDurableHeader, parseRange,
   parseTarget, resolveRange, shown
 } from './protocol'
 
@@ -298,6 +298,11 @@ export class BlockServer {
         return this.space(ex, this.device(route.device))
       case 'list':
         return this.list(ex, this.device(route.device))
+      case 'sync':
+        await this.device(route.device).sync()
+        ex.res.writeHead(204, { 'Cache-Control': 'no-store' })
+        ex.res.end()
+        return
       case 'object':
         return this.object(ex, route)
     }
@@ -452,6 +457,7 @@ export class BlockServer {
   private async putObject (ex: Exchange, dev: Device, id: string): Promise<void> {
     const { req, res } = ex
     const sum = parseChecksumHeader(req.headers[CHECKSUM_HEADER])
+    const durable = parseDurableHeader(req.headers[DURABLE_HEADER])
     const length = parseContentLength(req.headers['content-length'])
     if (length === undefined) {
       throw new HttpError(411, 'EINVAL', 'a PUT needs a Content-Length header (chunked bodies are not accepted)')
@@ -472,7 +478,7 @@ export class BlockServer {
         throw new HttpError(422, 'EBADMSG', `the body's CRC-32 is ${actual}, not the ${sum} given in X-Bslfs-Checksum; nothing was stored`)
       }
       // Checked here, where the bytes crossed the network; the device stores them whole or not at all.
-      await dev.put(id, body, sum)
+      await (durable ? dev.put(id, body, sum) : dev.store(id, body, sum))
     } finally {
       // Settled: the body's listeners are gone and the device is done with the bytes.
       if (pooled) this.bodies.give(pooled)

@@ -116,6 +116,8 @@ export class Volumes extends EventEmitter {
   private readonly inFlight = new Set<Promise<unknown>>()
   /** Reads of each logical volume that needed more than their first copy. */
   private readonly failovers = new Map<number, number>()
+  /** Places that hold blocks stored since their last sync, by place text. */
+  private readonly unsynced = new Map<string, Place>()
   private closed = false
 
   constructor (private tables: Tables, private readonly openDevice: DeviceOpener, opts: VolumesOptions = {}) {
@@ -250,10 +252,11 @@ export class Volumes extends EventEmitter {
   /**
    * Store a block on every copy of its BSL; resolves once enough copies are
    * flushed (every copy, or the mirror's minCopies), after the missed ones
-   * are recorded for healing.
+   * are recorded for healing. Not `durable`: once the copies are stored,
+   * durable after the next `sync`.
    */
-  async write (block: StoredBlock, data: Uint8Array): Promise<void> {
-    const work = this.writeCopies(block, data)
+  async write (block: StoredBlock, data: Uint8Array, opts: { durable?: boolean } = {}): Promise<void> {
+    const work = this.writeCopies(block, data, opts.durable ?? true)
     this.inFlight.add(work)
     try {
       await work
@@ -284,14 +287,42 @@ export class Volumes extends EventEmitter {
     return this.device(place)
   }
 
-  private async shadowWrites (block: StoredBlock, data: Uint8Array, copies: Copy[]): Promise<void> {
+  /** Put, or store and remember the place for the next sync. */
+  private async put (place: Place, key: string, d: Device, id: string, data: Uint8Array, sum: number, durable: boolean): Promise<void> {
+    if (durable) return await d.put(id, data, sum)
+    await d.store(id, data, sum)
+    this.unsynced.set(key, place)
+  }
+
+  /**
+   * Make every block written without `durable` so far durable: one sync of
+   * each place it went to. EIO when a place could not (the blocks it holds
+   * must be written again).
+   */
+  async sync (): Promise<void> {
+    const places = [...this.unsynced]
+    this.unsynced.clear()
+    const failed: string[] = []
+    await Promise.all(places.map(async ([key, place]) => {
+      const c: Copy = { volume: -1, place, key }
+      try {
+        await this.timed(c, false, d => d.sync())
+      } catch (err) {
+        this.copyFailed(c, err)
+        failed.push(`${key}: ${(err as Error).message}`)
+      }
+    }))
+    if (failed.length > 0) throw new FsError('EIO', `blocks stored could not be made durable: ${failed.join('; ')}`)
+  }
+
+  private async shadowWrites (block: StoredBlock, data: Uint8Array, copies: Copy[], durable: boolean): Promise<void> {
     const id = objectIdOf(block.bsl)
     await Promise.all(copies.map(async c => {
       const shadow = this.shadows.get(c.volume)
       if (!shadow) return
       shadow.written.add(id)
       try {
-        await (await this.device(shadow.place)).put(id, data, block.checksum)
+        await this.put(shadow.place, placeText(shadow.place), await this.device(shadow.place), id, data, block.checksum, durable)
       } catch (err) {
         log('remap copy of %s to %s missed: %s', id, placeText(shadow.place), (err as Error).message)
         shadow.missed.set(id, block)
@@ -299,12 +330,13 @@ export class Volumes extends EventEmitter {
     }))
   }
 
-  private async writeCopies (block: StoredBlock, data: Uint8Array): Promise<void> {
+  private async writeCopies (block: StoredBlock, data: Uint8Array, durable: boolean): Promise<void> {
     const id = objectIdOf(block.bsl)
     const copies = this.copies(block.bsl)
-    const shadowed = this.shadows.size > 0 ? this.shadowWrites(block, data, copies) : undefined
+    const shadowed = this.shadows.size > 0 ? this.shadowWrites(block, data, copies, durable) : undefined
+    const put = (c: Copy): Promise<void> => this.timed(c, false, d => this.put(c.place, c.key, d, id, data, block.checksum, durable))
     if (copies.length === 1) {
-      await Promise.all([shadowed, this.timed(copies[0], false, d => d.put(id, data, block.checksum)).catch(err => {
+      await Promise.all([shadowed, put(copies[0]).catch(err => {
         this.copyFailed(copies[0], err)
         throw err
       })])
@@ -318,7 +350,7 @@ export class Volumes extends EventEmitter {
         return false
       }
       try {
-        await this.timed(c, false, d => d.put(id, data, block.checksum))
+        await put(c)
         return true
       } catch (err) {
         errors.push((err as Error).message)

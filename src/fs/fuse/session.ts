@@ -1,6 +1,7 @@
 import createDebug from 'debug'
 import { writevSync } from 'node:fs'
 import { constants } from 'node:os'
+import { BufferPool } from '../../buffer-pool'
 import { errnoOf } from '../../errors'
 import { Channel, channel, fusermount } from './native'
 import {
@@ -56,8 +57,13 @@ export interface FuseFilesystem {
    * hold its bytes until the promise's reply has gone, which is at once.
    */
   read (ino: number, fh: number, offset: number, size: number): Promise<Buffer[]>
-  /** `data` is valid until the returned promise settles (or the call returns): copy what must outlive it. */
-  write (ino: number, fh: number, offset: number, data: Buffer): number | Promise<number>
+  /**
+   * `data` is valid until the returned promise settles (or the call returns):
+   * copy what must outlive it. `adopt`, when given, hands `data` over whole:
+   * it is then a buffer of the pool the session was mounted with, the
+   * filesystem's to keep and to give back to that pool.
+   */
+  write (ino: number, fh: number, offset: number, data: Buffer, adopt?: () => void): number | Promise<number>
   flush (ino: number, fh: number): Promise<void>
   release (ino: number, fh: number): Promise<void>
   fsync (ino: number, fh: number, datasync: boolean): Promise<void>
@@ -104,6 +110,8 @@ export const DEFAULT_SESSION: SessionOptions = {
 /** Requests handled per wake-up before the loop serves other callbacks (device completions). */
 const BATCH = 64
 const HOT_NS = BigInt(process.env.BSLFS_HOT_LOOP_US ?? '200') * 1000n
+/** A WRITE request's headers (fuse_in_header, fuse_write_in): its data starts here. */
+const WRITE_HEADERS = IN_HEADER_BYTES + 40
 /** Spare request buffers kept. */
 const SPARE_BUFFERS = 8
 
@@ -130,9 +138,14 @@ export class FuseSession {
   /** What INIT agreed on, for status and logs. */
   negotiated: { minor: number, flags: number, maxWrite: number, maxReadahead: number } | undefined
 
-  private constructor (readonly mountpoint: string, private readonly fd: number, private readonly fs: FuseFilesystem, private readonly opts: SessionOptions) {
+  /** Requests are read into the filesystem's block buffers, when they fit (see take). */
+  private readonly pool: BufferPool | undefined
+
+  private constructor (readonly mountpoint: string, private readonly fd: number, private readonly fs: FuseFilesystem,
+    private readonly opts: SessionOptions, pool?: BufferPool) {
     this.native = channel()
     this.ended = new Promise(resolve => { this.endedResolve = resolve })
+    if (pool && pool.size === opts.maxWrite && pool.headroom >= WRITE_HEADERS) this.pool = pool
   }
 
   /**
@@ -140,9 +153,9 @@ export class FuseSession {
    * (allow_other, default_permissions, ro, fsname=…); resolves once the kernel
    * has initialised the connection (the first request, INIT, answered).
    */
-  static async mount (mountpoint: string, fs: FuseFilesystem, kernelOptions: string[], opts: SessionOptions): Promise<FuseSession> {
+  static async mount (mountpoint: string, fs: FuseFilesystem, kernelOptions: string[], opts: SessionOptions, pool?: BufferPool): Promise<FuseSession> {
     const fd = channel().mount(mountpoint, kernelOptions.join(','))
-    const s = new FuseSession(mountpoint, fd, fs, opts)
+    const s = new FuseSession(mountpoint, fd, fs, opts, pool)
     s.native.watch(fd, status => s.onReadable(status))
     log('mounted %s (fd %d) with -o %s', mountpoint, fd, kernelOptions.join(','))
     return s
@@ -165,12 +178,20 @@ export class FuseSession {
     this.endedResolve()
   }
 
+  /**
+   * A buffer to read a request into. From the pool, it starts WRITE_HEADERS
+   * bytes before a pool buffer, so a WRITE's data lands exactly on it: a
+   * write of a whole block is adopted as the block, without a copy.
+   */
   private take (): Buffer {
-    return this.spare.pop() ?? Buffer.allocUnsafeSlow(this.bufferBytes)
+    if (!this.pool) return this.spare.pop() ?? Buffer.allocUnsafeSlow(this.bufferBytes)
+    const b = this.pool.take()
+    return Buffer.from(b.buffer, b.byteOffset - WRITE_HEADERS, WRITE_HEADERS + b.length)
   }
 
   private give (b: Buffer): void {
-    if (b.length === this.bufferBytes && this.spare.length < SPARE_BUFFERS) this.spare.push(b)
+    if (this.pool) this.pool.give(Buffer.from(b.buffer, b.byteOffset + WRITE_HEADERS, b.length - WRITE_HEADERS))
+    else if (b.length === this.bufferBytes && this.spare.length < SPARE_BUFFERS) this.spare.push(b)
   }
 
   /** Keep the loop polling for a moment after a request (HOT_NS): the next one then finds it awake. */
@@ -308,14 +329,16 @@ export class FuseSession {
       case Op.READ: this.answer(fs.read(h.nodeid, u64(buf, B), u64(buf, B + 8), buf.readUInt32LE(B + 16)), ok, fail); break
       case Op.WRITE: {
         const size = buf.readUInt32LE(B + 16)
-        const data = buf.subarray(B + 40, B + 40 + size)
+        const data = buf.subarray(WRITE_HEADERS, WRITE_HEADERS + size)
         if (data.length !== size) throw new RangeError(`write of ${size} bytes carries ${data.length}`)
-        const r = fs.write(h.nodeid, u64(buf, B), u64(buf, B + 8), data)
+        let adopted = false
+        const adopt = this.pool && size === this.pool.size ? () => { adopted = true } : undefined
+        const r = fs.write(h.nodeid, u64(buf, B), u64(buf, B + 8), data, adopt)
         if (typeof r === 'number') {
           ok(u32Out(r))
-          return false
+          return adopted
         }
-        r.then(count => ok(u32Out(count)), fail).finally(() => this.give(buf))
+        r.then(count => ok(u32Out(count)), fail).finally(() => { if (!adopted) this.give(buf) })
         return true
       }
       case Op.FLUSH: this.answer(fs.flush(h.nodeid, u64(buf, B)), empty, fail); break
