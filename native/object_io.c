@@ -12,9 +12,11 @@
 //                                 journal commit for every object put without PUT_DURABLE)
 //   aligned(size)                 a Buffer whose memory starts on a 4096-byte boundary: a put of it
 //                                 goes to the disk as it is, without the staging copy
-//   read(path, maxBytes, cb)      the whole file: cb(errno, buffer, crc); EFBIG past maxBytes. crc
+//   read(path, maxBytes, into, cb) the whole file: cb(errno, buffer, crc); EFBIG past maxBytes. crc
 //                                 is its CRC-32, computed on the pool thread with the zlib inside
-//                                 node (crc32_z), or -1 when that cannot be found (JS checks then)
+//                                 node (crc32_z), or -1 when that cannot be found (JS checks then).
+//                                 `into` (a Buffer, or null): read there when the file fits, and
+//                                 answer cb(0, null, crc, length) instead (no allocation)
 #define _GNU_SOURCE
 
 #include <errno.h>
@@ -28,7 +30,7 @@
 #include <dlfcn.h>
 #include <node_api.h>
 
-#define OBJECT_IO_VERSION 3
+#define OBJECT_IO_VERSION 4
 #define PUT_DURABLE 1
 #define PUT_DIRECT 2
 
@@ -48,6 +50,8 @@ typedef struct {
   size_t max_bytes;
   uint8_t *out;      // read: malloc'd bytes handed to JS as an external buffer
   size_t out_length;
+  uint8_t *into;     // read: the caller's buffer (kept alive by data_ref), or NULL
+  size_t into_length;
   int64_t crc;       // read: CRC-32 of out, or -1
   int err;
 } job_t;
@@ -159,11 +163,17 @@ static void read_execute (napi_env env, void *arg) {
   struct stat st;
   if (fstat(fd, &st) != 0) { j->err = errno; close(fd); return; }
   if ((size_t) st.st_size > j->max_bytes) { j->err = EFBIG; close(fd); return; }
-  j->out = malloc(st.st_size > 0 ? (size_t) st.st_size : 1);
-  if (j->out == NULL) { j->err = ENOMEM; close(fd); return; }
+  uint8_t *dst;
+  if (j->into != NULL && (size_t) st.st_size <= j->into_length) {
+    dst = j->into;
+  } else {
+    j->out = malloc(st.st_size > 0 ? (size_t) st.st_size : 1);
+    if (j->out == NULL) { j->err = ENOMEM; close(fd); return; }
+    dst = j->out;
+  }
   size_t n = 0;
   while (n < (size_t) st.st_size) {
-    ssize_t r = read(fd, j->out + n, (size_t) st.st_size - n);
+    ssize_t r = read(fd, dst + n, (size_t) st.st_size - n);
     if (r < 0) {
       if (errno == EINTR) continue;
       j->err = errno;
@@ -174,7 +184,7 @@ static void read_execute (napi_env env, void *arg) {
   }
   j->out_length = n;
   close(fd);
-  j->crc = zlib_crc32 != NULL && j->err == 0 ? (int64_t) (zlib_crc32(0, j->out, n) & 0xffffffffUL) : -1;
+  j->crc = zlib_crc32 != NULL && j->err == 0 ? (int64_t) (zlib_crc32(0, dst, n) & 0xffffffffUL) : -1;
 }
 
 static void free_external (napi_env env, void *data, void *hint) {
@@ -187,7 +197,7 @@ static void complete (napi_env env, napi_status status, void *arg) {
   job_t *j = arg;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value cb, global, argv[3], result;
+  napi_value cb, global, argv[4], result;
   napi_get_reference_value(env, j->callback, &cb);
   napi_get_global(env, &global);
   napi_create_int32(env, status == napi_ok ? j->err : ECANCELED, &argv[0]);
@@ -199,6 +209,12 @@ static void complete (napi_env env, napi_status status, void *arg) {
     j->out = NULL; // owned by the buffer now
     napi_create_int64(env, j->crc, &argv[2]);
     argc = 3;
+  } else if (j->into != NULL && j->err == 0) {
+    // Read into the caller's buffer: the answer is how many bytes of it.
+    napi_get_null(env, &argv[1]);
+    napi_create_int64(env, j->crc, &argv[2]);
+    napi_create_int64(env, (int64_t) j->out_length, &argv[3]);
+    argc = 4;
   }
   napi_call_function(env, global, cb, argc, argv, &result);
   napi_close_handle_scope(env, scope);
@@ -250,21 +266,29 @@ static napi_value sync_fs (napi_env env, napi_callback_info info) {
 }
 
 static napi_value read_object (napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   job_t *j = calloc(1, sizeof *j);
   if (j == NULL) return throw_error(env, "out of memory");
   int64_t max;
-  j->path = argc == 3 ? string_arg(env, argv[0]) : NULL;
-  if (j->path == NULL || napi_get_value_int64(env, argv[1], &max) != napi_ok || max < 0) {
+  j->path = argc == 4 ? string_arg(env, argv[0]) : NULL;
+  napi_valuetype into_type = napi_undefined;
+  if (j->path != NULL) napi_typeof(env, argv[2], &into_type);
+  void *into = NULL;
+  if (j->path == NULL || napi_get_value_int64(env, argv[1], &max) != napi_ok || max < 0 ||
+      (into_type != napi_null && napi_get_buffer_info(env, argv[2], &into, &j->into_length) != napi_ok)) {
     free(j->path);
     free(j);
-    return throw_error(env, "read(path, maxBytes, callback)");
+    return throw_error(env, "read(path, maxBytes, buffer | null, callback)");
   }
   j->max_bytes = (size_t) max;
   j->dir_fd = -1;
-  return start(env, j, argv[2], "bslfs:read", read_execute);
+  if (into != NULL) {
+    j->into = into;
+    napi_create_reference(env, argv[2], 1, &j->data_ref);
+  }
+  return start(env, j, argv[3], "bslfs:read", read_execute);
 }
 
 static void free_aligned (napi_env env, void *data, void *hint) {

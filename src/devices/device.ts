@@ -44,8 +44,12 @@ export interface Device {
   store (objectId: string, data: Uint8Array, checksum: number, limits?: CallLimits): Promise<void>
   /** Make every object stored (with `store`) before this call durable. */
   sync (limits?: CallLimits): Promise<void>
-  /** The whole object, verified against `checksum`; a mismatch is EIO, never wrong bytes. */
-  get (objectId: string, checksum: number, limits?: CallLimits): Promise<Buffer>
+  /**
+   * The whole object, verified against `checksum`; a mismatch is EIO, never wrong bytes.
+   * `into`: a buffer the device may read into when the object fits (the answer is then a
+   * view of it); the caller keeps it until it is done with the answer.
+   */
+  get (objectId: string, checksum: number, limits?: CallLimits, into?: Buffer): Promise<Buffer>
   /**
    * Bytes [offset, offset + length) of the object, NOT verified: the caller
    * checks them against the chunk sums it holds. A range past the object's

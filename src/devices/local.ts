@@ -7,7 +7,7 @@ import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
-import { Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
+import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
 import { HandleCache } from './handles'
 import { putObject, readObject, syncFs } from './object-io'
 
@@ -316,12 +316,12 @@ export class LocalDevice implements Device {
     }
   }
 
-  async get (objectId: string, sum: number): Promise<Buffer> {
+  async get (objectId: string, sum: number, _limits?: CallLimits, into?: Buffer): Promise<Buffer> {
     this.check(objectId, sum)
     let data: Buffer
     let crc: number
     try {
-      ({ data, crc } = await readObject(this.objectPath(objectId), MAX_OBJECT_BYTES))
+      ({ data, crc } = await readObject(this.objectPath(objectId), MAX_OBJECT_BYTES, into))
     } catch (err) {
       throw this.readError(objectId, err)
     }

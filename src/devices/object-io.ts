@@ -7,10 +7,10 @@ interface ObjectIo {
   put (path: string, dirFd: number, data: Uint8Array, flags: number, cb: (errno: number) => void): void
   syncfs (fd: number, cb: (errno: number) => void): void
   aligned (size: number): Buffer
-  read (path: string, maxBytes: number, cb: (errno: number, data?: Buffer, crc?: number) => void): void
+  read (path: string, maxBytes: number, into: Buffer | null, cb: (errno: number, data?: Buffer | null, crc?: number, length?: number) => void): void
 }
 
-const VERSION = 3
+const VERSION = 4
 const PUT_DURABLE = 1
 const PUT_DIRECT = 2
 const ADDON = join(__dirname, '..', '..', 'build', 'Release', 'object_io.node')
@@ -59,11 +59,17 @@ export function syncFs (fd: number, what: string): Promise<void> {
 
 /**
  * The whole file at `path` and its CRC-32 (computed on the thread pool; -1
- * when this node has no zlib to do it with); EFBIG when it is longer than `maxBytes`.
+ * when this node has no zlib to do it with); EFBIG when it is longer than
+ * `maxBytes`. Into `into` when it fits there (the data is then a view of it).
  */
-export function readObject (path: string, maxBytes: number): Promise<{ data: Buffer, crc: number }> {
+export function readObject (path: string, maxBytes: number, into?: Buffer): Promise<{ data: Buffer, crc: number }> {
   return new Promise((resolve, reject) => {
-    io().read(path, maxBytes, (errno, data, crc) => errno === 0 && data ? resolve({ data, crc: crc ?? -1 }) : reject(systemError(errno, 'read', path)))
+    io().read(path, maxBytes, into ?? null, (errno, data, crc, length) => {
+      if (errno !== 0) return reject(systemError(errno, 'read', path))
+      const bytes = data ?? (into && length !== undefined ? into.subarray(0, length) : undefined)
+      if (!bytes) return reject(systemError(-1, 'read', path))
+      resolve({ data: bytes, crc: crc ?? -1 })
+    })
   })
 }
 

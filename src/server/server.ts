@@ -407,9 +407,18 @@ export class BlockServer {
     const sum = parseChecksumHeader(req.headers[CHECKSUM_HEADER])
     const st = await dev.stat(id)
     if (!st) throw new HttpError(404, 'ENOENT', `object ${id} is not on device ${dev.label}`)
-    await this.reserve(ex, st.size)
-    // The whole object is read and verified before any byte of it is sent.
-    const data = await dev.get(id, sum)
+    // The whole object is read and verified before any byte of it is sent, into a buffer of the
+    // pool when it fits (a block), which goes back once the answer is sent. Its memory is
+    // reserved before the read, all at once: holding part while waiting for more deadlocks.
+    const fits = st.size <= this.bodies.size
+    await this.reserve(ex, fits ? this.bodies.size : st.size)
+    let into: Buffer | undefined
+    if (fits) {
+      const pooled = this.bodies.take()
+      ex.defer(() => this.bodies.give(pooled))
+      into = pooled
+    }
+    const data = await dev.get(id, sum, undefined, into)
     res.writeHead(200, {
       'Content-Type': 'application/octet-stream',
       'Accept-Ranges': 'bytes',
