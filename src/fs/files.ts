@@ -204,9 +204,9 @@ export class FileData {
     // 32 MiB: with the dirty budget and the read-ahead, the mount stays under 250 MiB RSS.
     this.cache = new BlockCache(opts.cacheBytes ?? 32 * 1024 * 1024)
     this.writers = new Semaphore(opts.parallelWrites ?? 8)
-    this.dirtyLimit = opts.dirtyBytes ?? 64 * 1024 * 1024
+    this.dirtyLimit = opts.dirtyBytes ?? 32 * 1024 * 1024
     // 4 KiB before each buffer: the FUSE session reads a write request there (see FuseSession.take).
-    this.buffers = new BufferPool(dir.blockSize, 24, 4096)
+    this.buffers = new BufferPool(dir.blockSize, 16, 4096)
     this.group = new GroupCommit(this)
   }
 
