@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { Test } from 'tap'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
@@ -14,6 +14,14 @@ import { BlockStore, FileData, OpenFile, OpenFiles } from '../src/fs/files'
 
 const bs = 65536
 const now = { sec: 0, nsec: 0 }
+
+/** A directory (LevelDB in the test's temp dir) closed when the test ends. */
+async function testDirectory (t: Test, blockSize = bs): Promise<Directory> {
+  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
+  const dir = await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0 } })
+  t.teardown(() => dir.close())
+  return dir
+}
 
 async function notUsed (): Promise<never> {
   throw new Error('readRange is not expected here')
@@ -45,9 +53,7 @@ function countingStore (): { store: BlockStore, objects: Map<bigint, Buffer>, re
 
 t.test('random small reads fetch only the chunks they need; sequential reads fetch whole blocks', async t => {
   const big = 8 * CHUNK_BYTES
-  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize: big, root: { uid: 0, gid: 0 } })
-  t.teardown(() => dir.close())
+  const dir = await testDirectory(t, big)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const { store, reads } = countingStore()
   const source = randomBytes(8 * big - 1000)
@@ -95,9 +101,7 @@ t.test('random small reads fetch only the chunks they need; sequential reads fet
 })
 
 t.test('a block recorded without chunk sums is read whole', async t => {
-  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
-  t.teardown(() => dir.close())
+  const dir = await testDirectory(t)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const { store, objects, reads } = countingStore()
   const bytes = randomBytes(bs)
@@ -112,9 +116,7 @@ t.test('a block recorded without chunk sums is read whole', async t => {
 })
 
 t.test('a block write that fails late does not undo a newer version of the block', async t => {
-  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
-  t.teardown(() => dir.close())
+  const dir = await testDirectory(t)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const objects = new Map<bigint, Buffer>()
   let calls = 0
@@ -150,9 +152,7 @@ t.test('a block write that fails late does not undo a newer version of the block
 })
 
 t.test('a read racing a truncate never returns an older version of a dropped block', async t => {
-  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
-  t.teardown(() => dir.close())
+  const dir = await testDirectory(t)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const objects = new Map<bigint, Buffer>()
   let slowReads = false
@@ -191,9 +191,7 @@ t.test('a read racing a truncate never returns an older version of a dropped blo
 })
 
 t.test('an open racing the release of the same inode gets the file the release keeps', async t => {
-  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
-  t.teardown(() => dir.close())
+  const dir = await testDirectory(t)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const { store } = countingStore()
   const files = new OpenFiles(new FileData(dir, store))
@@ -216,9 +214,7 @@ t.test('an open racing the release of the same inode gets the file the release k
 })
 
 t.test('two writes of one file at once (a direct write the kernel split) land in order', async t => {
-  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
-  t.teardown(() => dir.close())
+  const dir = await testDirectory(t)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const { store } = countingStore()
   const shared = new FileData(dir, store)
@@ -268,9 +264,7 @@ async function until (what: () => Promise<boolean>, ms = 2000): Promise<boolean>
 }
 
 t.test('closed files: blocks stored at close, committed together after one sync of the devices', async t => {
-  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
-  t.teardown(() => dir.close())
+  const dir = await testDirectory(t)
   const { store, log } = loggingStore()
   const files = new OpenFiles(new FileData(dir, store))
   const inos: number[] = []
@@ -299,9 +293,7 @@ t.test('closed files: blocks stored at close, committed together after one sync 
 })
 
 t.test('a sync that fails keeps the bytes: fsync reports EIO, and the next fsync commits them', async t => {
-  const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize: bs, root: { uid: 0, gid: 0 } })
-  t.teardown(() => dir.close())
+  const dir = await testDirectory(t)
   const { store, objects, failSyncs } = loggingStore()
   const files = new OpenFiles(new FileData(dir, store))
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
