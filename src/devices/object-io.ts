@@ -66,9 +66,8 @@ export function readObject (path: string, maxBytes: number, into?: Buffer): Prom
   return new Promise((resolve, reject) => {
     io().read(path, maxBytes, into ?? null, (errno, data, crc, length) => {
       if (errno !== 0) return reject(systemError(errno, 'read', path))
-      const bytes = data ?? (into && length !== undefined ? into.subarray(0, length) : undefined)
-      if (!bytes) return reject(systemError(-1, 'read', path))
-      resolve({ data: bytes, crc: crc ?? -1 })
+      // No buffer of its own: the file was read into `into`, `length` bytes of it.
+      resolve({ data: data ?? (into as Buffer).subarray(0, length), crc: crc ?? -1 })
     })
   })
 }

@@ -408,17 +408,19 @@ export class BlockServer {
     const st = await dev.stat(id)
     if (!st) throw new HttpError(404, 'ENOENT', `object ${id} is not on device ${dev.label}`)
     // The whole object is read and verified before any byte of it is sent, into a buffer of the
-    // pool when it fits (a block), which goes back once the answer is sent. Its memory is
-    // reserved before the read, all at once: holding part while waiting for more deadlocks.
+    // pool when it fits (a block). Its memory is reserved before the read, all at once: holding
+    // part while waiting for more deadlocks.
     const fits = st.size <= this.bodies.size
     await this.reserve(ex, fits ? this.bodies.size : st.size)
-    let into: Buffer | undefined
-    if (fits) {
-      const pooled = this.bodies.take()
-      ex.defer(() => this.bodies.give(pooled))
-      into = pooled
+    const into = fits ? this.bodies.take() : undefined
+    let data: Buffer
+    try {
+      data = await dev.get(id, sum, undefined, into)
+    } finally {
+      // Back to the pool once the read is done and the answer sent; not before the read is
+      // done, even when the client goes away (the pool thread is still writing into it).
+      if (into) ex.defer(() => this.bodies.give(into))
     }
-    const data = await dev.get(id, sum, undefined, into)
     res.writeHead(200, {
       'Content-Type': 'application/octet-stream',
       'Accept-Ranges': 'bytes',
