@@ -3,6 +3,10 @@ import { constants } from 'node:os'
 /** POSIX error names bslfs raises; each maps to the kernel's errno. */
 export type ErrnoCode = keyof typeof constants.errno
 
+/** Codes a healthy filesystem answers every day: their errors carry no stack trace. */
+const ANSWERS = new Set<ErrnoCode>(['ENOENT', 'ENODATA', 'EEXIST', 'ENOTEMPTY', 'ENOTDIR', 'EISDIR', 'ENAMETOOLONG',
+  'EACCES', 'EPERM', 'ERANGE', 'EXDEV', 'EMLINK', 'EOPNOTSUPP'])
+
 /**
  * An error that carries its POSIX code from where it arises (ENOENT in the
  * directory, EIO in a device). Layers above pass it through unchanged; the
@@ -15,7 +19,15 @@ export class FsError extends Error {
   readonly fault?: CopyFault
 
   constructor (code: ErrnoCode, message?: string, options?: { cause?: unknown, fault?: CopyFault }) {
-    super(message ? `${code}: ${message}` : code, options)
+    // A routine answer (no such attribute, name exists) is not a fault to trace back: capturing
+    // its stack is several µs of each such request (`ls -l` gets an ENODATA per file).
+    const limit = Error.stackTraceLimit
+    if (ANSWERS.has(code)) Error.stackTraceLimit = 0
+    try {
+      super(message ? `${code}: ${message}` : code, options)
+    } finally {
+      Error.stackTraceLimit = limit
+    }
     this.name = 'FsError'
     this.code = code
     this.errno = constants.errno[code]

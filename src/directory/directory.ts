@@ -106,7 +106,10 @@ export class Directory {
   private usageNow: Usage = { files: 0, bytes: 0 }
   /** Counts commits that changed cached state: a read that raced one must not cache what it read. */
   private commits = 0
-  /** Inodes that have extended attributes (loaded at open): freeing any other inode needs no xattr scan. */
+  /**
+   * Inodes that may have extended attributes (loaded at open, added on each set): any other
+   * inode has none, so reading or freeing it needs no xattr lookup (`ls -l` asks for one per file).
+   */
   readonly withXattrs = new Set<number>()
   /** Whether an inode is held open (set by the FUSE layer): an open inode outlives its last link. */
   isOpen: (ino: number) => boolean = () => false
@@ -175,6 +178,11 @@ export class Directory {
     const inode = decodeInode(ino, raw)
     if (!tx && this.commits === before) this.inodes.set(ino, inode)
     return inode
+  }
+
+  /** The inode if it is in the cache (no read): for callers that take many in a row. */
+  cachedInode (ino: number): Inode | undefined {
+    return this.inodes.get(ino) ?? undefined
   }
 
   /** The child `name` of directory `parent`, or undefined. */
@@ -589,7 +597,7 @@ export class Directory {
 
   async getXattr (ino: number, name: string): Promise<Buffer> {
     await this.getInode(ino)
-    const v = await this.kv.get(keys.xattr(ino, name))
+    const v = this.withXattrs.has(ino) ? await this.kv.get(keys.xattr(ino, name)) : undefined
     if (!v) throw new FsError('ENODATA', name)
     return v
   }
@@ -598,6 +606,7 @@ export class Directory {
     await this.getInode(ino)
     const prefix = keys.xattrs(ino)
     const names: string[] = []
+    if (!this.withXattrs.has(ino)) return names
     for await (const [k] of this.kv.scan(prefix)) names.push(k.subarray(prefix.length).toString('utf8'))
     return names
   }

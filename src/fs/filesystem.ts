@@ -320,8 +320,10 @@ export class BslFilesystem implements FuseFilesystem {
     if (plus) {
       for (const it of items) {
         if (it.name === '.' || it.name === '..') continue
+        // Most inodes are cached and closed: no await for those (a listing has thousands).
+        const cached = this.files.get(it.ino) ? undefined : this.dir.cachedInode(it.ino)
         // A name removed since the listing was read goes without attributes (the kernel looks it up).
-        it.attr = await this.attrOf(it.ino).catch(() => undefined)
+        it.attr = cached ? this.toAttr(cached) : await this.attrOf(it.ino).catch(() => undefined)
       }
     }
     return items
