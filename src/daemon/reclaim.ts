@@ -1,8 +1,11 @@
 import createDebug from 'debug'
 import { Directory } from '../directory/directory'
 import { Volumes } from '../volumes/volumes'
+import { eachParallel } from './parallel'
 
 const log = createDebug('bslfs:reclaim')
+/** Object deletes in flight at once. */
+const DELETES_IN_FLIGHT = 4
 
 /**
  * Delete the objects of blocks nothing references any more (queued in the
@@ -19,14 +22,16 @@ export async function reclaim (dir: Directory, volumes: Volumes, batch = 256): P
     // power loss could bring back a block map that points at objects deleted here.
     if (round === 0) await dir.sync()
     const done: string[] = []
-    await Promise.all(items.map(async g => {
+    // A few deletes at a time: all of a batch at once would fill the thread pool, and the
+    // mount's own directory writes and reads would queue behind them (an rm -rf slowed down).
+    await eachParallel(items, DELETES_IN_FLIGHT, async g => {
       try {
         await volumes.delete(g.bsl)
         done.push(g.objectId)
       } catch (err) {
         log('cannot delete %s yet: %s', g.objectId, (err as Error).message)
       }
-    }))
+    })
     await dir.forgetGarbage(done)
     total += done.length
     if (done.length < items.length) return total // some copies are unreachable: retry on the next round
