@@ -385,6 +385,11 @@ attempt("symlink", os.setxattr, sl, "user.s", b"x", follow_symlinks=False)
 attempt("long-name", os.setxattr, f, "user." + "n" * 250, b"x")
 attempt("too-long-name", os.setxattr, f, "user." + "n" * 251, b"x")
 attempt("bad-namespace", os.setxattr, f, "bogus.x", b"x")
+attempt("selinux-get", os.getxattr, f, "security.selinux")
+attempt("selinux-set", os.setxattr, f, "security.selinux", b"system_u:object_r:tmp_t:s0")
+attempt("security-set", os.setxattr, f, "security.bslfs", b"kept")
+print("security-get", os.getxattr(f, "security.bslfs").decode())
+print("get-after", os.getxattr(f, "user.bin") == bin)
 `, [f, d, join(d, 'sl')])
     const info = { run: describeRun(pr) }
     t.equal(pr.code, 0, 'python xattr script ran', info)
@@ -420,6 +425,14 @@ attempt("bad-namespace", os.setxattr, f, "bogus.x", b"x")
     t.equal(r['long-name'], 'OK', '255-byte xattr name', info)
     t.equal(r['too-long-name'], 'ERANGE', '256-byte xattr name: ERANGE', info)
     t.match(r['bad-namespace'], /^(EOPNOTSUPP|ENOTSUP)$/, 'unknown namespace: EOPNOTSUPP', info)
+    t.equal(r['security-set'], 'OK', 'a security.* xattr other than the SELinux label is stored', info)
+    t.equal(r['security-get'], 'kept', 'and reads back', info)
+    if (target === 'bslfs') {
+      // Not kept, and answered so that ls -l stops asking per file; the other attributes still work.
+      t.match(r['selinux-get'], /^(EOPNOTSUPP|ENOTSUP)$/, 'getxattr security.selinux: not supported', info)
+      t.match(r['selinux-set'], /^(EOPNOTSUPP|ENOTSUP)$/, 'setxattr security.selinux: not supported', info)
+      t.equal(r['get-after'], 'True', 'user.* xattrs still answer after a not-supported one', info)
+    }
     const gf = await run('getfattr', ['-d', '-e', 'text', f])
     t.match(gf.stdout, /user\.bin=/, 'getfattr -d lists the attributes', { run: describeRun(gf) })
     afterRemount.push({

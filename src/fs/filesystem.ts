@@ -32,11 +32,15 @@ export interface SpaceSource {
 export interface AttrOverrides { uid?: number, gid?: number, umask?: number }
 
 /**
- * POSIX ACLs live in system.*; bslfs does not enforce ACLs, so it answers as
- * ext4 mounted with noacl does: not supported (ls -l and cp -a then stop asking).
+ * Attributes bslfs does not keep, answered "not supported" so that ls -l and
+ * cp -a stop asking after the first file instead of asking for every one:
+ * POSIX ACLs (system.*; not enforced, as ext4 mounted with noacl), and SELinux
+ * labels (a FUSE mount's files take their context from the mount, never from
+ * an xattr). Not ENOSYS: that would make the kernel stop asking for any xattr.
  */
-function noAcls (name: string): void {
+function unsupportedXattr (name: string): void {
   if (name.startsWith('system.')) throw new FsError('EOPNOTSUPP', `${name}: ACLs are not supported`)
+  if (name === 'security.selinux') throw new FsError('EOPNOTSUPP', `${name}: SELinux labels are not stored`)
 }
 
 interface FileHandle { ino: number, file: OpenFile | null, writable: boolean }
@@ -340,7 +344,7 @@ export class BslFilesystem implements FuseFilesystem {
   // ---- extended attributes ---------------------------------------------------
 
   private checkXattrName (name: string): void {
-    noAcls(name)
+    unsupportedXattr(name)
     // As on ext4, only the user, trusted and security namespaces exist.
     if (!/^(user|trusted|security)\./.test(name)) throw new FsError('EOPNOTSUPP', `${name}: unknown xattr namespace`)
     if (name.length === 0 || Buffer.byteLength(name) > 255) throw new FsError('ERANGE', 'bad xattr name length')
@@ -353,7 +357,7 @@ export class BslFilesystem implements FuseFilesystem {
   }
 
   async getxattr (ino: number, name: string): Promise<Buffer> {
-    noAcls(name)
+    unsupportedXattr(name)
     return await this.dir.getXattr(ino, name)
   }
 
