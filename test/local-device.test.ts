@@ -3,6 +3,7 @@ import * as fsp from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { LocalDevice, MARKER_FILE } from '../src/devices/local'
+import { handleLimit } from '../src/devices/handles'
 import { checksum } from '../src/checksum'
 import { FsError } from '../src/errors'
 
@@ -275,4 +276,14 @@ t.test('concurrent puts of many objects', async t => {
   let n = 0
   for await (const _ of dev.list()) n++
   t.equal(n, 200)
+})
+
+t.test('open handles kept for random reads: sized from the descriptor limit', async t => {
+  const limits = (soft: string): string => `Limit                     Soft Limit           Hard Limit           Units\nMax open files            ${soft}                 1048576              files\n`
+  t.equal(handleLimit(limits('1048576')), 2048, 'a large limit: enough for a 2 GiB file, no more')
+  t.equal(handleLimit(limits('unlimited')), 2048)
+  t.equal(handleLimit(limits('4096')), 512, 'an eighth of the limit')
+  t.equal(handleLimit(limits('256')), 64, 'never fewer than 64')
+  t.equal(handleLimit(''), 512, 'no /proc: as for a limit of 4096')
+  t.ok(handleLimit() >= 64 && handleLimit() <= 2048, `this process: ${handleLimit()}`)
 })

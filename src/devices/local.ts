@@ -8,7 +8,7 @@ import { checksum } from '../checksum'
 import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
 import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
-import { HandleCache } from './handles'
+import { HandleCache, handleLimit } from './handles'
 import { putObject, readObject, syncFs } from './object-io'
 
 const log = createDebug('bslfs:devices')
@@ -115,7 +115,7 @@ export class LocalDevice implements Device {
   // Fan-out dirs known to exist, held open so a put's directory fsync is one call, not three.
   private readonly fanouts = new Map<string, Promise<fsp.FileHandle>>()
   /** Handles kept open for getRange (random small reads). */
-  private readonly handles = new HandleCache(512)
+  private readonly handles = new HandleCache(handleLimit())
   private closed = false
 
   private constructor (path: string, marker: DeviceMarker) {
