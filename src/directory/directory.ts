@@ -182,7 +182,7 @@ export class Directory {
 
   /** The inode if it is in the cache (no read): for callers that take many in a row. */
   cachedInode (ino: number): Inode | undefined {
-    return this.inodes.get(ino) ?? undefined
+    return this.inodes.get(ino)
   }
 
   /** The child `name` of directory `parent`, or undefined. */
@@ -604,9 +604,9 @@ export class Directory {
 
   async listXattrs (ino: number): Promise<string[]> {
     await this.getInode(ino)
-    const prefix = keys.xattrs(ino)
     const names: string[] = []
     if (!this.withXattrs.has(ino)) return names
+    const prefix = keys.xattrs(ino)
     for await (const [k] of this.kv.scan(prefix)) names.push(k.subarray(prefix.length).toString('utf8'))
     return names
   }

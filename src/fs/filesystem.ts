@@ -92,6 +92,12 @@ export class BslFilesystem implements FuseFilesystem {
     return this.toAttr(await this.current(ino))
   }
 
+  /** attrOf without waiting, when it can be had so: the inode is cached and no open file changes it. */
+  private cachedAttr (ino: number): Attr | undefined {
+    const inode = this.files.get(ino) ? undefined : this.dir.cachedInode(ino)
+    return inode && this.toAttr(inode)
+  }
+
   private writable (): void {
     if (this.readOnly) throw new FsError('EROFS', 'mounted read-only')
   }
@@ -324,10 +330,9 @@ export class BslFilesystem implements FuseFilesystem {
     if (plus) {
       for (const it of items) {
         if (it.name === '.' || it.name === '..') continue
-        // Most inodes are cached and closed: no await for those (a listing has thousands).
-        const cached = this.files.get(it.ino) ? undefined : this.dir.cachedInode(it.ino)
-        // A name removed since the listing was read goes without attributes (the kernel looks it up).
-        it.attr = cached ? this.toAttr(cached) : await this.attrOf(it.ino).catch(() => undefined)
+        // Most inodes are cached and closed: no await for those (a listing has thousands). A name
+        // removed since the listing was read goes without attributes (the kernel looks it up).
+        it.attr = this.cachedAttr(it.ino) ?? await this.attrOf(it.ino).catch(() => undefined)
       }
     }
     return items
