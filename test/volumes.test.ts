@@ -582,8 +582,8 @@ t.test('a shadow place gets a copy of every new block of a volume being remapped
   const plain: BSL = { form: 'indexed', volume: 3, index: 0, fileId: 0x90n }
   const mirrored: BSL = { form: 'indexed', volume: 0, index: 0, fileId: 0x91n }
   const other: BSL = { form: 'indexed', volume: 2, index: 0, fileId: 0x92n }
-  const shadow = volumes.addShadow(3, { server: 'W', device: 'w' })
-  t.throws(() => volumes.addShadow(3, { server: 'V', device: 'v' }), /already being remapped/, 'one remap of a volume at a time')
+  const shadow = volumes.addShadow(3, { server: 'Z', device: 'z' }, { server: 'W', device: 'w' })
+  t.throws(() => volumes.addShadow(3, { server: 'Z', device: 'z' }, { server: 'V', device: 'v' }), /already being remapped/, 'one remap of a volume at a time')
   await volumes.write(blk(plain), data)
   await volumes.write(blk(other), data)
   t.ok(dev('W', 'w').objects.has(objectIdOf(plain)), 'a block of volume 3 reaches the new place')
@@ -602,4 +602,28 @@ t.test('a shadow place gets a copy of every new block of a volume being remapped
   t.notOk(dev('W', 'w').objects.has('0000000000000094'), 'after remove, no more shadow copies')
   await volumes.drain()
   t.pass('drain with nothing in flight returns')
+})
+
+t.test('while a volume is remapped, a delete reaches its old and its new place, before and after the switch', async t => {
+  const tables = figureTables()
+  const { volumes, dev } = rig(t, tables)
+  const [Z, W] = [dev('Z', 'z'), dev('W', 'w')]
+  const bsl = (fileId: bigint): BSL => ({ form: 'indexed', volume: 3, index: 0, fileId })
+  const shadow = volumes.addShadow(3, { server: 'Z', device: 'z' }, { server: 'W', device: 'w' })
+  await volumes.write(blk(bsl(0xa0n)), data)
+  await volumes.write(blk(bsl(0xa1n)), data)
+  await volumes.delete(bsl(0xa0n))
+  t.notOk(Z.objects.has(objectIdOf(bsl(0xa0n))) || W.objects.has(objectIdOf(bsl(0xa0n))), 'before the switch: gone from both')
+  // The switch: volume 3 now names W.
+  volumes.update({ ...tables, volumes: new Map([...tables.volumes, [3, row(3, 'W', 'w')]]) })
+  await volumes.write(blk(bsl(0xa2n)), data)
+  t.notOk(Z.objects.has(objectIdOf(bsl(0xa2n))), 'after the switch a new block goes to the new place only')
+  t.notOk(shadow.written.has(objectIdOf(bsl(0xa2n))), 'and is not a shadow copy')
+  Z.objects.set(objectIdOf(bsl(0xa2n)), { data, sum })
+  await volumes.delete(bsl(0xa1n))
+  t.notOk(Z.objects.has(objectIdOf(bsl(0xa1n))) || W.objects.has(objectIdOf(bsl(0xa1n))), 'after the switch: a block from before it is gone from both')
+  shadow.remove()
+  await volumes.delete(bsl(0xa2n))
+  t.ok(Z.objects.has(objectIdOf(bsl(0xa2n))), 'once the remap is over, a delete reaches the volume\'s place only')
+  t.notOk(W.objects.has(objectIdOf(bsl(0xa2n))), 'which is the new one')
 })

@@ -1,5 +1,5 @@
 import createDebug from 'debug'
-import { objectIdOf } from '../bsl'
+import { BSL, objectIdOf } from '../bsl'
 import { Directory } from '../directory/directory'
 import { FsError, UsageError } from '../errors'
 import { Place, placeText } from '../volumes/tables'
@@ -48,12 +48,16 @@ export interface RemapReport {
 const PARALLEL = 8
 const SAMPLE = 64
 
+/** Does `volume` hold a copy of the block (as itself or as one of its mirrors)? */
+function holds (volumes: Volumes, volume: number, bsl: BSL): boolean {
+  return bsl.form !== 'physical' && volumes.mirrorsOf(bsl.volume).includes(volume)
+}
+
 /** Every block with a copy on `volume` (as itself or as a mirror), once each; `where` gets the (inode, index) of each. */
 async function blocksOf (dir: Directory, volumes: Volumes, volume: number, where?: Map<string, { ino: number, index: number }>): Promise<Map<string, StoredBlock>> {
   const out = new Map<string, StoredBlock>()
   for await (const { ino, index, block } of dir.allBlocks()) {
-    if (block.bsl.form === 'physical') continue
-    if (volumes.mirrorsOf(block.bsl.volume).includes(volume)) {
+    if (holds(volumes, volume, block.bsl)) {
       out.set(objectIdOf(block.bsl), block)
       where?.set(objectIdOf(block.bsl), { ino, index })
     }
@@ -95,7 +99,8 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
     await new Promise(resolve => setImmediate(resolve))
     await dir.sync()
   }
-  const shadow = opts.copy ? volumes.addShadow(volume, target) : undefined
+  // New blocks get a copy on the new place too (with or without --copy: the check below only covers the scan).
+  const shadow = volumes.addShadow(volume, row.place, target)
   /** Every object the volume had on the old place: at the scan, and written since (the shadow saw those). */
   const onOld = new Set<string>()
   try {
@@ -107,6 +112,42 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
     for (const id of blocks.keys()) onOld.add(id)
     const list = [...blocks.values()]
     const total = list.reduce((n, b) => n + b.length, 0)
+    // Is the block still in a file? (Unlink, truncate and rewrite drop it from the block map before its object is reclaimed.)
+    const referenced = async (b: StoredBlock): Promise<boolean> => {
+      const id = objectIdOf(b.bsl)
+      const at = where.get(id)
+      if (!at) return false
+      const rec = await dir.getBlock(at.ino, at.index)
+      return rec !== undefined && objectIdOf(rec.bsl) === id
+    }
+    const copyOne = async (b: StoredBlock): Promise<void> => {
+      if (await present(b)) {
+        report.alreadyThere++
+      } else {
+        let data: Buffer
+        try {
+          data = await volumes.read(b)
+        } catch (err) {
+          // A file deleted or rewritten since the scan: its old object may be reclaimed already, and need not move.
+          if (!(await referenced(b))) {
+            report.gone++
+            return
+          }
+          throw err
+        }
+        await dest.put(objectIdOf(b.bsl), data, b.checksum)
+        // Deleted while it was being copied: the reclaim may have missed this copy (it was not there yet).
+        if (!(await referenced(b))) {
+          await dest.delete(objectIdOf(b.bsl)).catch(() => {})
+          report.gone++
+          return
+        }
+        report.copied++
+      }
+      report.bytes += b.length
+      progress({ done: report.bytes, total, bytes: report.bytes, blocks: report.copied + report.alreadyThere })
+    }
+    const copyStarted = Date.now()
     if (!opts.copy) {
       const sample = opts.verify || list.length <= SAMPLE ? list : [...list].sort(() => Math.random() - 0.5).slice(0, SAMPLE)
       const missing: string[] = []
@@ -120,55 +161,19 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
           ` (e.g. ${missing.slice(0, 3).join(', ')}); nothing changed. Copy them with --copy, or check the place`)
       }
     } else {
-      // Is the block still in a file? (Unlink, truncate and rewrite drop it from the block map before its object is reclaimed.)
-      const referenced = async (b: StoredBlock): Promise<boolean> => {
-        const id = objectIdOf(b.bsl)
-        const at = where.get(id)
-        if (!at) return false
-        const rec = await dir.getBlock(at.ino, at.index)
-        return rec !== undefined && objectIdOf(rec.bsl) === id
-      }
-      const copyOne = async (b: StoredBlock): Promise<void> => {
-        if (await present(b)) {
-          report.alreadyThere++
-        } else {
-          let data: Buffer
-          try {
-            data = await volumes.read(b)
-          } catch (err) {
-            // A file deleted or rewritten since the scan: its old object may be reclaimed already, and need not move.
-            if (!(await referenced(b))) {
-              report.gone++
-              return
-            }
-            throw err
-          }
-          await dest.put(objectIdOf(b.bsl), data, b.checksum)
-          // Deleted while it was being copied: the reclaim may have missed this copy (it was not there yet).
-          if (!(await referenced(b))) {
-            await dest.delete(objectIdOf(b.bsl)).catch(() => {})
-            report.gone++
-            return
-          }
-          report.copied++
-        }
-        report.bytes += b.length
-        progress({ done: report.bytes, total, bytes: report.bytes, blocks: report.copied + report.alreadyThere })
-      }
-      const copyStarted = Date.now()
       await eachParallel(list, PARALLEL, copyOne, stop)
-      // New blocks whose copy to the new place failed meanwhile: copy them now, until none is left.
-      for (let round = 0; shadow!.missed.size > 0; round++) {
-        if (round >= 5) throw new FsError('EIO', `${report.to} keeps missing new blocks; the volume stays on ${report.from}`)
-        // Once their writes are committed, a scan tells which of them are still in a file (and where).
-        await settleWrites()
-        await blocksOf(dir, volumes, volume, where)
-        const missed = [...shadow!.missed.values()]
-        shadow!.missed.clear()
-        await eachParallel(missed, PARALLEL, copyOne, stop)
-      }
-      report.copySeconds = (Date.now() - copyStarted) / 1000
     }
+    // New blocks whose copy to the new place failed meanwhile: copy them now, until none is left.
+    for (let round = 0; shadow.missed.size > 0; round++) {
+      if (round >= 5) throw new FsError('EIO', `${report.to} keeps missing new blocks; the volume stays on ${report.from}`)
+      // Once their writes are committed, a scan tells which of them are still in a file (and where).
+      await settleWrites()
+      await blocksOf(dir, volumes, volume, where)
+      const missed = [...shadow.missed.values()]
+      shadow.missed.clear()
+      await eachParallel(missed, PARALLEL, copyOne, stop)
+    }
+    if (opts.copy) report.copySeconds = (Date.now() - copyStarted) / 1000
     stop()
     await dir.setVolume(volume, target)
     await reload()
@@ -177,7 +182,7 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
     await volumes.drain()
     // A write racing the switch whose copy to the new place failed exists only on the old place:
     // copy it straight from there, and keep the old copies if that fails.
-    if (shadow && shadow.missed.size > 0) {
+    if (shadow.missed.size > 0) {
       const old = await volumes.deviceAt(row.place)
       for (const b of shadow.missed.values()) {
         const id = objectIdOf(b.bsl)
@@ -189,25 +194,28 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
         }
       }
     }
-  } finally {
-    shadow?.remove()
-  }
 
-  if (opts.deleteOld && report.from !== report.to && report.stranded === 0) {
-    // A read that resolved the old row a moment ago may still be fetching from there.
-    await new Promise(resolve => setTimeout(resolve, 1000))
-    const old = await volumes.deviceAt(row.place)
-    // Blocks of files deleted since the switch are no longer in the scan, but their old copies are in onOld.
-    const ids = new Set([...onOld, ...(shadow?.written ?? []), ...(await blocksOf(dir, volumes, volume)).keys()])
-    await eachParallel([...ids], PARALLEL * 4, async id => {
-      try {
-        await old.delete(id)
-        report.deleted++
-      } catch (err) {
-        report.notDeleted++
-        log('cannot delete the old copy %s: %s', id, (err as Error).message)
-      }
-    })
+    // The shadow stays until the old copies are gone: a block reclaimed meanwhile is deleted from both places.
+    if (opts.deleteOld && report.from !== report.to && report.stranded === 0) {
+      // A read that resolved the old row a moment ago may still be fetching from there.
+      await new Promise(resolve => setTimeout(resolve, 1000))
+      const old = await volumes.deviceAt(row.place)
+      // Blocks of files deleted since the switch are no longer in the scan, but their old copies are in onOld;
+      // those still waiting in the reclaim queue may be deleted after the shadow is gone (from the new place only).
+      const ids = new Set([...onOld, ...shadow.written, ...(await blocksOf(dir, volumes, volume)).keys()])
+      for (const g of await dir.garbage()) if (holds(volumes, volume, g.bsl)) ids.add(g.objectId)
+      await eachParallel([...ids], PARALLEL * 4, async id => {
+        try {
+          await old.delete(id)
+          report.deleted++
+        } catch (err) {
+          report.notDeleted++
+          log('cannot delete the old copy %s: %s', id, (err as Error).message)
+        }
+      })
+    }
+  } finally {
+    shadow.remove()
   }
   report.seconds = (Date.now() - started) / 1000
   return report

@@ -477,7 +477,7 @@ export class Directory {
   // ---- reclaim ------------------------------------------------------------
 
   /** Blocks nothing references any more, waiting to be deleted from their devices. */
-  async garbage (limit: number): Promise<Array<{ objectId: string, bsl: BSL }>> {
+  async garbage (limit = Infinity): Promise<Array<{ objectId: string, bsl: BSL }>> {
     const out: Array<{ objectId: string, bsl: BSL }> = []
     for await (const [k, v] of this.kv.scan(keys.garbagePrefix, { limit })) {
       out.push({ objectId: k.subarray(1).toString('ascii'), bsl: decodeBlock(k, v).bsl })

@@ -49,6 +49,8 @@ export interface Repair {
 /** A place that receives copies of a volume's new blocks while the volume is remapped to it. */
 export interface Shadow {
   volume: number
+  /** The place the volume leaves, and the one it moves to. */
+  from: Place
   place: Place
   /** Blocks whose copy to `place` failed, by object id. */
   missed: Map<string, StoredBlock>
@@ -269,10 +271,11 @@ export class Volumes extends EventEmitter {
    * While volume `volume` moves to `place` (remap), every new block that has a
    * copy on the volume gets one on `place` too. A copy the new place misses
    * does not fail the write: it is noted in `missed` for the remap to copy.
+   * Deletes of its blocks reach both places until the shadow is removed.
    */
-  addShadow (volume: number, place: Place): Shadow {
+  addShadow (volume: number, from: Place, place: Place): Shadow {
     if (this.shadows.has(volume)) throw new FsError('EBUSY', `volume ${volume} is already being remapped`)
-    const shadow: Shadow = { volume, place, missed: new Map(), written: new Set(), remove: () => { if (this.shadows.get(volume) === shadow) this.shadows.delete(volume) } }
+    const shadow: Shadow = { volume, from, place, missed: new Map(), written: new Set(), remove: () => { if (this.shadows.get(volume) === shadow) this.shadows.delete(volume) } }
     this.shadows.set(volume, shadow)
     return shadow
   }
@@ -319,7 +322,8 @@ export class Volumes extends EventEmitter {
     const id = objectIdOf(block.bsl)
     await Promise.all(copies.map(async c => {
       const shadow = this.shadows.get(c.volume)
-      if (!shadow) return
+      // After the switch the copy itself goes to the new place.
+      if (!shadow || placeText(shadow.place) === c.key) return
       shadow.written.add(id)
       try {
         await this.put(shadow.place, placeText(shadow.place), await this.device(shadow.place), id, data, block.checksum, durable)
@@ -534,9 +538,15 @@ export class Volumes extends EventEmitter {
   async delete (bsl: BSL): Promise<void> {
     const id = objectIdOf(bsl)
     const copies = this.copies(bsl)
-    // Taken with the copies: a remap that switches and ends while the deletes below run would
-    // otherwise leave its copy on the new place, which nothing then references.
-    const shadows = copies.map(c => this.shadows.get(c.volume)).filter((s): s is Shadow => s !== undefined)
+    // While a volume is remapped a block may have a copy on both its old and its new place, whichever
+    // the row names at this moment (it switches mid-way): the delete reaches both, or an object nothing
+    // references would stay behind. Taken with the copies, for a remap that ends while the deletes run.
+    const extra = new Map<string, Place>()
+    for (const c of copies) {
+      const shadow = this.shadows.get(c.volume)
+      if (shadow) for (const p of [shadow.from, shadow.place]) extra.set(placeText(p), p)
+    }
+    for (const c of copies) extra.delete(c.key)
     await Promise.all(copies.map(async c => {
       if (!this.health.isUp(c.key)) throw new FsError('EIO', `${c.key} is down`)
       try {
@@ -546,10 +556,9 @@ export class Volumes extends EventEmitter {
         throw err
       }
     }))
-    // A volume being remapped may have a copy on its new place already (copied, or a shadow copy): not left behind there.
-    await Promise.all(shadows.map(async shadow => {
-      await (await this.device(shadow.place)).delete(id).catch((err: Error) => {
-        log('cannot delete %s from %s (the remap target): %s', id, placeText(shadow.place), err.message)
+    await Promise.all([...extra].map(async ([key, place]) => {
+      await (await this.device(place)).delete(id).catch((err: Error) => {
+        log('cannot delete %s from %s (a place of a volume being remapped): %s', id, key, err.message)
       })
     }))
   }
