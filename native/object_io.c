@@ -17,6 +17,11 @@
 //                                 node (crc32_z), or -1 when that cannot be found (JS checks then).
 //                                 `into` (a Buffer, or null): read there when the file fits, and
 //                                 answer cb(0, null, crc, length) instead (no allocation)
+//   readCached(fd, into, offset)  on the calling thread, no job: read into `into` at offset what the
+//                                 page cache holds (preadv2 RWF_NOWAIT), never waiting for the disk.
+//                                 Returns the bytes read (fewer, or 0, when the rest is not cached or
+//                                 the kernel cannot tell), or -errno. A cached small read then costs
+//                                 no thread-pool round trip at all.
 #define _GNU_SOURCE
 
 #include <errno.h>
@@ -25,12 +30,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <dlfcn.h>
 #include <node_api.h>
 
-#define OBJECT_IO_VERSION 4
+#define OBJECT_IO_VERSION 5
 #define PUT_DURABLE 1
 #define PUT_DIRECT 2
 
@@ -314,13 +320,45 @@ static napi_value aligned (napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value read_cached (napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  int64_t offset;
+  void *into;
+  size_t length;
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_buffer_info(env, argv[1], &into, &length) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &offset) != napi_ok || offset < 0) {
+    return throw_error(env, "readCached(fd, buffer, offset)");
+  }
+  size_t done = 0;
+  int64_t result = 0;
+  while (done < length) {
+    struct iovec iov = { (uint8_t *) into + done, length - done };
+    ssize_t n = preadv2(fd, &iov, 1, offset + (off_t) done, RWF_NOWAIT);
+    if (n > 0) {
+      done += (size_t) n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    // EAGAIN: not in the page cache; EOPNOTSUPP/EINVAL/ENOSYS: no RWF_NOWAIT here. The caller reads the rest.
+    if (n < 0 && errno != EAGAIN && errno != EOPNOTSUPP && errno != EINVAL && errno != ENOSYS) result = -errno;
+    break;
+  }
+  napi_value out;
+  napi_create_int64(env, result < 0 ? result : (int64_t) done, &out);
+  return out;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   zlib_crc32 = (crc32_fn) dlsym(RTLD_DEFAULT, "crc32_z");
   napi_property_descriptor props[] = {
     { "put", NULL, put, NULL, NULL, NULL, napi_enumerable, NULL },
     { "read", NULL, read_object, NULL, NULL, NULL, napi_enumerable, NULL },
     { "syncfs", NULL, sync_fs, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "aligned", NULL, aligned, NULL, NULL, NULL, napi_enumerable, NULL }
+    { "aligned", NULL, aligned, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "readCached", NULL, read_cached, NULL, NULL, NULL, napi_enumerable, NULL }
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value version;

@@ -2,9 +2,11 @@ import t from 'tap'
 import * as fsp from 'node:fs/promises'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { execFileSync } from 'node:child_process'
 import { LocalDevice, MARKER_FILE } from '../src/devices/local'
 import { handleLimit } from '../src/devices/handles'
 import { checksum } from '../src/checksum'
+import { readCached } from '../src/devices/object-io'
 import { FsError } from '../src/errors'
 
 const names = { server: 'local', device: 'd0' }
@@ -286,4 +288,37 @@ t.test('open handles kept for random reads: sized from the descriptor limit', as
   t.equal(handleLimit(limits('256')), 64, 'never fewer than 64')
   t.equal(handleLimit(''), 512, 'no /proc: as for a limit of 4096')
   t.ok(handleLimit() >= 64 && handleLimit() <= 2048, `this process: ${handleLimit()}`)
+})
+
+t.test('readCached answers from the page cache only, and getRange reads the rest', async t => {
+  const { dir, dev } = await fresh(t)
+  const file = join(dir, '..', 'cached')
+  const d = randomBytes(256 * 1024)
+  await fsp.writeFile(file, d)
+  const fh = await fsp.open(file, 'r')
+  t.teardown(() => fh.close())
+  const into = Buffer.alloc(8192)
+  t.equal(readCached(fh.fd, into, 4096, file), 8192, 'a file just written is in the page cache')
+  t.same(into, d.subarray(4096, 4096 + 8192), 'its bytes')
+  t.equal(readCached(fh.fd, into, d.length - 100, file), 100, 'at the end: what is there')
+  t.equal(readCached(fh.fd, into, d.length + 10, file), 0, 'past the end: nothing')
+
+  // Out of the page cache (dd's nocache drops a file's clean pages): never waits for the disk.
+  await fh.sync()
+  execFileSync('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none'])
+  const big = Buffer.alloc(d.length)
+  t.ok(readCached(fh.fd, big, 0, file) < d.length, 'an evicted file is not answered whole from the cache')
+
+  // The device reads an evicted object through the thread pool: the same bytes either way.
+  await dev.put(id1, d, checksum(d))
+  const obj = join(dir, 'objects', 'bc', id1)
+  execFileSync('dd', [`if=${obj}`, 'iflag=nocache', 'count=0', 'status=none'])
+  t.same(await dev.getRange(id1, 65536, 131072), d.subarray(65536, 65536 + 131072), 'an evicted range')
+  t.same(await dev.getRange(id1, 65536, 131072), d.subarray(65536, 65536 + 131072), 'the same range, now cached')
+  t.same(await dev.stat(id1), { size: d.length }, 'stat through the kept handle')
+
+  const closed = await fsp.open(file, 'r')
+  const fd = closed.fd
+  await closed.close()
+  t.throws(() => readCached(fd, into, 0, file), { code: 'EBADF', message: /pread/ }, 'a real error is thrown with its code')
 })

@@ -3,6 +3,8 @@ import type { FileHandle } from 'node:fs/promises'
 
 interface Entry {
   fh: Promise<FileHandle>
+  /** The handle once it is open. */
+  open?: FileHandle
   /** Reads using the handle now: it is closed only once they are done. */
   users: number
   dropped: boolean
@@ -53,7 +55,7 @@ export class HandleCache {
     } else {
       const entry: Entry = { fh: open(), users: 0, dropped: false, lastUsed: 0 }
       // A failed open is not kept: the next read tries again (the object may have been healed).
-      entry.fh.catch(() => { if (this.map.get(key) === entry) this.map.delete(key) })
+      entry.fh.then(fh => { entry.open = fh }, () => { if (this.map.get(key) === entry) this.map.delete(key) })
       this.map.set(key, entry)
       e = entry
       while (this.map.size > this.max) this.forget(this.map.keys().next().value as string)
@@ -67,6 +69,15 @@ export class HandleCache {
       e.users--
       if (e.dropped && e.users === 0) close(e)
     }
+  }
+
+  /**
+   * The descriptor of `key`'s open handle, when the cache holds one, for a call made at
+   * once (no await in between: a `forget` may close it after that).
+   */
+  fdOf (key: string): number | undefined {
+    const e = this.map.get(key)
+    return e?.open?.fd
   }
 
   /** Close the handle of `key` (once no read uses it); the next read opens the file again. */

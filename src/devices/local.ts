@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto'
-import { constants as fsConstants } from 'node:fs'
+import { constants as fsConstants, fstatSync } from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import createDebug from 'debug'
@@ -9,7 +9,7 @@ import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
 import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
 import { HandleCache, handleLimit } from './handles'
-import { putObject, readObject, syncFs } from './object-io'
+import { putObject, readCached, readObject, syncFs } from './object-io'
 
 const log = createDebug('bslfs:devices')
 
@@ -339,7 +339,8 @@ export class LocalDevice implements Device {
     try {
       const { data, n } = await this.handles.use(objectId, () => fsp.open(this.objectPath(objectId), 'r'), async fh => {
         const data = Buffer.allocUnsafe(length)
-        let n = 0
+        // What the page cache holds is read right here; only the rest goes through the thread pool.
+        let n = readCached(fh.fd, data, offset, this.objectPath(objectId))
         while (n < length) {
           const { bytesRead } = await fh.read(data, n, length - n, offset + n)
           if (bytesRead === 0) break
@@ -372,7 +373,9 @@ export class LocalDevice implements Device {
   async stat (objectId: string): Promise<{ size: number } | null> {
     this.check(objectId)
     try {
-      const st = await fsp.stat(this.objectPath(objectId))
+      // A handle kept for reads answers on this thread (objects change only by put and delete, which drop it).
+      const fd = this.handles.fdOf(objectId)
+      const st = fd !== undefined ? fstatSync(fd) : await fsp.stat(this.objectPath(objectId))
       if (!st.isFile()) throw new Error('not a regular file')
       return { size: st.size }
     } catch (err) {

@@ -7,10 +7,11 @@ interface ObjectIo {
   put (path: string, dirFd: number, data: Uint8Array, flags: number, cb: (errno: number) => void): void
   syncfs (fd: number, cb: (errno: number) => void): void
   aligned (size: number): Buffer
+  readCached (fd: number, into: Uint8Array, offset: number): number
   read (path: string, maxBytes: number, into: Buffer | null, cb: (errno: number, data?: Buffer | null, crc?: number, length?: number) => void): void
 }
 
-const VERSION = 4
+const VERSION = 5
 const PUT_DURABLE = 1
 const PUT_DIRECT = 2
 const ADDON = join(__dirname, '..', '..', 'build', 'Release', 'object_io.node')
@@ -70,6 +71,17 @@ export function readObject (path: string, maxBytes: number, into?: Buffer): Prom
       resolve({ data: data ?? (into as Buffer).subarray(0, length), crc: crc ?? -1 })
     })
   })
+}
+
+/**
+ * Fill `into` from `fd` at `offset` with what the page cache holds, on this
+ * thread (no thread-pool trip, never waiting for the disk): the bytes read,
+ * from 0 (nothing cached) to into.length.
+ */
+export function readCached (fd: number, into: Uint8Array, offset: number, path: string): number {
+  const n = io().readCached(fd, into, offset)
+  if (n < 0) throw systemError(-n, 'pread', path)
+  return n
 }
 
 /** A buffer whose memory starts on a 4096-byte boundary (a put of it needs no staging copy for O_DIRECT). */
