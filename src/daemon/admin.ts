@@ -348,7 +348,7 @@ export async function remapVolume (state: State, volumeText: string, placeText_:
   if (!row) throw new UsageError(`there is no volume ${volume} (see \`bslfs volume list STATE\`)`)
   await checkPlaceKnown(tables, target)
   if (placeText(row.place) === placeText(target)) throw new UsageError(`volume ${volume} is on ${placeText(target)} already`)
-  return await remap(state.dir, state.volumes, () => state.reloadTables(), volume, target, { ...opts, onProgress, signal })
+  return await remap(state.dir, state.volumes, state, volume, target, { ...opts, onProgress, signal })
 }
 
 /**

@@ -30,6 +30,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
   let reclaimer: ReturnType<typeof startReclaimer>
   let healer: ReturnType<typeof startHealer>
   const files = new OpenFiles(new FileData(state.dir, state.volumes))
+  state.commitStored = () => files.shared.group.now()
   const fs = new BslFilesystem(state.dir, files, {
     space: async () => {
       // Space is what the devices holding new data have; a device that cannot answer counts as empty.

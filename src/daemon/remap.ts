@@ -45,6 +45,14 @@ export interface RemapReport {
   seconds: number
 }
 
+/** What remap needs of the STATE it runs in. */
+export interface RemapHost {
+  /** Re-read the tables once the row has changed. */
+  reloadTables (): Promise<void>
+  /** Commit the records of blocks already stored but still waiting for the mount's group commit. */
+  commitStored (): Promise<void>
+}
+
 const PARALLEL = 8
 const SAMPLE = 64
 
@@ -78,7 +86,7 @@ function stopIfAborted (signal: AbortSignal | undefined): void {
  * are copied there too. The row switches in one step only after all that;
  * an interruption before it leaves the old mapping in force.
  */
-export async function remap (dir: Directory, volumes: Volumes, reload: () => Promise<void>, volume: number, target: Place, opts: RemapOptions): Promise<RemapReport> {
+export async function remap (dir: Directory, volumes: Volumes, host: RemapHost, volume: number, target: Place, opts: RemapOptions): Promise<RemapReport> {
   const started = Date.now()
   const row = (await dir.tables()).volumes.get(volume)
   if (!row) throw new UsageError(`there is no volume ${volume}`)
@@ -91,12 +99,13 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
   await dest.space().catch((err: Error) => { throw new UsageError(`the new place ${report.to} does not answer: ${err.message}`) })
   const present = async (b: StoredBlock): Promise<boolean> => (await dest.stat(objectIdOf(b.bsl)))?.size === b.length
 
-  // Writes in progress finish, and their blocks are committed to the directory: a block is committed right
-  // after its write returns (the continuation queues the commit on the directory's FIFO lock), so after one
-  // turn of the event loop a transaction of our own waits for those commits.
+  // Writes in progress finish, and their blocks are committed to the directory: a stored block joins the
+  // mount's group commit right after its write returns, so after one turn of the event loop the group holds
+  // it; committing the group now (rather than a few ms later) puts it in the directory before the scan.
   const settleWrites = async (): Promise<void> => {
     await volumes.drain()
     await new Promise(resolve => setImmediate(resolve))
+    await host.commitStored()
     await dir.sync()
   }
   // New blocks get a copy on the new place too (with or without --copy: the check below only covers the scan).
@@ -176,7 +185,7 @@ export async function remap (dir: Directory, volumes: Volumes, reload: () => Pro
     if (opts.copy) report.copySeconds = (Date.now() - copyStarted) / 1000
     stop()
     await dir.setVolume(volume, target)
-    await reload()
+    await host.reloadTables()
     log('volume %d moved from %s to %s', volume, report.from, report.to)
     // Writes that resolved the old row still get their shadow copy until they are done.
     await volumes.drain()

@@ -106,6 +106,13 @@ export async function readMarker (state: string): Promise<StateMarker> {
 export class State {
   private constructor (readonly paths: ReturnType<typeof statePaths>, readonly dir: Directory, readonly volumes: Volumes) {}
 
+  /**
+   * Commit to the directory every block record whose bytes are stored and
+   * waiting for the mount's group commit (a no-op when nothing is mounted):
+   * remap's scan of the block maps must see them.
+   */
+  commitStored: () => Promise<void> = async () => {}
+
   static async open (state: string, opts: VolumesOptions = {}): Promise<State> {
     const p = statePaths(state)
     await readMarker(state)
