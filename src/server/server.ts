@@ -241,7 +241,8 @@ export class BlockServer {
     }
     res.once('close', () => {
       closed = true
-      ac.abort()
+      // Only a response cut off can have work still waiting on it (abort builds a DOMException: not for every request).
+      if (!res.writableFinished) ac.abort()
       for (const fn of deferred.splice(0)) {
         try {
           fn()
