@@ -8,7 +8,7 @@
     },
     {
       "target_name": "object_io",
-      "sources": ["native/object_io.c"],
+      "sources": ["native/object_io.c", "native/crc32.c"],
       "cflags": ["-O2", "-Wall", "-D_FILE_OFFSET_BITS=64"]
     }
   ]

@@ -13,8 +13,7 @@
 //   aligned(size)                 a Buffer whose memory starts on a 4096-byte boundary: a put of it
 //                                 goes to the disk as it is, without the staging copy
 //   read(path, maxBytes, into, cb) the whole file: cb(errno, buffer, crc); EFBIG past maxBytes. crc
-//                                 is its CRC-32, computed on the pool thread with the zlib inside
-//                                 node (crc32_z), or -1 when that cannot be found (JS checks then).
+//                                 is its CRC-32, computed on the pool thread (crc32.c).
 //                                 `into` (a Buffer, or null): read there when the file fits, and
 //                                 answer cb(0, null, crc, length) instead (no allocation)
 //   readCached(fd, into, offset)  on the calling thread, no job: read into `into` at offset what the
@@ -22,6 +21,8 @@
 //                                 Returns the bytes read (fewer, or 0, when the rest is not cached or
 //                                 the kernel cannot tell), or -errno. A cached small read then costs
 //                                 no thread-pool round trip at all.
+//   crc32(data[, crc])            the CRC-32 of data (continuing crc), on the calling thread: for tests.
+//   folds                         true when the CRC uses carry-less multiplication (PCLMULQDQ).
 #define _GNU_SOURCE
 
 #include <errno.h>
@@ -33,16 +34,14 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include <dlfcn.h>
 #include <node_api.h>
 
-#define OBJECT_IO_VERSION 5
+#include "crc32.h"
+
+#define OBJECT_IO_VERSION 6
 #define PUT_DURABLE 1
 #define PUT_DIRECT 2
 
-typedef unsigned long (*crc32_fn) (unsigned long crc, const unsigned char *buf, size_t len);
-// node links zlib in and exports it; looked up at load, so an embedder without it still loads us.
-static crc32_fn zlib_crc32;
 
 typedef struct {
   napi_async_work work;
@@ -58,7 +57,7 @@ typedef struct {
   size_t out_length;
   uint8_t *into;     // read: the caller's buffer (kept alive by data_ref), or NULL
   size_t into_length;
-  int64_t crc;       // read: CRC-32 of out, or -1
+  uint32_t crc;      // read: CRC-32 of what was read
   int err;
 } job_t;
 
@@ -190,7 +189,7 @@ static void read_execute (napi_env env, void *arg) {
   }
   j->out_length = n;
   close(fd);
-  j->crc = zlib_crc32 != NULL && j->err == 0 ? (int64_t) (zlib_crc32(0, dst, n) & 0xffffffffUL) : -1;
+  if (j->err == 0) j->crc = crc32_bytes(0, dst, n);
 }
 
 static void free_external (napi_env env, void *data, void *hint) {
@@ -351,19 +350,36 @@ static napi_value read_cached (napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value crc32_sync (napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  void *data;
+  size_t length;
+  if (argc < 1 || napi_get_buffer_info(env, argv[0], &data, &length) != napi_ok) return throw_error(env, "crc32(data[, crc]): data must be a Buffer");
+  uint32_t crc = 0;
+  if (argc > 1 && napi_get_value_uint32(env, argv[1], &crc) != napi_ok) return throw_error(env, "crc32(data[, crc]): crc must be a number");
+  napi_value out;
+  napi_create_uint32(env, crc32_bytes(crc, data, length), &out);
+  return out;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
-  zlib_crc32 = (crc32_fn) dlsym(RTLD_DEFAULT, "crc32_z");
   napi_property_descriptor props[] = {
     { "put", NULL, put, NULL, NULL, NULL, napi_enumerable, NULL },
     { "read", NULL, read_object, NULL, NULL, NULL, napi_enumerable, NULL },
     { "syncfs", NULL, sync_fs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "aligned", NULL, aligned, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "readCached", NULL, read_cached, NULL, NULL, NULL, napi_enumerable, NULL }
+    { "readCached", NULL, read_cached, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "crc32", NULL, crc32_sync, NULL, NULL, NULL, napi_enumerable, NULL }
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value version;
   napi_create_uint32(env, OBJECT_IO_VERSION, &version);
   napi_set_named_property(env, exports, "version", version);
+  napi_value folds;
+  napi_get_boolean(env, crc32_folds(), &folds);
+  napi_set_named_property(env, exports, "folds", folds);
   return exports;
 }
 

@@ -325,10 +325,9 @@ export class LocalDevice implements Device {
     } catch (err) {
       throw this.readError(objectId, err)
     }
-    const actual = crc >= 0 ? crc : checksum(data)
-    if (actual !== sum) {
+    if (crc !== sum) {
       log('%s: checksum mismatch on %s', this.label, objectId)
-      throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId}: expected 0x${sum.toString(16)}, got 0x${actual.toString(16)} (${data.length} bytes)`, { fault: 'corrupt' })
+      throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId}: expected 0x${sum.toString(16)}, got 0x${crc.toString(16)} (${data.length} bytes)`, { fault: 'corrupt' })
     }
     return data
   }

@@ -9,9 +9,11 @@ interface ObjectIo {
   aligned (size: number): Buffer
   readCached (fd: number, into: Uint8Array, offset: number): number
   read (path: string, maxBytes: number, into: Buffer | null, cb: (errno: number, data?: Buffer | null, crc?: number, length?: number) => void): void
+  crc32 (data: Uint8Array, crc?: number): number
+  folds: boolean
 }
 
-const VERSION = 5
+const VERSION = 6
 const PUT_DURABLE = 1
 const PUT_DIRECT = 2
 const ADDON = join(__dirname, '..', '..', 'build', 'Release', 'object_io.node')
@@ -59,16 +61,16 @@ export function syncFs (fd: number, what: string): Promise<void> {
 }
 
 /**
- * The whole file at `path` and its CRC-32 (computed on the thread pool; -1
- * when this node has no zlib to do it with); EFBIG when it is longer than
- * `maxBytes`. Into `into` when it fits there (the data is then a view of it).
+ * The whole file at `path` and its CRC-32 (computed on the thread pool);
+ * EFBIG when it is longer than `maxBytes`. Into `into` when it fits there
+ * (the data is then a view of it).
  */
 export function readObject (path: string, maxBytes: number, into?: Buffer): Promise<{ data: Buffer, crc: number }> {
   return new Promise((resolve, reject) => {
     io().read(path, maxBytes, into ?? null, (errno, data, crc, length) => {
       if (errno !== 0) return reject(systemError(errno, 'read', path))
       // No buffer of its own: the file was read into `into`, `length` bytes of it.
-      resolve({ data: data ?? (into as Buffer).subarray(0, length), crc: crc ?? -1 })
+      resolve({ data: data ?? (into as Buffer).subarray(0, length), crc: crc as number })
     })
   })
 }
@@ -87,4 +89,13 @@ export function readCached (fd: number, into: Uint8Array, offset: number, path: 
 /** A buffer whose memory starts on a 4096-byte boundary (a put of it needs no staging copy for O_DIRECT). */
 export function alignedBuffer (size: number): Buffer {
   return io().aligned(size)
+}
+
+/** The addon's CRC-32 of `data` (continuing `crc`), on this thread; and whether it folds with PCLMULQDQ. For tests. */
+export function nativeCrc32 (data: Uint8Array, crc = 0): number {
+  return io().crc32(data, crc)
+}
+
+export function nativeCrc32Folds (): boolean {
+  return io().folds
 }
