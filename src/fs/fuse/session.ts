@@ -110,6 +110,8 @@ export const DEFAULT_SESSION: SessionOptions = {
 /** Requests handled per wake-up before the loop serves other callbacks (device completions). */
 const BATCH = 64
 const HOT_NS = BigInt(process.env.BSLFS_HOT_LOOP_US ?? '200') * 1000n
+/** While a request waits for its answer (a device read on a block server), the loop stays awake this long after the last request or reply. */
+const WAIT_NS = BigInt(process.env.BSLFS_WAIT_LOOP_US ?? '2000') * 1000n
 /** A WRITE request's headers (fuse_in_header, fuse_write_in): its data starts here. */
 const WRITE_HEADERS = IN_HEADER_BYTES + 40
 /** Spare request buffers kept. */
@@ -194,20 +196,32 @@ export class FuseSession {
     else if (b.length === this.bufferBytes && this.spare.length < SPARE_BUFFERS) this.spare.push(b)
   }
 
-  /** Keep the loop polling for a moment after a request (HOT_NS): the next one then finds it awake. */
-  private lastRequest = 0n
+  /**
+   * Keep the loop polling (setImmediate, not asleep in epoll) for a moment
+   * after a request or reply (HOT_NS), and while requests wait for their
+   * answers (WAIT_NS): the next request, and the block server's or thread
+   * pool's answer, then find it awake. A wake-up from epoll costs ~50 us on
+   * a VM, several times per request that waits on a block server.
+   */
+  private lastActivity = 0n
+  /** Requests read that have not been answered yet. */
+  private unanswered = 0
   private polling = false
   private readonly poll = (): void => {
-    if (!this.done && process.hrtime.bigint() - this.lastRequest < HOT_NS) setImmediate(this.poll)
+    const idle = process.hrtime.bigint() - this.lastActivity
+    if (!this.done && (idle < HOT_NS || (this.unanswered > 0 && idle < WAIT_NS))) setImmediate(this.poll)
     else this.polling = false
+  }
+
+  private active (): void {
+    if (HOT_NS === 0n) return
+    this.lastActivity = process.hrtime.bigint()
+    if (!this.polling) { this.polling = true; setImmediate(this.poll) }
   }
 
   private onReadable (status: number): void {
     if (status < 0) return this.end(`poll error ${status}`)
-    if (HOT_NS > 0n) {
-      this.lastRequest = process.hrtime.bigint()
-      if (!this.polling) { this.polling = true; setImmediate(this.poll) }
-    }
+    this.active()
     for (let i = 0; i < BATCH && !this.done; i++) {
       const buf = this.take()
       const n = this.native.read(this.fd, buf)
@@ -223,6 +237,8 @@ export class FuseSession {
 
   /** Send a reply: the header and `payload` in one write, as the kernel wants. */
   private send (unique: number, errno: number, payload?: Buffer | Buffer[]): void {
+    this.unanswered--
+    this.active()
     const parts = payload === undefined ? [] : Array.isArray(payload) ? payload : [payload]
     let len = OUT_HEADER_BYTES
     for (const p of parts) len += p.length
@@ -258,6 +274,7 @@ export class FuseSession {
       this.send(h.unique, errno)
     }
     let keep = false
+    this.unanswered++
     try {
       keep = this.handle(h, buf, n, ok, fail)
     } catch (err) {
@@ -289,7 +306,8 @@ export class FuseSession {
       case Op.INIT: this.init(buf, ok); break
       case Op.DESTROY: ok(); break
       case Op.FORGET: case Op.BATCH_FORGET: case Op.INTERRUPT: case Op.NOTIFY_REPLY:
-        break // no reply: inode numbers are never reused, so the kernel's lookup counts need no bookkeeping
+        this.unanswered-- // no reply: inode numbers are never reused, so the kernel's lookup counts need no bookkeeping
+        break
       case Op.LOOKUP:
         this.answer(fs.lookup(h.nodeid, name(B)), a => ok(a
           ? entryOut(a.ino, a, this.opts.entryTimeout, this.opts.attrTimeout)
