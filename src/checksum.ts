@@ -1,6 +1,6 @@
 import { crc32 as zlibCrc32 } from 'node:zlib'
 
-type Crc32 = (data: Buffer) => number
+type Crc32 = (data: Buffer, running?: number) => number
 
 /**
  * @node-rs/crc32 computes the same CRC-32 as zlib with carry-less multiply
@@ -18,9 +18,13 @@ function fastest (): Crc32 {
 
 const crc32 = fastest()
 
-/** The checksum every block carries: CRC-32 (the polynomial of zlib and gzip), as an unsigned 32-bit number. */
-export function checksum (data: Uint8Array): number {
-  return crc32(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength)) >>> 0
+/**
+ * The checksum every block carries: CRC-32 (the polynomial of zlib and gzip),
+ * as an unsigned 32-bit number. `running`: the checksum of the bytes before
+ * `data`, to go on from (a body checked as it arrives, piece by piece).
+ */
+export function checksum (data: Uint8Array, running = 0): number {
+  return crc32(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength), running) >>> 0
 }
 
 /**

@@ -23,6 +23,8 @@ const BACKOFF_MS = [50, 150, 400, 1000]
 const ERROR_BODY_LIMIT = 16 * 1024
 // The longest line a listing may hold (an id is 16 characters).
 const LIST_LINE_LIMIT = 1024
+// The largest small answer (JSON) taken.
+const JSON_BODY_LIMIT = 64 * 1024
 const MAX_RETRIES = 10
 
 export interface RemoteDeviceOptions {
@@ -142,6 +144,26 @@ interface Endpoint {
   closed: () => boolean
 }
 
+type Headers = Record<string, string | string[] | undefined>
+
+/** The fields of a server's error answer, `{ error, code }`, as far as they can be read. */
+interface ErrorFields { error?: string, code?: string }
+
+/**
+ * What a call does with its answer, piece by piece as it arrives (no stream in
+ * between: a block's bytes go straight where they belong, checked on the way).
+ * A new one for every attempt.
+ */
+interface Receiver<T> {
+  /** True: this is the answer wanted, its body goes to data() and end(). False: an error answer (refuse). May throw to stop. */
+  accept (status: number, headers: Headers): boolean
+  data (chunk: Buffer): void
+  /** The result, once the whole body is in; may throw. */
+  end (): T
+  /** What an error answer means: the Answer or FsError to throw. */
+  refuse (status: number, info: ErrorFields, headers: Headers): Error
+}
+
 interface Call<T> {
   method: Dispatcher.HttpMethod
   path: string
@@ -149,8 +171,10 @@ interface Call<T> {
   what: string
   headers?: Record<string, string>
   body?: Uint8Array
-  /** Turns the answer into the result, or throws Answer / FsError; runs inside the attempt's deadline. */
-  handle: (res: Dispatcher.ResponseData) => Promise<T>
+  /** The answer as it arrives (every call but a listing). */
+  receive?: () => Receiver<T>
+  /** Or the answer as a stream (a listing, read at the consumer's pace): the result, or throws Answer / FsError, inside the attempt's deadline. */
+  handle?: (res: Dispatcher.ResponseData) => Promise<T>
   /** Releases a result that arrived after its deadline (a stream nobody will read). */
   late?: (v: T) => void
 }
@@ -185,14 +209,14 @@ function describe (err: unknown): string {
   }
 }
 
-function header (res: Dispatcher.ResponseData, name: string): string | undefined {
-  const v = res.headers[name]
+function header (headers: Headers, name: string): string | undefined {
+  const v = headers[name]
   return Array.isArray(v) ? v[0] : v
 }
 
 /** Content-Length as a number; undefined when absent; EIO when it is not a plain decimal. */
-function contentLength (ep: Endpoint, res: Dispatcher.ResponseData, what: string): number | undefined {
-  const v = header(res, 'content-length')
+function contentLength (ep: Endpoint, headers: Headers, what: string): number | undefined {
+  const v = header(headers, 'content-length')
   if (v === undefined) return undefined
   if (!/^[0-9]{1,16}$/.test(v)) throw new FsError('EIO', `${ep.label}: bad Content-Length ${JSON.stringify(v.slice(0, 40))} in the answer to ${what}`)
   return Number(v)
@@ -214,16 +238,10 @@ async function readLimited (body: Dispatcher.ResponseData['body'], limit: number
   return Buffer.concat(chunks, n)
 }
 
-/** The server's `{ error, code }`, as far as it can be read. */
-async function errorInfo (res: Dispatcher.ResponseData): Promise<{ error?: string, code?: string }> {
-  let text: string
-  try {
-    const buf = await readLimited(res.body, ERROR_BODY_LIMIT)
-    if (buf === null) return {}
-    text = buf.toString('utf8')
-  } catch {
-    return {}
-  }
+/** The server's `{ error, code }` from an error answer's body (null: too long to be one). */
+function errorFields (body: Buffer | null): ErrorFields {
+  if (body === null) return {}
+  const text = body.toString('utf8')
   try {
     const j = JSON.parse(text) as unknown
     if (j !== null && typeof j === 'object') {
@@ -260,11 +278,111 @@ function statusAnswer (ep: Endpoint, status: number, info: { error?: string, cod
 
 /** Reads an error answer's body and maps it. */
 async function answerFor (ep: Endpoint, res: Dispatcher.ResponseData, what: string): Promise<Answer> {
-  return statusAnswer(ep, res.statusCode, await errorInfo(res), what)
+  return statusAnswer(ep, res.statusCode, errorFields(await readLimited(res.body, ERROR_BODY_LIMIT).catch(() => null)), what)
 }
 
-/** One attempt, bounded as a whole by `timeoutMs`: connect, send, headers and `handle`. */
+/** A receiver for an answer with a small body (JSON, or nothing): `ok` says which statuses are wanted, `result` makes the result from the body. */
+function small<T> (ep: Endpoint, what: string, ok: (status: number, headers: Headers) => boolean, result: (body: Buffer) => T): Receiver<T> {
+  const chunks: Buffer[] = []
+  let n = 0
+  return {
+    accept: ok,
+    data: chunk => {
+      n += chunk.length
+      if (n > JSON_BODY_LIMIT) throw new FsError('EIO', `${ep.label} answered the ${what} with too much data`)
+      chunks.push(chunk)
+    },
+    end: () => result(Buffer.concat(chunks, n)),
+    refuse: (status, info) => statusAnswer(ep, status, info, what)
+  }
+}
+
+/**
+ * One attempt of a call with a receiver, bounded as a whole by `timeoutMs`.
+ * Once it settles (answered, failed, timed out) the receiver gets no more
+ * bytes, and an answer still arriving is cut off with its connection.
+ */
+function dispatched<T> (ep: Endpoint, call: Call<T>, receiver: Receiver<T>, timeoutMs: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false
+    let controller: Dispatcher.DispatchController | undefined
+    const timer = setTimeout(() => stop(new TimedOut(timeoutMs)), timeoutMs)
+    const settle = (err: unknown, value?: T): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      if (err === undefined) resolve(value as T)
+      else reject(err)
+    }
+    const stop = (err: unknown): void => {
+      settle(err)
+      controller?.abort(err as Error)
+    }
+    let status = 0
+    let headers: Headers = {}
+    let wanted = false
+    const errorBody: Buffer[] = []
+    let errorBytes = 0
+    try {
+      ep.dispatcher.dispatch({
+        origin: ep.origin,
+        path: ep.basePath + call.path,
+        method: call.method,
+        headers: { authorization: `Bearer ${ep.token}`, ...call.headers },
+        body: call.body ?? null,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs
+      }, {
+        onRequestStart: c => {
+          controller = c
+          if (settled) c.abort(new TimedOut(timeoutMs))
+        },
+        onResponseStart: (_c, statusCode, h) => {
+          if (settled || statusCode < 200) return // 100 Continue
+          status = statusCode
+          headers = h
+          try {
+            wanted = receiver.accept(statusCode, h)
+          } catch (err) {
+            stop(err)
+          }
+        },
+        onResponseData: (_c, chunk) => {
+          if (settled) return
+          if (!wanted) {
+            errorBytes += chunk.length
+            if (errorBytes <= ERROR_BODY_LIMIT) errorBody.push(chunk)
+            return
+          }
+          try {
+            receiver.data(chunk)
+          } catch (err) {
+            stop(err)
+          }
+        },
+        onResponseEnd: () => {
+          if (settled) return
+          if (!wanted) return settle(receiver.refuse(status, errorFields(errorBytes <= ERROR_BODY_LIMIT ? Buffer.concat(errorBody) : null), headers))
+          let value: T
+          try {
+            value = receiver.end()
+          } catch (err) {
+            return settle(err)
+          }
+          settle(undefined, value)
+        },
+        onResponseError: (_c, err) => settle(err)
+      })
+    } catch (err) {
+      settle(err)
+    }
+  })
+}
+
+/** One attempt, bounded as a whole by `timeoutMs`: connect, send, headers and the answer. */
 async function attempt<T> (ep: Endpoint, call: Call<T>, timeoutMs: number): Promise<T> {
+  if (call.receive) return await dispatched(ep, call, call.receive(), timeoutMs)
+  const handle = call.handle as NonNullable<Call<T>['handle']>
   const ac = new AbortController()
   let timer: NodeJS.Timeout | undefined
   const deadline = new Promise<never>((_resolve, reject) => {
@@ -287,7 +405,7 @@ async function attempt<T> (ep: Endpoint, call: Call<T>, timeoutMs: number): Prom
       bodyTimeout: timeoutMs
     })
     try {
-      return await call.handle(res)
+      return await handle(res)
     } catch (err) {
       destroyBody(res.body)
       throw err
@@ -455,13 +573,7 @@ export class RemoteDevice implements Device {
       method: 'POST',
       path: `${this.devicePath}/sync`,
       what,
-      handle: async res => {
-        if (res.statusCode === 204 || res.statusCode === 200) {
-          await readLimited(res.body, ERROR_BODY_LIMIT)
-          return
-        }
-        throw await answerFor(this.ep, res, what)
-      }
+      receive: () => small(this.ep, what, status => status === 204 || status === 200, () => undefined)
     }, limits)
   }
 
@@ -481,19 +593,13 @@ export class RemoteDevice implements Device {
         ...(durable ? {} : { 'x-bslfs-durable': '0' })
       },
       body: data,
-      handle: async res => {
-        if (res.statusCode === 201 || res.statusCode === 200 || res.statusCode === 204) {
-          await readLimited(res.body, ERROR_BODY_LIMIT)
-          return
-        }
-        throw await answerFor(this.ep, res, what)
-      }
+      receive: () => small(this.ep, what, status => status === 201 || status === 200 || status === 204, () => undefined)
     }, limits)
     log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
   }
 
   /** Why a read got no bytes: the object is missing (404), the server found its copy bad (5xx EIO), or what the status says. */
-  private readFailure (status: number, info: { error?: string, code?: string }, objectId: string, what: string): Answer {
+  private readFailure (status: number, info: ErrorFields, objectId: string, what: string): Answer {
     if (status === 404 && (info.code === undefined || info.code === 'ENOENT')) {
       // EIO for the reader, but a message that says "missing" rather than "corrupt" (as LocalDevice).
       return new Answer(new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { fault: 'missing' }), false)
@@ -504,7 +610,12 @@ export class RemoteDevice implements Device {
     return answer
   }
 
-  async get (objectId: string, sum: number, limits?: CallLimits): Promise<Buffer> {
+  /**
+   * The whole object, its CRC-32 checked as it arrives (the bytes are copied
+   * once, from the connection to where they stay). Into `into` when it fits
+   * there (the result is then a view of it), else into a buffer of its own.
+   */
+  async get (objectId: string, sum: number, limits?: CallLimits, into?: Buffer): Promise<Buffer> {
     this.check(objectId, sum)
     const what = `get of object ${objectId}`
     const max = this.maxObjectBytes
@@ -513,25 +624,47 @@ export class RemoteDevice implements Device {
       path: this.objectPath(objectId),
       what,
       headers: { 'x-bslfs-checksum': String(sum) },
-      handle: async res => {
-        if (res.statusCode !== 200) {
-          throw this.readFailure(res.statusCode, await errorInfo(res), objectId, what)
+      receive: () => {
+        let data: Buffer
+        let declared: number | undefined
+        let n = 0
+        let crc = 0
+        return {
+          accept: (status, headers) => {
+            if (status !== 200) return false
+            declared = contentLength(this.ep, headers, what)
+            if (declared !== undefined && declared > max) {
+              throw new FsError('EIO', `${this.label} answered ${what} with ${declared} bytes; at most ${max} are accepted`)
+            }
+            // Without a Content-Length the body grows as it comes.
+            const size = declared ?? 64 * 1024
+            data = into !== undefined && size <= into.length ? into : Buffer.allocUnsafe(size)
+            return true
+          },
+          data: chunk => {
+            if (n + chunk.length > data.length) {
+              if (declared !== undefined) throw new FsError('EIO', `${this.label} answered ${what} with more than the ${declared} bytes of its Content-Length`)
+              if (n + chunk.length > max) throw new FsError('EIO', `${this.label} answered ${what} with more than ${max} bytes`)
+              const bigger = Buffer.allocUnsafe(Math.min(max, Math.max(2 * data.length, n + chunk.length)))
+              data.copy(bigger, 0, 0, n)
+              data = bigger
+            }
+            chunk.copy(data, n)
+            crc = checksum(chunk, crc)
+            n += chunk.length
+          },
+          end: () => {
+            if (declared !== undefined && n !== declared) {
+              throw new FsError('EIO', `${this.label} answered ${what} with ${n} bytes but a Content-Length of ${declared}`)
+            }
+            if (crc !== sum) {
+              log('%s: checksum mismatch on %s after transfer', this.label, objectId)
+              throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId} (as received): expected 0x${sum.toString(16)}, got 0x${crc.toString(16)} (${n} bytes)`, { fault: 'corrupt' })
+            }
+            return data.subarray(0, n)
+          },
+          refuse: (status, info) => this.readFailure(status, info, objectId, what)
         }
-        const declared = contentLength(this.ep, res, what)
-        if (declared !== undefined && declared > max) {
-          throw new FsError('EIO', `${this.label} answered ${what} with ${declared} bytes; at most ${max} are accepted`)
-        }
-        const data = await readLimited(res.body, max)
-        if (data === null) throw new FsError('EIO', `${this.label} answered ${what} with more than ${max} bytes`)
-        if (declared !== undefined && data.length !== declared) {
-          throw new FsError('EIO', `${this.label} answered ${what} with ${data.length} bytes but a Content-Length of ${declared}`)
-        }
-        const got = checksum(data)
-        if (got !== sum) {
-          log('%s: checksum mismatch on %s after transfer', this.label, objectId)
-          throw new FsError('EIO', `checksum mismatch on ${this.label} object ${objectId} (as received): expected 0x${sum.toString(16)}, got 0x${got.toString(16)} (${data.length} bytes)`, { fault: 'corrupt' })
-        }
-        return data
       }
     }, limits)
   }
@@ -547,26 +680,38 @@ export class RemoteDevice implements Device {
       path: this.objectPath(objectId),
       what,
       headers: { range: `bytes=${offset}-${last}` },
-      handle: async res => {
-        if (res.statusCode !== 206) {
-          const info = await errorInfo(res)
-          // The object is shorter than the range: not the block the directory describes.
-          if (res.statusCode === 416 && info.code === 'ERANGE') {
-            throw new Answer(new FsError('EIO', `object ${objectId} on ${this.label} ends before byte ${offset}: ${info.error ?? 'range not satisfiable'}`, { fault: 'corrupt' }), false)
+      receive: () => {
+        const data = Buffer.allocUnsafe(length)
+        let n = 0
+        return {
+          accept: (status, headers) => {
+            if (status === 200) throw new FsError('EIO', `${this.label} answered ${what} with the whole object (200) instead of the range`)
+            if (status !== 206) return false
+            const range = header(headers, 'content-range')
+            if (range === undefined || !range.startsWith(`bytes ${offset}-`)) {
+              throw new FsError('EIO', `${this.label} answered ${what} with Content-Range ${JSON.stringify(String(range).slice(0, 60))}`)
+            }
+            return true
+          },
+          data: chunk => {
+            if (n + chunk.length > length) throw new FsError('EIO', `${this.label} answered ${what} with more than ${length} bytes`)
+            chunk.copy(data, n)
+            n += chunk.length
+          },
+          end: () => {
+            if (n < length) {
+              throw new FsError('EIO', `object ${objectId} on ${this.label} ends before bytes ${offset}..${offset + length} (got ${n})`, { fault: 'corrupt' })
+            }
+            return data
+          },
+          refuse: (status, info) => {
+            // The object is shorter than the range: not the block the directory describes.
+            if (status === 416 && info.code === 'ERANGE') {
+              return new Answer(new FsError('EIO', `object ${objectId} on ${this.label} ends before byte ${offset}: ${info.error ?? 'range not satisfiable'}`, { fault: 'corrupt' }), false)
+            }
+            return this.readFailure(status, info, objectId, what)
           }
-          if (res.statusCode === 200) throw new FsError('EIO', `${this.label} answered ${what} with the whole object (200) instead of the range`)
-          throw this.readFailure(res.statusCode, info, objectId, what)
         }
-        const range = header(res, 'content-range')
-        if (range === undefined || !range.startsWith(`bytes ${offset}-`)) {
-          throw new FsError('EIO', `${this.label} answered ${what} with Content-Range ${JSON.stringify(String(range).slice(0, 60))}`)
-        }
-        const data = await readLimited(res.body, length)
-        if (data === null) throw new FsError('EIO', `${this.label} answered ${what} with more than ${length} bytes`)
-        if (data.length < length) {
-          throw new FsError('EIO', `object ${objectId} on ${this.label} ends before bytes ${offset}..${offset + length} (got ${data.length})`, { fault: 'corrupt' })
-        }
-        return data
       }
     }, limits)
   }
@@ -578,16 +723,9 @@ export class RemoteDevice implements Device {
       method: 'DELETE',
       path: this.objectPath(objectId),
       what,
-      handle: async res => {
-        if (res.statusCode === 204 || res.statusCode === 200) {
-          await readLimited(res.body, ERROR_BODY_LIMIT)
-          return
-        }
-        const info = await errorInfo(res)
-        // Removing what is not there is not an error; an unknown device is.
-        if (res.statusCode === 404 && (info.code === undefined || info.code === 'ENOENT')) return
-        throw statusAnswer(this.ep, res.statusCode, info, what)
-      }
+      // Removing what is not there is not an error (an unknown device is: the server names the error in a header).
+      receive: () => small(this.ep, what, (status, headers) => status === 204 || status === 200 ||
+        (status === 404 && (headers['x-bslfs-error'] ?? 'ENOENT') === 'ENOENT'), () => undefined)
     })
     log('%s: deleted %s', this.label, objectId)
   }
@@ -599,15 +737,22 @@ export class RemoteDevice implements Device {
       method: 'HEAD',
       path: this.objectPath(objectId),
       what,
-      handle: async res => {
-        await res.body.dump({ limit: ERROR_BODY_LIMIT }).catch(noop)
-        // A HEAD answer has no body: the server names the error in a header (an unknown device is not a missing object).
-        const code = String(res.headers['x-bslfs-error'] ?? '')
-        if (res.statusCode === 404 && code !== 'ENODEV') return null
-        if (res.statusCode !== 200) throw statusAnswer(this.ep, res.statusCode, code ? { code } : {}, what)
-        const size = contentLength(this.ep, res, what)
-        if (size === undefined) throw new FsError('EIO', `${this.label} answered ${what} without a Content-Length`)
-        return { size }
+      receive: () => {
+        let size: number | null = null
+        return {
+          accept: (status, headers) => {
+            // A HEAD answer has no body: the server names the error in a header (an unknown device is not a missing object).
+            const code = String(headers['x-bslfs-error'] ?? '')
+            if (status === 404 && code !== 'ENODEV') return true
+            if (status !== 200) throw statusAnswer(this.ep, status, code ? { code } : {}, what)
+            size = contentLength(this.ep, headers, what) ?? null
+            if (size === null) throw new FsError('EIO', `${this.label} answered ${what} without a Content-Length`)
+            return true
+          },
+          data: () => {},
+          end: () => size === null ? null : { size },
+          refuse: status => statusAnswer(this.ep, status, {}, what)
+        }
       }
     })
   }
@@ -673,9 +818,8 @@ export class RemoteDevice implements Device {
       method: 'GET',
       path: `${this.devicePath}/space`,
       what,
-      handle: async res => {
-        if (res.statusCode !== 200) throw await answerFor(this.ep, res, what)
-        const j = await jsonBody(this.ep, res, what)
+      receive: () => small(this.ep, what, status => status === 200, body => {
+        const j = jsonObject(this.ep, body, what)
         const out: Partial<DeviceSpace> = {}
         for (const k of ['total', 'free', 'available'] as const) {
           const v = j[k]
@@ -685,7 +829,7 @@ export class RemoteDevice implements Device {
           out[k] = v
         }
         return out as DeviceSpace
-      }
+      })
     }, limits)
   }
 
@@ -696,12 +840,11 @@ export class RemoteDevice implements Device {
   }
 }
 
-async function jsonBody (ep: Endpoint, res: Dispatcher.ResponseData, what: string): Promise<Record<string, unknown>> {
-  const buf = await readLimited(res.body, 64 * 1024)
-  if (buf === null) throw new FsError('EIO', `${ep.label} answered the ${what} with too much data`)
+/** A small answer's body as a JSON object, or EIO saying what it is instead. */
+function jsonObject (ep: Endpoint, body: Buffer, what: string): Record<string, unknown> {
   let j: unknown
   try {
-    j = JSON.parse(buf.toString('utf8'))
+    j = JSON.parse(body.toString('utf8'))
   } catch (err) {
     throw new FsError('EIO', `${ep.label} answered the ${what} with something that is not JSON: ${(err as Error).message}`)
   }
@@ -737,9 +880,8 @@ export async function probeServer (url: string, token: string, timeoutMs: number
       method: 'GET',
       path: '/v1/health',
       what,
-      handle: async res => {
-        if (res.statusCode !== 200) throw await answerFor(ep, res, what)
-        const j = await jsonBody(ep, res, what)
+      receive: () => small(ep, what, status => status === 200, body => {
+        const j = jsonObject(ep, body, what)
         if (j.ok !== true) throw new FsError('EIO', `${host} says it is not healthy: ${JSON.stringify(j).slice(0, 200)}`)
         if (typeof j.server !== 'string') throw new FsError('EIO', `${host} answered the ${what} without a server name`)
         if (!Array.isArray(j.devices)) throw new FsError('EIO', `${host} answered the ${what} without a device list`)
@@ -750,7 +892,7 @@ export async function probeServer (url: string, token: string, timeoutMs: number
           return name
         })
         return { ok: true as const, server: j.server, devices }
-      }
+      })
     })
   } finally {
     await pool.destroy().catch(() => undefined)
