@@ -311,3 +311,57 @@ t.test('a sync that fails keeps the bytes: fsync reports EIO, and the next fsync
   t.equal(objects.get(rec!.bsl.fileId)?.toString(), 'precious', 'with its bytes')
   await files.release(f)
 })
+
+t.test('block buffers are reused, never while a read still holds a view of one', async t => {
+  const dir = await testDirectory(t)
+  const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
+  const objects = new Map<bigint, Buffer>()
+  const lent = new Set<Buffer>()
+  let fetches = 0
+  const pause = (): Promise<unknown> => new Promise(resolve => setTimeout(resolve, Math.random() * 3))
+  // A store that reads into the buffer it is lent, as the devices do, and takes its time.
+  const store: BlockStore = {
+    newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
+    async sync () {},
+    async write (rec: BlockRecord, data: Uint8Array) { objects.set(rec.bsl.fileId, Buffer.from(data)) },
+    async read (rec: BlockRecord, into?: Buffer) {
+      fetches++
+      await pause()
+      const src = objects.get(rec.bsl.fileId) as Buffer
+      if (!into || into.length < src.length) return Buffer.from(src)
+      lent.add(into)
+      src.copy(into)
+      return into.subarray(0, src.length)
+    },
+    async readRange (rec: BlockRecord, offset: number, length: number) {
+      await pause()
+      const start = Math.floor(offset / CHUNK_BYTES) * CHUNK_BYTES
+      const end = Math.min(rec.length, Math.ceil((offset + length) / CHUNK_BYTES) * CHUNK_BYTES)
+      return { start, data: Buffer.from((objects.get(rec.bsl.fileId) as Buffer).subarray(start, end)) }
+    }
+  }
+  const source = randomBytes(16 * bs)
+  const w = new OpenFile(inode.ino, new FileData(dir, store), new Map(), 0)
+  await w.write(source, 0, now)
+  await w.flushNow()
+  // Room for two blocks: nearly every read evicts one that another read may still be replying from.
+  const shared = new FileData(dir, store, { cacheBytes: 2 * bs })
+  const f = new OpenFile(inode.ino, shared, await dir.getBlocks(inode.ino), source.length)
+  let wrong = 0
+  const reader = async (): Promise<void> => {
+    for (let k = 0; k < 40; k++) {
+      // Streaming reads (whole blocks, read-ahead) from random places.
+      const start = Math.floor(Math.random() * 14) * bs
+      for (let pos = start; pos < start + 2 * bs; pos += bs / 2) {
+        const use = shared.cache.use()
+        const pieces = await f.readPieces(bs / 2 + 100, pos, use)
+        await pause() // the reply is made later
+        if (!Buffer.concat(pieces).equals(source.subarray(pos, pos + bs / 2 + 100))) wrong++
+        use.end()
+      }
+    }
+  }
+  await Promise.all([reader(), reader(), reader(), reader()])
+  t.equal(wrong, 0, 'every read saw its own bytes until it was done with them')
+  t.ok(lent.size < fetches / 4, `block buffers were reused (${lent.size} buffers for ${fetches} block reads)`)
+})

@@ -5,6 +5,7 @@ import { CHUNK_BYTES, blockSums } from '../checksum'
 import { BlockChange, Directory, FileCommit, FilePatch } from '../directory/directory'
 import { BlockRecord, Inode, Timespec } from '../directory/records'
 import { FsError } from '../errors'
+import { BlockCache, CacheEntry, CacheUse } from './block-cache'
 
 const log = createDebug('bslfs:files')
 
@@ -15,7 +16,8 @@ export interface BlockStore {
   write (block: BlockRecord, data: Uint8Array, opts?: { durable?: boolean }): Promise<void>
   /** Make every block written without `durable` so far durable. */
   sync (): Promise<void>
-  read (block: BlockRecord): Promise<Buffer>
+  /** A block's verified bytes; into `into` when the device can (the answer is then a view of it). */
+  read (block: BlockRecord, into?: Buffer): Promise<Buffer>
   /**
    * The verified bytes of the chunks covering [offset, offset + length) of a
    * block with chunk sums: `data` starts at `start` (offset rounded down to a
@@ -68,33 +70,6 @@ class Semaphore {
     const next = this.waiting.shift()
     if (next) next()
     else this.free++
-  }
-}
-
-/**
- * Recently read blocks by object id, and chunks of blocks by `id:chunk`.
- * Objects never change, so a cached block or chunk is never stale.
- */
-class BlockCache {
-  private readonly map = new Map<string, Buffer>()
-  private bytes = 0
-  constructor (private readonly budget: number) {}
-
-  get (id: string): Buffer | undefined {
-    const b = this.map.get(id)
-    if (b) { this.map.delete(id); this.map.set(id, b) }
-    return b
-  }
-
-  set (id: string, b: Buffer): void {
-    if (this.map.has(id)) return
-    this.map.set(id, b)
-    this.bytes += b.length
-    for (const [k, v] of this.map) {
-      if (this.bytes <= this.budget) break
-      this.map.delete(k)
-      this.bytes -= v.length
-    }
   }
 }
 
@@ -202,7 +177,7 @@ export class FileData {
 
   constructor (readonly dir: Directory, readonly store: BlockStore, opts: { cacheBytes?: number, dirtyBytes?: number, parallelWrites?: number } = {}) {
     // 32 MiB: with the dirty budget and the read-ahead, the mount stays under 250 MiB RSS.
-    this.cache = new BlockCache(opts.cacheBytes ?? 32 * 1024 * 1024)
+    this.cache = new BlockCache(opts.cacheBytes ?? 32 * 1024 * 1024, dir.blockSize)
     this.writers = new Semaphore(opts.parallelWrites ?? 8)
     this.dirtyLimit = opts.dirtyBytes ?? 32 * 1024 * 1024
     // 4 KiB before each buffer: the FUSE session reads a write request there (see FuseSession.take).
@@ -221,24 +196,31 @@ export class FileData {
   /** Buffers for dirty blocks, reused once their write is stored. */
   readonly buffers: BufferPool
 
-  /** Reads of blocks in flight, by object id: a reader and the read-ahead share one device read. */
-  private readonly fetching = new Map<string, Promise<Buffer>>()
+  /** Reads of blocks (by object id) and chunks (by `id:chunk`) in flight: a reader and the read-ahead share one device read. */
+  private readonly fetching = new Map<string, Promise<CacheEntry>>()
 
-  /** A block's bytes, verified (the device checks the checksum), through the cache. */
-  fetch (rec: BlockRecord): Promise<Buffer> {
+  /**
+   * A block's bytes, verified (the device checks the checksum), through the
+   * cache. `use` holds them: views of them stay right until it ends.
+   */
+  fetch (rec: BlockRecord, use?: CacheUse): Promise<Buffer> {
     const id = objectIdOf(rec.bsl)
+    const hold = (e: CacheEntry): Buffer => use ? use.hold(e) : e.data
     const hit = this.cache.get(id)
-    if (hit) return Promise.resolve(hit)
+    // Held at once: a cached block may be evicted, and its buffer reused, before a continuation runs.
+    if (hit) return Promise.resolve(hold(hit))
     let f = this.fetching.get(id)
     if (!f) {
-      f = this.store.read(rec).then(data => {
+      const into = this.cache.buffer()
+      f = this.store.read(rec, into).then(data => {
         if (data.length !== rec.length) throw new FsError('EIO', `block ${id} has ${data.length} bytes, the directory says ${rec.length}`)
-        this.cache.set(id, data)
-        return data
+        // Read elsewhere (another copy answered): `into` is dropped, the copy asked first may still be writing it.
+        return this.cache.set(id, data, data.buffer === into.buffer && data.byteOffset === into.byteOffset ? into : undefined)
       }).finally(() => this.fetching.delete(id))
       this.fetching.set(id, f)
     }
-    return f
+    // The new entry is pinned until the loop's next turn: this runs before.
+    return f.then(hold)
   }
 
   /**
@@ -246,10 +228,12 @@ export class FileData {
    * the chunks that cover them (verified below, in the volumes layer), through
    * the cache. A whole block cached or on its way serves the bytes instead.
    */
-  async fetchRange (rec: BlockRecord, offset: number, length: number): Promise<Buffer> {
+  async fetchRange (rec: BlockRecord, offset: number, length: number, use?: CacheUse): Promise<Buffer> {
     const id = objectIdOf(rec.bsl)
+    const hold = (e: CacheEntry): Buffer => use ? use.hold(e) : e.data
+    const hit = this.cache.get(id)
     // A failed whole fetch (a bad chunk on every copy, say) is no answer here: the chunks needed may be good.
-    const whole = this.cache.get(id) ?? await this.fetching.get(id)?.catch(() => undefined)
+    const whole = hit ? hold(hit) : await this.fetching.get(id)?.then(hold, () => undefined)
     if (whole) return whole.subarray(offset, offset + length)
     const first = Math.floor(offset / CHUNK_BYTES)
     const last = Math.floor((offset + length - 1) / CHUNK_BYTES)
@@ -257,9 +241,9 @@ export class FileData {
     const missing: number[] = []
     for (let k = first; k <= last; k++) {
       const hit = this.cache.get(`${id}:${k}`)
-      const f = hit ? Promise.resolve(hit) : this.fetching.get(`${id}:${k}`)
+      const f = hit ? Promise.resolve(hit.data) : this.fetching.get(`${id}:${k}`)?.then(e => e.data)
       if (!f) missing.push(k)
-      chunks.push(f ?? Promise.resolve(Buffer.alloc(0))) // a placeholder, set below
+      chunks.push(f ?? Promise.resolve(EMPTY)) // a placeholder, set below
     }
     if (missing.length > 0) {
       // One device read for the chunks nobody has or is fetching (and any between them).
@@ -274,12 +258,10 @@ export class FileData {
         const f = span.then(data => {
           const piece = data.subarray(k * CHUNK_BYTES - lo, (k + 1) * CHUNK_BYTES - lo)
           // A view would keep the whole span alive while the cache counts only the chunk.
-          const chunk = missing.length > 1 ? Buffer.from(piece) : piece
-          this.cache.set(key, chunk)
-          return chunk
+          return this.cache.set(key, missing.length > 1 ? Buffer.from(piece) : piece)
         }).finally(() => this.fetching.delete(key))
         this.fetching.set(key, f)
-        chunks[k - first] = f
+        chunks[k - first] = f.then(e => e.data)
       }
     }
     const got = await Promise.all(chunks)
@@ -364,7 +346,18 @@ export class OpenFile {
    * still in memory (a later write would change those), and zeros for holes.
    * Fewer bytes only at the end of the file.
    */
-  async readPieces (len: number, pos: number): Promise<Buffer[]> {
+  async readPieces (len: number, pos: number, use?: CacheUse): Promise<Buffer[]> {
+    if (use) return await this.piecesOf(len, pos, use)
+    // Without the caller's use, the views stay right through the caller's turn of the event loop.
+    const own = this.shared.cache.use()
+    try {
+      return await this.piecesOf(len, pos, own)
+    } finally {
+      setImmediate(() => own.end())
+    }
+  }
+
+  private async piecesOf (len: number, pos: number, use: CacheUse): Promise<Buffer[]> {
     const size = this.size
     if (pos >= size) return []
     const end = Math.min(pos + len, size)
@@ -374,7 +367,7 @@ export class OpenFile {
       // A truncate during this read dropped the blocks past the new size, dirty ones included:
       // reading on would find an older version of them in the block map.
       if (at >= this.size) break
-      const piece = await this.readBlock(index, offset, length, streaming)
+      const piece = await this.readBlock(index, offset, length, streaming, use)
       if (piece.length > 0) pieces.push(piece)
       for (let gap = length - piece.length; gap > 0; gap -= ZEROS.length) pieces.push(ZEROS.subarray(0, Math.min(gap, ZEROS.length)))
     }
@@ -397,21 +390,21 @@ export class OpenFile {
    * then the stored record: whole for a streaming reader, only the chunks
    * needed for a random one.
    */
-  private async readBlock (i: number, offset: number, length: number, streaming: boolean): Promise<Buffer> {
+  private async readBlock (i: number, offset: number, length: number, streaming: boolean, use: CacheUse): Promise<Buffer> {
     const mem = this.buffered(i)
     if (mem) return Buffer.from(mem.subarray(offset, offset + Math.max(0, Math.min(length, mem.length - offset))))
     const rec = this.blocks.get(i)
     if (!rec) return EMPTY
     const n = Math.max(0, Math.min(length, rec.length - offset))
     if (n === 0) return EMPTY
-    if (!streaming && rec.chunks !== undefined) return await this.shared.fetchRange(rec, offset, n)
+    if (!streaming && rec.chunks !== undefined) return await this.shared.fetchRange(rec, offset, n, use)
     try {
-      return (await this.shared.fetch(rec)).subarray(offset, offset + n)
+      return (await this.shared.fetch(rec, use)).subarray(offset, offset + n)
     } catch (err) {
       // No whole good copy (every copy has a bad chunk somewhere): the chunks this read needs may still be good.
       if (rec.chunks === undefined || (err as FsError).code !== 'EIO') throw err
       log('block %s unreadable whole, reading its chunks: %s', objectIdOf(rec.bsl), (err as Error).message)
-      return await this.shared.fetchRange(rec, offset, n)
+      return await this.shared.fetchRange(rec, offset, n, use)
     }
   }
 
@@ -443,13 +436,23 @@ export class OpenFile {
    * only once it holds `bytes`: a read must never see it half made.
    */
   private async writeBlock (i: number, offset: number, bytes: Buffer): Promise<void> {
+    // A stored block copied from stays right until the copy is made.
+    const use = this.shared.cache.use()
+    try {
+      await this.fillBlock(i, offset, bytes, use)
+    } finally {
+      use.end()
+    }
+  }
+
+  private async fillBlock (i: number, offset: number, bytes: Buffer, use: CacheUse): Promise<void> {
     const whole = offset === 0 && bytes.length === this.bs
     let old: Buffer | undefined
     while (!whole && !this.dirty.has(i)) {
       old = this.buffered(i)
       const rec = this.blocks.get(i)
       if (old || !rec) break
-      const fetched = await this.shared.fetch(rec)
+      const fetched = await this.shared.fetch(rec, use)
       // Unless a newer version came meanwhile, the stored bytes are the block's.
       if (!this.buffered(i) && this.blocks.get(i) === rec) { old = fetched; break }
     }

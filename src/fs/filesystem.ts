@@ -267,10 +267,17 @@ export class BslFilesystem implements FuseFilesystem {
 
   async read (_ino: number, fh: number, offset: number, size: number): Promise<Buffer[]> {
     const file = this.fileOf(fh)
-    const pieces = await file.readPieces(size, offset)
-    const now = nowTimespec()
-    if (this.needsAtime(file.view(await this.dir.getInode(file.ino)), now)) file.markAccessed(now)
-    return pieces
+    // The pieces are views of cached blocks: they stay valid until the reply made from them is out (the
+    // session sends it as this promise settles, before the loop's next turn).
+    const use = this.files.shared.cache.use()
+    try {
+      const pieces = await file.readPieces(size, offset, use)
+      const now = nowTimespec()
+      if (this.needsAtime(file.view(await this.dir.getInode(file.ino)), now)) file.markAccessed(now)
+      return pieces
+    } finally {
+      setImmediate(() => use.end())
+    }
   }
 
   write (_ino: number, fh: number, offset: number, data: Buffer, adopt?: () => void): Promise<number> {

@@ -382,10 +382,20 @@ export class Volumes extends EventEmitter {
     return Math.min(this.tables.mirrors.get(bsl.volume)?.minCopies ?? copies, copies)
   }
 
-  /** Read a whole block, verified; see the class comment for the failover. */
-  async read (block: StoredBlock): Promise<Buffer> {
+  /**
+   * Read a whole block, verified; see the class comment for the failover.
+   * The copy asked first reads into `into` (when given and the device can);
+   * any other copy into a buffer of its own: two copies asked at once must not
+   * share one. The answer is a view of `into` only when that copy answered.
+   */
+  async read (block: StoredBlock, into?: Buffer): Promise<Buffer> {
     const id = objectIdOf(block.bsl)
-    return await this.readCopies(block, (d, limits) => d.get(id, block.checksum, limits))
+    let lent = into
+    return await this.readCopies(block, (d, limits) => {
+      const b = lent
+      lent = undefined
+      return d.get(id, block.checksum, limits, b)
+    })
   }
 
   /**

@@ -1,0 +1,105 @@
+import { BufferPool } from '../buffer-pool'
+
+/** A cached block or chunk. */
+export interface CacheEntry {
+  readonly data: Buffer
+  /** The pool buffer `data` is a view of, when it came from `buffer()` (until given back). */
+  backing?: Buffer
+  /** Uses holding a view of it (see CacheUse), and the fetch that just brought it. */
+  pins: number
+  evicted: boolean
+}
+
+/**
+ * Views of cached blocks taken by one operation (a read until its reply is
+ * out, a write until it has copied what it needed): their buffers are not
+ * reused until `end`.
+ */
+export class CacheUse {
+  private held: CacheEntry[] = []
+  constructor (private readonly cache: BlockCache) {}
+
+  /** Hold `e` until this use ends; its data, for views. */
+  hold (e: CacheEntry): Buffer {
+    e.pins++
+    this.held.push(e)
+    return e.data
+  }
+
+  end (): void {
+    for (const e of this.held.splice(0)) this.cache.unpin(e)
+  }
+}
+
+/**
+ * Recently read blocks by object id, and chunks of blocks by `id:chunk`.
+ * Objects never change, so a cached block or chunk is never stale.
+ *
+ * Whole blocks are read into buffers of the cache's own pool, which it takes
+ * back when it evicts them: a fresh 1 MiB buffer per block read cost page
+ * faults and garbage collection. An evicted block may still be on its way
+ * into a reply (a view of it), so its buffer goes back to the pool only once
+ * no use holds it (CacheUse).
+ */
+export class BlockCache {
+  private readonly map = new Map<string, CacheEntry>()
+  private bytes = 0
+  private readonly pool: BufferPool
+
+  constructor (private readonly budget: number, blockSize: number) {
+    this.pool = new BufferPool(blockSize, 8)
+  }
+
+  get (key: string): CacheEntry | undefined {
+    const e = this.map.get(key)
+    if (!e) return undefined
+    this.map.delete(key)
+    this.map.set(key, e)
+    return e
+  }
+
+  /**
+   * Cache `data`, a view of `backing` (a buffer from `buffer()`, the cache's
+   * from now on) when given. The entry stays pinned until the loop's next
+   * turn, so whoever waited for it can hold it first.
+   */
+  set (key: string, data: Buffer, backing?: Buffer): CacheEntry {
+    const had = this.map.get(key)
+    if (had) return had
+    const e: CacheEntry = { data, backing, pins: 1, evicted: false }
+    setImmediate(() => this.unpin(e))
+    this.map.set(key, e)
+    this.bytes += data.length
+    for (const [k, old] of this.map) {
+      if (this.bytes <= this.budget) break
+      this.map.delete(k)
+      this.bytes -= old.data.length
+      old.evicted = true
+      this.release(old)
+    }
+    return e
+  }
+
+  /** A block-sized buffer to read a block into, for `set` (else it is dropped: never given back another way). */
+  buffer (): Buffer {
+    return this.pool.take()
+  }
+
+  /** A use of cached bytes (see CacheUse). */
+  use (): CacheUse {
+    return new CacheUse(this)
+  }
+
+  unpin (e: CacheEntry): void {
+    e.pins--
+    this.release(e)
+  }
+
+  /** An evicted block's buffer back to the pool, once nothing holds it. */
+  private release (e: CacheEntry): void {
+    if (e.evicted && e.pins === 0 && e.backing) {
+      this.pool.give(e.backing)
+      e.backing = undefined
+    }
+  }
+}
