@@ -21,12 +21,15 @@
 //                                 Returns the bytes read (fewer, or 0, when the rest is not cached or
 //                                 the kernel cannot tell), or -errno. A cached small read then costs
 //                                 no thread-pool round trip at all.
+//   mmapThreshold(bytes)          mallopt(M_MMAP_THRESHOLD): allocations from this size on are mmap'd
+//                                 and go back to the system when freed (see src/devices/object-io.ts)
 //   crc32(data[, crc])            the CRC-32 of data (continuing crc), on the calling thread: for tests.
 //   folds                         true when the CRC uses carry-less multiplication (PCLMULQDQ).
 #define _GNU_SOURCE
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +41,7 @@
 
 #include "crc32.h"
 
-#define OBJECT_IO_VERSION 6
+#define OBJECT_IO_VERSION 7
 #define PUT_DURABLE 1
 #define PUT_DIRECT 2
 
@@ -364,6 +367,17 @@ static napi_value crc32_sync (napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value mmap_threshold (napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t bytes;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &bytes) != napi_ok || bytes < 4096) return throw_error(env, "mmapThreshold(bytes): at least 4096");
+  napi_value out;
+  napi_get_boolean(env, mallopt(M_MMAP_THRESHOLD, bytes) == 1, &out);
+  return out;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "put", NULL, put, NULL, NULL, NULL, napi_enumerable, NULL },
@@ -371,7 +385,8 @@ static napi_value init (napi_env env, napi_value exports) {
     { "syncfs", NULL, sync_fs, NULL, NULL, NULL, napi_enumerable, NULL },
     { "aligned", NULL, aligned, NULL, NULL, NULL, napi_enumerable, NULL },
     { "readCached", NULL, read_cached, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "crc32", NULL, crc32_sync, NULL, NULL, NULL, napi_enumerable, NULL }
+    { "crc32", NULL, crc32_sync, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "mmapThreshold", NULL, mmap_threshold, NULL, NULL, NULL, napi_enumerable, NULL }
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value version;

@@ -1,6 +1,7 @@
 import createDebug from 'debug'
 import { promises as fsp } from 'node:fs'
 import { Server } from 'node:net'
+import { returnFreedBuffers } from '../devices/object-io'
 import { FsError, UsageError } from '../errors'
 import { FileData, OpenFiles } from '../fs/files'
 import { BslFilesystem } from '../fs/filesystem'
@@ -21,6 +22,7 @@ const log = createDebug('bslfs:daemon')
  */
 export async function runDaemon (stateArg: string, mountpointArg: string, options: ParsedOptions): Promise<{ done: Promise<void> }> {
   checkFuseAvailable()
+  returnFreedBuffers()
   const mountpoint = await prepareMountpoint(mountpointArg)
   const state = await State.open(stateArg, { copyTimeoutMs: options.copyTimeoutMs })
   const cleanup: Array<() => Promise<unknown>> = [() => state.close()]

@@ -7,6 +7,7 @@ import { Command } from 'commander'
 import { join, resolve } from 'node:path'
 import createDebug from 'debug'
 import type { Device } from '../devices/device'
+import { returnFreedBuffers } from '../devices/object-io'
 import { UsageError } from '../errors'
 import {
   formatAddress, isLoopback, loopbackToken, openDevice, parseCount, parseDeviceSpecs, parseListen, parseSeconds,
@@ -79,6 +80,7 @@ export async function runServe (o: ServeOptions): Promise<number> {
 }
 
 async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null): Promise<number> {
+  returnFreedBuffers()
   const addr = parseListen(o.listen)
   const specs = parseDeviceSpecs(o.device ?? [])
   const name = serverName(o.name)
