@@ -35,10 +35,11 @@ export interface Target {
 const intact = (): undefined => undefined
 
 const repoRoot = resolve(__dirname, '..', '..')
+/** Run as a user runs it: through its shebang, with the node flags it sets. */
 const bslfsBin = join(repoRoot, 'bin', 'bslfs')
 
 /** Run a bslfs CLI command; resolves with its trimmed stdout. */
-export const bslfs = async (...args: string[]): Promise<string> => (await run(process.execPath, [bslfsBin, ...args])).stdout.trim()
+export const bslfs = async (...args: string[]): Promise<string> => (await run(bslfsBin, args)).stdout.trim()
 
 /** Block servers on loopback, each serving one device. */
 const SERVER_HOST = '127.0.0.1'
@@ -129,7 +130,7 @@ async function startBlockServer (name: string, device: string, tokenFile: string
   for (let attempt = 1; ; attempt++) {
     const port = await freePort(SERVER_HOST)
     try {
-      const server = await startBackground(process.execPath, [bslfsBin, 'serve', '--listen', `${SERVER_HOST}:${port}`,
+      const server = await startBackground(bslfsBin, ['serve', '--listen', `${SERVER_HOST}:${port}`,
         '--device', `${SERVER_DEVICE}=${device}`, '--name', name, '--token-file', tokenFile], /listening on/, SERVER_START_MS)
       return { server, url: `http://${SERVER_HOST}:${port}` }
     } catch (err) {
@@ -195,7 +196,7 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
 
   td.add(`unmount ${name} at ${mnt}`, async () => {
     const pid = await daemonPid(state) // before the unmount: the daemon removes daemon.pid as it finishes
-    const cli = [process.execPath, bslfsBin, 'unmount']
+    const cli = [bslfsBin, 'unmount']
     // `bslfs unmount --lazy` still refuses while the daemon holds data it cannot write (a server is
     // gone); this filesystem is scratch, so the kernel's lazy unmount is the last resort.
     if (!await unmount(mnt, [...cli, mnt], [[...cli, '--lazy', mnt], ['fusermount', '-uz', mnt]])) {

@@ -32,7 +32,8 @@ export async function mountCommand (state: string, mountpoint: string, opts: { f
   const logFd = openSync(p.log, 'a')
   const args = [process.argv[1], 'mount', p.root, resolve(mountpoint), '--ready-fd', '3']
   if (opts.options) args.push('-o', opts.options)
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', logFd, logFd, 'pipe'], env: process.env })
+  // The daemon runs with this command's node flags (bin/bslfs's shebang sets them).
+  const child = spawn(process.execPath, [...process.execArgv, ...args], { detached: true, stdio: ['ignore', logFd, logFd, 'pipe'], env: process.env })
   closeSync(logFd)
   const answer = await new Promise<string>((resolve) => {
     let text = ''
