@@ -54,7 +54,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     // The mount must answer before we say it is up.
     const st = await fsp.stat(mountpoint)
     if (st.ino !== 1) throw new UsageError(`${mountpoint} did not come up as a bslfs mount`)
-    reclaimer = startReclaimer(state.dir, state.volumes)
+    reclaimer = startReclaimer(state.dir, state.volumes, { quietMs: () => mounted.quietMs() })
     cleanup.push(() => reclaimer.stop())
     healer = startHealer(state.dir, state.volumes)
     cleanup.push(() => healer.stop())

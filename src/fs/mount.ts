@@ -117,6 +117,8 @@ export interface MountedFuse {
   ended (): boolean
   /** Settles when the kernel connection ends, however it does. */
   readonly end: Promise<void>
+  /** Milliseconds since the kernel last asked anything (or was answered). */
+  quietMs (): number
 }
 
 /**
@@ -146,6 +148,7 @@ export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: 
   return {
     unmount: lazy => s.unmount(lazy),
     ended: () => s.isEnded(),
-    end: s.ended
+    end: s.ended,
+    quietMs: () => s.quietMs()
   }
 }

@@ -166,6 +166,11 @@ export class FuseSession {
   /** Whether the kernel connection has ended. */
   isEnded (): boolean { return this.done }
 
+  /** Milliseconds since the last request or reply. */
+  quietMs (): number {
+    return this.lastActivity === 0n ? Infinity : Number(process.hrtime.bigint() - this.lastActivity) / 1e6
+  }
+
   /** fusermount -u (or -uz when lazy); rejects with fusermount's words (EBUSY: "Device or resource busy"). */
   async unmount (lazy: boolean): Promise<void> {
     const complaint = await fusermount(this.mountpoint, lazy)
@@ -214,8 +219,8 @@ export class FuseSession {
   }
 
   private active (): void {
-    if (HOT_NS === 0n) return
     this.lastActivity = process.hrtime.bigint()
+    if (HOT_NS === 0n) return
     if (!this.polling) { this.polling = true; setImmediate(this.poll) }
   }
 
