@@ -176,12 +176,12 @@ export class FileData {
   }
 
   constructor (readonly dir: Directory, readonly store: BlockStore, opts: { cacheBytes?: number, dirtyBytes?: number, parallelWrites?: number } = {}) {
-    // 32 MiB: with the dirty budget and the read-ahead, the mount stays under 250 MiB RSS.
-    this.cache = new BlockCache(opts.cacheBytes ?? 32 * 1024 * 1024, dir.blockSize)
+    // 24 MiB of cache and 8 spare write buffers: with the dirty budget and the read-ahead, the mount stays under 250 MiB RSS (native-notes/memory.md).
+    this.cache = new BlockCache(opts.cacheBytes ?? 24 * 1024 * 1024, dir.blockSize)
     this.writers = new Semaphore(opts.parallelWrites ?? 8)
     this.dirtyLimit = opts.dirtyBytes ?? 32 * 1024 * 1024
     // 4 KiB before each buffer: the FUSE session reads a write request there (see FuseSession.take).
-    this.buffers = new BufferPool(dir.blockSize, 16, 4096)
+    this.buffers = new BufferPool(dir.blockSize, 8, 4096)
     this.group = new GroupCommit(this)
   }
 

@@ -482,7 +482,9 @@ export class BlockServer {
       ex.continued = true
       res.writeContinue()
     }
-    const pooled = length <= this.bodies.size ? this.bodies.take() : undefined
+    // A block-sized body goes into a buffer of the pool; a small one (a small file's only block) into
+    // one of its own size: a tar of small files would otherwise hold a megabyte per body in flight.
+    const pooled = length <= this.bodies.size && length >= this.bodies.size / 4 ? this.bodies.take() : undefined
     try {
       const body = await this.readBody(ex, pooled ? pooled.subarray(0, length) : Buffer.allocUnsafe(length))
       const actual = checksum(body)
