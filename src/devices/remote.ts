@@ -161,7 +161,7 @@ interface Receiver<T> {
   /** The result, once the whole body is in; may throw. */
   end (): T
   /** What an error answer means: the Answer or FsError to throw. */
-  refuse (status: number, info: ErrorFields, headers: Headers): Error
+  refuse (status: number, info: ErrorFields): Error
 }
 
 interface Call<T> {
@@ -319,7 +319,6 @@ function dispatched<T> (ep: Endpoint, call: Call<T>, receiver: Receiver<T>, time
       controller?.abort(err as Error)
     }
     let status = 0
-    let headers: Headers = {}
     let wanted = false
     const errorBody: Buffer[] = []
     let errorBytes = 0
@@ -340,7 +339,6 @@ function dispatched<T> (ep: Endpoint, call: Call<T>, receiver: Receiver<T>, time
         onResponseStart: (_c, statusCode, h) => {
           if (settled || statusCode < 200) return // 100 Continue
           status = statusCode
-          headers = h
           try {
             wanted = receiver.accept(statusCode, h)
           } catch (err) {
@@ -362,7 +360,7 @@ function dispatched<T> (ep: Endpoint, call: Call<T>, receiver: Receiver<T>, time
         },
         onResponseEnd: () => {
           if (settled) return
-          if (!wanted) return settle(receiver.refuse(status, errorFields(errorBytes <= ERROR_BODY_LIMIT ? Buffer.concat(errorBody) : null), headers))
+          if (!wanted) return settle(receiver.refuse(status, errorFields(errorBytes <= ERROR_BODY_LIMIT ? Buffer.concat(errorBody) : null)))
           let value: T
           try {
             value = receiver.end()

@@ -203,12 +203,17 @@ export class FileData {
    * A block's bytes, verified (the device checks the checksum), through the
    * cache. `use` holds them: views of them stay right until it ends.
    */
-  fetch (rec: BlockRecord, use?: CacheUse): Promise<Buffer> {
-    const id = objectIdOf(rec.bsl)
-    const hold = (e: CacheEntry): Buffer => use ? use.hold(e) : e.data
-    const hit = this.cache.get(id)
+  fetch (rec: BlockRecord, use: CacheUse): Promise<Buffer> {
+    const hit = this.cache.get(objectIdOf(rec.bsl))
     // Held at once: a cached block may be evicted, and its buffer reused, before a continuation runs.
-    if (hit) return Promise.resolve(hold(hit))
+    if (hit) return Promise.resolve(use.hold(hit))
+    // A new entry is pinned until the loop's next turn: this hold comes before.
+    return this.fetched(rec).then(e => use.hold(e))
+  }
+
+  /** The cache entry of a block, from the device (one read shared by everyone who asks meanwhile). */
+  private fetched (rec: BlockRecord): Promise<CacheEntry> {
+    const id = objectIdOf(rec.bsl)
     let f = this.fetching.get(id)
     if (!f) {
       const into = this.cache.buffer()
@@ -219,8 +224,7 @@ export class FileData {
       }).finally(() => this.fetching.delete(id))
       this.fetching.set(id, f)
     }
-    // The new entry is pinned until the loop's next turn: this runs before.
-    return f.then(hold)
+    return f
   }
 
   /**
@@ -228,12 +232,11 @@ export class FileData {
    * the chunks that cover them (verified below, in the volumes layer), through
    * the cache. A whole block cached or on its way serves the bytes instead.
    */
-  async fetchRange (rec: BlockRecord, offset: number, length: number, use?: CacheUse): Promise<Buffer> {
+  async fetchRange (rec: BlockRecord, offset: number, length: number, use: CacheUse): Promise<Buffer> {
     const id = objectIdOf(rec.bsl)
-    const hold = (e: CacheEntry): Buffer => use ? use.hold(e) : e.data
     const hit = this.cache.get(id)
     // A failed whole fetch (a bad chunk on every copy, say) is no answer here: the chunks needed may be good.
-    const whole = hit ? hold(hit) : await this.fetching.get(id)?.then(hold, () => undefined)
+    const whole = hit ? use.hold(hit) : await this.fetching.get(id)?.then(e => use.hold(e), () => undefined)
     if (whole) return whole.subarray(offset, offset + length)
     const first = Math.floor(offset / CHUNK_BYTES)
     const last = Math.floor((offset + length - 1) / CHUNK_BYTES)
@@ -272,7 +275,8 @@ export class FileData {
 
   /** Start reading a block the reader will want soon; a failure here is left for the real read to report. */
   prefetch (rec: BlockRecord): void {
-    this.fetch(rec).catch(err => log('read-ahead of %s failed: %s', objectIdOf(rec.bsl), (err as Error).message))
+    if (this.cache.get(objectIdOf(rec.bsl))) return
+    this.fetched(rec).catch(err => log('read-ahead of %s failed: %s', objectIdOf(rec.bsl), (err as Error).message))
   }
 }
 
@@ -335,29 +339,24 @@ export class OpenFile {
 
   /** Read into `buf`: the pieces of readPieces, copied. */
   async read (buf: Buffer, len: number, pos: number): Promise<number> {
-    let n = 0
-    for (const piece of await this.readPieces(len, pos)) n += piece.copy(buf, n)
-    return n
+    const use = this.shared.cache.use()
+    try {
+      let n = 0
+      for (const piece of await this.readPieces(len, pos, use)) n += piece.copy(buf, n)
+      return n
+    } finally {
+      use.end()
+    }
   }
 
   /**
    * Up to `len` bytes at `pos`, as pieces in order: views of stored blocks
    * and chunks (objects never change, so a view stays right), copies of bytes
    * still in memory (a later write would change those), and zeros for holes.
-   * Fewer bytes only at the end of the file.
+   * Fewer bytes only at the end of the file. `use` holds the views of cached
+   * blocks: end it once they are dead (the reply made from them is out).
    */
-  async readPieces (len: number, pos: number, use?: CacheUse): Promise<Buffer[]> {
-    if (use) return await this.piecesOf(len, pos, use)
-    // Without the caller's use, the views stay right through the caller's turn of the event loop.
-    const own = this.shared.cache.use()
-    try {
-      return await this.piecesOf(len, pos, own)
-    } finally {
-      setImmediate(() => own.end())
-    }
-  }
-
-  private async piecesOf (len: number, pos: number, use: CacheUse): Promise<Buffer[]> {
+  async readPieces (len: number, pos: number, use: CacheUse): Promise<Buffer[]> {
     const size = this.size
     if (pos >= size) return []
     const end = Math.min(pos + len, size)
