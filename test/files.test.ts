@@ -7,6 +7,7 @@ import { Directory } from '../src/directory/directory'
 import { LevelKv } from '../src/directory/leveldb'
 import { BlockRecord } from '../src/directory/records'
 import { FsError } from '../src/errors'
+import { CacheUse } from '../src/fs/block-cache'
 import { BlockStore, FileData, OpenFile, OpenFiles } from '../src/fs/files'
 
 // Open-file data against a real directory (LevelDB in a temp dir) and a block
@@ -312,56 +313,85 @@ t.test('a sync that fails keeps the bytes: fsync reports EIO, and the next fsync
   await files.release(f)
 })
 
-t.test('block buffers are reused, never while a read still holds a view of one', async t => {
+/**
+ * Four readers over a cache of `cacheBytes` (nearly every fetch evicts what
+ * another read may still be replying from), against a store that
+ * reads into the buffer it is lent, as the devices do, and takes its time.
+ * `read` makes one read at a random place with `f`; how many reads were wrong,
+ * and how many distinct buffers the store was lent for how many fetches.
+ */
+async function readersOverASmallCache (t: Test, cacheBytes: number, read: (f: OpenFile, use: CacheUse) => Promise<boolean>): Promise<{ wrong: number, lent: number, fetches: number }> {
   const dir = await testDirectory(t)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const objects = new Map<bigint, Buffer>()
   const lent = new Set<Buffer>()
   let fetches = 0
-  const pause = (): Promise<unknown> => new Promise(resolve => setTimeout(resolve, Math.random() * 3))
-  // A store that reads into the buffer it is lent, as the devices do, and takes its time.
+  const lend = (src: Buffer, into?: Buffer): Buffer => {
+    fetches++
+    if (!into || into.length < src.length) return Buffer.from(src)
+    lent.add(into)
+    src.copy(into)
+    return into.subarray(0, src.length)
+  }
   const store: BlockStore = {
     newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
     async sync () {},
     async write (rec: BlockRecord, data: Uint8Array) { objects.set(rec.bsl.fileId, Buffer.from(data)) },
     async read (rec: BlockRecord, into?: Buffer) {
-      fetches++
       await pause()
-      const src = objects.get(rec.bsl.fileId) as Buffer
-      if (!into || into.length < src.length) return Buffer.from(src)
-      lent.add(into)
-      src.copy(into)
-      return into.subarray(0, src.length)
+      return lend(objects.get(rec.bsl.fileId) as Buffer, into)
     },
-    async readRange (rec: BlockRecord, offset: number, length: number) {
+    async readRange (rec: BlockRecord, offset: number, length: number, into?: Buffer) {
       await pause()
       const start = Math.floor(offset / CHUNK_BYTES) * CHUNK_BYTES
       const end = Math.min(rec.length, Math.ceil((offset + length) / CHUNK_BYTES) * CHUNK_BYTES)
-      return { start, data: Buffer.from((objects.get(rec.bsl.fileId) as Buffer).subarray(start, end)) }
+      return { start, data: lend((objects.get(rec.bsl.fileId) as Buffer).subarray(start, end), into) }
     }
   }
-  const source = randomBytes(16 * bs)
   const w = new OpenFile(inode.ino, new FileData(dir, store), new Map(), 0)
   await w.write(source, 0, now)
   await w.flushNow()
-  // Room for two blocks: nearly every read evicts one that another read may still be replying from.
-  const shared = new FileData(dir, store, { cacheBytes: 2 * bs })
+  const shared = new FileData(dir, store, { cacheBytes })
   const f = new OpenFile(inode.ino, shared, await dir.getBlocks(inode.ino), source.length)
   let wrong = 0
   const reader = async (): Promise<void> => {
-    for (let k = 0; k < 40; k++) {
-      // Streaming reads (whole blocks, read-ahead) from random places.
-      const start = Math.floor(Math.random() * 14) * bs
-      for (let pos = start; pos < start + 2 * bs; pos += bs / 2) {
-        const use = shared.cache.use()
-        const pieces = await f.readPieces(bs / 2 + 100, pos, use)
-        await pause() // the reply is made later
-        if (!Buffer.concat(pieces).equals(source.subarray(pos, pos + bs / 2 + 100))) wrong++
-        use.end()
-      }
+    for (let k = 0; k < 160; k++) {
+      const use = shared.cache.use()
+      if (!await read(f, use)) wrong++
+      use.end()
     }
   }
   await Promise.all([reader(), reader(), reader(), reader()])
-  t.equal(wrong, 0, 'every read saw its own bytes until it was done with them')
-  t.ok(lent.size < fetches / 4, `block buffers were reused (${lent.size} buffers for ${fetches} block reads)`)
+  return { wrong, lent: lent.size, fetches }
+}
+
+const source = randomBytes(16 * bs)
+const pause = (): Promise<unknown> => new Promise(resolve => setTimeout(resolve, Math.random() * 3))
+
+/** Read `len` bytes at `pos` with `use`, wait (the reply is made later), then compare with what was written. */
+async function readChecked (f: OpenFile, use: CacheUse, pos: number, len: number): Promise<boolean> {
+  const pieces = await f.readPieces(len, pos, use)
+  await pause()
+  return Buffer.concat(pieces).equals(source.subarray(pos, pos + len))
+}
+
+t.test('block buffers are reused, never while a read still holds a view of one', async t => {
+  // Streaming reads (whole blocks, read-ahead) from random places.
+  let at = 0
+  const r = await readersOverASmallCache(t, 2 * bs, async (f, use) => {
+    if (at % (2 * bs) === 0) at = Math.floor(Math.random() * 14) * bs
+    const pos = at
+    at += bs / 2
+    return await readChecked(f, use, pos, bs / 2 + 100)
+  })
+  t.equal(r.wrong, 0, 'every read saw its own bytes until it was done with them')
+  t.ok(r.lent < r.fetches / 4, `block buffers were reused (${r.lent} buffers for ${r.fetches} block reads)`)
+})
+
+t.test('chunk buffers are reused, never while a random read still holds a view of one', async t => {
+  // Small reads far apart: each fetches one chunk, and the cache holds one.
+  const r = await readersOverASmallCache(t, CHUNK_BYTES, async (f, use) =>
+    await readChecked(f, use, Math.floor(Math.random() * (source.length - 4096)), 1 + Math.floor(Math.random() * 4096)))
+  t.equal(r.wrong, 0, 'every read saw its own bytes until it was done with them')
+  t.ok(r.lent < r.fetches / 4, `chunk buffers were reused (${r.lent} buffers for ${r.fetches} chunk reads)`)
 })

@@ -54,8 +54,10 @@ export interface Device {
    * Bytes [offset, offset + length) of the object, NOT verified: the caller
    * checks them against the chunk sums it holds. A range past the object's
    * end is EIO (the object is shorter than the directory says: corrupt).
+   * `into`: a buffer of at least `length` bytes the device may read into (the
+   * answer is then a view of it), kept by the caller until it is done with the answer.
    */
-  getRange (objectId: string, offset: number, length: number, limits?: CallLimits): Promise<Buffer>
+  getRange (objectId: string, offset: number, length: number, limits?: CallLimits, into?: Buffer): Promise<Buffer>
   /** Remove an object; removing one that is not there is not an error. */
   delete (objectId: string): Promise<void>
   /** The stored size of an object, or null when it is absent. */
@@ -92,4 +94,9 @@ export function checkRange (label: string, objectId: string, offset: number, len
     throw new FsError('EINVAL', `bad range offset ${String(offset)} length ${String(length)} of object ${objectId} on ${label}: ` +
       `must be integers, offset >= 0, 1 <= length <= ${MAX_RANGE_BYTES}`)
   }
+}
+
+/** Where a getRange of `length` bytes reads to: `into` when it is long enough, else a buffer of its own. */
+export function rangeBuffer (length: number, into?: Buffer): Buffer {
+  return into !== undefined && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length)
 }

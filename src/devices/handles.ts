@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs'
+import { fstatSync, readFileSync } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 
 interface Entry {
@@ -9,6 +9,8 @@ interface Entry {
   users: number
   dropped: boolean
   lastUsed: number
+  /** The file's size, from one fstat of the open handle. */
+  size?: number
 }
 
 /** A handle nobody has read through for this long is closed (descriptors are not held for idle objects). */
@@ -72,12 +74,19 @@ export class HandleCache {
   }
 
   /**
-   * The descriptor of `key`'s open handle, when the cache holds one, for a call made at
-   * once (no await in between: a `forget` may close it after that).
+   * The size of `key`'s file when its handle is open, from one fstat (objects
+   * never change while a handle is kept: put and delete `forget` it). Throws
+   * when it is not a regular file.
    */
-  fdOf (key: string): number | undefined {
+  sizeOf (key: string): number | undefined {
     const e = this.map.get(key)
-    return e?.open?.fd
+    if (e?.open === undefined) return undefined
+    if (e.size === undefined) {
+      const st = fstatSync(e.open.fd)
+      if (!st.isFile()) throw new Error('not a regular file')
+      e.size = st.size
+    }
+    return e.size
   }
 
   /** Close the handle of `key` (once no read uses it); the next read opens the file again. */

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto'
-import { constants as fsConstants, fstatSync } from 'node:fs'
+import { constants as fsConstants } from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import createDebug from 'debug'
@@ -7,7 +7,7 @@ import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
-import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
+import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange, rangeBuffer } from './device'
 import { HandleCache, handleLimit } from './handles'
 import { putObject, readCached, readObject, syncFs } from './object-io'
 
@@ -332,12 +332,12 @@ export class LocalDevice implements Device {
     return data
   }
 
-  async getRange (objectId: string, offset: number, length: number): Promise<Buffer> {
+  async getRange (objectId: string, offset: number, length: number, _limits?: CallLimits, into?: Buffer): Promise<Buffer> {
     this.check(objectId)
     checkRange(this.label, objectId, offset, length)
     try {
       const { data, n } = await this.handles.use(objectId, () => fsp.open(this.objectPath(objectId), 'r'), async fh => {
-        const data = Buffer.allocUnsafe(length)
+        const data = rangeBuffer(length, into)
         // What the page cache holds is read right here; only the rest goes through the thread pool.
         let n = readCached(fh.fd, data, offset, this.objectPath(objectId))
         while (n < length) {
@@ -372,9 +372,10 @@ export class LocalDevice implements Device {
   async stat (objectId: string): Promise<{ size: number } | null> {
     this.check(objectId)
     try {
-      // A handle kept for reads answers on this thread (objects change only by put and delete, which drop it).
-      const fd = this.handles.fdOf(objectId)
-      const st = fd !== undefined ? fstatSync(fd) : await fsp.stat(this.objectPath(objectId))
+      // A handle kept for reads knows (objects change only by put and delete, which drop it).
+      const size = this.handles.sizeOf(objectId)
+      if (size !== undefined) return { size }
+      const st = await fsp.stat(this.objectPath(objectId))
       if (!st.isFile()) throw new Error('not a regular file')
       return { size: st.size }
     } catch (err) {

@@ -4,7 +4,7 @@ import { Dispatcher, Pool } from 'undici'
 import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { ErrnoCode, FsError } from '../errors'
-import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange } from './device'
+import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange, rangeBuffer } from './device'
 
 const log = createDebug('bslfs:devices')
 
@@ -668,7 +668,7 @@ export class RemoteDevice implements Device {
   }
 
   /** A ranged GET (206): the server reads only those bytes, and the caller checks them against its chunk sums. */
-  async getRange (objectId: string, offset: number, length: number, limits?: CallLimits): Promise<Buffer> {
+  async getRange (objectId: string, offset: number, length: number, limits?: CallLimits, into?: Buffer): Promise<Buffer> {
     this.check(objectId)
     checkRange(this.label, objectId, offset, length)
     const last = offset + length - 1
@@ -679,7 +679,7 @@ export class RemoteDevice implements Device {
       what,
       headers: { range: `bytes=${offset}-${last}` },
       receive: () => {
-        const data = Buffer.allocUnsafe(length)
+        const data = rangeBuffer(length, into)
         let n = 0
         return {
           accept: (status, headers) => {

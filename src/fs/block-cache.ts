@@ -1,4 +1,5 @@
 import { BufferPool } from '../buffer-pool'
+import { CHUNK_BYTES } from '../checksum'
 
 /** A cached block or chunk. */
 export interface CacheEntry {
@@ -35,9 +36,10 @@ export class CacheUse {
  * Recently read blocks by object id, and chunks of blocks by `id:chunk`.
  * Objects never change, so a cached block or chunk is never stale.
  *
- * Whole blocks are read into buffers of the cache's own pool, which it takes
- * back when it evicts them: a fresh 1 MiB buffer per block read cost page
- * faults and garbage collection. An evicted block may still be on its way
+ * Whole blocks and single chunks are read into buffers of the cache's own
+ * pools, which it takes back when it evicts them: a fresh 1 MiB buffer per
+ * block read cost page faults and garbage collection, and a fresh 32 KiB one
+ * per random read a collection every few hundred reads. An evicted block may still be on its way
  * into a reply (a view of it), so its buffer goes back to the pool only once
  * no use holds it (CacheUse).
  */
@@ -45,6 +47,8 @@ export class BlockCache {
   private readonly map = new Map<string, CacheEntry>()
   private bytes = 0
   private readonly pool: BufferPool
+  /** Chunks (random reads) come and go at thousands a second: each evicted one's buffer serves the next. */
+  private readonly chunkPool = new BufferPool(CHUNK_BYTES, 32)
 
   constructor (private readonly budget: number, blockSize: number) {
     this.pool = new BufferPool(blockSize, 8)
@@ -85,6 +89,11 @@ export class BlockCache {
     return this.pool.take()
   }
 
+  /** The same for one chunk (CHUNK_BYTES). */
+  chunkBuffer (): Buffer {
+    return this.chunkPool.take()
+  }
+
   /** A use of cached bytes (see CacheUse). */
   use (): CacheUse {
     return new CacheUse(this)
@@ -98,7 +107,7 @@ export class BlockCache {
   /** An evicted block's buffer back to the pool, once nothing holds it. */
   private release (e: CacheEntry): void {
     if (e.evicted && e.pins === 0 && e.backing) {
-      this.pool.give(e.backing)
+      (e.backing.length === this.chunkPool.size ? this.chunkPool : this.pool).give(e.backing)
       e.backing = undefined
     }
   }

@@ -21,9 +21,9 @@ export interface BlockStore {
   /**
    * The verified bytes of the chunks covering [offset, offset + length) of a
    * block with chunk sums: `data` starts at `start` (offset rounded down to a
-   * chunk) and ends at a chunk boundary or the block's end.
+   * chunk) and ends at a chunk boundary or the block's end. Into `into` as for `read`.
    */
-  readRange (block: BlockRecord, offset: number, length: number): Promise<{ start: number, data: Buffer }>
+  readRange (block: BlockRecord, offset: number, length: number, into?: Buffer): Promise<{ start: number, data: Buffer }>
 }
 
 /** How many blocks a sequential reader gets fetched ahead (4 MiB with the default block size). */
@@ -37,6 +37,15 @@ const READ_AHEAD_BLOCKS = 8
 const STREAM_WINDOW = 256 * 1024
 
 function noop (): void {}
+
+/**
+ * `into` when `data` is a view of it (the device read there), for the cache to
+ * reuse later; else undefined (another copy answered, into a buffer of its own,
+ * and the copy asked first may still be writing `into`: it is dropped).
+ */
+function backingOf (data: Buffer, into: Buffer): Buffer | undefined {
+  return data.buffer === into.buffer && data.byteOffset === into.byteOffset ? into : undefined
+}
 
 const EMPTY = Buffer.alloc(0)
 /** Holes read as views of this. */
@@ -219,8 +228,7 @@ export class FileData {
       const into = this.cache.buffer()
       f = this.store.read(rec, into).then(data => {
         if (data.length !== rec.length) throw new FsError('EIO', `block ${id} has ${data.length} bytes, the directory says ${rec.length}`)
-        // Read elsewhere (another copy answered): `into` is dropped, the copy asked first may still be writing it.
-        return this.cache.set(id, data, data.buffer === into.buffer && data.byteOffset === into.byteOffset ? into : undefined)
+        return this.cache.set(id, data, backingOf(data, into))
       }).finally(() => this.fetching.delete(id))
       this.fetching.set(id, f)
     }
@@ -243,8 +251,9 @@ export class FileData {
     const chunks: Array<Promise<Buffer>> = []
     const missing: number[] = []
     for (let k = first; k <= last; k++) {
+      // Held as whole blocks are: a chunk's buffer is reused once it is evicted and nothing holds it.
       const hit = this.cache.get(`${id}:${k}`)
-      const f = hit ? Promise.resolve(hit.data) : this.fetching.get(`${id}:${k}`)?.then(e => e.data)
+      const f = hit ? Promise.resolve(use.hold(hit)) : this.fetching.get(`${id}:${k}`)?.then(e => use.hold(e))
       if (!f) missing.push(k)
       chunks.push(f ?? Promise.resolve(EMPTY)) // a placeholder, set below
     }
@@ -252,19 +261,21 @@ export class FileData {
       // One device read for the chunks nobody has or is fetching (and any between them).
       const lo = missing[0] * CHUNK_BYTES
       const hi = Math.min(rec.length, (missing[missing.length - 1] + 1) * CHUNK_BYTES)
-      const span = this.store.readRange(rec, lo, hi - lo).then(({ start, data }) => {
+      // A lone chunk (a random read) is read into a buffer of the cache's, which it reuses after eviction.
+      const into = missing.length === 1 ? this.cache.chunkBuffer() : undefined
+      const span = this.store.readRange(rec, lo, hi - lo, into).then(({ start, data }) => {
         if (start !== lo || data.length !== hi - lo) throw new FsError('EIO', `block ${id}: asked for bytes ${lo}..${hi}, got ${data.length} at ${start}`)
         return data
       })
       for (const k of missing) {
         const key = `${id}:${k}`
         const f = span.then(data => {
-          const piece = data.subarray(k * CHUNK_BYTES - lo, (k + 1) * CHUNK_BYTES - lo)
+          if (into) return this.cache.set(key, data, backingOf(data, into))
           // A view would keep the whole span alive while the cache counts only the chunk.
-          return this.cache.set(key, missing.length > 1 ? Buffer.from(piece) : piece)
+          return this.cache.set(key, Buffer.from(data.subarray(k * CHUNK_BYTES - lo, (k + 1) * CHUNK_BYTES - lo)))
         }).finally(() => this.fetching.delete(key))
         this.fetching.set(key, f)
-        chunks[k - first] = f.then(e => e.data)
+        chunks[k - first] = f.then(e => use.hold(e))
       }
     }
     const got = await Promise.all(chunks)

@@ -26,10 +26,8 @@ export class ByteBudget {
   async reserve (n: number, signal?: AbortSignal): Promise<() => void> {
     const take = Math.min(Math.max(0, n), this.capacity)
     if (signal?.aborted) throw new Error('aborted')
-    if (this.queue.length === 0 && this.used + take <= this.capacity) {
-      this.used += take
-      return this.releaser(take)
-    }
+    const now = this.tryReserve(n)
+    if (now) return now
     await new Promise<void>((resolve, reject) => {
       const entry = {
         n: take,
@@ -47,6 +45,14 @@ export class ByteBudget {
       signal?.addEventListener('abort', onAbort, { once: true })
       this.queue.push(entry)
     })
+    return this.releaser(take)
+  }
+
+  /** The release function when `n` bytes are available at once (nobody waits before), else undefined. */
+  tryReserve (n: number): (() => void) | undefined {
+    const take = Math.min(Math.max(0, n), this.capacity)
+    if (this.queue.length > 0 || this.used + take > this.capacity) return undefined
+    this.used += take
     return this.releaser(take)
   }
 

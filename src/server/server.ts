@@ -124,6 +124,8 @@ export class BlockServer {
   private active = 0
   /** Per connection: settles when the last request dispatched on it has been answered. */
   private readonly turns = new WeakMap<Duplex, Promise<void>>()
+  /** Per connection: the Authorization header its last request proved right. */
+  private readonly authenticated = new WeakMap<Duplex, string>()
   /** Connections already answered for a parse error (Node may report one several times). */
   private readonly failedSockets = new WeakSet<Duplex>()
 
@@ -225,7 +227,8 @@ export class BlockServer {
   private dispatch (req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void {
     this.active++
     const started = Date.now()
-    const ac = new AbortController()
+    // Made when something asks for the signal (a wait for memory or a drain): most requests never do.
+    let ac: AbortController | undefined
     let closed = false
     const deferred: Array<() => void> = []
     const ex: Exchange = {
@@ -233,7 +236,13 @@ export class BlockServer {
       res,
       expectContinue,
       continued: false,
-      signal: ac.signal,
+      get signal () {
+        if (ac === undefined) {
+          ac = new AbortController()
+          if (closed && !res.writableFinished) ac.abort()
+        }
+        return ac.signal
+      },
       defer: (fn) => {
         if (closed) fn()
         else deferred.push(fn)
@@ -242,7 +251,7 @@ export class BlockServer {
     res.once('close', () => {
       closed = true
       // Only a response cut off can have work still waiting on it (abort builds a DOMException: not for every request).
-      if (!res.writableFinished) ac.abort()
+      if (!res.writableFinished) ac?.abort()
       for (const fn of deferred.splice(0)) {
         try {
           fn()
@@ -251,8 +260,10 @@ export class BlockServer {
         }
       }
       this.active--
-      log('%s %s → %d%s (%d ms)', req.method, String(req.url).slice(0, 100), res.statusCode,
-        res.writableFinished ? '' : ' (not finished)', Date.now() - started)
+      if (log.enabled) {
+        log('%s %s → %d%s (%d ms)', req.method, String(req.url).slice(0, 100), res.statusCode,
+          res.writableFinished ? '' : ' (not finished)', Date.now() - started)
+      }
     })
     req.on('error', (err) => log('request %s %s: %s', req.method, String(req.url).slice(0, 100), err.message))
     res.on('error', (err) => log('response %s %s: %s', req.method, String(req.url).slice(0, 100), err.message))
@@ -317,13 +328,18 @@ export class BlockServer {
     const challenge = { 'WWW-Authenticate': CHALLENGE }
     if (count === 0) throw new HttpError(401, 'EACCES', 'missing Authorization: Bearer TOKEN header', challenge)
     if (count > 1) throw new HttpError(401, 'EACCES', 'more than one Authorization header', challenge)
-    const m = /^Bearer +([^ ]+) *$/i.exec(req.headers.authorization ?? '')
+    const value = req.headers.authorization ?? ''
+    // The header this connection already proved right needs no second hash (a plain compare leaks
+    // nothing: the connection knows that value already).
+    if (this.authenticated.get(req.socket) === value) return
+    const m = /^Bearer +([^ ]+) *$/i.exec(value)
     if (!m) throw new HttpError(401, 'EACCES', 'the Authorization header must be "Bearer TOKEN"', challenge)
     // Compare digests of equal length, in constant time.
     const given = createHash('sha256').update(m[1]).digest()
     if (!timingSafeEqual(given, this.tokenHash)) {
       throw new HttpError(401, 'EACCES', 'wrong token', { 'WWW-Authenticate': `${CHALLENGE}, error="invalid_token"` })
     }
+    this.authenticated.set(req.socket, value)
   }
 
   private device (name: string): Device {
@@ -503,9 +519,10 @@ export class BlockServer {
 
   /** Holds `n` bytes of the memory budget until the response closes. */
   private async reserve (ex: Exchange, n: number): Promise<void> {
-    let release: () => void
+    // The signal only when this has to wait.
+    let release = this.budget.tryReserve(n)
     try {
-      release = await this.budget.reserve(n, ex.signal)
+      release ??= await this.budget.reserve(n, ex.signal)
     } catch {
       throw new ClientGone('client went away while waiting for memory')
     }

@@ -21,6 +21,19 @@ export interface StoredBlock {
   chunks?: number[]
 }
 
+/**
+ * The caller's buffer for the copy asked first, undefined for any other: two
+ * copies asked at once must not read into one buffer.
+ */
+function lender (into?: Buffer): () => Buffer | undefined {
+  let lent = into
+  return () => {
+    const b = lent
+    lent = undefined
+    return b
+  }
+}
+
 /** Reads one copy of a block and verifies what it read (a whole object, or chunks of it). */
 type CopyRead = (d: Device, limits?: CallLimits) => Promise<Buffer>
 
@@ -385,17 +398,13 @@ export class Volumes extends EventEmitter {
   /**
    * Read a whole block, verified; see the class comment for the failover.
    * The copy asked first reads into `into` (when given and the device can);
-   * any other copy into a buffer of its own: two copies asked at once must not
-   * share one. The answer is a view of `into` only when that copy answered.
+   * any other copy into a buffer of its own (lender). The answer is a view of
+   * `into` only when that copy answered.
    */
   async read (block: StoredBlock, into?: Buffer): Promise<Buffer> {
     const id = objectIdOf(block.bsl)
-    let lent = into
-    return await this.readCopies(block, (d, limits) => {
-      const b = lent
-      lent = undefined
-      return d.get(id, block.checksum, limits, b)
-    })
+    const lend = lender(into)
+    return await this.readCopies(block, (d, limits) => d.get(id, block.checksum, limits, lend()))
   }
 
   /**
@@ -405,8 +414,9 @@ export class Volumes extends EventEmitter {
    * `data` begins in the block: offset rounded down to a chunk boundary;
    * `data` ends at a chunk boundary or at the end of the block. A block
    * without chunk sums (written before they existed) is read whole.
+   * `into`: as for `read`, for the chunks' bytes.
    */
-  async readRange (block: StoredBlock, offset: number, length: number): Promise<{ start: number, data: Buffer }> {
+  async readRange (block: StoredBlock, offset: number, length: number, into?: Buffer): Promise<{ start: number, data: Buffer }> {
     if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0 && offset + length <= block.length)) {
       throw new FsError('EINVAL', `bad range ${offset}+${length} of ${formatBSL(block.bsl)} (${block.length} bytes)`)
     }
@@ -415,7 +425,8 @@ export class Volumes extends EventEmitter {
     const end = Math.min(block.length, Math.ceil((offset + length) / CHUNK_BYTES) * CHUNK_BYTES)
     if (block.chunks === undefined) return { start, data: (await this.read(block)).subarray(start, end) }
     const id = objectIdOf(block.bsl)
-    const data = await this.readCopies(block, async (d, limits) => verifyChunks(block, first, await d.getRange(id, start, end - start, limits), d.label))
+    const lend = lender(into)
+    const data = await this.readCopies(block, async (d, limits) => verifyChunks(block, first, await d.getRange(id, start, end - start, limits, lend()), d.label))
     return { start, data }
   }
 
