@@ -39,9 +39,9 @@ export class CacheUse {
  * Whole blocks and single chunks are read into buffers of the cache's own
  * pools, which it takes back when it evicts them: a fresh 1 MiB buffer per
  * block read cost page faults and garbage collection, and a fresh 32 KiB one
- * per random read a collection every few hundred reads. An evicted block may still be on its way
- * into a reply (a view of it), so its buffer goes back to the pool only once
- * no use holds it (CacheUse).
+ * per random read a collection every few hundred reads. An evicted block or
+ * chunk may still be on its way into a reply (a view of it), so its buffer
+ * goes back to its pool only once no use holds it (CacheUse).
  */
 export class BlockCache {
   private readonly map = new Map<string, CacheEntry>()

@@ -50,7 +50,7 @@ interface Exchange {
   expectContinue: boolean
   /** ... and we answered 100 Continue (we are going to read the body). */
   continued: boolean
-  /** Aborts when the response closes (finished, or the client went away). */
+  /** Aborts when the response is cut off before it finished (the client went away); made on first use. */
   signal: AbortSignal
   /** Runs `fn` when the response closes (at once if it already has). */
   defer: (fn: () => void) => void
