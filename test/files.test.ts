@@ -5,7 +5,7 @@ import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
 import { BSL } from '../src/bsl'
 import { Directory } from '../src/directory/directory'
 import { LevelKv } from '../src/directory/leveldb'
-import { BlockRecord } from '../src/directory/records'
+import { BlockRecord, keys } from '../src/directory/records'
 import { FsError } from '../src/errors'
 import { CacheUse } from '../src/fs/block-cache'
 import { BlockStore, FileData, OpenFile, OpenFiles } from '../src/fs/files'
@@ -314,6 +314,59 @@ t.test('a sync that fails keeps the bytes: fsync reports EIO, and the next fsync
   t.ok(rec, 'the second fsync committed the block')
   t.equal(objects.get(rec!.bsl.fileId)?.toString(), 'precious', 'with its bytes')
   await files.release(f)
+})
+
+t.test('a file stays open while it waits in a group commit: its unlink cannot fail the group for other files', async t => {
+  const dir = await testDirectory(t)
+  const { store } = loggingStore()
+  // The devices take their time to flush: a group is under way for a while before its batch.
+  const sync = store.sync.bind(store)
+  store.sync = async () => { await new Promise(resolve => setTimeout(resolve, 50)); await sync() }
+  const files = new OpenFiles(new FileData(dir, store))
+  dir.isOpen = ino => files.isOpen(ino) // as the filesystem wires them
+  const gone = await dir.createNode(1, 'gone', { mode: 0o100644, uid: 0, gid: 0 })
+  const other = await dir.createNode(1, 'other', { mode: 0o100644, uid: 0, gid: 0 })
+  // close(2) after a chmod (or a read, for atime): the attributes wait for the next group ...
+  const f = await files.acquire(gone.ino)
+  f.setAttrs({ mode: 0o100600, ctime: now })
+  await files.release(f)
+  // ... with the block another file stored at its close.
+  const g = await files.acquire(other.ino)
+  await g.write(Buffer.from('unrelated'), 0, now)
+  await g.flush()
+  await new Promise(resolve => setTimeout(resolve, 15)) // the group has begun: it syncs the devices
+  // truncate(2) by path commits the attributes at once, in a batch of its own, and the last
+  // name goes while the group still holds the file.
+  const again = await files.acquire(gone.ino)
+  await again.truncate(0, now)
+  await files.release(again)
+  await dir.unlink(1, 'gone')
+  await t.resolves(g.fsync(), 'fsync of the other file succeeds')
+  t.equal((await dir.getBlocks(other.ino)).size, 1, 'and its block is committed')
+  await files.release(g)
+  t.ok(await until(async () => !files.isOpen(gone.ino)), 'the unlinked file is let go once its group is in')
+  t.equal(await dir.getInode(gone.ino).catch((err: FsError) => err.code), 'ENOENT', 'and its inode is freed then')
+})
+
+t.test('a file whose commit fails does not fail the other files of its group', async t => {
+  const dir = await testDirectory(t)
+  const { store } = loggingStore()
+  const files = new OpenFiles(new FileData(dir, store))
+  const bad = await dir.createNode(1, 'bad', { mode: 0o100644, uid: 0, gid: 0 })
+  const good = await dir.createNode(1, 'good', { mode: 0o100644, uid: 0, gid: 0 })
+  const fb = await files.acquire(bad.ino, true)
+  await fb.write(Buffer.from('first'), 0, now)
+  await fb.fsync()
+  // A damaged record of its block (a disk fault): the file's next commit reads it, and fails.
+  await dir.kv.txn(tx => { tx.put(keys.block(bad.ino, 0), Buffer.from('not a block record')) })
+  await fb.write(Buffer.from('second'), 0, now)
+  const fg = await files.acquire(good.ino, true)
+  await fg.write(Buffer.from('other'), 0, now)
+  await Promise.all([fb.flush(), fg.flush()]) // both stored: one group commits them
+  const [b, g] = await Promise.allSettled([fb.fsync(), fg.fsync()])
+  t.match(b, { status: 'rejected', reason: { code: 'EIO' } }, 'the file with the damaged record reports EIO')
+  t.match(g, { status: 'fulfilled' }, 'the other file of the group commits')
+  t.equal((await dir.getBlocks(good.ino)).size, 1, 'its block is in the directory')
 })
 
 /**

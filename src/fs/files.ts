@@ -103,10 +103,11 @@ class GroupCommit {
 
   /** Commit `change` (null: only the file's attributes) with the next group; resolves once it is in the directory. */
   add (file: OpenFile, change: BlockChange | null): Promise<void> {
-    return new Promise((resolve, reject) => {
+    file.queued++
+    return new Promise<void>((resolve, reject) => {
       this.queue.push({ file, change, resolve, reject })
       this.schedule(GROUP_DELAY_MS)
-    })
+    }).finally(() => { file.queued-- })
   }
 
   /** Commit everything queued without waiting for more (fsync, truncate, unmount). */
@@ -146,15 +147,34 @@ class GroupCommit {
     }
     try {
       await this.shared.store.sync()
-      const files = [...byFile.keys()]
-      const items = files.map(f => f.commitItem(byFile.get(f) as BlockChange[]))
-      const inodes = await this.shared.dir.commitFiles(items.map(it => it.commit))
-      files.forEach((f, k) => f.committed(items[k], inodes[k]))
     } catch (err) {
       for (const q of batch) q.reject(err)
       return
     }
-    for (const q of batch) q.resolve()
+    const files = [...byFile.keys()]
+    const items = files.map(f => f.commitItem(byFile.get(f) as BlockChange[]))
+    const failed = new Map<OpenFile, unknown>()
+    try {
+      const inodes = await this.shared.dir.commitFiles(items.map(it => it.commit))
+      files.forEach((f, k) => f.committed(items[k], inodes[k]))
+    } catch (err) {
+      // One file's failure (a bad record of its own) must not become every other file's: each
+      // then goes in a batch of its own, and only the ones that fail again report it.
+      if (files.length === 1) failed.set(files[0], err)
+      else {
+        for (const [k, f] of files.entries()) {
+          try {
+            f.committed(items[k], (await this.shared.dir.commitFiles([items[k].commit]))[0])
+          } catch (own) {
+            failed.set(f, own)
+          }
+        }
+      }
+    }
+    for (const q of batch) {
+      if (failed.has(q.file)) q.reject(failed.get(q.file))
+      else q.resolve()
+    }
     // Once the writes waiting on this group have wound up (their promises run first).
     setImmediate(() => { for (const f of byFile.keys()) this.shared.settled(f) })
   }
@@ -314,6 +334,12 @@ export class OpenFile {
   private lastReadEnd = 0
   /** The end of the last write or truncate queued (see serially). */
   private queue: Promise<void> = Promise.resolve()
+  /**
+   * Changes of this file waiting in a group commit, or in one under way. Until they are in,
+   * the file is not clean: the open files keep it, so its inode outlives an unlink meanwhile
+   * (the group would fail on a freed inode, and with it every other file in the batch).
+   */
+  queued = 0
 
   constructor (readonly ino: number, private readonly shared: FileData, private blocks: Map<number, BlockRecord>, private committedSize: number) {}
 
@@ -635,7 +661,7 @@ export class OpenFile {
 
   /** Nothing of this file waits to be written or committed. */
   get clean (): boolean {
-    return this.dirty.size === 0 && this.flushing.size === 0 && this.pendingVersion === this.committedVersion
+    return this.dirty.size === 0 && this.flushing.size === 0 && this.queued === 0 && this.pendingVersion === this.committedVersion
   }
 
   /** Wait for every block write in flight to be stored. */
