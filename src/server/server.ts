@@ -43,17 +43,52 @@ export interface BlockServerOptions {
 class ClientGone extends Error {}
 
 /** What one request carries through its handler. */
-interface Exchange {
-  req: http.IncomingMessage
-  res: http.ServerResponse
-  /** The client sent `Expect: 100-continue` ... */
-  expectContinue: boolean
+/**
+ * One request and its response. A class, not an object literal: a literal with a getter made a
+ * new hidden class per request, in the old generation, and those kept each request's garbage
+ * alive through minor GCs (a block server's heap filled to its floor every second of small reads).
+ */
+class Exchange {
   /** ... and we answered 100 Continue (we are going to read the body). */
-  continued: boolean
+  continued = false
+  /** The response has closed (finished, or cut off). */
+  closed = false
+  /** Made when something asks for the signal (a wait for memory or a drain): most requests never do. */
+  private ac: AbortController | undefined
+  private readonly deferred: Array<() => void> = []
+
+  constructor (readonly req: http.IncomingMessage, readonly res: http.ServerResponse,
+    /** The client sent `Expect: 100-continue` ... */
+    readonly expectContinue: boolean) {}
+
   /** Aborts when the response is cut off before it finished (the client went away); made on first use. */
-  signal: AbortSignal
+  get signal (): AbortSignal {
+    if (this.ac === undefined) {
+      this.ac = new AbortController()
+      if (this.closed && !this.res.writableFinished) this.ac.abort()
+    }
+    return this.ac.signal
+  }
+
   /** Runs `fn` when the response closes (at once if it already has). */
-  defer: (fn: () => void) => void
+  defer (fn: () => void): void {
+    if (this.closed) fn()
+    else this.deferred.push(fn)
+  }
+
+  /** The response closed: what was deferred runs now. */
+  close (): void {
+    this.closed = true
+    // Only a response cut off can have work still waiting on it (abort builds a DOMException: not for every request).
+    if (!this.res.writableFinished) this.ac?.abort()
+    for (const fn of this.deferred.splice(0)) {
+      try {
+        fn()
+      } catch (err) {
+        log('cleanup failed: %s', (err as Error).message)
+      }
+    }
+  }
 }
 
 const JSON_TYPE = 'application/json; charset=utf-8'
@@ -227,38 +262,9 @@ export class BlockServer {
   private dispatch (req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void {
     this.active++
     const started = Date.now()
-    // Made when something asks for the signal (a wait for memory or a drain): most requests never do.
-    let ac: AbortController | undefined
-    let closed = false
-    const deferred: Array<() => void> = []
-    const ex: Exchange = {
-      req,
-      res,
-      expectContinue,
-      continued: false,
-      get signal () {
-        if (ac === undefined) {
-          ac = new AbortController()
-          if (closed && !res.writableFinished) ac.abort()
-        }
-        return ac.signal
-      },
-      defer: (fn) => {
-        if (closed) fn()
-        else deferred.push(fn)
-      }
-    }
+    const ex = new Exchange(req, res, expectContinue)
     res.once('close', () => {
-      closed = true
-      // Only a response cut off can have work still waiting on it (abort builds a DOMException: not for every request).
-      if (!res.writableFinished) ac?.abort()
-      for (const fn of deferred.splice(0)) {
-        try {
-          fn()
-        } catch (err) {
-          log('cleanup failed: %s', (err as Error).message)
-        }
-      }
+      ex.close()
       this.active--
       if (log.enabled) {
         log('%s %s → %d%s (%d ms)', req.method, String(req.url).slice(0, 100), res.statusCode,
@@ -272,7 +278,7 @@ export class BlockServer {
       res.once('close', resolve)
     })
     const start = (): Promise<void> => {
-      if (closed) return done
+      if (ex.closed) return done
       try {
         res.setHeader('Server', 'bslfs')
         if (this.stopping) res.setHeader('Connection', 'close')
