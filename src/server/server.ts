@@ -42,11 +42,11 @@ export interface BlockServerOptions {
 /** The client closed its connection (or it timed out) before the request was whole. */
 class ClientGone extends Error {}
 
-/** What one request carries through its handler. */
 /**
- * One request and its response. A class, not an object literal: a literal with a getter made a
- * new hidden class per request, in the old generation, and those kept each request's garbage
- * alive through minor GCs (a block server's heap filled to its floor every second of small reads).
+ * One request and its response, carried through its handler. A class, not an object literal:
+ * a literal with a getter made a new hidden class per request, in the old generation, and those
+ * kept each request's garbage alive through minor GCs (a block server's heap filled to its floor
+ * every second of small reads).
  */
 class Exchange {
   /** ... and we answered 100 Continue (we are going to read the body). */
