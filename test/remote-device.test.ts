@@ -41,6 +41,8 @@ class FakeServer {
   readonly rules: Rule[] = []
   full = false
   requests = 0
+  /** Requests to upgrade to the read stream (refused). */
+  upgrades = 0
   connections = 0
   readonly byMethod: Record<string, number> = {}
   port = 0
@@ -133,6 +135,12 @@ class FakeServer {
   private handle (req: http.IncomingMessage, res: http.ServerResponse): void {
     req.on('error', noop)
     res.on('error', noop)
+    if (req.headers.upgrade !== undefined) {
+      // A server without the read stream (as any plain HTTP server): reads go over HTTP.
+      this.upgrades++
+      this.error(res, 404, 'ENOENT', 'no such route')
+      return
+    }
     this.requests++
     const method = req.method ?? ''
     this.byMethod[method] = (this.byMethod[method] ?? 0) + 1
@@ -368,6 +376,7 @@ t.test('round trips: put, get, stat, list, space, delete', async t => {
   t.same(f.devices.get('d1')?.get(id1), a, 'the server holds the bytes')
   t.same(await dev.get(id1, checksum(a)), a)
   t.same(await dev.get(id2, checksum(b)), b)
+  t.equal(f.upgrades, 1, 'the first read asked for the read stream once; refused, reads go over HTTP')
   t.same(await dev.stat(id1), { size: 200_000 })
   t.same(await dev.stat(id2), { size: 0 })
   t.equal(await dev.stat(idMissing), null)
@@ -731,8 +740,9 @@ t.test('one pool per server and token, shared and closed with the last device', 
   const data = randomBytes(100)
   await a.put(id1, data, checksum(data))
   await b.put(id1, data, checksum(data))
-  const conns = f.connections
+  // The first read also asks (in vain: the fake has no read stream) to upgrade, on a connection of its own.
   await a.get(id1, checksum(data))
+  const conns = f.connections
   await b.get(id1, checksum(data))
   t.equal(f.connections, conns, 'the second device reuses the first one\'s connection')
   await a.close()

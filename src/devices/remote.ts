@@ -5,6 +5,8 @@ import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { ErrnoCode, FsError } from '../errors'
 import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange, rangeBuffer } from './device'
+import { AnswerSink, StreamPool, StreamUnsupported, UpgradeRefused } from './stream-client'
+import { OP_OBJECT, OP_RANGE, StreamRequest } from './stream-frames'
 
 const log = createDebug('bslfs:devices')
 
@@ -62,6 +64,8 @@ export interface ServerHealth {
 interface PoolEntry {
   key: string
   pool: Pool
+  /** The server's read streams (http: only; https goes through the pool). */
+  streams: StreamPool | undefined
   refs: number
 }
 
@@ -83,7 +87,8 @@ function acquirePool (origin: string, token: string, connectTimeoutMs: number): 
       keepAliveMaxTimeout: 30_000,
       connect: { timeout: connectTimeoutMs }
     })
-    e = { key, pool, refs: 0 }
+    const streams = origin.startsWith('http:') ? new StreamPool(origin, token, connectTimeoutMs) : undefined
+    e = { key, pool, streams, refs: 0 }
     pools.set(key, e)
     log('new connection pool for %s', origin)
   }
@@ -95,6 +100,7 @@ async function releasePool (e: PoolEntry): Promise<void> {
   e.refs--
   if (e.refs > 0) return
   if (pools.get(e.key) === e) pools.delete(e.key)
+  e.streams?.close()
   // Let finished requests hand back their sockets; anything still hanging is cut off.
   let timer: NodeJS.Timeout | undefined
   const closed = await Promise.race([
@@ -141,6 +147,8 @@ interface Endpoint {
   timeoutMs: number
   retries: number
   dispatcher: Dispatcher
+  /** The server's read streams, unless the device was given its own dispatcher. */
+  streams?: StreamPool
   closed: () => boolean
 }
 
@@ -173,6 +181,8 @@ interface Call<T> {
   body?: Uint8Array
   /** The answer as it arrives (every call but a listing). */
   receive?: () => Receiver<T>
+  /** The same read as a frame of the server's read stream, which carries it when the server has one. */
+  stream?: Omit<StreamRequest, 'id'>
   /** Or the answer as a stream (a listing, read at the consumer's pace): the result, or throws Answer / FsError, inside the attempt's deadline. */
   handle?: (res: Dispatcher.ResponseData) => Promise<T>
   /** Releases a result that arrived after its deadline (a stream nobody will read). */
@@ -298,88 +308,160 @@ function small<T> (ep: Endpoint, what: string, ok: (status: number, headers: Hea
 }
 
 /**
- * One attempt of a call with a receiver, bounded as a whole by `timeoutMs`.
- * Once it settles (answered, failed, timed out) the receiver gets no more
- * bytes, and an answer still arriving is cut off with its connection.
+ * One attempt's answer, handed to its receiver as it arrives and settled
+ * once: by the answer, an error, or the deadline. Whichever transport carries
+ * it sets `cut`, which stops a transfer nobody waits for any more.
+ */
+class Reception<T> {
+  settled = false
+  cut: ((err: Error) => void) | undefined
+  private status = 0
+  private wanted = false
+  private readonly errorBody: Buffer[] = []
+  private errorBytes = 0
+  private readonly timer: NodeJS.Timeout
+
+  constructor (private readonly receiver: Receiver<T>, readonly timeoutMs: number,
+    private readonly resolve: (v: T) => void, private readonly reject: (err: unknown) => void) {
+    this.timer = setTimeout(() => this.stop(new TimedOut(timeoutMs)), timeoutMs)
+  }
+
+  settle (err: unknown, value?: T): void {
+    if (this.settled) return
+    this.settled = true
+    clearTimeout(this.timer)
+    if (err === undefined) this.resolve(value as T)
+    else this.reject(err)
+  }
+
+  stop (err: unknown): void {
+    this.settle(err)
+    this.cut?.(err as Error)
+  }
+
+  start (status: number, headers: Headers): void {
+    if (this.settled) return
+    this.status = status
+    try {
+      this.wanted = this.receiver.accept(status, headers)
+    } catch (err) {
+      this.stop(err)
+    }
+  }
+
+  /** The next bytes of the answer; `chunk` may be a view of a buffer the transport reuses. */
+  data (chunk: Buffer): void {
+    if (this.settled) return
+    if (!this.wanted) {
+      this.errorBytes += chunk.length
+      if (this.errorBytes <= ERROR_BODY_LIMIT) this.errorBody.push(Buffer.from(chunk))
+      return
+    }
+    try {
+      this.receiver.data(chunk)
+    } catch (err) {
+      this.stop(err)
+    }
+  }
+
+  end (): void {
+    if (this.settled) return
+    if (!this.wanted) {
+      return this.settle(this.receiver.refuse(this.status, errorFields(this.errorBytes <= ERROR_BODY_LIMIT ? Buffer.concat(this.errorBody) : null)))
+    }
+    let value: T
+    try {
+      value = this.receiver.end()
+    } catch (err) {
+      return this.settle(err)
+    }
+    this.settle(undefined, value)
+  }
+}
+
+/** Runs one attempt's transport with a Reception that settles the result. */
+function received<T> (receiver: Receiver<T>, timeoutMs: number, run: (r: Reception<T>) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const r = new Reception(receiver, timeoutMs, resolve, reject)
+    try {
+      run(r)
+    } catch (err) {
+      r.settle(err)
+    }
+  })
+}
+
+/**
+ * One attempt of a call with a receiver over HTTP, bounded as a whole by
+ * `timeoutMs`. Once it settles (answered, failed, timed out) the receiver gets
+ * no more bytes, and an answer still arriving is cut off with its connection.
  */
 function dispatched<T> (ep: Endpoint, call: Call<T>, receiver: Receiver<T>, timeoutMs: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    let settled = false
+  return received(receiver, timeoutMs, r => {
     let controller: Dispatcher.DispatchController | undefined
-    const timer = setTimeout(() => stop(new TimedOut(timeoutMs)), timeoutMs)
-    const settle = (err: unknown, value?: T): void => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      if (err === undefined) resolve(value as T)
-      else reject(err)
+    r.cut = err => controller?.abort(err)
+    ep.dispatcher.dispatch({
+      origin: ep.origin,
+      path: ep.basePath + call.path,
+      method: call.method,
+      headers: { authorization: `Bearer ${ep.token}`, ...call.headers },
+      body: call.body ?? null,
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs
+    }, {
+      onRequestStart: c => {
+        controller = c
+        if (r.settled) c.abort(new TimedOut(timeoutMs))
+      },
+      onResponseStart: (_c, statusCode, h) => {
+        if (statusCode >= 200) r.start(statusCode, h) // not 100 Continue
+      },
+      onResponseData: (_c, chunk) => r.data(chunk),
+      onResponseEnd: () => r.end(),
+      onResponseError: (_c, err) => r.settle(err)
+    })
+  })
+}
+
+/**
+ * The same over the server's read stream: the answer's status, length and
+ * size stand for the headers an HTTP answer would carry.
+ */
+function streamed<T> (ep: Endpoint, streams: StreamPool, req: Omit<StreamRequest, 'id'>, what: string, receiver: Receiver<T>, timeoutMs: number): Promise<T> {
+  return received(receiver, timeoutMs, r => {
+    const sink: AnswerSink = {
+      start: (status, length, size) => {
+        const headers: Headers = { 'content-length': String(length) }
+        if (status === 206) headers['content-range'] = `bytes ${req.offset}-${req.offset + length - 1}/${size}`
+        r.start(status, headers)
+      },
+      data: chunk => r.data(chunk),
+      end: () => r.end(),
+      fail: err => r.settle(err)
     }
-    const stop = (err: unknown): void => {
-      settle(err)
-      controller?.abort(err as Error)
-    }
-    let status = 0
-    let wanted = false
-    const errorBody: Buffer[] = []
-    let errorBytes = 0
-    try {
-      ep.dispatcher.dispatch({
-        origin: ep.origin,
-        path: ep.basePath + call.path,
-        method: call.method,
-        headers: { authorization: `Bearer ${ep.token}`, ...call.headers },
-        body: call.body ?? null,
-        headersTimeout: timeoutMs,
-        bodyTimeout: timeoutMs
-      }, {
-        onRequestStart: c => {
-          controller = c
-          if (settled) c.abort(new TimedOut(timeoutMs))
-        },
-        onResponseStart: (_c, statusCode, h) => {
-          if (settled || statusCode < 200) return // 100 Continue
-          status = statusCode
-          try {
-            wanted = receiver.accept(statusCode, h)
-          } catch (err) {
-            stop(err)
-          }
-        },
-        onResponseData: (_c, chunk) => {
-          if (settled) return
-          if (!wanted) {
-            errorBytes += chunk.length
-            if (errorBytes <= ERROR_BODY_LIMIT) errorBody.push(chunk)
-            return
-          }
-          try {
-            receiver.data(chunk)
-          } catch (err) {
-            stop(err)
-          }
-        },
-        onResponseEnd: () => {
-          if (settled) return
-          if (!wanted) return settle(receiver.refuse(status, errorFields(errorBytes <= ERROR_BODY_LIMIT ? Buffer.concat(errorBody) : null)))
-          let value: T
-          try {
-            value = receiver.end()
-          } catch (err) {
-            return settle(err)
-          }
-          settle(undefined, value)
-        },
-        onResponseError: (_c, err) => settle(err)
-      })
-    } catch (err) {
-      settle(err)
-    }
+    streams.send(req, sink).then(abandon => {
+      r.cut = abandon
+      // The deadline passed while the connection was being opened.
+      if (r.settled) abandon(new TimedOut(timeoutMs))
+    }, (err: unknown) => {
+      r.settle(err instanceof UpgradeRefused ? statusAnswer(ep, err.status, errorFields(err.body), what) : err)
+    })
   })
 }
 
 /** One attempt, bounded as a whole by `timeoutMs`: connect, send, headers and the answer. */
 async function attempt<T> (ep: Endpoint, call: Call<T>, timeoutMs: number): Promise<T> {
-  if (call.receive) return await dispatched(ep, call, call.receive(), timeoutMs)
+  if (call.receive) {
+    if (call.stream !== undefined && ep.streams !== undefined && ep.streams.supported !== false) {
+      try {
+        return await streamed(ep, ep.streams, call.stream, call.what, call.receive(), timeoutMs)
+      } catch (err) {
+        // A server without the stream: this attempt and the ones after go over HTTP.
+        if (!(err instanceof StreamUnsupported)) throw err
+      }
+    }
+    return await dispatched(ep, call, call.receive(), timeoutMs)
+  }
   const handle = call.handle as NonNullable<Call<T>['handle']>
   const ac = new AbortController()
   let timer: NodeJS.Timeout | undefined
@@ -542,6 +624,7 @@ export class RemoteDevice implements Device {
       timeoutMs: this.timeoutMs,
       retries,
       dispatcher: opts.pool ?? (this.entry as PoolEntry).pool,
+      streams: this.entry?.streams,
       closed: () => this.closed
     }
   }
@@ -622,6 +705,7 @@ export class RemoteDevice implements Device {
       path: this.objectPath(objectId),
       what,
       headers: { 'x-bslfs-checksum': String(sum) },
+      stream: { op: OP_OBJECT, device: this.device, objectId, offset: 0, length: 0, sum },
       receive: () => {
         let data: Buffer
         let declared: number | undefined
@@ -678,6 +762,8 @@ export class RemoteDevice implements Device {
       path: this.objectPath(objectId),
       what,
       headers: { range: `bytes=${offset}-${last}` },
+      // A frame's offset and length are u32 (objects are at most 64 MiB).
+      stream: last <= 0xffff_ffff ? { op: OP_RANGE, device: this.device, objectId, offset, length, sum: 0 } : undefined,
       receive: () => {
         const data = rangeBuffer(length, into)
         let n = 0

@@ -14,6 +14,8 @@
  *                                              (the client checks them against its chunk sums)
  *   HEAD   /v1/devices/DEV/objects/ID          200 with Content-Length, or 404
  *   DELETE /v1/devices/DEV/objects/ID          204 (idempotent)
+ *   GET    /v1/stream                          101 with Upgrade: bslfs-blocks/1: the connection then carries
+ *                                              object reads as binary frames (devices/stream-frames.ts)
  *
  * Every request carries `Authorization: Bearer TOKEN` (401 otherwise, before
  * anything else is looked at). Every error answer is JSON
@@ -26,11 +28,12 @@
  *   408 ETIMEDOUT request too slow        411 EINVAL PUT without Content-Length
  *   413 EFBIG body over the limit         414 ENAMETOOLONG target over 4096 characters
  *   416 EINVAL bad Range / ERANGE unsatisfiable (Content-Range: bytes *\/SIZE)
+ *   426 EINVAL /v1/stream without the upgrade
  *   417 EINVAL unknown Expect             422 EBADMSG body does not match its checksum
  *   431 EMSGSIZE headers too large        500 EIO corrupt object or device failure
  *   501 ENOSYS unknown method             507 ENOSPC device full
  */
-import type { ErrnoCode } from '../errors'
+import { ErrnoCode, FsError } from '../errors'
 
 export const PROTOCOL_PREFIX = '/v1'
 export const CHECKSUM_HEADER = 'x-bslfs-checksum'
@@ -52,6 +55,40 @@ export class HttpError extends Error {
     this.code = code
     this.headers = headers
   }
+}
+
+/** The client closed its connection (or it timed out) before the request was whole: nothing to answer. */
+export class ClientGone extends Error {}
+
+function isMissing (err: FsError): boolean {
+  if (err.code === 'ENOENT') return true
+  const cause = (err as { cause?: unknown }).cause as NodeJS.ErrnoException | undefined
+  return cause?.code === 'ENOENT'
+}
+
+/** The answer for an error a device raised. */
+function fromFsError (err: FsError): HttpError {
+  if (isMissing(err)) return new HttpError(404, 'ENOENT', err.message)
+  switch (err.code) {
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return new HttpError(507, 'ENOSPC', err.message)
+    case 'EINVAL':
+      return new HttpError(400, 'EINVAL', err.message)
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return new HttpError(500, err.code, err.message)
+    default:
+      return new HttpError(500, 'EIO', err.message)
+  }
+}
+
+/** The error answer for anything a request's handling threw: its own, a device's, or a bug's (500 EIO). */
+export function httpErrorOf (err: unknown): HttpError {
+  if (err instanceof HttpError) return err
+  if (err instanceof FsError) return fromFsError(err)
+  return new HttpError(500, 'EIO', `internal server error: ${(err as Error)?.message ?? String(err)}`)
 }
 
 /** A string from a request, quoted and cut short for an error message. */
@@ -148,6 +185,7 @@ export type Route =
   | { kind: 'list', device: string }
   | { kind: 'sync', device: string }
   | { kind: 'object', device: string, id: string }
+  | { kind: 'stream' }
 
 /** The methods each kind of route answers (the Allow header of a 405). */
 export const ALLOWED: Record<Route['kind'], readonly string[]> = {
@@ -155,7 +193,8 @@ export const ALLOWED: Record<Route['kind'], readonly string[]> = {
   space: ['GET', 'HEAD'],
   list: ['GET'],
   sync: ['POST'],
-  object: ['GET', 'HEAD', 'PUT', 'DELETE']
+  object: ['GET', 'HEAD', 'PUT', 'DELETE'],
+  stream: ['GET']
 }
 
 /**
@@ -178,6 +217,7 @@ export function parseTarget (target: string | undefined): Route {
   const noRoute = (): HttpError => new HttpError(404, 'ENOENT', `no such route: ${shown(path, 80)}`)
   if (segs[0] !== 'v1') throw noRoute()
   if (segs.length === 2 && segs[1] === 'health') return { kind: 'health' }
+  if (segs.length === 2 && segs[1] === 'stream') return { kind: 'stream' }
   if (segs[1] === 'devices' && segs.length >= 4) {
     const device = segs[2]
     if (segs[3] === 'space' && segs.length === 4) return { kind: 'space', device }

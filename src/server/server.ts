@@ -9,10 +9,12 @@ import { checksum } from '../checksum'
 import type { Device } from '../devices/device'
 import { FsError } from '../errors'
 import { ByteBudget } from './budget'
+import { STREAM_PATH, STREAM_PROTOCOL } from '../devices/stream-frames'
 import {
-  ALLOWED, CHECKSUM_HEADER, DURABLE_HEADER, HttpError, RangeSpec, Route, parseChecksumHeader, parseContentLength, parseDurableHeader, parseRange,
-  parseTarget, resolveRange, shown
+  ALLOWED, CHECKSUM_HEADER, ClientGone, DURABLE_HEADER, HttpError, RangeSpec, Route, httpErrorOf, parseChecksumHeader, parseContentLength,
+  parseDurableHeader, parseRange, parseTarget, resolveRange, shown
 } from './protocol'
+import { Held, StreamReads, StreamSession } from './stream'
 
 const log = createDebug('bslfs:server')
 
@@ -39,16 +41,13 @@ export interface BlockServerOptions {
   maxConnections: number
 }
 
-/** The client closed its connection (or it timed out) before the request was whole. */
-class ClientGone extends Error {}
-
 /**
  * One request and its response, carried through its handler. A class, not an object literal:
  * a literal with a getter made a new hidden class per request, in the old generation, and those
  * kept each request's garbage alive through minor GCs (a block server's heap filled to its floor
  * every second of small reads).
  */
-class Exchange {
+class Exchange implements Held {
   /** ... and we answered 100 Continue (we are going to read the body). */
   continued = false
   /** The response has closed (finished, or cut off). */
@@ -94,31 +93,6 @@ class Exchange {
 const JSON_TYPE = 'application/json; charset=utf-8'
 const CHALLENGE = 'Bearer realm="bslfs"'
 
-function isMissing (err: unknown): boolean {
-  if (!(err instanceof FsError)) return false
-  if (err.code === 'ENOENT') return true
-  const cause = (err as { cause?: unknown }).cause as NodeJS.ErrnoException | undefined
-  return cause?.code === 'ENOENT'
-}
-
-/** The answer for an error a device raised. */
-function fromFsError (err: FsError): HttpError {
-  if (isMissing(err)) return new HttpError(404, 'ENOENT', err.message)
-  switch (err.code) {
-    case 'ENOSPC':
-    case 'EDQUOT':
-      return new HttpError(507, 'ENOSPC', err.message)
-    case 'EINVAL':
-      return new HttpError(400, 'EINVAL', err.message)
-    case 'EACCES':
-    case 'EPERM':
-    case 'EROFS':
-      return new HttpError(500, err.code, err.message)
-    default:
-      return new HttpError(500, 'EIO', err.message)
-  }
-}
-
 /** The status line and JSON error body written straight to a socket when a request could not even be parsed. */
 function rawErrorResponse (status: number, code: string, message: string): string {
   const body = JSON.stringify({ error: message, code })
@@ -163,6 +137,14 @@ export class BlockServer {
   private readonly authenticated = new WeakMap<Duplex, string>()
   /** Connections already answered for a parse error (Node may report one several times). */
   private readonly failedSockets = new WeakSet<Duplex>()
+  /** Connections upgraded to the read stream. */
+  private readonly sessions = new Set<StreamSession>()
+  /** What the read stream answers, the same way the GETs do. */
+  private readonly reads: StreamReads = {
+    device: name => this.device(name),
+    object: (held, dev, id, sum) => this.object(held, dev, id, sum),
+    range: async (held, dev, id, offset, length) => await this.range(held, dev, id, { kind: 'from', start: offset, end: offset + length - 1 })
+  }
 
   constructor (private readonly opts: BlockServerOptions) {
     if (opts.token.length === 0) throw new Error('the block server needs a token')
@@ -183,6 +165,7 @@ export class BlockServer {
       this.sendError(res, new HttpError(417, 'EINVAL', `unsupported Expect: ${shown(String(req.headers.expect))}`), true)
     })
     this.server.on('clientError', (err: Error, socket: Duplex) => this.onClientError(err, socket))
+    this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => this.upgrade(req, socket, head))
     // With no 'timeout' listener, Node destroys a socket idle this long.
     this.server.setTimeout(opts.idleTimeoutMs)
     this.server.maxConnections = opts.maxConnections
@@ -209,7 +192,9 @@ export class BlockServer {
 
   /** Requests being handled now. */
   get inFlight (): number {
-    return this.active
+    let n = this.active
+    for (const s of this.sessions) n += s.inFlight
+    return n
   }
 
   /**
@@ -224,6 +209,7 @@ export class BlockServer {
       let forced = false
       const closed = new Promise<void>(resolve => this.server.close(() => resolve()))
       this.server.closeIdleConnections()
+      for (const s of this.sessions) s.stop()
       // Connections whose last response started before the stop become idle later.
       const sweep = setInterval(() => this.server.closeIdleConnections(), 100)
       sweep.unref()
@@ -232,6 +218,7 @@ export class BlockServer {
         forced = true
         log('stop: cutting off %d request(s) still in flight', this.active)
         this.server.closeAllConnections()
+        for (const s of this.sessions) s.destroy()
       }
       this.forceClose = force
       const deadline = setTimeout(force, graceMs)
@@ -322,8 +309,40 @@ export class BlockServer {
         ex.res.end()
         return
       case 'object':
-        return this.object(ex, route)
+        return this.objectRequest(ex, route)
+      case 'stream':
+        throw new HttpError(426, 'EINVAL', `${STREAM_PATH} is reached by an upgrade: send Connection: Upgrade and Upgrade: ${STREAM_PROTOCOL}`,
+          { Upgrade: STREAM_PROTOCOL, Connection: 'Upgrade' })
     }
+  }
+
+  /**
+   * An upgrade to the read stream: authenticated like any request, then the
+   * connection carries binary read frames (see devices/stream-frames.ts).
+   * Anything else asking to upgrade gets an error answer and is closed.
+   */
+  private upgrade (req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    socket.on('error', (err) => log('upgrade: %s', err.message))
+    try {
+      if (this.stopping) throw new HttpError(503, 'EAGAIN', 'the server is stopping')
+      this.authenticate(req)
+      const route = parseTarget(req.url)
+      if (route.kind !== 'stream') throw new HttpError(400, 'EINVAL', `only ${STREAM_PATH} can be upgraded (to ${STREAM_PROTOCOL})`)
+      if (req.method !== 'GET') throw new HttpError(405, 'EOPNOTSUPP', `method ${req.method ?? ''} is not allowed here; allowed: GET`)
+      const wanted = String(req.headers.upgrade ?? '')
+      if (wanted.toLowerCase() !== STREAM_PROTOCOL) throw new HttpError(400, 'EINVAL', `unknown Upgrade ${shown(wanted)}: this server speaks ${STREAM_PROTOCOL}`)
+    } catch (err) {
+      const e = httpErrorOf(err)
+      log('upgrade %s: %d %s', String(req.url).slice(0, 100), e.status, e.message)
+      socket.end(rawErrorResponse(e.status, e.code, e.message))
+      setTimeout(() => socket.destroy(), 1000).unref()
+      return
+    }
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${STREAM_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`)
+    ;(socket as Duplex & { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true)
+    const session = new StreamSession(socket, this.reads, this.opts.idleTimeoutMs, () => this.sessions.delete(session))
+    this.sessions.add(session)
+    if (head.length > 0) session.take(head)
   }
 
   private authenticate (req: http.IncomingMessage): void {
@@ -404,7 +423,7 @@ export class BlockServer {
     })
   }
 
-  private async object (ex: Exchange, route: Extract<Route, { kind: 'object' }>): Promise<void> {
+  private async objectRequest (ex: Exchange, route: Extract<Route, { kind: 'object' }>): Promise<void> {
     const dev = this.device(route.device)
     if (!isObjectId(route.id)) {
       throw new HttpError(400, 'EINVAL', `bad object id ${shown(route.id)}: must be exactly 16 lowercase hex digits`)
@@ -428,22 +447,7 @@ export class BlockServer {
     const rangeHeader = req.headers.range
     if (rangeHeader !== undefined) return this.getObjectRange(ex, dev, id, parseRange(rangeHeader))
     const sum = parseChecksumHeader(req.headers[CHECKSUM_HEADER])
-    const st = await dev.stat(id)
-    if (!st) throw new HttpError(404, 'ENOENT', `object ${id} is not on device ${dev.label}`)
-    // The whole object is read and verified before any byte of it is sent, into a buffer of the
-    // pool when it fits (a block). Its memory is reserved before the read, all at once: holding
-    // part while waiting for more deadlocks.
-    const fits = st.size <= this.bodies.size
-    await this.reserve(ex, fits ? this.bodies.size : st.size)
-    const into = fits ? this.bodies.take() : undefined
-    let data: Buffer
-    try {
-      data = await dev.get(id, sum, undefined, into)
-    } finally {
-      // Back to the pool once the read is done and the answer sent; not before the read is
-      // done, even when the client goes away (the pool thread is still writing into it).
-      if (into) ex.defer(() => this.bodies.give(into))
-    }
+    const data = await this.object(ex, dev, id, sum)
     res.writeHead(200, {
       'Content-Type': 'application/octet-stream',
       'Accept-Ranges': 'bytes',
@@ -455,25 +459,51 @@ export class BlockServer {
   }
 
   /**
+   * The whole object, read and verified before any byte of it is sent (over
+   * HTTP or a stream), into a buffer of the pool when it fits (a block). Its
+   * memory is reserved before the read, all at once: holding part while
+   * waiting for more deadlocks.
+   */
+  private async object (held: Held, dev: Device, id: string, sum: number): Promise<Buffer> {
+    const st = await dev.stat(id)
+    if (!st) throw new HttpError(404, 'ENOENT', `object ${id} is not on device ${dev.label}`)
+    const fits = st.size <= this.bodies.size
+    await this.reserve(held, fits ? this.bodies.size : st.size)
+    const into = fits ? this.bodies.take() : undefined
+    try {
+      return await dev.get(id, sum, undefined, into)
+    } finally {
+      // Back to the pool once the read is done and the answer sent; not before the read is
+      // done, even when the client goes away (the pool thread is still writing into it).
+      if (into) held.defer(() => this.bodies.give(into))
+    }
+  }
+
+  /**
    * A ranged GET reads only the range from disk and sends it unverified: the
    * client checks it against the chunk sums the directory holds (end to end),
    * so a small read costs a small read here too. X-Bslfs-Checksum is not needed.
    */
-  private async getObjectRange (ex: Exchange, dev: Device, id: string, range: RangeSpec): Promise<void> {
-    const st = await dev.stat(id)
-    if (!st) throw new HttpError(404, 'ENOENT', `object ${id} is not on device ${dev.label}`)
-    const { start, end } = resolveRange(range, st.size)
-    const length = end - start + 1
-    await this.reserve(ex, length)
-    const data = await dev.getRange(id, start, length)
+  private async getObjectRange (ex: Exchange, dev: Device, id: string, spec: RangeSpec): Promise<void> {
+    const { data, start, size } = await this.range(ex, dev, id, spec)
     ex.res.writeHead(206, {
       'Content-Type': 'application/octet-stream',
       'Accept-Ranges': 'bytes',
       'Cache-Control': 'no-store',
       'Content-Length': data.length,
-      'Content-Range': `bytes ${start}-${end}/${st.size}`
+      'Content-Range': `bytes ${start}-${start + data.length - 1}/${size}`
     })
     ex.res.end(data)
+  }
+
+  /** The bytes a range selects (416 when none), read alone; and where they start in an object of `size` bytes. */
+  private async range (held: Held, dev: Device, id: string, spec: RangeSpec): Promise<{ data: Buffer, start: number, size: number }> {
+    const st = await dev.stat(id)
+    if (!st) throw new HttpError(404, 'ENOENT', `object ${id} is not on device ${dev.label}`)
+    const { start, end } = resolveRange(spec, st.size)
+    const length = end - start + 1
+    await this.reserve(held, length)
+    return { data: await dev.getRange(id, start, length), start, size: st.size }
   }
 
   private async headObject (ex: Exchange, dev: Device, id: string): Promise<void> {
@@ -523,16 +553,16 @@ export class BlockServer {
     res.end()
   }
 
-  /** Holds `n` bytes of the memory budget until the response closes. */
-  private async reserve (ex: Exchange, n: number): Promise<void> {
+  /** Holds `n` bytes of the memory budget until the answer is written (or cut off). */
+  private async reserve (held: Held, n: number): Promise<void> {
     // The signal only when this has to wait.
     let release = this.budget.tryReserve(n)
     try {
-      release ??= await this.budget.reserve(n, ex.signal)
+      release ??= await this.budget.reserve(n, held.signal)
     } catch {
       throw new ClientGone('client went away while waiting for memory')
     }
-    ex.defer(release)
+    held.defer(release)
   }
 
   /** The whole body into `buf`, exactly its length; rejects when the client stops short. */
@@ -586,16 +616,8 @@ export class BlockServer {
       res.destroy()
       return
     }
-    let e: HttpError
-    if (err instanceof HttpError) {
-      e = err
-    } else if (err instanceof FsError) {
-      e = fromFsError(err)
-      if (e.status >= 500) log('%s %s: %s', req.method, String(req.url).slice(0, 100), err.message)
-    } else {
-      log('%s %s: internal error: %s', req.method, String(req.url).slice(0, 100), (err as Error)?.stack ?? String(err))
-      e = new HttpError(500, 'EIO', `internal server error: ${(err as Error)?.message ?? String(err)}`)
-    }
+    const e = httpErrorOf(err)
+    if (e.status >= 500) log('%s %s: %s', req.method, String(req.url).slice(0, 100), err instanceof FsError ? e.message : (err as Error)?.stack ?? e.message)
     if (res.headersSent || res.writableEnded || res.destroyed) {
       // Too late for an error answer: cut the connection so the client cannot take a partial answer as whole.
       if (!res.writableEnded) res.destroy()
