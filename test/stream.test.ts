@@ -235,7 +235,7 @@ t.test('against a real server process', async t => {
 // ---------------------------------------------------------------------------
 // A fake stream server: serves one object, with switches for failures.
 
-type Mode = 'ok' | 'hang' | 'cut' | 'flip' | 'badheader' | 'refuse401' | 'refuse503' | 'refuse404'
+type Mode = 'ok' | 'hang' | 'cut' | 'flip' | 'badheader' | 'long' | 'refuse401' | 'refuse503' | 'refuse404'
 
 class FakeStream {
   mode: Mode = 'ok'
@@ -291,7 +291,8 @@ class FakeStream {
   }
 
   private answer (s: net.Socket, r: StreamRequest): void {
-    const body = Buffer.from(r.op === OP_OBJECT ? this.data : this.data.subarray(r.offset, r.offset + r.length))
+    const want = r.op === OP_OBJECT ? this.data : this.data.subarray(r.offset, r.offset + r.length)
+    const body = this.mode === 'long' ? Buffer.concat([want, Buffer.alloc(10)]) : Buffer.from(want)
     const head = encodeAnswer({ id: r.id, status: r.op === OP_OBJECT ? 200 : 206, length: body.length, size: this.data.length })
     switch (this.mode) {
       case 'hang':
@@ -334,7 +335,8 @@ t.test('the client against a failing stream server', async t => {
   for (const [mode, re] of [
     ['hang', /unreachable: no complete answer within 300 ms/],
     ['cut', /unreachable: connection closed by the server/],
-    ['badheader', /unreachable: bad answer header from the server \(status 77\)/]
+    ['badheader', /unreachable: bad answer header from the server \(status 77\)/],
+    ['long', /s:d1 answered get of bytes 0-99 of object 00000000000000a1 with more than 100 bytes/]
   ] as Array<[Mode, RegExp]>) {
     f.mode = mode
     const started = Date.now()

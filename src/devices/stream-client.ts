@@ -70,6 +70,7 @@ class StreamConnection {
   private readonly head = Buffer.alloc(ANSWER_BYTES)
   private headGot = 0
   private sink: AnswerSink | null = null
+  private sinkId = 0
   private left = 0
   /** Until the upgrade: its deadline; then: the idle close. */
   private idle: NodeJS.Timeout | undefined
@@ -118,11 +119,12 @@ class StreamConnection {
   }
 
   /**
-   * A read nobody waits for any more (it timed out). The connection is cut:
-   * a server that does not answer in time is not trusted with the next read.
+   * A read nobody waits for any more (it timed out, or its answer was bad).
+   * The connection is cut: a server that does not answer in time, or answers
+   * wrongly, is not trusted with the next read.
    */
   abandon (id: number, why: Error): void {
-    if (this.waiting.delete(id)) this.close(why)
+    if (this.waiting.delete(id) || (this.sink !== null && this.sinkId === id)) this.close(why)
   }
 
   /** Closes the connection; reads still waiting fail with `err`. */
@@ -210,6 +212,7 @@ class StreamConnection {
           throw connectionError(`bad answer header from the server (status ${a.status})`, 'EPROTO')
         }
         this.sink = this.waiting.get(a.id) ?? null
+        this.sinkId = this.sink === null ? 0 : a.id
         this.waiting.delete(a.id)
         this.left = a.length
         this.sink?.start(a.status, a.length, a.size)
