@@ -12,10 +12,12 @@
 //                                 journal commit for every object put without PUT_DURABLE)
 //   aligned(size)                 a Buffer whose memory starts on a 4096-byte boundary: a put of it
 //                                 goes to the disk as it is, without the staging copy
-//   read(path, maxBytes, into, cb) the whole file: cb(errno, buffer, crc); EFBIG past maxBytes. crc
+//   read(path, maxBytes, into, directFrom, cb)
+//                                 the whole file: cb(errno, buffer, crc); EFBIG past maxBytes. crc
 //                                 is its CRC-32, computed on the pool thread (crc32.c).
 //                                 `into` (a Buffer, or null): read there when the file fits, and
-//                                 answer cb(0, null, crc, length) instead (no allocation)
+//                                 answer cb(0, null, crc, length) instead (no allocation).
+//                                 A file of directFrom bytes or more is read past the page cache
 //   readCached(fd, into, offset)  on the calling thread, no job: read into `into` at offset what the
 //                                 page cache holds (preadv2 RWF_NOWAIT), never waiting for the disk.
 //                                 Returns the bytes read (fewer, or 0, when the rest is not cached or
@@ -41,7 +43,7 @@
 
 #include "crc32.h"
 
-#define OBJECT_IO_VERSION 7
+#define OBJECT_IO_VERSION 8
 #define PUT_DURABLE 1
 #define PUT_DIRECT 2
 
@@ -56,6 +58,7 @@ typedef struct {
   const uint8_t *data;
   size_t length;
   size_t max_bytes;
+  size_t direct_from; // read: O_DIRECT from this size on
   uint8_t *out;      // read: malloc'd bytes handed to JS as an external buffer
   size_t out_length;
   uint8_t *into;     // read: the caller's buffer (kept alive by data_ref), or NULL
@@ -164,6 +167,11 @@ static void syncfs_execute (napi_env env, void *arg) {
   if (syncfs(j->dir_fd) != 0) j->err = errno;
 }
 
+// A large object is read past the page cache (O_DIRECT), as it was written: the kernel's copy out
+// of its cache cost 0.4 s of CPU per GiB of cold reads here (0.06 s direct), and the mount keeps
+// the blocks it reads in a cache of its own. The buffer and the length must be aligned: the read
+// asks for the length rounded up to DIRECT_ALIGN, which the buffer must hold. A file system that
+// refuses O_DIRECT (tmpfs) is read the ordinary way.
 static void read_execute (napi_env env, void *arg) {
   job_t *j = arg;
   int fd = open(j->path, O_RDONLY | O_CLOEXEC);
@@ -171,25 +179,43 @@ static void read_execute (napi_env env, void *arg) {
   struct stat st;
   if (fstat(fd, &st) != 0) { j->err = errno; close(fd); return; }
   if ((size_t) st.st_size > j->max_bytes) { j->err = EFBIG; close(fd); return; }
+  size_t size = (size_t) st.st_size;
+  size_t padded = (size + DIRECT_ALIGN - 1) & ~((size_t) DIRECT_ALIGN - 1);
+  int direct = size >= j->direct_from && size > 0;
   uint8_t *dst;
-  if (j->into != NULL && (size_t) st.st_size <= j->into_length) {
+  size_t room;
+  if (j->into != NULL && size <= j->into_length) {
     dst = j->into;
+    room = j->into_length;
   } else {
-    j->out = malloc(st.st_size > 0 ? (size_t) st.st_size : 1);
-    if (j->out == NULL) { j->err = ENOMEM; close(fd); return; }
+    room = direct ? padded : (size > 0 ? size : 1);
+    if (direct ? posix_memalign((void **) &j->out, DIRECT_ALIGN, room) != 0 : (j->out = malloc(room)) == NULL) {
+      j->out = NULL;
+      j->err = ENOMEM;
+      close(fd);
+      return;
+    }
     dst = j->out;
   }
+  direct = direct && ((uintptr_t) dst % DIRECT_ALIGN) == 0 && padded <= room &&
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_DIRECT) == 0;
   size_t n = 0;
-  while (n < (size_t) st.st_size) {
-    ssize_t r = read(fd, dst + n, (size_t) st.st_size - n);
+  while (n < size) {
+    ssize_t r = read(fd, dst + n, (direct ? padded : size) - n);
     if (r < 0) {
       if (errno == EINTR) continue;
+      if (direct && errno == EINVAL && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_DIRECT) == 0) {
+        direct = 0; // refused after all: the rest the ordinary way (n is aligned so far)
+        continue;
+      }
       j->err = errno;
       break;
     }
     if (r == 0) break; // shorter than fstat said: the caller's length check reports it
     n += (size_t) r;
   }
+  // A direct read may pass the size fstat gave only if the file grew meanwhile: objects never do.
+  if (n > size) n = size;
   j->out_length = n;
   close(fd);
   if (j->err == 0) j->crc = crc32_bytes(0, dst, n);
@@ -274,29 +300,31 @@ static napi_value sync_fs (napi_env env, napi_callback_info info) {
 }
 
 static napi_value read_object (napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   job_t *j = calloc(1, sizeof *j);
   if (j == NULL) return throw_error(env, "out of memory");
-  int64_t max;
-  j->path = argc == 4 ? string_arg(env, argv[0]) : NULL;
+  int64_t max, direct_from;
+  j->path = argc == 5 ? string_arg(env, argv[0]) : NULL;
   napi_valuetype into_type = napi_undefined;
   if (j->path != NULL) napi_typeof(env, argv[2], &into_type);
   void *into = NULL;
   if (j->path == NULL || napi_get_value_int64(env, argv[1], &max) != napi_ok || max < 0 ||
-      (into_type != napi_null && napi_get_buffer_info(env, argv[2], &into, &j->into_length) != napi_ok)) {
+      (into_type != napi_null && napi_get_buffer_info(env, argv[2], &into, &j->into_length) != napi_ok) ||
+      napi_get_value_int64(env, argv[3], &direct_from) != napi_ok || direct_from < 0) {
     free(j->path);
     free(j);
-    return throw_error(env, "read(path, maxBytes, buffer | null, callback)");
+    return throw_error(env, "read(path, maxBytes, buffer | null, directFrom, callback)");
   }
   j->max_bytes = (size_t) max;
+  j->direct_from = (size_t) direct_from;
   j->dir_fd = -1;
   if (into != NULL) {
     j->into = into;
     napi_create_reference(env, argv[2], 1, &j->data_ref);
   }
-  return start(env, j, argv[3], "bslfs:read", read_execute);
+  return start(env, j, argv[4], "bslfs:read", read_execute);
 }
 
 static void free_aligned (napi_env env, void *data, void *hint) {

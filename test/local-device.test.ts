@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process'
 import { LocalDevice, MARKER_FILE } from '../src/devices/local'
 import { handleLimit } from '../src/devices/handles'
 import { checksum } from '../src/checksum'
-import { readCached } from '../src/devices/object-io'
+import { alignedBuffer, readCached } from '../src/devices/object-io'
 import { FsError } from '../src/errors'
 
 const names = { server: 'local', device: 'd0' }
@@ -132,6 +132,45 @@ t.test('a corrupt object fails with EIO and never returns bytes', async t => {
   await fsp.writeFile(file, c)
   await dev.put(id1, d, sum)
   t.same(await dev.get(id1, sum), d)
+})
+
+t.test('large objects are read past the page cache: any size, into a buffer or not, with or without O_DIRECT', async t => {
+  const dirs = [join(t.testdir(), 'disk')]
+  // tmpfs refuses O_DIRECT: its reads go the ordinary way.
+  const shm = await fsp.mkdtemp('/dev/shm/bslfs-test-').catch(() => null)
+  if (shm !== null) {
+    t.teardown(() => fsp.rm(shm, { recursive: true, force: true }))
+    dirs.push(join(shm, 'dev'))
+  }
+  const MiB = 1 << 20
+  for (const dir of dirs) {
+    const dev = await LocalDevice.create(dir, names)
+    t.teardown(() => dev.close())
+    const sizes = [256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, MiB - 4095, MiB, 3 * MiB + 5]
+    for (const [i, size] of sizes.entries()) {
+      const data = randomBytes(size)
+      const sum = checksum(data)
+      const id = (0x100 + i).toString(16).padStart(16, '0')
+      await dev.put(id, data, sum)
+      const what = `${size} bytes on ${dir.startsWith('/dev/shm') ? 'tmpfs' : 'disk'}`
+      t.ok((await dev.get(id, sum)).equals(data), `${what}: a buffer of its own`)
+      const into = alignedBuffer(MiB)
+      const got = await dev.get(id, sum, undefined, into)
+      t.ok(got.equals(data), `${what}: into an aligned buffer`)
+      t.equal(got.buffer === into.buffer, size <= MiB, `${what}: in that buffer only when it fits`)
+      const odd = Buffer.alloc(MiB + 1).subarray(1)
+      t.ok((await dev.get(id, sum, undefined, odd)).equals(data), `${what}: into a buffer off the alignment`)
+    }
+    // A copy rewritten through the page cache (still dirty there) is what a direct read sees.
+    const id = '0000000000000105'
+    const file = join(dir, 'objects', id.slice(-2), id)
+    const good = await fsp.readFile(file)
+    const bad = Buffer.from(good)
+    bad[MiB] ^= 1
+    await fsp.writeFile(file, bad)
+    await t.rejects(dev.get(id, checksum(good)), { code: 'EIO', message: /checksum mismatch/ }, 'a byte flipped through the page cache is seen')
+    t.ok((await dev.get(id, checksum(bad))).equals(bad), 'the new bytes, not the old ones')
+  }
 })
 
 t.test('getRange reads a byte range without verifying it', async t => {

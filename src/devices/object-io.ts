@@ -8,13 +8,13 @@ interface ObjectIo {
   syncfs (fd: number, cb: (errno: number) => void): void
   aligned (size: number): Buffer
   readCached (fd: number, into: Uint8Array, offset: number): number
-  read (path: string, maxBytes: number, into: Buffer | null, cb: (errno: number, data?: Buffer | null, crc?: number, length?: number) => void): void
+  read (path: string, maxBytes: number, into: Buffer | null, directFrom: number, cb: (errno: number, data?: Buffer | null, crc?: number, length?: number) => void): void
   crc32 (data: Uint8Array, crc?: number): number
   folds: boolean
   mmapThreshold (bytes: number): boolean
 }
 
-const VERSION = 7
+const VERSION = 8
 const PUT_DURABLE = 1
 const PUT_DIRECT = 2
 const ADDON = join(__dirname, '..', '..', 'build', 'Release', 'object_io.node')
@@ -64,11 +64,13 @@ export function syncFs (fd: number, what: string): Promise<void> {
 /**
  * The whole file at `path` and its CRC-32 (computed on the thread pool);
  * EFBIG when it is longer than `maxBytes`. Into `into` when it fits there
- * (the data is then a view of it).
+ * (the data is then a view of it). A file of `directFrom` bytes or more is
+ * read past the page cache when the buffer allows (aligned, with room for the
+ * length rounded up to 4096).
  */
-export function readObject (path: string, maxBytes: number, into?: Buffer): Promise<{ data: Buffer, crc: number }> {
+export function readObject (path: string, maxBytes: number, directFrom: number, into?: Buffer): Promise<{ data: Buffer, crc: number }> {
   return new Promise((resolve, reject) => {
-    io().read(path, maxBytes, into ?? null, (errno, data, crc, length) => {
+    io().read(path, maxBytes, into ?? null, directFrom, (errno, data, crc, length) => {
       if (errno !== 0) return reject(systemError(errno, 'read', path))
       // No buffer of its own: the file was read into `into`, `length` bytes of it.
       resolve({ data: data ?? (into as Buffer).subarray(0, length), crc: crc as number })
