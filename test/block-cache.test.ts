@@ -14,7 +14,7 @@ function filled (cache: BlockCache, byte: number): Buffer {
 }
 
 t.test('an evicted buffer is reused only once no use holds it', async t => {
-  const cache = new BlockCache(BS, BS) // room for one block
+  const cache = new BlockCache(BS, BS, 0) // room for one block
   const a = filled(cache, 0x61)
   cache.set('a', a, a)
   const reply = cache.use()
@@ -33,7 +33,7 @@ t.test('an evicted buffer is reused only once no use holds it', async t => {
 })
 
 t.test('a new entry stays pinned until the next turn: whoever waited for it holds it first', async t => {
-  const cache = new BlockCache(BS, BS)
+  const cache = new BlockCache(BS, BS, 0)
   const a = filled(cache, 1)
   const e = cache.set('a', a, a)
   const b = filled(cache, 2)
@@ -48,7 +48,7 @@ t.test('a new entry stays pinned until the next turn: whoever waited for it hold
 })
 
 t.test('a buffer set without backing is never handed out', async t => {
-  const cache = new BlockCache(BS, BS)
+  const cache = new BlockCache(BS, BS, 0)
   const own = Buffer.alloc(BS, 1)
   cache.set('x', own)
   const b = filled(cache, 2)
@@ -56,4 +56,22 @@ t.test('a buffer set without backing is never handed out', async t => {
   await nextTurn()
   const c = filled(cache, 3)
   t.not(c, own, 'x is not reused')
+})
+
+t.test('spares for every buffer the cache and its reads in flight use: none is dropped to be allocated again', async t => {
+  // Room for 4 blocks, and 12 more in flight (or held by replies) at once.
+  const cache = new BlockCache(4 * BS, BS, 12)
+  const replies = cache.use()
+  const mine = new Set<Buffer>()
+  for (let i = 0; i < 16; i++) {
+    const b = filled(cache, i)
+    mine.add(b)
+    replies.hold(cache.set(`k${i}`, b, b)) // 12 of them evicted while the replies hold them
+  }
+  await nextTurn()
+  t.equal(mine.size, 16, '16 buffers in use at once')
+  cache.set('k0', Buffer.alloc(BS)) // already cached: nothing changes
+  replies.end() // the 12 evicted come back at once
+  const again = Array.from({ length: 12 }, () => cache.buffer())
+  t.equal(again.filter(b => mine.has(b)).length, 12, 'all 12 are handed out again, none allocated anew')
 })

@@ -206,7 +206,7 @@ export class FileData {
 
   constructor (readonly dir: Directory, readonly store: BlockStore, opts: { cacheBytes?: number, dirtyBytes?: number, parallelWrites?: number } = {}) {
     // 24 MiB of cache and 8 spare write buffers: with the dirty budget and the read-ahead, the mount stays under 250 MiB RSS (native-notes/memory.md).
-    this.cache = new BlockCache(opts.cacheBytes ?? 24 * 1024 * 1024, dir.blockSize)
+    this.cache = new BlockCache(opts.cacheBytes ?? 24 * 1024 * 1024, dir.blockSize, READ_AHEAD_BLOCKS)
     this.writers = new Semaphore(opts.parallelWrites ?? 8)
     this.dirtyLimit = opts.dirtyBytes ?? 32 * 1024 * 1024
     // 4 KiB before each buffer: the FUSE session reads a write request there (see FuseSession.take).
