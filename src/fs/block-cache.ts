@@ -55,7 +55,8 @@ export class BlockCache {
     // Spares for every buffer the cache and its reads in flight can use at once: with fewer, a
     // sequential read dropped and allocated again every other block (page faults in the copy
     // into the fresh buffer, and collections of the dropped ones: a fifth of a mirrored read's CPU).
-    this.pool = new BufferPool(blockSize, Math.ceil(budget / blockSize) + spareBlocks)
+    // Between workloads it keeps the 8 it always did.
+    this.pool = new BufferPool(blockSize, Math.ceil(budget / blockSize) + spareBlocks, 0, 8)
   }
 
   get (key: string): CacheEntry | undefined {
