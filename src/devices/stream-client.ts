@@ -251,12 +251,15 @@ export class StreamPool {
   private readonly connections: StreamConnection[] = []
   private readonly host: string
   private readonly port: number
+  /** The Host header of the upgrade request. */
+  private readonly hostHeader: string
   private closed = false
 
   constructor (readonly origin: string, private readonly token: string, private readonly connectTimeoutMs: number) {
     const u = new URL(origin)
     this.host = u.hostname.replace(/^\[|\]$/g, '')
     this.port = Number(u.port === '' ? 80 : u.port)
+    this.hostHeader = u.host
   }
 
   /**
@@ -292,7 +295,7 @@ export class StreamPool {
     let best: StreamConnection | undefined
     for (const c of this.connections) if (best === undefined || c.load < best.load) best = c
     if (best !== undefined && (best.load === 0 || this.connections.length >= STREAM_CONNECTIONS)) return best
-    const c = new StreamConnection(this.host, this.port, new URL(this.origin).host, this.token, this.connectTimeoutMs, gone => {
+    const c = new StreamConnection(this.host, this.port, this.hostHeader, this.token, this.connectTimeoutMs, gone => {
       const i = this.connections.indexOf(gone)
       if (i >= 0) this.connections.splice(i, 1)
     })

@@ -28,8 +28,8 @@
  *   408 ETIMEDOUT request too slow        411 EINVAL PUT without Content-Length
  *   413 EFBIG body over the limit         414 ENAMETOOLONG target over 4096 characters
  *   416 EINVAL bad Range / ERANGE unsatisfiable (Content-Range: bytes *\/SIZE)
- *   426 EINVAL /v1/stream without the upgrade
  *   417 EINVAL unknown Expect             422 EBADMSG body does not match its checksum
+ *   426 EINVAL /v1/stream without the upgrade
  *   431 EMSGSIZE headers too large        500 EIO corrupt object or device failure
  *   501 ENOSYS unknown method             507 ENOSPC device full
  */

@@ -14,7 +14,7 @@ import {
   ALLOWED, CHECKSUM_HEADER, ClientGone, DURABLE_HEADER, HttpError, RangeSpec, Route, httpErrorOf, parseChecksumHeader, parseContentLength,
   parseDurableHeader, parseRange, parseTarget, resolveRange, shown
 } from './protocol'
-import { Held, StreamReads, StreamSession } from './stream'
+import { Deferrals, Held, StreamReads, StreamSession } from './stream'
 
 const log = createDebug('bslfs:server')
 
@@ -47,18 +47,17 @@ export interface BlockServerOptions {
  * kept each request's garbage alive through minor GCs (a block server's heap filled to its floor
  * every second of small reads).
  */
-class Exchange implements Held {
+class Exchange extends Deferrals implements Held {
   /** ... and we answered 100 Continue (we are going to read the body). */
   continued = false
-  /** The response has closed (finished, or cut off). */
-  closed = false
   /** Made when something asks for the signal (a wait for memory or a drain): most requests never do. */
   private ac: AbortController | undefined
-  private readonly deferred: Array<() => void> = []
 
   constructor (readonly req: http.IncomingMessage, readonly res: http.ServerResponse,
     /** The client sent `Expect: 100-continue` ... */
-    readonly expectContinue: boolean) {}
+    readonly expectContinue: boolean) {
+    super()
+  }
 
   /** Aborts when the response is cut off before it finished (the client went away); made on first use. */
   get signal (): AbortSignal {
@@ -69,24 +68,11 @@ class Exchange implements Held {
     return this.ac.signal
   }
 
-  /** Runs `fn` when the response closes (at once if it already has). */
-  defer (fn: () => void): void {
-    if (this.closed) fn()
-    else this.deferred.push(fn)
-  }
-
-  /** The response closed: what was deferred runs now. */
-  close (): void {
-    this.closed = true
+  /** The response closed (finished, or cut off): what was deferred runs now. */
+  override close (): void {
     // Only a response cut off can have work still waiting on it (abort builds a DOMException: not for every request).
     if (!this.res.writableFinished) this.ac?.abort()
-    for (const fn of this.deferred.splice(0)) {
-      try {
-        fn()
-      } catch (err) {
-        log('cleanup failed: %s', (err as Error).message)
-      }
-    }
+    super.close()
   }
 }
 

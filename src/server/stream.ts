@@ -27,17 +27,19 @@ export interface StreamReads {
 /** Requests read from one connection and not yet answered; beyond it the connection is not read. */
 const MAX_IN_FLIGHT = 64
 
-class StreamCall implements Held {
+/** Work waiting for an answer to be done (written, or cut off): it runs once, when the answer closes. */
+export class Deferrals {
+  /** The answer is done. */
+  closed = false
   private readonly deferred: Array<() => void> = []
-  private closed = false
 
-  constructor (readonly signal: AbortSignal) {}
-
+  /** Runs `fn` when the answer closes (at once if it already has). */
   defer (fn: () => void): void {
     if (this.closed) fn()
     else this.deferred.push(fn)
   }
 
+  /** The answer is done: what was deferred runs now (once). */
   close (): void {
     if (this.closed) return
     this.closed = true
@@ -48,6 +50,13 @@ class StreamCall implements Held {
         log('cleanup failed: %s', (err as Error).message)
       }
     }
+  }
+}
+
+/** One read of a stream: the session's signal (the connection), and what it holds until answered. */
+class StreamCall extends Deferrals implements Held {
+  constructor (readonly signal: AbortSignal) {
+    super()
   }
 }
 
