@@ -2,7 +2,9 @@
 'use strict'
 // Build bslfs's native addons against Debian's libfuse2 and this Node's headers: the FUSE
 // channel (native/fuse_channel.c) and the local device's whole-object I/O
-// (native/object_io.c), into build/Release/; then load each in a child process to check it.
+// (native/object_io.c), into build/Release/; and classic-level's LevelDB binding with
+// bslfs's synchronous calls (native/classic_level_sync.cc). Then load each in a child
+// process to check it.
 // Safe to run any number of times (npm's postinstall runs it). See native-notes/.
 
 const fs = require('fs')
@@ -63,4 +65,37 @@ for (const name of ['fuse_channel', 'object_io']) {
   }
   built.push(`${path.relative(root, addon)} (version ${probe.stdout.trim()})`)
 }
+// classic-level's binding, rebuilt with bslfs's synchronous batch and scan
+// (native/classic_level_sync.cc, spliced in between markers, so a rerun replaces it).
+const BEGIN = '// ---- bslfs sync calls: begin (scripts/build-native.js) ----\n'
+const END = '// ---- bslfs sync calls: end ----\n'
+let levelDir
+try {
+  levelDir = path.dirname(require.resolve('classic-level/package.json', { paths: [root] }))
+} catch {
+  fail('classic-level is missing; run `npm install` first')
+}
+const levelVersion = require(path.join(levelDir, 'package.json')).version
+const bindingCc = path.join(levelDir, 'binding.cc')
+let source = fs.readFileSync(bindingCc, 'utf8')
+const at = source.indexOf(BEGIN)
+if (at >= 0) source = source.slice(0, at) + source.slice(source.indexOf(END, at) + END.length)
+source = source.replace('\n  NAPI_EXPORT_FUNCTION(batch_do_sync);\n  NAPI_EXPORT_FUNCTION(scan_sync);', '')
+const anchors = ['\nNAPI_INIT() {\n', '\n  NAPI_EXPORT_FUNCTION(batch_do);']
+if (anchors.some(a => source.split(a).length !== 2)) {
+  fail(`classic-level ${levelVersion} (${levelDir}) does not have the binding.cc bslfs patches (NAPI_INIT and batch_do, once each); bslfs is written against classic-level 3.0.0`)
+}
+const fragment = fs.readFileSync(path.join(root, 'native', 'classic_level_sync.cc'), 'utf8')
+source = source
+  .replace(anchors[0], '\n' + BEGIN + fragment + END + anchors[0].slice(1))
+  .replace(anchors[1], anchors[1] + '\n  NAPI_EXPORT_FUNCTION(batch_do_sync);\n  NAPI_EXPORT_FUNCTION(scan_sync);')
+fs.writeFileSync(bindingCc, source)
+const levelGyp = spawnSync(process.execPath, [...args, '-j', '2'], { cwd: levelDir, encoding: 'utf8' })
+if (levelGyp.status !== 0) fail(`rebuilding classic-level's binding in ${levelDir} failed (prerequisites: ${INSTALL_HINT})`, (levelGyp.stdout || '') + (levelGyp.stderr || ''))
+const levelProbe = spawnSync(process.execPath, ['-e', `const b = require(${JSON.stringify(path.join(levelDir, 'binding.js'))}); console.log(typeof b.batch_do_sync + ' ' + typeof b.scan_sync)`], { encoding: 'utf8' })
+if (levelProbe.status !== 0 || levelProbe.stdout.trim() !== 'function function') {
+  fail(`classic-level's rebuilt binding does not load with batch_do_sync and scan_sync (${levelDir}/build/Release)`, (levelProbe.stdout || '') + (levelProbe.stderr || ''))
+}
+built.push(`classic-level ${levelVersion} with synchronous batch and scan`)
+
 console.log(`build-native: ${built.join(', ')}, against libfuse2${nodeDir ? `, Node headers from ${nodeDir}` : ''}`)

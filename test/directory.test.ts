@@ -236,6 +236,75 @@ t.test('LevelKv', async t => {
     t.ok(ran)
   })
 
+  t.test('a scan longer than one synchronous read sees one state of the store', async t => {
+    const kv = await openKv(dbPath(t))
+    t.teardown(() => kv.close())
+    const key = (i: number): Buffer => B(`k${String(i).padStart(4, '0')}`)
+    const N = 700 // more than two of the engine's 256-entry reads
+    await kv.txn(tx => { for (let i = 0; i < N; i++) tx.put(key(i), B(`v${i}`)) })
+    const all = Array.from({ length: N }, (_, i) => `${key(i).toString()}=v${i}`)
+    t.same(await scanAll(kv, B('k')), all, 'every key, in order, across the reads')
+    for (const limit of [1, 255, 256, 257, 512, 513, 699, 700, 701]) {
+      t.same(await scanAll(kv, B('k'), { limit }), all.slice(0, limit), `limit ${limit}`)
+    }
+    for (const after of [0, 254, 255, 256, 511, 698, 699]) {
+      t.same(await scanAll(kv, B('k'), { after: key(after) }), all.slice(after + 1), `after the key at ${after}`)
+      t.same(await scanAll(kv, B('k'), { after: key(after), limit: 300 }), all.slice(after + 1, after + 301), `after ${after}, limit 300`)
+    }
+
+    // A batch that commits while the scan is under way (after its first read) is not seen by it.
+    const seen: string[] = []
+    let changed = false
+    for await (const [k, v] of kv.scan(B('k'))) {
+      seen.push(`${k.toString()}=${v.toString()}`)
+      if (!changed) {
+        changed = true
+        await kv.txn(tx => {
+          for (let i = 600; i < N; i++) tx.del(key(i))
+          tx.put(key(300), B('changed'))
+          tx.put(B('k0650x'), B('new'))
+        })
+      }
+    }
+    t.same(seen, all, 'the scan saw the store as it was when it started')
+    const after = await scanAll(kv, B('k'))
+    t.equal(after.length, 601, 'the batch did commit')
+    t.ok(after.includes('k0300=changed') && after.includes('k0650x=new'))
+
+    // A snapshot's scan too, however many reads it takes.
+    const snap = kv.snapshot()
+    t.teardown(() => snap.close())
+    await kv.txn(tx => { for (let i = 0; i < 600; i++) tx.del(key(i)) })
+    t.same(await scanAll(snap, B('k')), after, 'a snapshot scans its own state')
+    t.same(await scanAll(kv, B('k')), ['k0650x=new'], 'the store moved on')
+  })
+
+  t.test('classic-level\'s binding carries bslfs\'s synchronous batch and scan', async t => {
+    const { ClassicLevel } = await import('classic-level')
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const binding = require('classic-level/binding')
+    t.equal(typeof binding.batch_do_sync, 'function', 'npm install rebuilt the binding (scripts/build-native.js)')
+    t.equal(typeof binding.scan_sync, 'function')
+    const db = new ClassicLevel<Buffer, Buffer>(dbPath(t), { keyEncoding: 'buffer', valueEncoding: 'buffer' })
+    await db.open()
+    const ctx = (db as unknown as Record<symbol, unknown>)[Object.getOwnPropertySymbols(db).find(s => s.description === 'context')!]
+    t.equal(binding.batch_do_sync(ctx, [B('a'), B('b'), B('c')], [B('1'), B('2'), B('3')], 4), true, 'written on this thread')
+    t.same(binding.scan_sync(ctx, B('a'), true, null, 10, undefined).map(String), ['a', '1', 'b', '2', 'c', '3'])
+    t.equal(binding.batch_do_sync(ctx, [B('a'), B('d')], [null, B('4')], 0), false, 'level 0 at its limit: refused')
+    t.equal(String(db.getSync(B('a'))), '1', 'a refused batch writes nothing')
+    t.equal(db.getSync(B('d')), undefined)
+    t.equal(binding.batch_do_sync(ctx, [B('a'), B('d')], [null, B('4')], 4), true)
+    t.same(binding.scan_sync(ctx, B('b'), false, null, 10, undefined).map(String), ['c', '3', 'd', '4'], 'from excluded; a null value deleted a')
+    t.same(binding.scan_sync(ctx, B('b'), true, B('d'), 10, undefined).map(String), ['b', '2', 'c', '3'], 'to excluded')
+    t.same(binding.scan_sync(ctx, B('b'), true, null, 1, undefined).map(String), ['b', '2'], 'limit')
+    t.same(binding.scan_sync(ctx, B('e'), true, null, 10, undefined), [], 'nothing from past the end')
+    t.throws(() => binding.batch_do_sync(ctx, [B('x')], [7], 4), 'a value that is not a buffer is refused')
+    t.equal(db.getSync(B('x')), undefined)
+    await db.close()
+    t.throws(() => binding.batch_do_sync(ctx, [B('x')], [null], 4), { code: 'LEVEL_DATABASE_NOT_OPEN' }, 'a closed database is refused, not touched')
+    t.throws(() => binding.scan_sync(ctx, B('a'), true, null, 1, undefined), { code: 'LEVEL_DATABASE_NOT_OPEN' })
+  })
+
   t.test('reopen after close sees everything; a second open is refused', async t => {
     const path = dbPath(t)
     const kv = await openKv(path)

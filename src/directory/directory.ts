@@ -800,8 +800,7 @@ class Writer {
   async deleteInode (inode: Inode): Promise<void> {
     let bytes = 0
     // Block records lie below the size (truncate drops the rest in its batch), so an empty file
-    // needs no scan and a small one a few point reads, which are synchronous: an iterator costs
-    // thread-pool round trips, a large part of an rm -rf of small files.
+    // needs no scan and a small one a few point reads, cheaper than a scan's iterator.
     const blocks = Math.ceil(inode.size / this.dir.blockSize)
     if (blocks > 0 && blocks <= POINT_READ_BLOCKS) {
       for (let i = 0; i < blocks; i++) {

@@ -45,7 +45,7 @@ class LevelTxn implements KvTxn {
     let count = 0
     const limit = opts.limit ?? Infinity
     if (limit <= 0) return
-    for await (const [k, v] of scanFrom(this.db, prefix, opts.after)) {
+    for await (const [k, v] of scanFrom(this.db, prefix, { after: opts.after })) {
       while (i < pending.length && Buffer.compare(pending[i].key, k) < 0) {
         const w = pending[i++]
         if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
@@ -84,6 +84,50 @@ function startsWith (key: Buffer, prefix: Buffer): boolean {
 type Snapshot = ReturnType<Level['snapshot']>
 
 /**
+ * classic-level's binding with the two calls bslfs adds to it
+ * (native/classic_level_sync.cc, built by scripts/build-native.js): a batch
+ * and a scan on the calling thread. classic-level's own batch and iterator are
+ * thread-pool jobs, each about 50 us of waking threads here against 7 us for
+ * the work; an unlink made one, an rmdir or a directory listing three.
+ */
+interface SyncBinding {
+  batch_do_sync (db: unknown, keys: Buffer[], values: Array<Buffer | null>, level0Limit: number): boolean
+  scan_sync (db: unknown, from: Buffer, inclusive: boolean, to: Buffer | null, limit: number, snapshot: unknown): Buffer[]
+}
+
+let syncBinding: SyncBinding | undefined
+
+function binding (): SyncBinding {
+  if (syncBinding) return syncBinding
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const b = require('classic-level/binding') as Partial<SyncBinding>
+  if (typeof b.batch_do_sync !== 'function' || typeof b.scan_sync !== 'function') {
+    throw new Error('classic-level\'s binding lacks bslfs\'s synchronous batch and scan: run `npm install` ' +
+      '(scripts/build-native.js rebuilds it with native/classic_level_sync.cc)')
+  }
+  syncBinding = b as SyncBinding
+  return syncBinding
+}
+
+/** The binding's handle of a database or snapshot (classic-level keeps it under a private symbol). */
+function contextOf (o: object): unknown {
+  const key = Object.getOwnPropertySymbols(o).find(s => s.description === 'context')
+  if (!key) throw new Error('classic-level changed: no binding context on its database or snapshot')
+  return (o as Record<symbol, unknown>)[key]
+}
+
+function checkOpen (db: Level): void {
+  if (db.status !== 'open') throw new FsError('EIO', `the directory database is ${db.status}`)
+}
+
+/**
+ * Level-0 files at which a batch goes through the thread pool instead:
+ * LevelDB's compaction starts at 4, slows writes by 1 ms each from 8 and
+ * stops them from 12, waits that must not block the event loop.
+ */
+const LEVEL0_SYNC_LIMIT = 4
+
+/**
  * One key's value. Synchronous inside: a point read of LevelDB's memtable or
  * block cache takes a few microseconds, while the async get's thread-pool round
  * trip costs about 75, and a file operation makes several of them.
@@ -97,23 +141,49 @@ async function getFrom (db: Level, key: Buffer, snapshot?: Snapshot): Promise<Bu
   }
 }
 
-async function * scanFrom (db: Level, prefix: Buffer, after?: Buffer, snapshot?: Snapshot): AsyncIterable<[Buffer, Buffer]> {
-  const end = prefixEnd(prefix)
-  const range: { gte?: Buffer, gt?: Buffer, lt?: Buffer, snapshot?: Snapshot } = {}
-  if (after && Buffer.compare(after, prefix) >= 0) range.gt = after
-  else range.gte = prefix
-  if (end) range.lt = end
-  if (snapshot) range.snapshot = snapshot
-  for await (const entry of db.iterator(range)) yield entry
-}
+/** Entries read per synchronous call; a longer scan lets the event loop run between calls. */
+const SCAN_CHUNK = 256
 
-/** Bounded scan: at most `limit` entries. */
-async function * scanLimited (db: Level, prefix: Buffer, opts: { after?: Buffer, limit?: number }, snapshot?: Snapshot): AsyncIterable<[Buffer, Buffer]> {
-  let n = 0
-  if (opts.limit !== undefined && opts.limit <= 0) return
-  for await (const e of scanFrom(db, prefix, opts.after, snapshot)) {
-    yield e
-    if (opts.limit !== undefined && ++n >= opts.limit) return
+/**
+ * Keys under `prefix` (after `after`) in order, at most `limit`. A scan of
+ * more than one chunk reads through a snapshot, taken here when the caller
+ * gave none, so it sees one state of the store as an iterator does.
+ */
+async function * scanFrom (db: Level, prefix: Buffer, opts: { after?: Buffer, limit?: number }, snapshot?: Snapshot): AsyncIterable<[Buffer, Buffer]> {
+  let limit = opts.limit ?? Infinity
+  if (limit <= 0) return
+  const to = prefixEnd(prefix) ?? null
+  let from = prefix
+  let inclusive = true
+  if (opts.after && Buffer.compare(opts.after, prefix) >= 0) {
+    from = opts.after
+    inclusive = false
+  }
+  checkOpen(db)
+  const own = snapshot === undefined && limit > SCAN_CHUNK ? db.snapshot() : undefined
+  const snap = snapshot ?? own
+  try {
+    for (let first = true; ; first = false) {
+      if (!first) {
+        await new Promise(resolve => setImmediate(resolve))
+        checkOpen(db)
+      }
+      const want = Math.min(limit, SCAN_CHUNK)
+      let flat: Buffer[]
+      try {
+        flat = binding().scan_sync(contextOf(db), from, inclusive, to, want, snap ? contextOf(snap) : undefined)
+      } catch (err) {
+        throw new FsError('EIO', `directory read failed: ${(err as Error).message}`, { cause: err })
+      }
+      for (let i = 0; i < flat.length; i += 2) yield [flat[i], flat[i + 1]]
+      limit -= flat.length / 2
+      if (flat.length < 2 * want || limit <= 0) return
+      from = flat[flat.length - 2]
+      inclusive = false
+    }
+  } finally {
+    // Closing fails only when the database closed first, which released the snapshot already.
+    if (own) own.close().catch(() => {})
   }
 }
 
@@ -130,6 +200,7 @@ export class LevelKv implements KvStore {
       createIfMissing: opts.createIfMissing ?? false,
       errorIfExists: false
     })
+    binding() // before opening: a binding without bslfs's calls is an install problem, said plainly
     await db.open()
     return new LevelKv(db)
   }
@@ -139,7 +210,7 @@ export class LevelKv implements KvStore {
   }
 
   scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
-    return scanLimited(this.db, prefix, opts)
+    return scanFrom(this.db, prefix, opts)
   }
 
   snapshot (): KvSnapshot {
@@ -147,7 +218,7 @@ export class LevelKv implements KvStore {
     const snap = db.snapshot()
     return {
       get: key => getFrom(db, key, snap),
-      scan: (prefix, opts = {}) => scanLimited(db, prefix, opts, snap),
+      scan: (prefix, opts = {}) => scanFrom(db, prefix, opts, snap),
       close: () => snap.close()
     }
   }
@@ -172,20 +243,26 @@ export class LevelKv implements KvStore {
   }
 
   /**
-   * One atomic batch. classic-level's public batch validates and re-encodes
-   * every operation first (28 us per batch here, about what LevelDB's own
-   * write takes); the keys and values here are buffers already, checked by
-   * the directory, so the engine's own write is called where it exists.
+   * One atomic batch: on this thread when it needs no fsync and LevelDB will
+   * not make it wait (LEVEL0_SYNC_LIMIT), else through classic-level's
+   * engine batch on the thread pool (its public batch validates and
+   * re-encodes every operation first; these are buffers, checked here).
    */
-  private write (ops: Array<{ type: 'put', key: Buffer, value: Buffer } | { type: 'del', key: Buffer }>, sync: boolean): Promise<void> {
-    const engine = this.db as unknown as { _batch?: (ops: unknown[], opts: { sync: boolean }) => Promise<void> }
-    if (typeof engine._batch !== 'function' || this.db.status !== 'open') return this.db.batch(ops, { sync })
+  private async write (ops: Array<{ type: 'put', key: Buffer, value: Buffer } | { type: 'del', key: Buffer }>, sync: boolean): Promise<void> {
     for (const op of ops) {
       if (!Buffer.isBuffer(op.key) || (op.type === 'put' && !Buffer.isBuffer(op.value))) {
-        return Promise.reject(new TypeError(`a ${op.type} of a key or value that is not a buffer`))
+        throw new TypeError(`a ${op.type} of a key or value that is not a buffer`)
       }
     }
-    return engine._batch(ops, { sync })
+    checkOpen(this.db)
+    if (!sync) {
+      const keys = ops.map(op => op.key)
+      const values = ops.map(op => op.type === 'put' ? op.value : null)
+      if (binding().batch_do_sync(contextOf(this.db), keys, values, LEVEL0_SYNC_LIMIT)) return
+    }
+    const engine = this.db as unknown as { _batch?: (ops: unknown[], opts: { sync: boolean }) => Promise<void> }
+    if (typeof engine._batch !== 'function') return await this.db.batch(ops, { sync })
+    await engine._batch(ops, { sync })
   }
 
   async close (): Promise<void> {
