@@ -24,14 +24,14 @@ class Mutex {
 const DELETED = Symbol('deleted')
 
 class LevelTxn implements KvTxn {
-  /** Pending writes by hex key; reads consult them first so a transaction sees its own writes. */
+  /** Pending writes by key (as latin1: one character per byte); reads consult them first so a transaction sees its own writes. */
   readonly writes = new Map<string, { key: Buffer, value: Buffer | typeof DELETED }>()
   readonly commitHooks: Array<() => void> = []
 
   constructor (private readonly db: Level) {}
 
   async get (key: Buffer): Promise<Buffer | undefined> {
-    const w = this.writes.get(key.toString('hex'))
+    const w = this.writes.get(key.toString('latin1'))
     if (w) return w.value === DELETED ? undefined : w.value
     return getFrom(this.db, key)
   }
@@ -65,11 +65,11 @@ class LevelTxn implements KvTxn {
   }
 
   put (key: Buffer, value: Buffer): void {
-    this.writes.set(key.toString('hex'), { key, value })
+    this.writes.set(key.toString('latin1'), { key, value })
   }
 
   del (key: Buffer): void {
-    this.writes.set(key.toString('hex'), { key, value: DELETED })
+    this.writes.set(key.toString('latin1'), { key, value: DELETED })
   }
 
   onCommit (fn: () => void): void {
@@ -109,11 +109,18 @@ function binding (): SyncBinding {
   return syncBinding
 }
 
+const contexts = new WeakMap<object, unknown>()
+
 /** The binding's handle of a database or snapshot (classic-level keeps it under a private symbol). */
 function contextOf (o: object): unknown {
-  const key = Object.getOwnPropertySymbols(o).find(s => s.description === 'context')
-  if (!key) throw new Error('classic-level changed: no binding context on its database or snapshot')
-  return (o as Record<symbol, unknown>)[key]
+  let context = contexts.get(o)
+  if (context === undefined) {
+    const key = Object.getOwnPropertySymbols(o).find(s => s.description === 'context')
+    if (!key) throw new Error('classic-level changed: no binding context on its database or snapshot')
+    context = (o as Record<symbol, unknown>)[key]
+    contexts.set(o, context)
+  }
+  return context
 }
 
 function checkOpen (db: Level): void {
