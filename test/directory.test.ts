@@ -279,6 +279,23 @@ t.test('LevelKv', async t => {
     t.same(await scanAll(kv, B('k')), ['k0650x=new'], 'the store moved on')
   })
 
+  t.test('batches LevelDB might stall go through the thread pool, with the same result', async t => {
+    // level0SyncLimit 0: as if level 0 were always full, so no batch is written on this thread.
+    const path = dbPath(t)
+    const kv = await LevelKv.open(path, { createIfMissing: true, level0SyncLimit: 0 })
+    let hooked = 0
+    await kv.txn(tx => { tx.put(B('a'), B('1')); tx.put(B('b'), B('2')); tx.onCommit(() => { hooked++ }) })
+    await kv.txn(tx => { tx.del(B('a')); tx.put(B('c'), B('3')); tx.onCommit(() => { hooked++ }) }, { sync: true })
+    await Promise.all(Array.from({ length: 50 }, (_, i) => kv.txn(tx => { tx.put(B(`n${String(i).padStart(2, '0')}`), B(String(i))) })))
+    t.equal(hooked, 2, 'hooks ran once per commit')
+    t.same(await scanAll(kv, B('')), ['b=2', 'c=3', ...Array.from({ length: 50 }, (_, i) => `n${String(i).padStart(2, '0')}=${i}`)])
+    await rejectsCode(t, () => kv.txn(tx => { tx.put(B('d'), undefined as unknown as Buffer) }), 'EIO', 'a bad value is still refused whole')
+    await kv.close()
+    const again = await openKv(path)
+    t.teardown(() => again.close())
+    t.equal((await scanAll(again, B(''))).length, 52, 'all of it is in the store after a reopen')
+  })
+
   t.test('classic-level\'s binding carries bslfs\'s synchronous batch and scan', async t => {
     const { ClassicLevel } = await import('classic-level')
     // eslint-disable-next-line @typescript-eslint/no-var-requires

@@ -198,9 +198,10 @@ async function * scanFrom (db: Level, prefix: Buffer, opts: { after?: Buffer, li
 export class LevelKv implements KvStore {
   private readonly lock = new Mutex()
 
-  private constructor (private readonly db: Level) {}
+  private constructor (private readonly db: Level, private readonly level0SyncLimit: number) {}
 
-  static async open (location: string, opts: { createIfMissing?: boolean } = {}): Promise<LevelKv> {
+  /** `level0SyncLimit` (default LEVEL0_SYNC_LIMIT): 0 sends every batch through the thread pool. */
+  static async open (location: string, opts: { createIfMissing?: boolean, level0SyncLimit?: number } = {}): Promise<LevelKv> {
     const db: Level = new ClassicLevel<Buffer, Buffer>(location, {
       keyEncoding: 'buffer',
       valueEncoding: 'buffer',
@@ -209,7 +210,7 @@ export class LevelKv implements KvStore {
     })
     binding() // before opening: a binding without bslfs's calls is an install problem, said plainly
     await db.open()
-    return new LevelKv(db)
+    return new LevelKv(db, opts.level0SyncLimit ?? LEVEL0_SYNC_LIMIT)
   }
 
   get (key: Buffer): Promise<Buffer | undefined> {
@@ -265,7 +266,7 @@ export class LevelKv implements KvStore {
     if (!sync) {
       const keys = ops.map(op => op.key)
       const values = ops.map(op => op.type === 'put' ? op.value : null)
-      if (binding().batch_do_sync(contextOf(this.db), keys, values, LEVEL0_SYNC_LIMIT)) return
+      if (binding().batch_do_sync(contextOf(this.db), keys, values, this.level0SyncLimit)) return
     }
     const engine = this.db as unknown as { _batch?: (ops: unknown[], opts: { sync: boolean }) => Promise<void> }
     if (typeof engine._batch !== 'function') return await this.db.batch(ops, { sync })
