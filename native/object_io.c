@@ -25,6 +25,7 @@
 //                                 no thread-pool round trip at all.
 //   mmapThreshold(bytes)          mallopt(M_MMAP_THRESHOLD): allocations from this size on are mmap'd
 //                                 and go back to the system when freed (see src/devices/object-io.ts)
+//   trim()                        malloc_trim(0): free pages inside malloc's heap go back to the system
 //   crc32(data[, crc])            the CRC-32 of data (continuing crc), on the calling thread: for tests.
 //   folds                         true when the CRC uses carry-less multiplication (PCLMULQDQ).
 #define _GNU_SOURCE
@@ -43,7 +44,7 @@
 
 #include "crc32.h"
 
-#define OBJECT_IO_VERSION 8
+#define OBJECT_IO_VERSION 9
 #define PUT_DURABLE 1
 #define PUT_DIRECT 2
 
@@ -406,6 +407,12 @@ static napi_value mmap_threshold (napi_env env, napi_callback_info info) {
   return out;
 }
 
+static napi_value trim (napi_env env, napi_callback_info info) {
+  napi_value out;
+  napi_get_boolean(env, malloc_trim(0) == 1, &out);
+  return out;
+}
+
 static napi_value init (napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "put", NULL, put, NULL, NULL, NULL, napi_enumerable, NULL },
@@ -414,7 +421,8 @@ static napi_value init (napi_env env, napi_value exports) {
     { "aligned", NULL, aligned, NULL, NULL, NULL, napi_enumerable, NULL },
     { "readCached", NULL, read_cached, NULL, NULL, NULL, napi_enumerable, NULL },
     { "crc32", NULL, crc32_sync, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "mmapThreshold", NULL, mmap_threshold, NULL, NULL, NULL, napi_enumerable, NULL }
+    { "mmapThreshold", NULL, mmap_threshold, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "trim", NULL, trim, NULL, NULL, NULL, napi_enumerable, NULL }
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   napi_value version;
