@@ -20,6 +20,11 @@ function fail (msg, detail) {
   process.exit(1)
 }
 
+/** What a child printed, both streams. */
+function output (r) {
+  return (r.stdout || '') + (r.stderr || '')
+}
+
 function have (cmd) {
   return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', cmd]).status === 0
 }
@@ -45,7 +50,7 @@ const args = [nodeGyp, 'rebuild', '--loglevel=warn']
 if (nodeDir) args.push('--nodedir=' + nodeDir)
 const gyp = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8' })
 if (gyp.status !== 0) {
-  const out = (gyp.stdout || '') + (gyp.stderr || '')
+  const out = output(gyp)
   if (/fuse_lowlevel\.h: No such file|cannot find -lfuse/.test(out)) fail(`libfuse-dev is missing; install: ${INSTALL_HINT}`, out)
   if (/node_api\.h: No such file|gyp ERR! .*(download|ENOTFOUND|EAI_AGAIN)/.test(out)) {
     fail(`Node headers not found next to ${process.execPath} (need <prefix>/include/node/node_api.h); install them or set npm_config_nodedir`, out)
@@ -59,7 +64,7 @@ for (const name of ['fuse_channel', 'object_io']) {
   const addon = path.join(root, 'build', 'Release', `${name}.node`)
   const probe = spawnSync(process.execPath, ['-e', `console.log(require(${JSON.stringify(addon)}).version)`], { encoding: 'utf8' })
   if (probe.status !== 0) {
-    const out = (probe.stdout || '') + (probe.stderr || '')
+    const out = output(probe)
     if (/libfuse\.so\.2/.test(out)) fail(`the built channel cannot load libfuse.so.2; install: ${INSTALL_HINT}`, out)
     fail(`the built addon ${addon} does not load`, out)
   }
@@ -91,10 +96,10 @@ source = source
   .replace(anchors[1], anchors[1] + '\n  NAPI_EXPORT_FUNCTION(batch_do_sync);\n  NAPI_EXPORT_FUNCTION(scan_sync);')
 fs.writeFileSync(bindingCc, source)
 const levelGyp = spawnSync(process.execPath, [...args, '-j', '2'], { cwd: levelDir, encoding: 'utf8' })
-if (levelGyp.status !== 0) fail(`rebuilding classic-level's binding in ${levelDir} failed (prerequisites: ${INSTALL_HINT})`, (levelGyp.stdout || '') + (levelGyp.stderr || ''))
+if (levelGyp.status !== 0) fail(`rebuilding classic-level's binding in ${levelDir} failed (prerequisites: ${INSTALL_HINT})`, output(levelGyp))
 const levelProbe = spawnSync(process.execPath, ['-e', `const b = require(${JSON.stringify(path.join(levelDir, 'binding.js'))}); console.log(typeof b.batch_do_sync + ' ' + typeof b.scan_sync)`], { encoding: 'utf8' })
 if (levelProbe.status !== 0 || levelProbe.stdout.trim() !== 'function function') {
-  fail(`classic-level's rebuilt binding does not load with batch_do_sync and scan_sync (${levelDir}/build/Release)`, (levelProbe.stdout || '') + (levelProbe.stderr || ''))
+  fail(`classic-level's rebuilt binding does not load with batch_do_sync and scan_sync (${levelDir}/build/Release)`, output(levelProbe))
 }
 built.push(`classic-level ${levelVersion} with synchronous batch and scan`)
 

@@ -105,8 +105,8 @@ async function manyFiles (t: Target, files: number): Promise<Row[]> {
   const dir = join(t.dir, 'many')
   console.log(`  (a) creating ${files} empty files in one directory, timed per ${BATCH}…`)
   const daemon = (await t.processes())[0]
-  const creator = await pinApart(daemon.pid)
-  const secs = JSON.parse((await run(creator[0], [...creator.slice(1), '-c', CREATE_SCRIPT, dir, String(files)])).stdout) as number[]
+  const [cmd, ...pinning] = await pinApart(daemon.pid)
+  const secs = JSON.parse((await run(cmd, [...pinning, '-c', CREATE_SCRIPT, dir, String(files)])).stdout) as number[]
   const msPerCreate = (b: number): number => secs[b] * 1000 / BATCH
   const last = secs.length - 1
   // One batch is a couple of seconds at most: a hiccup of the host shows. The growth is judged on

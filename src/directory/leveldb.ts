@@ -236,11 +236,8 @@ export class LevelKv implements KvStore {
       const tx = new LevelTxn(this.db)
       const result = await fn(tx)
       if (tx.writes.size > 0) {
-        const ops = [...tx.writes.values()].map(w => w.value === DELETED
-          ? { type: 'del' as const, key: w.key }
-          : { type: 'put' as const, key: w.key, value: w.value })
         try {
-          await this.write(ops, opts.sync ?? false)
+          await this.write([...tx.writes.values()], opts.sync ?? false)
         } catch (err) {
           throw new FsError('EIO', `directory write failed: ${(err as Error).message}`, { cause: err })
         }
@@ -252,25 +249,26 @@ export class LevelKv implements KvStore {
 
   /**
    * One atomic batch: on this thread when it needs no fsync and LevelDB will
-   * not make it wait (LEVEL0_SYNC_LIMIT), else through classic-level's
-   * engine batch on the thread pool (its public batch validates and
-   * re-encodes every operation first; these are buffers, checked here).
+   * not make it wait (LEVEL0_SYNC_LIMIT), else through classic-level's batch
+   * on the thread pool.
    */
-  private async write (ops: Array<{ type: 'put', key: Buffer, value: Buffer } | { type: 'del', key: Buffer }>, sync: boolean): Promise<void> {
-    for (const op of ops) {
-      if (!Buffer.isBuffer(op.key) || (op.type === 'put' && !Buffer.isBuffer(op.value))) {
-        throw new TypeError(`a ${op.type} of a key or value that is not a buffer`)
+  private async write (writes: Array<{ key: Buffer, value: Buffer | typeof DELETED }>, sync: boolean): Promise<void> {
+    const keys: Buffer[] = []
+    const values: Array<Buffer | null> = []
+    for (const { key, value } of writes) {
+      const put = value === DELETED ? null : value
+      if (!Buffer.isBuffer(key) || (put !== null && !Buffer.isBuffer(put))) {
+        throw new TypeError(`a ${put === null ? 'del' : 'put'} of a key or value that is not a buffer`)
       }
+      keys.push(key)
+      values.push(put)
     }
     checkOpen(this.db)
-    if (!sync) {
-      const keys = ops.map(op => op.key)
-      const values = ops.map(op => op.type === 'put' ? op.value : null)
-      if (binding().batch_do_sync(contextOf(this.db), keys, values, this.level0SyncLimit)) return
-    }
-    const engine = this.db as unknown as { _batch?: (ops: unknown[], opts: { sync: boolean }) => Promise<void> }
-    if (typeof engine._batch !== 'function') return await this.db.batch(ops, { sync })
-    await engine._batch(ops, { sync })
+    if (!sync && binding().batch_do_sync(contextOf(this.db), keys, values, this.level0SyncLimit)) return
+    await this.db.batch(keys.map((key, i) => {
+      const value = values[i]
+      return value === null ? { type: 'del' as const, key } : { type: 'put' as const, key, value }
+    }), { sync })
   }
 
   async close (): Promise<void> {
