@@ -7,6 +7,7 @@
  * target, then run 2, ...) and reported as median (min–max).
  *
  *   npm run bench -- [--runs N] [--size MIB] [--files N] [--targets LIST] [--dir DIR] [--json FILE] [--quick]
+ *   npm run bench -- --baseline CHECKOUT [...]   also the bslfs of another built checkout (before a change)
  *   npm run bench -- --scale [--scale-files N] [--scale-size GIB] [--dir DIR]
  */
 import { mkdir, mkdtemp, writeFile } from 'node:fs/promises'
@@ -17,7 +18,7 @@ import { mountLine, peakRssKiB, startCleanup, stoppedBy, Teardown, trapSignals }
 import { cell, fmt, fmtBytes, fmtRss, median, table } from './report'
 import { scaleMode } from './scale'
 import {
-  bindfsTarget, bslfsFuseOptions, bslfsTarget, glusterTarget, nativeTarget, onPath, removeUnlessMounted, type Target,
+  BASELINE_TARGETS, bindfsTarget, bslfsFuseOptions, checkoutBin, bslfsTarget, glusterTarget, nativeTarget, onPath, removeUnlessMounted, type Target,
   type TargetName, TARGETS, watched
 } from './targets'
 import { buildTree, runOnce, type Tree, type Workload, workloads } from './workloads'
@@ -31,6 +32,8 @@ const USAGE = `usage: npm run bench -- [options]
   --files N      files to create, stat and unlink (default 10000; 1000 with --quick)
   --targets LIST comma-separated, from ${TARGETS.join(',')}
                  (default: ${DEFAULT_TARGETS.join(',')}; glusterfs only when glusterd is installed)
+  --baseline DIR also bslfs-base and bslfs-mirror-base: the bslfs of another built checkout
+                 (the code before a change), interleaved with this one's in the same run
   --dir DIR      where the temporary directories go (default /var/tmp, the disk the bslfs STATE is on)
   --json FILE    also write the results as JSON
   --quick        small sizes and one run: a smoke check
@@ -48,7 +51,9 @@ const RATIOS: Array<{ label: string, num: TargetName, den: TargetName }> = [
   { label: 'bslfs/native', num: 'bslfs', den: 'native' },
   { label: 'remote/local', num: 'bslfs-remote', den: 'bslfs' },
   { label: 'mirror/local', num: 'bslfs-mirror', den: 'bslfs' },
-  { label: 'mirror/remote', num: 'bslfs-mirror', den: 'bslfs-remote' }
+  { label: 'mirror/remote', num: 'bslfs-mirror', den: 'bslfs-remote' },
+  { label: 'bslfs/base', num: 'bslfs', den: 'bslfs-base' },
+  { label: 'mirror/base', num: 'bslfs-mirror', den: 'bslfs-mirror-base' }
 ]
 
 function usageError (message: string): never {
@@ -63,6 +68,7 @@ function parseOptions () {
       size: { type: 'string' },
       files: { type: 'string' },
       targets: { type: 'string' },
+      baseline: { type: 'string' },
       dir: { type: 'string', default: '/var/tmp' },
       json: { type: 'string' },
       quick: { type: 'boolean', default: false },
@@ -81,12 +87,15 @@ function parseOptions () {
     return n
   }
   const q = values.quick
-  let targets = DEFAULT_TARGETS
+  let targets = values.baseline === undefined ? DEFAULT_TARGETS : TARGETS.filter(t => DEFAULT_TARGETS.includes(t) || BASELINE_TARGETS.includes(t))
   if (values.targets !== undefined) {
     const names = values.targets.split(',').map(t => t.trim()).filter(t => t !== '')
     const unknown = names.filter(t => !(TARGETS as readonly string[]).includes(t))
     if (names.length === 0 || unknown.length) usageError(`--targets wants a comma-separated list from ${TARGETS.join(',')}, not "${values.targets}"`)
     targets = TARGETS.filter(t => names.includes(t)) // the usual column order, each once
+  }
+  if (values.baseline === undefined && targets.some(t => BASELINE_TARGETS.includes(t))) {
+    usageError(`${BASELINE_TARGETS.join(' and ')} run another checkout's bslfs: give it with --baseline DIR`)
   }
   const scaleFiles = num('scale-files', values['scale-files'], 100_000)
   if (scaleFiles < 2000 || scaleFiles % 1000 !== 0) usageError(`--scale-files wants a multiple of 1000 of at least 2000 (it is timed in batches of 1000), not ${scaleFiles}`)
@@ -95,6 +104,7 @@ function parseOptions () {
     sizeMiB: num('size', values.size, q ? 64 : 1024),
     files: num('files', values.files, q ? 1000 : 10000),
     targets,
+    baseline: values.baseline,
     dir: resolve(values.dir),
     json: values.json,
     scale: values.scale,
@@ -106,13 +116,15 @@ function parseOptions () {
 type Options = ReturnType<typeof parseOptions>
 
 /** Set up one target; glusterfs is optional, so a failure there is a note and the target is skipped. */
-async function setUp (name: TargetName, root: string, td: Teardown): Promise<Target | undefined> {
+async function setUp (name: TargetName, root: string, td: Teardown, opts: Options): Promise<Target | undefined> {
   switch (name) {
     case 'native': return await nativeTarget(root)
     case 'bindfs': return await bindfsTarget(root, td)
     case 'bslfs': return await bslfsTarget(root, td, name, 'local')
     case 'bslfs-remote': return await bslfsTarget(root, td, name, 'remote')
     case 'bslfs-mirror': return await bslfsTarget(root, td, name, 'mirror')
+    case 'bslfs-base': return await bslfsTarget(root, td, name, 'local', await checkoutBin(opts.baseline as string))
+    case 'bslfs-mirror-base': return await bslfsTarget(root, td, name, 'mirror', await checkoutBin(opts.baseline as string))
     case 'glusterfs':
       if (!await onPath('glusterd')) {
         console.log('  note: glusterfs skipped: glusterd is not on PATH (the glusterfs-server package is not installed)')
@@ -208,7 +220,7 @@ async function compare (opts: Options): Promise<boolean> {
       `${fmtBytes(tree.bytes)} of file data, from ${tree.packages} packages of node_modules`)
     const targets: Target[] = []
     for (const name of opts.targets) {
-      const t = await setUp(name, root, td)
+      const t = await setUp(name, root, td, opts)
       if (t) targets.push(t)
     }
     if (targets.length === 0) throw new Error(`none of the targets ${opts.targets.join(',')} could be set up`)

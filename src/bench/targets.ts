@@ -14,7 +14,9 @@ import {
   alive, type Background, describeExit, freePort, killRunning, mountLine, run, sleep, startBackground, type Teardown, unmount, waitExit
 } from './proc'
 
-export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-mirror', 'glusterfs'] as const
+export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-mirror', 'bslfs-base', 'bslfs-mirror-base', 'glusterfs'] as const
+/** The targets that run another checkout's bslfs (`--baseline DIR`): the same layouts, the code before a change. */
+export const BASELINE_TARGETS: readonly TargetName[] = ['bslfs-base', 'bslfs-mirror-base']
 export type TargetName = typeof TARGETS[number]
 
 /** A process behind a target whose peak RSS is reported. */
@@ -40,6 +42,19 @@ const bslfsBin = join(repoRoot, 'bin', 'bslfs')
 
 /** Run a bslfs CLI command; resolves with its trimmed stdout. */
 export const bslfs = async (...args: string[]): Promise<string> => (await run(bslfsBin, args)).stdout.trim()
+
+/** The bslfs program of a checkout (built, with its node_modules): `bin/bslfs` in it, checked. */
+export async function checkoutBin (dir: string): Promise<string> {
+  const bin = join(resolve(dir), 'bin', 'bslfs')
+  for (const need of [bin, join(resolve(dir), 'dist', 'cli', 'main.js')]) {
+    try {
+      await access(need, constants.R_OK)
+    } catch {
+      throw new Error(`${dir} is not a built bslfs checkout: ${need} is missing (run \`npm ci\` there first)`)
+    }
+  }
+  return bin
+}
 
 /** Block servers on loopback, each serving one device. */
 const SERVER_HOST = '127.0.0.1'
@@ -126,11 +141,11 @@ async function writeTokenFile (file: string): Promise<void> {
  * group. The port is found by binding port 0 and releasing it; should another
  * process take it in between, a new one is tried.
  */
-async function startBlockServer (name: string, device: string, tokenFile: string): Promise<{ server: Background, url: string }> {
+async function startBlockServer (bin: string, name: string, device: string, tokenFile: string): Promise<{ server: Background, url: string }> {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort(SERVER_HOST)
     try {
-      const server = await startBackground(bslfsBin, ['serve', '--listen', `${SERVER_HOST}:${port}`,
+      const server = await startBackground(bin, ['serve', '--listen', `${SERVER_HOST}:${port}`,
         '--device', `${SERVER_DEVICE}=${device}`, '--name', name, '--token-file', tokenFile], /listening on/, SERVER_START_MS)
       return { server, url: `http://${SERVER_HOST}:${port}` }
     } catch (err) {
@@ -146,8 +161,9 @@ async function startBlockServer (name: string, device: string, tokenFile: string
  * the mount goes first and its daemon gets to exit; only then do its servers stop
  * (left running, with a note, if the mount could not be removed).
  */
-export async function bslfsTarget (root: string, td: Teardown, name: TargetName, layout: Layout): Promise<Target & { state: string }> {
+export async function bslfsTarget (root: string, td: Teardown, name: TargetName, layout: Layout, bin = bslfsBin): Promise<Target & { state: string }> {
   const { servers: names, volumes, mirror } = LAYOUTS[layout]
+  const bslfs = async (...args: string[]): Promise<string> => (await run(bin, args)).stdout.trim()
   const state = join(root, `${name}-state`)
   const mnt = join(root, `${name}-mnt`)
   const servers: Array<{ name: string, device: string, tokenFile: string, url: string, proc: Background }> = []
@@ -158,7 +174,7 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
     const tokenFile = join(root, `${name}-${server}-token`)
     await mkdir(device)
     await writeTokenFile(tokenFile)
-    const { server: proc, url } = await startBlockServer(server, device, tokenFile)
+    const { server: proc, url } = await startBlockServer(bin, server, device, tokenFile)
     servers.push({ name: server, device, tokenFile, url, proc })
     td.add(`stop ${name}'s block server ${server} (pid ${proc.pid})`, async () => {
       const what = `${name}'s block server ${server} (pid ${proc.pid})`
@@ -196,7 +212,7 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
 
   td.add(`unmount ${name} at ${mnt}`, async () => {
     const pid = await daemonPid(state) // before the unmount: the daemon removes daemon.pid as it finishes
-    const cli = [bslfsBin, 'unmount']
+    const cli = [bin, 'unmount']
     // `bslfs unmount --lazy` still refuses while the daemon holds data it cannot write (a server is
     // gone); this filesystem is scratch, so the kernel's lazy unmount is the last resort.
     if (!await unmount(mnt, [...cli, mnt], [[...cli, '--lazy', mnt], ['fusermount', '-uz', mnt]])) {
@@ -212,7 +228,7 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
     name,
     dir: mnt,
     state,
-    description: `bslfs mount (its defaults: ${bslfsFuseOptions().join(',')}), data on ${where}`,
+    description: `${bin === bslfsBin ? '' : `${bin}: `}bslfs mount (its defaults: ${bslfsFuseOptions().join(',')}), data on ${where}`,
     processes: async () => [
       { label: `${name} mount daemon`, pid: await daemonPid(state) },
       ...servers.map(b => ({ label: `${name} block server ${b.name}`, pid: b.proc.pid }))
