@@ -558,17 +558,17 @@ t.test('missing and corrupt copies are queued for heal; the place stays up', asy
   t.equal(volumes.health.report('Z:z').corrupt, 1)
   dev('Z', 'z').corrupt = false
 
-  t.equal(await volumes.heal(blk(bsl), 2), 'copied', 'heal copies Y back from a good copy')
+  t.equal(await volumes.healCopy(blk(bsl), 2), 'copied', 'heal copies Y back from a good copy')
   t.same(dev('Y', 'y').objects.get(id)?.data, data)
-  t.equal(await volumes.heal(blk(bsl), 3), 'present', 'a copy that reads back right is left alone')
-  t.equal(await volumes.heal(blk(bsl), 7), 'gone', 'a volume that is not a mirror of the block')
+  t.equal(await volumes.healCopy(blk(bsl), 3), 'present', 'a copy that reads back right is left alone')
+  t.equal(await volumes.healCopy(blk(bsl), 7), 'gone', 'a volume that is not a mirror of the block')
   dev('X', 'x').unreachable = true
   dev('Z', 'z').unreachable = true
   await volumes.read(blk(bsl))
   dev('Y', 'y').objects.delete(id)
   dev('Y', 'y').unreachable = false
-  await rejectsCode(t, () => volumes.heal(blk(bsl), 2), 'EIO', 'no good source up')
-  await rejectsCode(t, () => volumes.heal(blk(bsl), 1), 'EIO', 'the target is down')
+  await rejectsCode(t, () => volumes.healCopy(blk(bsl), 2), 'EIO', 'no good source up')
+  await rejectsCode(t, () => volumes.healCopy(blk(bsl), 1), 'EIO', 'the target is down')
 })
 
 t.test('degraded writes: min copies decide; the missed copies are recorded before the write returns', async t => {
@@ -780,7 +780,7 @@ t.test('a copy failing with a fault other than missing or corrupt fails over, an
   t.ok(volumes.health.isUp('Y:y'), 'Y is up')
 
   // Heal and check do not take it for a bad copy either.
-  await rejectsCode(t, () => volumes.heal(blk(bsl), 2), 'EIO', 'heal of that copy fails for now')
+  await rejectsCode(t, () => volumes.healCopy(blk(bsl), 2), 'EIO', 'heal of that copy fails for now')
   t.same(dev('Y', 'y').objects.get(id)?.data, data, 'and copies nothing over it')
   t.match(await volumes.checkCopy(blk(bsl), 2), { problem: 'error' }, 'check says error, not missing or corrupt')
   t.same(toHeal, [])

@@ -551,7 +551,7 @@ export class Volumes extends EventEmitter<VolumesEvents> {
    * if it reads back right, else copy it from another copy (checksummed
    * both ways). 'gone' when that volume no longer holds the block.
    */
-  async heal (block: BlockRecord, volume: number): Promise<HealOutcome> {
+  async healCopy (block: BlockRecord, volume: number): Promise<HealOutcome> {
     const id = objectIdOf(block.bsl)
     const copies = this.copies(block.bsl)
     const target = copies.find(c => c.volume === volume)
