@@ -5,9 +5,10 @@ import { BSL, objectIdOf } from '../src/bsl'
 import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
 import { CallLimits, Device, DeviceSpace } from '../src/devices/device'
 import { LocalDevice } from '../src/devices/local'
-import { FsError } from '../src/errors'
+import { CopyFault, FsError } from '../src/errors'
 import { MirrorRow, Place, Tables, VolumeRow, placeText } from '../src/volumes/tables'
-import { Repair, StoredBlock, Volumes } from '../src/volumes/volumes'
+import { BlockRecord } from '../src/volumes/block'
+import { CopyToHeal, Volumes } from '../src/volumes/volumes'
 
 // The volumes layer's unit test: fake devices (the layer below) stand in for
 // disks and servers, except in the last test, which uses real LocalDevices.
@@ -26,9 +27,34 @@ class FakeDevice implements Device {
   corrupt = false
   closed = false
 
+  /** Fail gets and ranged reads with this error (a fault of any kind). */
+  failWith: FsError | null = null
+  /**
+   * Hang gets and ranged reads: 'signal' until the call's signal aborts (then
+   * EINTR, as a device that honours it), 'ignore' until release().
+   */
+  hang: false | 'signal' | 'ignore' = false
+  private hung: Array<(err: Error) => void> = []
+
   constructor (readonly label: string, readonly log: string[] = []) {}
 
   limits: Array<CallLimits | undefined> = []
+
+  private async hangs (limits?: CallLimits): Promise<void> {
+    if (!this.hang) return
+    const signal = this.hang === 'signal' ? limits?.signal : undefined
+    await new Promise<void>((_resolve, reject) => {
+      this.hung.push(reject)
+      signal?.addEventListener('abort', () => reject(new FsError('EINTR', `${this.label}: interrupted`)), { once: true })
+    })
+  }
+
+  /** End every hung call with `err`. */
+  release (err: Error): void {
+    const hung = this.hung
+    this.hung = []
+    for (const reject of hung) reject(err)
+  }
 
   async put (objectId: string, data: Uint8Array, sum: number): Promise<void> {
     this.log.push(`put ${this.label} ${objectId}`)
@@ -41,6 +67,8 @@ class FakeDevice implements Device {
   async get (objectId: string, sum: number, limits?: CallLimits): Promise<Buffer> {
     this.log.push(`get ${this.label} ${objectId}`)
     this.limits.push(limits)
+    await this.hangs(limits)
+    if (this.failWith) throw this.failWith
     if (this.delayMs) {
       const ms = this.delayMs
       const bound = limits?.timeoutMs ?? Infinity
@@ -62,6 +90,8 @@ class FakeDevice implements Device {
   async getRange (objectId: string, offset: number, length: number, limits?: CallLimits): Promise<Buffer> {
     this.log.push(`range ${this.label} ${objectId} ${offset}+${length}`)
     this.limits.push(limits)
+    await this.hangs(limits)
+    if (this.failWith) throw this.failWith
     if (this.unreachable) throw new FsError('EIO', `${this.label} unreachable`, { fault: 'unreachable' })
     if (this.failGet) throw new FsError('EIO', `${this.label}: disk error`)
     const o = this.objects.get(objectId)
@@ -118,7 +148,7 @@ function figureTables (extra: Partial<Tables> = {}): Tables {
 }
 
 /** Fake devices by place, an opener that counts opens, and a Volumes over them. */
-function rig (t: Test, tables = figureTables(), copyTimeoutMs = 1500): { volumes: Volumes, dev: (server: string, device: string) => FakeDevice, opens: string[], log: string[], unreachable: Set<string>, repairs: Repair[] } {
+function rig (t: Test, tables = figureTables(), copyTimeoutMs = 1500): { volumes: Volumes, dev: (server: string, device: string) => FakeDevice, opens: string[], log: string[], unreachable: Set<string>, toHeal: CopyToHeal[] } {
   const log: string[] = []
   const devices = new Map<string, FakeDevice>()
   const opens: string[] = []
@@ -129,15 +159,14 @@ function rig (t: Test, tables = figureTables(), copyTimeoutMs = 1500): { volumes
     if (!d) devices.set(key, d = new FakeDevice(key, log))
     return d
   }
+  const toHeal: CopyToHeal[] = []
   const volumes = new Volumes(tables, async (p: Place) => {
     opens.push(placeText(p))
     if (unreachable.has(placeText(p))) throw new Error(`cannot reach ${placeText(p)}`)
     return dev(p.server, p.device)
-  }, { copyTimeoutMs })
-  const repairs: Repair[] = []
-  volumes.setRepairLog({ record: async r => { repairs.push(...r) } })
+  }, { copyTimeoutMs, healQueue: { record: async r => { toHeal.push(...r) } } })
   t.teardown(() => volumes.close())
-  return { volumes, dev, opens, log, unreachable, repairs }
+  return { volumes, dev, opens, log, unreachable, toHeal }
 }
 
 async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code: string, what: string): Promise<FsError | undefined> {
@@ -158,7 +187,7 @@ async function rejectsCode (t: Test, fn: () => Promise<unknown> | unknown, code:
 const data = Buffer.from('the bytes of one block\n'.repeat(100))
 const sum = checksum(data)
 /** The directory's record of `data` stored at `bsl`. */
-const blk = (bsl: BSL): StoredBlock => ({ bsl, length: data.length, checksum: sum })
+const blk = (bsl: BSL): BlockRecord => ({ bsl, length: data.length, checksum: sum })
 
 t.test('resolve', async t => {
   const { volumes } = rig(t)
@@ -231,11 +260,11 @@ t.test('write goes to every place; read fails over in order', async t => {
 })
 
 t.test('readRange reads and verifies only the chunks it needs, with the same failover as read', async t => {
-  const { volumes, dev, log, repairs } = rig(t)
+  const { volumes, dev, log, toHeal } = rig(t)
   const big = Buffer.from(Array.from({ length: 3 * CHUNK_BYTES + 1000 }, (_v, i) => (i * 7 + (i >> 9)) & 0xff))
   const bsl: BSL = { form: 'mirrored', volume: 0, fileId: 0x51n }
   const id = objectIdOf(bsl)
-  const block: StoredBlock = { bsl, length: big.length, checksum: checksum(big), chunks: chunkSums(big) }
+  const block: BlockRecord = { bsl, length: big.length, checksum: checksum(big), chunks: chunkSums(big) }
   await volumes.write(block, big)
 
   log.length = 0
@@ -252,8 +281,8 @@ t.test('readRange reads and verifies only the chunks it needs, with the same fai
   r = await volumes.readRange(block, CHUNK_BYTES, 10)
   t.same(r.data, big.subarray(CHUNK_BYTES, 2 * CHUNK_BYTES), 'good bytes from the other mirror')
   t.same(log, [`range X:x ${id} ${CHUNK_BYTES}+${CHUNK_BYTES}`, `range Y:y ${id} ${CHUNK_BYTES}+${CHUNK_BYTES}`], 'failed over in order')
-  t.same(repairs.map(x => [objectIdOf(x.block.bsl), x.volume]), [[id, 1]], 'the bad copy is recorded for repair')
-  t.same(repairs[0].block.chunks, block.chunks, 'with the chunk sums')
+  t.same(toHeal.map(x => [objectIdOf(x.block.bsl), x.volume]), [[id, 1]], 'the bad copy is queued for heal')
+  t.same(toHeal[0].block.chunks, block.chunks, 'with the chunk sums')
   t.equal(volumes.health.report('X:x').corrupt, 1, 'and counted as a corrupt copy')
   t.same((await volumes.readRange(block, 0, 10)).data, big.subarray(0, CHUNK_BYTES), 'other chunks of the copy still read')
 
@@ -268,7 +297,7 @@ t.test('readRange reads and verifies only the chunks it needs, with the same fai
 
   // A record without chunk sums (written before they existed) is read whole.
   log.length = 0
-  const old: StoredBlock = { bsl, length: big.length, checksum: checksum(big) }
+  const old: BlockRecord = { bsl, length: big.length, checksum: checksum(big) }
   dev('X', 'x').rotAt = null
   r = await volumes.readRange(old, CHUNK_BYTES + 1, 3)
   t.same([r.start, r.data], [CHUNK_BYTES, big.subarray(CHUNK_BYTES, 2 * CHUNK_BYTES)], 'same answer')
@@ -302,7 +331,7 @@ t.test('a device that cannot be opened is a failed copy, and is retried later', 
 })
 
 t.test('a write that fails on one copy is not reported as done', async t => {
-  const { volumes, dev, log, repairs } = rig(t)
+  const { volumes, dev, log, toHeal } = rig(t)
   const bsl: BSL = { form: 'logical', volume: 0, fileId: 9n }
   dev('Y', 'y').failPut = true
   const err = await rejectsCode(t, () => volumes.write(blk(bsl), data), 'EIO', 'write rejects with the device\'s error')
@@ -310,7 +339,7 @@ t.test('a write that fails on one copy is not reported as done', async t => {
   t.ok(log.includes(`put X:x ${objectIdOf(bsl)}`), 'the other copy was written (in parallel)')
   await new Promise(resolve => setTimeout(resolve, 20))
   t.notOk(dev('X', 'x').objects.has(objectIdOf(bsl)), 'and removed again: nothing will reference it')
-  t.same(repairs, [], 'a failed write records no repairs (the caller writes the block again)')
+  t.same(toHeal, [], 'a failed write queues nothing for heal (the caller writes the block again)')
 })
 
 t.test('delete reaches every place', async t => {
@@ -513,8 +542,8 @@ t.test('a hung copy: the read is hedged to the next one, well within the timeout
   t.notOk(volumes.health.isUp('X:x'), 'the hung copy is down once its timeout passes')
 })
 
-t.test('missing and corrupt copies are reported for repair; the place stays up', async t => {
-  const { volumes, dev, repairs } = rig(t)
+t.test('missing and corrupt copies are queued for heal; the place stays up', async t => {
+  const { volumes, dev, toHeal } = rig(t)
   const bsl: BSL = { form: 'indexed', volume: 10, index: 0, fileId: 0x7an }
   const id = objectIdOf(bsl)
   await volumes.write(blk(bsl), data)
@@ -522,45 +551,45 @@ t.test('missing and corrupt copies are reported for repair; the place stays up',
   dev('Z', 'z').corrupt = true
   t.same(await volumes.read(blk(bsl)), data, 'served by the third copy')
   await sleep(10)
-  t.same(repairs.map(r => r.volume).sort(), [2, 3], 'volume 2 (Y, missing) and 3 (Z, corrupt) queued')
-  t.same(repairs[0].block, blk(bsl), 'with the block record')
+  t.same(toHeal.map(r => r.volume).sort(), [2, 3], 'volume 2 (Y, missing) and 3 (Z, corrupt) queued')
+  t.same(toHeal[0].block, blk(bsl), 'with the block record')
   t.ok(volumes.health.isUp('Y:y') && volumes.health.isUp('Z:z'), 'a bad copy does not take its place down')
   t.equal(volumes.health.report('Y:y').missing, 1)
   t.equal(volumes.health.report('Z:z').corrupt, 1)
   dev('Z', 'z').corrupt = false
 
-  t.equal(await volumes.repair(blk(bsl), 2), 'copied', 'repair copies Y back from a good copy')
+  t.equal(await volumes.healCopy(blk(bsl), 2), 'copied', 'heal copies Y back from a good copy')
   t.same(dev('Y', 'y').objects.get(id)?.data, data)
-  t.equal(await volumes.repair(blk(bsl), 3), 'present', 'a copy that reads back right is left alone')
-  t.equal(await volumes.repair(blk(bsl), 7), 'gone', 'a volume that is not a mirror of the block')
+  t.equal(await volumes.healCopy(blk(bsl), 3), 'present', 'a copy that reads back right is left alone')
+  t.equal(await volumes.healCopy(blk(bsl), 7), 'gone', 'a volume that is not a mirror of the block')
   dev('X', 'x').unreachable = true
   dev('Z', 'z').unreachable = true
   await volumes.read(blk(bsl))
   dev('Y', 'y').objects.delete(id)
   dev('Y', 'y').unreachable = false
-  await rejectsCode(t, () => volumes.repair(blk(bsl), 2), 'EIO', 'no good source up')
-  await rejectsCode(t, () => volumes.repair(blk(bsl), 1), 'EIO', 'the target is down')
+  await rejectsCode(t, () => volumes.healCopy(blk(bsl), 2), 'EIO', 'no good source up')
+  await rejectsCode(t, () => volumes.healCopy(blk(bsl), 1), 'EIO', 'the target is down')
 })
 
 t.test('degraded writes: min copies decide; the missed copies are recorded before the write returns', async t => {
-  const { volumes, dev, repairs } = rig(t, figureTables({ mirrors: mirrorMap([[10, [2, 3, 1], 2]]) }))
+  const { volumes, dev, toHeal } = rig(t, figureTables({ mirrors: mirrorMap([[10, [2, 3, 1], 2]]) }))
   const bsl: BSL = { form: 'indexed', volume: 10, index: 0, fileId: 0x7bn }
   const id = objectIdOf(bsl)
   dev('Z', 'z').unreachable = true
   await volumes.write(blk(bsl), data)
-  t.same(repairs, [{ block: blk(bsl), volume: 3 }], 'Z\'s copy (volume 3) is recorded for healing')
+  t.same(toHeal, [{ block: blk(bsl), volume: 3 }], 'Z\'s copy (volume 3) is recorded for healing')
   t.ok(dev('X', 'x').objects.has(id) && dev('Y', 'y').objects.has(id), 'the other two are written')
   t.notOk(volumes.health.isUp('Z:z'), 'Z is down')
 
   dev('Y', 'y').failPut = true
   const bsl2: BSL = { ...bsl, fileId: 0x7cn }
   await rejectsCode(t, () => volumes.write(blk(bsl2), data), 'EIO', 'one copy of three is below min copies 2')
-  t.equal(repairs.length, 1, 'nothing more recorded')
+  t.equal(toHeal.length, 1, 'nothing more recorded')
 
-  // Without a repair log, a degraded write cannot be recorded: it fails rather than drop the copy.
+  // Without a heal queue, a degraded write cannot be recorded: it fails rather than drop the copy.
   const bare = new Volumes(figureTables({ mirrors: mirrorMap([[10, [2, 3], 1]]) }), async p => dev(p.server, p.device))
   t.teardown(() => bare.close())
-  await rejectsCode(t, () => bare.write(blk({ ...bsl, fileId: 0x7dn }), data), 'EIO', 'no repair log')
+  await rejectsCode(t, () => bare.write(blk({ ...bsl, fileId: 0x7dn }), data), 'EIO', 'no heal queue')
 })
 
 t.test('a copy much slower than the others is read last', async t => {
@@ -626,4 +655,133 @@ t.test('while a volume is remapped, a delete reaches its old and its new place, 
   await volumes.delete(bsl(0xa2n))
   t.ok(Z.objects.has(objectIdOf(bsl(0xa2n))), 'once the remap is over, a delete reaches the volume\'s place only')
   t.notOk(W.objects.has(objectIdOf(bsl(0xa2n))), 'which is the new one')
+})
+
+/** What the health of a place says about its copies, to show that nothing changed. */
+const healthOf = (volumes: Volumes, place: string) => {
+  const { up, missing, corrupt, downs, failovers } = volumes.health.report(place)
+  return { up, missing, corrupt, downs, failovers }
+}
+const untouched = { up: true, missing: 0, corrupt: 0, downs: 0, failovers: 0 }
+
+/** Wait until `cond` holds (polling), or fail after `ms`. */
+async function until (t: Test, cond: () => boolean, what: string, ms = 3000): Promise<void> {
+  const end = Date.now() + ms
+  while (!cond() && Date.now() < end) await sleep(5)
+  t.ok(cond(), what)
+}
+
+t.test('an aborted read of hung copies rejects EINTR at once; the copies are not failed ones', async t => {
+  const { volumes, dev, log, toHeal } = rig(t)
+  const bsl: BSL = { form: 'indexed', volume: 0, index: 0, fileId: 0xb0n }
+  const id = objectIdOf(bsl)
+  await volumes.write(blk(bsl), data)
+  // X honours the signal (EINTR); Y ignores it and fails late, unreachable, as a device whose
+  // timeout races the abort.
+  dev('X', 'x').hang = 'signal'
+  dev('Y', 'y').hang = 'ignore'
+  log.length = 0
+  const ac = new AbortController()
+  const reading = volumes.read(blk(bsl), undefined, ac.signal)
+  reading.catch(() => undefined)
+  await until(t, () => log.length === 2, 'the hung first copy is hedged to the second')
+  t.same(log, [`get X:x ${id}`, `get Y:y ${id}`])
+  t.equal(dev('X', 'x').limits[0]?.signal, ac.signal, 'the signal goes to each device call')
+  t.equal(dev('Y', 'y').limits[0]?.signal, ac.signal, 'the hedged one\'s too')
+  t.match(dev('X', 'x').limits[0], { timeoutMs: 1500, retries: 0 }, 'with the copy limits')
+  const aborted = Date.now()
+  ac.abort()
+  const err = await rejectsCode(t, () => reading, 'EINTR', 'the read rejects EINTR')
+  t.ok(Date.now() - aborted < 50, `at once (${Date.now() - aborted} ms)`)
+  t.match(err?.message ?? '', /idx:0\.0\/00000000000000b0.*interrupted/, `names the block: ${err?.message}`)
+  dev('Y', 'y').release(new FsError('EIO', 'Y:y unreachable', { fault: 'unreachable' }))
+  await sleep(20)
+  t.same(log.length, 2, 'no copy is asked after the abort')
+  t.same(healthOf(volumes, 'X:x'), untouched, 'X: no health change')
+  t.same(healthOf(volumes, 'Y:y'), untouched, 'Y: no health change, though it failed late')
+  t.same(toHeal, [], 'nothing queued for heal')
+  t.equal(volumes.failoversOf(0), 0, 'no failover counted')
+
+  // Once they answer again, the same read works, without a signal and with one that never aborts.
+  dev('X', 'x').hang = false
+  dev('Y', 'y').hang = false
+  t.same(await volumes.read(blk(bsl)), data, 'read without a signal')
+  t.same(await volumes.read(blk(bsl), undefined, new AbortController().signal), data, 'read with a signal not aborted')
+})
+
+t.test('an aborted signal: EINTR before any copy is asked', async t => {
+  const { volumes, log } = rig(t)
+  const bsl: BSL = { form: 'indexed', volume: 0, index: 0, fileId: 0xb1n }
+  await volumes.write(blk(bsl), data)
+  log.length = 0
+  const signal = AbortSignal.abort()
+  await rejectsCode(t, () => volumes.read(blk(bsl), undefined, signal), 'EINTR', 'read')
+  await rejectsCode(t, () => volumes.readRange({ ...blk(bsl), chunks: chunkSums(data) }, 0, 10, undefined, signal), 'EINTR', 'readRange')
+  await rejectsCode(t, () => volumes.readRange(blk(bsl), 0, 10, undefined, signal), 'EINTR', 'readRange of a block without chunk sums')
+  const lone: BSL = { form: 'indexed', volume: 3, index: 0, fileId: 0xb1n }
+  await volumes.write(blk(lone), data)
+  log.length = 0
+  await rejectsCode(t, () => volumes.read(blk(lone), undefined, signal), 'EINTR', 'read of a lone copy')
+  t.same(log, [], 'no device was asked')
+})
+
+t.test('an aborted readRange of a lone hung copy rejects EINTR at once, and the place stays up', async t => {
+  const { volumes, dev, log, toHeal } = rig(t)
+  const big = Buffer.alloc(2 * CHUNK_BYTES, 7)
+  const bsl: BSL = { form: 'indexed', volume: 3, index: 0, fileId: 0xb2n }
+  const block: BlockRecord = { bsl, length: big.length, checksum: checksum(big), chunks: chunkSums(big) }
+  await volumes.write(block, big)
+  const Z = dev('Z', 'z')
+  Z.hang = 'ignore'
+  log.length = 0
+  const ac = new AbortController()
+  const reading = volumes.readRange(block, CHUNK_BYTES, 10, Buffer.alloc(CHUNK_BYTES), ac.signal)
+  reading.catch(() => undefined)
+  await until(t, () => log.length === 1, 'the one copy is asked')
+  t.same(Z.limits[0], { signal: ac.signal }, 'a lone copy keeps the device\'s own timeout and retries, and gets the signal')
+  const aborted = Date.now()
+  ac.abort()
+  await rejectsCode(t, () => reading, 'EINTR', 'EINTR, though the device does not honour the signal')
+  t.ok(Date.now() - aborted < 50, `at once (${Date.now() - aborted} ms)`)
+  Z.release(new FsError('EIO', 'Z:z unreachable', { fault: 'unreachable' }))
+  await sleep(20)
+  t.same(healthOf(volumes, 'Z:z'), untouched, 'a late failure of the aborted copy changes nothing')
+  t.same(toHeal, [])
+  Z.hang = false
+  t.same((await volumes.readRange(block, CHUNK_BYTES, 10)).data, big.subarray(CHUNK_BYTES), 'the copy reads again')
+})
+
+/** A fault the volumes layer does not know as a bad copy: the devices' "transient" (EMFILE, ENOMEM, EAGAIN). */
+const TRANSIENT = 'transient' as string as CopyFault
+
+t.test('a copy failing with a fault other than missing or corrupt fails over, and is not queued for heal', async t => {
+  const { volumes, dev, log, toHeal } = rig(t)
+  const bsl: BSL = { form: 'indexed', volume: 10, index: 0, fileId: 0xb3n }
+  const id = objectIdOf(bsl)
+  await volumes.write(blk(bsl), data)
+  dev('Y', 'y').failWith = new FsError('EIO', `read of object ${id} on Y:y failed: EMFILE: too many open files`, { fault: TRANSIENT })
+  dev('Z', 'z').failWith = new FsError('ENOMEM', 'Z:z: cannot allocate memory')
+  log.length = 0
+  t.same(await volumes.read(blk(bsl)), data, 'served by the third copy')
+  t.same(log, [`get Y:y ${id}`, `get Z:z ${id}`, `get X:x ${id}`], 'failed over in order')
+  t.same((await volumes.readRange({ ...blk(bsl), chunks: chunkSums(data) }, 0, 10)).data, data, 'readRange too')
+  await sleep(10)
+  t.same(toHeal, [], 'nothing queued for heal')
+  t.same(healthOf(volumes, 'Y:y'), { ...untouched, failovers: 2 }, 'Y stays up, no bad copy counted')
+  t.same(healthOf(volumes, 'Z:z'), { ...untouched, failovers: 2 }, 'Z too')
+
+  // A lone copy: EIO for the reader, nothing queued, the place up.
+  const lone: BSL = { form: 'indexed', volume: 2, index: 0, fileId: 0xb4n }
+  dev('Y', 'y').failWith = null
+  await volumes.write(blk(lone), data)
+  dev('Y', 'y').failWith = new FsError('EIO', 'EAGAIN', { fault: TRANSIENT })
+  await rejectsCode(t, () => volumes.read(blk(lone)), 'EIO', 'a lone copy failing transiently is EIO')
+  t.same(toHeal, [], 'still nothing queued')
+  t.ok(volumes.health.isUp('Y:y'), 'Y is up')
+
+  // Heal and check do not take it for a bad copy either.
+  await rejectsCode(t, () => volumes.healCopy(blk(bsl), 2), 'EIO', 'heal of that copy fails for now')
+  t.same(dev('Y', 'y').objects.get(id)?.data, data, 'and copies nothing over it')
+  t.match(await volumes.checkCopy(blk(bsl), 2), { problem: 'error' }, 'check says error, not missing or corrupt')
+  t.same(toHeal, [])
 })

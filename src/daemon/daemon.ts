@@ -10,7 +10,7 @@ import * as admin from './admin'
 import { ControlProgress, ControlRequest, serveControl } from './control'
 import { checkFuseAvailable, prepareMountpoint } from './mountpoint'
 import { reclaim, startReclaimer } from './reclaim'
-import { startHealer } from './repair'
+import { startHealer } from './heal'
 import { State } from './state'
 
 const log = createDebug('bslfs:daemon')

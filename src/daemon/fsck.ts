@@ -4,9 +4,10 @@ import { Directory, NamespaceReader, S_IFMT, isDir, isRegular } from '../directo
 import { Inode, ROOT_INO } from '../directory/records'
 import { FsError } from '../errors'
 import { Place, placeText } from '../volumes/tables'
-import { Repair, StoredBlock, Volumes } from '../volumes/volumes'
+import { BlockRecord } from '../volumes/block'
+import { CopyToHeal, Volumes } from '../volumes/volumes'
 import { eachParallel } from './parallel'
-import { OnProgress } from './repair'
+import { OnProgress } from './progress'
 
 const log = createDebug('bslfs:fsck')
 
@@ -213,8 +214,8 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
   const heal = new Set<string>()
   for (const r of await read.repairs(Number.MAX_SAFE_INTEGER)) heal.add(`${objectIdOf(r.block.bsl)}/${r.volume}`)
   report.healQueue = heal.size
-  const toHeal: Repair[] = []
-  let batch: Array<{ ino: number, index: number, block: StoredBlock }> = []
+  const toHeal: CopyToHeal[] = []
+  let batch: Array<{ ino: number, index: number, block: BlockRecord }> = []
   const missingInodes = new Set<number>()
   const totalBytes = (await read.usage()).bytes
   const checkBatch = async (): Promise<void> => {
@@ -223,7 +224,7 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
     await eachParallel(items, PARALLEL, ({ ino, index, block }) => checkBlock(ino, index, block))
     progress({ done: report.bytes, total: Math.max(totalBytes, report.bytes), bytes: report.bytes, blocks: report.blocks })
   }
-  const checkBlock = async (ino: number, index: number, block: StoredBlock): Promise<void> => {
+  const checkBlock = async (ino: number, index: number, block: BlockRecord): Promise<void> => {
     const what = `block ${index} of ${pathOf(ino)} (inode ${ino}, ${formatBSL(block.bsl)})`
     let copies: Array<{ volume: number, place: Place }>
     try {

@@ -3,9 +3,10 @@ import { BSL, objectIdOf } from '../bsl'
 import { Directory } from '../directory/directory'
 import { FsError, UsageError } from '../errors'
 import { Place, placeText } from '../volumes/tables'
-import { StoredBlock, Volumes } from '../volumes/volumes'
+import { BlockRecord } from '../volumes/block'
+import { Volumes } from '../volumes/volumes'
 import { eachParallel } from './parallel'
-import { OnProgress } from './repair'
+import { OnProgress } from './progress'
 
 const log = createDebug('bslfs:remap')
 
@@ -62,8 +63,8 @@ function holds (volumes: Volumes, volume: number, bsl: BSL): boolean {
 }
 
 /** Every block with a copy on `volume` (as itself or as a mirror), once each; `where` gets the (inode, index) of each. */
-async function blocksOf (dir: Directory, volumes: Volumes, volume: number, where?: Map<string, { ino: number, index: number }>): Promise<Map<string, StoredBlock>> {
-  const out = new Map<string, StoredBlock>()
+async function blocksOf (dir: Directory, volumes: Volumes, volume: number, where?: Map<string, { ino: number, index: number }>): Promise<Map<string, BlockRecord>> {
+  const out = new Map<string, BlockRecord>()
   for await (const { ino, index, block } of dir.allBlocks()) {
     if (holds(volumes, volume, block.bsl)) {
       out.set(objectIdOf(block.bsl), block)
@@ -97,7 +98,7 @@ export async function remap (dir: Directory, volumes: Volumes, host: RemapHost, 
   const stop = (): void => stopIfAborted(opts.signal)
   const dest = await volumes.deviceAt(target)
   await dest.space().catch((err: Error) => { throw new UsageError(`the new place ${report.to} does not answer: ${err.message}`) })
-  const present = async (b: StoredBlock): Promise<boolean> => (await dest.stat(objectIdOf(b.bsl)))?.size === b.length
+  const present = async (b: BlockRecord): Promise<boolean> => (await dest.stat(objectIdOf(b.bsl)))?.size === b.length
 
   // Writes in progress finish, and their blocks are committed to the directory: a stored block joins the
   // mount's group commit right after its write returns, so after one turn of the event loop the group holds
@@ -122,14 +123,14 @@ export async function remap (dir: Directory, volumes: Volumes, host: RemapHost, 
     const list = [...blocks.values()]
     const total = list.reduce((n, b) => n + b.length, 0)
     // Is the block still in a file? (Unlink, truncate and rewrite drop it from the block map before its object is reclaimed.)
-    const referenced = async (b: StoredBlock): Promise<boolean> => {
+    const referenced = async (b: BlockRecord): Promise<boolean> => {
       const id = objectIdOf(b.bsl)
       const at = where.get(id)
       if (!at) return false
       const rec = await dir.getBlock(at.ino, at.index)
       return rec !== undefined && objectIdOf(rec.bsl) === id
     }
-    const copyOne = async (b: StoredBlock): Promise<void> => {
+    const copyOne = async (b: BlockRecord): Promise<void> => {
       if (await present(b)) {
         report.alreadyThere++
       } else {

@@ -113,7 +113,7 @@ export class State {
    */
   commitStored: () => Promise<void> = async () => {}
 
-  static async open (state: string, opts: VolumesOptions = {}): Promise<State> {
+  static async open (state: string, opts: Pick<VolumesOptions, 'copyTimeoutMs'> = {}): Promise<State> {
     const p = statePaths(state)
     await readMarker(state)
     let kv: LevelKv
@@ -128,8 +128,7 @@ export class State {
     try {
       const dir = await Directory.open(kv)
       const tables = await dir.tables()
-      const volumes = new Volumes(tables, place => openDevice(dir, place), opts)
-      volumes.setRepairLog({ record: repairs => dir.recordRepairs(repairs) })
+      const volumes = new Volumes(tables, place => openDevice(dir, place), { ...opts, healQueue: { record: copies => dir.recordRepairs(copies) } })
       return new State(p, dir, volumes)
     } catch (err) {
       await kv.close().catch(() => undefined)

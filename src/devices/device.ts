@@ -16,6 +16,7 @@ export interface DeviceSpace {
 export interface CallLimits {
   timeoutMs?: number
   retries?: number
+  signal?: AbortSignal
 }
 
 /**

@@ -1,4 +1,4 @@
-import { join } from 'node:path'
+import { addonLoader, releaseAddon } from '../native-addon'
 import { getSystemErrorName } from 'node:util'
 
 /** native/object_io.c: whole-object puts and reads, one thread-pool job each. */
@@ -18,23 +18,7 @@ interface ObjectIo {
 const VERSION = 9
 const PUT_DURABLE = 1
 const PUT_DIRECT = 2
-const ADDON = join(__dirname, '..', '..', 'build', 'Release', 'object_io.node')
-
-let addon: ObjectIo | undefined
-
-function io (): ObjectIo {
-  if (addon) return addon
-  let a: ObjectIo
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    a = require(ADDON) as ObjectIo
-  } catch (err) {
-    throw new Error(`the object I/O addon (${ADDON}) cannot be loaded: ${(err as Error).message.split('\n')[0]}; rebuild it with \`npm install\``)
-  }
-  if (a.version !== VERSION) throw new Error(`${ADDON} is version ${a.version}, this bslfs needs ${VERSION}: rebuild it with \`npm install\``)
-  addon = a
-  return a
-}
+const io = addonLoader<ObjectIo>({ what: 'the object I/O addon', file: releaseAddon('object_io'), version: VERSION })
 
 /** An error shaped as Node's fs errors are (code, errno, syscall, path), so callers treat both alike. */
 function systemError (errno: number, syscall: string, path: string): NodeJS.ErrnoException {

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { BSL, objectIdOf } from '../bsl'
 import { FsError } from '../errors'
 import { DeviceRow, MirrorRow, Place, ServerRow, Tables, VolumeRow } from '../volumes/tables'
-import { Repair } from '../volumes/volumes'
+import { CopyToHeal } from '../volumes/volumes'
 import { KvReader, KvStore, KvTxn } from './kv'
 import {
   BlockRecord, Inode, ROOT_INO, Timespec, corrupt, decodeBlock, decodeEntry, decodeInode, decodeJSON,
@@ -497,14 +497,14 @@ export class Directory {
   // ---- repairs (copies of mirrored blocks to heal) --------------------------
 
   /** Note copies that are missing or bad; the heal queue survives crashes. */
-  recordRepairs (repairs: Repair[]): Promise<void> {
+  recordRepairs (repairs: CopyToHeal[]): Promise<void> {
     return this.kv.txn(tx => {
       for (const r of repairs) tx.put(keys.repair(objectIdOf(r.block.bsl), r.volume), encodeBlock(r.block))
     })
   }
 
   /** The heal queue, in key order from `after`. */
-  repairs (limit: number, after?: Buffer): Promise<Array<Repair & { key: Buffer }>> { return this.reader.repairs(limit, after) }
+  repairs (limit: number, after?: Buffer): Promise<Array<CopyToHeal & { key: Buffer }>> { return this.reader.repairs(limit, after) }
 
   /** Queued repairs by mirror volume. */
   repairBacklog (): Promise<Map<number, number>> { return this.reader.repairBacklog() }
@@ -837,8 +837,8 @@ export class NamespaceReader {
   constructor (private readonly kv: KvReader) {}
 
   /** The heal queue, in key order from `after`. */
-  async repairs (limit: number, after?: Buffer): Promise<Array<Repair & { key: Buffer }>> {
-    const out: Array<Repair & { key: Buffer }> = []
+  async repairs (limit: number, after?: Buffer): Promise<Array<CopyToHeal & { key: Buffer }>> {
+    const out: Array<CopyToHeal & { key: Buffer }> = []
     for await (const [k, v] of this.kv.scan(keys.repairPrefix, { limit, after })) {
       if (k.length !== 21) throw corrupt('repair record', `key ${k.toString('hex')} has ${k.length} bytes`)
       out.push({ key: k, volume: k.readUInt32BE(17), block: decodeBlock(k, v) })

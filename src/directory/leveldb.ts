@@ -1,5 +1,6 @@
 import { ClassicLevel } from 'classic-level'
 import { FsError } from '../errors'
+import { addonLoader } from '../native-addon'
 import { KvSnapshot, KvStore, KvTxn, prefixEnd } from './kv'
 
 type Level = ClassicLevel<Buffer, Buffer>
@@ -95,19 +96,11 @@ interface SyncBinding {
   scan_sync (db: unknown, from: Buffer, inclusive: boolean, to: Buffer | null, limit: number, snapshot: unknown): Buffer[]
 }
 
-let syncBinding: SyncBinding | undefined
-
-function binding (): SyncBinding {
-  if (syncBinding) return syncBinding
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
-  const b = require('classic-level/binding') as Partial<SyncBinding>
-  if (typeof b.batch_do_sync !== 'function' || typeof b.scan_sync !== 'function') {
-    throw new Error('classic-level\'s binding lacks bslfs\'s synchronous batch and scan: run `npm install` ' +
-      '(scripts/build-native.js rebuilds it with native/classic_level_sync.cc)')
-  }
-  syncBinding = b as SyncBinding
-  return syncBinding
-}
+const binding = addonLoader<SyncBinding>({
+  what: 'classic-level\'s binding with bslfs\'s synchronous batch and scan (native/classic_level_sync.cc)',
+  file: 'classic-level/binding',
+  functions: ['batch_do_sync', 'scan_sync']
+})
 
 const contexts = new WeakMap<object, unknown>()
 

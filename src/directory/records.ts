@@ -1,6 +1,7 @@
 import { BSL, decodeBSLPrefix, encodeBSL } from '../bsl'
 import { chunkCount } from '../checksum'
 import { FsError } from '../errors'
+import type { BlockRecord } from '../volumes/block'
 
 /**
  * Key layout and record codecs of the directory. Every record read back is
@@ -39,18 +40,7 @@ export interface Inode {
   stored?: number
 }
 
-export interface BlockRecord {
-  bsl: BSL
-  /** Bytes stored in the object (a block may be shorter than the block size). */
-  length: number
-  checksum: number
-  /**
-   * The CRC-32 of each CHUNK_BYTES piece of the block (chunkSums), so a small
-   * read can fetch and check only the pieces it needs. Absent in records
-   * written before chunk sums existed: those blocks are read whole.
-   */
-  chunks?: number[]
-}
+export type { BlockRecord }
 
 export const ROOT_INO = 1
 

@@ -20,6 +20,13 @@ export interface PlaceHealth {
   downs: number
 }
 
+/** The faults that say a copy itself is bad, so it is queued for heal; any other fault is not. */
+export type BadCopyFault = 'missing' | 'corrupt'
+
+export function isBadCopy (fault: CopyFault | undefined): fault is BadCopyFault {
+  return fault === 'missing' || fault === 'corrupt'
+}
+
 const FIRST_PROBE_MS = 250
 const MAX_PROBE_MS = 5000
 /** A copy this much slower than the fastest (and slower by at least SLOW_MARGIN_MS) is tried after it. */
@@ -93,7 +100,7 @@ export class Health {
   }
 
   /** A copy on this place is missing or bad (the place itself answered). */
-  badCopy (place: string, fault: Exclude<CopyFault, 'unreachable'>, message: string): void {
+  badCopy (place: string, fault: BadCopyFault, message: string): void {
     const e = this.entry(place)
     e[fault]++
     e.lastError = message

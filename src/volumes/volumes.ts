@@ -4,22 +4,14 @@ import { BSL, formatBSL, objectIdOf } from '../bsl'
 import { CHUNK_BYTES, checksum } from '../checksum'
 import { CallLimits, Device, DeviceSpace } from '../devices/device'
 import { FsError, faultOf } from '../errors'
-import { Health, PlaceHealth } from './health'
+import { BlockRecord } from './block'
+import { Health, PlaceHealth, isBadCopy } from './health'
 import { Place, Tables, placeText } from './tables'
 
 const log = createDebug('bslfs:volumes')
 
 /** Opens the device at a place; the caller (the state layer) knows local paths and remote servers. */
 export type DeviceOpener = (place: Place) => Promise<Device>
-
-/** A block as the directory records it: where, how long, and its checksum. */
-export interface StoredBlock {
-  bsl: BSL
-  length: number
-  checksum: number
-  /** CRC-32 of each CHUNK_BYTES piece, when the directory records them (readRange). */
-  chunks?: number[]
-}
 
 /**
  * The caller's buffer for the copy asked first, undefined for any other: two
@@ -37,11 +29,27 @@ function lender (into?: Buffer): () => Buffer | undefined {
 /** Reads one copy of a block and verifies what it read (a whole object, or chunks of it). */
 type CopyRead = (d: Device, limits?: CallLimits) => Promise<Buffer>
 
+/** A read whose caller stopped waiting (FUSE INTERRUPT aborted its signal). */
+function interrupted (bsl: BSL): FsError {
+  return new FsError('EINTR', `read of ${formatBSL(bsl)} interrupted`)
+}
+
+/** `work`'s answer, or EINTR as soon as `signal` aborts (the late answer is dropped). */
+function untilAborted<T> (work: Promise<T>, bsl: BSL, signal?: AbortSignal): Promise<T> {
+  if (!signal) return work
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => reject(interrupted(bsl))
+    if (signal.aborted) return onAbort()
+    signal.addEventListener('abort', onAbort, { once: true })
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}
+
 /**
  * Checks `data`, the bytes of chunks first, first + 1, … of `block`, against
  * the block's chunk sums: a mismatch is a corrupt copy, never wrong bytes.
  */
-function verifyChunks (block: StoredBlock, first: number, data: Buffer, label: string): Buffer {
+function verifyChunks (block: BlockRecord, first: number, data: Buffer, label: string): Buffer {
   const sums = block.chunks as number[]
   for (let at = 0, k = first; at < data.length; at += CHUNK_BYTES, k++) {
     const got = checksum(data.subarray(at, at + CHUNK_BYTES))
@@ -53,8 +61,8 @@ function verifyChunks (block: StoredBlock, first: number, data: Buffer, label: s
 }
 
 /** A copy of a block that is missing or bad on one mirror volume and must be healed. */
-export interface Repair {
-  block: StoredBlock
+export interface CopyToHeal {
+  block: BlockRecord
   /** The mirror volume whose copy is missing. */
   volume: number
 }
@@ -66,15 +74,15 @@ export interface Shadow {
   from: Place
   place: Place
   /** Blocks whose copy to `place` failed, by object id. */
-  missed: Map<string, StoredBlock>
+  missed: Map<string, BlockRecord>
   /** Every new block of the volume written meanwhile, by object id (they reached the old place too). */
   written: Set<string>
   remove (): void
 }
 
-/** Where repairs are recorded durably (the directory); the volumes layer only reports them. */
-export interface RepairLog {
-  record (repairs: Repair[]): Promise<void>
+/** Where copies to heal are recorded durably (the directory's heal queue); the volumes layer only reports them. */
+export interface HealQueue {
+  record (copies: CopyToHeal[]): Promise<void>
 }
 
 /** One copy of a block: the mirror volume (or the volume itself) and the place it resolves to. */
@@ -87,6 +95,12 @@ interface Copy {
 export interface VolumesOptions {
   /** How long one copy of a mirrored block may take to answer before the read moves on (ms). */
   copyTimeoutMs?: number
+  /**
+   * Where the copies a write missed or a read found bad are recorded. Without
+   * one, a write that misses a copy fails (it cannot be recorded, and must
+   * not be dropped) and bad copies found by reads are only counted.
+   */
+  healQueue?: HealQueue
 }
 
 export const DEFAULT_COPY_TIMEOUT_MS = 1500
@@ -97,8 +111,20 @@ export interface CopyProblem {
   detail: string
 }
 
-/** What a repair did. */
-export type RepairOutcome = 'copied' | 'present' | 'gone'
+/** What healing one copy did. */
+export type HealOutcome = 'copied' | 'present' | 'gone'
+
+/**
+ * What Volumes tells its users, as events: listeners come and go with their
+ * own lifetimes (the mount's healer starts after the mount answers and stops
+ * before it ends; offline commands have none), and Volumes asks nothing of them.
+ */
+export type VolumesEvents = {
+  /** A place that was down answered again ("server:device"): its copies can be healed now. */
+  up: [place: string]
+  /** Copies a read found missing or bad were recorded in the heal queue. */
+  healQueued: []
+}
 
 /**
  * Resolves BSLs to the places that hold their bytes, and reads and writes
@@ -107,23 +133,23 @@ export type RepairOutcome = 'copied' | 'present' | 'gone'
  * - reads of a mirrored block try the copies that are up, best first; a copy
  *   that has not answered within its usual time gets a second copy asked
  *   beside it (a hedged read), and one that fails or times out passes the
- *   read to the next. Missing or corrupt copies are reported for repair;
+ *   read to the next. Missing or corrupt copies are queued for heal;
  *   a copy that does not answer at all marks its place down, and a down
  *   place is skipped until a background probe finds it back;
  * - writes go to every copy that is up, in parallel; the write succeeds when
  *   the volume's `minCopies` are flushed, and the copies it missed are
- *   recorded (RepairLog) before it returns, never dropped.
+ *   recorded (HealQueue) before it returns, never dropped.
  *
  * A block with one copy (a plain volume, a physical BSL) is read and written
  * with the device's own timeout and retries: there is nowhere to fail over.
  *
- * Events: 'up' (place) when a down place answers again.
+ * Events: VolumesEvents.
  */
-export class Volumes extends EventEmitter {
+export class Volumes extends EventEmitter<VolumesEvents> {
   private readonly devices = new Map<string, Promise<Device>>()
   readonly health = new Health()
   private readonly probes = new Map<string, NodeJS.Timeout>()
-  private repairLog: RepairLog | null = null
+  private readonly healQueue: HealQueue | undefined
   private readonly copyTimeoutMs: number
   /** Extra places that get a copy of every new block of a volume while it is being remapped. */
   private readonly shadows = new Map<number, Shadow>()
@@ -138,15 +164,12 @@ export class Volumes extends EventEmitter {
   constructor (private tables: Tables, private readonly openDevice: DeviceOpener, opts: VolumesOptions = {}) {
     super()
     this.copyTimeoutMs = opts.copyTimeoutMs ?? DEFAULT_COPY_TIMEOUT_MS
+    this.healQueue = opts.healQueue
   }
 
   /** New tables (after `volume add`, `remap`, …): later resolutions use them. */
   update (tables: Tables): void {
     this.tables = tables
-  }
-
-  setRepairLog (repairs: RepairLog): void {
-    this.repairLog = repairs
   }
 
   get defaultVolume (): number {
@@ -204,21 +227,25 @@ export class Volumes extends EventEmitter {
     return d
   }
 
-  /** Note what a failed call says about a copy: a missing or bad copy, or a place that is down. */
-  private copyFailed (c: Copy, err: unknown, block?: StoredBlock): void {
+  /**
+   * Note what a failed call says about a copy: a missing or bad copy, or a
+   * place that is down. Any other failure (a transient one: EMFILE, ENOMEM…)
+   * says neither: the read fails over and nothing is queued for heal.
+   */
+  private copyFailed (c: Copy, err: unknown, block?: BlockRecord): void {
     const message = (err as Error).message
     const fault = faultOf(err)
-    if (fault === 'missing' || fault === 'corrupt') {
+    if (isBadCopy(fault)) {
       this.health.badCopy(c.key, fault, message)
-      if (block && c.volume >= 0) this.report([{ block, volume: c.volume }])
+      if (block && c.volume >= 0) this.queueHeal([{ block, volume: c.volume }])
     } else if (fault === 'unreachable' || (err as FsError).code === 'ENODEV' || (err as FsError).code === 'EACCES') {
       this.markDown(c.key, message)
     }
   }
 
-  private report (repairs: Repair[]): void {
-    if (!this.repairLog) return
-    this.repairLog.record(repairs).then(() => this.emit('repair'), err => log('cannot record repairs: %s', (err as Error).message))
+  private queueHeal (copies: CopyToHeal[]): void {
+    if (!this.healQueue) return
+    this.healQueue.record(copies).then(() => this.emit('healQueued'), err => log('cannot queue copies for heal: %s', (err as Error).message))
   }
 
   private markDown (key: string, message: string): void {
@@ -270,7 +297,7 @@ export class Volumes extends EventEmitter {
    * are recorded for healing. Not `durable`: once the copies are stored,
    * durable after the next `sync`.
    */
-  async write (block: StoredBlock, data: Uint8Array, opts: { durable?: boolean } = {}): Promise<void> {
+  async write (block: BlockRecord, data: Uint8Array, opts: { durable?: boolean } = {}): Promise<void> {
     const work = this.writeCopies(block, data, opts.durable ?? true)
     this.inFlight.add(work)
     try {
@@ -331,7 +358,7 @@ export class Volumes extends EventEmitter {
     if (failed.length > 0) throw new FsError('EIO', `blocks stored could not be made durable: ${failed.join('; ')}`)
   }
 
-  private async shadowWrites (block: StoredBlock, data: Uint8Array, copies: Copy[], durable: boolean): Promise<void> {
+  private async shadowWrites (block: BlockRecord, data: Uint8Array, copies: Copy[], durable: boolean): Promise<void> {
     const id = objectIdOf(block.bsl)
     await Promise.all(copies.map(async c => {
       const shadow = this.shadows.get(c.volume)
@@ -347,7 +374,7 @@ export class Volumes extends EventEmitter {
     }))
   }
 
-  private async writeCopies (block: StoredBlock, data: Uint8Array, durable: boolean): Promise<void> {
+  private async writeCopies (block: BlockRecord, data: Uint8Array, durable: boolean): Promise<void> {
     const id = objectIdOf(block.bsl)
     const copies = this.copies(block.bsl)
     const shadowed = this.shadows.size > 0 ? this.shadowWrites(block, data, copies, durable) : undefined
@@ -385,8 +412,8 @@ export class Volumes extends EventEmitter {
     }
     if (missed.length > 0) {
       log('%s written degraded: %d of %d copies', formatBSL(block.bsl), written.length, copies.length)
-      if (!this.repairLog) throw new FsError('EIO', `${formatBSL(block.bsl)}: ${missed.length} copies missed and nowhere to record them`)
-      await this.repairLog.record(missed.map(c => ({ block, volume: c.volume })))
+      if (!this.healQueue) throw new FsError('EIO', `${formatBSL(block.bsl)}: ${missed.length} copies missed and nowhere to record them`)
+      await this.healQueue.record(missed.map(c => ({ block, volume: c.volume })))
     }
   }
 
@@ -400,11 +427,16 @@ export class Volumes extends EventEmitter {
    * The copy asked first reads into `into` (when given and the device can);
    * any other copy into a buffer of its own (lender). The answer is a view of
    * `into` only when that copy answered.
+   *
+   * `signal`: goes to every device call; when it aborts, the read stops
+   * asking copies and rejects EINTR at once. A copy that was asked may still
+   * be writing `into` then. An aborted copy is not a failed one: its place's
+   * health stays as it was and nothing is queued for heal.
    */
-  async read (block: StoredBlock, into?: Buffer): Promise<Buffer> {
+  async read (block: BlockRecord, into?: Buffer, signal?: AbortSignal): Promise<Buffer> {
     const id = objectIdOf(block.bsl)
     const lend = lender(into)
-    return await this.readCopies(block, (d, limits) => d.get(id, block.checksum, limits, lend()))
+    return await this.readCopies(block, (d, limits) => d.get(id, block.checksum, limits, lend()), signal)
   }
 
   /**
@@ -414,29 +446,31 @@ export class Volumes extends EventEmitter {
    * `data` begins in the block: offset rounded down to a chunk boundary;
    * `data` ends at a chunk boundary or at the end of the block. A block
    * without chunk sums (written before they existed) is read whole.
-   * `into`: as for `read`, for the chunks' bytes.
+   * `into` and `signal`: as for `read`, for the chunks' bytes.
    */
-  async readRange (block: StoredBlock, offset: number, length: number, into?: Buffer): Promise<{ start: number, data: Buffer }> {
+  async readRange (block: BlockRecord, offset: number, length: number, into?: Buffer, signal?: AbortSignal): Promise<{ start: number, data: Buffer }> {
     if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0 && offset + length <= block.length)) {
       throw new FsError('EINVAL', `bad range ${offset}+${length} of ${formatBSL(block.bsl)} (${block.length} bytes)`)
     }
     const first = Math.floor(offset / CHUNK_BYTES)
     const start = first * CHUNK_BYTES
     const end = Math.min(block.length, Math.ceil((offset + length) / CHUNK_BYTES) * CHUNK_BYTES)
-    if (block.chunks === undefined) return { start, data: (await this.read(block)).subarray(start, end) }
+    if (block.chunks === undefined) return { start, data: (await this.read(block, undefined, signal)).subarray(start, end) }
     const id = objectIdOf(block.bsl)
     const lend = lender(into)
-    const data = await this.readCopies(block, async (d, limits) => verifyChunks(block, first, await d.getRange(id, start, end - start, limits, lend()), d.label))
+    const data = await this.readCopies(block, async (d, limits) => verifyChunks(block, first, await d.getRange(id, start, end - start, limits, lend()), d.label), signal)
     return { start, data }
   }
 
   /** One good answer of `fetch` from the copies of a block: the device's own retries for a lone copy, else `race`. */
-  private async readCopies (block: StoredBlock, fetch: CopyRead): Promise<Buffer> {
+  private async readCopies (block: BlockRecord, fetch: CopyRead, signal?: AbortSignal): Promise<Buffer> {
+    if (signal?.aborted) throw interrupted(block.bsl)
     const copies = this.copies(block.bsl)
     if (copies.length === 1) {
       try {
-        return await this.timed(copies[0], true, d => fetch(d))
+        return await untilAborted(this.timed(copies[0], true, d => fetch(d, signal ? { signal } : undefined)), block.bsl, signal)
       } catch (err) {
+        if (signal?.aborted) throw interrupted(block.bsl)
         this.copyFailed(copies[0], err)
         throw new FsError('EIO', `${formatBSL(block.bsl)} could not be read: ${(err as Error).message}`, { cause: err })
       }
@@ -445,18 +479,33 @@ export class Volumes extends EventEmitter {
     if (up.length === 0) {
       throw new FsError('EIO', `${formatBSL(block.bsl)}: every copy is down (${copies.map(c => `${c.key}: ${this.health.report(c.key).lastError ?? 'down'}`).join('; ')})`)
     }
-    return await this.race(block, up, fetch)
+    return await this.race(block, up, fetch, signal)
   }
 
-  /** Ask copies one after another, starting the next early when one is slow; the first good answer wins. */
-  private race (block: StoredBlock, copies: Copy[], fetch: CopyRead): Promise<Buffer> {
-    const limits: CallLimits = { timeoutMs: this.copyTimeoutMs, retries: 0 }
+  /**
+   * Ask copies one after another, starting the next early when one is slow; the first good answer wins.
+   * An abort of `signal` ends the race at once with EINTR; the copies' late answers are dropped.
+   */
+  private race (block: BlockRecord, copies: Copy[], fetch: CopyRead, signal?: AbortSignal): Promise<Buffer> {
+    const limits: CallLimits = { timeoutMs: this.copyTimeoutMs, retries: 0, ...(signal ? { signal } : {}) }
     return new Promise((resolve, reject) => {
       let next = 0
       let running = 0
       let settled = false
       let hedge: NodeJS.Timeout | undefined
       const errors: string[] = []
+      const settle = (): void => {
+        settled = true
+        clearTimeout(hedge)
+        signal?.removeEventListener('abort', onAbort)
+      }
+      const onAbort = (): void => {
+        if (settled) return
+        settle()
+        reject(interrupted(block.bsl))
+      }
+      if (signal?.aborted) return onAbort()
+      signal?.addEventListener('abort', onAbort, { once: true })
       const launch = (): void => {
         clearTimeout(hedge)
         if (settled || next >= copies.length) return
@@ -465,20 +514,21 @@ export class Volumes extends EventEmitter {
         this.timed(c, true, d => fetch(d, limits)).then(data => {
           running--
           if (settled) return
-          settled = true
-          clearTimeout(hedge)
+          settle()
           // Every copy asked before this one failed or was too slow.
           for (const earlier of copies.slice(0, copies.indexOf(c))) this.health.failedOver(earlier.key)
           if (c !== copies[0] && block.bsl.form !== 'physical') this.failovers.set(block.bsl.volume, this.failoversOf(block.bsl.volume) + 1)
           resolve(data)
         }, err => {
           running--
+          // Aborted, the copy says nothing about itself (it may have failed for the abort).
+          if (signal?.aborted) return
           this.copyFailed(c, err, block)
           errors.push((err as Error).message)
           if (settled) return
           if (next < copies.length) launch()
           else if (running === 0) {
-            settled = true
+            settle()
             reject(new FsError('EIO', `no copy of ${formatBSL(block.bsl)} could be read: ${errors.join('; ')}`, { cause: err }))
           }
         })
@@ -501,7 +551,7 @@ export class Volumes extends EventEmitter {
    * if it reads back right, else copy it from another copy (checksummed
    * both ways). 'gone' when that volume no longer holds the block.
    */
-  async repair (block: StoredBlock, volume: number): Promise<RepairOutcome> {
+  async healCopy (block: BlockRecord, volume: number): Promise<HealOutcome> {
     const id = objectIdOf(block.bsl)
     const copies = this.copies(block.bsl)
     const target = copies.find(c => c.volume === volume)
@@ -511,8 +561,7 @@ export class Volumes extends EventEmitter {
       await this.timed(target, false, d => d.get(id, block.checksum))
       return 'present'
     } catch (err) {
-      const fault = faultOf(err)
-      if (fault !== 'missing' && fault !== 'corrupt') {
+      if (!isBadCopy(faultOf(err))) {
         this.copyFailed(target, err)
         throw err
       }
@@ -535,7 +584,7 @@ export class Volumes extends EventEmitter {
    * `checksums` reads it and checks its checksum; without, its size is enough.
    * A place that is down is not asked.
    */
-  async checkCopy (block: StoredBlock, volume: number, checksums = true): Promise<CopyProblem | null> {
+  async checkCopy (block: BlockRecord, volume: number, checksums = true): Promise<CopyProblem | null> {
     const c = this.copies(block.bsl).find(x => x.volume === volume)
     if (!c || !this.health.isUp(c.key)) return { problem: 'down', detail: 'down' }
     const id = objectIdOf(block.bsl)
@@ -550,7 +599,7 @@ export class Volumes extends EventEmitter {
     } catch (err) {
       this.copyFailed(c, err)
       const fault = faultOf(err)
-      if (fault === 'missing' || fault === 'corrupt') return { problem: fault, detail: fault }
+      if (isBadCopy(fault)) return { problem: fault, detail: fault }
       return { problem: this.health.isUp(c.key) ? 'error' : 'down', detail: (err as Error).message }
     }
   }

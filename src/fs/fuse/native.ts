@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { join } from 'node:path'
+import { addonLoader, releaseAddon } from '../../native-addon'
 
 /** The native FUSE channel (native/fuse_channel.c): mount, watch and read; the protocol is ours. */
 export interface Channel {
@@ -16,28 +16,14 @@ export interface Channel {
 
 /** The interface version this code speaks (CHANNEL_VERSION in fuse_channel.c). */
 const CHANNEL_VERSION = 1
-const ADDON = join(__dirname, '..', '..', '..', 'build', 'Release', 'fuse_channel.node')
-
-let loaded: Channel | undefined
 
 /** The channel addon, loaded once; the message says what to install when it cannot load. */
-export function channel (): Channel {
-  if (loaded) return loaded
-  let addon: Channel
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-var-requires
-    addon = require(ADDON) as Channel
-  } catch (err) {
-    const msg = (err as Error).message.split('\n')[0]
-    if (/libfuse\.so/.test(msg)) throw new Error('libfuse2 is missing: install it (`apt-get install -y libfuse2 fuse`), then mount again')
-    throw new Error(`the FUSE channel (${ADDON}) cannot be loaded: ${msg}; rebuild it with \`npm install\` (needs libfuse-dev, make, g++, python3)`)
-  }
-  if (addon.version !== CHANNEL_VERSION) {
-    throw new Error(`${ADDON} is version ${addon.version}, this bslfs needs ${CHANNEL_VERSION}: rebuild it with \`npm install\``)
-  }
-  loaded = addon
-  return addon
-}
+export const channel = addonLoader<Channel>({
+  what: 'the FUSE channel',
+  file: releaseAddon('fuse_channel'),
+  version: CHANNEL_VERSION,
+  explain: reason => /libfuse\.so/.test(reason) ? 'libfuse2 is missing: install it (`apt-get install -y libfuse2 fuse`), then mount again' : undefined
+})
 
 /** fusermount -u (strict: EBUSY on a busy mount) or -uz (lazy); resolves with fusermount's complaint, or null. */
 export function fusermount (mountpoint: string, lazy: boolean): Promise<string | null> {

@@ -1,23 +1,15 @@
 import createDebug from 'debug'
 import { objectIdOf } from '../bsl'
 import { Directory } from '../directory/directory'
-import { Repair, StoredBlock, Volumes } from '../volumes/volumes'
+import { BlockRecord } from '../volumes/block'
+import { CopyToHeal, Volumes } from '../volumes/volumes'
 import { eachParallel } from './parallel'
+import { OnProgress } from './progress'
 
 const log = createDebug('bslfs:heal')
 
-/** Progress of a long run: units done of total (total may grow), and bytes moved or read. */
-export interface Progress {
-  done: number
-  total: number
-  bytes: number
-  /** Blocks handled so far, when `done` counts bytes (remap, fsck). */
-  blocks?: number
-}
-export type OnProgress = (p: Progress) => void
-
 export interface HealReport {
-  /** Repairs that were queued when the run started. */
+  /** Copies that were queued when the run started. */
   queued: number
   /** Copies written from a good copy. */
   copied: number
@@ -25,7 +17,7 @@ export interface HealReport {
   present: number
   /** Queued blocks that were freed or left the mirror meanwhile (nothing to do). */
   dropped: number
-  /** Repairs that could not be done now (a copy down, no good source); they stay queued. */
+  /** Copies that could not be healed now (a copy down, no good source); they stay queued. */
   failed: number
   bytes: number
   /** The first few reasons for failures. */
@@ -39,7 +31,7 @@ const MAX_ERRORS = 5
 /**
  * Work through the heal queue: every copy a write missed or a read found bad
  * is checked and, when needed, copied from a good copy (verified by checksum
- * on both sides). Done repairs leave the queue; the rest stay for next time.
+ * on both sides). Healed copies leave the queue; the rest stay for next time.
  */
 export async function heal (dir: Directory, volumes: Volumes, onProgress: OnProgress = () => {}): Promise<HealReport> {
   const backlog = await dir.repairBacklog()
@@ -54,7 +46,7 @@ export async function heal (dir: Directory, volumes: Volumes, onProgress: OnProg
     const finished: Buffer[] = []
     await eachParallel(items, PARALLEL, async item => {
       try {
-        const outcome = await dir.isGarbage(objectIdOf(item.block.bsl)) ? 'gone' : await volumes.repair(item.block, item.volume)
+        const outcome = await dir.isGarbage(objectIdOf(item.block.bsl)) ? 'gone' : await volumes.healCopy(item.block, item.volume)
         if (outcome === 'copied') { report.copied++; report.bytes += item.block.length } else if (outcome === 'present') report.present++
         else report.dropped++
         finished.push(item.key)
@@ -86,14 +78,14 @@ export interface ScrubReport {
 
 /**
  * Read every copy of every block and check its checksum; missing and bad
- * copies go to the heal queue (heal, or the running mount, repairs them).
+ * copies go to the heal queue (heal, or the running mount, heals them).
  */
 export async function scrub (dir: Directory, volumes: Volumes, onProgress: OnProgress = () => {}): Promise<ScrubReport> {
   const report: ScrubReport = { blocks: 0, good: 0, missing: 0, corrupt: 0, unchecked: 0, bytes: 0, queued: 0 }
   const total = dir.usage.bytes
-  let batch: StoredBlock[] = []
+  let batch: BlockRecord[] = []
   const check = async (): Promise<void> => {
-    const bad: Repair[] = []
+    const bad: CopyToHeal[] = []
     await eachParallel(batch, PARALLEL, async block => {
       let vols: number[]
       try {
@@ -142,10 +134,8 @@ export function startHealer (dir: Directory, volumes: Volumes, intervalMs = 30_0
       if (r.queued) log('healed: %d copied, %d already whole, %d dropped, %d left', r.copied, r.present, r.dropped, r.failed)
     }).catch(err => log('heal failed: %s', (err as Error).message))
   }
-  const onUp = (): void => kick()
-  const onRepair = (): void => kick()
-  volumes.on('up', onUp)
-  volumes.on('repair', onRepair)
+  volumes.on('up', kick)
+  volumes.on('healQueued', kick)
   const timer = setInterval(kick, intervalMs)
   timer.unref()
   kick()
@@ -154,8 +144,8 @@ export function startHealer (dir: Directory, volumes: Volumes, intervalMs = 30_0
     async stop () {
       stopped = true
       clearInterval(timer)
-      volumes.off('up', onUp)
-      volumes.off('repair', onRepair)
+      volumes.off('up', kick)
+      volumes.off('healQueued', kick)
       await running
     }
   }
