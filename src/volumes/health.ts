@@ -93,7 +93,7 @@ export class Health {
   }
 
   /** A copy on this place is missing or bad (the place itself answered). */
-  badCopy (place: string, fault: Exclude<CopyFault, 'unreachable'>, message: string): void {
+  badCopy (place: string, fault: Extract<CopyFault, 'missing' | 'corrupt'>, message: string): void {
     const e = this.entry(place)
     e[fault]++
     e.lastError = message
