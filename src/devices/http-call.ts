@@ -119,10 +119,10 @@ function pause (ms: number, label: string, signal?: AbortSignal): Promise<void> 
 }
 
 /** A network-level failure in words: "connect ECONNREFUSED 127.0.0.1:7070", "connection closed by the server". */
-export function describe (err: unknown): string {
+export function describeFailure (err: unknown): string {
   if (err instanceof TimedOut) return err.message
   if (err instanceof AggregateError && err.errors.length > 0) {
-    return [...new Set(err.errors.map(describe))].join('; ')
+    return [...new Set(err.errors.map(describeFailure))].join('; ')
   }
   const e = err as { code?: unknown, message?: unknown } | null | undefined
   const code = typeof e?.code === 'string' ? e.code : undefined
@@ -212,7 +212,7 @@ export async function answerFor (ep: Endpoint, res: Dispatcher.ResponseData, wha
 }
 
 /** A receiver for an answer with a small body (JSON, or nothing): `ok` says which statuses are wanted, `result` makes the result from the body. */
-export function small<T> (ep: Endpoint, what: string, ok: (status: number, headers: Headers) => boolean, result: (body: Buffer) => T): Receiver<T> {
+export function smallAnswer<T> (ep: Endpoint, what: string, ok: (status: number, headers: Headers) => boolean, result: (body: Buffer) => T): Receiver<T> {
   const chunks: Buffer[] = []
   let n = 0
   return {
@@ -322,7 +322,7 @@ class Reception<T> {
 }
 
 /** Runs one attempt's transport with a Reception that settles the result. */
-function received<T> (ep: Endpoint, receiver: Receiver<T>, timeoutMs: number, signal: AbortSignal | undefined, run: (r: Reception<T>) => void): Promise<T> {
+function withReception<T> (ep: Endpoint, receiver: Receiver<T>, timeoutMs: number, signal: AbortSignal | undefined, run: (r: Reception<T>) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const r = new Reception(receiver, timeoutMs, ep.label, signal, resolve, reject)
     try {
@@ -338,8 +338,8 @@ function received<T> (ep: Endpoint, receiver: Receiver<T>, timeoutMs: number, si
  * `timeoutMs`. Once it settles (answered, failed, timed out) the receiver gets
  * no more bytes, and an answer still arriving is cut off with its connection.
  */
-function dispatched<T> (ep: Endpoint, call: Call<T>, receiver: Receiver<T>, timeoutMs: number, signal?: AbortSignal): Promise<T> {
-  return received(ep, receiver, timeoutMs, signal, r => {
+function overHttp<T> (ep: Endpoint, call: Call<T>, receiver: Receiver<T>, timeoutMs: number, signal?: AbortSignal): Promise<T> {
+  return withReception(ep, receiver, timeoutMs, signal, r => {
     let controller: Dispatcher.DispatchController | undefined
     r.cut = err => controller?.abort(err)
     ep.dispatcher.dispatch({
@@ -370,9 +370,9 @@ function dispatched<T> (ep: Endpoint, call: Call<T>, receiver: Receiver<T>, time
  * size stand for the headers an HTTP answer would carry. An interrupted read
  * is dropped, not cut: the connection carries other reads.
  */
-function streamed<T> (ep: Endpoint, streams: StreamPool, req: Omit<StreamRequest, 'id'>, what: string, receiver: Receiver<T>,
+function overStream<T> (ep: Endpoint, streams: StreamPool, req: Omit<StreamRequest, 'id'>, what: string, receiver: Receiver<T>,
   timeoutMs: number, signal?: AbortSignal): Promise<T> {
-  return received(ep, receiver, timeoutMs, signal, r => {
+  return withReception(ep, receiver, timeoutMs, signal, r => {
     const sink: AnswerSink = {
       start: (status, length, size) => {
         const headers: Headers = { [CONTENT_LENGTH_HEADER]: String(length) }
@@ -400,13 +400,13 @@ async function attempt<T> (ep: Endpoint, call: Call<T>, timeoutMs: number, signa
   if (call.receive) {
     if (call.stream !== undefined && ep.streams !== undefined && ep.streams.supported !== false) {
       try {
-        return await streamed(ep, ep.streams, call.stream, call.what, call.receive(), timeoutMs, signal)
+        return await overStream(ep, ep.streams, call.stream, call.what, call.receive(), timeoutMs, signal)
       } catch (err) {
         // A server without the stream: this attempt and the ones after go over HTTP.
         if (!(err instanceof StreamUnsupported)) throw err
       }
     }
-    return await dispatched(ep, call, call.receive(), timeoutMs, signal)
+    return await overHttp(ep, call, call.receive(), timeoutMs, signal)
   }
   const handle = call.handle as NonNullable<Call<T>['handle']>
   const ac = new AbortController()
@@ -479,18 +479,18 @@ export async function exchange<T> (ep: Endpoint, call: Call<T>, limits: CallLimi
       if (err instanceof FsError) throw err
       const code = (err as { code?: unknown } | null)?.code
       if (code === 'UND_ERR_INVALID_ARG') {
-        throw new FsError('EINVAL', `${ep.label}: bad request for ${call.what}: ${describe(err)}`, { cause: err })
+        throw new FsError('EINVAL', `${ep.label}: bad request for ${call.what}: ${describeFailure(err)}`, { cause: err })
       }
       if (code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED') {
         throw new FsError('EIO', `device ${ep.label} is closed`, { cause: err })
       }
-      log('%s: %s %s attempt %d/%d failed: %s', ep.label, call.method, call.path, i + 1, attempts, describe(err))
+      log('%s: %s %s attempt %d/%d failed: %s', ep.label, call.method, call.path, i + 1, attempts, describeFailure(err))
       last = err
     }
   }
   if (last instanceof ErrorAnswer) throw last.fsError
   const tries = attempts > 1 ? `, ${attempts} attempts` : ''
-  throw new FsError('EIO', `${ep.label} unreachable: ${describe(last)} (${call.what}${tries})`, { cause: last, fault: 'unreachable' })
+  throw new FsError('EIO', `${ep.label} unreachable: ${describeFailure(last)} (${call.what}${tries})`, { cause: last, fault: 'unreachable' })
 }
 
 // ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 import { Pool } from 'undici'
 import { FsError } from '../errors'
 import { HEALTH_PATH } from '../wire/routes'
-import { DEFAULT_TIMEOUT_MS, Endpoint, checkedTimeout, checkedToken, checkedUrl, exchange, jsonObject, small } from './http-call'
+import { DEFAULT_TIMEOUT_MS, Endpoint, checkedTimeout, checkedToken, checkedUrl, exchange, jsonObject, smallAnswer } from './http-call'
 
 /** What `GET /v1/health` answers. */
 export interface ServerHealth {
@@ -40,7 +40,7 @@ export async function probeServer (url: string, token: string, timeoutMs: number
       method: 'GET',
       path: HEALTH_PATH,
       what,
-      receive: () => small(ep, what, status => status === 200, body => {
+      receive: () => smallAnswer(ep, what, status => status === 200, body => {
         const j = jsonObject(ep, body, what)
         if (j.ok !== true) throw new FsError('EIO', `${host} says it is not healthy: ${JSON.stringify(j).slice(0, 200)}`)
         if (typeof j.server !== 'string') throw new FsError('EIO', `${host} answered the ${what} without a server name`)

@@ -11,7 +11,7 @@ import { objectPath, objectsPath, spacePath, syncPath } from '../wire/routes'
 import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange, rangeBuffer } from './device'
 import {
   DEFAULT_RETRIES, Endpoint, ErrorAnswer, ErrorFields, MAX_RETRIES, answerFor, checkedTimeout, checkedToken, checkedUrl, contentLength,
-  describe, destroyBody, exchange, header, jsonObject, small, statusAnswer
+  describeFailure, destroyBody, exchange, header, jsonObject, smallAnswer, statusAnswer
 } from './http-call'
 import { PoolEntry, acquirePool, releasePool } from './pool'
 
@@ -99,11 +99,11 @@ export class RemoteDevice implements Device {
   }
 
   put (objectId: string, data: Uint8Array, sum: number, limits?: CallLimits): Promise<void> {
-    return this.send(objectId, data, sum, true, limits)
+    return this.write(objectId, data, sum, true, limits)
   }
 
   store (objectId: string, data: Uint8Array, sum: number, limits?: CallLimits): Promise<void> {
-    return this.send(objectId, data, sum, false, limits)
+    return this.write(objectId, data, sum, false, limits)
   }
 
   /** POST …/sync: the server makes every object stored on the device durable (one syncfs). */
@@ -114,11 +114,11 @@ export class RemoteDevice implements Device {
       method: 'POST',
       path: syncPath(this.device),
       what,
-      receive: () => small(this.ep, what, status => status === 204 || status === 200, () => undefined)
+      receive: () => smallAnswer(this.ep, what, status => status === 204 || status === 200, () => undefined)
     }, limits)
   }
 
-  private async send (objectId: string, data: Uint8Array, sum: number, durable: boolean, limits?: CallLimits): Promise<void> {
+  private async write (objectId: string, data: Uint8Array, sum: number, durable: boolean, limits?: CallLimits): Promise<void> {
     this.check(objectId, sum)
     // No checksum here: the server checks the bytes it received against `sum` (422 otherwise),
     // which covers a wrong `sum` from the caller as well as damage on the way.
@@ -134,7 +134,7 @@ export class RemoteDevice implements Device {
         ...(durable ? {} : { [DURABLE_HEADER]: NOT_DURABLE })
       },
       body: data,
-      receive: () => small(this.ep, what, status => status === 201 || status === 200 || status === 204, () => undefined)
+      receive: () => smallAnswer(this.ep, what, status => status === 201 || status === 200 || status === 204, () => undefined)
     }, limits)
     log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
   }
@@ -268,7 +268,7 @@ export class RemoteDevice implements Device {
       path: this.objectPath(objectId),
       what,
       // Removing what is not there is not an error (an unknown device is: the server names the error in a header).
-      receive: () => small(this.ep, what, (status, headers) => status === 204 || status === 200 ||
+      receive: () => smallAnswer(this.ep, what, (status, headers) => status === 204 || status === 200 ||
         (status === 404 && (headers[ERROR_HEADER] ?? 'ENOENT') === 'ENOENT'), () => undefined)
     })
     log('%s: deleted %s', this.label, objectId)
@@ -348,7 +348,7 @@ export class RemoteDevice implements Device {
       if (id !== undefined) yield id
     } catch (err) {
       if (err instanceof FsError) throw err
-      throw new FsError('EIO', `listing ${this.label} failed after ${n} ids: ${describe(err)}`, { cause: err })
+      throw new FsError('EIO', `listing ${this.label} failed after ${n} ids: ${describeFailure(err)}`, { cause: err })
     } finally {
       // Also when the consumer stops early: the connection must not stay half-read.
       if (!body.readableEnded) destroyBody(body)
@@ -362,7 +362,7 @@ export class RemoteDevice implements Device {
       method: 'GET',
       path: spacePath(this.device),
       what,
-      receive: () => small(this.ep, what, status => status === 200, body => {
+      receive: () => smallAnswer(this.ep, what, status => status === 200, body => {
         const j = jsonObject(this.ep, body, what)
         const out: Partial<DeviceSpace> = {}
         for (const k of ['total', 'free', 'available'] as const) {
