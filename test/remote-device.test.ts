@@ -543,6 +543,15 @@ t.test('server answers map to POSIX codes', async t => {
     t.equal(f.requests - before, 2)
   })
 
+  t.test('a server short of descriptors or memory (503 EAGAIN): retried, then EIO with fault transient, not corrupt', async t => {
+    t.teardown(() => f.clear())
+    f.fault({ kind: 'status', status: 503, code: 'EAGAIN', error: 'read of object failed for now: EMFILE' })
+    const before = f.requests
+    const err = await fsError(t, dev.get(id1, sum), 'EIO', /503 EAGAIN.*EMFILE/)
+    t.equal(err?.fault, 'transient', 'the copy is not called corrupt')
+    t.equal(f.requests - before, 3, 'asked again (retries: 2)')
+  })
+
   t.test('a bad space or list answer is EIO', async t => {
     t.teardown(() => f.clear())
     f.fault({ kind: 'raw', status: 200, type: 'application/json', body: '{"total": 1, "free": -1, "available": 0}' }, { times: 1 })
