@@ -17,9 +17,8 @@ const log = createDebug('bslfs:devices')
 export const MARKER_FILE = 'bslfs-device.json'
 /**
  * Objects from this size on are written and read past the page cache
- * (O_DIRECT): the kernel's copy into its cache cost 0.8 ms of CPU per MiB
- * written here, out of it 0.4 ms per MiB read cold. A smaller one would wait
- * for the disk instead, which costs more than its copy.
+ * (O_DIRECT): for them the kernel's copy costs more CPU than the disk's wait,
+ * for a smaller one the other way round (native-notes/object-io.md).
  */
 const DIRECT_MIN_BYTES = 256 * 1024
 export const MARKER_FORMAT = 'bslfs-device'

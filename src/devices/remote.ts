@@ -5,7 +5,7 @@ import { checksum } from '../checksum'
 import { FsError } from '../errors'
 import { MAX_BLOCK_BYTES } from '../limits'
 import { OP_OBJECT, OP_RANGE } from '../wire/frames'
-import { CHECKSUM_HEADER, CONTENT_RANGE_HEADER, DURABLE_HEADER, ERROR_HEADER, NOT_DURABLE, RANGE_HEADER, rangeHeader } from '../wire/headers'
+import { CHECKSUM_HEADER, CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, DURABLE_HEADER, ERROR_HEADER, NOT_DURABLE, RANGE_HEADER, rangeHeader } from '../wire/headers'
 import { LIST_LINE_LIMIT } from '../wire/limits'
 import { objectPath, objectsPath, spacePath, syncPath } from '../wire/routes'
 import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange, rangeBuffer } from './device'
@@ -44,7 +44,8 @@ export interface RemoteDeviceOptions {
  * body), and retried `retries` times after a connection error, a timeout or a
  * transient 5xx; all requests are idempotent (objects are immutable). A call
  * therefore never takes longer than timeoutMs × (retries + 1) plus the short
- * backoff between attempts. Reads are checked end to end: the crc32 of the
+ * backoff between attempts. A call's `limits.signal` ends it sooner: EINTR
+ * once it aborts, no retry. Reads are checked end to end: the crc32 of the
  * bytes that arrived must match, or the read is EIO — never wrong bytes.
  */
 export class RemoteDevice implements Device {
@@ -129,7 +130,7 @@ export class RemoteDevice implements Device {
       what,
       headers: {
         'content-type': 'application/octet-stream',
-        'content-length': String(data.byteLength),
+        [CONTENT_LENGTH_HEADER]: String(data.byteLength),
         [CHECKSUM_HEADER]: String(sum),
         ...(durable ? {} : { [DURABLE_HEADER]: NOT_DURABLE })
       },

@@ -1,6 +1,7 @@
 import * as net from 'node:net'
 import createDebug from 'debug'
 import { ANSWER_BYTES, STREAM_PROTOCOL, StreamRequest, decodeAnswer, encodeRequest } from '../wire/frames'
+import { CONTENT_LENGTH_HEADER } from '../wire/headers'
 import { HANDSHAKE_LIMIT } from '../wire/limits'
 import { STREAM_PATH } from '../wire/routes'
 import { interrupted } from './device'
@@ -199,7 +200,7 @@ class StreamConnection {
     }
     if (status !== 101) {
       // The error's body, as far as it came with the headers (a bslfs server sends both at once).
-      const length = Math.min(Number(headers.get('content-length') ?? 0) || 0, HANDSHAKE_LIMIT)
+      const length = Math.min(Number(headers.get(CONTENT_LENGTH_HEADER) ?? 0) || 0, HANDSHAKE_LIMIT)
       const body = text.subarray(end + 4, end + 4 + length)
       if (body.length < length && text.length <= HANDSHAKE_LIMIT) {
         this.handshake = text
