@@ -10,8 +10,8 @@ import type { Device } from '../devices/device'
 import { FsError } from '../errors'
 import { STREAM_PROTOCOL } from '../wire/frames'
 import {
-  CHECKSUM_HEADER, CONTENT_LENGTH_HEADER, DURABLE_HEADER, ERROR_HEADER, RANGE_HEADER, RangeSpec, contentRange, parseChecksumHeader,
-  parseContentLength, parseDurableHeader, parseRange, resolveRange
+  CHECKSUM_HEADER, CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, DURABLE_HEADER, ERROR_HEADER, RANGE_HEADER, RangeSpec, contentRange,
+  parseChecksumHeader, parseContentLength, parseDurableHeader, parseRange, resolveRange
 } from '../wire/headers'
 import { HttpError, shown } from '../wire/http-error'
 import { UNAUTHENTICATED_BODY_LIMIT } from '../wire/limits'
@@ -488,7 +488,7 @@ export class BlockServer {
       'Accept-Ranges': 'bytes',
       'Cache-Control': 'no-store',
       'Content-Length': data.length,
-      'Content-Range': contentRange(start, data.length, size)
+      [CONTENT_RANGE_HEADER]: contentRange(start, data.length, size)
     })
     ex.res.end(data)
   }
