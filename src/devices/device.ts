@@ -40,10 +40,11 @@ export function checkNotInterrupted (label: string, limits?: CallLimits): void {
  * device on a remote block server. Objects are immutable: a rewrite of a
  * block is a new object id, so `put` never replaces live bytes in place.
  *
- * Errors are FsError with the POSIX code of what went wrong: EIO for a failed
- * or corrupt read, ENOSPC when the disk is full, EINTR when the call's signal
- * aborted. A failed read also carries its `fault` (missing, corrupt,
- * transient, unreachable).
+ * Errors are FsError with the POSIX code of what went wrong: EIO for a failed,
+ * corrupt or missing object's read, ENOSPC when the disk is full, EINVAL for a
+ * bad id or range, EINTR when the call's signal aborted. A failed read also
+ * carries its `fault` (missing, corrupt, transient, unreachable): what it says
+ * about this copy. test/device-conformance.test.ts holds every device to this.
  */
 export interface Device {
   /** "server:device", for messages and logs. */
