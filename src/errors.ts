@@ -38,10 +38,12 @@ export class FsError extends Error {
 /**
  * What a failed device call says about the copy: `missing` (the device
  * answered, the object is not there), `corrupt` (it is there with the wrong
- * bytes, or could not be read back), `unreachable` (no answer at all: the
- * whole device is down, not just this block).
+ * bytes, or could not be read back), `transient` (the device ran short of
+ * something for the moment, descriptors or memory: the copy may well be
+ * fine, and another copy is asked, but there is nothing to heal),
+ * `unreachable` (no answer at all: the whole device is down, not just this block).
  */
-export type CopyFault = 'missing' | 'corrupt' | 'unreachable'
+export type CopyFault = 'missing' | 'corrupt' | 'transient' | 'unreachable'
 
 /** The copy fault an error carries, if any. */
 export function faultOf (err: unknown): CopyFault | undefined {

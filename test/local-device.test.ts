@@ -8,6 +8,7 @@ import { handleLimit } from '../src/devices/handles'
 import { checksum } from '../src/checksum'
 import { alignedBuffer, readCached } from '../src/devices/object-io'
 import { FsError } from '../src/errors'
+import { childEnv } from './helpers/server'
 
 const names = { server: 'local', device: 'd0' }
 
@@ -360,4 +361,37 @@ t.test('readCached answers from the page cache only, and getRange reads the rest
   const fd = closed.fd
   await closed.close()
   t.throws(() => readCached(fd, into, 0, file), { code: 'EBADF', message: /pread/ }, 'a real error is thrown with its code')
+})
+
+t.test('a read the process has no descriptor for (EMFILE) is a transient fault, not a corrupt copy', async t => {
+  const { dir, dev } = await fresh(t)
+  const data = randomBytes(5000)
+  await dev.put(id1, data, checksum(data))
+  await dev.close()
+  // A process of its own, its descriptors used up under a low limit (this one's is too high to fill).
+  const dist = join(__dirname, '..', 'dist')
+  const script = `
+    const fs = require('node:fs')
+    const { LocalDevice } = require(${JSON.stringify(join(dist, 'devices', 'local.js'))})
+    const shown = e => ({ code: e.code, fault: e.fault, message: e.message })
+    ;(async () => {
+      const dev = await LocalDevice.open(${JSON.stringify(dir)}, ${JSON.stringify(names)})
+      // A first read loads the object I/O addon, which needs a descriptor of its own.
+      await dev.get(${JSON.stringify(id1)}, ${checksum(data)})
+      const fds = []
+      try { for (;;) fds.push(fs.openSync('/dev/null', 'r')) } catch (e) { if (e.code !== 'EMFILE') throw e }
+      const out = {}
+      await dev.get(${JSON.stringify(id1)}, ${checksum(data)}).then(() => { out.get = 'read' }, e => { out.get = shown(e) })
+      await dev.getRange(${JSON.stringify(id1)}, 0, 10).then(() => { out.range = 'read' }, e => { out.range = shown(e) })
+      for (const fd of fds) fs.closeSync(fd)
+      out.after = (await dev.get(${JSON.stringify(id1)}, ${checksum(data)})).length
+      console.log(JSON.stringify(out))
+    })().catch(e => { console.error(e); process.exit(1) })`
+  const out = JSON.parse(execFileSync('prlimit', ['--nofile=256', process.execPath, '-e', script], { encoding: 'utf8', env: childEnv() }))
+  for (const what of ['get', 'range']) {
+    t.equal(out[what].code, 'EIO', `${what}: EIO for the reader`)
+    t.equal(out[what].fault, 'transient', `${what}: fault transient (${out[what].message})`)
+    t.match(out[what].message, /EMFILE/, `${what}: says why`)
+  }
+  t.equal(out.after, data.length, 'once descriptors are free again the copy reads whole')
 })

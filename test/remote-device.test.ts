@@ -2,7 +2,9 @@ import t from 'tap'
 import * as http from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
-import { RemoteDevice, RemoteDeviceOptions, openPoolCount, probeServer } from '../src/devices/remote'
+import { openPoolCount } from '../src/devices/pool'
+import { probeServer } from '../src/devices/probe'
+import { RemoteDevice, RemoteDeviceOptions } from '../src/devices/remote'
 import { checksum } from '../src/checksum'
 import { FsError } from '../src/errors'
 
@@ -539,6 +541,15 @@ t.test('server answers map to POSIX codes', async t => {
     before = f.requests
     t.same(await dev.get(id1, sum), data)
     t.equal(f.requests - before, 2)
+  })
+
+  t.test('a server short of descriptors or memory (503 EAGAIN): retried, then EIO with fault transient, not corrupt', async t => {
+    t.teardown(() => f.clear())
+    f.fault({ kind: 'status', status: 503, code: 'EAGAIN', error: 'read of object failed for now: EMFILE' })
+    const before = f.requests
+    const err = await fsError(t, dev.get(id1, sum), 'EIO', /503 EAGAIN.*EMFILE/)
+    t.equal(err?.fault, 'transient', 'the copy is not called corrupt')
+    t.equal(f.requests - before, 3, 'asked again (retries: 2)')
   })
 
   t.test('a bad space or list answer is EIO', async t => {

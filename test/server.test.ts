@@ -13,6 +13,9 @@ import { join } from 'node:path'
 import { spawnSync } from 'node:child_process'
 import { checksum } from '../src/checksum'
 import { LocalDevice } from '../src/devices/local'
+import { FsError } from '../src/errors'
+import { httpErrorOf } from '../src/server/error-answer'
+import { STATUS_TABLE, statusMeaning } from '../src/wire/errno-status'
 import {
   HOST, Reply, bearer, eventually, makeTokenFile, request, runServerToFailure, sleep, startServer, tempDir
 } from './helpers/server'
@@ -402,5 +405,38 @@ t.test('a full disk is 507 ENOSPC, and leaves nothing behind', async t => {
     await srv.stop('SIGKILL')
     spawnSync('umount', [mnt])
     await fsp.rmdir(mnt).catch(() => {})
+  }
+})
+
+t.test('the status table: what a device error is answered with, and what a client makes of it', async t => {
+  const answer = (err: unknown): [number, string] => {
+    const e = httpErrorOf(err)
+    return [e.status, e.code]
+  }
+  t.same(answer(new FsError('ENOENT', 'x')), [404, 'ENOENT'])
+  t.same(answer(new FsError('EIO', 'missing', { cause: Object.assign(new Error('x'), { code: 'ENOENT' }), fault: 'missing' })), [404, 'ENOENT'], 'a missing copy')
+  t.same(answer(new FsError('ENOSPC', 'x')), [507, 'ENOSPC'])
+  t.same(answer(new FsError('EDQUOT', 'x')), [507, 'ENOSPC'])
+  t.same(answer(new FsError('EINVAL', 'x')), [400, 'EINVAL'])
+  for (const code of ['EACCES', 'EPERM', 'EROFS'] as const) t.same(answer(new FsError(code, 'x')), [500, code])
+  t.same(answer(new FsError('EIO', 'x', { fault: 'corrupt' })), [500, 'EIO'], 'a corrupt copy')
+  t.same(answer(new FsError('EBUSY', 'x')), [500, 'EIO'], 'a code the table does not name')
+  t.same(answer(new FsError('EIO', 'x', { fault: 'transient' })), [503, 'EAGAIN'], 'a transient failure: the client may ask again')
+  t.same(answer(new Error('bug')), [500, 'EIO'])
+
+  t.same(statusMeaning(503, 'EAGAIN'), { errno: 'EIO', retry: true, fault: 'transient' })
+  t.same(statusMeaning(500, 'EIO'), { errno: 'EIO', retry: false, fault: undefined }, 'a 5xx EIO is final (the server found its copy bad)')
+  t.same(statusMeaning(502, undefined), { errno: 'EIO', retry: true, fault: undefined }, 'an unlisted 5xx reads as 500')
+  t.same(statusMeaning(418, undefined), { errno: 'EINVAL', retry: false, fault: undefined }, 'an unlisted 4xx reads as 400')
+  t.same(statusMeaning(404, 'ENODEV'), { errno: 'ENODEV', retry: false, fault: undefined })
+  t.same(statusMeaning(507, 'ENOSPC'), { errno: 'ENOSPC', retry: false, fault: undefined })
+  t.equal(statusMeaning(302, undefined), undefined, 'not an error status')
+  // Every device error the server answers with comes back to a client as the same kind of failure.
+  for (const row of STATUS_TABLE) {
+    for (const code of row.fromDevice ?? []) {
+      const e = httpErrorOf(new FsError(code, 'x'))
+      t.equal(e.status, row.status, `${code} is answered ${row.status}`)
+      t.ok(row.codes.includes(e.code), `${code}: the answer names a code of its row (${e.code})`)
+    }
   }
 })

@@ -13,7 +13,7 @@ import { RemoteDevice } from '../src/devices/remote'
 import {
   ANSWER_BYTES, AnswerHeader, OP_OBJECT, OP_RANGE, REQUEST_BYTES, StreamRequest, decodeAnswer, decodeRequest, encodeAnswer, encodeRequest,
   requestFrameBytes
-} from '../src/devices/stream-frames'
+} from '../src/wire/frames'
 import { FsError } from '../src/errors'
 import { HOST, ServerProcess, bearer, makeTokenFile, raw, request, sleep, startServer, tempDir } from './helpers/server'
 

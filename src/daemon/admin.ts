@@ -1,6 +1,6 @@
 import { formatBSL, parsePlace, validName } from '../bsl'
 import { LocalDevice } from '../devices/local'
-import { probeServer } from '../devices/remote'
+import { probeServer } from '../devices/probe'
 import { readTokenFile } from './state'
 import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, MirrorRow, Place, Tables, placeText } from '../volumes/tables'

@@ -1,5 +1,6 @@
 import { isObjectId } from '../bsl'
 import { FsError } from '../errors'
+import { MAX_BLOCK_BYTES } from '../limits'
 
 /** Space on a device, in bytes, as statvfs reports it for the disk that holds it. */
 export interface DeviceSpace {
@@ -11,22 +12,39 @@ export interface DeviceSpace {
 /**
  * Bounds for one call, overriding the device's own (a mirrored read asks
  * one copy briefly and moves on to the next rather than retrying). Local
- * devices have no network to bound and ignore them.
+ * devices have no network to bound and ignore the time and retries.
  */
 export interface CallLimits {
   timeoutMs?: number
   retries?: number
+  /**
+   * The caller stopped waiting (a FUSE INTERRUPT): the call rejects
+   * FsError('EINTR') promptly, is not retried, and an aborted signal at the
+   * start means nothing is done at all.
+   */
   signal?: AbortSignal
 }
 
+/** The error of a call whose caller's signal aborted. */
+export function interrupted (label: string): FsError {
+  return new FsError('EINTR', `${label}: interrupted`)
+}
+
+/** EINTR before a call starts when its signal has already aborted. */
+export function checkNotInterrupted (label: string, limits?: CallLimits): void {
+  if (limits?.signal?.aborted === true) throw interrupted(label)
+}
+
 /**
- * A place that stores block objects: a directory on a local disk, or (later)
- * a device on a remote block server. Objects are immutable: a rewrite of a
+ * A place that stores block objects: a directory on a local disk, or a
+ * device on a remote block server. Objects are immutable: a rewrite of a
  * block is a new object id, so `put` never replaces live bytes in place.
  *
- * Errors are FsError with the POSIX code of what went wrong: EIO for a failed
- * or corrupt read, ENOSPC when the disk is full, ENOENT for a missing object.
- * A failed read also carries its `fault` (missing, corrupt, unreachable).
+ * Errors are FsError with the POSIX code of what went wrong: EIO for a failed,
+ * corrupt or missing object's read, ENOSPC when the disk is full, EINVAL for a
+ * bad id or range, EINTR when the call's signal aborted. A failed read also
+ * carries its `fault` (missing, corrupt, transient, unreachable): what it says
+ * about this copy. test/device-conformance.test.ts holds every device to this.
  */
 export interface Device {
   /** "server:device", for messages and logs. */
@@ -85,15 +103,12 @@ export function checkDeviceRequest (label: string, closed: boolean, objectId: st
   }
 }
 
-/** The largest range a getRange may ask for (the largest block size bslfs allows). */
-export const MAX_RANGE_BYTES = 64 * 1024 * 1024
-
-/** A range of a getRange: non-negative integers, not empty, not over MAX_RANGE_BYTES. */
+/** A range of a getRange: non-negative integers, not empty, not over the largest block. */
 export function checkRange (label: string, objectId: string, offset: number, length: number): void {
-  const ok = Number.isSafeInteger(offset) && offset >= 0 && Number.isSafeInteger(length) && length > 0 && length <= MAX_RANGE_BYTES
+  const ok = Number.isSafeInteger(offset) && offset >= 0 && Number.isSafeInteger(length) && length > 0 && length <= MAX_BLOCK_BYTES
   if (!ok) {
     throw new FsError('EINVAL', `bad range offset ${String(offset)} length ${String(length)} of object ${objectId} on ${label}: ` +
-      `must be integers, offset >= 0, 1 <= length <= ${MAX_RANGE_BYTES}`)
+      `must be integers, offset >= 0, 1 <= length <= ${MAX_BLOCK_BYTES}`)
   }
 }
 

@@ -18,8 +18,7 @@ const IDLE_MS = 2000
 
 /**
  * How many handles a device keeps: enough for the objects of a 2 GiB file read at random
- * (with 512, random reads over a 1 GiB file reopened every other object: 9% fewer IOPS),
- * but no more than an eighth of the process's descriptor limit (`limits`: /proc/self/limits;
+ * (fewer cost reopens, native-notes/object-io.md), but no more than an eighth of the process's descriptor limit (`limits`: /proc/self/limits;
  * Node raises the soft limit to the hard one at start), and at least 64.
  */
 export function handleLimit (limits = readLimits()): number {

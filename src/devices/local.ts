@@ -7,20 +7,18 @@ import { isObjectId, validName } from '../bsl'
 import { checksum } from '../checksum'
 import { syncDir, writeWhole } from '../durable'
 import { FsError } from '../errors'
-import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange, rangeBuffer } from './device'
+import { MAX_BLOCK_BYTES } from '../limits'
+import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkNotInterrupted, checkRange, rangeBuffer } from './device'
 import { HandleCache, handleLimit } from './handles'
 import { putObject, readCached, readObject, syncFs } from './object-io'
 
 const log = createDebug('bslfs:devices')
 
 export const MARKER_FILE = 'bslfs-device.json'
-/** The largest object a get reads (the largest block size); a longer file is a bad copy. */
-const MAX_OBJECT_BYTES = 64 * 1024 * 1024
 /**
  * Objects from this size on are written and read past the page cache
- * (O_DIRECT): the kernel's copy into its cache cost 0.8 ms of CPU per MiB
- * written here, out of it 0.4 ms per MiB read cold. A smaller one would wait
- * for the disk instead, which costs more than its copy.
+ * (O_DIRECT): for them the kernel's copy costs more CPU than the disk's wait,
+ * for a smaller one the other way round (native-notes/object-io.md).
  */
 const DIRECT_MIN_BYTES = 256 * 1024
 export const MARKER_FORMAT = 'bslfs-device'
@@ -40,6 +38,13 @@ export interface DeviceNames {
   server: string
   device: string
 }
+
+/**
+ * Errors of a read that say the process or the system ran short of something
+ * for the moment (descriptors, memory, a busy resource), not that the copy is
+ * bad: another copy is asked, and nothing is queued for repair.
+ */
+const TRANSIENT_CODES = new Set(['EMFILE', 'ENFILE', 'ENOMEM', 'EAGAIN', 'EWOULDBLOCK', 'ENOBUFS', 'EBUSY', 'EINTR'])
 
 // Temp names for the marker live beside it (rename must stay in one directory).
 const MARKER_TMP_RE = /^bslfs-device\.json\.[0-9a-f]+\.tmp$/
@@ -220,9 +225,13 @@ export class LocalDevice implements Device {
     return join(this.fanoutOf(objectId), objectId)
   }
 
-  /** A failed read of an object: EIO for the reader, with a message (and fault) that says "missing" or not. */
+  /** A failed read of an object: EIO for the reader, with a message (and fault) that says missing, transient or corrupt. */
   private readError (objectId: string, err: unknown): FsError {
-    if (errCode(err) === 'ENOENT') return new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err, fault: 'missing' })
+    const code = errCode(err)
+    if (code === 'ENOENT') return new FsError('EIO', `object ${objectId} is missing on ${this.label}`, { cause: err, fault: 'missing' })
+    if (code !== undefined && TRANSIENT_CODES.has(code)) {
+      return new FsError('EIO', `read of object ${objectId} on ${this.label} failed for now: ${(err as Error).message}`, { cause: err, fault: 'transient' })
+    }
     return new FsError('EIO', `read of object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err, fault: 'corrupt' })
   }
 
@@ -231,7 +240,8 @@ export class LocalDevice implements Device {
     if (code === 'ENOSPC' || code === 'EDQUOT') {
       return new FsError('ENOSPC', `${this.label} is full (${what} object ${objectId})`, { cause: err })
     }
-    return new FsError('EIO', `${what} object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err })
+    const fault = code !== undefined && TRANSIENT_CODES.has(code) ? 'transient' : undefined
+    return new FsError('EIO', `${what} object ${objectId} on ${this.label} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err, fault })
   }
 
   /** The fan-out directory of an object, made (durably) when it is the first there. */
@@ -255,17 +265,18 @@ export class LocalDevice implements Device {
     return h
   }
 
-  put (objectId: string, data: Uint8Array, sum: number): Promise<void> {
-    return this.write(objectId, data, sum, true)
+  put (objectId: string, data: Uint8Array, sum: number, limits?: CallLimits): Promise<void> {
+    return this.write(objectId, data, sum, true, limits)
   }
 
-  store (objectId: string, data: Uint8Array, sum: number): Promise<void> {
-    return this.write(objectId, data, sum, false)
+  store (objectId: string, data: Uint8Array, sum: number, limits?: CallLimits): Promise<void> {
+    return this.write(objectId, data, sum, false, limits)
   }
 
   /** One syncfs of the disk under the device: a journal commit covers every object stored. */
-  async sync (): Promise<void> {
+  async sync (limits?: CallLimits): Promise<void> {
     if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
+    checkNotInterrupted(this.label, limits)
     let h: fsp.FileHandle | undefined
     try {
       h = await fsp.open(this.objectsDir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY)
@@ -277,10 +288,11 @@ export class LocalDevice implements Device {
     }
   }
 
-  private async write (objectId: string, data: Uint8Array, sum: number, durable: boolean): Promise<void> {
+  private async write (objectId: string, data: Uint8Array, sum: number, durable: boolean, limits?: CallLimits): Promise<void> {
     // `sum` is not recomputed here: the caller made it from these bytes (a block server from the
-    // bytes it received), and every read checks it. A second CRC cost a tenth of a write's CPU.
+    // bytes it received), and every read checks it.
     this.check(objectId, sum)
+    checkNotInterrupted(this.label, limits)
     const final = this.objectPath(objectId)
     try {
       const dir = await this.ensureFanout(objectId)
@@ -317,12 +329,14 @@ export class LocalDevice implements Device {
     }
   }
 
-  async get (objectId: string, sum: number, _limits?: CallLimits, into?: Buffer): Promise<Buffer> {
+  /** Local reads are not stopped once started (one thread-pool job each): `limits.signal` is checked before. */
+  async get (objectId: string, sum: number, limits?: CallLimits, into?: Buffer): Promise<Buffer> {
     this.check(objectId, sum)
+    checkNotInterrupted(this.label, limits)
     let data: Buffer
     let crc: number
     try {
-      ({ data, crc } = await readObject(this.objectPath(objectId), MAX_OBJECT_BYTES, DIRECT_MIN_BYTES, into))
+      ({ data, crc } = await readObject(this.objectPath(objectId), MAX_BLOCK_BYTES, DIRECT_MIN_BYTES, into))
     } catch (err) {
       throw this.readError(objectId, err)
     }
@@ -333,9 +347,10 @@ export class LocalDevice implements Device {
     return data
   }
 
-  async getRange (objectId: string, offset: number, length: number, _limits?: CallLimits, into?: Buffer): Promise<Buffer> {
+  async getRange (objectId: string, offset: number, length: number, limits?: CallLimits, into?: Buffer): Promise<Buffer> {
     this.check(objectId)
     checkRange(this.label, objectId, offset, length)
+    checkNotInterrupted(this.label, limits)
     try {
       const { data, n } = await this.handles.use(objectId, () => fsp.open(this.objectPath(objectId), 'r'), async fh => {
         const data = rangeBuffer(length, into)
@@ -404,7 +419,8 @@ export class LocalDevice implements Device {
     }
   }
 
-  async space (): Promise<DeviceSpace> {
+  async space (limits?: CallLimits): Promise<DeviceSpace> {
+    checkNotInterrupted(this.label, limits)
     try {
       const s = await fsp.statfs(this.path)
       return { total: s.bsize * s.blocks, free: s.bsize * s.bfree, available: s.bsize * s.bavail }

@@ -96,11 +96,10 @@ let returning = false
  * Have malloc serve allocations of 128 KiB and more with mmap, so that a freed
  * block buffer goes back to the system. glibc otherwise raises this threshold
  * to the size of the first large buffer freed, and 1 MiB buffers then come
- * from the heap, which fragments and never shrinks: a mount daemon's RSS rose
- * to ~250 MiB after a few workloads and stayed there (~210 MiB peak with this).
- * Smaller allocations (a socket's 64 KiB reads) still come from the heap, and
- * glibc keeps the pages freed inside it: a block server's heap held 36 MiB of
- * them after the benchmark's workloads, so every TRIM_INTERVAL_MS they go back.
+ * from the heap, which fragments and never shrinks. Smaller allocations (a
+ * socket's 64 KiB reads) still come from the heap, and glibc keeps the pages
+ * freed inside it, so every TRIM_INTERVAL_MS they go back (the numbers:
+ * native-notes/memory.md).
  * For the long-running processes (the mount daemon, a block server). False
  * where the addon or mallopt is missing: nothing else changes.
  */

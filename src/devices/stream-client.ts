@@ -1,8 +1,10 @@
 import * as net from 'node:net'
 import createDebug from 'debug'
-import {
-  ANSWER_BYTES, STREAM_PATH, STREAM_PROTOCOL, StreamRequest, decodeAnswer, encodeRequest
-} from './stream-frames'
+import { ANSWER_BYTES, STREAM_PROTOCOL, StreamRequest, decodeAnswer, encodeRequest } from '../wire/frames'
+import { CONTENT_LENGTH_HEADER } from '../wire/headers'
+import { HANDSHAKE_LIMIT } from '../wire/limits'
+import { STREAM_PATH } from '../wire/routes'
+import { interrupted } from './device'
 
 const log = createDebug('bslfs:devices')
 
@@ -10,8 +12,6 @@ const log = createDebug('bslfs:devices')
 export const STREAM_CONNECTIONS = 2
 /** A connection with nothing to do for this long is closed. */
 const IDLE_MS = 4000
-/** The longest upgrade answer (headers and error body) read. */
-const HANDSHAKE_LIMIT = 16 * 1024
 /** Request ids wrap here (u32). */
 const MAX_ID = 0xffff_ffff
 /** Each connection reads into one buffer of this size (no allocation per read). */
@@ -26,6 +26,14 @@ export interface AnswerSink {
   end (): void
   /** The connection failed before the answer was whole. */
   fail (err: Error): void
+}
+
+/** A read sent on a stream: what its sender can do with it once it no longer waits. */
+export interface StreamTicket {
+  /** It timed out or its answer was bad: the connection is cut (see StreamConnection.abandon). */
+  abandon (why: Error): void
+  /** Its caller stopped waiting: it is forgotten, and its answer thrown away when it comes. */
+  drop (): void
 }
 
 /** The server answered the upgrade with an error: `status` and the body (JSON `{error, code}` from a bslfs server). */
@@ -127,6 +135,19 @@ class StreamConnection {
     if (this.waiting.delete(id) || (this.sink !== null && this.sinkId === id)) this.close(why)
   }
 
+  /**
+   * A read whose caller stopped waiting: forgotten without cutting the
+   * connection (other reads are on it). Its answer, when it comes, goes
+   * nowhere; so does the rest of one arriving now.
+   */
+  drop (id: number): void {
+    if (this.waiting.delete(id)) {
+      if (this.waiting.size === 0 && this.sink === null) this.idleTimer()
+    } else if (this.sink !== null && this.sinkId === id) {
+      this.sink = null
+    }
+  }
+
   /** Closes the connection; reads still waiting fail with `err`. */
   close (err: Error): void {
     if (this.closed) return
@@ -179,7 +200,7 @@ class StreamConnection {
     }
     if (status !== 101) {
       // The error's body, as far as it came with the headers (a bslfs server sends both at once).
-      const length = Math.min(Number(headers.get('content-length') ?? 0) || 0, HANDSHAKE_LIMIT)
+      const length = Math.min(Number(headers.get(CONTENT_LENGTH_HEADER) ?? 0) || 0, HANDSHAKE_LIMIT)
       const body = text.subarray(end + 4, end + 4 + length)
       if (body.length < length && text.length <= HANDSHAKE_LIMIT) {
         this.handshake = text
@@ -264,10 +285,11 @@ export class StreamPool {
 
   /**
    * Sends a read on a connection (opening one when needed) once it is ready;
-   * the answer goes to `sink`. Resolves with a function that abandons the read.
-   * Rejects with StreamUnsupported, UpgradeRefused or a connection error.
+   * the answer goes to `sink`. Resolves with the read's ticket. Rejects with
+   * StreamUnsupported, UpgradeRefused or a connection error; with EINTR,
+   * sending nothing, when `signal` aborted while the connection was opened.
    */
-  async send (req: Omit<StreamRequest, 'id'>, sink: AnswerSink): Promise<(why: Error) => void> {
+  async send (req: Omit<StreamRequest, 'id'>, sink: AnswerSink, signal?: AbortSignal): Promise<StreamTicket> {
     if (this.closed) throw connectionError('the read stream is closed', 'UND_ERR_CLOSED')
     const c = this.pick()
     try {
@@ -282,8 +304,9 @@ export class StreamPool {
     }
     this.supported = true
     if (c.closed) throw connectionError('connection closed by the server', 'ECONNRESET')
+    if (signal?.aborted === true) throw interrupted(this.origin)
     const id = c.send(req, sink)
-    return why => c.abandon(id, why)
+    return { abandon: why => c.abandon(id, why), drop: () => c.drop(id) }
   }
 
   close (): void {

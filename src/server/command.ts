@@ -13,7 +13,7 @@ import {
   formatAddress, isLoopback, loopbackToken, openDevice, parseCount, parseDeviceSpecs, parseListen, parseSeconds,
   readTokenFile, serverName
 } from './config'
-import { DEFAULT_MAX_OBJECT_BYTES } from './protocol'
+import { MAX_BLOCK_BYTES } from '../limits'
 import { BlockServer } from './server'
 
 const log = createDebug('bslfs:server')
@@ -45,7 +45,7 @@ export function configureServeCommand (cmd: Command): Command {
     .option('--token-file <FILE>', 'the shared token clients must send (mode 0600); required unless listening on loopback')
     .option('--token-out <FILE>', `without --token-file: where the loopback token is kept (default: ${GENERATED_TOKEN_NAME} in the first device)`)
     .option('--name <NAME>', "this server's name (default: the host's short name)")
-    .option('--max-object-bytes <BYTES>', 'largest object a client may put', String(DEFAULT_MAX_OBJECT_BYTES))
+    .option('--max-object-bytes <BYTES>', 'largest object a client may put', String(MAX_BLOCK_BYTES))
     .option('--max-buffered-bytes <BYTES>', 'object bytes held in memory at once; requests beyond it wait', String(512 * 1024 * 1024))
     .option('--headers-timeout <SECONDS>', "time for a request's headers to arrive", '30')
     .option('--request-timeout <SECONDS>', 'time for a whole request (headers and body) to arrive', '60')

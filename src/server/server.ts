@@ -8,12 +8,16 @@ import { BufferPool } from '../buffer-pool'
 import { checksum } from '../checksum'
 import type { Device } from '../devices/device'
 import { FsError } from '../errors'
-import { ByteBudget } from './budget'
-import { STREAM_PATH, STREAM_PROTOCOL } from '../devices/stream-frames'
+import { STREAM_PROTOCOL } from '../wire/frames'
 import {
-  ALLOWED, CHECKSUM_HEADER, ClientGone, DURABLE_HEADER, HttpError, RangeSpec, Route, httpErrorOf, parseChecksumHeader, parseContentLength,
-  parseDurableHeader, parseRange, parseTarget, resolveRange, shown
-} from './protocol'
+  CHECKSUM_HEADER, CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, DURABLE_HEADER, ERROR_HEADER, RANGE_HEADER, RangeSpec, contentRange,
+  parseChecksumHeader, parseContentLength, parseDurableHeader, parseRange, resolveRange
+} from '../wire/headers'
+import { HttpError, shown } from '../wire/http-error'
+import { UNAUTHENTICATED_BODY_LIMIT } from '../wire/limits'
+import { ALLOWED, Route, STREAM_PATH, parseTarget } from '../wire/routes'
+import { ByteBudget } from './budget'
+import { ClientGone, httpErrorOf } from './error-answer'
 import { Deferrals, Held, StreamReads, StreamSession } from './stream'
 
 const log = createDebug('bslfs:server')
@@ -42,10 +46,9 @@ export interface BlockServerOptions {
 }
 
 /**
- * One request and its response, carried through its handler. A class, not an object literal:
- * a literal with a getter made a new hidden class per request, in the old generation, and those
- * kept each request's garbage alive through minor GCs (a block server's heap filled to its floor
- * every second of small reads).
+ * One request and its response, carried through its handler. A class, not an object literal
+ * with a getter: such literals kept each request's garbage alive through minor GCs
+ * (native-notes/memory.md, "Block servers over the whole benchmark").
  */
 class Exchange extends Deferrals implements Held {
   /** ... and we answered 100 Continue (we are going to read the body). */
@@ -83,7 +86,7 @@ const CHALLENGE = 'Bearer realm="bslfs"'
 function rawErrorResponse (status: number, code: string, message: string): string {
   const body = JSON.stringify({ error: message, code })
   return `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\n` +
-    `Content-Type: ${JSON_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Bslfs-Error: ${code}\r\n` +
+    `Content-Type: ${JSON_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${ERROR_HEADER}: ${code}\r\n` +
     'Cache-Control: no-store\r\nConnection: close\r\n\r\n' + body
 }
 
@@ -106,7 +109,7 @@ const BUSY_SPARE_BODIES = 24
 const IDLE_SPARE_BODIES = 8
 
 /**
- * The block server: exposes devices over HTTP/1.1 (see ./protocol.ts for the
+ * The block server: exposes devices over HTTP/1.1 (see ../wire/routes.ts for the
  * routes). Every request is authenticated first, every name and id is
  * validated before it reaches a device, bodies are bounded, and every
  * failure is answered (or the connection closed) without touching the rest
@@ -119,9 +122,7 @@ export class BlockServer {
   /**
    * Bodies of up to a default block (1 MiB) are received, and whole objects
    * read, into reused buffers: as many spares as a mount's sequential read
-   * keeps in flight here (its read-ahead over two stream connections, 17–24
-   * seen), 8 once idle. With 8 kept, a mirrored cold read dropped ~10 buffers
-   * a block to the garbage collector and the server peaked at 128–159 MiB.
+   * keeps in flight here, fewer once idle (native-notes/memory.md).
    */
   private readonly bodies = new BufferPool(1024 * 1024, BUSY_SPARE_BODIES, 0, IDLE_SPARE_BODIES)
   private stopping: Promise<boolean> | null = null
@@ -314,7 +315,7 @@ export class BlockServer {
 
   /**
    * An upgrade to the read stream: authenticated like any request, then the
-   * connection carries binary read frames (see devices/stream-frames.ts).
+   * connection carries binary read frames (see wire/frames.ts).
    * Anything else asking to upgrade gets an error answer and is closed.
    */
   private upgrade (req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
@@ -440,7 +441,7 @@ export class BlockServer {
 
   private async getObject (ex: Exchange, dev: Device, id: string): Promise<void> {
     const { req, res } = ex
-    const rangeHeader = req.headers.range
+    const rangeHeader = req.headers[RANGE_HEADER]
     if (rangeHeader !== undefined) return this.getObjectRange(ex, dev, id, parseRange(rangeHeader))
     const sum = parseChecksumHeader(req.headers[CHECKSUM_HEADER])
     const data = await this.object(ex, dev, id, sum)
@@ -448,7 +449,7 @@ export class BlockServer {
       'Content-Type': 'application/octet-stream',
       'Accept-Ranges': 'bytes',
       'Cache-Control': 'no-store',
-      'X-Bslfs-Checksum': String(sum),
+      [CHECKSUM_HEADER]: String(sum),
       'Content-Length': data.length
     })
     res.end(data)
@@ -487,7 +488,7 @@ export class BlockServer {
       'Accept-Ranges': 'bytes',
       'Cache-Control': 'no-store',
       'Content-Length': data.length,
-      'Content-Range': `bytes ${start}-${start + data.length - 1}/${size}`
+      [CONTENT_RANGE_HEADER]: contentRange(start, data.length, size)
     })
     ex.res.end(data)
   }
@@ -518,7 +519,7 @@ export class BlockServer {
     const { req, res } = ex
     const sum = parseChecksumHeader(req.headers[CHECKSUM_HEADER])
     const durable = parseDurableHeader(req.headers[DURABLE_HEADER])
-    const length = parseContentLength(req.headers['content-length'])
+    const length = parseContentLength(req.headers[CONTENT_LENGTH_HEADER])
     if (length === undefined) {
       throw new HttpError(411, 'EINVAL', 'a PUT needs a Content-Length header (chunked bodies are not accepted)')
     }
@@ -545,7 +546,7 @@ export class BlockServer {
       // Settled: the body's listeners are gone and the device is done with the bytes.
       if (pooled) this.bodies.give(pooled)
     }
-    res.writeHead(201, { 'Content-Length': 0, 'Cache-Control': 'no-store', 'X-Bslfs-Checksum': String(sum) })
+    res.writeHead(201, { 'Content-Length': 0, 'Cache-Control': 'no-store', [CHECKSUM_HEADER]: String(sum) })
     res.end()
   }
 
@@ -633,11 +634,11 @@ export class BlockServer {
     const { req } = ex
     if (req.complete) return false
     if (ex.expectContinue && !ex.continued) return true
-    const cl = req.headers['content-length']
+    const cl = req.headers[CONTENT_LENGTH_HEADER]
     if (cl === undefined) return req.headers['transfer-encoding'] !== undefined
     const n = Number(cl)
     // An unauthenticated client gets no more than a small body read (and discarded) for it.
-    if (status === 401) return n > 64 * 1024
+    if (status === 401) return n > UNAUTHENTICATED_BODY_LIMIT
     return !(Number.isSafeInteger(n) && n <= this.opts.maxObjectBytes)
   }
 
@@ -645,7 +646,7 @@ export class BlockServer {
     try {
       if (close) res.setHeader('Connection', 'close')
       // The code also as a header: a HEAD answer has no body to carry it.
-      this.sendJson(res, e.status, { error: e.message, code: e.code }, { ...e.headers, 'X-Bslfs-Error': e.code })
+      this.sendJson(res, e.status, { error: e.message, code: e.code }, { ...e.headers, [ERROR_HEADER]: e.code })
     } catch (err) {
       log('could not answer %d: %s', e.status, (err as Error).message)
       res.destroy()

@@ -1,8 +1,9 @@
 import type { Duplex } from 'node:stream'
 import createDebug from 'debug'
 import type { Device } from '../devices/device'
-import { OP_OBJECT, REQUEST_BYTES, StreamRequest, decodeRequest, encodeAnswer, requestFrameBytes } from '../devices/stream-frames'
-import { ClientGone, HttpError, httpErrorOf } from './protocol'
+import { OP_OBJECT, REQUEST_BYTES, StreamRequest, decodeRequest, encodeAnswer, requestFrameBytes } from '../wire/frames'
+import { HttpError } from '../wire/http-error'
+import { ClientGone, httpErrorOf } from './error-answer'
 
 const log = createDebug('bslfs:server')
 

@@ -35,18 +35,18 @@
  * A request the server cannot use (bad op, name or reserved field) is
  * answered 400 on its id; the connection goes on, since the frame's length is
  * known from its header. The error statuses and codes are the HTTP
- * protocol's (see server/protocol.ts).
+ * protocol's (./errno-status.ts).
  */
+
+import { MAX_NAME_LENGTH } from '../bsl'
 
 /** The Upgrade token both sides name. */
 export const STREAM_PROTOCOL = 'bslfs-blocks/1'
-/** The path of the upgrade request, under the server's URL. */
-export const STREAM_PATH = '/v1/stream'
 
 export const REQUEST_BYTES = 32
 export const ANSWER_BYTES = 16
-/** The longest device name (as isValidName). */
-export const MAX_DEVICE_NAME = 64
+/** The longest device name a frame carries: the longest a device may have. */
+export const MAX_DEVICE_NAME = MAX_NAME_LENGTH
 
 export const OP_OBJECT = 1
 export const OP_RANGE = 2
