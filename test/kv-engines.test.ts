@@ -6,7 +6,7 @@ import { FsError } from '../src/errors'
 import { KvReader, KvStore } from '../src/directory/kv'
 import { LevelKv } from '../src/directory/leveldb'
 import { PgKv, PgKvOptions } from '../src/directory/postgres'
-import { PgServer, pgUnavailable, startPostgres } from './helpers/postgres'
+import { PgServer, TcpRelay, pgUnavailable, startPostgres } from './helpers/postgres'
 
 // One KvStore conformance suite, run on every engine through the same code;
 // then what only the PostgreSQL engine has: several processes on one
@@ -375,6 +375,53 @@ t.test('PgKv: the database goes away and comes back', { skip: pgSkip }, async t 
     t.ok(committed.length > 10, `${committed.length} commits around the restart`)
     t.equal(committed.filter(i => !stored.has(i)).length, 0, 'every commit that returned is stored')
   })
+})
+
+t.test('PgKv: a COMMIT whose answer is lost is looked up, not guessed', { skip: pgSkip }, async t => {
+  await freshPgDatabase()
+  const db = `kv${dbCount}`
+  const relay = await TcpRelay.start(pg!.port)
+  t.teardown(async () => await relay.close())
+  const kv = await openPg(t, pg!.url({ database: db, port: relay.port }))
+  // A deferred trigger makes the COMMIT of a transaction that writes key "slow" take 600 ms: the window to break it in.
+  await pg!.sql(`CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NULL; END $$`, [], db)
+  await pg!.sql(`CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON kv DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.k = '\\x736c6f77'::bytea) EXECUTE FUNCTION slow_commit()`, [], db)
+  /** The backend of the transaction now in COMMIT. */
+  const committing = async (): Promise<number> => {
+    for (let i = 0; i < 500; i++) {
+      const rows = await pg!.sql("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'bslfs' AND state = 'active' AND query = 'COMMIT'", [db])
+      if (rows.length > 0) return Number(rows[0].pid)
+      await sleep(10)
+    }
+    throw new Error('no transaction reached COMMIT')
+  }
+  let runs = 0
+  let hooks = 0
+  const increment = async (): Promise<void> => await kv.txn(async tx => {
+    runs++
+    const n = Number((await tx.get(B('n')))?.toString() ?? '0')
+    tx.put(B('n'), B(String(n + 1)))
+    tx.put(B('slow'), B(String(runs)))
+    tx.onCommit(() => { hooks++ })
+  })
+
+  const first = increment()
+  await committing()
+  relay.cut() // the server goes on and commits; the client never hears
+  await first
+  t.equal(runs, 1, 'the server committed it: the body is not run again')
+  t.equal(hooks, 1, 'and its hooks ran')
+  t.equal((await kv.get(B('n')))?.toString(), '1', 'counted once')
+
+  runs = 0
+  hooks = 0
+  const second = increment()
+  await pg!.sql('SELECT pg_terminate_backend($1)', [await committing()]) // the server aborts it mid-COMMIT
+  await second
+  t.equal(runs, 2, 'the server aborted it: the body ran again')
+  t.equal(hooks, 1, 'hooks of the run that committed only')
+  t.equal((await kv.get(B('n')))?.toString(), '2', 'counted once')
 })
 
 t.test('PgKv: a database that cannot be opened is one clear line', { skip: pgSkip }, async t => {
