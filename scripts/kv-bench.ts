@@ -9,6 +9,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { Client } from 'pg'
 import { KvStore } from '../src/directory/kv'
 import { LevelKv } from '../src/directory/leveldb'
 import { PgKv, PgKvOptions } from '../src/directory/postgres'
@@ -65,6 +66,13 @@ async function main (): Promise<void> {
       ['PgKv', {}, false],
       ['PgKv synchronous_commit=off', { asyncCommitWhenUnsynced: true }, false]
     ]
+    // One round trip: the floor under every statement.
+    const client = new Client({ host: server.host, port: server.port, user: 'postgres', database: server.database })
+    await client.connect()
+    const ping: number[] = []
+    for (let r = 0; r < RUNS; r++) ping.push(await timeEach(OPS, async () => await client.query('SELECT 1')))
+    await client.end()
+    console.log(`round trip (SELECT 1): ${median(ping).toFixed(0)} µs`)
     let n = 0
     for (const [name, opts, sync] of variants) {
       await server.sql(`CREATE DATABASE bench${++n}`)

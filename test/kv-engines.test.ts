@@ -231,6 +231,15 @@ for (const engine of engines) {
       await sleep(50)
       t.same(order.filter(s => !s.startsWith('read')), ['body 1', 'hook 1', 'body 2'], 'the hook runs before the next transaction starts')
       t.ok(order.includes('read 3'), 'the hook sees the committed write')
+      // A batch the engine refuses (a value that is not a buffer) is EIO, writes none of its keys and runs no hook.
+      const refused = await errorOf(async () => await kv.txn(tx => {
+        tx.put(B('d'), B('4'))
+        tx.put(B('e'), undefined as unknown as Buffer)
+        tx.onCommit(() => { hooked = true })
+      }))
+      t.equal((refused as FsError | undefined)?.code, 'EIO', `a refused batch is EIO (${refused?.message})`)
+      t.equal(await kv.get(B('d')), undefined, 'no part of a refused batch is written')
+      t.notOk(hooked, 'no hook after a refused batch')
       t.equal(await kv.txn(tx => { tx.put(B('z'), B('9')); return 'ok' }), 'ok', 'transactions go on after a failure')
     })
 

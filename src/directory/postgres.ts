@@ -284,12 +284,10 @@ class PgTxn implements KvTxn {
   }
 
   put (key: Buffer, value: Buffer): void {
-    if (!Buffer.isBuffer(key) || !Buffer.isBuffer(value)) throw new TypeError('a put of a key or value that is not a buffer')
     this.writes.set(key.toString('latin1'), { key, value })
   }
 
   del (key: Buffer): void {
-    if (!Buffer.isBuffer(key)) throw new TypeError('a del of a key that is not a buffer')
     this.writes.set(key.toString('latin1'), { key, value: DELETED })
   }
 
@@ -306,6 +304,10 @@ class PgTxn implements KvTxn {
       const putValues: Buffer[] = []
       const delKeys: Buffer[] = []
       for (const { key, value } of this.writes.values()) {
+        // As LevelDB's engine: a write that is not a buffer refuses the whole batch (EIO), and nothing is sent.
+        if (!Buffer.isBuffer(key) || (value !== DELETED && !Buffer.isBuffer(value))) {
+          throw new FsError('EIO', `directory write refused: a ${value === DELETED ? 'del' : 'put'} of a key or value that is not a buffer`)
+        }
         if (value === DELETED) delKeys.push(key)
         else { putKeys.push(key); putValues.push(value) }
       }
