@@ -363,27 +363,38 @@ t.test('PgKv: the database goes away and comes back', { skip: pgSkip }, async t 
     t.equal((await getDuring)?.toString(), '2', 'a get waits out an outage too')
   })
 
-  t.test('restart under a stream of commits loses none that returned', async t => {
+  for (const how of ['restart', 'crash'] as const) {
+  t.test(`${how} under a stream of commits loses none that returned`, async t => {
     const kv = await openPg(t, url, { outageMs: 10_000 })
+    const prefix = how === 'restart' ? 'w' : 'c'
     const committed: number[] = []
     let stop = false
     const writer = (async () => {
       for (let i = 0; !stop; i++) {
         try {
-          await kv.txn(tx => { tx.put(B(`w${String(i).padStart(6, '0')}`), B(String(i))) })
+          await kv.txn(tx => { tx.put(B(`${prefix}${String(i).padStart(6, '0')}`), B(String(i))) })
           committed.push(i)
         } catch {}
       }
     })()
-    await sleep(300)
-    await server.restart()
-    await sleep(300)
-    stop = true
-    await writer
-    const stored = new Set((await scanAll(kv, B('w'))).map(s => Number(s.split('=')[1])))
-    t.ok(committed.length > 10, `${committed.length} commits around the restart`)
+    try {
+      await sleep(300)
+      if (how === 'restart') {
+        await server.restart() // fast shutdown: clients cut off, then up again
+      } else {
+        await server.kill() // SIGKILL: recovery from the WAL at the next start
+        await server.start()
+      }
+      await sleep(300)
+    } finally {
+      stop = true
+      await writer
+    }
+    const stored = new Set((await scanAll(kv, B(prefix))).map(s => Number(s.split('=')[1])))
+    t.ok(committed.length > 10, `${committed.length} commits around the ${how}`)
     t.equal(committed.filter(i => !stored.has(i)).length, 0, 'every commit that returned is stored')
   })
+  }
 })
 
 t.test('PgKv: a COMMIT whose answer is lost is looked up, not guessed', { skip: pgSkip }, async t => {

@@ -107,7 +107,7 @@ const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMED
 /** The connection broke or could not be made: the operation may succeed once the database is back. */
 export function isConnectionError (err: unknown): boolean {
   const e = err as PgError | undefined
-  if (!e || typeof e !== 'object') return false
+  if (!e || typeof e !== 'object' || e instanceof FsError) return false // already decided (a bound ran out)
   if (e.code && (CONNECTION_CODES.has(e.code) || e.code.startsWith('08'))) return true
   return /Connection terminated|connection error|not queryable|timeout expired|Query read timeout|timeout exceeded when trying to connect/i.test(e.message ?? '')
 }
@@ -322,7 +322,12 @@ class PgTxn implements KvTxn {
       if (xid === undefined || !isConnectionError(err)) throw err
       // The COMMIT was sent and the answer lost: it may have committed. Ask, rather than guess.
       this.release(err)
-      const status = await this.kv.commitStatus(xid)
+      let status: string | undefined
+      try {
+        status = await this.kv.commitStatus(xid)
+      } catch (e) {
+        throw new UnknownOutcome(`the connection broke during COMMIT and transaction ${xid}'s outcome could not be learnt: ${(e as Error).message}`)
+      }
       if (status === 'committed') return
       if (status === 'aborted') throw err // nothing written: retried as any broken connection
       throw new UnknownOutcome(`the connection broke during COMMIT and transaction ${xid}'s outcome could not be learnt`)

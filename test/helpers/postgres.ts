@@ -76,6 +76,37 @@ process.once('exit', () => {
   }
 })
 
+/** Wait until `pid` has left the process table (reaped, not just a zombie), at most `ms`. */
+async function gone (pid: number, ms: number): Promise<void> {
+  const deadline = Date.now() + ms
+  while (existsSync(`/proc/${pid}`) && Date.now() < deadline) await sleep(20)
+}
+
+/**
+ * Temp dirs of servers whose test process died before stopping them (its
+ * pid is in DIR/owner): their postmaster is killed and the dir removed.
+ */
+async function removeStale (): Promise<void> {
+  const root = tmpdir()
+  for (const name of readdirSync(root)) {
+    if (!name.startsWith('bslfs-pg-')) continue
+    const dir = join(root, name)
+    try {
+      let owner = 0
+      try { owner = Number(readFileSync(join(dir, 'owner'), 'utf8')) } catch {}
+      if (owner ? alive(owner) : Date.now() - (await fsp.stat(dir)).mtimeMs < 10 * 60_000) continue
+      let pid = 0
+      try { pid = Number(readFileSync(join(dir, 'data', 'postmaster.pid'), 'utf8').split('\n')[0]) } catch {}
+      if (pid && alive(pid)) {
+        // Its test process is gone: nobody will stop it.
+        try { process.kill(pid, 'SIGKILL') } catch {}
+        await gone(pid, 5000)
+      }
+      await fsp.rm(dir, { recursive: true, force: true })
+    } catch {}
+  }
+}
+
 export interface PgServerOptions {
   /** Extra server settings, `-c name=value` each (e.g. { fsync: 'off' }). */
   settings?: Record<string, string>
@@ -102,9 +133,11 @@ export class PgServer {
   static async create (opts: PgServerOptions = {}): Promise<PgServer> {
     const reason = pgUnavailable()
     if (reason) throw new Error(reason)
+    await removeStale()
     const dir = await fsp.mkdtemp(join(tmpdir(), 'bslfs-pg-'))
     const server = new PgServer(dir, await freePort(), opts.database ?? 'bslfs', pgBinDir()!, opts.settings ?? {})
     try {
+      await fsp.writeFile(join(dir, 'owner'), String(process.pid))
       await run('chown', [`${SUPERUSER}:`, dir])
       await server.asPostgres('initdb', ['-D', server.dataDir, '-U', SUPERUSER, '--no-sync', '--auth-local=trust', '--auth-host=scram-sha-256', '-E', 'UTF8', '--locale=C'])
       await fsp.writeFile(join(server.dataDir, 'pg_hba.conf'), [
@@ -139,7 +172,16 @@ export class PgServer {
     if (this.pid && alive(this.pid)) return
     const opts = [`-p ${this.port}`, `-k ${this.dir}`, `-c listen_addresses=${PG_HOST}`,
       ...Object.entries(this.settings).map(([k, v]) => `-c ${k}=${v}`)].join(' ')
-    await this.asPostgres('pg_ctl', ['-D', this.dataDir, '-l', this.logFile, '-w', '-t', '60', '-o', opts, 'start'])
+    // After a crash the old postmaster's pid and its backends' shared memory linger a moment.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.asPostgres('pg_ctl', ['-D', this.dataDir, '-l', this.logFile, '-w', '-t', '60', '-o', opts, 'start'])
+        break
+      } catch (err) {
+        if (attempt >= 20 || !/another server might be running|already exists|still in use/.test((err as Error).message)) throw err
+        await sleep(250)
+      }
+    }
     this.pid = Number(readFileSync(join(this.dataDir, 'postmaster.pid'), 'utf8').split('\n')[0])
     running.add(this.pid)
     // pg_ctl -w waits for the socket; wait for a real login over TCP too.
@@ -162,9 +204,10 @@ export class PgServer {
 
   /** A crash: SIGKILL the postmaster (its backends exit when they notice). */
   async kill (): Promise<void> {
+    const pid = this.pid
     await this.signal('SIGKILL', 5000)
-    // Backends orphaned by a killed postmaster hold the data dir until they exit.
-    await sleep(200)
+    // PostgreSQL refuses to start while the old pid exists, even as a zombie.
+    await gone(pid, 5000)
   }
 
   private async signal (sig: NodeJS.Signals, graceMs: number): Promise<void> {
