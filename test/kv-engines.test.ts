@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { FsError } from '../src/errors'
 import { KvReader, KvStore } from '../src/directory/kv'
-import { LevelKv } from '../src/directory/leveldb'
 import { PgKv, PgKvOptions } from '../src/directory/postgres'
-import { PgServer, TcpRelay, pgUnavailable, startPostgres } from './helpers/postgres'
+import { TcpRelay, pgUnavailable, startPostgres } from './helpers/postgres'
+import { freshPgDatabase as freshDatabase, kvEngines, openPgKv as openPg, sharedPostgres } from './helpers/kv-engines'
 
 // One KvStore conformance suite, run on every engine through the same code;
 // then what only the PostgreSQL engine has: several processes on one
@@ -41,56 +41,22 @@ function rng (seed: number): () => number {
   }
 }
 
-interface Engine {
-  name: string
-  skip?: string
-  /** A new, empty store for one test, closed at its end. */
-  fresh: (t: Test) => Promise<KvStore>
-}
-
-let pg: PgServer | undefined
-let dbCount = 0
 const pgSkip = pgUnavailable()
 
-/** A new database on the file's server and a PgKv on it. */
 async function freshPgDatabase (): Promise<string> {
-  const name = `kv${++dbCount}`
-  await pg!.sql(`CREATE DATABASE ${name}`)
-  return pg!.url({ database: name })
+  return (await freshDatabase()).url
 }
 
-async function openPg (t: Test, url: string, opts: PgKvOptions = {}): Promise<PgKv> {
-  const kv = await PgKv.open(url, { createIfMissing: true, ...opts })
-  t.teardown(() => kv.close())
-  return kv
-}
-
-const engines: Engine[] = [
-  {
-    name: 'LevelKv',
-    fresh: async t => {
-      const dir = await mkdtemp(join(tmpdir(), 'bslfs-kv-'))
-      const kv = await LevelKv.open(join(dir, 'db'), { createIfMissing: true })
-      t.teardown(async () => { await kv.close(); await rm(dir, { recursive: true, force: true }) })
-      return kv
-    }
-  },
-  {
-    name: 'PgKv',
-    skip: pgSkip,
-    fresh: async t => await openPg(t, await freshPgDatabase())
+for (const engine of kvEngines) {
+  /** A new empty store for one test, closed at its end. */
+  const fresh = async (t: Test): Promise<KvStore> => {
+    const kv = await (await engine.place(t)).open({ create: true })
+    t.teardown(() => kv.close())
+    return kv
   }
-]
-
-t.before(async () => {
-  if (!pgSkip) pg = await PgServer.create()
-})
-t.teardown(async () => { await pg?.destroy() })
-
-for (const engine of engines) {
   t.test(`${engine.name}: KvStore conformance`, { skip: engine.skip }, async t => {
     t.test('get, put, del, overwrite; a missing key is undefined', async t => {
-      const kv = await engine.fresh(t)
+      const kv = await fresh(t)
       t.equal(await kv.get(B('a')), undefined)
       await kv.txn(tx => { tx.put(B('a'), B('1')); tx.put(B('b'), B('2')) })
       t.equal((await kv.get(B('a')))?.toString(), '1')
@@ -106,7 +72,7 @@ for (const engine of engines) {
     })
 
     t.test('a transaction reads its own writes in get and scan', async t => {
-      const kv = await engine.fresh(t)
+      const kv = await fresh(t)
       await kv.txn(tx => { for (const k of ['p1', 'p3', 'p5', 'p7', 'q1', 'o9']) tx.put(B(k), B(`v${k}`)) })
       const seen = await kv.txn(async tx => {
         tx.put(B('p2'), B('new'))
@@ -132,7 +98,7 @@ for (const engine of engines) {
     })
 
     t.test('scans: bytewise order, binary keys, prefix/after/limit against a model', async t => {
-      const kv = await engine.fresh(t)
+      const kv = await fresh(t)
       const random = rng(21)
       const model = new Map<string, Buffer>()
       // Keys over a small alphabet with 0x00 and 0xff, so prefixes collide and prefixEnd's edge (all 0xff) comes up.
@@ -188,7 +154,7 @@ for (const engine of engines) {
     })
 
     t.test('a snapshot does not see later commits', async t => {
-      const kv = await engine.fresh(t)
+      const kv = await fresh(t)
       await kv.txn(tx => { tx.put(B('k1'), B('old')); tx.put(B('k2'), B('old')) })
       const snap = kv.snapshot()
       t.teardown(() => snap.close())
@@ -202,7 +168,7 @@ for (const engine of engines) {
     })
 
     t.test('a throwing body writes nothing; onCommit runs only after a commit, before the next transaction', async t => {
-      const kv = await engine.fresh(t)
+      const kv = await fresh(t)
       await kv.txn(tx => { tx.put(B('a'), B('1')) })
       let hooked = false
       const err = await errorOf(async () => await kv.txn(async tx => {
@@ -243,8 +209,25 @@ for (const engine of engines) {
       t.equal(await kv.txn(tx => { tx.put(B('z'), B('9')); return 'ok' }), 'ok', 'transactions go on after a failure')
     })
 
+    t.test('closed and opened again, a store holds every commit; a store never created does not open', async t => {
+      const place = await engine.place(t)
+      t.ok(await errorOf(async () => await (await place.open()).close()), 'opening a store that was never created fails')
+      const kv = await place.open({ create: true })
+      for (let i = 0; i < 500; i += 100) {
+        await kv.txn(tx => { for (let j = i; j < i + 100; j++) tx.put(B(`k${String(j).padStart(4, '0')}`), B(`v${j}`)) })
+      }
+      await kv.txn(tx => { tx.del(B('k0003')) })
+      await kv.close()
+      const again = await place.open()
+      t.teardown(() => again.close())
+      const all = await scanAll(again, B('k'))
+      t.equal(all.length, 499)
+      t.equal(await again.get(B('k0003')), undefined)
+      t.equal((await again.get(B('k0499')))?.toString(), 'v499')
+    })
+
     t.test('sync: true commits as well', async t => {
-      const kv = await engine.fresh(t)
+      const kv = await fresh(t)
       await kv.txn(tx => { tx.put(B('s'), B('1')) }, { sync: true })
       t.equal((await kv.get(B('s')))?.toString(), '1')
     })
@@ -398,19 +381,18 @@ t.test('PgKv: the database goes away and comes back', { skip: pgSkip }, async t 
 })
 
 t.test('PgKv: a COMMIT whose answer is lost is looked up, not guessed', { skip: pgSkip }, async t => {
-  await freshPgDatabase()
-  const db = `kv${dbCount}`
-  const relay = await TcpRelay.start(pg!.port)
+  const { server: pg, database: db } = await freshDatabase()
+  const relay = await TcpRelay.start(pg.port)
   t.teardown(async () => await relay.close())
-  const kv = await openPg(t, pg!.url({ database: db, port: relay.port }))
+  const kv = await openPg(t, pg.url({ database: db, port: relay.port }))
   // A deferred trigger makes the COMMIT of a transaction that writes key "slow" take 600 ms: the window to break it in.
-  await pg!.sql(`CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NULL; END $$`, [], db)
-  await pg!.sql(`CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON kv DEFERRABLE INITIALLY DEFERRED
+  await pg.sql(`CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.6); RETURN NULL; END $$`, [], db)
+  await pg.sql(`CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT OR UPDATE ON kv DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW WHEN (NEW.k = '\\x736c6f77'::bytea) EXECUTE FUNCTION slow_commit()`, [], db)
   /** The backend of the transaction now in COMMIT. */
   const committing = async (): Promise<number> => {
     for (let i = 0; i < 500; i++) {
-      const rows = await pg!.sql("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'bslfs' AND state = 'active' AND query = 'COMMIT'", [db])
+      const rows = await pg.sql("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = 'bslfs' AND state = 'active' AND query = 'COMMIT'", [db])
       if (rows.length > 0) return Number(rows[0].pid)
       await sleep(10)
     }
@@ -437,7 +419,7 @@ t.test('PgKv: a COMMIT whose answer is lost is looked up, not guessed', { skip: 
   runs = 0
   hooks = 0
   const second = increment()
-  await pg!.sql('SELECT pg_terminate_backend($1)', [await committing()]) // the server aborts it mid-COMMIT
+  await pg.sql('SELECT pg_terminate_backend($1)', [await committing()]) // the server aborts it mid-COMMIT
   await second
   t.equal(runs, 2, 'the server aborted it: the body ran again')
   t.equal(hooks, 1, 'hooks of the run that committed only')
@@ -445,7 +427,8 @@ t.test('PgKv: a COMMIT whose answer is lost is looked up, not guessed', { skip: 
 })
 
 t.test('PgKv: a database that cannot be opened is one clear line', { skip: pgSkip }, async t => {
-  await pg!.createRole('alice', 's3cret-pw')
+  const pg = await sharedPostgres()
+  await pg.createRole('alice', 's3cret-pw')
   const one = async (url: string, re: RegExp, code: string, what: string, opts: PgKvOptions = {}): Promise<void> => {
     const err = await errorOf(async () => await PgKv.open(url, { connectTimeoutMs: 2000, ...opts }))
     t.ok(err instanceof FsError, `${what}: an FsError (${err?.message})`)
@@ -457,23 +440,23 @@ t.test('PgKv: a database that cannot be opened is one clear line', { skip: pgSki
   const closed = await new Promise<number>(resolve => {
     const srv = require('node:net').createServer().listen(0, '127.0.0.1', () => { const p = srv.address().port; srv.close(() => resolve(p)) })
   })
-  await one(pg!.url({ user: 'alice', password: 'wrong-pw' }), /PostgreSQL at 127\.0\.0\.1:\d+: authentication failed for user "alice"/, 'EACCES', 'wrong password')
-  await one(pg!.url({ user: 'alice' }), /authentication failed for user "alice".*none was given/, 'EACCES', 'no password')
-  await one(pg!.url({ user: 'alice', password: 's3cret-pw', database: 'nosuch' }), /database "nosuch" does not exist/, 'ENOENT', 'missing database')
-  await one(pg!.url({ user: 'alice', password: 's3cret-pw', port: closed }), new RegExp(`PostgreSQL at 127\\.0\\.0\\.1:${closed}: connection refused`), 'ECONNREFUSED', 'nothing listening')
+  await one(pg.url({ user: 'alice', password: 'wrong-pw' }), /PostgreSQL at 127\.0\.0\.1:\d+: authentication failed for user "alice"/, 'EACCES', 'wrong password')
+  await one(pg.url({ user: 'alice' }), /authentication failed for user "alice".*none was given/, 'EACCES', 'no password')
+  await one(pg.url({ user: 'alice', password: 's3cret-pw', database: 'nosuch' }), /database "nosuch" does not exist/, 'ENOENT', 'missing database')
+  await one(pg.url({ user: 'alice', password: 's3cret-pw', port: closed }), new RegExp(`PostgreSQL at 127\\.0\\.0\\.1:${closed}: connection refused`), 'ECONNREFUSED', 'nothing listening')
   await one('postgres://alice:s3cret-pw@[::1', /not a PostgreSQL URL/, 'EINVAL', 'malformed URL')
   await one('/var/lib/bslfs/demo', /not a PostgreSQL URL/, 'EINVAL', 'a path where a URL is needed')
   await one('postgres://alice:s3cret-pw@127.0.0.1:5432/', /needs a host and a database/, 'EINVAL', 'no database in the URL')
-  await one(pg!.url({ user: 'alice', password: 's3cret-pw' }), /holds no bslfs directory/, 'ENOENT', 'a database without the tables', { createIfMissing: false })
+  await one(pg.url({ user: 'alice', password: 's3cret-pw' }), /holds no bslfs directory/, 'ENOENT', 'a database without the tables', { createIfMissing: false })
 
   // The password from a file: used when private, refused when others can read it.
   const dir = await mkdtemp(join(tmpdir(), 'bslfs-pw-'))
   t.teardown(async () => await rm(dir, { recursive: true, force: true }))
   const file = join(dir, 'pw')
   await writeFile(file, 's3cret-pw\n', { mode: 0o644 })
-  await one(pg!.url({ user: 'alice' }), /readable by others/, 'EACCES', 'a password file others can read', { passwordFile: file })
+  await one(pg.url({ user: 'alice' }), /readable by others/, 'EACCES', 'a password file others can read', { passwordFile: file })
   await writeFile(file + '2', 's3cret-pw\n', { mode: 0o600 })
-  const kv = await PgKv.open(pg!.url({ user: 'alice' }), { passwordFile: file + '2', createIfMissing: true })
+  const kv = await PgKv.open(pg.url({ user: 'alice' }), { passwordFile: file + '2', createIfMissing: true })
   t.teardown(() => kv.close())
   t.notMatch(kv.location, /s3cret/, 'the location shown has no password')
   await kv.txn(tx => { tx.put(B('x'), B('1')) })

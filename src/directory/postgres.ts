@@ -10,6 +10,8 @@ import { statSync, readFileSync } from 'node:fs'
 import { Pool, PoolClient, PoolConfig } from 'pg'
 import { FsError } from '../errors'
 import { KvSnapshot, KvStore, KvTxn, prefixEnd } from './kv'
+import { Mutex } from './mutex'
+import { DELETED, WriteBuffer } from './write-buffer'
 
 const log = createDebug('bslfs:postgres')
 
@@ -145,23 +147,6 @@ function backoff (attempt: number, baseMs: number, capMs: number): number {
   return Math.random() * Math.min(capMs, baseMs * 2 ** attempt)
 }
 
-/** A FIFO async lock (the same discipline as LevelDB's engine). */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve()
-
-  async run<T> (fn: () => Promise<T>): Promise<T> {
-    const prev = this.tail
-    let release!: () => void
-    this.tail = new Promise<void>(resolve => { release = resolve })
-    await prev
-    try {
-      return await fn()
-    } finally {
-      release()
-    }
-  }
-}
-
 const GET_SQL = 'SELECT v FROM kv WHERE k = $1'
 const SCAN_SQL = 'SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3'
 const SCAN_AFTER_SQL = 'SELECT k, v FROM kv WHERE k > $1 AND k < $2 ORDER BY k LIMIT $3'
@@ -206,19 +191,12 @@ async function * scanRows (query: Query, prefix: Buffer, opts: { after?: Buffer,
   }
 }
 
-const DELETED = Symbol('deleted')
-type Write = { key: Buffer, value: Buffer | typeof DELETED }
-
-function startsWith (key: Buffer, prefix: Buffer): boolean {
-  return key.length >= prefix.length && key.compare(prefix, 0, prefix.length, 0, prefix.length) === 0
-}
-
 /** Thrown when a COMMIT's connection broke and the transaction's fate could not be learnt. */
 class UnknownOutcome extends Error {}
 
 class PgTxn implements KvTxn {
-  /** Pending writes by key (latin1: one character per byte); reads consult them first. */
-  readonly writes = new Map<string, Write>()
+  /** Pending writes; reads consult them first. */
+  readonly writes = new WriteBuffer()
   readonly commitHooks: Array<() => void> = []
   /** The first database error of this attempt: it decides retry or EIO even if `fn` caught it. */
   failure: unknown
@@ -248,47 +226,24 @@ class PgTxn implements KvTxn {
   }
 
   async get (key: Buffer): Promise<Buffer | undefined> {
-    const w = this.writes.get(key.toString('latin1'))
+    const w = this.writes.lookup(key)
     if (w) return w.value === DELETED ? undefined : w.value
     const rows = await this.query('bslfs_get', GET_SQL, [key])
     return rows.length > 0 ? rows[0].v as Buffer : undefined
   }
 
-  async * scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
-    const limit = opts.limit ?? Infinity
-    if (limit <= 0) return
-    const pending = [...this.writes.values()]
-      .filter(w => startsWith(w.key, prefix) && (!opts.after || Buffer.compare(w.key, opts.after) > 0))
-      .sort((a, b) => Buffer.compare(a.key, b.key))
-    // Deleted keys may hide stored ones: read that many more, so a small limit still takes one statement.
-    const hidden = pending.filter(w => w.value === DELETED).length
-    let i = 0
-    let count = 0
-    for await (const [k, v] of scanRows(this.query, prefix, { after: opts.after }, Math.min(SCAN_CHUNK, limit + hidden))) {
-      while (i < pending.length && Buffer.compare(pending[i].key, k) < 0) {
-        const w = pending[i++]
-        if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
-      }
-      if (i < pending.length && Buffer.compare(pending[i].key, k) === 0) {
-        const w = pending[i++]
-        if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
-        continue
-      }
-      yield [k, v]
-      if (++count >= limit) return
-    }
-    for (; i < pending.length; i++) {
-      const w = pending[i]
-      if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
-    }
+  scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
+    // Deleted keys may hide stored ones: read that many more per statement, so a small limit still takes one.
+    const page = Math.max(1, Math.min(SCAN_CHUNK, (opts.limit ?? Infinity) + this.writes.deletesUnder(prefix, opts.after)))
+    return this.writes.merge(scanRows(this.query, prefix, { after: opts.after }, page), prefix, opts)
   }
 
   put (key: Buffer, value: Buffer): void {
-    this.writes.set(key.toString('latin1'), { key, value })
+    this.writes.put(key, value)
   }
 
   del (key: Buffer): void {
-    this.writes.set(key.toString('latin1'), { key, value: DELETED })
+    this.writes.del(key)
   }
 
   onCommit (fn: () => void): void {
