@@ -259,6 +259,7 @@ t.test('PgKv: several hosts on one database', { skip: pgSkip }, async t => {
     ])
     t.equal((await hosts[0].get(key))?.toString(), String(2 * per), 'every increment counted')
     t.ok(runs > 2 * per, `conflicts were retried (${runs} runs for ${2 * per} commits)`)
+    t.equal(hosts[0].stats.conflictRetries + hosts[1].stats.conflictRetries, runs - 2 * per, 'every rerun was counted')
   })
 
   t.test('a body run again after a conflict gets a fresh view and a fresh write set', async t => {
@@ -422,6 +423,7 @@ t.test('PgKv: a COMMIT whose answer is lost is looked up, not guessed', { skip: 
   await pg.sql('SELECT pg_terminate_backend($1)', [await committing()]) // the server aborts it mid-COMMIT
   await second
   t.equal(runs, 2, 'the server aborted it: the body ran again')
+  t.equal(kv.stats.commitsLookedUp, 2, 'both lost COMMITs were looked up')
   t.equal(hooks, 1, 'hooks of the run that committed only')
   t.equal((await kv.get(B('n')))?.toString(), '2', 'counted once')
 })

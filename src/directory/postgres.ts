@@ -283,6 +283,7 @@ class PgTxn implements KvTxn {
       } catch (e) {
         throw new UnknownOutcome(`the connection broke during COMMIT and transaction ${xid}'s outcome could not be learnt: ${(e as Error).message}`)
       }
+      this.kv.stats.commitsLookedUp++
       if (status === 'committed') return
       if (status === 'aborted') throw err // nothing written: retried as any broken connection
       throw new UnknownOutcome(`the connection broke during COMMIT and transaction ${xid}'s outcome could not be learnt`)
@@ -312,6 +313,8 @@ class PgTxn implements KvTxn {
 
 /** The PostgreSQL engine: any number of processes on any hosts share one database. */
 export class PgKv implements KvStore {
+  /** Counts since open, for `status` and the bench: commits, bodies run again after a conflict or a broken connection, lost COMMITs looked up. */
+  readonly stats = { commits: 0, conflictRetries: 0, outageRetries: 0, commitsLookedUp: 0 }
   private readonly lock = new Mutex()
   private closed = false
   private readonly outageMs: number
@@ -552,6 +555,7 @@ export class PgKv implements KvStore {
           if (conflicts >= this.retryAttempts || Date.now() - start >= this.retryMs) {
             throw this.eio('transaction', cause, `still conflicting after ${conflicts} attempts in ${Date.now() - start} ms`)
           }
+          this.stats.conflictRetries++
           await sleep(backoff(conflicts, 1, 100))
           continue
         }
@@ -559,6 +563,7 @@ export class PgKv implements KvStore {
           outageStart ??= Date.now()
           if (Date.now() - outageStart >= this.outageMs) throw this.eio('transaction', cause, `unreachable for ${Date.now() - outageStart} ms`)
           log('transaction: %s unreachable (%s), running it again', this.target.address, (cause as Error).message)
+          this.stats.outageRetries++
           await sleep(Math.min(backoff(attempt, 50, 1000), Math.max(0, outageStart + this.outageMs - Date.now())))
           continue
         }
@@ -566,6 +571,7 @@ export class PgKv implements KvStore {
         throw err // the body's own error: nothing was written
       }
       if (conflicts > 0) log('transaction committed after %d serialization retries', conflicts)
+      this.stats.commits++
       for (const hook of tx.commitHooks) hook()
       return result
     }
