@@ -1,0 +1,20 @@
+/**
+ * A FIFO async lock: how an engine runs one transaction at a time in this
+ * process (the directory's caches assume it). LevelDB's engine keeps its own
+ * copy in leveldb.ts for now, to be folded in after issue 20's split.
+ */
+export class Mutex {
+  private tail: Promise<void> = Promise.resolve()
+
+  async run<T> (fn: () => Promise<T>): Promise<T> {
+    const prev = this.tail
+    let release!: () => void
+    this.tail = new Promise<void>(resolve => { release = resolve })
+    await prev
+    try {
+      return await fn()
+    } finally {
+      release()
+    }
+  }
+}
