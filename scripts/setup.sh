@@ -13,7 +13,7 @@ command -v node >/dev/null && node -e 'process.exit(+process.versions.node.split
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
-$SUDO apt-get install -y -qq libfuse2 fuse libfuse-dev pkg-config python3 make g++ git sqlite3 attr bindfs fio util-linux postgresql >/dev/null
+$SUDO apt-get install -y -qq libfuse2 fuse libfuse-dev pkg-config python3 make g++ git sqlite3 attr bindfs fio util-linux >/dev/null
 npm ci --no-audit --no-fund
 
 # The CLI on PATH, and the helper mount(8) runs for `mount -t bslfs` and /etc/fstab.
