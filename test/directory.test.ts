@@ -7,7 +7,8 @@ import { KvStore, KvTxn } from '../src/directory/kv'
 import { LevelKv } from '../src/directory/leveldb'
 import { BlockRecord, ROOT_INO, decodeBlock, encodeBlock, keys } from '../src/directory/records'
 import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
-import { Directory, NAME_MAX, isDir } from '../src/directory/directory'
+import { Directory, NAME_MAX } from '../src/directory/directory'
+import { isDir } from '../src/posix/modes'
 
 // Everything here runs on a real LevelDB in a temp dir.
 

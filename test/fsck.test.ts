@@ -65,7 +65,7 @@ t.test('fsck finds and repairs what a crash or a bug leaves behind', async t => 
     tx.put(keys.block(7777, 0), encodeBlock(stray)) // blocks of an inode that does not exist
     tx.put(keys.meta('usage'), encodeJSON({ files: 99, bytes: 1 }))
   })
-  await s.dir.fixInode(f2.ino, { nlink: 5 })
+  await s.dir.fsckFixes.fixInode(f2.ino, { nlink: 5 })
   const d0 = await s.volumes.deviceAt({ server: 'local', device: 'd0' })
   const d1 = await s.volumes.deviceAt({ server: 'local', device: 'd1' })
   await d0.put('00000000deadbeef', Buffer.from('orphan'), checksum(Buffer.from('orphan'))) // a write whose commit never came

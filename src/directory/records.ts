@@ -1,6 +1,7 @@
 import { BSL, decodeBSLPrefix, encodeBSL } from '../bsl'
 import { chunkCount } from '../checksum'
 import { FsError } from '../errors'
+import { Timespec } from '../posix/time'
 
 /**
  * Key layout and record codecs of the directory. Every record read back is
@@ -18,7 +19,7 @@ import { FsError } from '../errors'
  *   T kind key            → tables (JSON): volumes, mirrors, servers, devices
  */
 
-export interface Timespec { sec: number, nsec: number }
+export type { Timespec }
 
 export interface Inode {
   ino: number
