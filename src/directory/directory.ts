@@ -11,9 +11,7 @@ import { IdReservations } from './ids'
 import { KvStore } from './kv'
 import { DirectoryConfig, Usage, isConfig, readUsage } from './meta'
 import { DirEntry, FilePatch, Namespace, NewNode } from './namespace'
-import {
-  forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue
-} from './queues'
+import { forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue } from './queues'
 import { NamespaceReader } from './reader'
 import { BlockRecord, Inode, ROOT_INO, decodeJSON, encodeInode, encodeJSON, keys } from './records'
 import * as tables from './tables'
@@ -80,9 +78,8 @@ export class Directory {
     const config = decodeJSON<DirectoryConfig>('configuration', raw, isConfig)
     const ids = await IdReservations.load(kv)
     const usage = await readUsage(kv)
-    const ns = new Namespace(kv, config.blockSize, ids, usage, new Set())
+    const ns = new Namespace(kv, config.blockSize, ids, usage, await inodesWithXattrs(kv))
     await ns.getInode(ROOT_INO)
-    for (const ino of await inodesWithXattrs(kv)) ns.withXattrs.add(ino)
     return new Directory(kv, config, ids, ns)
   }
 
