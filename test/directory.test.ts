@@ -3,21 +3,18 @@ import fc from 'fast-check'
 import { join } from 'node:path'
 import { BSL, objectIdOf } from '../src/bsl'
 import { FsError } from '../src/errors'
-import { KvSnapshot, KvStore, KvTxn } from '../src/directory/kv'
+import { KvReader, KvSnapshot, KvStore, KvTxn } from '../src/directory/kv'
 import { LevelKv } from '../src/directory/leveldb'
 import { BlockRecord, ROOT_INO, decodeBlock, encodeBlock, keys } from '../src/directory/records'
 import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
 import { Directory, NAME_MAX } from '../src/directory/directory'
-import { isDir } from '../src/posix/modes'
+import { S_IFDIR, S_IFREG, S_ISGID, isDir } from '../src/posix/modes'
 import { KvEngine, StorePlace, engines } from './helpers/engines'
 
 // Every suite registered with onEachEngine runs once per KvStore engine
 // (test/helpers/engines.ts), each test on a real store of its own; the
 // LevelKv tests are LevelDB's alone.
 
-const S_IFREG = 0o100000
-const S_IFDIR = 0o040000
-const S_ISGID = 0o2000
 const FILE = { mode: S_IFREG | 0o644, uid: 1000, gid: 1000 }
 const DIR = { mode: S_IFDIR | 0o755, uid: 1000, gid: 1000 }
 const B = (s: string): Buffer => Buffer.from(s)
@@ -51,7 +48,7 @@ async function openKv (path: string): Promise<LevelKv> {
   return LevelKv.open(path, { createIfMissing: true })
 }
 
-async function scanAll (kv: KvStore | KvTxn, prefix: Buffer, opts?: { after?: Buffer, limit?: number }): Promise<string[]> {
+async function scanAll (kv: KvReader, prefix: Buffer, opts?: { after?: Buffer, limit?: number }): Promise<string[]> {
   const out: string[] = []
   for await (const [k, v] of kv.scan(prefix, opts)) out.push(`${k.toString('latin1')}=${v.toString('latin1')}`)
   return out

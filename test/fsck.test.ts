@@ -7,12 +7,10 @@ import { keys, encodeEntry, encodeBlock, encodeJSON, BlockRecord } from '../src/
 import * as admin from '../src/daemon/admin'
 import { State, initState } from '../src/daemon/state'
 import { fsck, FsckReport } from '../src/daemon/fsck'
+import { S_IFDIR, S_IFREG } from '../src/posix/modes'
 
 // fsck against a real STATE (LevelDB directory, local devices), damaged by
 // hand the ways a crash or a bug could leave it.
-
-const S_IFREG = 0o100000
-const S_IFDIR = 0o040000
 
 async function makeFile (s: State, parent: number, name: string, blocks: Buffer[]): Promise<{ ino: number, recs: BlockRecord[] }> {
   const inode = await s.dir.createNode(parent, name, { mode: S_IFREG | 0o644, uid: 0, gid: 0 })
