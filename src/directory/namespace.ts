@@ -27,7 +27,7 @@ export interface NewNode {
 /** Attributes that change without the namespace changing: setAttrs, and a file's writes through an open handle. */
 export type FilePatch = Partial<Pick<Inode, 'size' | 'mtime' | 'ctime' | 'atime' | 'mode' | 'uid' | 'gid'>>
 
-export function checkName (name: string): void {
+function checkName (name: string): void {
   if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
     throw new FsError('EINVAL', `bad name ${JSON.stringify(name)}`)
   }
