@@ -3,17 +3,18 @@ import fc from 'fast-check'
 import { join } from 'node:path'
 import { BSL, objectIdOf } from '../src/bsl'
 import { FsError } from '../src/errors'
-import { KvStore, KvTxn } from '../src/directory/kv'
+import { KvReader, KvSnapshot, KvStore, KvTxn } from '../src/directory/kv'
 import { LevelKv } from '../src/directory/leveldb'
 import { BlockRecord, ROOT_INO, decodeBlock, encodeBlock, keys } from '../src/directory/records'
 import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
-import { Directory, NAME_MAX, isDir } from '../src/directory/directory'
+import { Directory, NAME_MAX } from '../src/directory/directory'
+import { S_IFDIR, S_IFREG, S_ISGID, isDir } from '../src/posix/modes'
+import { KvEngine, StorePlace, engines } from './helpers/engines'
 
-// Everything here runs on a real LevelDB in a temp dir.
+// Every suite registered with onEachEngine runs once per KvStore engine
+// (test/helpers/engines.ts), each test on a real store of its own; the
+// LevelKv tests are LevelDB's alone.
 
-const S_IFREG = 0o100000
-const S_IFDIR = 0o040000
-const S_ISGID = 0o2000
 const FILE = { mode: S_IFREG | 0o644, uid: 1000, gid: 1000 }
 const DIR = { mode: S_IFDIR | 0o755, uid: 1000, gid: 1000 }
 const B = (s: string): Buffer => Buffer.from(s)
@@ -47,23 +48,31 @@ async function openKv (path: string): Promise<LevelKv> {
   return LevelKv.open(path, { createIfMissing: true })
 }
 
-async function scanAll (kv: KvStore | KvTxn, prefix: Buffer, opts?: { after?: Buffer, limit?: number }): Promise<string[]> {
+async function scanAll (kv: KvReader, prefix: Buffer, opts?: { after?: Buffer, limit?: number }): Promise<string[]> {
   const out: string[] = []
   for await (const [k, v] of kv.scan(prefix, opts)) out.push(`${k.toString('latin1')}=${v.toString('latin1')}`)
   return out
 }
 
-/** A filesystem on its own LevelDB; reopen() simulates an unmount and mount. */
+type EngineSuite = (t: Test, engine: KvEngine) => Promise<void>
+const engineSuites: Array<{ name: string, fn: EngineSuite }> = []
+
+/** A test of the directory or of the KvStore contract, run once per engine (see the end of the file). */
+function onEachEngine (name: string, fn: EngineSuite): void {
+  engineSuites.push({ name, fn })
+}
+
+/** A filesystem on its own store; reopen() simulates an unmount and mount. */
 class Fs {
-  kv!: LevelKv
+  kv!: KvStore
   dir!: Directory
   private open = false
 
-  private constructor (readonly path: string) {}
+  private constructor (readonly place: StorePlace) {}
 
-  static async create (t: Test, blockSize = 65536): Promise<Fs> {
-    const fs = new Fs(dbPath(t))
-    fs.kv = await openKv(fs.path)
+  static async create (t: Test, engine: KvEngine, blockSize = 65536): Promise<Fs> {
+    const fs = new Fs(engine.place(t))
+    fs.kv = await fs.place.open()
     fs.dir = await Directory.create(fs.kv, { blockSize, root: { uid: 0, gid: 0 } })
     fs.open = true
     t.teardown(() => fs.close())
@@ -78,7 +87,7 @@ class Fs {
 
   async reopen (): Promise<Directory> {
     await this.close()
-    this.kv = await LevelKv.open(this.path)
+    this.kv = await this.place.open()
     this.dir = await Directory.open(this.kv)
     this.open = true
     return this.dir
@@ -95,11 +104,11 @@ async function garbageIds (dir: Directory): Promise<string[]> {
 }
 
 // ---------------------------------------------------------------------------
-// LevelKv
+// The KvStore contract
 
-t.test('LevelKv', async t => {
+onEachEngine('KvStore', async (t, engine) => {
   t.test('a transaction commits atomically; one whose fn throws writes nothing', async t => {
-    const kv = await openKv(dbPath(t))
+    const kv = await engine.place(t).open()
     t.teardown(() => kv.close())
     await kv.txn(tx => { tx.put(B('a'), B('1')); tx.put(B('b'), B('2')) })
     t.same(await scanAll(kv, B('')), ['a=1', 'b=2'])
@@ -122,7 +131,7 @@ t.test('LevelKv', async t => {
       tx.put(B('d'), B('4'))
       tx.put(B('e'), undefined as unknown as Buffer)
       tx.onCommit(() => { hooked = true })
-    }), 'EIO', 'a batch LevelDB rejects is EIO')
+    }), 'EIO', 'a batch the engine rejects is EIO')
     t.ok(e2)
     t.equal(await kv.get(B('d')), undefined, 'no part of a refused batch is written')
     t.notOk(hooked, 'no hook after a refused batch')
@@ -133,7 +142,7 @@ t.test('LevelKv', async t => {
   })
 
   t.test('a transaction sees its own writes in get and scan', async t => {
-    const kv = await openKv(dbPath(t))
+    const kv = await engine.place(t).open()
     t.teardown(() => kv.close())
     await kv.txn(tx => {
       for (const k of ['p1', 'p3', 'p5', 'p7', 'q1', 'o9']) tx.put(B(k), B(`v${k}`))
@@ -167,7 +176,7 @@ t.test('LevelKv', async t => {
   })
 
   t.test('scan with prefix, after and limit on the store', async t => {
-    const kv = await openKv(dbPath(t))
+    const kv = await engine.place(t).open()
     t.teardown(() => kv.close())
     const ff = Buffer.from([0xff])
     await kv.txn(tx => {
@@ -190,7 +199,7 @@ t.test('LevelKv', async t => {
   })
 
   t.test('transactions are serialized', async t => {
-    const kv = await openKv(dbPath(t))
+    const kv = await engine.place(t).open()
     t.teardown(() => kv.close())
     const N = 200
     const order: number[] = []
@@ -207,7 +216,7 @@ t.test('LevelKv', async t => {
   })
 
   t.test('onCommit hooks run after the commit, before the next transaction', async t => {
-    const kv = await openKv(dbPath(t))
+    const kv = await engine.place(t).open()
     t.teardown(() => kv.close())
     const events: string[] = []
     const first = kv.txn(tx => {
@@ -237,7 +246,7 @@ t.test('LevelKv', async t => {
   })
 
   t.test('a scan longer than one synchronous read sees one state of the store', async t => {
-    const kv = await openKv(dbPath(t))
+    const kv = await engine.place(t).open()
     t.teardown(() => kv.close())
     const key = (i: number): Buffer => B(`k${String(i).padStart(4, '0')}`)
     const N = 700 // more than two of the engine's 256-entry reads
@@ -279,6 +288,56 @@ t.test('LevelKv', async t => {
     t.same(await scanAll(kv, B('k')), ['k0650x=new'], 'the store moved on')
   })
 
+  t.test('reopen after close sees everything', async t => {
+    const place = engine.place(t)
+    const kv = await place.open()
+    const want: string[] = []
+    for (let i = 0; i < 500; i += 50) {
+      await kv.txn(tx => {
+        for (let j = i; j < i + 50; j++) tx.put(B(`k${String(j).padStart(4, '0')}`), B(`v${j}`))
+      })
+    }
+    await kv.txn(tx => { tx.del(B('k0003')) })
+    for (let j = 0; j < 500; j++) if (j !== 3) want.push(`k${String(j).padStart(4, '0')}=v${j}`)
+    await kv.close()
+    const again = await place.open()
+    t.teardown(() => again.close())
+    t.same(await scanAll(again, B('k')), want)
+  })
+
+  t.test('a body that throws writes nothing: thrown before or after awaiting, with or without sync', async t => {
+    const kv = await engine.place(t).open()
+    t.teardown(() => kv.close())
+    await kv.txn(tx => { tx.put(B('a'), B('1')) })
+    for (const sync of [false, true]) {
+      const thrown = new Error(`thrown, sync ${String(sync)}`)
+      let hooked = false
+      const early = await errorOf(() => kv.txn(tx => {
+        tx.put(B('a'), B('x'))
+        tx.put(B('b'), B('y'))
+        tx.onCommit(() => { hooked = true })
+        throw thrown
+      }, { sync }))
+      t.equal(early, thrown, `a body that throws before awaiting: its error comes back (sync ${String(sync)})`)
+      const late = await errorOf(() => kv.txn(async tx => {
+        tx.put(B('b'), B('y'))
+        tx.del(B('a'))
+        t.same(await scanAll(tx, B('')), ['b=y'], 'the body sees its own writes before it throws')
+        tx.onCommit(() => { hooked = true })
+        throw thrown
+      }, { sync }))
+      t.equal(late, thrown, `a body that throws after its reads: its error comes back (sync ${String(sync)})`)
+      t.same(await scanAll(kv, B('')), ['a=1'], 'neither body wrote anything')
+      t.notOk(hooked, 'no hook of a body that threw ran')
+    }
+    t.same(await kv.txn(async tx => (await tx.get(B('a')))?.toString()), '1', 'the next transaction runs')
+  })
+})
+
+// ---------------------------------------------------------------------------
+// LevelKv (LevelDB's own)
+
+t.test('LevelKv', async t => {
   t.test('batches LevelDB might stall go through the thread pool, with the same result', async t => {
     // level0SyncLimit 0: as if level 0 were always full, so no batch is written on this thread.
     const path = dbPath(t)
@@ -322,22 +381,11 @@ t.test('LevelKv', async t => {
     t.throws(() => binding.scan_sync(ctx, B('a'), true, null, 1, undefined), { code: 'LEVEL_DATABASE_NOT_OPEN' })
   })
 
-  t.test('reopen after close sees everything; a second open is refused', async t => {
+  t.test('a second open is refused; a missing database is not created unasked', async t => {
     const path = dbPath(t)
     const kv = await openKv(path)
+    t.teardown(() => kv.close())
     await rejectsOrThrows(t, () => LevelKv.open(path), 'a second open of an open database fails (LevelDB lock)')
-    const want: string[] = []
-    for (let i = 0; i < 500; i += 50) {
-      await kv.txn(tx => {
-        for (let j = i; j < i + 50; j++) tx.put(B(`k${String(j).padStart(4, '0')}`), B(`v${j}`))
-      })
-    }
-    await kv.txn(tx => { tx.del(B('k0003')) })
-    for (let j = 0; j < 500; j++) if (j !== 3) want.push(`k${String(j).padStart(4, '0')}=v${j}`)
-    await kv.close()
-    const again = await LevelKv.open(path)
-    t.teardown(() => again.close())
-    t.same(await scanAll(again, B('k')), want)
     await rejectsOrThrows(t, () => LevelKv.open(dbPath(t)), 'opening a missing database without createIfMissing fails')
   })
 })
@@ -351,9 +399,9 @@ async function rejectsOrThrows (t: Test, fn: () => Promise<unknown>, what: strin
 // ---------------------------------------------------------------------------
 // Directory: create, open, corruption
 
-t.test('Directory.create then open; empty and corrupt databases', async t => {
+onEachEngine('Directory.create then open; empty and corrupt databases', async (t, engine) => {
   t.test('create then open', async t => {
-    const fs = await Fs.create(t, 131072)
+    const fs = await Fs.create(t, engine, 131072)
     const root = await fs.dir.getInode(ROOT_INO)
     t.ok(isDir(root.mode))
     t.equal(root.nlink, 2)
@@ -369,7 +417,7 @@ t.test('Directory.create then open; empty and corrupt databases', async t => {
   })
 
   t.test('open of an empty database is ENOENT', async t => {
-    const kv = await openKv(dbPath(t))
+    const kv = await engine.place(t).open()
     t.teardown(() => kv.close())
     await rejectsCode(t, () => Directory.open(kv), 'ENOENT')
   })
@@ -387,9 +435,9 @@ t.test('Directory.create then open; empty and corrupt databases', async t => {
   ]
   for (const [what, key, garbage, names] of corruptions) {
     t.test(`corrupt record: ${what} → EIO naming it`, async t => {
-      const fs = await Fs.create(t)
+      const fs = await Fs.create(t, engine)
       await fs.close()
-      const kv = await LevelKv.open(fs.path)
+      const kv = await fs.place.open()
       await kv.txn(tx => { tx.put(key(ROOT_INO), garbage) })
       const err = await rejectsCode(t, () => Directory.open(kv), 'EIO')
       t.match(err?.message ?? '', names, `message names the record: ${err?.message}`)
@@ -398,11 +446,11 @@ t.test('Directory.create then open; empty and corrupt databases', async t => {
   }
 
   t.test('a corrupt file inode or entry is EIO when read, not a crash', async t => {
-    const fs = await Fs.create(t)
+    const fs = await Fs.create(t, engine)
     const f = await fs.dir.createNode(ROOT_INO, 'f', FILE)
     await fs.dir.createNode(ROOT_INO, 'g', FILE)
     await fs.close()
-    const kv = await LevelKv.open(fs.path)
+    const kv = await fs.place.open()
     await kv.txn(tx => {
       tx.put(keys.inode(f.ino), B(JSON.stringify({ ino: f.ino, mode: S_IFREG, uid: 0, gid: 0, nlink: 'many' })))
       tx.put(keys.entry(ROOT_INO, 'g'), B('short'))
@@ -422,8 +470,8 @@ t.test('Directory.create then open; empty and corrupt databases', async t => {
 // ---------------------------------------------------------------------------
 // Namespace
 
-t.test('createNode, lookup, resolve, resolveParent', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('createNode, lookup, resolve, resolveParent', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const a = await dir.createNode(ROOT_INO, 'a', DIR)
   const f = await dir.createNode(a.ino, 'f', FILE)
@@ -489,8 +537,8 @@ t.test('createNode, lookup, resolve, resolveParent', async t => {
   t.equal((await fs.dir.getInode(link.ino)).target, 'f')
 })
 
-t.test('setgid directories hand down their group and setgid bit', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('setgid directories hand down their group and setgid bit', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const shared = await dir.createNode(ROOT_INO, 'shared', { mode: S_IFDIR | S_ISGID | 0o2775, uid: 0, gid: 500 })
   t.equal(shared.mode & S_ISGID, S_ISGID)
@@ -512,8 +560,8 @@ t.test('setgid directories hand down their group and setgid bit', async t => {
   t.equal((await fs.dir.getInode(file.ino)).gid, 500)
 })
 
-t.test('link counts', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('link counts', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const nlink = async (ino: number): Promise<number> => (await dir.getInode(ino)).nlink
   const f = await dir.createNode(ROOT_INO, 'f', FILE)
@@ -564,8 +612,8 @@ t.test('link counts', async t => {
   t.same(await fs.dir.readdir(ROOT_INO), [])
 })
 
-t.test('rename', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('rename', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const nlink = async (ino: number): Promise<number> => (await dir.getInode(ino)).nlink
   /** Look both names up (warming the cache), rename, and check both names again. */
@@ -750,8 +798,8 @@ async function treeView (dir: Directory, viaCache: boolean): Promise<Seen[]> {
   return out
 }
 
-t.test('the caches never serve a stale entry', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('the caches never serve a stale entry', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const a = await dir.createNode(ROOT_INO, 'a', DIR)
   const b = await dir.createNode(a.ino, 'b', DIR)
@@ -822,10 +870,10 @@ t.test('the caches never serve a stale entry', async t => {
   t.same(fs.dir.usage, usage, 'usage persisted')
 })
 
-/** A real LevelKv whose reads can be held back after they have read, to model a slow (disk) read. */
+/** A real store whose reads can be held back after they have read, to model a slow (disk) read. */
 class SlowReadKv implements KvStore {
   private hold: { key: Buffer, gate: Promise<void>, read: () => void } | undefined
-  constructor (readonly inner: LevelKv) {}
+  constructor (readonly inner: KvStore) {}
   /** The next get of `key` reads now but returns only when `release` is called. */
   holdNextRead (key: Buffer): { hasRead: Promise<void>, release: () => void } {
     let release!: () => void
@@ -848,6 +896,7 @@ class SlowReadKv implements KvStore {
   }
 
   scan (prefix: Buffer, opts?: { after?: Buffer, limit?: number }): AsyncIterable<[Buffer, Buffer]> { return this.inner.scan(prefix, opts) }
+  snapshot (): KvSnapshot { return this.inner.snapshot() }
   txn<T> (fn: (tx: KvTxn) => Promise<T> | T, opts?: { sync?: boolean }): Promise<T> { return this.inner.txn(fn, opts) }
   close (): Promise<void> { return this.inner.close() }
 }
@@ -855,11 +904,11 @@ class SlowReadKv implements KvStore {
 // Races and failures found by these tests once: a read that raced a commit cached what it read,
 // and a failed commit left the inode reservation ahead of what was stored.
 
-t.test('a read that finishes after a commit must not put a stale entry in the cache', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('a read that finishes after a commit must not put a stale entry in the cache', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const f = await fs.dir.createNode(ROOT_INO, 'f', FILE)
   await fs.close()
-  const kv = new SlowReadKv(await LevelKv.open(fs.path))
+  const kv = new SlowReadKv(await fs.place.open())
   const dir = await Directory.open(kv)
   t.teardown(() => dir.close())
 
@@ -880,7 +929,7 @@ t.test('a read that finishes after a commit must not put a stale entry in the ca
   const g = await dir.createNode(ROOT_INO, 'g', FILE)
   const dir2 = dir
   await dir2.close()
-  const kv2 = new SlowReadKv(await LevelKv.open(fs.path))
+  const kv2 = new SlowReadKv(await fs.place.open())
   const d2 = await Directory.open(kv2)
   t.teardown(() => d2.close())
   await d2.lookup(ROOT_INO, 'g')
@@ -893,12 +942,13 @@ t.test('a read that finishes after a commit must not put a stale entry in the ca
   await rejectsCode(t, () => d2.getInode(g.ino), 'ENOENT', 'a freed inode must not come back from the cache')
 })
 
-/** A real LevelKv whose next commit fails (as a full disk makes LevelDB's batch fail). */
+/** A real store whose next commit fails (as a full disk makes LevelDB's batch fail). */
 class FailingCommitKv implements KvStore {
   failNext = false
-  constructor (readonly inner: LevelKv) {}
+  constructor (readonly inner: KvStore) {}
   get (key: Buffer): Promise<Buffer | undefined> { return this.inner.get(key) }
   scan (prefix: Buffer, opts?: { after?: Buffer, limit?: number }): AsyncIterable<[Buffer, Buffer]> { return this.inner.scan(prefix, opts) }
+  snapshot (): KvSnapshot { return this.inner.snapshot() }
   txn<T> (fn: (tx: KvTxn) => Promise<T> | T, opts?: { sync?: boolean }): Promise<T> {
     return this.inner.txn(async tx => {
       const r = await fn(tx)
@@ -913,15 +963,15 @@ class FailingCommitKv implements KvStore {
   close (): Promise<void> { return this.inner.close() }
 }
 
-t.test('a failed commit must not leave the inode reservation ahead of what is stored', async t => {
-  const path = dbPath(t)
-  const kv = new FailingCommitKv(await openKv(path))
+onEachEngine('a failed commit must not leave the inode reservation ahead of what is stored', async (t, engine) => {
+  const place = engine.place(t)
+  const kv = new FailingCommitKv(await place.open())
   let dir = await Directory.create(kv, { blockSize: 65536, root: { uid: 0, gid: 0 } })
   kv.failNext = true
   await rejectsCode(t, () => dir.createNode(ROOT_INO, 'lost', FILE), 'EIO', 'the first create hits a failed commit')
   const a = await dir.createNode(ROOT_INO, 'a', FILE)
   await dir.close()
-  dir = await Directory.open(await LevelKv.open(path))
+  dir = await Directory.open(await place.open())
   t.teardown(() => dir.close())
   const b = await dir.createNode(ROOT_INO, 'b', FILE)
   const c = await dir.createNode(ROOT_INO, 'c', FILE)
@@ -930,10 +980,32 @@ t.test('a failed commit must not leave the inode reservation ahead of what is st
   t.not(await dir.resolve('/c'), a.ino, '/a and /c are different files')
 })
 
+onEachEngine('a change that fails partway writes nothing and leaves the caches as they were', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
+  const dir = fs.dir
+  const f = await dir.createNode(ROOT_INO, 'f', FILE)
+  await dir.commitBlocks(f.ino, [{ index: 0, record: recOf(1n, 0, 65536) }, { index: 1, record: recOf(2n, 1, 100) }], { size: 65536 + 100 })
+  t.equal(await dir.lookup(ROOT_INO, 'f'), f.ino, 'the entry is in the cache')
+  const usage = dir.usage
+  // Block 1's record corrupt: unlink drops the entry and frees block 0 in its batch before it meets it.
+  await fs.kv.txn(tx => { tx.put(keys.block(f.ino, 1), B('not a block record')) })
+  await rejectsCode(t, () => dir.unlink(ROOT_INO, 'f'), 'EIO', 'unlink meets the corrupt record while freeing the inode')
+  t.equal(await dir.lookup(ROOT_INO, 'f'), f.ino, 'the entry is still there')
+  t.equal((await dir.getInode(f.ino)).nlink, 1, 'the link count is unchanged')
+  t.same(dir.usage, usage, 'the usage counters are unchanged')
+  t.same(await garbageIds(dir), [], 'block 0 was not queued for reclaim')
+  t.ok(await dir.getBlock(f.ino, 0), 'block 0 is still mapped')
+  await fs.reopen()
+  t.equal(await fs.dir.lookup(ROOT_INO, 'f'), f.ino, 'the store holds the entry too')
+  t.equal((await fs.dir.getInode(f.ino)).nlink, 1)
+  t.same(fs.dir.usage, usage)
+  t.same(await garbageIds(fs.dir), [])
+})
+
 // ---------------------------------------------------------------------------
 // Block maps, garbage and orphans
 
-t.test('block records carry chunk sums; records without them still decode', async t => {
+onEachEngine('block records carry chunk sums; records without them still decode', async (t, engine) => {
   const key = keys.block(5, 0)
   const bytes = Buffer.alloc(2 * CHUNK_BYTES + 7, 'x')
   const forms: BSL[] = [
@@ -961,23 +1033,23 @@ t.test('block records carry chunk sums; records without them still decode', asyn
   t.ok(e instanceof FsError && e.code === 'EIO', 'corrupt records are EIO')
 })
 
-t.test('chunk sums survive the directory: block maps, the heal queue, adopt', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('chunk sums survive the directory: block maps, the heal queue, adopt', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const f = await dir.createNode(ROOT_INO, 'f', FILE)
   const bytes = Buffer.alloc(CHUNK_BYTES + 1, 'y')
   const rec: BlockRecord = { bsl: { form: 'physical', server: 'local', device: 'd0', fileId: 77n }, length: bytes.length, checksum: checksum(bytes), chunks: chunkSums(bytes) }
   await dir.commitBlocks(f.ino, [{ index: 0, record: rec }], { size: bytes.length })
   t.same((await dir.getBlocks(f.ino)).get(0), rec, 'committed and read back with its sums')
-  await dir.recordRepairs([{ block: rec, volume: 2 }])
-  t.same((await dir.repairs(10))[0].block, rec, 'a queued repair keeps them')
+  await dir.queueHeal([{ block: rec, volume: 2 }])
+  t.same((await dir.healQueue(10))[0].block, rec, 'a queued repair keeps them')
   const adopted = await dir.adoptBlocks(f.ino, { server: 'local', device: 'd0' }, 1)
   t.same(adopted.get(0)?.chunks, rec.chunks, 'adopt keeps them')
   t.same((await dir.getBlocks(f.ino)).get(0)?.chunks, rec.chunks, 'and stores them')
 })
 
-t.test('block maps', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('block maps', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const f = await dir.createNode(ROOT_INO, 'f', FILE)
   t.same(await dir.getBlocks(f.ino), new Map())
@@ -1051,8 +1123,8 @@ t.test('block maps', async t => {
   await rejectsCode(t, () => fs.dir.commitBlocks(9999, [], {}), 'ENOENT', 'commitBlocks of a missing inode')
 })
 
-t.test('deleting an inode queues its blocks; open inodes become orphans', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('deleting an inode queues its blocks; open inodes become orphans', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   let dir = fs.dir
   const withBlocks = async (name: string, base: bigint): Promise<number> => {
     const f = await dir.createNode(ROOT_INO, name, FILE)
@@ -1140,8 +1212,8 @@ t.test('deleting an inode queues its blocks; open inodes become orphans', async 
 // ---------------------------------------------------------------------------
 // xattrs
 
-t.test('xattrs', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('xattrs', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const f = await dir.createNode(ROOT_INO, 'f', FILE)
   const other = await dir.createNode(ROOT_INO, 'other', FILE)
@@ -1184,8 +1256,8 @@ t.test('xattrs', async t => {
 // ---------------------------------------------------------------------------
 // Tables
 
-t.test('tables', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('tables', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const empty = await dir.tables()
   t.equal(empty.volumes.size, 0)
@@ -1232,7 +1304,7 @@ t.test('tables', async t => {
 
   // A corrupt row is EIO, not a crash.
   await fs.close()
-  const kv = await LevelKv.open(fs.path)
+  const kv = await fs.place.open()
   await kv.txn(tx => { tx.put(keys.table('mirror', '10'), B('[1, "two"]')) })
   const d = await Directory.open(kv)
   t.teardown(() => d.close())
@@ -1245,30 +1317,30 @@ t.test('tables', async t => {
   }
 })
 
-t.test('the heal queue', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('the heal queue', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   const dir = fs.dir
   const block = (fileId: bigint) => ({ bsl: { form: 'indexed' as const, volume: 10, index: 0, fileId }, length: 100, checksum: 0xdeadbeef })
-  t.same(await dir.repairs(10), [], 'empty at first')
-  await dir.recordRepairs([{ block: block(1n), volume: 2 }, { block: block(1n), volume: 3 }, { block: block(2n), volume: 3 }])
-  await dir.recordRepairs([{ block: block(1n), volume: 2 }])
-  t.same([...(await dir.repairBacklog())].sort(), [[2, 1], [3, 2]], 'by volume; recording twice is one repair')
-  const all = await dir.repairs(10)
+  t.same(await dir.healQueue(10), [], 'empty at first')
+  await dir.queueHeal([{ block: block(1n), volume: 2 }, { block: block(1n), volume: 3 }, { block: block(2n), volume: 3 }])
+  await dir.queueHeal([{ block: block(1n), volume: 2 }])
+  t.same([...(await dir.healBacklog())].sort(), [[2, 1], [3, 2]], 'by volume; recording twice is one repair')
+  const all = await dir.healQueue(10)
   t.same(all.map(r => [r.block.bsl.fileId, r.volume]), [[1n, 2], [1n, 3], [2n, 3]], 'in key order')
   t.same(all[0].block, block(1n), 'with the block record')
-  const page = await dir.repairs(1, all[0].key)
+  const page = await dir.healQueue(1, all[0].key)
   t.same(page.map(r => [r.block.bsl.fileId, r.volume]), [[1n, 3]], 'paged after a key')
-  await dir.forgetRepairs([all[0].key, all[2].key])
+  await dir.forgetHealed([all[0].key, all[2].key])
   await fs.reopen()
-  t.same((await fs.dir.repairs(10)).map(r => [r.block.bsl.fileId, r.volume]), [[1n, 3]], 'forgotten ones are gone, the rest survive a reopen')
+  t.same((await fs.dir.healQueue(10)).map(r => [r.block.bsl.fileId, r.volume]), [[1n, 3]], 'forgotten ones are gone, the rest survive a reopen')
   t.equal(await fs.dir.isGarbage('0000000000000001'), false)
 })
 
 // ---------------------------------------------------------------------------
 // Object ids
 
-t.test('allocateObjectId is unique and increasing, across reopen', async t => {
-  const fs = await Fs.create(t)
+onEachEngine('allocateObjectId is unique and increasing, across reopen', async (t, engine) => {
+  const fs = await Fs.create(t, engine)
   let last = -1n
   let ok = true
   const N = 70000 // crosses a reservation boundary (65536)
@@ -1512,7 +1584,7 @@ async function compare (dir: Directory, m: Model): Promise<string | null> {
   return null
 }
 
-t.test('generated operations agree with a model of the tree', async t => {
+onEachEngine('generated operations agree with a model of the tree', async (t, engine) => {
   const shallow = fc.constantFrom(...PATHS.filter(p => p.split('/').length === 2))
   const mid = fc.constantFrom(...PATHS.filter(p => p.split('/').length === 3))
   const deep = fc.constantFrom(...PATHS.filter(p => p.split('/').length === 4))
@@ -1528,15 +1600,15 @@ t.test('generated operations agree with a model of the tree', async t => {
     { arbitrary: fc.record({ op: fc.constant('link' as const), p: existing, q: fixed }), weight: 3 },
     { arbitrary: fc.constant({ op: 'reopen' as const }), weight: 1 }
   )
-  const root = t.testdir()
   let run = 0
   const started = Date.now()
   let opsRun = 0
   const succeeded: Record<string, number> = {}
   try {
     await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 60, size: 'max' }), async ops => {
-      const path = join(root, `model-${++run}`)
-      let kv = await openKv(path)
+      run++
+      const place = engine.place(t)
+      let kv = await place.open()
       let dir = await Directory.create(kv, { blockSize: 65536, root: { uid: 0, gid: 0 } })
       const m = new Model()
       try {
@@ -1545,7 +1617,7 @@ t.test('generated operations agree with a model of the tree', async t => {
           const o = m.concrete(g)
           if (o.op === 'reopen') {
             await dir.close()
-            kv = await LevelKv.open(path)
+            kv = await place.open()
             dir = await Directory.open(kv)
           } else {
             const want = m.apply(o)
@@ -1558,7 +1630,7 @@ t.test('generated operations agree with a model of the tree', async t => {
           if (diff) throw new Error(`after op ${i} ${JSON.stringify(o)}: ${diff}`)
         }
         await dir.close()
-        kv = await LevelKv.open(path)
+        kv = await place.open()
         dir = await Directory.open(kv)
         const diff = await compare(dir, m)
         if (diff) throw new Error(`after reopen: ${diff}`)
@@ -1574,3 +1646,12 @@ t.test('generated operations agree with a model of the tree', async t => {
     t.fail((err as Error).message)
   }
 })
+
+// ---------------------------------------------------------------------------
+// Every suite above, on every engine
+
+for (const engine of engines) {
+  t.test(engine.name, async t => {
+    for (const { name, fn } of engineSuites) t.test(name, t => fn(t, engine))
+  })
+}

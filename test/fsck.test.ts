@@ -7,12 +7,10 @@ import { keys, encodeEntry, encodeBlock, encodeJSON, BlockRecord } from '../src/
 import * as admin from '../src/daemon/admin'
 import { State, initState } from '../src/daemon/state'
 import { fsck, FsckReport } from '../src/daemon/fsck'
+import { S_IFDIR, S_IFREG } from '../src/posix/modes'
 
 // fsck against a real STATE (LevelDB directory, local devices), damaged by
 // hand the ways a crash or a bug could leave it.
-
-const S_IFREG = 0o100000
-const S_IFDIR = 0o040000
 
 async function makeFile (s: State, parent: number, name: string, blocks: Buffer[]): Promise<{ ino: number, recs: BlockRecord[] }> {
   const inode = await s.dir.createNode(parent, name, { mode: S_IFREG | 0o644, uid: 0, gid: 0 })
@@ -65,7 +63,7 @@ t.test('fsck finds and repairs what a crash or a bug leaves behind', async t => 
     tx.put(keys.block(7777, 0), encodeBlock(stray)) // blocks of an inode that does not exist
     tx.put(keys.meta('usage'), encodeJSON({ files: 99, bytes: 1 }))
   })
-  await s.dir.fixInode(f2.ino, { nlink: 5 })
+  await s.dir.fsckFixes.fixInode(f2.ino, { nlink: 5 })
   const d0 = await s.volumes.deviceAt({ server: 'local', device: 'd0' })
   const d1 = await s.volumes.deviceAt({ server: 'local', device: 'd1' })
   await d0.put('00000000deadbeef', Buffer.from('orphan'), checksum(Buffer.from('orphan'))) // a write whose commit never came
@@ -108,7 +106,7 @@ t.test('fsck finds and repairs what a crash or a bug leaves behind', async t => 
   t.ok(lf, '/lost+found exists')
   t.equal(await s.dir.lookup(lf!, `#${f3.ino}`), f3.ino, 'the nameless inode is in lost+found, not deleted')
   t.equal((await s.dir.getInode(f2.ino)).nlink, 2, 'the link count is what the entries say')
-  t.same((await s.dir.repairs(10)).map(r => r.volume), [2], 'the lost mirror copy is in the heal queue')
+  t.same((await s.dir.healQueue(10)).map(r => r.volume), [2], 'the lost mirror copy is in the heal queue')
 
   const after = await fsck(s.dir, s.volumes, { repair: false, checksums: true })
   t.same(Object.keys(after.problems), ['block with no good copy'], `only the unrepairable block is left: ${JSON.stringify(after.problems)}`)

@@ -87,7 +87,7 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
   const tables = await state.dir.tables()
   const space = await state.volumes.space()
   const usage = state.dir.usage
-  const backlog = await state.dir.repairBacklog()
+  const backlog = await state.dir.healBacklog()
   const devices: StatusReport['devices'] = []
   for (const row of tables.devices.values()) {
     const place = placeText({ server: LOCAL_SERVER, device: row.name })

@@ -1,8 +1,9 @@
 import createDebug from 'debug'
 import { formatBSL, objectIdOf } from '../bsl'
-import { Directory, NamespaceReader, S_IFMT, isDir, isRegular } from '../directory/directory'
+import { Directory, NamespaceReader } from '../directory/directory'
 import { Inode, ROOT_INO } from '../directory/records'
 import { FsError } from '../errors'
+import { S_IFMT, isDir, isRegular } from '../posix/modes'
 import { Place, placeText } from '../volumes/tables'
 import { BlockRecord } from '../volumes/block'
 import { CopyToHeal, Volumes } from '../volumes/volumes'
@@ -134,12 +135,12 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
     const parent = inodes.get(e.parent)
     if (!parent || !isDir(parent.mode)) {
       problem('entry in a missing directory', `entry "${e.name}" → ${e.ino} sits in inode ${e.parent}, which is not a directory`)
-      if (opts.repair) { await dir.dropEntry(e.parent, e.name); repaired('entry in a missing directory') }
+      if (opts.repair) { await dir.fsckFixes.dropEntry(e.parent, e.name); repaired('entry in a missing directory') }
       continue
     }
     if (!child) {
       problem('dangling entry', `entry "${e.name}" in directory ${e.parent} names inode ${e.ino}, which does not exist`)
-      if (opts.repair) { await dir.dropEntry(e.parent, e.name); repaired('dangling entry') }
+      if (opts.repair) { await dir.fsckFixes.dropEntry(e.parent, e.name); repaired('dangling entry') }
       continue
     }
     if ((child.mode & S_IFMT) !== (e.mode & S_IFMT)) problem('entry type', `entry "${e.name}" in ${e.parent} says type ${(e.mode & S_IFMT).toString(8)}, inode ${e.ino} is ${(child.mode & S_IFMT).toString(8)}`)
@@ -182,18 +183,18 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
     const want = isDir(inode.mode) ? 2 + (subdirs.get(inode.ino) ?? 0) : names.get(inode.ino) ?? 0
     if (inode.nlink !== want) {
       problem('link count', `${pathOf(inode.ino)} (inode ${inode.ino}) has nlink ${inode.nlink}, ${want} ${isDir(inode.mode) ? 'for its subdirectories' : 'names'} found`)
-      if (opts.repair) { await dir.fixInode(inode.ino, { nlink: want }); repaired('link count') }
+      if (opts.repair) { await dir.fsckFixes.fixInode(inode.ino, { nlink: want }); repaired('link count') }
     }
     const holder = holders.get(inode.ino)?.[0]
     if (isDir(inode.mode) && holder && inode.parent !== holder.parent) {
       problem('parent', `directory ${inode.ino} says its parent is ${String(inode.parent)}, it is in ${holder.parent}`)
-      if (opts.repair) { await dir.fixInode(inode.ino, { parent: holder.parent }); repaired('parent') }
+      if (opts.repair) { await dir.fsckFixes.fixInode(inode.ino, { parent: holder.parent }); repaired('parent') }
     }
   }
   const root = inodes.get(ROOT_INO)!
   if (root.nlink !== 2 + (subdirs.get(ROOT_INO) ?? 0)) {
     problem('link count', `the root has nlink ${root.nlink}, ${2 + (subdirs.get(ROOT_INO) ?? 0)} expected`)
-    if (opts.repair) { await dir.fixInode(ROOT_INO, { nlink: 2 + (subdirs.get(ROOT_INO) ?? 0) }); repaired('link count') }
+    if (opts.repair) { await dir.fsckFixes.fixInode(ROOT_INO, { nlink: 2 + (subdirs.get(ROOT_INO) ?? 0) }); repaired('link count') }
   }
   if (opts.repair && lost.length) {
     lostFound = await dir.lookup(ROOT_INO, LOST_FOUND)
@@ -201,8 +202,8 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
       lostFound = (await dir.createNode(ROOT_INO, LOST_FOUND, { mode: 0o040700, uid: 0, gid: 0 })).ino
     }
     for (const inode of lost) {
-      await dir.relink(inode.ino, lostFound, `#${inode.ino}`)
-      await dir.fixInode(inode.ino, { nlink: isDir(inode.mode) ? 2 + (subdirs.get(inode.ino) ?? 0) : 1 })
+      await dir.fsckFixes.relink(inode.ino, lostFound, `#${inode.ino}`)
+      await dir.fsckFixes.fixInode(inode.ino, { nlink: isDir(inode.mode) ? 2 + (subdirs.get(inode.ino) ?? 0) : 1 })
       repaired('moved to lost+found')
     }
   }
@@ -212,7 +213,7 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
   const places = new Map<string, Place>()
   const stored = new Map<number, number>()
   const heal = new Set<string>()
-  for (const r of await read.repairs(Number.MAX_SAFE_INTEGER)) heal.add(`${objectIdOf(r.block.bsl)}/${r.volume}`)
+  for (const r of await read.healQueue(Number.MAX_SAFE_INTEGER)) heal.add(`${objectIdOf(r.block.bsl)}/${r.volume}`)
   report.healQueue = heal.size
   const toHeal: CopyToHeal[] = []
   let batch: Array<{ ino: number, index: number, block: BlockRecord }> = []
@@ -269,15 +270,15 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
   }
   await checkBatch()
   if (opts.repair) {
-    for (const ino of missingInodes) { await dir.freeBlocksOf(ino); repaired('blocks of a missing inode') }
-    if (toHeal.length) { await dir.recordRepairs(toHeal); repaired('bad copy (queued for heal)', toHeal.length) }
+    for (const ino of missingInodes) { await dir.fsckFixes.freeBlocksOf(ino); repaired('blocks of a missing inode') }
+    if (toHeal.length) { await dir.queueHeal(toHeal); repaired('bad copy (queued for heal)', toHeal.length) }
   }
   for (const inode of inodes.values()) {
     if (!isRegular(inode.mode)) continue
     const want = stored.get(inode.ino) ?? 0
     if ((inode.stored ?? 0) !== want) {
       problem('stored bytes', `inode ${inode.ino} records ${inode.stored ?? 0} stored bytes, its blocks hold ${want}`)
-      if (opts.repair) { await dir.fixInode(inode.ino, { stored: want }); repaired('stored bytes') }
+      if (opts.repair) { await dir.fsckFixes.fixInode(inode.ino, { stored: want }); repaired('stored bytes') }
     }
   }
   let usageBytes = 0
@@ -286,7 +287,7 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
   const now = await read.usage()
   if (now.files !== inodes.size || now.bytes !== usageBytes) {
     problem('usage counters', `the directory counts ${now.files} files and ${now.bytes} bytes; fsck found ${inodes.size} and ${usageBytes}`)
-    if (opts.repair) { await dir.fixUsage(usage); repaired('usage counters') }
+    if (opts.repair) { await dir.fsckFixes.fixUsage(usage); repaired('usage counters') }
   }
 
   // ---- orphan objects: on the devices, referenced by nothing ----

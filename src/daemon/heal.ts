@@ -34,13 +34,13 @@ const MAX_ERRORS = 5
  * on both sides). Healed copies leave the queue; the rest stay for next time.
  */
 export async function heal (dir: Directory, volumes: Volumes, onProgress: OnProgress = () => {}): Promise<HealReport> {
-  const backlog = await dir.repairBacklog()
+  const backlog = await dir.healBacklog()
   const report: HealReport = { queued: [...backlog.values()].reduce((a, b) => a + b, 0), copied: 0, present: 0, dropped: 0, failed: 0, bytes: 0, errors: [] }
   let after: Buffer | undefined
   let done = 0
   onProgress({ done, total: report.queued, bytes: 0 })
   for (;;) {
-    const items = await dir.repairs(BATCH, after)
+    const items = await dir.healQueue(BATCH, after)
     if (items.length === 0) break
     after = items[items.length - 1].key
     const finished: Buffer[] = []
@@ -57,7 +57,7 @@ export async function heal (dir: Directory, volumes: Volumes, onProgress: OnProg
       }
       onProgress({ done: ++done, total: Math.max(report.queued, done), bytes: report.bytes })
     })
-    await dir.forgetRepairs(finished)
+    await dir.forgetHealed(finished)
   }
   report.queued = Math.max(report.queued, done)
   return report
@@ -103,7 +103,7 @@ export async function scrub (dir: Directory, volumes: Volumes, onProgress: OnPro
       report.blocks++
       onProgress({ done: report.bytes, total: Math.max(total, report.bytes), bytes: report.bytes })
     })
-    if (bad.length) await dir.recordRepairs(bad)
+    if (bad.length) await dir.queueHeal(bad)
     report.queued += bad.length
     batch = []
   }

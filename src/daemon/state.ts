@@ -128,7 +128,7 @@ export class State {
     try {
       const dir = await Directory.open(kv)
       const tables = await dir.tables()
-      const volumes = new Volumes(tables, place => openDevice(dir, place), { ...opts, healQueue: { record: copies => dir.recordRepairs(copies) } })
+      const volumes = new Volumes(tables, place => openDevice(dir, place), { ...opts, healQueue: { record: copies => dir.queueHeal(copies) } })
       return new State(p, dir, volumes)
     } catch (err) {
       await kv.close().catch(() => undefined)

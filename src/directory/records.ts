@@ -1,6 +1,7 @@
 import { BSL, decodeBSLPrefix, encodeBSL } from '../bsl'
 import { chunkCount } from '../checksum'
 import { FsError } from '../errors'
+import { Timespec } from '../posix/time'
 import type { BlockRecord } from '../volumes/block'
 
 /**
@@ -19,7 +20,7 @@ import type { BlockRecord } from '../volumes/block'
  *   T kind key            → tables (JSON): volumes, mirrors, servers, devices
  */
 
-export interface Timespec { sec: number, nsec: number }
+export type { Timespec }
 
 export interface Inode {
   ino: number
@@ -66,12 +67,12 @@ export const keys = {
   orphanPrefix: Buffer.from('O'),
   garbage: (objectId: string) => Buffer.concat([Buffer.from('G'), Buffer.from(objectId, 'ascii')]),
   garbagePrefix: Buffer.from('G'),
-  repair: (objectId: string, volume: number) => {
+  heal: (objectId: string, volume: number) => {
     const v = Buffer.allocUnsafe(4)
     v.writeUInt32BE(volume)
     return Buffer.concat([Buffer.from('H'), Buffer.from(objectId, 'ascii'), v])
   },
-  repairPrefix: Buffer.from('H'),
+  healPrefix: Buffer.from('H'),
   meta: (name: string) => Buffer.from('M' + name),
   table: (kind: string, key: string) => Buffer.from(`T${kind}\0${key}`),
   tablePrefix: (kind: string) => Buffer.from(`T${kind}\0`)

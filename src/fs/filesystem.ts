@@ -1,21 +1,12 @@
-import { Directory, FilePatch, isDir, nowTimespec } from '../directory/directory'
+import { Directory, FilePatch } from '../directory/directory'
 import { Inode, ROOT_INO, Timespec } from '../directory/records'
 import { FsError } from '../errors'
 import { OpenFile, OpenFiles } from './files'
 import { Attr, RENAME_NOREPLACE, StatFs } from './fuse/protocol'
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
+import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
+import { nowTimespec } from '../posix/time'
 
-const S_IFMT = 0o170000
-const S_IFREG = 0o100000
-const S_IFDIR = 0o040000
-const S_IFLNK = 0o120000
-const S_IFIFO = 0o010000
-const S_IFCHR = 0o020000
-const S_IFBLK = 0o060000
-const S_IFSOCK = 0o140000
-const S_ISUID = 0o4000
-const S_ISGID = 0o2000
-const S_IXGRP = 0o0010
 const PATH_MAX = 4096
 const O_ACCMODE = 3
 const O_RDONLY = 0

@@ -6,6 +6,8 @@
  * up to 2^53.
  */
 
+import { Timespec } from '../../posix/time'
+
 export const KERNEL_MAJOR = 7
 /** The minor version bslfs implements; the kernel's, when lower, wins. */
 export const KERNEL_MINOR = 31
@@ -108,7 +110,7 @@ export const DIRENT_HEADER_BYTES = 24
 
 const TWO_32 = 2 ** 32
 
-export interface Timespec { sec: number, nsec: number }
+export type { Timespec }
 
 /** What the kernel caches of an inode (fuse_attr). */
 export interface Attr {

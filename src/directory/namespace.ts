@@ -1,0 +1,327 @@
+import { FsError } from '../errors'
+import { S_ISGID, isDir } from '../posix/modes'
+import { nowTimespec } from '../posix/time'
+import { IdReservations } from './ids'
+import { KvStore, KvTxn } from './kv'
+import { Usage } from './meta'
+import { NamespaceReader } from './reader'
+import { Inode, ROOT_INO, decodeEntry, decodeInode, keys } from './records'
+import { Writer, WriterHost } from './writer'
+
+export const NAME_MAX = 255
+
+/** Entries and inodes each cache holds at most. */
+const CACHE_LIMIT = 250_000
+
+export interface DirEntry { name: string, ino: number, mode: number }
+
+/** What to create: the caller (the FUSE layer) has applied umask and knows who asks. */
+export interface NewNode {
+  mode: number
+  uid: number
+  gid: number
+  rdev?: number
+  target?: string
+}
+
+/** Attributes that change without the namespace changing: setAttrs, and a file's writes through an open handle. */
+export type FilePatch = Partial<Pick<Inode, 'size' | 'mtime' | 'ctime' | 'atime' | 'mode' | 'uid' | 'gid'>>
+
+function checkName (name: string): void {
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0')) {
+    throw new FsError('EINVAL', `bad name ${JSON.stringify(name)}`)
+  }
+  if (Buffer.byteLength(name, 'utf8') > NAME_MAX) throw new FsError('ENAMETOOLONG', `name over ${NAME_MAX} bytes`)
+}
+
+/** A Map that forgets its oldest entries past a limit: the caches must not grow without bound. */
+class BoundedMap<K, V> extends Map<K, V> {
+  constructor (private readonly limit: number) { super() }
+  override set (k: K, v: V): this {
+    if (this.size >= this.limit && !this.has(k)) {
+      const oldest = this.keys().next()
+      if (!oldest.done) this.delete(oldest.value)
+    }
+    return super.set(k, v)
+  }
+}
+
+/**
+ * The namespace: inodes and entries (I, E, O keys) and the rules of
+ * creating, linking, unlinking and renaming. Every change is one transaction
+ * (one atomic batch, through a Writer); the caches of inodes and entries in
+ * front are updated only when a batch commits, so they never serve a stale
+ * entry. The usage counters are published the same way.
+ */
+export class Namespace implements WriterHost {
+  private readonly inodes = new BoundedMap<number, Inode>(CACHE_LIMIT)
+  /** `${parent}/${name}` → ino, or 0 when known absent. */
+  private readonly dentries = new BoundedMap<string, number>(CACHE_LIMIT)
+  /** Counts commits that changed cached state: a read that raced one must not cache what it read. */
+  private commits = 0
+  private usageNow: Usage
+  /** Whether an inode is held open (set by the FUSE layer): an open inode outlives its last link. */
+  isOpen: (ino: number) => boolean = () => false
+
+  constructor (
+    private readonly kv: KvStore,
+    readonly blockSize: number,
+    private readonly ids: IdReservations,
+    usage: Usage,
+    /**
+     * Inodes that may have extended attributes (loaded at open, added on each set): any other
+     * inode has none, so reading or freeing it needs no xattr lookup (`ls -l` asks for one per file).
+     */
+    readonly withXattrs: Set<number>
+  ) {
+    this.usageNow = usage
+  }
+
+  get usage (): Usage { return { ...this.usageNow } }
+
+  // ---- reads -------------------------------------------------------------
+
+  async getInode (ino: number, tx?: KvTxn): Promise<Inode> {
+    const cached = this.inodes.get(ino)
+    if (cached) return cached
+    const before = this.commits
+    const raw = await (tx ?? this.kv).get(keys.inode(ino))
+    if (!raw) throw new FsError('ENOENT', `no inode ${ino}`)
+    const inode = decodeInode(ino, raw)
+    if (!tx && this.commits === before) this.inodes.set(ino, inode)
+    return inode
+  }
+
+  /** The inode if it is in the cache (no read): for callers that take many in a row. */
+  cachedInode (ino: number): Inode | undefined {
+    return this.inodes.get(ino)
+  }
+
+  /** The child `name` of directory `parent`, or undefined. */
+  async lookup (parent: number, name: string, tx?: KvTxn): Promise<number | undefined> {
+    const k = `${parent}/${name}`
+    const cached = this.dentries.get(k)
+    if (cached !== undefined) return cached === 0 ? undefined : cached
+    if (Buffer.byteLength(name, 'utf8') > NAME_MAX) throw new FsError('ENAMETOOLONG', `name over ${NAME_MAX} bytes`)
+    const key = keys.entry(parent, name)
+    const before = this.commits
+    const raw = await (tx ?? this.kv).get(key)
+    const ino = raw ? decodeEntry(key, raw).ino : undefined
+    if (!tx && this.commits === before) this.dentries.set(k, ino ?? 0)
+    return ino
+  }
+
+  /** The inode a path names ("/a/b"). ENOENT, ENOTDIR, ENAMETOOLONG as the kernel expects. */
+  async resolve (path: string): Promise<number> {
+    let ino = ROOT_INO
+    if (path === '/') return ino
+    const parts = path.split('/')
+    for (let i = 1; i < parts.length; i++) {
+      const name = parts[i]
+      if (name === '') continue
+      const next = await this.lookup(ino, name)
+      if (next === undefined) throw new FsError('ENOENT', path)
+      if (i < parts.length - 1 && !isDir((await this.getInode(next)).mode)) throw new FsError('ENOTDIR', path)
+      ino = next
+    }
+    return ino
+  }
+
+  /** The directory that would hold `path`, and the last name. */
+  async resolveParent (path: string): Promise<{ parent: number, name: string }> {
+    const cut = path.lastIndexOf('/')
+    const name = path.slice(cut + 1)
+    checkName(name)
+    const parent = await this.resolve(cut <= 0 ? '/' : path.slice(0, cut))
+    if (!isDir((await this.getInode(parent)).mode)) throw new FsError('ENOTDIR', path)
+    return { parent, name }
+  }
+
+  async readdir (dir: number): Promise<DirEntry[]> {
+    const inode = await this.getInode(dir)
+    if (!isDir(inode.mode)) throw new FsError('ENOTDIR', `inode ${dir}`)
+    const prefix = keys.entries(dir)
+    const out: DirEntry[] = []
+    for await (const [k, v] of this.kv.scan(prefix)) {
+      const e = decodeEntry(k, v)
+      out.push({ name: k.subarray(prefix.length).toString('utf8'), ino: e.ino, mode: e.mode })
+    }
+    return out
+  }
+
+  // ---- transactions --------------------------------------------------------
+
+  /** One transaction with cache-consistent writes. */
+  write<T> (fn: (w: Writer) => Promise<T>, sync = false): Promise<T> {
+    return this.kv.txn(async tx => {
+      const w = new Writer(this, tx)
+      const result = await fn(w)
+      w.finish()
+      return result
+    }, { sync })
+  }
+
+  applyCommitted (inodes: Map<number, Inode | null>, dentries: Map<string, number>, usage: Usage | null): void {
+    this.commits++
+    for (const [ino, inode] of inodes) {
+      if (inode) this.inodes.set(ino, inode)
+      else this.inodes.delete(ino)
+    }
+    for (const [k, v] of dentries) this.dentries.set(k, v)
+    if (usage) this.usageNow = usage
+  }
+
+  // ---- changes -------------------------------------------------------------
+
+  /** Create a file, directory, symlink or special node named `name` in `parent`. */
+  async createNode (parent: number, name: string, node: NewNode, now = nowTimespec()): Promise<Inode> {
+    checkName(name)
+    return this.write(async w => {
+      const dir = await w.inode(parent)
+      if (!isDir(dir.mode)) throw new FsError('ENOTDIR', `inode ${parent}`)
+      if (dir.nlink === 0) throw new FsError('ENOENT', 'the directory was removed')
+      if (await w.lookup(parent, name) !== undefined) throw new FsError('EEXIST', name)
+      const ino = this.ids.reserveIno(w.tx)
+      let { mode, gid } = node
+      // A setgid directory hands its group to what is made in it, and its setgid bit to subdirectories.
+      if (dir.mode & S_ISGID) {
+        gid = dir.gid
+        if (isDir(mode)) mode |= S_ISGID
+      }
+      const inode: Inode = {
+        ino, mode, uid: node.uid, gid, nlink: isDir(mode) ? 2 : 1,
+        size: node.target !== undefined ? Buffer.byteLength(node.target) : 0,
+        rdev: node.rdev ?? 0, atime: now, mtime: now, ctime: now
+      }
+      if (isDir(mode)) inode.parent = parent
+      if (node.target !== undefined) inode.target = node.target
+      w.putInode(inode)
+      w.putEntry(parent, name, inode)
+      w.putInode({ ...dir, nlink: dir.nlink + (isDir(mode) ? 1 : 0), mtime: now, ctime: now })
+      w.addUsage(1, 0)
+      return inode
+    })
+  }
+
+  /** A new name for an existing non-directory inode. */
+  async link (ino: number, parent: number, name: string, now = nowTimespec()): Promise<Inode> {
+    checkName(name)
+    return this.write(async w => {
+      const inode = await w.inode(ino)
+      if (isDir(inode.mode)) throw new FsError('EPERM', 'hard links to directories are not allowed')
+      const dir = await w.inode(parent)
+      if (!isDir(dir.mode)) throw new FsError('ENOTDIR', `inode ${parent}`)
+      if (await w.lookup(parent, name) !== undefined) throw new FsError('EEXIST', name)
+      if (inode.nlink >= 65000) throw new FsError('EMLINK', `inode ${ino}`)
+      const updated = { ...inode, nlink: inode.nlink + 1, ctime: now }
+      w.putInode(updated)
+      if (inode.nlink === 0) w.tx.del(keys.orphan(ino))
+      w.putEntry(parent, name, updated)
+      w.putInode({ ...dir, mtime: now, ctime: now })
+      return updated
+    })
+  }
+
+  unlink (parent: number, name: string, now = nowTimespec()): Promise<void> {
+    return this.write(async w => {
+      const ino = await w.lookup(parent, name)
+      if (ino === undefined) throw new FsError('ENOENT', name)
+      const inode = await w.inode(ino)
+      if (isDir(inode.mode)) throw new FsError('EISDIR', name)
+      w.delEntry(parent, name)
+      await w.dropLink(inode, now)
+      const dir = await w.inode(parent)
+      w.putInode({ ...dir, mtime: now, ctime: now })
+    })
+  }
+
+  rmdir (parent: number, name: string, now = nowTimespec()): Promise<void> {
+    return this.write(async w => {
+      const ino = await w.lookup(parent, name)
+      if (ino === undefined) throw new FsError('ENOENT', name)
+      const inode = await w.inode(ino)
+      if (!isDir(inode.mode)) throw new FsError('ENOTDIR', name)
+      await w.removeEmptyDir(parent, name, inode, now)
+      const dir = await w.inode(parent)
+      w.putInode({ ...dir, nlink: dir.nlink - 1, mtime: now, ctime: now })
+    })
+  }
+
+  /**
+   * rename(2): atomic, over an existing file or empty directory, across
+   * directories; with `noReplace` (renameat2's RENAME_NOREPLACE) an existing
+   * target is EEXIST instead.
+   */
+  async rename (srcParent: number, srcName: string, dstParent: number, dstName: string, opts: { noReplace?: boolean } = {}, now = nowTimespec()): Promise<void> {
+    checkName(dstName)
+    return this.write(async w => {
+      const ino = await w.lookup(srcParent, srcName)
+      if (ino === undefined) throw new FsError('ENOENT', srcName)
+      const inode = await w.inode(ino)
+      const dstDir = await w.inode(dstParent)
+      if (!isDir(dstDir.mode)) throw new FsError('ENOTDIR', `inode ${dstParent}`)
+      const existing = await w.lookup(dstParent, dstName)
+      if (existing !== undefined && opts.noReplace) throw new FsError('EEXIST', dstName)
+      if (existing === ino) return // both names are links to one inode: POSIX says do nothing
+      const moving = isDir(inode.mode)
+      if (moving && dstParent !== srcParent) {
+        // A directory may not move into itself or below itself.
+        for (let p = dstParent; ; p = (await w.inode(p)).parent ?? ROOT_INO) {
+          if (p === ino) throw new FsError('EINVAL', 'cannot move a directory into itself')
+          if (p === ROOT_INO) break
+        }
+      }
+      let dstNlinkDelta = 0
+      if (existing !== undefined) {
+        const target = await w.inode(existing)
+        if (isDir(target.mode)) {
+          if (!moving) throw new FsError('EISDIR', dstName)
+          await w.removeEmptyDir(dstParent, dstName, target, now)
+          dstNlinkDelta -= 1
+        } else {
+          if (moving) throw new FsError('ENOTDIR', dstName)
+          w.delEntry(dstParent, dstName)
+          await w.dropLink(target, now)
+        }
+      }
+      w.delEntry(srcParent, srcName)
+      const moved: Inode = { ...inode, ctime: now }
+      if (moving) {
+        moved.parent = dstParent
+        if (srcParent !== dstParent) dstNlinkDelta += 1
+      }
+      w.putInode(moved)
+      w.putEntry(dstParent, dstName, moved)
+      const src = await w.inode(srcParent)
+      w.putInode({ ...src, nlink: src.nlink - (moving && srcParent !== dstParent ? 1 : 0), mtime: now, ctime: now })
+      const dst = await w.inode(dstParent)
+      w.putInode({ ...dst, nlink: dst.nlink + dstNlinkDelta, mtime: now, ctime: now })
+    })
+  }
+
+  /** Change attributes of an inode (chmod, chown, utimens, size). The caller sets ctime as POSIX says. */
+  setAttrs (ino: number, patch: FilePatch, opts: { sync?: boolean } = {}): Promise<Inode> {
+    return this.write(async w => {
+      const inode = await w.inode(ino)
+      const updated = { ...inode, ...patch }
+      w.putInode(updated)
+      return updated
+    }, opts.sync)
+  }
+
+  /** The last handle of an inode closed: if it has no links left and nothing holds it, free it. */
+  releaseIfUnlinked (ino: number): Promise<void> {
+    return this.write(async w => {
+      if (this.isOpen(ino)) return
+      const node = await w.inode(ino).catch(() => undefined)
+      if (node && node.nlink === 0) await w.deleteInode(node)
+    })
+  }
+
+  /** Free inodes left with no links by a crash while they were open. */
+  async purgeOrphans (): Promise<number> {
+    const orphans = await new NamespaceReader(this.kv).orphanInodes()
+    for (const ino of orphans) await this.releaseIfUnlinked(ino).catch(() => undefined)
+    return orphans.length
+  }
+}
