@@ -99,8 +99,8 @@ const recOf = (fileId: bigint, index: number, length: number): BlockRecord =>
   ({ bsl: bslOf(fileId, index), length, checksum: Number(fileId * 7919n % 0xffffffffn) })
 const oid = (fileId: bigint): string => objectIdOf(bslOf(fileId, 0))
 
-async function garbageIds (dir: Directory): Promise<string[]> {
-  return (await dir.garbage(1_000_000)).map(g => g.objectId).sort()
+async function reclaimQueueIds (dir: Directory): Promise<string[]> {
+  return (await dir.reclaimQueue(1_000_000)).map(g => g.objectId).sort()
 }
 
 // ---------------------------------------------------------------------------
@@ -635,16 +635,16 @@ onEachEngine('rename', async (t, engine) => {
     const bytes = dir.usage.bytes
     await renameChecked(ROOT_INO, 'f', ROOT_INO, 'g')
     await rejectsCode(t, () => dir.getInode(g.ino), 'ENOENT', 'the old target inode is gone')
-    t.same(await garbageIds(dir), [oid(9001n), oid(9002n)], 'its blocks are queued for reclaim')
+    t.same(await reclaimQueueIds(dir), [oid(9001n), oid(9002n)], 'its blocks are queued for reclaim')
     t.equal(dir.usage.files, files - 1)
     t.equal(dir.usage.bytes, bytes - 15)
     t.same([...(await dir.getBlocks(f.ino)).keys()], [0], 'the moved file keeps its blocks')
     t.same((await dir.getBlocks(g.ino)).size, 0)
     t.equal(await nlink(f.ino), 1)
-    await dir.forgetGarbage([oid(9001n), oid(9002n)])
-    t.same(await garbageIds(dir), [])
+    await dir.forgetReclaimed([oid(9001n), oid(9002n)])
+    t.same(await reclaimQueueIds(dir), [])
     await dir.unlink(ROOT_INO, 'g')
-    await dir.forgetGarbage(await garbageIds(dir))
+    await dir.forgetReclaimed(await reclaimQueueIds(dir))
   })
 
   t.test('over a file with another link keeps that inode', async t => {
@@ -993,13 +993,13 @@ onEachEngine('a change that fails partway writes nothing and leaves the caches a
   t.equal(await dir.lookup(ROOT_INO, 'f'), f.ino, 'the entry is still there')
   t.equal((await dir.getInode(f.ino)).nlink, 1, 'the link count is unchanged')
   t.same(dir.usage, usage, 'the usage counters are unchanged')
-  t.same(await garbageIds(dir), [], 'block 0 was not queued for reclaim')
+  t.same(await reclaimQueueIds(dir), [], 'block 0 was not queued for reclaim')
   t.ok(await dir.getBlock(f.ino, 0), 'block 0 is still mapped')
   await fs.reopen()
   t.equal(await fs.dir.lookup(ROOT_INO, 'f'), f.ino, 'the store holds the entry too')
   t.equal((await fs.dir.getInode(f.ino)).nlink, 1)
   t.same(fs.dir.usage, usage)
-  t.same(await garbageIds(fs.dir), [])
+  t.same(await reclaimQueueIds(fs.dir), [])
 })
 
 // ---------------------------------------------------------------------------
@@ -1067,12 +1067,12 @@ onEachEngine('block maps', async (t, engine) => {
   t.same([...blocks.keys()], [0, 1, 3])
   t.same(blocks.get(3), recOf(103n, 3, 1000), 'the record round-trips (BSL, length, checksum)')
   t.equal(blocks.get(1)?.bsl.form, 'indexed')
-  t.same(await garbageIds(dir), [], 'nothing to reclaim yet')
+  t.same(await reclaimQueueIds(dir), [], 'nothing to reclaim yet')
 
   // Replacing a block queues the old object.
   ino = await dir.commitBlocks(f.ino, [{ index: 1, record: recOf(201n, 1, 40000) }], {})
-  t.same(await garbageIds(dir), [oid(101n)])
-  const g = await dir.garbage(10)
+  t.same(await reclaimQueueIds(dir), [oid(101n)])
+  const g = await dir.reclaimQueue(10)
   t.same(g[0].bsl, bslOf(101n, 1), 'garbage keeps the whole BSL to delete')
   t.equal(ino.stored, 65536 + 40000 + 1000)
   t.equal(dir.usage.bytes, 65536 + 40000 + 1000)
@@ -1080,7 +1080,7 @@ onEachEngine('block maps', async (t, engine) => {
 
   // A hole punched by a null record.
   ino = await dir.commitBlocks(f.ino, [{ index: 0, record: null }], {})
-  t.same(await garbageIds(dir), [oid(100n), oid(101n)])
+  t.same(await reclaimQueueIds(dir), [oid(100n), oid(101n)])
   t.equal(ino.stored, 40000 + 1000)
   t.same([...(await dir.getBlocks(f.ino)).keys()], [1, 3])
 
@@ -1091,7 +1091,7 @@ onEachEngine('block maps', async (t, engine) => {
   // Truncate: dropFrom drops the block at the index and every one after it.
   ino = await dir.commitBlocks(f.ino, [], { size: 3 * 65536 }, { dropFrom: 3 })
   t.same([...(await dir.getBlocks(f.ino)).keys()], [1], 'blocks at and after 3 dropped')
-  t.same(await garbageIds(dir), [oid(100n), oid(101n), oid(103n), oid(20n), oid(300n)].sort())
+  t.same(await reclaimQueueIds(dir), [oid(100n), oid(101n), oid(103n), oid(20n), oid(300n)].sort())
   t.equal(ino.stored, 40000)
   t.equal(ino.size, 3 * 65536)
   t.equal(dir.usage.bytes, 40000)
@@ -1099,7 +1099,7 @@ onEachEngine('block maps', async (t, engine) => {
   // dropFrom at an index that is a hole, together with a new block past it.
   ino = await dir.commitBlocks(f.ino, [{ index: 5, record: recOf(500n, 5, 10) }], {}, { dropFrom: 0 })
   t.same([...(await dir.getBlocks(f.ino)).keys()], [5], 'drop first, then the changes')
-  t.ok((await garbageIds(dir)).includes(oid(201n)))
+  t.ok((await reclaimQueueIds(dir)).includes(oid(201n)))
   t.equal(ino.stored, 10)
   t.equal(dir.usage.bytes, 10)
 
@@ -1111,15 +1111,15 @@ onEachEngine('block maps', async (t, engine) => {
   t.equal(dir.usage.bytes, 100)
   t.equal((await dir.getInode(f.ino)).stored, 0)
 
-  await dir.forgetGarbage(await garbageIds(dir))
-  t.same(await dir.garbage(10), [])
+  await dir.forgetReclaimed(await reclaimQueueIds(dir))
+  t.same(await dir.reclaimQueue(10), [])
   await dir.commitBlocks(h.ino, [{ index: 1, record: recOf(901n, 1, 50) }], { size: 65586 })
   const usage = dir.usage
   await fs.reopen()
   t.same(fs.dir.usage, usage, 'usage persisted')
   t.same([...(await fs.dir.getBlocks(h.ino)).entries()], [[0, recOf(900n, 0, 100)], [1, recOf(901n, 1, 50)]])
   t.equal((await fs.dir.getInode(h.ino)).stored, 150)
-  t.same(await fs.dir.garbage(5), [], 'forgotten garbage stays forgotten')
+  t.same(await fs.dir.reclaimQueue(5), [], 'forgotten garbage stays forgotten')
   await rejectsCode(t, () => fs.dir.commitBlocks(9999, [], {}), 'ENOENT', 'commitBlocks of a missing inode')
 })
 
@@ -1139,11 +1139,11 @@ onEachEngine('deleting an inode queues its blocks; open inodes become orphans', 
   t.equal(dir.usage.files, 2)
   await dir.unlink(ROOT_INO, 'a')
   await rejectsCode(t, () => dir.getInode(a), 'ENOENT')
-  t.same(await garbageIds(dir), [oid(1000n), oid(1001n)])
+  t.same(await reclaimQueueIds(dir), [oid(1000n), oid(1001n)])
   t.same(await dir.getBlocks(a), new Map())
   t.equal(await fs.kv.get(keys.xattr(a, 'user.k')), undefined, 'xattrs deleted with the inode')
   t.same(dir.usage, { files: 1, bytes: 0 })
-  await dir.forgetGarbage(await garbageIds(dir))
+  await dir.forgetReclaimed(await reclaimQueueIds(dir))
 
   // Open: the inode stays with nlink 0 and an orphan record.
   const b = await withBlocks('b', 2000n)
@@ -1155,7 +1155,7 @@ onEachEngine('deleting an inode queues its blocks; open inodes become orphans', 
   t.equal(orphan.nlink, 0, 'the inode stays with no links')
   t.ok(await fs.kv.get(keys.orphan(b)), 'an orphan is recorded')
   t.equal((await dir.getBlocks(b)).size, 2, 'its blocks stay readable')
-  t.same(await garbageIds(dir), [])
+  t.same(await reclaimQueueIds(dir), [])
   t.same(dir.usage, { files: 2, bytes: 30 })
   await dir.releaseIfUnlinked(b)
   t.ok(await dir.getInode(b), 'release while still open does nothing')
@@ -1163,12 +1163,12 @@ onEachEngine('deleting an inode queues its blocks; open inodes become orphans', 
   await dir.releaseIfUnlinked(b)
   await rejectsCode(t, () => dir.getInode(b), 'ENOENT', 'released')
   t.equal(await fs.kv.get(keys.orphan(b)), undefined, 'orphan record gone')
-  t.same(await garbageIds(dir), [oid(2000n), oid(2001n)])
+  t.same(await reclaimQueueIds(dir), [oid(2000n), oid(2001n)])
   t.same(dir.usage, { files: 1, bytes: 0 })
   await dir.releaseIfUnlinked(b)
   await dir.releaseIfUnlinked(99999)
   t.pass('release of a freed or unknown inode is harmless')
-  await dir.forgetGarbage(await garbageIds(dir))
+  await dir.forgetReclaimed(await reclaimQueueIds(dir))
 
   // releaseIfUnlinked of a linked file does nothing.
   const c = await withBlocks('c', 3000n)
@@ -1200,7 +1200,7 @@ onEachEngine('deleting an inode queues its blocks; open inodes become orphans', 
   t.equal(await dir.purgeOrphans(), 2)
   await rejectsCode(t, () => dir.getInode(d), 'ENOENT')
   await rejectsCode(t, () => dir.getInode(e.ino), 'ENOENT')
-  t.same(await garbageIds(dir), [oid(4000n), oid(4001n)])
+  t.same(await reclaimQueueIds(dir), [oid(4000n), oid(4001n)])
   t.same(dir.usage, { files: 2, bytes: 30 })
   t.equal(await dir.purgeOrphans(), 0, 'nothing left')
   const orphans: Buffer[] = []
@@ -1333,7 +1333,7 @@ onEachEngine('the heal queue', async (t, engine) => {
   await dir.forgetHealed([all[0].key, all[2].key])
   await fs.reopen()
   t.same((await fs.dir.healQueue(10)).map(r => [r.block.bsl.fileId, r.volume]), [[1n, 3]], 'forgotten ones are gone, the rest survive a reopen')
-  t.equal(await fs.dir.isGarbage('0000000000000001'), false)
+  t.equal(await fs.dir.isQueuedForReclaim('0000000000000001'), false)
 })
 
 // ---------------------------------------------------------------------------

@@ -291,7 +291,7 @@ async function check (dir: Directory, read: NamespaceReader, volumes: Volumes, o
   }
 
   // ---- orphan objects: on the devices, referenced by nothing ----
-  for await (const id of read.garbageIds()) { referenced.add(id); report.reclaimQueue++ }
+  for await (const id of read.reclaimQueueIds()) { referenced.add(id); report.reclaimQueue++ }
   for (const [key, place] of places) await listPlace(key, place) // places only physical BSLs name
   for (const [key, ids] of listed) {
     if (ids instanceof Error) {

@@ -46,7 +46,7 @@ export async function heal (dir: Directory, volumes: Volumes, onProgress: OnProg
     const finished: Buffer[] = []
     await eachParallel(items, PARALLEL, async item => {
       try {
-        const outcome = await dir.isGarbage(objectIdOf(item.block.bsl)) ? 'gone' : await volumes.healCopy(item.block, item.volume)
+        const outcome = await dir.isQueuedForReclaim(objectIdOf(item.block.bsl)) ? 'gone' : await volumes.healCopy(item.block, item.volume)
         if (outcome === 'copied') { report.copied++; report.bytes += item.block.length } else if (outcome === 'present') report.present++
         else report.dropped++
         finished.push(item.key)

@@ -16,7 +16,7 @@ const DELETES_IN_FLIGHT = 4
 export async function reclaim (dir: Directory, volumes: Volumes, batch = 256): Promise<number> {
   let total = 0
   for (let round = 0; ; round++) {
-    const items = await dir.garbage(batch)
+    const items = await dir.reclaimQueue(batch)
     if (items.length === 0) return total
     // The changes that queued these were committed without fsync: make them durable first, or a
     // power loss could bring back a block map that points at objects deleted here.
@@ -32,7 +32,7 @@ export async function reclaim (dir: Directory, volumes: Volumes, batch = 256): P
         log('cannot delete %s yet: %s', g.objectId, (err as Error).message)
       }
     })
-    await dir.forgetGarbage(done)
+    await dir.forgetReclaimed(done)
     total += done.length
     if (done.length < items.length) return total // some copies are unreachable: retry on the next round
   }

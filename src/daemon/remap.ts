@@ -213,7 +213,7 @@ export async function remap (dir: Directory, volumes: Volumes, host: RemapHost, 
       // Blocks of files deleted since the switch are no longer in the scan, but their old copies are in onOld;
       // those still waiting in the reclaim queue may be deleted after the shadow is gone (from the new place only).
       const ids = new Set([...onOld, ...shadow.written, ...(await blocksOf(dir, volumes, volume)).keys()])
-      for (const g of await dir.garbage()) if (holds(volumes, volume, g.bsl)) ids.add(g.objectId)
+      for (const g of await dir.reclaimQueue()) if (holds(volumes, volume, g.bsl)) ids.add(g.objectId)
       await eachParallel([...ids], PARALLEL * 4, async id => {
         try {
           await old.delete(id)

@@ -193,10 +193,10 @@ export class Directory {
   // ---- the reclaim queue (queues.ts) ---------------------------------------
 
   /** Blocks nothing references any more, waiting to be deleted from their devices. */
-  garbage (limit = Infinity): Promise<Array<{ objectId: string, bsl: BSL }>> { return reclaimQueue(this.kv, limit) }
-  forgetGarbage (objectIds: string[]): Promise<void> { return forgetReclaimed(this.kv, objectIds) }
+  reclaimQueue (limit = Infinity): Promise<Array<{ objectId: string, bsl: BSL }>> { return reclaimQueue(this.kv, limit) }
+  forgetReclaimed (objectIds: string[]): Promise<void> { return forgetReclaimed(this.kv, objectIds) }
   /** True while a block's object waits in the reclaim queue (nothing references it). */
-  isGarbage (objectId: string): Promise<boolean> { return isQueuedForReclaim(this.kv, objectId) }
+  isQueuedForReclaim (objectId: string): Promise<boolean> { return isQueuedForReclaim(this.kv, objectId) }
 
   // ---- the heal queue (queues.ts) ------------------------------------------
 

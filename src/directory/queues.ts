@@ -18,13 +18,13 @@ import { BlockRecord, corrupt, decodeBlock, encodeBlock, keys } from './records'
 
 /** Queue a block's object for reclaim, in the batch that drops the last reference to it. */
 export function queueReclaim (tx: KvTxn, rec: BlockRecord): void {
-  tx.put(keys.garbage(objectIdOf(rec.bsl)), encodeBlock(rec))
+  tx.put(keys.reclaim(objectIdOf(rec.bsl)), encodeBlock(rec))
 }
 
 /** Blocks nothing references any more, waiting to be deleted from their devices. */
 export async function reclaimQueue (kv: KvReader, limit: number): Promise<Array<{ objectId: string, bsl: BSL }>> {
   const out: Array<{ objectId: string, bsl: BSL }> = []
-  for await (const [k, v] of kv.scan(keys.garbagePrefix, { limit })) {
+  for await (const [k, v] of kv.scan(keys.reclaimPrefix, { limit })) {
     out.push({ objectId: k.subarray(1).toString('ascii'), bsl: decodeBlock(k, v).bsl })
   }
   return out
@@ -32,17 +32,17 @@ export async function reclaimQueue (kv: KvReader, limit: number): Promise<Array<
 
 /** Object ids waiting in the reclaim queue. */
 export async function * reclaimIds (kv: KvReader): AsyncIterable<string> {
-  for await (const [k] of kv.scan(keys.garbagePrefix)) yield k.subarray(1).toString('ascii')
+  for await (const [k] of kv.scan(keys.reclaimPrefix)) yield k.subarray(1).toString('ascii')
 }
 
 /** True while a block's object waits in the reclaim queue (nothing references it). */
 export async function isQueuedForReclaim (kv: KvReader, objectId: string): Promise<boolean> {
-  return (await kv.get(keys.garbage(objectId))) !== undefined
+  return (await kv.get(keys.reclaim(objectId))) !== undefined
 }
 
 /** Take reclaimed objects off the queue. */
 export function forgetReclaimed (kv: KvStore, objectIds: string[]): Promise<void> {
-  return kv.txn(tx => { for (const id of objectIds) tx.del(keys.garbage(id)) })
+  return kv.txn(tx => { for (const id of objectIds) tx.del(keys.reclaim(id)) })
 }
 
 // ---- heal -----------------------------------------------------------------

@@ -47,7 +47,7 @@ export class NamespaceReader {
   }
 
   /** Object ids waiting in the reclaim queue. */
-  garbageIds (): AsyncIterable<string> {
+  reclaimQueueIds (): AsyncIterable<string> {
     return reclaimIds(this.kv)
   }
 

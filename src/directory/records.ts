@@ -65,8 +65,8 @@ export const keys = {
   xattrPrefix: Buffer.from('X'),
   orphan: (ino: number) => Buffer.concat([Buffer.from('O'), u64(ino)]),
   orphanPrefix: Buffer.from('O'),
-  garbage: (objectId: string) => Buffer.concat([Buffer.from('G'), Buffer.from(objectId, 'ascii')]),
-  garbagePrefix: Buffer.from('G'),
+  reclaim: (objectId: string) => Buffer.concat([Buffer.from('G'), Buffer.from(objectId, 'ascii')]),
+  reclaimPrefix: Buffer.from('G'),
   heal: (objectId: string, volume: number) => {
     const v = Buffer.allocUnsafe(4)
     v.writeUInt32BE(volume)
