@@ -1,11 +1,12 @@
 import { Test } from 'tap'
-import { join } from 'node:path'
 import { KvStore } from '../../src/directory/kv'
-import { LevelKv } from '../../src/directory/leveldb'
+import { kvEngines } from './kv-engines'
 
 /**
  * The KvStore engines the directory's tests run on: every suite written
  * against KvEngine runs once per engine here, with the same assertions.
+ * The engines are those of kv-engines.ts (LevelDB in a temp dir, PostgreSQL
+ * in a database of its own), seen through the one shape these suites use.
  */
 
 /** Where one store keeps its data, for one test. */
@@ -16,19 +17,17 @@ export interface StorePlace {
 
 export interface KvEngine {
   name: string
+  /** Why the engine cannot run here (for tap's skip); undefined when it can. */
+  skip?: string
   /** A new, empty place for a store, removed when `t` ends. */
   place (t: Test): StorePlace
 }
 
-let levelDbs = 0
-
-export const levelDb: KvEngine = {
-  name: 'LevelDB',
+export const engines: KvEngine[] = kvEngines.map(e => ({
+  name: e.name,
+  skip: e.skip,
   place (t: Test): StorePlace {
-    // t.testdir() is removed when the test ends.
-    const path = join(t.testdir(), `db-${++levelDbs}`)
-    return { open: () => LevelKv.open(path, { createIfMissing: true }) }
+    const place = e.place(t)
+    return { open: async () => await (await place).open({ create: true }) }
   }
-}
-
-export const engines: KvEngine[] = [levelDb]
+}))
