@@ -2,84 +2,40 @@ import { ClassicLevel } from 'classic-level'
 import { FsError } from '../errors'
 import { addonLoader } from '../native-addon'
 import { KvSnapshot, KvStore, KvTxn, prefixEnd } from './kv'
+import { Mutex } from './mutex'
+import { DELETED, PendingWrite, WriteBuffer } from './write-buffer'
 
 type Level = ClassicLevel<Buffer, Buffer>
 
-/** A FIFO async lock: LevelDB has no transactions, so one in-process lock plus one batch stands in. */
-class Mutex {
-  private tail: Promise<void> = Promise.resolve()
-
-  async run<T> (fn: () => Promise<T>): Promise<T> {
-    const prev = this.tail
-    let release!: () => void
-    this.tail = new Promise<void>(resolve => { release = resolve })
-    await prev
-    try {
-      return await fn()
-    } finally {
-      release()
-    }
-  }
-}
-
-const DELETED = Symbol('deleted')
-
+/** LevelDB has no transactions: one in-process lock (Mutex) plus one atomic batch stands in. */
 class LevelTxn implements KvTxn {
-  /** Pending writes by key (as latin1: one character per byte); reads consult them first so a transaction sees its own writes. */
-  readonly writes = new Map<string, { key: Buffer, value: Buffer | typeof DELETED }>()
+  /** Reads consult the pending writes first, so a transaction sees its own writes. */
+  readonly writes = new WriteBuffer()
   readonly commitHooks: Array<() => void> = []
 
   constructor (private readonly db: Level) {}
 
   async get (key: Buffer): Promise<Buffer | undefined> {
-    const w = this.writes.get(key.toString('latin1'))
+    const w = this.writes.lookup(key)
     if (w) return w.value === DELETED ? undefined : w.value
     return getFrom(this.db, key)
   }
 
-  async * scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
-    // Merge the stored range with this transaction's pending writes under the prefix.
-    const pending = [...this.writes.values()]
-      .filter(w => startsWith(w.key, prefix) && (!opts.after || Buffer.compare(w.key, opts.after) > 0))
-      .sort((a, b) => Buffer.compare(a.key, b.key))
-    let i = 0
-    let count = 0
-    const limit = opts.limit ?? Infinity
-    if (limit <= 0) return
-    for await (const [k, v] of scanFrom(this.db, prefix, { after: opts.after })) {
-      while (i < pending.length && Buffer.compare(pending[i].key, k) < 0) {
-        const w = pending[i++]
-        if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
-      }
-      if (i < pending.length && Buffer.compare(pending[i].key, k) === 0) {
-        const w = pending[i++]
-        if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
-        continue
-      }
-      yield [k, v]
-      if (++count >= limit) return
-    }
-    for (; i < pending.length; i++) {
-      const w = pending[i]
-      if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
-    }
+  scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
+    return this.writes.merge(scanFrom(this.db, prefix, { after: opts.after }), prefix, opts)
   }
 
   put (key: Buffer, value: Buffer): void {
-    this.writes.set(key.toString('latin1'), { key, value })
+    this.writes.put(key, value)
   }
 
   del (key: Buffer): void {
-    this.writes.set(key.toString('latin1'), { key, value: DELETED })
+    this.writes.del(key)
   }
 
   onCommit (fn: () => void): void {
     this.commitHooks.push(fn)
   }
-}
-
-function startsWith (key: Buffer, prefix: Buffer): boolean {
-  return key.length >= prefix.length && key.compare(prefix, 0, prefix.length, 0, prefix.length) === 0
 }
 
 type Snapshot = ReturnType<Level['snapshot']>
@@ -245,7 +201,7 @@ export class LevelKv implements KvStore {
    * not make it wait (LEVEL0_SYNC_LIMIT), else through classic-level's batch
    * on the thread pool.
    */
-  private async write (writes: Array<{ key: Buffer, value: Buffer | typeof DELETED }>, sync: boolean): Promise<void> {
+  private async write (writes: PendingWrite[], sync: boolean): Promise<void> {
     const keys: Buffer[] = []
     const values: Array<Buffer | null> = []
     for (const { key, value } of writes) {

@@ -1,7 +1,6 @@
 /**
  * A FIFO async lock: how an engine runs one transaction at a time in this
- * process (the directory's caches assume it). LevelDB's engine keeps its own
- * copy in leveldb.ts for now, to be folded in after issue 20's split.
+ * process (the directory's caches assume it).
  */
 export class Mutex {
   private tail: Promise<void> = Promise.resolve()

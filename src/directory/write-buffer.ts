@@ -3,8 +3,7 @@
  * of a read through them: a point read answers from the buffer first; a scan
  * merges the buffer's keys under the prefix into the stored ones in key order.
  * Written once for every engine whose store cannot hold uncommitted writes
- * itself (PostgreSQL's engine; LevelDB's keeps its own copy in leveldb.ts for
- * now, to be folded in after issue 20's split).
+ * itself (LevelDB's and PostgreSQL's).
  */
 export const DELETED = Symbol('deleted')
 
