@@ -3,8 +3,11 @@
  * flags, and the layouts of the structs the kernel sends and expects
  * (linux/fuse.h). Integers are little-endian; 64-bit fields that hold inode
  * numbers, sizes and offsets are read and written as two 32-bit halves, exact
- * up to 2^53.
+ * up to 2^53. Requests are decoded in requests.ts.
  */
+import { Timespec } from '../../posix/time'
+
+export type { Timespec }
 
 export const KERNEL_MAJOR = 7
 /** The minor version bslfs implements; the kernel's, when lower, wins. */
@@ -60,9 +63,6 @@ export const Op = {
   COPY_FILE_RANGE: 47
 } as const
 
-/** Opcode → name, for logs. */
-export const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Op).map(([k, v]) => [v, k.toLowerCase()]))
-
 /** INIT flags (fuse_init_in.flags / fuse_init_out.flags). */
 export const Init = {
   ASYNC_READ: 1 << 0,
@@ -107,8 +107,6 @@ export const INIT_OUT_BYTES = 64
 export const DIRENT_HEADER_BYTES = 24
 
 const TWO_32 = 2 ** 32
-
-export interface Timespec { sec: number, nsec: number }
 
 /** What the kernel caches of an inode (fuse_attr). */
 export interface Attr {
@@ -168,13 +166,6 @@ export function readHeader (b: Buffer): InHeader {
     gid: b.readUInt32LE(28),
     pid: b.readUInt32LE(32)
   }
-}
-
-/** A NUL-terminated name at `at`; `end` is where the request ends. Returns the name and where the next field starts. */
-export function cstring (b: Buffer, at: number, end: number): { text: string, next: number } {
-  const nul = b.indexOf(0, at)
-  if (nul < 0 || nul >= end) throw new RangeError('unterminated name in a FUSE request')
-  return { text: b.toString('utf8', at, nul), next: nul + 1 }
 }
 
 /** fuse_attr at `at` (88 bytes); times before 1970 go as negative seconds. */
@@ -284,10 +275,6 @@ export function putDirent (b: Buffer, at: number, ino: number, off: number, mode
 }
 
 export interface InitIn { major: number, minor: number, maxReadahead: number, flags: number }
-
-export function readInit (b: Buffer, at: number): InitIn {
-  return { major: b.readUInt32LE(at), minor: b.readUInt32LE(at + 4), maxReadahead: b.readUInt32LE(at + 8), flags: b.readUInt32LE(at + 12) }
-}
 
 export interface InitOut {
   minor: number
