@@ -124,17 +124,6 @@ export interface Attr {
   blksize: number
 }
 
-/** A request's fixed header (fuse_in_header). */
-export interface InHeader {
-  len: number
-  opcode: number
-  unique: number
-  nodeid: number
-  uid: number
-  gid: number
-  pid: number
-}
-
 export function u64 (b: Buffer, at: number): number {
   return b.readUInt32LE(at) + b.readUInt32LE(at + 4) * TWO_32
 }
@@ -154,18 +143,6 @@ export function putS64 (b: Buffer, at: number, v: number): void {
   const hi = Math.floor(v / TWO_32)
   b.writeUInt32LE(v - hi * TWO_32, at)
   b.writeInt32LE(hi, at + 4)
-}
-
-export function readHeader (b: Buffer): InHeader {
-  return {
-    len: b.readUInt32LE(0),
-    opcode: b.readUInt32LE(4),
-    unique: u64(b, 8),
-    nodeid: u64(b, 16),
-    uid: b.readUInt32LE(24),
-    gid: b.readUInt32LE(28),
-    pid: b.readUInt32LE(32)
-  }
 }
 
 /** fuse_attr at `at` (88 bytes); times before 1970 go as negative seconds. */
@@ -273,8 +250,6 @@ export function putDirent (b: Buffer, at: number, ino: number, off: number, mode
   b.fill(0, end, at + padded)
   return padded
 }
-
-export interface InitIn { major: number, minor: number, maxReadahead: number, flags: number }
 
 export interface InitOut {
   minor: number

@@ -8,7 +8,34 @@
  */
 import { FsError } from '../../errors'
 import { Timespec } from '../../posix/time'
-import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, IN_HEADER_BYTES, InHeader, InitIn, Op, s64, u64 } from './protocol'
+import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, IN_HEADER_BYTES, Op, s64, u64 } from './protocol'
+
+/** A request's fixed header (fuse_in_header). */
+export interface InHeader {
+  len: number
+  opcode: number
+  unique: number
+  nodeid: number
+  uid: number
+  gid: number
+  pid: number
+}
+
+/** The header of a request of at least IN_HEADER_BYTES bytes. */
+export function readHeader (b: Buffer): InHeader {
+  return {
+    len: b.readUInt32LE(0),
+    opcode: b.readUInt32LE(4),
+    unique: u64(b, 8),
+    nodeid: u64(b, 16),
+    uid: b.readUInt32LE(24),
+    gid: b.readUInt32LE(28),
+    pid: b.readUInt32LE(32)
+  }
+}
+
+/** What the kernel offers in INIT (fuse_init_in). */
+export interface InitIn { major: number, minor: number, maxReadahead: number, flags: number }
 
 /** A setattr: only the fields present change. A time of 'now' is the filesystem's now. */
 export interface SetAttr {

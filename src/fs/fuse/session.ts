@@ -5,11 +5,10 @@ import { errnoOf, FsError } from '../../errors'
 import { Connection, KernelConnection } from './connection'
 import { fusermount } from './native'
 import {
-  Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, InitIn, KERNEL_MINOR,
-  MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, readHeader, StatFs, statfsOut, u32Out, attrOut,
-  entryOut, openOut, InHeader
+  Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
+  MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut
 } from './protocol'
-import { decodeRequest, expectsReply, Forget, FuseRequest, opName, SetAttr, WRITE_HEADERS } from './requests'
+import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
 export type { SetAttr }
 
