@@ -275,7 +275,7 @@ export class FuseSession {
   private finish (call: Call, errno: number, payload?: Payload): void {
     if (call.answered) return this.late(call)
     call.answered = true
-    this.calls.delete(call.unique)
+    if (this.calls.get(call.unique) === call) this.calls.delete(call.unique)
     this.send(call.unique, errno, payload)
   }
 
@@ -287,13 +287,18 @@ export class FuseSession {
     if (call.answered) return this.late(call)
     const errno = errnoOf(err)
     const message = err instanceof Error ? err.message : String(err)
-    if (!(err instanceof FsError) && !(typeof err === 'object' && err !== null && untypedLogged.has(err))) {
-      if (typeof err === 'object' && err !== null) untypedLogged.add(err)
-      log('%s #%d: not an FsError, answered EIO: %O', opName(call.opcode), call.unique, err)
-    }
+    if (!(err instanceof FsError)) this.untyped(call, err)
     if (errno === E.EIO) console.error(`bslfs: ${opName(call.opcode)}: ${message}`)
     else if (log.enabled) log('%s #%d: %s', opName(call.opcode), call.unique, message)
     this.finish(call, errno)
+  }
+
+  /** A failure without its POSIX code (a bug, or a system error not wrapped where it arose): its cause, once. */
+  private untyped (call: Call, err: unknown): void {
+    const object = typeof err === 'object' && err !== null
+    if (object && untypedLogged.has(err)) return
+    if (object) untypedLogged.add(err)
+    log('%s #%d: not an FsError, answered EIO: %O', opName(call.opcode), call.unique, err)
   }
 
   /** Reply with what `encode` makes of `value`; an encoding that throws (a value out of range) fails the call. */
