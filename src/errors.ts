@@ -50,14 +50,15 @@ export function faultOf (err: unknown): CopyFault | undefined {
   return err instanceof FsError ? err.fault : undefined
 }
 
-/** The positive errno for any thrown value: FsError and Node system errors keep theirs, anything else is EIO. */
+/**
+ * The positive errno the kernel gets for any thrown value: an FsError's own;
+ * anything else is EIO. A Node error's `code` is not trusted: a stray EEXIST or
+ * ENOENT from deep inside a device would reach write(2) or open(2) as a
+ * meaning it does not have. Where a system error does mean something to the
+ * caller (a full disk: ENOSPC), it is wrapped in an FsError where it arises.
+ */
 export function errnoOf (err: unknown): number {
-  if (err instanceof FsError) return err.errno
-  const e = err as NodeJS.ErrnoException | undefined
-  if (e && typeof e.code === 'string' && e.code in constants.errno) {
-    return constants.errno[e.code as ErrnoCode]
-  }
-  return constants.errno.EIO
+  return err instanceof FsError ? err.errno : constants.errno.EIO
 }
 
 /** A user-facing error from the CLI or configuration: one line that says what to do. */

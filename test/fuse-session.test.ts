@@ -219,3 +219,49 @@ print(json.dumps(out))
     t.ok(session.isEnded(), 'the connection ended')
   })
 })
+
+t.test('INTERRUPT through the kernel: a read or write of a hung filesystem returns EINTR at once', { skip: canRun ? false : 'needs root and /dev/fuse' }, async t => {
+  const base = await fsp.mkdtemp('/tmp/bslfs-interrupt-')
+  const mnt = join(base, 'mnt')
+  await fsp.mkdir(mnt)
+  const mem = new MemoryFs()
+  // direct_io: a read is one request the reader waits on (a page-cache read waits on readahead,
+  // which only a fatal signal interrupts); a write is one either way.
+  await FuseSession.mount(mnt, mem, ['fsname=memfs', 'subtype=memfs'], { ...DEFAULT_SESSION, directIo: true })
+  t.teardown(async () => {
+    mem.resume()
+    if (mounted(mnt)) await exec('fusermount', ['-uz', mnt]).catch(() => undefined)
+    await fsp.rm(base, { recursive: true, force: true })
+  })
+  const file = join(mnt, 'slow')
+  await fsp.writeFile(file, 'before')
+  // SIGALRM with a handler that returns: the call itself reports EINTR (ctypes does not retry it).
+  const interrupted = (op: 'read' | 'write'): Promise<{ n: number, errno: number, EINTR: number, seconds: number }> => py(`
+import ctypes, ctypes.util, errno, json, os, signal, sys, time
+libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+signal.signal(signal.SIGALRM, lambda *a: None)
+fd = os.open(sys.argv[1], os.O_RDWR)
+buf = ctypes.create_string_buffer(4096)
+signal.setitimer(signal.ITIMER_REAL, 0.3)
+t0 = time.monotonic()
+if sys.argv[2] == 'read':
+    n = libc.pread(fd, buf, ctypes.c_size_t(4096), ctypes.c_long(0))
+else:
+    n = libc.pwrite(fd, b'after!', ctypes.c_size_t(6), ctypes.c_long(0))
+e = ctypes.get_errno()
+print(json.dumps({'n': n, 'errno': e, 'EINTR': errno.EINTR, 'seconds': time.monotonic() - t0}))
+`, file, op)
+
+  for (const op of ['read', 'write'] as const) {
+    mem.hang(op)
+    const r = await interrupted(op)
+    t.same([r.n, r.errno], [-1, r.EINTR], `${op}: EINTR`)
+    t.ok(r.seconds < 3, `${op}: at once (${r.seconds.toFixed(2)} s after the call, the signal at 0.3 s)`)
+    t.equal(mem.signals.at(-1)?.aborted, true, `${op}: the filesystem's signal aborted`)
+    t.equal(mem.waiting(), 1, `${op}: the filesystem's call still waits`)
+    mem.resume() // its late answer is dropped
+  }
+  t.equal(await fsp.readFile(file, 'utf8'), 'after!', 'the mount keeps working (the interrupted write went on)')
+  await fsp.writeFile(file, 'again')
+  t.equal(await fsp.readFile(file, 'utf8'), 'again', 'writes and reads after it')
+})

@@ -393,7 +393,7 @@ export class OpenFile {
    * Fewer bytes only at the end of the file. `use` holds the views of cached
    * blocks: end it once they are dead (the reply made from them is out).
    */
-  async readPieces (len: number, pos: number, use: CacheUse): Promise<Buffer[]> {
+  async readPieces (len: number, pos: number, use: CacheUse, _signal?: AbortSignal): Promise<Buffer[]> {
     const size = this.size
     if (pos >= size) return []
     const end = Math.min(pos + len, size)

@@ -256,13 +256,13 @@ export class BslFilesystem implements FuseFilesystem {
     return fh
   }
 
-  async read (_ino: number, fh: number, offset: number, size: number): Promise<Buffer[]> {
+  async read (_ino: number, fh: number, offset: number, size: number, signal?: AbortSignal): Promise<Buffer[]> {
     const file = this.fileOf(fh)
     // The pieces are views of cached blocks: they stay valid until the reply made from them is out (the
     // session sends it as this promise settles, before the loop's next turn).
     const use = this.files.shared.cache.use()
     try {
-      const pieces = await file.readPieces(size, offset, use)
+      const pieces = await file.readPieces(size, offset, use, signal)
       const now = nowTimespec()
       if (this.needsAtime(file.view(await this.dir.getInode(file.ino)), now)) file.markAccessed(now)
       return pieces

@@ -4,8 +4,12 @@
 // (fs.promises, child processes), since a synchronous call on the mount would block the event
 // loop that must answer it.
 import { FsError } from '../../src/errors'
-import { Attr, StatFs, Timespec } from '../../src/fs/fuse/protocol'
+import { Attr, StatFs } from '../../src/fs/fuse/protocol'
 import { Caller, DirItem, FuseFilesystem, SetAttr } from '../../src/fs/fuse/session'
+import { S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../../src/posix/modes'
+import { Timespec } from '../../src/posix/time'
+
+const O_TRUNC = 0o1000
 
 export interface Call { op: string, args: unknown[] }
 
@@ -16,10 +20,6 @@ interface Node {
   target?: string
   xattrs: Map<string, Buffer>
 }
-
-const S_IFDIR = 0o040000
-const S_IFREG = 0o100000
-const S_IFLNK = 0o120000
 
 /** A file with numbers past 32 bits everywhere the kernel carries them. */
 export const HUGE = { ino: 2 ** 40 + 123, size: 2 ** 40 + 5, blocks: 2 ** 35 + 7, nlink: 2 ** 32 - 1 }
@@ -35,6 +35,11 @@ export class MemoryFs implements FuseFilesystem {
   private readonly nodes = new Map<number, Node>()
   private nextIno = 2 ** 33 // every new inode number is above 2^32
   private nextFh = 1
+  /** Ops whose calls wait (a hung server) until `release`. */
+  private readonly hung = new Set<string>()
+  private readonly held: Array<() => void> = []
+  /** The signal each held call got. */
+  readonly signals: Array<AbortSignal | undefined> = []
 
   constructor () {
     this.nodes.set(1, this.node(1, S_IFDIR | 0o777, 0, 0))
@@ -49,11 +54,29 @@ export class MemoryFs implements FuseFilesystem {
 
   private log (op: string, ...args: unknown[]): void { this.calls.push({ op, args }) }
 
+  /** From now on, calls of `op` wait until `resume()` (they never answer before). */
+  hang (op: string): void { this.hung.add(op) }
+
+  /** Let the held calls go on (and answer, late), and stop holding. */
+  resume (): void {
+    this.hung.clear()
+    for (const go of this.held.splice(0)) go()
+  }
+
+  /** How many calls wait in `hang`. */
+  waiting (): number { return this.held.length }
+
+  private async hold (op: string, signal: AbortSignal | undefined): Promise<void> {
+    if (!this.hung.has(op)) return
+    this.signals.push(signal)
+    await new Promise<void>(resolve => this.held.push(resolve))
+  }
+
   private node (ino: number, mode: number, uid: number, gid: number): Node {
     const t = now()
     const n: Node = { attr: { ino, size: 0, blocks: 0, atime: t, mtime: t, ctime: t, mode, nlink: 1, uid, gid, rdev: 0, blksize: 4096 }, xattrs: new Map() }
-    if ((mode & 0o170000) === S_IFDIR) { n.children = new Map(); n.attr.nlink = 2 }
-    if ((mode & 0o170000) === S_IFREG) n.data = Buffer.alloc(0)
+    if ((mode & S_IFMT) === S_IFDIR) { n.children = new Map(); n.attr.nlink = 2 }
+    if ((mode & S_IFMT) === S_IFREG) n.data = Buffer.alloc(0)
     return n
   }
 
@@ -93,7 +116,7 @@ export class MemoryFs implements FuseFilesystem {
     this.log('setattr', ino, set, caller)
     const n = this.get(ino)
     const t = now()
-    if (set.mode !== undefined) n.attr.mode = (n.attr.mode & 0o170000) | (set.mode & 0o7777)
+    if (set.mode !== undefined) n.attr.mode = (n.attr.mode & S_IFMT) | (set.mode & 0o7777)
     if (set.uid !== undefined) n.attr.uid = set.uid
     if (set.gid !== undefined) n.attr.gid = set.gid
     if (set.size !== undefined && n.data) {
@@ -173,7 +196,9 @@ export class MemoryFs implements FuseFilesystem {
 
   async open (ino: number, flags: number): Promise<number> {
     this.log('open', ino, flags)
-    this.get(ino)
+    const n = this.get(ino)
+    // The session asks for atomic_o_trunc: O_TRUNC comes with the open, not as a setattr.
+    if (flags & O_TRUNC && n.data) { n.data = Buffer.alloc(0); n.attr.size = 0 }
     return this.nextFh++
   }
 
@@ -182,14 +207,25 @@ export class MemoryFs implements FuseFilesystem {
     return { attr: { ...this.make(parent, name, S_IFREG | (mode & 0o7777), caller).attr }, fh: this.nextFh++ }
   }
 
-  async read (ino: number, fh: number, offset: number, size: number): Promise<Buffer[]> {
+  forget (ino: number, nlookup: number): void { this.log('forget', ino, nlookup) }
+
+  async read (ino: number, fh: number, offset: number, size: number, signal?: AbortSignal): Promise<Buffer[]> {
     this.log('read', ino, fh, offset, size)
+    await this.hold('read', signal)
     const d = this.get(ino).data ?? Buffer.alloc(0)
     return [Buffer.from(d.subarray(Math.min(offset, d.length), Math.min(offset + size, d.length)))]
   }
 
-  write (ino: number, fh: number, offset: number, data: Buffer): number {
+  write (ino: number, fh: number, offset: number, data: Buffer, _adopt?: () => void, signal?: AbortSignal): number | Promise<number> {
     this.log('write', ino, fh, offset, data.length)
+    if (this.hung.has('write')) {
+      // The data is valid until the promise settles: copied before it does.
+      return this.hold('write', signal).then(() => this.store(ino, offset, data))
+    }
+    return this.store(ino, offset, data)
+  }
+
+  private store (ino: number, offset: number, data: Buffer): number {
     const n = this.get(ino)
     const end = offset + data.length
     if (!n.data || end > n.data.length) {

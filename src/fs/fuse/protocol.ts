@@ -3,10 +3,11 @@
  * flags, and the layouts of the structs the kernel sends and expects
  * (linux/fuse.h). Integers are little-endian; 64-bit fields that hold inode
  * numbers, sizes and offsets are read and written as two 32-bit halves, exact
- * up to 2^53.
+ * up to 2^53. Requests are decoded in requests.ts.
  */
-
 import { Timespec } from '../../posix/time'
+
+export type { Timespec }
 
 export const KERNEL_MAJOR = 7
 /** The minor version bslfs implements; the kernel's, when lower, wins. */
@@ -62,9 +63,6 @@ export const Op = {
   COPY_FILE_RANGE: 47
 } as const
 
-/** Opcode → name, for logs. */
-export const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Op).map(([k, v]) => [v, k.toLowerCase()]))
-
 /** INIT flags (fuse_init_in.flags / fuse_init_out.flags). */
 export const Init = {
   ASYNC_READ: 1 << 0,
@@ -110,8 +108,6 @@ export const DIRENT_HEADER_BYTES = 24
 
 const TWO_32 = 2 ** 32
 
-export type { Timespec }
-
 /** What the kernel caches of an inode (fuse_attr). */
 export interface Attr {
   ino: number
@@ -126,17 +122,6 @@ export interface Attr {
   gid: number
   rdev: number
   blksize: number
-}
-
-/** A request's fixed header (fuse_in_header). */
-export interface InHeader {
-  len: number
-  opcode: number
-  unique: number
-  nodeid: number
-  uid: number
-  gid: number
-  pid: number
 }
 
 export function u64 (b: Buffer, at: number): number {
@@ -158,25 +143,6 @@ export function putS64 (b: Buffer, at: number, v: number): void {
   const hi = Math.floor(v / TWO_32)
   b.writeUInt32LE(v - hi * TWO_32, at)
   b.writeInt32LE(hi, at + 4)
-}
-
-export function readHeader (b: Buffer): InHeader {
-  return {
-    len: b.readUInt32LE(0),
-    opcode: b.readUInt32LE(4),
-    unique: u64(b, 8),
-    nodeid: u64(b, 16),
-    uid: b.readUInt32LE(24),
-    gid: b.readUInt32LE(28),
-    pid: b.readUInt32LE(32)
-  }
-}
-
-/** A NUL-terminated name at `at`; `end` is where the request ends. Returns the name and where the next field starts. */
-export function cstring (b: Buffer, at: number, end: number): { text: string, next: number } {
-  const nul = b.indexOf(0, at)
-  if (nul < 0 || nul >= end) throw new RangeError('unterminated name in a FUSE request')
-  return { text: b.toString('utf8', at, nul), next: nul + 1 }
 }
 
 /** fuse_attr at `at` (88 bytes); times before 1970 go as negative seconds. */
@@ -283,12 +249,6 @@ export function putDirent (b: Buffer, at: number, ino: number, off: number, mode
   const padded = (end - at + 7) & ~7
   b.fill(0, end, at + padded)
   return padded
-}
-
-export interface InitIn { major: number, minor: number, maxReadahead: number, flags: number }
-
-export function readInit (b: Buffer, at: number): InitIn {
-  return { major: b.readUInt32LE(at), minor: b.readUInt32LE(at + 4), maxReadahead: b.readUInt32LE(at + 8), flags: b.readUInt32LE(at + 12) }
 }
 
 export interface InitOut {

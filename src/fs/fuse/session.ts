@@ -1,14 +1,16 @@
 import createDebug from 'debug'
-import { writevSync } from 'node:fs'
 import { constants } from 'node:os'
 import { BufferPool } from '../../buffer-pool'
-import { errnoOf } from '../../errors'
-import { Channel, channel, fusermount } from './native'
+import { errnoOf, FsError } from '../../errors'
+import { Connection, KernelConnection } from './connection'
+import { fusermount } from './native'
 import {
-  Attr, ATTR_BYTES, cstring, direntBytes, ENTRY_OUT_BYTES, Fattr, Fopen, FSYNC_FDATASYNC, GETATTR_FH, IN_HEADER_BYTES, Init,
-  initOut, KERNEL_MINOR, MIN_KERNEL_MINOR, Op, OP_NAMES, OUT_HEADER_BYTES, putDirent, putEntry, putU64, readHeader, readInit,
-  s64, StatFs, statfsOut, Timespec, u32Out, u64, attrOut, entryOut, openOut, InHeader
+  Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
+  MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut
 } from './protocol'
+import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
+
+export type { SetAttr }
 
 const log = createDebug('bslfs:fuse')
 const E = constants.errno
@@ -16,29 +18,24 @@ const E = constants.errno
 /** Who asks: the calling process, as the kernel reports it. */
 export interface Caller { uid: number, gid: number, pid: number }
 
-/** A setattr: only the fields present change. A time of 'now' is the filesystem's now. */
-export interface SetAttr {
-  mode?: number
-  uid?: number
-  gid?: number
-  size?: number
-  atime?: Timespec | 'now'
-  mtime?: Timespec | 'now'
-  /** The handle the change came through (ftruncate, futimens), when the kernel says. */
-  fh?: number
-}
-
 /** One entry of a directory listing; `attr` is there for READDIRPLUS (its absence: no attributes). */
 export interface DirItem { name: string, ino: number, mode: number, attr?: Attr }
 
 /**
  * What a filesystem implements for the session, by inode number (the
- * kernel's node id; the root is 1). Errors are thrown or rejected with their
- * POSIX code (FsError); the session only turns them into the kernel's errno.
+ * kernel's node id; the root is 1). Errors are thrown or rejected as FsError
+ * with their POSIX code; the session turns them into the kernel's errno, and
+ * anything else into EIO.
+ *
+ * `signal`, where given, aborts when the calling process is interrupted
+ * (FUSE_INTERRUPT): the session has then answered EINTR already and drops
+ * whatever the call answers later; the call should stop waiting.
  */
 export interface FuseFilesystem {
   /** The attributes of `name` in `parent`, or null when it does not exist (a negative entry the kernel may cache). */
   lookup (parent: number, name: string): Promise<Attr | null>
+  /** The kernel dropped `nlookup` of its lookups of `ino` (it no longer caches the inode that often). No answer. */
+  forget? (ino: number, nlookup: number): void
   getattr (ino: number, fh: number | undefined): Promise<Attr>
   setattr (ino: number, set: SetAttr, caller: Caller): Promise<Attr>
   readlink (ino: number): Promise<string>
@@ -56,17 +53,17 @@ export interface FuseFilesystem {
    * pieces that are written to the kernel as they are (no copy): each must
    * hold its bytes until the promise's reply has gone, which is at once.
    */
-  read (ino: number, fh: number, offset: number, size: number): Promise<Buffer[]>
+  read (ino: number, fh: number, offset: number, size: number, signal?: AbortSignal): Promise<Buffer[]>
   /**
    * `data` is valid until the returned promise settles (or the call returns):
    * copy what must outlive it. `adopt`, when given, hands `data` over whole:
    * it is then a buffer of the pool the session was mounted with, the
    * filesystem's to keep and to give back to that pool.
    */
-  write (ino: number, fh: number, offset: number, data: Buffer, adopt?: () => void): number | Promise<number>
-  flush (ino: number, fh: number): Promise<void>
+  write (ino: number, fh: number, offset: number, data: Buffer, adopt?: () => void, signal?: AbortSignal): number | Promise<number>
+  flush (ino: number, fh: number, signal?: AbortSignal): Promise<void>
   release (ino: number, fh: number): Promise<void>
-  fsync (ino: number, fh: number, datasync: boolean): Promise<void>
+  fsync (ino: number, fh: number, datasync: boolean, signal?: AbortSignal): Promise<void>
   opendir (ino: number): Promise<number>
   /** Entries from position `offset` (0 is the first, '.'), at most `count`; with `plus` each has its `attr`. */
   readdir (ino: number, fh: number, offset: number, count: number, plus: boolean): Promise<DirItem[]>
@@ -112,24 +109,35 @@ const BATCH = 64
 const HOT_NS = BigInt(process.env.BSLFS_HOT_LOOP_US ?? '200') * 1000n
 /** While a request waits for its answer (a device read on a block server), the loop stays awake this long after the last request or reply. */
 const WAIT_NS = BigInt(process.env.BSLFS_WAIT_LOOP_US ?? '2000') * 1000n
-/** A WRITE request's headers (fuse_in_header, fuse_write_in): its data starts here. */
-const WRITE_HEADERS = IN_HEADER_BYTES + 40
 /** Spare request buffers kept. */
 const SPARE_BUFFERS = 8
+/** INTERRUPTs held for a request not in flight, at most (see interrupt). */
+const STRAY_INTERRUPTS = 16
 
 const ALL_FLAGS = Init.ASYNC_READ | Init.ATOMIC_O_TRUNC | Init.BIG_WRITES | Init.ASYNC_DIO | Init.PARALLEL_DIROPS |
   Init.ABORT_ERROR | Init.MAX_PAGES | Init.CACHE_SYMLINKS
 
-type Reply = (payload?: Buffer | Buffer[]) => void
+type Payload = Buffer | Buffer[] | undefined
+
+/** A request the kernel waits on, until it is answered. */
+interface Call {
+  readonly unique: number
+  readonly opcode: number
+  /** For the calls that take a signal (read, write, flush, fsync): an INTERRUPT aborts it and answers EINTR. */
+  readonly abort: AbortController | undefined
+  answered: boolean
+}
+
+/** Errors that are not FsError already logged (a shared failure reaches many calls). */
+const untypedLogged = new WeakSet<object>()
 
 /**
- * One mounted FUSE filesystem: requests are read from the channel on the event
- * loop, decoded, handed to the filesystem, and answered straight from this
- * thread (no hand-off to a FUSE thread and back). Handlers run concurrently;
- * replies go out as they complete.
+ * One mounted FUSE filesystem: requests are read from the connection on the
+ * event loop, decoded, handed to the filesystem, and answered straight from
+ * this thread (no hand-off to a FUSE thread and back). Handlers run
+ * concurrently; replies go out as they complete.
  */
 export class FuseSession {
-  private readonly native: Channel
   private readonly spare: Buffer[] = []
   private readonly header = Buffer.alloc(OUT_HEADER_BYTES)
   private bufferBytes = 8192 + 4096
@@ -142,12 +150,17 @@ export class FuseSession {
 
   /** Requests are read into the filesystem's block buffers, when they fit (see take). */
   private readonly pool: BufferPool | undefined
+  /** Requests read and not answered yet, by unique. */
+  private readonly calls = new Map<number, Call>()
+  /** INTERRUPTs whose request was not in flight: the interrupted request's unique → the INTERRUPT's own. */
+  private readonly strayInterrupts = new Map<number, number>()
 
-  private constructor (readonly mountpoint: string, private readonly fd: number, private readonly fs: FuseFilesystem,
+  /** Serve `fs` on `connection` (it starts with the kernel's INIT). */
+  constructor (readonly mountpoint: string, private readonly connection: Connection, private readonly fs: FuseFilesystem,
     private readonly opts: SessionOptions, pool?: BufferPool) {
-    this.native = channel()
     this.ended = new Promise(resolve => { this.endedResolve = resolve })
     if (pool && pool.size === opts.maxWrite && pool.headroom >= WRITE_HEADERS) this.pool = pool
+    connection.watch(status => this.onReadable(status))
   }
 
   /**
@@ -156,10 +169,9 @@ export class FuseSession {
    * has initialised the connection (the first request, INIT, answered).
    */
   static async mount (mountpoint: string, fs: FuseFilesystem, kernelOptions: string[], opts: SessionOptions, pool?: BufferPool): Promise<FuseSession> {
-    const fd = channel().mount(mountpoint, kernelOptions.join(','))
-    const s = new FuseSession(mountpoint, fd, fs, opts, pool)
-    s.native.watch(fd, status => s.onReadable(status))
-    log('mounted %s (fd %d) with -o %s', mountpoint, fd, kernelOptions.join(','))
+    const connection = new KernelConnection(mountpoint, kernelOptions.join(','))
+    const s = new FuseSession(mountpoint, connection, fs, opts, pool)
+    log('mounted %s (fd %d) with -o %s', mountpoint, connection.fd, kernelOptions.join(','))
     return s
   }
 
@@ -181,7 +193,7 @@ export class FuseSession {
     if (this.done) return
     this.done = true
     log('connection to %s ended: %s', this.mountpoint, why)
-    this.native.close(this.fd)
+    this.connection.close()
     this.endedResolve()
   }
 
@@ -209,12 +221,10 @@ export class FuseSession {
    * a VM, several times per request that waits on a block server.
    */
   private lastActivity = 0n
-  /** Requests read that have not been answered yet. */
-  private unanswered = 0
   private polling = false
   private readonly poll = (): void => {
     const idle = process.hrtime.bigint() - this.lastActivity
-    if (!this.done && (idle < HOT_NS || (this.unanswered > 0 && idle < WAIT_NS))) setImmediate(this.poll)
+    if (!this.done && (idle < HOT_NS || (this.calls.size > 0 && idle < WAIT_NS))) setImmediate(this.poll)
     else this.polling = false
   }
 
@@ -229,7 +239,7 @@ export class FuseSession {
     this.active()
     for (let i = 0; i < BATCH && !this.done; i++) {
       const buf = this.take()
-      const n = this.native.read(this.fd, buf)
+      const n = this.connection.read(buf)
       if (n < 0) {
         this.give(buf)
         if (n === -E.EAGAIN) return
@@ -241,8 +251,7 @@ export class FuseSession {
   }
 
   /** Send a reply: the header and `payload` in one write, as the kernel wants. */
-  private send (unique: number, errno: number, payload?: Buffer | Buffer[]): void {
-    this.unanswered--
+  private send (unique: number, errno: number, payload?: Payload): void {
     this.active()
     const parts = payload === undefined ? [] : Array.isArray(payload) ? payload : [payload]
     let len = OUT_HEADER_BYTES
@@ -252,7 +261,7 @@ export class FuseSession {
     h.writeInt32LE(-errno, 4)
     putU64(h, 8, unique)
     try {
-      writevSync(this.fd, parts.length ? [h, ...parts] : [h])
+      this.connection.write(parts.length ? [h, ...parts] : [h])
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
       // ENOENT: the request was interrupted and the kernel forgot it; ENODEV: the mount is gone.
@@ -262,141 +271,210 @@ export class FuseSession {
     }
   }
 
-  private dispatch (buf: Buffer, n: number): void {
-    let h: InHeader
-    try {
-      h = readHeader(buf)
-    } catch (err) {
-      this.give(buf)
-      return log('short request (%d bytes) dropped', n)
-    }
-    if (log.enabled) log('%s #%d node %d (pid %d)', OP_NAMES[h.opcode] ?? h.opcode, h.unique, h.nodeid, h.pid)
-    const ok: Reply = payload => this.send(h.unique, 0, payload)
-    const fail = (err: unknown): void => {
-      const errno = errnoOf(err)
-      if (errno === E.EIO) console.error(`bslfs: ${OP_NAMES[h.opcode] ?? h.opcode}: ${(err as Error).message}`)
-      else if (log.enabled) log('%s #%d: %s', OP_NAMES[h.opcode], h.unique, (err as Error).message)
-      this.send(h.unique, errno)
-    }
-    let keep = false
-    this.unanswered++
-    try {
-      keep = this.handle(h, buf, n, ok, fail)
-    } catch (err) {
-      // A malformed request (a name without its NUL), or a handler that threw instead of rejecting.
-      fail(err)
-    } finally {
-      if (!keep) this.give(buf)
-    }
+  /** Answer `call` once; a late answer (the call was interrupted and answered EINTR) is dropped. */
+  private finish (call: Call, errno: number, payload?: Payload): void {
+    if (call.answered) return this.late(call)
+    call.answered = true
+    if (this.calls.get(call.unique) === call) this.calls.delete(call.unique)
+    this.send(call.unique, errno, payload)
   }
 
-  /** The filesystem's `then`: replies when `p` settles. */
-  private answer<T> (p: Promise<T>, ok: (v: T) => void, fail: (err: unknown) => void): void {
-    p.then(ok, fail)
+  private late (call: Call): void {
+    if (log.enabled) log('%s #%d: its answer came after its interrupt, dropped', opName(call.opcode), call.unique)
+  }
+
+  private fail (call: Call, err: unknown): void {
+    if (call.answered) return this.late(call)
+    const errno = errnoOf(err)
+    const message = err instanceof Error ? err.message : String(err)
+    if (!(err instanceof FsError)) this.untyped(call, err)
+    if (errno === E.EIO) console.error(`bslfs: ${opName(call.opcode)}: ${message}`)
+    else if (log.enabled) log('%s #%d: %s', opName(call.opcode), call.unique, message)
+    this.finish(call, errno)
+  }
+
+  /** A failure without its POSIX code (a bug, or a system error not wrapped where it arose): its cause, once. */
+  private untyped (call: Call, err: unknown): void {
+    const object = typeof err === 'object' && err !== null
+    if (object && untypedLogged.has(err)) return
+    if (object) untypedLogged.add(err)
+    log('%s #%d: not an FsError, answered EIO: %O', opName(call.opcode), call.unique, err)
+  }
+
+  /** Reply with what `encode` makes of `value`; an encoding that throws (a value out of range) fails the call. */
+  private reply<T> (call: Call, value: T, encode: (v: T) => Payload): void {
+    let payload: Payload
+    try {
+      payload = encode(value)
+    } catch (err) {
+      return this.fail(call, err)
+    }
+    this.finish(call, 0, payload)
+  }
+
+  /** Reply when `p` settles. */
+  private answer<T> (call: Call, p: Promise<T>, encode: (v: T) => Payload): void {
+    p.then(v => this.reply(call, v, encode), err => this.fail(call, err))
   }
 
   /**
-   * Decode one request and start its handler. Returns true when `buf` is still
-   * in use (a write's data until its handler settles) and is given back later.
+   * Check and decode one request, then start its handler; nothing a request
+   * holds (a short body, an unknown opcode, a name without its NUL) reaches a
+   * handler or stops the session.
    */
-  private handle (h: InHeader, buf: Buffer, n: number, ok: Reply, fail: (err: unknown) => void): boolean {
+  private dispatch (buf: Buffer, n: number): void {
+    if (n < IN_HEADER_BYTES) {
+      this.give(buf)
+      return log('a %d-byte request (no whole header) dropped', n)
+    }
+    const h = readHeader(buf)
+    let req: FuseRequest
+    try {
+      req = decodeRequest(h, buf.subarray(IN_HEADER_BYTES, n))
+    } catch (err) {
+      this.give(buf)
+      log('%s #%d refused: %s', opName(h.opcode), h.unique, err instanceof Error ? err.message : String(err))
+      if (expectsReply(h.opcode)) this.send(h.unique, errnoOf(err))
+      return
+    }
+    if (log.enabled) log('%s #%d node %d (pid %d)', opName(h.opcode), h.unique, h.nodeid, h.pid)
+    if (req.op === 'forget' || req.op === 'interrupt' || req.op === 'notify_reply') {
+      this.give(buf)
+      if (req.op === 'forget') this.forget(req.forgets)
+      else if (req.op === 'interrupt') this.interrupt(h.unique, req.target)
+      return
+    }
+    const takesSignal = req.op === 'read' || req.op === 'write' || req.op === 'flush' || req.op === 'fsync'
+    const call: Call = { unique: h.unique, opcode: h.opcode, abort: takesSignal ? new AbortController() : undefined, answered: false }
+    this.calls.set(h.unique, call)
+    const interrupted = this.strayInterrupts.size > 0 && this.claimInterrupt(h.unique)
+    let keep = false
+    try {
+      keep = this.handle(h, req, buf, call)
+    } catch (err) {
+      // A handler that threw instead of rejecting.
+      this.fail(call, err)
+    } finally {
+      if (!keep) this.give(buf)
+    }
+    if (interrupted && !call.answered) this.interruptCall(call)
+  }
+
+  /** FORGET, BATCH_FORGET: handed to the filesystem, if it counts lookups; the kernel wants no answer. */
+  private forget (forgets: Forget[]): void {
+    if (!this.fs.forget) return
+    for (const f of forgets) {
+      try {
+        this.fs.forget(f.ino, f.nlookup)
+      } catch (err) {
+        log('forget of %d failed: %O', f.ino, err)
+      }
+    }
+  }
+
+  /**
+   * FUSE_INTERRUPT of the request `target` (Documentation/filesystems/fuse.rst,
+   * "Interrupting filesystem operations"). A read, write, flush or fsync in
+   * flight is aborted and answered EINTR at once; the others run to their end
+   * (the kernel keeps waiting for them). An INTERRUPT may name a request not in
+   * flight: answered already, or not read yet. As libfuse does, it is held
+   * until the next request arrives: that one is it (and starts interrupted), or
+   * the INTERRUPT gets EAGAIN, which the kernel ignores for an answered
+   * request and requeues for one still waiting.
+   */
+  private interrupt (unique: number, target: number): void {
+    const call = this.calls.get(target)
+    if (call) return this.interruptCall(call)
+    if (this.strayInterrupts.size >= STRAY_INTERRUPTS) this.againInterrupt()
+    this.strayInterrupts.set(target, unique)
+  }
+
+  private interruptCall (call: Call): void {
+    const what = opName(call.opcode)
+    if (!call.abort) return log('interrupt of %s #%d: it runs to its end', what, call.unique)
+    log('interrupt of %s #%d: answered EINTR', what, call.unique)
+    this.finish(call, E.EINTR)
+    call.abort.abort(new FsError('EINTR', `${what} #${call.unique}: interrupted`))
+  }
+
+  /** Whether an INTERRUPT came for `unique` before it; else one held INTERRUPT gets its EAGAIN now. */
+  private claimInterrupt (unique: number): boolean {
+    if (this.strayInterrupts.delete(unique)) return true
+    this.againInterrupt()
+    return false
+  }
+
+  private againInterrupt (): void {
+    const [target, unique] = this.strayInterrupts.entries().next().value as [number, number]
+    this.strayInterrupts.delete(target)
+    this.send(unique, E.EAGAIN)
+  }
+
+  /** Start the handler of `req`. Returns true when `buf` is still in use (a write's data until its handler settles). */
+  private handle (h: InHeader, req: FuseRequest, buf: Buffer, call: Call): boolean {
     const fs = this.fs
-    const B = IN_HEADER_BYTES
+    const node = h.nodeid
     const caller: Caller = { uid: h.uid, gid: h.gid, pid: h.pid }
-    const name = (at: number): string => cstring(buf, at, n).text
-    const entry = (attr: Attr): void => ok(entryOut(attr.ino, attr, this.opts.entryTimeout, this.opts.attrTimeout))
-    const attr = (a: Attr): void => ok(attrOut(a, this.opts.attrTimeout))
-    const empty = (): void => ok()
-    switch (h.opcode) {
-      case Op.INIT: this.init(buf, ok); break
-      case Op.DESTROY: ok(); break
-      case Op.FORGET: case Op.BATCH_FORGET: case Op.INTERRUPT: case Op.NOTIFY_REPLY:
-        this.unanswered-- // no reply: inode numbers are never reused, so the kernel's lookup counts need no bookkeeping
+    const signal = call.abort?.signal
+    const entry = (a: Attr): Buffer => entryOut(a.ino, a, this.opts.entryTimeout, this.opts.attrTimeout)
+    const attr = (a: Attr): Buffer => attrOut(a, this.opts.attrTimeout)
+    const empty = (): undefined => undefined
+    switch (req.op) {
+      case 'init': this.init(call, req.init); break
+      case 'destroy': this.finish(call, 0); break
+      case 'lookup':
+        this.answer(call, fs.lookup(node, req.name), a => a ? entry(a) : entryOut(0, null, this.opts.negativeTimeout, 0))
         break
-      case Op.LOOKUP:
-        this.answer(fs.lookup(h.nodeid, name(B)), a => ok(a
-          ? entryOut(a.ino, a, this.opts.entryTimeout, this.opts.attrTimeout)
-          : entryOut(0, null, this.opts.negativeTimeout, 0)), fail)
+      case 'getattr': this.answer(call, fs.getattr(node, req.fh), attr); break
+      case 'setattr': this.answer(call, fs.setattr(node, req.set, caller), attr); break
+      case 'readlink': this.answer(call, fs.readlink(node), t => Buffer.from(t)); break
+      case 'symlink': this.answer(call, fs.symlink(node, req.name, req.target, caller), entry); break
+      case 'mknod': this.answer(call, fs.mknod(node, req.name, req.mode, req.rdev, caller), entry); break
+      case 'mkdir': this.answer(call, fs.mkdir(node, req.name, req.mode, caller), entry); break
+      case 'unlink': this.answer(call, fs.unlink(node, req.name), empty); break
+      case 'rmdir': this.answer(call, fs.rmdir(node, req.name), empty); break
+      case 'rename': this.answer(call, fs.rename(node, req.name, req.newParent, req.newName, req.flags), empty); break
+      case 'link': this.answer(call, fs.link(req.ino, node, req.newName), entry); break
+      case 'open': this.answer(call, fs.open(node, req.flags), fh => openOut(fh, this.openFlags())); break
+      case 'create':
+        this.answer(call, fs.create(node, req.name, req.mode, req.flags, caller), r => [entry(r.attr), openOut(r.fh, this.openFlags())])
         break
-      case Op.GETATTR: {
-        const flags = buf.readUInt32LE(B)
-        this.answer(fs.getattr(h.nodeid, flags & GETATTR_FH ? u64(buf, B + 8) : undefined), attr, fail)
-        break
-      }
-      case Op.SETATTR: this.answer(fs.setattr(h.nodeid, readSetattr(buf), caller), attr, fail); break
-      case Op.READLINK: this.answer(fs.readlink(h.nodeid), t => ok(Buffer.from(t)), fail); break
-      case Op.SYMLINK: {
-        const link = cstring(buf, B, n)
-        this.answer(fs.symlink(h.nodeid, link.text, name(link.next), caller), entry, fail)
-        break
-      }
-      case Op.MKNOD:
-        this.answer(fs.mknod(h.nodeid, name(B + 16), buf.readUInt32LE(B), buf.readUInt32LE(B + 4), caller), entry, fail)
-        break
-      case Op.MKDIR: this.answer(fs.mkdir(h.nodeid, name(B + 8), buf.readUInt32LE(B), caller), entry, fail); break
-      case Op.UNLINK: this.answer(fs.unlink(h.nodeid, name(B)), empty, fail); break
-      case Op.RMDIR: this.answer(fs.rmdir(h.nodeid, name(B)), empty, fail); break
-      case Op.RENAME: case Op.RENAME2: {
-        const two = h.opcode === Op.RENAME2
-        const from = cstring(buf, B + (two ? 16 : 8), n)
-        this.answer(fs.rename(h.nodeid, from.text, u64(buf, B), name(from.next), two ? buf.readUInt32LE(B + 8) : 0), empty, fail)
-        break
-      }
-      case Op.LINK: this.answer(fs.link(u64(buf, B), h.nodeid, name(B + 8)), entry, fail); break
-      case Op.OPEN: this.answer(fs.open(h.nodeid, buf.readUInt32LE(B)), fh => ok(openOut(fh, this.openFlags())), fail); break
-      case Op.CREATE:
-        this.answer(fs.create(h.nodeid, name(B + 16), buf.readUInt32LE(B + 4), buf.readUInt32LE(B), caller), r => ok([
-          entryOut(r.attr.ino, r.attr, this.opts.entryTimeout, this.opts.attrTimeout), openOut(r.fh, this.openFlags())
-        ]), fail)
-        break
-      case Op.READ: this.answer(fs.read(h.nodeid, u64(buf, B), u64(buf, B + 8), buf.readUInt32LE(B + 16)), ok, fail); break
-      case Op.WRITE: {
-        const size = buf.readUInt32LE(B + 16)
-        const data = buf.subarray(WRITE_HEADERS, WRITE_HEADERS + size)
-        if (data.length !== size) throw new RangeError(`write of ${size} bytes carries ${data.length}`)
+      case 'read': this.answer(call, fs.read(node, req.fh, req.offset, req.size, signal), pieces => pieces); break
+      case 'write': {
         let adopted = false
-        const adopt = this.pool && size === this.pool.size ? () => { adopted = true } : undefined
-        const r = fs.write(h.nodeid, u64(buf, B), u64(buf, B + 8), data, adopt)
+        const adopt = this.pool && req.data.length === this.pool.size ? () => { adopted = true } : undefined
+        const r = fs.write(node, req.fh, req.offset, req.data, adopt, signal)
         if (typeof r === 'number') {
-          ok(u32Out(r))
+          this.reply(call, r, u32Out)
           return adopted
         }
-        r.then(count => ok(u32Out(count)), fail).finally(() => { if (!adopted) this.give(buf) })
+        // The data stays in `buf` until the handler is done with it, even when its interrupt answered first.
+        r.then(count => this.reply(call, count, u32Out), err => this.fail(call, err)).finally(() => { if (!adopted) this.give(buf) })
         return true
       }
-      case Op.FLUSH: this.answer(fs.flush(h.nodeid, u64(buf, B)), empty, fail); break
-      case Op.RELEASE: this.answer(fs.release(h.nodeid, u64(buf, B)), empty, fail); break
-      case Op.FSYNC:
-        this.answer(fs.fsync(h.nodeid, u64(buf, B), (buf.readUInt32LE(B + 8) & FSYNC_FDATASYNC) !== 0), empty, fail)
-        break
-      case Op.OPENDIR: this.answer(fs.opendir(h.nodeid), fh => ok(openOut(fh, 0)), fail); break
-      case Op.READDIR: case Op.READDIRPLUS: this.readdir(h, buf, ok, fail); break
-      case Op.RELEASEDIR: this.answer(fs.releasedir(h.nodeid, u64(buf, B)), empty, fail); break
-      case Op.FSYNCDIR: this.answer(fs.fsyncdir(h.nodeid, u64(buf, B)), empty, fail); break
-      case Op.STATFS: this.answer(fs.statfs(), s => ok(statfsOut(s)), fail); break
-      case Op.SETXATTR: {
-        const size = buf.readUInt32LE(B)
-        const key = cstring(buf, B + 8, n)
-        // The value is copied: the handler may keep it past this buffer's reuse.
-        const value = Buffer.from(buf.subarray(key.next, key.next + size))
-        this.answer(fs.setxattr(h.nodeid, key.text, value, buf.readUInt32LE(B + 4)), empty, fail)
+      case 'flush': this.answer(call, fs.flush(node, req.fh, signal), empty); break
+      case 'release': this.answer(call, fs.release(node, req.fh), empty); break
+      case 'fsync': this.answer(call, fs.fsync(node, req.fh, req.datasync, signal), empty); break
+      case 'opendir': this.answer(call, fs.opendir(node), fh => openOut(fh, 0)); break
+      case 'readdir': this.readdir(call, node, req.fh, req.offset, req.size, req.plus); break
+      case 'releasedir': this.answer(call, fs.releasedir(node, req.fh), empty); break
+      case 'fsyncdir': this.answer(call, fs.fsyncdir(node, req.fh), empty); break
+      case 'statfs': this.answer(call, fs.statfs(), statfsOut); break
+      case 'setxattr': this.answer(call, fs.setxattr(node, req.name, req.value, req.flags), empty); break
+      case 'getxattr': {
+        const size = req.size
+        this.answer(call, fs.getxattr(node, req.name), v => sized(v, size))
         break
       }
-      case Op.GETXATTR: {
-        const size = buf.readUInt32LE(B)
-        this.answer(fs.getxattr(h.nodeid, name(B + 8)), v => this.sized(v, size, ok, fail), fail)
+      case 'listxattr': {
+        const size = req.size
+        this.answer(call, fs.listxattr(node), names => sized(Buffer.from(names.map(x => x + '\0').join('')), size))
         break
       }
-      case Op.LISTXATTR: {
-        const size = buf.readUInt32LE(B)
-        this.answer(fs.listxattr(h.nodeid), names => this.sized(Buffer.from(names.map(x => x + '\0').join('')), size, ok, fail), fail)
-        break
-      }
-      case Op.REMOVEXATTR: this.answer(fs.removexattr(h.nodeid, name(B)), empty, fail); break
+      case 'removexattr': this.answer(call, fs.removexattr(node, req.name), empty); break
       default:
-        // ACCESS (default_permissions: the kernel checks), locks (the kernel keeps them locally),
-        // FALLOCATE, LSEEK, COPY_FILE_RANGE, IOCTL, POLL, BMAP: ENOSYS, and the kernel falls back.
-        this.send(h.unique, E.ENOSYS)
+        // forget, interrupt and notify_reply are handled before (they get no answer).
+        this.finish(call, E.ENOSYS)
     }
     return false
   }
@@ -405,18 +483,10 @@ export class FuseSession {
     return (this.opts.keepCache ? Fopen.KEEP_CACHE : 0) | (this.opts.directIo ? Fopen.DIRECT_IO : 0)
   }
 
-  /** An xattr value or list: its size when asked with size 0, ERANGE when it does not fit. */
-  private sized (v: Buffer, size: number, ok: Reply, fail: (err: unknown) => void): void {
-    if (size === 0) ok(u32Out(v.length))
-    else if (v.length > size) fail(Object.assign(new Error('xattr buffer too small'), { code: 'ERANGE' }))
-    else ok(v)
-  }
-
-  private init (buf: Buffer, ok: Reply): void {
-    const k = readInit(buf, IN_HEADER_BYTES)
+  private init (call: Call, k: InitIn): void {
     if (k.major !== 7 || k.minor < MIN_KERNEL_MINOR) {
       console.error(`bslfs: the kernel speaks FUSE ${k.major}.${k.minor}; bslfs needs 7.${MIN_KERNEL_MINOR} or newer`)
-      return this.send(readHeader(buf).unique, E.EPROTO)
+      return this.finish(call, E.EPROTO)
     }
     const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0)
     const flags = k.flags & wanted
@@ -427,19 +497,14 @@ export class FuseSession {
     this.negotiated = o
     log('INIT: kernel %d.%d (flags %s, readahead %d); agreed 7.%d, flags %s, max_write %d', k.major, k.minor,
       k.flags.toString(16), k.maxReadahead, o.minor, flags.toString(16), maxWrite)
-    ok(initOut({ ...o, maxBackground: 64, congestionThreshold: 48, maxPages: Math.ceil(maxWrite / 4096) }))
+    this.finish(call, 0, initOut({ ...o, maxBackground: 64, congestionThreshold: 48, maxPages: Math.ceil(maxWrite / 4096) }))
   }
 
   /** READDIR / READDIRPLUS: as many entries from `offset` as fit in the kernel's buffer. */
-  private readdir (h: InHeader, buf: Buffer, ok: Reply, fail: (err: unknown) => void): void {
-    const B = IN_HEADER_BYTES
-    const fh = u64(buf, B)
-    const offset = u64(buf, B + 8)
-    const size = buf.readUInt32LE(B + 16)
-    const plus = h.opcode === Op.READDIRPLUS
+  private readdir (call: Call, ino: number, fh: number, offset: number, size: number, plus: boolean): void {
     // Entries are at least 32 bytes (plus: 160): ask for no more than could fit.
     const count = Math.max(1, Math.floor(size / (plus ? ENTRY_OUT_BYTES + 32 : 32)))
-    this.answer(this.fs.readdir(h.nodeid, fh, offset, count, plus), items => {
+    this.answer(call, this.fs.readdir(ino, fh, offset, count, plus), items => {
       const out = Buffer.allocUnsafe(size)
       let at = 0
       for (let i = 0; i < items.length; i++) {
@@ -455,24 +520,16 @@ export class FuseSession {
         }
         at += putDirent(out, at, it.ino, offset + i + 1, it.mode, nameBytes)
       }
-      ok(out.subarray(0, at))
-    }, fail)
+      return out.subarray(0, at)
+    })
   }
 }
 
-/** fuse_setattr_in → SetAttr. */
-function readSetattr (buf: Buffer): SetAttr {
-  const B = IN_HEADER_BYTES
-  const valid = buf.readUInt32LE(B)
-  const set: SetAttr = {}
-  if (valid & Fattr.FH) set.fh = u64(buf, B + 8)
-  if (valid & Fattr.SIZE) set.size = u64(buf, B + 16)
-  if (valid & Fattr.ATIME) set.atime = valid & Fattr.ATIME_NOW ? 'now' : { sec: s64(buf, B + 32), nsec: buf.readUInt32LE(B + 56) }
-  if (valid & Fattr.MTIME) set.mtime = valid & Fattr.MTIME_NOW ? 'now' : { sec: s64(buf, B + 40), nsec: buf.readUInt32LE(B + 60) }
-  if (valid & Fattr.MODE) set.mode = buf.readUInt32LE(B + 68)
-  if (valid & Fattr.UID) set.uid = buf.readUInt32LE(B + 76)
-  if (valid & Fattr.GID) set.gid = buf.readUInt32LE(B + 80)
-  return set
+/** An xattr value or list: its size when asked with size 0, ERANGE when it does not fit. */
+function sized (v: Buffer, size: number): Buffer {
+  if (size === 0) return u32Out(v.length)
+  if (v.length > size) throw new FsError('ERANGE', 'xattr buffer too small')
+  return v
 }
 
 export { ATTR_BYTES }
