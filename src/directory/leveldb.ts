@@ -3,38 +3,20 @@ import { FsError } from '../errors'
 import { addonLoader } from '../native-addon'
 import { KvSnapshot, KvStore, KvTxn, prefixEnd } from './kv'
 import { Mutex } from './mutex'
-import { DELETED, PendingWrite, WriteBuffer } from './write-buffer'
+import { BufferedTxn, DELETED, PendingWrite } from './write-buffer'
 
 type Level = ClassicLevel<Buffer, Buffer>
 
 /** LevelDB has no transactions: one in-process lock (Mutex) plus one atomic batch stands in. */
-class LevelTxn implements KvTxn {
-  /** Reads consult the pending writes first, so a transaction sees its own writes. */
-  readonly writes = new WriteBuffer()
-  readonly commitHooks: Array<() => void> = []
+class LevelTxn extends BufferedTxn {
+  constructor (private readonly db: Level) { super() }
 
-  constructor (private readonly db: Level) {}
-
-  async get (key: Buffer): Promise<Buffer | undefined> {
-    const w = this.writes.lookup(key)
-    if (w) return w.value === DELETED ? undefined : w.value
+  protected storedGet (key: Buffer): Promise<Buffer | undefined> {
     return getFrom(this.db, key)
   }
 
-  scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
-    return this.writes.merge(scanFrom(this.db, prefix, { after: opts.after }), prefix, opts)
-  }
-
-  put (key: Buffer, value: Buffer): void {
-    this.writes.put(key, value)
-  }
-
-  del (key: Buffer): void {
-    this.writes.del(key)
-  }
-
-  onCommit (fn: () => void): void {
-    this.commitHooks.push(fn)
+  protected storedScan (prefix: Buffer, opts: { after?: Buffer }): AsyncIterable<[Buffer, Buffer]> {
+    return scanFrom(this.db, prefix, { after: opts.after })
   }
 }
 

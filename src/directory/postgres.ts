@@ -11,7 +11,7 @@ import { Pool, PoolClient, PoolConfig } from 'pg'
 import { FsError } from '../errors'
 import { KvSnapshot, KvStore, KvTxn, prefixEnd } from './kv'
 import { Mutex } from './mutex'
-import { DELETED, WriteBuffer } from './write-buffer'
+import { BufferedTxn, DELETED } from './write-buffer'
 
 const log = createDebug('bslfs:postgres')
 
@@ -194,16 +194,13 @@ async function * scanRows (query: Query, prefix: Buffer, opts: { after?: Buffer,
 /** Thrown when a COMMIT's connection broke and the transaction's fate could not be learnt. */
 class UnknownOutcome extends Error {}
 
-class PgTxn implements KvTxn {
-  /** Pending writes; reads consult them first. */
-  readonly writes = new WriteBuffer()
-  readonly commitHooks: Array<() => void> = []
+class PgTxn extends BufferedTxn {
   /** The first database error of this attempt: it decides retry or EIO even if `fn` caught it. */
   failure: unknown
   private client?: PoolClient
   private begun?: Promise<PoolClient>
 
-  constructor (private readonly kv: PgKv) {}
+  constructor (private readonly kv: PgKv) { super() }
 
   private async connection (): Promise<PoolClient> {
     this.begun ??= (async () => {
@@ -225,29 +222,15 @@ class PgTxn implements KvTxn {
     }
   }
 
-  async get (key: Buffer): Promise<Buffer | undefined> {
-    const w = this.writes.lookup(key)
-    if (w) return w.value === DELETED ? undefined : w.value
+  protected async storedGet (key: Buffer): Promise<Buffer | undefined> {
     const rows = await this.query('bslfs_get', GET_SQL, [key])
     return rows.length > 0 ? rows[0].v as Buffer : undefined
   }
 
-  scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
+  protected storedScan (prefix: Buffer, opts: { after?: Buffer, limit?: number }): AsyncIterable<[Buffer, Buffer]> {
     // Deleted keys may hide stored ones: read that many more per statement, so a small limit still takes one.
     const page = Math.max(1, Math.min(SCAN_CHUNK, (opts.limit ?? Infinity) + this.writes.deletesUnder(prefix, opts.after)))
-    return this.writes.merge(scanRows(this.query, prefix, { after: opts.after }, page), prefix, opts)
-  }
-
-  put (key: Buffer, value: Buffer): void {
-    this.writes.put(key, value)
-  }
-
-  del (key: Buffer): void {
-    this.writes.del(key)
-  }
-
-  onCommit (fn: () => void): void {
-    this.commitHooks.push(fn)
+    return scanRows(this.query, prefix, { after: opts.after }, page)
   }
 
   /** Send the writes and COMMIT. A transaction that neither read nor wrote has nothing to commit. */

@@ -5,6 +5,8 @@
  * Written once for every engine whose store cannot hold uncommitted writes
  * itself (LevelDB's and PostgreSQL's).
  */
+import { KvTxn } from './kv'
+
 export const DELETED = Symbol('deleted')
 
 export interface PendingWrite { key: Buffer, value: Buffer | typeof DELETED }
@@ -73,5 +75,42 @@ export class WriteBuffer {
       const w = pending[i]
       if (w.value !== DELETED) { yield [w.key, w.value]; if (++count >= limit) return }
     }
+  }
+}
+
+/**
+ * A transaction over a store that cannot hold uncommitted writes: writes
+ * wait in a WriteBuffer, reads see them over the store's own answers, and
+ * the engine commits `writes` and runs `commitHooks` after.
+ */
+export abstract class BufferedTxn implements KvTxn {
+  readonly writes = new WriteBuffer()
+  readonly commitHooks: Array<() => void> = []
+
+  /** A key as the store holds it, without this transaction's writes. */
+  protected abstract storedGet (key: Buffer): Promise<Buffer | undefined>
+  /** Stored entries under `prefix` after `after`, in key order, unbounded (the merge applies the limit). */
+  protected abstract storedScan (prefix: Buffer, opts: { after?: Buffer, limit?: number }): AsyncIterable<[Buffer, Buffer]>
+
+  async get (key: Buffer): Promise<Buffer | undefined> {
+    const w = this.writes.lookup(key)
+    if (w) return w.value === DELETED ? undefined : w.value
+    return await this.storedGet(key)
+  }
+
+  scan (prefix: Buffer, opts: { after?: Buffer, limit?: number } = {}): AsyncIterable<[Buffer, Buffer]> {
+    return this.writes.merge(this.storedScan(prefix, opts), prefix, opts)
+  }
+
+  put (key: Buffer, value: Buffer): void {
+    this.writes.put(key, value)
+  }
+
+  del (key: Buffer): void {
+    this.writes.del(key)
+  }
+
+  onCommit (fn: () => void): void {
+    this.commitHooks.push(fn)
   }
 }
