@@ -7,7 +7,7 @@ import { KvStore, KvTxn } from '../src/directory/kv'
 import { LevelKv } from '../src/directory/leveldb'
 import { BlockRecord, ROOT_INO, decodeBlock, encodeBlock, keys } from '../src/directory/records'
 import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
-import { Directory, NAME_MAX, isDir } from '../src/directory/directory'
+import { Directory, NAME_MAX, OpenInodes, isDir } from '../src/directory/directory'
 
 // Everything here runs on a real LevelDB in a temp dir.
 
@@ -61,10 +61,10 @@ class Fs {
 
   private constructor (readonly path: string) {}
 
-  static async create (t: Test, blockSize = 65536): Promise<Fs> {
+  static async create (t: Test, blockSize = 65536, openInodes?: OpenInodes): Promise<Fs> {
     const fs = new Fs(dbPath(t))
     fs.kv = await openKv(fs.path)
-    fs.dir = await Directory.create(fs.kv, { blockSize, root: { uid: 0, gid: 0 } })
+    fs.dir = await Directory.create(fs.kv, { blockSize, root: { uid: 0, gid: 0 }, openInodes })
     fs.open = true
     t.teardown(() => fs.close())
     return fs
@@ -1052,7 +1052,8 @@ t.test('block maps', async t => {
 })
 
 t.test('deleting an inode queues its blocks; open inodes become orphans', async t => {
-  const fs = await Fs.create(t)
+  const open = new Set<number>()
+  const fs = await Fs.create(t, 65536, { isOpen: ino => open.has(ino) })
   let dir = fs.dir
   const withBlocks = async (name: string, base: bigint): Promise<number> => {
     const f = await dir.createNode(ROOT_INO, name, FILE)
@@ -1075,8 +1076,7 @@ t.test('deleting an inode queues its blocks; open inodes become orphans', async 
 
   // Open: the inode stays with nlink 0 and an orphan record.
   const b = await withBlocks('b', 2000n)
-  const open = new Set([b])
-  dir.isOpen = ino => open.has(ino)
+  open.add(b)
   await dir.unlink(ROOT_INO, 'b')
   t.equal(await dir.lookup(ROOT_INO, 'b'), undefined, 'the name is gone')
   const orphan = await dir.getInode(b)

@@ -89,6 +89,12 @@ class BoundedMap<K, V> extends Map<K, V> {
   }
 }
 
+/** Which inodes a handle holds open (the data layer's open files): an open inode outlives its last link. */
+export interface OpenInodes { isOpen (ino: number): boolean }
+
+/** For the CLI's offline commands: no handle is open. */
+export const NOTHING_OPEN: OpenInodes = { isOpen: () => false }
+
 /**
  * The namespace: inodes, entries, block maps, xattrs and the tables, on a
  * KvStore. Every change is one transaction (one atomic batch); caches of
@@ -111,16 +117,16 @@ export class Directory {
    * inode has none, so reading or freeing it needs no xattr lookup (`ls -l` asks for one per file).
    */
   readonly withXattrs = new Set<number>()
-  /** Whether an inode is held open (set by the FUSE layer): an open inode outlives its last link. */
-  isOpen: (ino: number) => boolean = () => false
-
   private readonly reader: NamespaceReader
 
-  private constructor (readonly kv: KvStore, readonly config: DirectoryConfig) {
+  private constructor (readonly kv: KvStore, readonly config: DirectoryConfig, private readonly openInodes: OpenInodes) {
     this.reader = new NamespaceReader(kv)
   }
 
-  static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number } }): Promise<Directory> {
+  /** Whether a handle holds `ino` open. */
+  isOpen (ino: number): boolean { return this.openInodes.isOpen(ino) }
+
+  static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number }, openInodes?: OpenInodes }): Promise<Directory> {
     const existing = await kv.get(keys.meta('config'))
     if (existing) throw new FsError('EEXIST', 'the directory already holds a filesystem')
     const config: DirectoryConfig = {
@@ -138,16 +144,16 @@ export class Directory {
       tx.put(keys.meta('usage'), encodeJSON({ files: 1, bytes: 0 }))
       tx.put(keys.inode(ROOT_INO), encodeInode(root))
     }, { sync: true })
-    return Directory.open(kv)
+    return Directory.open(kv, opts.openInodes)
   }
 
-  static async open (kv: KvStore): Promise<Directory> {
+  static async open (kv: KvStore, openInodes: OpenInodes = NOTHING_OPEN): Promise<Directory> {
     const raw = await kv.get(keys.meta('config'))
     if (!raw) throw new FsError('ENOENT', 'no bslfs filesystem in this directory database')
     const config = decodeJSON<DirectoryConfig>('configuration', raw, v =>
       v?.format === 'bslfs-directory' && v.version === 1 && typeof v.uuid === 'string' &&
       Number.isInteger(v.blockSize) && v.blockSize >= 4096 && v.blockSize <= 64 * 1024 * 1024)
-    const dir = new Directory(kv, config)
+    const dir = new Directory(kv, config, openInodes)
     dir.nextIno = dir.inoLimit = await dir.meta('ino', v => Number.isSafeInteger(v) && v > ROOT_INO)
     dir.nextObject = dir.objectLimit = BigInt(await dir.meta<string>('object', v => typeof v === 'string' && /^[0-9]{1,20}$/.test(v)))
     dir.usageNow = await dir.meta<Usage>('usage', v => Number.isSafeInteger(v?.files) && Number.isSafeInteger(v?.bytes))

@@ -143,7 +143,7 @@ export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: 
   const kernel = kernelOptions(fsname, parsed)
   const session = sessionOptions(parsed)
   log('mounting %s with -o %s, session %o', mountpoint, kernel.join(','), session)
-  const s = await FuseSession.mount(mountpoint, fs, kernel, session, fs.files.shared.buffers)
+  const s = await FuseSession.mount(mountpoint, fs, kernel, session, fs.files.services.buffers)
   if (session.maxReadahead > 128 * 1024) await raiseReadahead(mountpoint, session.maxReadahead)
   return {
     unmount: lazy => s.unmount(lazy),
