@@ -1,5 +1,6 @@
 import createDebug from 'debug'
 import { promises as fsp } from 'node:fs'
+import { KERNEL_READ_AHEAD_BYTES } from '../data/read-ahead'
 import { AttrOverrides, BslFilesystem } from './filesystem'
 import { DEFAULT_SESSION, FuseSession, SessionOptions } from './fuse/session'
 
@@ -94,9 +95,9 @@ export function kernelOptions (fsname: string, parsed: ParsedOptions): string[] 
   return [...opts, ...parsed.kernel.filter(o => !opts.includes(o))]
 }
 
-/** The session settings: bslfs's defaults with the user's options on top. */
+/** The session settings: bslfs's defaults (the kernel's read-ahead as the data layer decides it) with the user's options on top. */
 export function sessionOptions (parsed: ParsedOptions): SessionOptions {
-  return { ...DEFAULT_SESSION, ...parsed.session }
+  return { ...DEFAULT_SESSION, maxReadahead: KERNEL_READ_AHEAD_BYTES, ...parsed.session }
 }
 
 /**
@@ -121,12 +122,14 @@ export interface MountedFuse {
   quietMs (): number
 }
 
+/** The kernel's read-ahead for a FUSE mount, whatever INIT says: its backing device's default. */
+const BDI_READ_AHEAD_BYTES = 128 * 1024
+
 /**
- * The kernel reads ahead at most what the mount's backing device allows (128
- * KiB for a FUSE mount, whatever INIT says): raise it, as root may, to
- * `bytes`, so a sequential reader's requests come as whole 1 MiB blocks, a
- * few at a time (1 GiB cold read here: 469 MB/s at 128 KiB, 696 at 4 MiB,
- * 547 at 16 MiB). Not being able to is not an error.
+ * The kernel reads ahead at most what the mount's backing device allows:
+ * raise it, as root may, to `bytes`, so a sequential reader's requests come as
+ * whole blocks, a few at a time (see KERNEL_READ_AHEAD_BYTES). Not being able
+ * to is not an error.
  */
 async function raiseReadahead (mountpoint: string, bytes: number): Promise<void> {
   try {
@@ -144,7 +147,7 @@ export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: 
   const session = sessionOptions(parsed)
   log('mounting %s with -o %s, session %o', mountpoint, kernel.join(','), session)
   const s = await FuseSession.mount(mountpoint, fs, kernel, session, fs.files.services.buffers)
-  if (session.maxReadahead > 128 * 1024) await raiseReadahead(mountpoint, session.maxReadahead)
+  if (session.maxReadahead > BDI_READ_AHEAD_BYTES) await raiseReadahead(mountpoint, session.maxReadahead)
   return {
     unmount: lazy => s.unmount(lazy),
     ended: () => s.isEnded(),
