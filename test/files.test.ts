@@ -454,3 +454,79 @@ t.test('chunk buffers are reused, never while a random read still holds a view o
   t.equal(r.wrong, 0, 'every read saw its own bytes until it was done with them')
   t.ok(r.lent < r.fetches / 4, `chunk buffers were reused (${r.lent} buffers for ${r.fetches} chunk reads)`)
 })
+
+t.test('an interrupted read rejects with EINTR at once while the store hangs; a reader sharing its fetch still gets the bytes', async t => {
+  const big = 8 * CHUNK_BYTES
+  const dir = await testDirectory(t, big)
+  const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
+  const objects = new Map<bigint, Buffer>()
+  let hang = false
+  /** Device reads left hanging: the signal each was given, and how to answer it. */
+  const hung: Array<{ signal?: AbortSignal, answer: () => void }> = []
+  const answer = <T>(signal: AbortSignal | undefined, value: () => T): Promise<T> => {
+    if (!hang) return Promise.resolve(value())
+    return new Promise<T>((resolve, reject) => {
+      hung.push({ signal, answer: () => resolve(value()) })
+      signal?.addEventListener('abort', () => reject(new FsError('EINTR', 'device call aborted')))
+    })
+  }
+  const store: BlockStore = {
+    newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
+    async sync () {},
+    async write (rec: BlockRecord, data: Uint8Array) { objects.set(rec.bsl.fileId, Buffer.from(data)) },
+    read: (rec, _into, signal) => answer(signal, () => objects.get(rec.bsl.fileId) as Buffer),
+    readRange: (rec, offset, length, _into, signal) => answer(signal, () => {
+      const start = Math.floor(offset / CHUNK_BYTES) * CHUNK_BYTES
+      const end = Math.min(rec.length, Math.ceil((offset + length) / CHUNK_BYTES) * CHUNK_BYTES)
+      return { start, data: (objects.get(rec.bsl.fileId) as Buffer).subarray(start, end) }
+    })
+  }
+  const bytes = randomBytes(2 * big)
+  const services = new FileServices(dir, store)
+  const w = new OpenFile(inode.ino, services, new Map(), 0)
+  await w.write(bytes, 0, now)
+  await w.flushNow()
+  const blocks = await dir.getBlocks(inode.ino)
+  const opened = (): OpenFile => new OpenFile(inode.ino, services, blocks, bytes.length)
+  const within = <T>(p: Promise<T>, ms: number): Promise<T | 'still waiting'> =>
+    Promise.race([p, new Promise<'still waiting'>(resolve => setTimeout(() => resolve('still waiting'), ms))])
+  hang = true
+
+  // Alone: a whole block (a stream's first read), and the chunks of a random read.
+  for (const [what, pos] of [['a whole block', 0], ['the chunks of a random read', big + 40_000]] as const) {
+    hung.length = 0
+    const ctl = new AbortController()
+    const use = services.blocks.use()
+    const reading = opened().readPieces(4096, pos, use, ctl.signal)
+    await new Promise(resolve => setTimeout(resolve, 20))
+    t.equal(hung.length, 1, `${what}: the device read is under way`)
+    ctl.abort()
+    const got = await within(reading.catch((err: FsError) => err.code), 100)
+    use.end()
+    t.equal(got, 'EINTR', `${what}: the interrupted read rejects with EINTR at once`)
+    t.equal(hung[0].signal?.aborted, true, `${what}: its device read, its own alone, is aborted`)
+  }
+
+  // Shared: the reader that stays still gets the bytes.
+  hung.length = 0
+  const f = opened()
+  const ctl = new AbortController()
+  const leaving = f.readPieces(4096, 0, services.blocks.use(), ctl.signal)
+  const staying = f.read(Buffer.alloc(4096), 4096, 100)
+  await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(hung.length, 1, 'the two readers share one device read')
+  ctl.abort()
+  t.equal(await within(leaving.catch((err: FsError) => err.code), 100), 'EINTR', 'the interrupted one rejects with EINTR at once')
+  t.equal(hung[0].signal?.aborted, false, 'the shared device read goes on')
+  hung[0].answer()
+  t.equal(await within(staying, 1000), 4096, 'the other reader gets its bytes')
+
+  // An interrupted fetch is not left behind for the next reader.
+  hang = false
+  const buf = Buffer.alloc(4096)
+  await opened().read(buf, 4096, big + 40_000)
+  t.same(buf, bytes.subarray(big + 40_000, big + 44_096), 'a later read of the chunks fetches them again')
+  const already = new AbortController()
+  already.abort()
+  await t.rejects(opened().readPieces(10, 0, services.blocks.use(), already.signal), { code: 'EINTR' }, 'an aborted signal: EINTR before any read')
+})
