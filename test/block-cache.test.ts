@@ -1,6 +1,6 @@
 import t from 'tap'
 import { setImmediate as nextTurn } from 'node:timers/promises'
-import { BlockCache } from '../src/fs/block-cache'
+import { BlockCache } from '../src/data/block-cache'
 
 // The block cache reuses the buffers it evicts, but never one a use still
 // holds (a view of it may be on its way into a reply).

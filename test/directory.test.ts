@@ -7,7 +7,7 @@ import { KvReader, KvSnapshot, KvStore, KvTxn } from '../src/directory/kv'
 import { LevelKv } from '../src/directory/leveldb'
 import { BlockRecord, ROOT_INO, decodeBlock, encodeBlock, keys } from '../src/directory/records'
 import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
-import { Directory, NAME_MAX } from '../src/directory/directory'
+import { Directory, NAME_MAX, OpenInodes } from '../src/directory/directory'
 import { S_IFDIR, S_IFREG, S_ISGID, isDir } from '../src/posix/modes'
 import { KvEngine, StorePlace, engines } from './helpers/engines'
 
@@ -70,10 +70,10 @@ class Fs {
 
   private constructor (readonly place: StorePlace) {}
 
-  static async create (t: Test, engine: KvEngine, blockSize = 65536): Promise<Fs> {
+  static async create (t: Test, engine: KvEngine, blockSize = 65536, openInodes?: OpenInodes): Promise<Fs> {
     const fs = new Fs(engine.place(t))
     fs.kv = await fs.place.open()
-    fs.dir = await Directory.create(fs.kv, { blockSize, root: { uid: 0, gid: 0 } })
+    fs.dir = await Directory.create(fs.kv, { blockSize, root: { uid: 0, gid: 0 }, openInodes })
     fs.open = true
     t.teardown(() => fs.close())
     return fs
@@ -1124,7 +1124,8 @@ onEachEngine('block maps', async (t, engine) => {
 })
 
 onEachEngine('deleting an inode queues its blocks; open inodes become orphans', async (t, engine) => {
-  const fs = await Fs.create(t, engine)
+  const open = new Set<number>()
+  const fs = await Fs.create(t, engine, 65536, { isOpen: ino => open.has(ino) })
   let dir = fs.dir
   const withBlocks = async (name: string, base: bigint): Promise<number> => {
     const f = await dir.createNode(ROOT_INO, name, FILE)
@@ -1147,8 +1148,7 @@ onEachEngine('deleting an inode queues its blocks; open inodes become orphans', 
 
   // Open: the inode stays with nlink 0 and an orphan record.
   const b = await withBlocks('b', 2000n)
-  const open = new Set([b])
-  dir.isOpen = ino => open.has(ino)
+  open.add(b)
   await dir.unlink(ROOT_INO, 'b')
   t.equal(await dir.lookup(ROOT_INO, 'b'), undefined, 'the name is gone')
   const orphan = await dir.getInode(b)

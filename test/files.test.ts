@@ -3,12 +3,15 @@ import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { CHUNK_BYTES, checksum, chunkSums } from '../src/checksum'
 import { BSL } from '../src/bsl'
-import { Directory } from '../src/directory/directory'
+import { Directory, OpenInodes } from '../src/directory/directory'
 import { LevelKv } from '../src/directory/leveldb'
 import { BlockRecord, keys } from '../src/directory/records'
 import { FsError } from '../src/errors'
-import { CacheUse } from '../src/fs/block-cache'
-import { BlockStore, FileData, OpenFile, OpenFiles } from '../src/fs/files'
+import { CacheUse } from '../src/data/block-cache'
+import { BlockStore } from '../src/data/block-store'
+import { OpenFile } from '../src/data/open-file'
+import { OpenFiles } from '../src/data/open-files'
+import { FileServices } from '../src/data/services'
 
 // Open-file data against a real directory (LevelDB in a temp dir) and a block
 // store (the layer below) whose writes can be made to fail late.
@@ -17,9 +20,9 @@ const bs = 65536
 const now = { sec: 0, nsec: 0 }
 
 /** A directory (LevelDB in the test's temp dir) closed when the test ends. */
-async function testDirectory (t: Test, blockSize = bs): Promise<Directory> {
+async function testDirectory (t: Test, blockSize = bs, openInodes?: OpenInodes): Promise<Directory> {
   const kv = await LevelKv.open(join(t.testdir(), 'db'), { createIfMissing: true })
-  const dir = await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0 } })
+  const dir = await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0 }, openInodes })
   t.teardown(() => dir.close())
   return dir
 }
@@ -58,14 +61,14 @@ t.test('random small reads fetch only the chunks they need; sequential reads fet
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const { store, reads } = countingStore()
   const source = randomBytes(8 * big - 1000)
-  const w = new OpenFile(inode.ino, new FileData(dir, store), new Map(), 0)
+  const w = new OpenFile(inode.ino, new FileServices(dir, store), new Map(), 0)
   await w.write(source, 0, now)
   await w.flushNow()
   const blocks = await dir.getBlocks(inode.ino)
   t.same(blocks.get(0)?.chunks, chunkSums(source.subarray(0, big)), 'written blocks carry their chunk sums')
   t.equal(blocks.get(7)?.chunks?.length, Math.ceil((big - 1000) / CHUNK_BYTES), 'the short last block too')
 
-  const f = new OpenFile(inode.ino, new FileData(dir, store), blocks, source.length)
+  const f = new OpenFile(inode.ino, new FileServices(dir, store), blocks, source.length)
   const read = async (pos: number, len = 4096): Promise<Buffer> => {
     const buf = Buffer.alloc(len)
     const n = await f.read(buf, len, pos)
@@ -109,7 +112,7 @@ t.test('a block recorded without chunk sums is read whole', async t => {
   objects.set(5n, bytes)
   // As a bslfs without chunk sums wrote it.
   await dir.commitBlocks(inode.ino, [{ index: 1, record: { bsl: { form: 'logical', volume: 1, fileId: 5n }, length: bs, checksum: checksum(bytes) } }], { size: 2 * bs })
-  const f = new OpenFile(inode.ino, new FileData(dir, store), await dir.getBlocks(inode.ino), 2 * bs)
+  const f = new OpenFile(inode.ino, new FileServices(dir, store), await dir.getBlocks(inode.ino), 2 * bs)
   const buf = Buffer.alloc(4096)
   t.equal(await f.read(buf, 4096, bs + 40_000), 4096)
   t.same(buf, bytes.subarray(40_000, 44_096))
@@ -139,7 +142,7 @@ t.test('a block write that fails late does not undo a newer version of the block
     },
     readRange: notUsed
   }
-  const f = new OpenFile(inode.ino, new FileData(dir, store), new Map(), 0)
+  const f = new OpenFile(inode.ino, new FileServices(dir, store), new Map(), 0)
   await f.write(Buffer.alloc(bs, 'a'), 0, now) // fills block 0: its flush starts, and will fail
   await f.write(Buffer.alloc(100, 'b'), 1000, now) // block 0 again: a newer version, made from those bytes
   await t.rejects(f.flush(), /server gone/, 'the failed write is reported once')
@@ -175,7 +178,7 @@ t.test('a read racing a truncate never returns an older version of a dropped blo
       return { start: offset, data: o.subarray(offset, offset + length) }
     }
   }
-  const data = new FileData(dir, store, { cacheBytes: 0 })
+  const data = new FileServices(dir, store, { cacheBytes: 0 })
   const f = new OpenFile(inode.ino, data, new Map(), 0)
   await f.write(Buffer.alloc(2 * bs, 'o'), 0, now) // blocks 0 and 1, old bytes
   await f.flushNow()
@@ -195,7 +198,7 @@ t.test('an open racing the release of the same inode gets the file the release k
   const dir = await testDirectory(t)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const { store } = countingStore()
-  const files = new OpenFiles(new FileData(dir, store))
+  const files = new OpenFiles(dir, store)
   const first = await files.acquire(inode.ino)
   await first.write(Buffer.from('hello'), 0, now)
   await first.flushNow() // nothing left to write: the release below finishes within a few microtasks
@@ -218,7 +221,7 @@ t.test('two writes of one file at once (a direct write the kernel split) land in
   const dir = await testDirectory(t)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const { store } = countingStore()
-  const shared = new FileData(dir, store)
+  const shared = new FileServices(dir, store)
   const w = new OpenFile(inode.ino, shared, new Map(), 0)
   await w.write(Buffer.alloc(2000, 1), 0, now)
   await w.flushNow()
@@ -267,7 +270,7 @@ async function until (what: () => Promise<boolean>, ms = 2000): Promise<boolean>
 t.test('closed files: blocks stored at close, committed together after one sync of the devices', async t => {
   const dir = await testDirectory(t)
   const { store, log } = loggingStore()
-  const files = new OpenFiles(new FileData(dir, store))
+  const files = new OpenFiles(dir, store)
   const inos: number[] = []
   // What the directory held when the devices were synced: no record may be there before.
   const committedAtSync: number[] = []
@@ -299,7 +302,7 @@ t.test('closed files: blocks stored at close, committed together after one sync 
 t.test('a sync that fails keeps the bytes: fsync reports EIO, and the next fsync commits them', async t => {
   const dir = await testDirectory(t)
   const { store, objects, failSyncs } = loggingStore()
-  const files = new OpenFiles(new FileData(dir, store))
+  const files = new OpenFiles(dir, store)
   const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const f = await files.acquire(inode.ino, true)
   await f.write(Buffer.from('precious'), 0, now)
@@ -317,13 +320,13 @@ t.test('a sync that fails keeps the bytes: fsync reports EIO, and the next fsync
 })
 
 t.test('a file stays open while it waits in a group commit: its unlink cannot fail the group for other files', async t => {
-  const dir = await testDirectory(t)
+  let files!: OpenFiles
+  const dir = await testDirectory(t, bs, { isOpen: ino => files.isOpen(ino) }) // as the daemon wires them
   const { store } = loggingStore()
   // The devices take their time to flush: a group is under way for a while before its batch.
   const sync = store.sync.bind(store)
   store.sync = async () => { await new Promise(resolve => setTimeout(resolve, 50)); await sync() }
-  const files = new OpenFiles(new FileData(dir, store))
-  dir.isOpen = ino => files.isOpen(ino) // as the filesystem wires them
+  files = new OpenFiles(dir, store)
   const gone = await dir.createNode(1, 'gone', { mode: 0o100644, uid: 0, gid: 0 })
   const other = await dir.createNode(1, 'other', { mode: 0o100644, uid: 0, gid: 0 })
   // close(2) after a chmod (or a read, for atime): the attributes wait for the next group ...
@@ -351,7 +354,7 @@ t.test('a file stays open while it waits in a group commit: its unlink cannot fa
 t.test('a file whose commit fails does not fail the other files of its group', async t => {
   const dir = await testDirectory(t)
   const { store } = loggingStore()
-  const files = new OpenFiles(new FileData(dir, store))
+  const files = new OpenFiles(dir, store)
   const bad = await dir.createNode(1, 'bad', { mode: 0o100644, uid: 0, gid: 0 })
   const good = await dir.createNode(1, 'good', { mode: 0o100644, uid: 0, gid: 0 })
   const fb = await files.acquire(bad.ino, true)
@@ -404,15 +407,15 @@ async function readersOverASmallCache (t: Test, cacheBytes: number, read: (f: Op
       return { start, data: lend((objects.get(rec.bsl.fileId) as Buffer).subarray(start, end), into) }
     }
   }
-  const w = new OpenFile(inode.ino, new FileData(dir, store), new Map(), 0)
+  const w = new OpenFile(inode.ino, new FileServices(dir, store), new Map(), 0)
   await w.write(source, 0, now)
   await w.flushNow()
-  const shared = new FileData(dir, store, { cacheBytes })
+  const shared = new FileServices(dir, store, { cacheBytes })
   const f = new OpenFile(inode.ino, shared, await dir.getBlocks(inode.ino), source.length)
   let wrong = 0
   const reader = async (): Promise<void> => {
     for (let k = 0; k < 160; k++) {
-      const use = shared.cache.use()
+      const use = shared.blocks.use()
       if (!await read(f, use)) wrong++
       use.end()
     }
@@ -450,4 +453,80 @@ t.test('chunk buffers are reused, never while a random read still holds a view o
     await readChecked(f, use, Math.floor(Math.random() * (source.length - 4096)), 1 + Math.floor(Math.random() * 4096)))
   t.equal(r.wrong, 0, 'every read saw its own bytes until it was done with them')
   t.ok(r.lent < r.fetches / 4, `chunk buffers were reused (${r.lent} buffers for ${r.fetches} chunk reads)`)
+})
+
+t.test('an interrupted read rejects with EINTR at once while the store hangs; a reader sharing its fetch still gets the bytes', async t => {
+  const big = 8 * CHUNK_BYTES
+  const dir = await testDirectory(t, big)
+  const inode = await dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
+  const objects = new Map<bigint, Buffer>()
+  let hang = false
+  /** Device reads left hanging: the signal each was given, and how to answer it. */
+  const hung: Array<{ signal?: AbortSignal, answer: () => void }> = []
+  const answer = <T>(signal: AbortSignal | undefined, value: () => T): Promise<T> => {
+    if (!hang) return Promise.resolve(value())
+    return new Promise<T>((resolve, reject) => {
+      hung.push({ signal, answer: () => resolve(value()) })
+      signal?.addEventListener('abort', () => reject(new FsError('EINTR', 'device call aborted')))
+    })
+  }
+  const store: BlockStore = {
+    newBlock: (fileId: bigint): BSL => ({ form: 'logical', volume: 1, fileId }),
+    async sync () {},
+    async write (rec: BlockRecord, data: Uint8Array) { objects.set(rec.bsl.fileId, Buffer.from(data)) },
+    read: (rec, _into, signal) => answer(signal, () => objects.get(rec.bsl.fileId) as Buffer),
+    readRange: (rec, offset, length, _into, signal) => answer(signal, () => {
+      const start = Math.floor(offset / CHUNK_BYTES) * CHUNK_BYTES
+      const end = Math.min(rec.length, Math.ceil((offset + length) / CHUNK_BYTES) * CHUNK_BYTES)
+      return { start, data: (objects.get(rec.bsl.fileId) as Buffer).subarray(start, end) }
+    })
+  }
+  const bytes = randomBytes(2 * big)
+  const services = new FileServices(dir, store)
+  const w = new OpenFile(inode.ino, services, new Map(), 0)
+  await w.write(bytes, 0, now)
+  await w.flushNow()
+  const blocks = await dir.getBlocks(inode.ino)
+  const opened = (): OpenFile => new OpenFile(inode.ino, services, blocks, bytes.length)
+  const within = <T>(p: Promise<T>, ms: number): Promise<T | 'still waiting'> =>
+    Promise.race([p, new Promise<'still waiting'>(resolve => setTimeout(() => resolve('still waiting'), ms))])
+  hang = true
+
+  // Alone: a whole block (a stream's first read), and the chunks of a random read.
+  for (const [what, pos] of [['a whole block', 0], ['the chunks of a random read', big + 40_000]] as const) {
+    hung.length = 0
+    const ctl = new AbortController()
+    const use = services.blocks.use()
+    const reading = opened().readPieces(4096, pos, use, ctl.signal)
+    await new Promise(resolve => setTimeout(resolve, 20))
+    t.equal(hung.length, 1, `${what}: the device read is under way`)
+    ctl.abort()
+    const got = await within(reading.catch((err: FsError) => err.code), 100)
+    use.end()
+    t.equal(got, 'EINTR', `${what}: the interrupted read rejects with EINTR at once`)
+    t.equal(hung[0].signal?.aborted, true, `${what}: its device read, its own alone, is aborted`)
+  }
+
+  // Shared: the reader that stays still gets the bytes.
+  hung.length = 0
+  const f = opened()
+  const ctl = new AbortController()
+  const leaving = f.readPieces(4096, 0, services.blocks.use(), ctl.signal)
+  const staying = f.read(Buffer.alloc(4096), 4096, 100)
+  await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal(hung.length, 1, 'the two readers share one device read')
+  ctl.abort()
+  t.equal(await within(leaving.catch((err: FsError) => err.code), 100), 'EINTR', 'the interrupted one rejects with EINTR at once')
+  t.equal(hung[0].signal?.aborted, false, 'the shared device read goes on')
+  hung[0].answer()
+  t.equal(await within(staying, 1000), 4096, 'the other reader gets its bytes')
+
+  // An interrupted fetch is not left behind for the next reader.
+  hang = false
+  const buf = Buffer.alloc(4096)
+  await opened().read(buf, 4096, big + 40_000)
+  t.same(buf, bytes.subarray(big + 40_000, big + 44_096), 'a later read of the chunks fetches them again')
+  const already = new AbortController()
+  already.abort()
+  await t.rejects(opened().readPieces(10, 0, services.blocks.use(), already.signal), { code: 'EINTR' }, 'an aborted signal: EINTR before any read')
 })

@@ -851,7 +851,7 @@ if (target !== 'bslfs' || volumeKind !== 'local') {
       if (r.code !== 0) throw new Error(`bslfs ${args.slice(0, 2).join(' ')} failed:\n${describeRun(r)}`)
     }
     // The daemon logs its failures (daemon.log, kept with the journal when a check fails).
-    const mounted = await bslfs(['mount', m.state, m.mnt], { env: { ...childEnv, DEBUG: 'bslfs:fs,bslfs:files,bslfs:volumes,bslfs:daemon' } })
+    const mounted = await bslfs(['mount', m.state, m.mnt], { env: { ...childEnv, DEBUG: 'bslfs:fs,bslfs:data,bslfs:volumes,bslfs:daemon' } })
     if (mounted.code !== 0) throw new Error(`mount failed:\n${describeRun(mounted)}`)
     const work = m.mnt
     const keeps = new Map<string, [string, number]>()

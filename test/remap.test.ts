@@ -4,7 +4,8 @@ import { join } from 'node:path'
 import { objectIdOf } from '../src/bsl'
 import { deviceAdd, remapVolume } from '../src/daemon/admin'
 import { initState, State } from '../src/daemon/state'
-import { BlockStore, FileData, OpenFiles } from '../src/fs/files'
+import { BlockStore } from '../src/data/block-store'
+import { OpenFiles } from '../src/data/open-files'
 
 // Remap against a real STATE (LevelDB directory, local devices) and the open
 // files of a mount, without the kernel: the race with the group commit needs
@@ -29,8 +30,7 @@ t.test('a block stored just before a remap, its record still waiting for the gro
     read: block => volumes.read(block),
     readRange: (block, offset, length) => volumes.readRange(block, offset, length)
   }
-  const files = new OpenFiles(new FileData(state.dir, store))
-  state.commitStored = () => files.shared.group.now()
+  const files = new OpenFiles(state.dir, store)
 
   const inode = await state.dir.createNode(1, 'f', { mode: 0o100644, uid: 0, gid: 0 })
   const data = randomBytes(54470)
@@ -39,7 +39,7 @@ t.test('a block stored just before a remap, its record still waiting for the gro
   await files.release(file) // close(2): stored on d0, the record goes with the next group
   t.same([...(await state.dir.getBlocks(inode.ino)).keys()], [], 'the record is not in the directory yet')
 
-  const report = await remapVolume(state, '1', 'local:d1', { copy: true, deleteOld: true, verify: false })
+  const report = await remapVolume(state, '1', 'local:d1', { copy: true, deleteOld: true, verify: false, pendingRecords: files.services.group })
   t.equal(report.blocks, 1, 'the remap saw the block')
   const rec = (await state.dir.getBlocks(inode.ino)).get(0)
   t.ok(rec, 'the record is in the directory')

@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs'
 import { Server } from 'node:net'
 import { returnFreedBuffers } from '../devices/object-io'
 import { FsError, UsageError } from '../errors'
-import { FileData, OpenFiles } from '../fs/files'
+import { OpenFiles } from '../data/open-files'
 import { BslFilesystem } from '../fs/filesystem'
 import { MountedFuse, ParsedOptions, mountFuse } from '../fs/mount'
 import * as admin from './admin'
@@ -24,15 +24,17 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
   checkFuseAvailable()
   returnFreedBuffers()
   const mountpoint = await prepareMountpoint(mountpointArg)
-  const state = await State.open(stateArg, { copyTimeoutMs: options.copyTimeoutMs })
+  // The open files are made from the directory, which asks them whether an inode is open (it then
+  // outlives its last link): it asks only once they exist, below.
+  let files!: OpenFiles
+  const state = await State.open(stateArg, { copyTimeoutMs: options.copyTimeoutMs, openInodes: { isOpen: ino => files.isOpen(ino) } })
   const cleanup: Array<() => Promise<unknown>> = [() => state.close()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse
   let server: Server
   let reclaimer: ReturnType<typeof startReclaimer>
   let healer: ReturnType<typeof startHealer>
-  const files = new OpenFiles(new FileData(state.dir, state.volumes))
-  state.commitStored = () => files.shared.group.now()
+  files = new OpenFiles(state.dir, state.volumes)
   const fs = new BslFilesystem(state.dir, files, {
     space: async () => {
       // Space is what the devices holding new data have; a device that cannot answer counts as empty.
@@ -120,7 +122,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       case 'mirror': return admin.mirrorSet(state, a, req.args.slice(1), typeof req.options?.minCopies === 'string' ? req.options.minCopies : undefined)
       case 'heal': return admin.heal(state, progress)
       case 'scrub': return admin.scrub(state, progress)
-      case 'remap': return admin.remapVolume(state, a, b, admin.remapOptions(req.options), progress, signal)
+      case 'remap': return admin.remapVolume(state, a, b, { ...admin.remapOptions(req.options), pendingRecords: files.services.group }, progress, signal)
       case 'adopt': return admin.adopt(state, a, b, (ino, changes) => files.adopted(ino, changes))
       case 'blocks': return admin.blockDump(state)
       case 'fsck': return admin.fsckState(state, { repair: req.options?.repair === true, checksums: req.options?.checksums !== false }, true, progress)

@@ -1,5 +1,6 @@
 import createDebug from 'debug'
 import { BSL, objectIdOf } from '../bsl'
+import { PendingRecords } from '../data/group-commit'
 import { Directory } from '../directory/directory'
 import { FsError, UsageError } from '../errors'
 import { Place, placeText } from '../volumes/tables'
@@ -17,6 +18,11 @@ export interface RemapOptions {
   deleteOld: boolean
   /** Without --copy: check every block rather than a sample. */
   verify: boolean
+  /**
+   * The mount's block records whose bytes are stored and still wait for its group
+   * commit (none offline): committed before each scan of the block maps, which must see them.
+   */
+  pendingRecords?: PendingRecords
   /** Aborts the copy (Ctrl-C: the CLI's control connection closed); the old mapping stays. */
   signal?: AbortSignal
   onProgress?: OnProgress
@@ -50,8 +56,6 @@ export interface RemapReport {
 export interface RemapHost {
   /** Re-read the tables once the row has changed. */
   reloadTables (): Promise<void>
-  /** Commit the records of blocks already stored but still waiting for the mount's group commit. */
-  commitStored (): Promise<void>
 }
 
 const PARALLEL = 8
@@ -106,7 +110,7 @@ export async function remap (dir: Directory, volumes: Volumes, host: RemapHost, 
   const settleWrites = async (): Promise<void> => {
     await volumes.drain()
     await new Promise(resolve => setImmediate(resolve))
-    await host.commitStored()
+    await opts.pendingRecords?.commitNow()
     await dir.sync()
   }
   // New blocks get a copy on the new place too (with or without --copy: the check below only covers the scan).

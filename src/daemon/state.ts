@@ -5,7 +5,7 @@ import { Device } from '../devices/device'
 import { syncDir, writeWhole } from '../durable'
 import { LocalDevice } from '../devices/local'
 import { RemoteDevice } from '../devices/remote'
-import { Directory } from '../directory/directory'
+import { Directory, OpenInodes } from '../directory/directory'
 import { LevelKv } from '../directory/leveldb'
 import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, Place, placeText } from '../volumes/tables'
@@ -106,14 +106,9 @@ export async function readMarker (state: string): Promise<StateMarker> {
 export class State {
   private constructor (readonly paths: ReturnType<typeof statePaths>, readonly dir: Directory, readonly volumes: Volumes) {}
 
-  /**
-   * Commit to the directory every block record whose bytes are stored and
-   * waiting for the mount's group commit (a no-op when nothing is mounted):
-   * remap's scan of the block maps must see them.
-   */
-  commitStored: () => Promise<void> = async () => {}
-
-  static async open (state: string, opts: Pick<VolumesOptions, 'copyTimeoutMs'> = {}): Promise<State> {
+  /** `openInodes`: the mount's open files, which the directory asks before it frees an unlinked inode (none offline). */
+  static async open (state: string, opts: Pick<VolumesOptions, 'copyTimeoutMs'> & { openInodes?: OpenInodes } = {}): Promise<State> {
+    const { openInodes, ...volumeOpts } = opts
     const p = statePaths(state)
     await readMarker(state)
     let kv: LevelKv
@@ -126,9 +121,9 @@ export class State {
       throw new UsageError(`cannot open the directory database in ${p.directory}: ${cause?.message ?? (err as Error).message}`)
     }
     try {
-      const dir = await Directory.open(kv)
+      const dir = await Directory.open(kv, openInodes)
       const tables = await dir.tables()
-      const volumes = new Volumes(tables, place => openDevice(dir, place), { ...opts, healQueue: { record: copies => dir.queueHeal(copies) } })
+      const volumes = new Volumes(tables, place => openDevice(dir, place), { ...volumeOpts, healQueue: { record: copies => dir.queueHeal(copies) } })
       return new State(p, dir, volumes)
     } catch (err) {
       await kv.close().catch(() => undefined)

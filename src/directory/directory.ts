@@ -10,7 +10,7 @@ import { FsckFixes } from './fsck-fixes'
 import { IdReservations } from './ids'
 import { KvStore } from './kv'
 import { DirectoryConfig, Usage, isConfig, readUsage } from './meta'
-import { DirEntry, FilePatch, Namespace, NewNode } from './namespace'
+import { DirEntry, FilePatch, NOTHING_OPEN, Namespace, NewNode, OpenInodes } from './namespace'
 import { forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue } from './queues'
 import { NamespaceReader } from './reader'
 import { BlockRecord, Inode, ROOT_INO, decodeJSON, encodeInode, encodeJSON, keys } from './records'
@@ -26,7 +26,8 @@ import { Xattrs, inodesWithXattrs } from './xattrs'
 //   reader.ts     whole-namespace reads fsck-fixes.ts  what fsck --repair changes
 // Directory below is the one face the layers above use.
 
-export type { BlockChange, DirectoryConfig, DirEntry, FileCommit, FilePatch, NewNode, Usage }
+export type { BlockChange, DirectoryConfig, DirEntry, FileCommit, FilePatch, NewNode, OpenInodes, Usage }
+export { NOTHING_OPEN }
 export { NAME_MAX } from './namespace'
 export { NamespaceReader }
 
@@ -52,7 +53,7 @@ export class Directory {
     this.fsckFixes = new FsckFixes(kv, ns)
   }
 
-  static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number } }): Promise<Directory> {
+  static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number }, openInodes?: OpenInodes }): Promise<Directory> {
     const existing = await kv.get(keys.meta('config'))
     if (existing) throw new FsError('EEXIST', 'the directory already holds a filesystem')
     const config: DirectoryConfig = {
@@ -69,16 +70,17 @@ export class Directory {
       tx.put(keys.meta('usage'), encodeJSON({ files: 1, bytes: 0 }))
       tx.put(keys.inode(ROOT_INO), encodeInode(root))
     }, { sync: true })
-    return Directory.open(kv)
+    return Directory.open(kv, opts.openInodes)
   }
 
-  static async open (kv: KvStore): Promise<Directory> {
+  /** `openInodes`: the mount's open files, which the namespace asks before it frees an unlinked inode. */
+  static async open (kv: KvStore, openInodes: OpenInodes = NOTHING_OPEN): Promise<Directory> {
     const raw = await kv.get(keys.meta('config'))
     if (!raw) throw new FsError('ENOENT', 'no bslfs filesystem in this directory database')
     const config = decodeJSON<DirectoryConfig>('configuration', raw, isConfig)
     const ids = await IdReservations.load(kv)
     const usage = await readUsage(kv)
-    const ns = new Namespace(kv, config.blockSize, ids, usage, await inodesWithXattrs(kv))
+    const ns = new Namespace(kv, config.blockSize, ids, usage, await inodesWithXattrs(kv), openInodes)
     await ns.getInode(ROOT_INO)
     return new Directory(kv, config, ids, ns)
   }
@@ -86,9 +88,8 @@ export class Directory {
   get blockSize (): number { return this.config.blockSize }
   get usage (): Usage { return this.ns.usage }
 
-  /** Whether an inode is held open (set by the FUSE layer): an open inode outlives its last link. */
-  get isOpen (): (ino: number) => boolean { return this.ns.isOpen }
-  set isOpen (fn: (ino: number) => boolean) { this.ns.isOpen = fn }
+  /** Whether a handle holds `ino` open: an open inode outlives its last link. */
+  isOpen (ino: number): boolean { return this.ns.isOpen(ino) }
 
   close (): Promise<void> { return this.kv.close() }
 

@@ -46,6 +46,12 @@ class BoundedMap<K, V> extends Map<K, V> {
   }
 }
 
+/** Which inodes a handle holds open (the data layer's open files): an open inode outlives its last link. */
+export interface OpenInodes { isOpen (ino: number): boolean }
+
+/** For the CLI's offline commands: no handle is open. */
+export const NOTHING_OPEN: OpenInodes = { isOpen: () => false }
+
 /**
  * The namespace: inodes and entries (I, E, O keys) and the rules of
  * creating, linking, unlinking and renaming. Every change is one transaction
@@ -60,8 +66,6 @@ export class Namespace implements WriterHost {
   /** Counts commits that changed cached state: a read that raced one must not cache what it read. */
   private commits = 0
   private usageNow: Usage
-  /** Whether an inode is held open (set by the FUSE layer): an open inode outlives its last link. */
-  isOpen: (ino: number) => boolean = () => false
 
   constructor (
     private readonly kv: KvStore,
@@ -72,12 +76,17 @@ export class Namespace implements WriterHost {
      * Inodes that may have extended attributes (loaded at open, added on each set): any other
      * inode has none, so reading or freeing it needs no xattr lookup (`ls -l` asks for one per file).
      */
-    readonly withXattrs: Set<number>
+    readonly withXattrs: Set<number>,
+    /** The mount's open files: an open inode outlives its last link. */
+    private readonly openInodes: OpenInodes = NOTHING_OPEN
   ) {
     this.usageNow = usage
   }
 
   get usage (): Usage { return { ...this.usageNow } }
+
+  /** Whether a handle holds `ino` open. */
+  isOpen (ino: number): boolean { return this.openInodes.isOpen(ino) }
 
   // ---- reads -------------------------------------------------------------
 

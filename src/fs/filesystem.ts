@@ -1,7 +1,8 @@
 import { Directory, FilePatch } from '../directory/directory'
 import { Inode, ROOT_INO, Timespec } from '../directory/records'
 import { FsError } from '../errors'
-import { OpenFile, OpenFiles } from './files'
+import { OpenFile } from '../data/open-file'
+import { OpenFiles } from '../data/open-files'
 import { Attr, RENAME_NOREPLACE, StatFs } from './fuse/protocol'
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
@@ -48,10 +49,7 @@ export class BslFilesystem implements FuseFilesystem {
   private nextFh = 1
 
   constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource,
-    readonly readOnly = false, private readonly overrides: AttrOverrides = {}) {
-    // An inode outlives its last link while a handle holds it.
-    dir.isOpen = ino => files.isOpen(ino)
-  }
+    readonly readOnly = false, private readonly overrides: AttrOverrides = {}) {}
 
   toAttr (inode: Inode): Attr {
     const dir = isDir(inode.mode)
@@ -260,7 +258,7 @@ export class BslFilesystem implements FuseFilesystem {
     const file = this.fileOf(fh)
     // The pieces are views of cached blocks: they stay valid until the reply made from them is out (the
     // session sends it as this promise settles, before the loop's next turn).
-    const use = this.files.shared.cache.use()
+    const use = this.files.services.blocks.use()
     try {
       const pieces = await file.readPieces(size, offset, use, signal)
       const now = nowTimespec()
@@ -271,10 +269,10 @@ export class BslFilesystem implements FuseFilesystem {
     }
   }
 
-  write (_ino: number, fh: number, offset: number, data: Buffer, adopt?: () => void): Promise<number> {
+  write (_ino: number, fh: number, offset: number, data: Buffer, keepBuffer?: () => void): Promise<number> {
     const file = this.fileOf(fh)
     // Only a buffer of the files' own pool can become a block.
-    return file.write(data, offset, nowTimespec(), data.length === this.files.shared.buffers.size ? adopt : undefined)
+    return file.write(data, offset, nowTimespec(), data.length === this.files.services.buffers.size ? keepBuffer : undefined)
   }
 
   /**

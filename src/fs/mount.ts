@@ -121,12 +121,14 @@ export interface MountedFuse {
   quietMs (): number
 }
 
+/** The kernel's read-ahead for a FUSE mount, whatever INIT says: its backing device's default. */
+const BDI_READ_AHEAD_BYTES = 128 * 1024
+
 /**
- * The kernel reads ahead at most what the mount's backing device allows (128
- * KiB for a FUSE mount, whatever INIT says): raise it, as root may, to
- * `bytes`, so a sequential reader's requests come as whole 1 MiB blocks, a
- * few at a time (1 GiB cold read here: 469 MB/s at 128 KiB, 696 at 4 MiB,
- * 547 at 16 MiB). Not being able to is not an error.
+ * The kernel reads ahead at most what the mount's backing device allows:
+ * raise it, as root may, to `bytes`, so a sequential reader's requests come as
+ * whole blocks, a few at a time (see KERNEL_READ_AHEAD_BYTES). Not being able
+ * to is not an error.
  */
 async function raiseReadahead (mountpoint: string, bytes: number): Promise<void> {
   try {
@@ -143,8 +145,8 @@ export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: 
   const kernel = kernelOptions(fsname, parsed)
   const session = sessionOptions(parsed)
   log('mounting %s with -o %s, session %o', mountpoint, kernel.join(','), session)
-  const s = await FuseSession.mount(mountpoint, fs, kernel, session, fs.files.shared.buffers)
-  if (session.maxReadahead > 128 * 1024) await raiseReadahead(mountpoint, session.maxReadahead)
+  const s = await FuseSession.mount(mountpoint, fs, kernel, session, fs.files.services.buffers)
+  if (session.maxReadahead > BDI_READ_AHEAD_BYTES) await raiseReadahead(mountpoint, session.maxReadahead)
   return {
     unmount: lazy => s.unmount(lazy),
     ended: () => s.isEnded(),

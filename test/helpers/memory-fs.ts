@@ -216,7 +216,7 @@ export class MemoryFs implements FuseFilesystem {
     return [Buffer.from(d.subarray(Math.min(offset, d.length), Math.min(offset + size, d.length)))]
   }
 
-  write (ino: number, fh: number, offset: number, data: Buffer, _adopt?: () => void, signal?: AbortSignal): number | Promise<number> {
+  write (ino: number, fh: number, offset: number, data: Buffer, _keepBuffer?: () => void, signal?: AbortSignal): number | Promise<number> {
     this.log('write', ino, fh, offset, data.length)
     if (this.hung.has('write')) {
       // The data is valid until the promise settles: copied before it does.

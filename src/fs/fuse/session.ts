@@ -1,6 +1,7 @@
 import createDebug from 'debug'
 import { constants } from 'node:os'
 import { BufferPool } from '../../buffer-pool'
+import { KERNEL_READ_AHEAD_BYTES } from '../../data/read-ahead'
 import { errnoOf, FsError } from '../../errors'
 import { Connection, KernelConnection } from './connection'
 import { fusermount } from './native'
@@ -56,11 +57,11 @@ export interface FuseFilesystem {
   read (ino: number, fh: number, offset: number, size: number, signal?: AbortSignal): Promise<Buffer[]>
   /**
    * `data` is valid until the returned promise settles (or the call returns):
-   * copy what must outlive it. `adopt`, when given, hands `data` over whole:
+   * copy what must outlive it. `keepBuffer`, when given, hands `data` over whole:
    * it is then a buffer of the pool the session was mounted with, the
    * filesystem's to keep and to give back to that pool.
    */
-  write (ino: number, fh: number, offset: number, data: Buffer, adopt?: () => void, signal?: AbortSignal): number | Promise<number>
+  write (ino: number, fh: number, offset: number, data: Buffer, keepBuffer?: () => void, signal?: AbortSignal): number | Promise<number>
   flush (ino: number, fh: number, signal?: AbortSignal): Promise<void>
   release (ino: number, fh: number): Promise<void>
   fsync (ino: number, fh: number, datasync: boolean, signal?: AbortSignal): Promise<void>
@@ -100,7 +101,7 @@ export const DEFAULT_SESSION: SessionOptions = {
   keepCache: true,
   directIo: false,
   maxWrite: 1 << 20,
-  maxReadahead: 4 << 20,
+  maxReadahead: KERNEL_READ_AHEAD_BYTES,
   readdirPlus: true
 }
 
@@ -200,7 +201,7 @@ export class FuseSession {
   /**
    * A buffer to read a request into. From the pool, it starts WRITE_HEADERS
    * bytes before a pool buffer, so a WRITE's data lands exactly on it: a
-   * write of a whole block is adopted as the block, without a copy.
+   * write of a whole block is kept as the block, without a copy.
    */
   private take (): Buffer {
     if (!this.pool) return this.spare.pop() ?? Buffer.allocUnsafeSlow(this.bufferBytes)
@@ -441,15 +442,15 @@ export class FuseSession {
         break
       case 'read': this.answer(call, fs.read(node, req.fh, req.offset, req.size, signal), pieces => pieces); break
       case 'write': {
-        let adopted = false
-        const adopt = this.pool && req.data.length === this.pool.size ? () => { adopted = true } : undefined
-        const r = fs.write(node, req.fh, req.offset, req.data, adopt, signal)
+        let kept = false
+        const keepBuffer = this.pool && req.data.length === this.pool.size ? () => { kept = true } : undefined
+        const r = fs.write(node, req.fh, req.offset, req.data, keepBuffer, signal)
         if (typeof r === 'number') {
           this.reply(call, r, u32Out)
-          return adopted
+          return kept
         }
         // The data stays in `buf` until the handler is done with it, even when its interrupt answered first.
-        r.then(count => this.reply(call, count, u32Out), err => this.fail(call, err)).finally(() => { if (!adopted) this.give(buf) })
+        r.then(count => this.reply(call, count, u32Out), err => this.fail(call, err)).finally(() => { if (!kept) this.give(buf) })
         return true
       }
       case 'flush': this.answer(call, fs.flush(node, req.fh, signal), empty); break

@@ -53,9 +53,8 @@ export class BlockCache {
   /** `spareBlocks`: more blocks than the cache holds that may be in use at once (reads in flight). */
   constructor (private readonly budget: number, blockSize: number, spareBlocks: number) {
     // Spares for every buffer the cache and its reads in flight can use at once: with fewer, a
-    // sequential read dropped and allocated again every other block (page faults in the copy
-    // into the fresh buffer, and collections of the dropped ones: a fifth of a mirrored read's CPU).
-    // Between workloads it keeps the 8 it always did.
+    // sequential read drops buffers and allocates them again (native-notes/read-path.md).
+    // Between workloads it keeps 8.
     this.pool = new BufferPool(blockSize, Math.ceil(budget / blockSize) + spareBlocks, 0, 8)
   }
 
