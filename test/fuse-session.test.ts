@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { DEFAULT_SESSION, FuseSession } from '../src/fs/fuse/session'
 import { HUGE, MemoryFs, STATFS } from './helpers/memory-fs'
+import { INTERRUPTED_IO_PY, InterruptedIo } from './helpers/interrupt'
 
 const exec = promisify(execFile)
 const PY = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3'
@@ -235,22 +236,7 @@ t.test('INTERRUPT through the kernel: a read or write of a hung filesystem retur
   })
   const file = join(mnt, 'slow')
   await fsp.writeFile(file, 'before')
-  // SIGALRM with a handler that returns: the call itself reports EINTR (ctypes does not retry it).
-  const interrupted = (op: 'read' | 'write'): Promise<{ n: number, errno: number, EINTR: number, seconds: number }> => py(`
-import ctypes, ctypes.util, errno, json, os, signal, sys, time
-libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
-signal.signal(signal.SIGALRM, lambda *a: None)
-fd = os.open(sys.argv[1], os.O_RDWR)
-buf = ctypes.create_string_buffer(4096)
-signal.setitimer(signal.ITIMER_REAL, 0.3)
-t0 = time.monotonic()
-if sys.argv[2] == 'read':
-    n = libc.pread(fd, buf, ctypes.c_size_t(4096), ctypes.c_long(0))
-else:
-    n = libc.pwrite(fd, b'after!', ctypes.c_size_t(6), ctypes.c_long(0))
-e = ctypes.get_errno()
-print(json.dumps({'n': n, 'errno': e, 'EINTR': errno.EINTR, 'seconds': time.monotonic() - t0}))
-`, file, op)
+  const interrupted = (op: 'read' | 'write'): Promise<InterruptedIo> => py(INTERRUPTED_IO_PY, file, op, '0')
 
   for (const op of ['read', 'write'] as const) {
     mem.hang(op)
