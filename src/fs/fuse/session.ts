@@ -7,7 +7,8 @@ import { Connection, KernelConnection } from './connection'
 import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
-  MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut
+  MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
+  notifyInvalEntry, notifyInvalInode
 } from './protocol'
 import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
@@ -174,6 +175,52 @@ export class FuseSession {
     const s = new FuseSession(mountpoint, connection, fs, opts, pool)
     log('mounted %s (fd %d) with -o %s', mountpoint, connection.fd, kernelOptions.join(','))
     return s
+  }
+
+  /** Notifications waiting to be written, in order; one is written at a time (see Connection.notify). */
+  private readonly notes: Buffer[][] = []
+  private notifying = false
+
+  /**
+   * Tell the kernel to forget its entry `name` in directory `parent` (another
+   * host removed, renamed or replaced it): the next lookup asks the
+   * filesystem. Queued, never written from inside a request's handling
+   * (libfuse's warning: the kernel may hold the write until that request is answered).
+   */
+  notifyInvalEntry (parent: number, name: string): void {
+    this.queueNote(notifyInvalEntry(parent, Buffer.from(name)))
+  }
+
+  /**
+   * Tell the kernel to drop `ino`'s cached attributes, and its cached pages from
+   * `offset` for `length` bytes (length 0: to the end; offset -1: attributes only). Queued.
+   */
+  notifyInvalInode (ino: number, offset = 0, length = 0): void {
+    this.queueNote(notifyInvalInode(ino, offset, length))
+  }
+
+  /** Notifications sent and not yet written. */
+  get notificationsQueued (): number { return this.notes.length + (this.notifying ? 1 : 0) }
+
+  private queueNote (parts: Buffer[]): void {
+    if (this.done) return
+    if (!this.connection.notify) return log('notification dropped: this connection cannot send one')
+    this.notes.push(parts)
+    this.pumpNotes()
+  }
+
+  private pumpNotes (): void {
+    if (this.notifying || this.done) return
+    const parts = this.notes.shift()
+    if (!parts) return
+    this.notifying = true
+    this.connection.notify!(parts, err => {
+      this.notifying = false
+      // ENOENT: the kernel had nothing cached of it, which is no failure.
+      if (err && err.code === 'ENODEV') return this.end('unmounted')
+      if (err && err.code !== 'ENOENT') log('notification failed: %s', err.message)
+      this.pumpNotes()
+    })
   }
 
   /** Whether the kernel connection has ended. */
