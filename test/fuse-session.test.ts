@@ -292,9 +292,20 @@ t.test('notifications: the kernel drops a cached inode or entry when told, despi
   t.match(await statOf('g'), /No such file/, 'after INVAL_ENTRY the removed name is gone')
   t.same(mem.of('lookup').map(c => c.args[1]), ['g'], 'the lookup went to the filesystem again')
 
+  // Changes missed (the feed's connection dropped): every inode the kernel holds is dropped.
+  await fsp.writeFile(join(mnt, 'h'), 'y')
+  const h = (await fsp.stat(join(mnt, 'h'))).ino
+  t.equal(await statOf('h'), '1 644')
+  await mem.setattr(ino, { mode: 0o640 }, { uid: 0, gid: 0, pid: 0 })
+  await mem.setattr(h, { size: 7, mode: 0o604 }, { uid: 0, gid: 0, pid: 0 })
+  t.same([await statOf('f'), await statOf('h')], ['5000 600', '1 644'], 'cached before')
+  session.notifyInvalAll()
+  await written()
+  t.same([await statOf('f'), await statOf('h')], ['5000 640', '7 604'], 'after notifyInvalAll both show what changed')
+
   // A notification of something the kernel never cached is harmless (ENOENT from the kernel, ignored).
   session.notifyInvalEntry(1, 'never-seen')
   session.notifyInvalInode(123456789)
   await written()
-  t.equal(await statOf('f'), '5000 600', 'the session goes on')
+  t.equal(await statOf('f'), '5000 640', 'the session goes on')
 })

@@ -177,6 +177,8 @@ export class FuseSession {
     return s
   }
 
+  /** Lookups the kernel holds of each inode (entries answered, less FORGETs): what notifyInvalAll covers. */
+  private readonly kernelLookups = new Map<number, number>([[1, 1]])
   /** Notifications waiting to be written, in order; one is written at a time (see Connection.notify). */
   private readonly notes: Buffer[][] = []
   private notifying = false
@@ -197,6 +199,19 @@ export class FuseSession {
    */
   notifyInvalInode (ino: number, offset = 0, length = 0): void {
     this.queueNote(notifyInvalInode(ino, offset, length))
+  }
+
+  /**
+   * Drop the cached attributes and pages of every inode the kernel holds (changes may
+   * have been missed). Its cached names expire by their entry timeout: the kernel has
+   * no notification that drops them all, and the session does not keep every name it answered.
+   */
+  notifyInvalAll (): void {
+    for (const ino of this.kernelLookups.keys()) this.notifyInvalInode(ino)
+  }
+
+  private looked (ino: number): void {
+    this.kernelLookups.set(ino, (this.kernelLookups.get(ino) ?? 0) + 1)
   }
 
   /** Notifications sent and not yet written. */
@@ -410,6 +425,11 @@ export class FuseSession {
 
   /** FORGET, BATCH_FORGET: handed to the filesystem, if it counts lookups; the kernel wants no answer. */
   private forget (forgets: Forget[]): void {
+    for (const f of forgets) {
+      const left = (this.kernelLookups.get(f.ino) ?? 0) - f.nlookup
+      if (left > 0 || f.ino === 1) this.kernelLookups.set(f.ino, Math.max(1, left))
+      else this.kernelLookups.delete(f.ino)
+    }
     if (!this.fs.forget) return
     for (const f of forgets) {
       try {
@@ -464,7 +484,10 @@ export class FuseSession {
     const node = h.nodeid
     const caller: Caller = { uid: h.uid, gid: h.gid, pid: h.pid }
     const signal = call.abort?.signal
-    const entry = (a: Attr): Buffer => entryOut(a.ino, a, this.opts.entryTimeout, this.opts.attrTimeout)
+    const entry = (a: Attr): Buffer => {
+      this.looked(a.ino)
+      return entryOut(a.ino, a, this.opts.entryTimeout, this.opts.attrTimeout)
+    }
     const attr = (a: Attr): Buffer => attrOut(a, this.opts.attrTimeout)
     const empty = (): undefined => undefined
     switch (req.op) {
@@ -564,6 +587,7 @@ export class FuseSession {
           // '.' and '..' (and entries without attributes) go as node id 0: the kernel makes no inode for them.
           const a = it.attr && it.name !== '.' && it.name !== '..' ? it.attr : null
           putEntry(out, at, a ? it.ino : 0, a, a ? this.opts.entryTimeout : 0, a ? this.opts.attrTimeout : 0)
+          if (a) this.looked(it.ino)
           at += ENTRY_OUT_BYTES
         }
         at += putDirent(out, at, it.ino, offset + i + 1, it.mode, nameBytes)
