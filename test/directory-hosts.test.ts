@@ -321,6 +321,9 @@ t.test('the change feed on PostgreSQL', { skip: pgUnavailable() ?? false }, asyn
     t.ok(await heardB.until(() => heardB.changes.length >= 2))
     t.equal((await b.getInode(x.ino)).mode & 0o777, 0o600, 'B reads the new mode')
     t.equal(heardA.changes.length, 0, 'A does not hear its own changes')
+    const files = a.usage.files
+    t.equal(files, 2, 'A counts the root and x')
+    t.ok(await heardB.until(() => b.usage.files === files, 3000), `B's usage follows A's within a second or so (${b.usage.files})`)
   })
 
   t.test('the delay from a commit on A to B hearing it', async t => {

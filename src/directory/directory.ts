@@ -31,6 +31,9 @@ import { Xattrs, inodesWithXattrs } from './xattrs'
 
 const log = createDebug('bslfs:directory')
 
+/** After another mount's change, the usage totals are read again this much later (once for a burst). */
+const USAGE_REFRESH_MS = 1000
+
 export type { BlockChange, Change, DirectoryConfig, DirEntry, FileCommit, FilePatch, NewNode, OpenInodes, RemoteChanges, Usage }
 export { NOTHING_OPEN }
 export { NAME_MAX } from './namespace'
@@ -48,6 +51,8 @@ export class Directory {
   readonly fsckFixes: FsckFixes
   /** The store's change feed, while listening. */
   private feed?: { close (): Promise<void> }
+  /** A usage refresh due after other mounts' changes. */
+  private usageRefresh?: NodeJS.Timeout
 
   private constructor (
     readonly kv: KvStore,
@@ -131,6 +136,7 @@ export class Directory {
           return
         }
         this.ns.forget(change)
+        this.refreshUsageSoon()
         remote?.changed(change)
       },
       missed: () => {
@@ -140,8 +146,18 @@ export class Directory {
     }
   }
 
+  /** Other mounts changed things: their usage shows (statfs) after one read, once per burst. */
+  private refreshUsageSoon (): void {
+    if (this.usageRefresh) return
+    this.usageRefresh = setTimeout(() => {
+      this.counters.refresh().catch(err => log('usage refresh: %s', (err as Error).message)).finally(() => { this.usageRefresh = undefined })
+    }, USAGE_REFRESH_MS)
+    this.usageRefresh.unref()
+  }
+
   async close (): Promise<void> {
     await this.feed?.close()
+    clearTimeout(this.usageRefresh)
     // The usage row folds into the base; if that fails the row stays, and still counts.
     await this.counters.fold().catch(err => log('usage row of %s not folded: %s', this.session, (err as Error).message))
     if (this.synced) await this.kv.txn(tx => { tx.del(this.syncedKey) }).catch(() => {})

@@ -69,8 +69,11 @@ export class UsageCounters {
 
   /** Read what the other mounts added since (statfs on a shared filesystem). */
   async refresh (): Promise<void> {
-    const stored = await readUsage(this.kv)
-    this.others = add(stored, this.own, -1)
+    // In a transaction: this session's row as read is `own` when it commits (none of ours runs in between).
+    await this.kv.txn(async tx => {
+      const stored = await readUsage(tx)
+      tx.onCommit(() => { this.others = add(stored, this.own, -1) })
+    })
   }
 
   /** Fold this session's row into the base (a clean close), in one transaction. */
