@@ -950,12 +950,12 @@ class FailingCommitKv implements KvStore {
   scan (prefix: Buffer, opts?: { after?: Buffer, limit?: number }): AsyncIterable<[Buffer, Buffer]> { return this.inner.scan(prefix, opts) }
   snapshot (): KvSnapshot { return this.inner.snapshot() }
   txn<T> (fn: (tx: KvTxn) => Promise<T> | T, opts?: { sync?: boolean }): Promise<T> {
+    // Decided when the transaction starts, so that every run of its body (an engine may run it again) fails.
+    const fail = this.failNext
+    this.failNext = false
     return this.inner.txn(async tx => {
       const r = await fn(tx)
-      if (this.failNext) {
-        this.failNext = false
-        throw new FsError('EIO', 'directory write failed: injected (disk full)')
-      }
+      if (fail) throw new FsError('EIO', 'directory write failed: injected (disk full)')
       return r
     }, opts)
   }
@@ -1652,6 +1652,10 @@ onEachEngine('generated operations agree with a model of the tree', async (t, en
 
 for (const engine of engines) {
   t.test(engine.name, { skip: engine.skip ?? false }, async t => {
-    for (const { name, fn } of engineSuites) t.test(name, t => fn(t, engine))
+    for (const { name, fn } of engineSuites) {
+      // The KvStore contract counts how often bodies run and in what order: a wrapper that reruns them breaks it by design.
+      const skip = engine.rerunsBodies === true && name === 'KvStore' ? 'the KvStore contract holds for the engines, not for a wrapper that reruns bodies' : false
+      t.test(name, { skip }, t => fn(t, engine))
+    }
   })
 }

@@ -251,3 +251,61 @@ t.test('INTERRUPT through the kernel: a read or write of a hung filesystem retur
   await fsp.writeFile(file, 'again')
   t.equal(await fsp.readFile(file, 'utf8'), 'again', 'writes and reads after it')
 })
+
+t.test('notifications: the kernel drops a cached inode or entry when told, despite long timeouts', { skip: canRun ? false : 'needs root and /dev/fuse' }, async t => {
+  const base = await fsp.mkdtemp('/tmp/bslfs-notify-')
+  const mnt = join(base, 'mnt')
+  await fsp.mkdir(mnt)
+  const mem = new MemoryFs()
+  const session = await FuseSession.mount(mnt, mem, ['fsname=memfs', 'subtype=memfs'],
+    { ...DEFAULT_SESSION, entryTimeout: 600, attrTimeout: 600, negativeTimeout: 600 })
+  t.teardown(async () => {
+    if (mounted(mnt)) await exec('fusermount', ['-uz', mnt]).catch(() => undefined)
+    await fsp.rm(base, { recursive: true, force: true })
+  })
+  const statOf = async (name: string): Promise<string> => (await sh('stat', ['-c', '%s %a', join(mnt, name)]).catch(e => String(e.stderr))).trim()
+  const written = async (): Promise<void> => {
+    for (let i = 0; i < 200 && session.notificationsQueued > 0; i++) await new Promise(resolve => setTimeout(resolve, 5))
+    t.equal(session.notificationsQueued, 0, 'the notification was written')
+  }
+
+  await fsp.writeFile(join(mnt, 'f'), 'hello')
+  const ino = (await fsp.stat(join(mnt, 'f'))).ino
+  t.equal(await statOf('f'), '5 644')
+  // Changed behind the kernel's back (as another host would): the kernel still trusts its copy.
+  await mem.setattr(ino, { size: 5000, mode: 0o600 }, { uid: 0, gid: 0, pid: 0 })
+  await mem.write(ino, 0, 0, Buffer.from('HELLO'))
+  t.equal(await statOf('f'), '5 644', 'without a notification the kernel serves its cached attributes')
+  session.notifyInvalInode(ino)
+  await written()
+  t.equal(await statOf('f'), '5000 600', 'after INVAL_INODE stat sees the new size and mode at once')
+  t.equal((await fsp.readFile(join(mnt, 'f'))).subarray(0, 5).toString(), 'HELLO', 'and a read the new bytes')
+
+  await fsp.writeFile(join(mnt, 'g'), 'x')
+  t.equal(await statOf('g'), '1 644')
+  await mem.unlink(1, 'g')
+  mem.clear()
+  t.equal(await statOf('g'), '1 644', 'without a notification the kernel serves its cached entry')
+  t.same(mem.of('lookup'), [], 'and asks nothing')
+  session.notifyInvalEntry(1, 'g')
+  await written()
+  t.match(await statOf('g'), /No such file/, 'after INVAL_ENTRY the removed name is gone')
+  t.same(mem.of('lookup').map(c => c.args[1]), ['g'], 'the lookup went to the filesystem again')
+
+  // Changes missed (the feed's connection dropped): every inode the kernel holds is dropped.
+  await fsp.writeFile(join(mnt, 'h'), 'y')
+  const h = (await fsp.stat(join(mnt, 'h'))).ino
+  t.equal(await statOf('h'), '1 644')
+  await mem.setattr(ino, { mode: 0o640 }, { uid: 0, gid: 0, pid: 0 })
+  await mem.setattr(h, { size: 7, mode: 0o604 }, { uid: 0, gid: 0, pid: 0 })
+  t.same([await statOf('f'), await statOf('h')], ['5000 600', '1 644'], 'cached before')
+  session.notifyInvalAll()
+  await written()
+  t.same([await statOf('f'), await statOf('h')], ['5000 640', '7 604'], 'after notifyInvalAll both show what changed')
+
+  // A notification of something the kernel never cached is harmless (ENOENT from the kernel, ignored).
+  session.notifyInvalEntry(1, 'never-seen')
+  session.notifyInvalInode(123456789)
+  await written()
+  t.equal(await statOf('f'), '5000 640', 'the session goes on')
+})

@@ -284,6 +284,33 @@ t.test('PgKv: several hosts on one database', { skip: pgSkip }, async t => {
     t.equal((await b.get(B('scratch')))?.toString(), 'run 2')
   })
 
+  t.test('the change feed: a transaction\'s notes reach the other stores\' listeners once it commits, never its own', async t => {
+    const url = await freshPgDatabase()
+    const a = await openPg(t, url)
+    const b = await openPg(t, url)
+    const heard: Record<string, string[]> = { a: [], b: [] }
+    let missed = 0
+    const la = await a.changes.listen({ message: m => heard.a.push(m), missed: () => { missed++ } })
+    const lb = await b.changes.listen({ message: m => heard.b.push(m), missed: () => { missed++ } })
+    t.teardown(async () => { await la.close(); await lb.close() })
+    let runs = 0
+    await a.txn(async tx => {
+      runs++
+      tx.notify!(`note ${runs}`)
+      await tx.get(B('k'))
+      // The first run conflicts with b's write: its note must not go out.
+      if (runs === 1) await b.txn(tx2 => { tx2.put(B('k'), B('b')) })
+      tx.put(B('k'), B(String(runs)))
+    })
+    await errorOf(async () => await a.txn(tx => { tx.notify!('never'); tx.put(B('x'), B('1')); throw new Error('no') }))
+    await a.txn(tx => { tx.notify!('second') })
+    for (let i = 0; i < 100 && heard.b.length < 2; i++) await sleep(10)
+    t.ok(runs >= 2, `the first run conflicted (${runs} runs)`)
+    t.same(heard.b, [`note ${runs}`, 'second'], 'b heard the committed run\'s note and the next, in order; nothing of a run that did not commit')
+    t.same(heard.a, [], 'a does not hear its own')
+    t.equal(missed, 0)
+  })
+
   t.test('conflicts past the retry bound are EIO', async t => {
     const url = await freshPgDatabase()
     const a = await openPg(t, url, { retryAttempts: 3 })

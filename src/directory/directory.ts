@@ -1,3 +1,4 @@
+import createDebug from 'debug'
 import { randomUUID } from 'node:crypto'
 import { BSL } from '../bsl'
 import { FsError } from '../errors'
@@ -6,15 +7,17 @@ import { nowTimespec } from '../posix/time'
 import { DeviceRow, MirrorRow, Place, ServerRow, Tables, VolumeRow } from '../volumes/tables'
 import { CopyToHeal } from '../volumes/volumes'
 import { BlockChange, FileCommit, adoptBlocks, commitFile, readBlock, readBlocks } from './blocks'
+import { Change, RemoteChanges, decodeChange } from './changes'
 import { FsckFixes } from './fsck-fixes'
 import { IdReservations } from './ids'
 import { KvStore } from './kv'
-import { DirectoryConfig, Usage, isConfig, readUsage } from './meta'
+import { DirectoryConfig, Usage, isConfig } from './meta'
 import { DirEntry, FilePatch, NOTHING_OPEN, Namespace, NewNode, OpenInodes } from './namespace'
 import { forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue } from './queues'
 import { NamespaceReader } from './reader'
 import { BlockRecord, Inode, ROOT_INO, decodeJSON, encodeInode, encodeJSON, keys } from './records'
 import * as tables from './tables'
+import { UsageCounters } from './usage'
 import { Xattrs, inodesWithXattrs } from './xattrs'
 
 // The directory's parts, by job (each file says what it keeps):
@@ -26,7 +29,12 @@ import { Xattrs, inodesWithXattrs } from './xattrs'
 //   reader.ts     whole-namespace reads fsck-fixes.ts  what fsck --repair changes
 // Directory below is the one face the layers above use.
 
-export type { BlockChange, DirectoryConfig, DirEntry, FileCommit, FilePatch, NewNode, OpenInodes, Usage }
+const log = createDebug('bslfs:directory')
+
+/** After another mount's change, the usage totals are read again this much later (once for a burst). */
+const USAGE_REFRESH_MS = 1000
+
+export type { BlockChange, Change, DirectoryConfig, DirEntry, FileCommit, FilePatch, NewNode, OpenInodes, RemoteChanges, Usage }
 export { NOTHING_OPEN }
 export { NAME_MAX } from './namespace'
 export { NamespaceReader }
@@ -41,11 +49,18 @@ export class Directory {
   private readonly xattrs: Xattrs
   /** What fsck --repair changes (offline only: these bypass the namespace rules). */
   readonly fsckFixes: FsckFixes
+  /** The store's change feed, while listening. */
+  private feed?: { close (): Promise<void> }
+  /** A usage refresh due after other mounts' changes. */
+  private usageRefresh?: NodeJS.Timeout
 
   private constructor (
     readonly kv: KvStore,
     readonly config: DirectoryConfig,
+    /** This mount of the filesystem (a new one each open): names its usage row. */
+    readonly session: string,
     private readonly ids: IdReservations,
+    private readonly counters: UsageCounters,
     private readonly ns: Namespace
   ) {
     this.reader = new NamespaceReader(kv)
@@ -53,9 +68,7 @@ export class Directory {
     this.fsckFixes = new FsckFixes(kv, ns)
   }
 
-  static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number }, openInodes?: OpenInodes }): Promise<Directory> {
-    const existing = await kv.get(keys.meta('config'))
-    if (existing) throw new FsError('EEXIST', 'the directory already holds a filesystem')
+  static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number }, openInodes?: OpenInodes, remote?: RemoteChanges }): Promise<Directory> {
     const config: DirectoryConfig = {
       format: 'bslfs-directory', version: 1, uuid: randomUUID(), blockSize: opts.blockSize, created: new Date().toISOString()
     }
@@ -64,25 +77,40 @@ export class Directory {
       ino: ROOT_INO, mode: S_IFDIR | (opts.root.mode ?? 0o755), uid: opts.root.uid, gid: opts.root.gid,
       nlink: 2, size: 0, rdev: 0, atime: t, mtime: t, ctime: t, parent: ROOT_INO
     }
-    await kv.txn(tx => {
+    await kv.txn(async tx => {
+      // Read inside the transaction: two hosts creating at once, one wins.
+      if (await tx.get(keys.meta('config'))) throw new FsError('EEXIST', 'the directory already holds a filesystem')
       tx.put(keys.meta('config'), encodeJSON(config))
       IdReservations.initialize(tx)
       tx.put(keys.meta('usage'), encodeJSON({ files: 1, bytes: 0 }))
       tx.put(keys.inode(ROOT_INO), encodeInode(root))
     }, { sync: true })
-    return Directory.open(kv, opts.openInodes)
+    return Directory.open(kv, opts.openInodes, opts.remote)
   }
 
-  /** `openInodes`: the mount's open files, which the namespace asks before it frees an unlinked inode. */
-  static async open (kv: KvStore, openInodes: OpenInodes = NOTHING_OPEN): Promise<Directory> {
+  /**
+   * `openInodes`: the mount's open files, which the namespace asks before it frees an unlinked inode.
+   * On a store with a change feed (PgKv) the directory drops from its caches what other mounts
+   * change as soon as they commit, and tells `remote` (the mount tells the kernel).
+   */
+  static async open (kv: KvStore, openInodes: OpenInodes = NOTHING_OPEN, remote?: RemoteChanges): Promise<Directory> {
     const raw = await kv.get(keys.meta('config'))
     if (!raw) throw new FsError('ENOENT', 'no bslfs filesystem in this directory database')
     const config = decodeJSON<DirectoryConfig>('configuration', raw, isConfig)
     const ids = await IdReservations.load(kv)
-    const usage = await readUsage(kv)
-    const ns = new Namespace(kv, config.blockSize, ids, usage, await inodesWithXattrs(kv), openInodes)
-    await ns.getInode(ROOT_INO)
-    return new Directory(kv, config, ids, ns)
+    const session = randomUUID()
+    const counters = await UsageCounters.load(kv, session)
+    const ns = new Namespace(kv, config.blockSize, ids, counters, await inodesWithXattrs(kv), openInodes)
+    const dir = new Directory(kv, config, session, ids, counters, ns)
+    // Listen before the first read that caches: a change committed after it is heard.
+    if (kv.changes) dir.feed = await kv.changes.listen(dir.remoteHandler(remote))
+    try {
+      await ns.getInode(ROOT_INO)
+    } catch (err) {
+      await dir.feed?.close()
+      throw err
+    }
+    return dir
   }
 
   get blockSize (): number { return this.config.blockSize }
@@ -91,12 +119,62 @@ export class Directory {
   /** Whether a handle holds `ino` open: an open inode outlives its last link. */
   isOpen (ino: number): boolean { return this.ns.isOpen(ino) }
 
-  close (): Promise<void> { return this.kv.close() }
+  /** Read what other mounts of the filesystem added to the usage totals since open. */
+  refreshUsage (): Promise<void> { return this.counters.refresh() }
+
+  /** Forget every cached inode and entry (another host may have changed any of them). */
+  dropCaches (): void { this.ns.dropCaches() }
+
+  private remoteHandler (remote?: RemoteChanges): { message (m: string): void, missed (): void } {
+    return {
+      message: m => {
+        const change = decodeChange(m)
+        if (!change) {
+          log('a change-feed message this version does not read: flushing the caches')
+          this.ns.dropCaches()
+          remote?.missed()
+          return
+        }
+        this.ns.forget(change)
+        this.refreshUsageSoon()
+        remote?.changed(change)
+      },
+      missed: () => {
+        this.ns.dropCaches()
+        remote?.missed()
+      }
+    }
+  }
+
+  /** Other mounts changed things: their usage shows (statfs) after one read, once per burst. */
+  private refreshUsageSoon (): void {
+    if (this.usageRefresh) return
+    this.usageRefresh = setTimeout(() => {
+      this.counters.refresh().catch(err => log('usage refresh: %s', (err as Error).message)).finally(() => { this.usageRefresh = undefined })
+    }, USAGE_REFRESH_MS)
+    this.usageRefresh.unref()
+  }
+
+  async close (): Promise<void> {
+    await this.feed?.close()
+    clearTimeout(this.usageRefresh)
+    // The usage row folds into the base; if that fails the row stays, and still counts.
+    await this.counters.fold().catch(err => log('usage row of %s not folded: %s', this.session, (err as Error).message))
+    if (this.synced) await this.kv.txn(tx => { tx.del(this.syncedKey) }).catch(() => {})
+    await this.kv.close()
+  }
 
   /** Make everything committed so far durable against power loss (fsync). */
   sync (): Promise<void> {
-    return this.kv.txn(tx => { tx.put(keys.meta('synced'), encodeJSON(new Date().toISOString())) }, { sync: true })
+    // A key of this mount's own: one that every host's fsync wrote would conflict.
+    return this.kv.txn(tx => {
+      tx.put(this.syncedKey, encodeJSON(new Date().toISOString()))
+      tx.onCommit(() => { this.synced = true })
+    }, { sync: true })
   }
+
+  private synced = false
+  private get syncedKey (): Buffer { return keys.meta(`synced/${this.session}`) }
 
   /** A consistent view of the whole namespace as it is now; close it when done. */
   snapshot (): { read: NamespaceReader, close (): Promise<void> } {

@@ -16,6 +16,29 @@ export interface KvTxn extends KvReader {
   del (key: Buffer): void
   /** Run `fn` right after the batch commits, before the next transaction starts (cache updates go here). */
   onCommit (fn: () => void): void
+  /**
+   * Tell the other processes listening to the store's change feed `message`
+   * if and only if this transaction commits (engines with a `changes` feed;
+   * at most NOTE_MAX bytes).
+   */
+  notify? (message: string): void
+}
+
+/** The longest message `notify` carries (PostgreSQL's NOTIFY payload is under 8000 bytes). */
+export const NOTE_MAX = 7000
+
+/** What a listener of the change feed is told. */
+export interface ChangeHandler {
+  /** Another process committed a transaction that notified `message` (this process's own are not repeated). */
+  message (message: string): void
+  /** Messages may have been lost (the feed's connection dropped, or came back): assume anything changed. */
+  missed (): void
+}
+
+/** Messages other processes' transactions sent with `notify`, delivered after their commit. */
+export interface ChangeFeed {
+  /** Start listening; resolves once listening (a message committed after that is delivered). */
+  listen (handler: ChangeHandler): Promise<{ close (): Promise<void> }>
 }
 
 /** A consistent read-only view of the store as it was when taken. */
@@ -24,6 +47,17 @@ export interface KvSnapshot extends KvReader {
 }
 
 export interface KvStore extends KvReader {
+  /**
+   * True when this process is the store's only writer (LevelDB's lock keeps
+   * others out): what the directory cached from committed transactions is then
+   * exact, and a transaction may read it instead of the store. Absent or false
+   * (PostgreSQL: other hosts write too), every read inside a transaction goes
+   * through it, so a stale cache cannot decide a change and the database sees
+   * the read (SERIALIZABLE detects the conflict).
+   */
+  readonly singleWriter?: boolean
+  /** Other processes' committed changes, on engines shared between them (PgKv); LevelKv has none. */
+  readonly changes?: ChangeFeed
   /** A view that later transactions do not change (fsck reads a mounted filesystem through one). */
   snapshot (): KvSnapshot
   /**

@@ -127,6 +127,7 @@ async function * scanFrom (db: Level, prefix: Buffer, opts: { after?: Buffer, li
 
 /** The LevelDB engine: the process that opens it owns it (LevelDB's own lock keeps others out). */
 export class LevelKv implements KvStore {
+  readonly singleWriter = true
   private readonly lock = new Mutex()
 
   private constructor (private readonly db: Level, private readonly level0SyncLimit: number) {}

@@ -11,7 +11,7 @@ export interface DirectoryConfig {
   created: string
 }
 
-/** The file and byte counters statfs shows (M usage). */
+/** The file and byte counters statfs shows (M usage and each mount's row: usage.ts). */
 export interface Usage {
   /** Inodes, the root included. */
   files: number
@@ -23,16 +23,11 @@ export const isConfig = (v: any): boolean =>
   v?.format === 'bslfs-directory' && v.version === 1 && typeof v.uuid === 'string' &&
   Number.isInteger(v.blockSize) && v.blockSize >= 4096 && v.blockSize <= MAX_BLOCK_BYTES
 
-const isUsage = (v: any): boolean => Number.isSafeInteger(v?.files) && Number.isSafeInteger(v?.bytes)
+export const isUsage = (v: any): boolean => Number.isSafeInteger(v?.files) && Number.isSafeInteger(v?.bytes)
 
 /** A metadata record (M name) that must be there: missing or malformed is EIO. */
 export async function readMeta<T> (kv: KvReader, name: string, check: (v: any) => boolean): Promise<T> {
   const raw = await kv.get(keys.meta(name))
   if (!raw) throw corrupt(`metadata "${name}"`, 'missing')
   return decodeJSON<T>(`metadata "${name}"`, raw, check)
-}
-
-/** The file and byte counters as stored. */
-export function readUsage (kv: KvReader): Promise<Usage> {
-  return readMeta<Usage>(kv, 'usage', isUsage)
 }

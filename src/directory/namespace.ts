@@ -1,11 +1,13 @@
 import { FsError } from '../errors'
 import { S_ISGID, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
+import { Change } from './changes'
 import { IdReservations } from './ids'
 import { KvStore, KvTxn } from './kv'
 import { Usage } from './meta'
 import { NamespaceReader } from './reader'
 import { Inode, ROOT_INO, decodeEntry, decodeInode, keys } from './records'
+import { UsageCounters } from './usage'
 import { Writer, WriterHost } from './writer'
 
 export const NAME_MAX = 255
@@ -58,6 +60,12 @@ export const NOTHING_OPEN: OpenInodes = { isOpen: () => false }
  * (one atomic batch, through a Writer); the caches of inodes and entries in
  * front are updated only when a batch commits, so they never serve a stale
  * entry. The usage counters are published the same way.
+ *
+ * A transaction's body may run more than once (PostgreSQL runs it again after
+ * a serialization failure): it changes nothing here except in onCommit hooks.
+ * Inside a transaction the caches answer only when this process is the
+ * store's one writer (`kv.singleWriter`, LevelDB); otherwise every read goes
+ * through the transaction, as another host may have changed what is cached.
  */
 export class Namespace implements WriterHost {
   private readonly inodes = new BoundedMap<number, Inode>(CACHE_LIMIT)
@@ -65,25 +73,36 @@ export class Namespace implements WriterHost {
   private readonly dentries = new BoundedMap<string, number>(CACHE_LIMIT)
   /** Counts commits that changed cached state: a read that raced one must not cache what it read. */
   private commits = 0
-  private usageNow: Usage
+  /** Whether a transaction may answer its reads from the caches (see above). */
+  private readonly cacheExactInTxn: boolean
 
   constructor (
     private readonly kv: KvStore,
     readonly blockSize: number,
     private readonly ids: IdReservations,
-    usage: Usage,
+    readonly usageCounters: UsageCounters,
     /**
      * Inodes that may have extended attributes (loaded at open, added on each set): any other
      * inode has none, so reading or freeing it needs no xattr lookup (`ls -l` asks for one per file).
+     * Trusted only on a store with one writer: another host may set an xattr on any inode.
      */
-    readonly withXattrs: Set<number>,
+    private readonly withXattrs: Set<number>,
     /** The mount's open files: an open inode outlives its last link. */
     private readonly openInodes: OpenInodes = NOTHING_OPEN
   ) {
-    this.usageNow = usage
+    this.cacheExactInTxn = kv.singleWriter === true
   }
 
-  get usage (): Usage { return { ...this.usageNow } }
+  get usage (): Usage { return this.usageCounters.total }
+
+  /** Whether `ino` may have extended attributes (false: it has none, no read needed). */
+  mayHaveXattrs (ino: number): boolean {
+    return !this.cacheExactInTxn || this.withXattrs.has(ino)
+  }
+
+  /** Note (on commit) that `ino` has xattrs now, or none any more. */
+  noteXattrs (ino: number): void { this.withXattrs.add(ino) }
+  forgetXattrs (ino: number): void { this.withXattrs.delete(ino) }
 
   /** Whether a handle holds `ino` open. */
   isOpen (ino: number): boolean { return this.openInodes.isOpen(ino) }
@@ -91,7 +110,7 @@ export class Namespace implements WriterHost {
   // ---- reads -------------------------------------------------------------
 
   async getInode (ino: number, tx?: KvTxn): Promise<Inode> {
-    const cached = this.inodes.get(ino)
+    const cached = tx && !this.cacheExactInTxn ? undefined : this.inodes.get(ino)
     if (cached) return cached
     const before = this.commits
     const raw = await (tx ?? this.kv).get(keys.inode(ino))
@@ -109,7 +128,7 @@ export class Namespace implements WriterHost {
   /** The child `name` of directory `parent`, or undefined. */
   async lookup (parent: number, name: string, tx?: KvTxn): Promise<number | undefined> {
     const k = `${parent}/${name}`
-    const cached = this.dentries.get(k)
+    const cached = tx && !this.cacheExactInTxn ? undefined : this.dentries.get(k)
     if (cached !== undefined) return cached === 0 ? undefined : cached
     if (Buffer.byteLength(name, 'utf8') > NAME_MAX) throw new FsError('ENAMETOOLONG', `name over ${NAME_MAX} bytes`)
     const key = keys.entry(parent, name)
@@ -165,19 +184,32 @@ export class Namespace implements WriterHost {
     return this.kv.txn(async tx => {
       const w = new Writer(this, tx)
       const result = await fn(w)
-      w.finish()
+      await w.finish()
       return result
     }, { sync })
   }
 
-  applyCommitted (inodes: Map<number, Inode | null>, dentries: Map<string, number>, usage: Usage | null): void {
+  applyCommitted (inodes: Map<number, Inode | null>, dentries: Map<string, number>): void {
     this.commits++
     for (const [ino, inode] of inodes) {
       if (inode) this.inodes.set(ino, inode)
       else this.inodes.delete(ino)
     }
     for (const [k, v] of dentries) this.dentries.set(k, v)
-    if (usage) this.usageNow = usage
+  }
+
+  /** Forget what another writer changed (a read in flight that raced this does not cache what it read). */
+  forget (change: Change): void {
+    this.commits++
+    for (const ino of change.inodes) this.inodes.delete(ino)
+    for (const { parent, name } of change.entries) this.dentries.delete(`${parent}/${name}`)
+  }
+
+  /** Forget everything cached (another writer may have changed any of it). */
+  dropCaches (): void {
+    this.commits++
+    this.inodes.clear()
+    this.dentries.clear()
   }
 
   // ---- changes -------------------------------------------------------------
@@ -185,12 +217,13 @@ export class Namespace implements WriterHost {
   /** Create a file, directory, symlink or special node named `name` in `parent`. */
   async createNode (parent: number, name: string, node: NewNode, now = nowTimespec()): Promise<Inode> {
     checkName(name)
+    await this.ids.prepareIno()
     return this.write(async w => {
       const dir = await w.inode(parent)
       if (!isDir(dir.mode)) throw new FsError('ENOTDIR', `inode ${parent}`)
       if (dir.nlink === 0) throw new FsError('ENOENT', 'the directory was removed')
       if (await w.lookup(parent, name) !== undefined) throw new FsError('EEXIST', name)
-      const ino = this.ids.reserveIno(w.tx)
+      const ino = await this.ids.takeIno(w.tx)
       let { mode, gid } = node
       // A setgid directory hands its group to what is made in it, and its setgid bit to subdirectories.
       if (dir.mode & S_ISGID) {

@@ -9,8 +9,10 @@ import createDebug from 'debug'
 import { statSync, readFileSync } from 'node:fs'
 import { Pool, PoolClient, PoolConfig } from 'pg'
 import { FsError } from '../errors'
-import { KvSnapshot, KvStore, KvTxn, prefixEnd } from './kv'
+import { randomUUID } from 'node:crypto'
+import { KvSnapshot, KvStore, KvTxn, NOTE_MAX, prefixEnd } from './kv'
 import { Mutex } from './mutex'
+import { CHANGES_CHANNEL, PgChanges } from './pg-changes'
 import { BufferedTxn, DELETED } from './write-buffer'
 
 const log = createDebug('bslfs:postgres')
@@ -159,8 +161,10 @@ const SCAN_OPEN_AFTER_SQL = 'SELECT k, v FROM kv WHERE k > $1 ORDER BY k LIMIT $
  */
 const WRITE_SQL = `WITH p AS (INSERT INTO kv (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[])
     ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v RETURNING 1),
-  d AS (DELETE FROM kv WHERE k = ANY($3::bytea[]) RETURNING 1)
-  SELECT pg_current_xact_id()::text AS xid, CASE WHEN $4::boolean THEN set_config('synchronous_commit', 'off', true) END AS sc`
+  d AS (DELETE FROM kv WHERE k = ANY($3::bytea[]) RETURNING 1),
+  n AS (SELECT pg_notify('${CHANGES_CHANNEL}', m) FROM unnest($5::text[]) m)
+  SELECT pg_current_xact_id()::text AS xid, CASE WHEN $4::boolean THEN set_config('synchronous_commit', 'off', true) END AS sc,
+    (SELECT count(*) FROM n) AS notes`
 
 /** Rows read per statement; a longer scan pages on by key. */
 const SCAN_CHUNK = 256
@@ -197,6 +201,8 @@ class UnknownOutcome extends Error {}
 class PgTxn extends BufferedTxn {
   /** The first database error of this attempt: it decides retry or EIO even if `fn` caught it. */
   failure: unknown
+  /** Change-feed payloads, sent with the writes (delivered by PostgreSQL at commit). */
+  private readonly notes: string[] = []
   private client?: PoolClient
   private begun?: Promise<PoolClient>
 
@@ -233,11 +239,16 @@ class PgTxn extends BufferedTxn {
     return scanRows(this.query, prefix, { after: opts.after }, page)
   }
 
+  notify (message: string): void {
+    if (Buffer.byteLength(message) > NOTE_MAX) throw new FsError('EIO', `a change-feed message of ${Buffer.byteLength(message)} bytes (at most ${NOTE_MAX})`)
+    this.notes.push(this.kv.changes.payload(message))
+  }
+
   /** Send the writes and COMMIT. A transaction that neither read nor wrote has nothing to commit. */
   async commit (asyncCommit: boolean): Promise<void> {
-    if (!this.begun && this.writes.size === 0) return
+    if (!this.begun && this.writes.size === 0 && this.notes.length === 0) return
     let xid: string | undefined
-    if (this.writes.size > 0) {
+    if (this.writes.size > 0 || this.notes.length > 0) {
       const putKeys: Buffer[] = []
       const putValues: Buffer[] = []
       const delKeys: Buffer[] = []
@@ -249,7 +260,7 @@ class PgTxn extends BufferedTxn {
         if (value === DELETED) delKeys.push(key)
         else { putKeys.push(key); putValues.push(value) }
       }
-      const rows = await this.query('bslfs_write', WRITE_SQL, [putKeys, putValues, delKeys, asyncCommit])
+      const rows = await this.query('bslfs_write', WRITE_SQL, [putKeys, putValues, delKeys, asyncCommit, this.notes])
       xid = rows[0].xid as string
     }
     const client = await this.connection()
@@ -298,6 +309,8 @@ class PgTxn extends BufferedTxn {
 export class PgKv implements KvStore {
   /** Counts since open, for `status` and the bench: commits, bodies run again after a conflict or a broken connection, lost COMMITs looked up. */
   readonly stats = { commits: 0, conflictRetries: 0, outageRetries: 0, commitsLookedUp: 0 }
+  /** Other processes' committed changes (LISTEN on a connection of its own). */
+  readonly changes: PgChanges
   private readonly lock = new Mutex()
   private closed = false
   private readonly outageMs: number
@@ -308,6 +321,7 @@ export class PgKv implements KvStore {
     this.outageMs = opts.outageMs ?? 10_000
     this.retryAttempts = opts.retryAttempts ?? 40
     this.retryMs = opts.retryMs ?? 10_000
+    this.changes = new PgChanges({ ...target.config, connectionTimeoutMillis: opts.connectTimeoutMs ?? 5000 }, randomUUID(), target.address)
   }
 
   /**

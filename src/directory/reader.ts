@@ -1,6 +1,7 @@
 import { CopyToHeal } from '../volumes/volumes'
 import { KvReader } from './kv'
-import { Usage, readUsage } from './meta'
+import { Usage } from './meta'
+import { readUsage } from './usage'
 import { healBacklog, healQueue, reclaimIds } from './queues'
 import { BlockRecord, Inode, decodeBlock, decodeEntry, decodeInode, keyNumber, keys } from './records'
 

@@ -1,10 +1,12 @@
 import createDebug from 'debug'
 import { FsError } from '../errors'
 import { Timespec } from '../posix/time'
+import { encodeChange } from './changes'
 import { KvTxn } from './kv'
 import { Usage } from './meta'
 import { queueReclaim } from './queues'
-import { BlockRecord, Inode, decodeBlock, encodeEntry, encodeInode, encodeJSON, keys } from './records'
+import { BlockRecord, Inode, decodeBlock, encodeEntry, encodeInode, keys } from './records'
+import { UsageCounters } from './usage'
 
 const log = createDebug('bslfs:directory')
 
@@ -14,21 +16,30 @@ const POINT_READ_BLOCKS = 16
 /** What a Writer reads through and publishes to: the namespace with its caches (namespace.ts). */
 export interface WriterHost {
   readonly blockSize: number
-  readonly usage: Usage
-  /** Inodes that may have xattrs (the others need no xattr scan when freed). */
-  readonly withXattrs: Set<number>
+  readonly usageCounters: UsageCounters
+  /** Whether `ino` may have xattrs (the others need no xattr scan when freed). */
+  mayHaveXattrs (ino: number): boolean
+  /** `ino` has no xattrs any more (once the batch that freed it commits). */
+  forgetXattrs (ino: number): void
   isOpen (ino: number): boolean
   getInode (ino: number, tx?: KvTxn): Promise<Inode>
   lookup (parent: number, name: string, tx?: KvTxn): Promise<number | undefined>
   /** Publish what a batch changed, once it has committed. */
-  applyCommitted (inodes: Map<number, Inode | null>, dentries: Map<string, number>, usage: Usage | null): void
+  applyCommitted (inodes: Map<number, Inode | null>, dentries: Map<string, number>): void
 }
 
-/** The work of one transaction: reads that see its own writes, and cache updates published on commit. */
+/**
+ * The work of one transaction: reads that see its own writes, and cache
+ * updates published on commit. A Writer lives for one run of a transaction's
+ * body (a run again after a conflict gets a new one), so nothing it holds
+ * outlives a run that did not commit.
+ */
 export class Writer {
   private readonly inodes = new Map<number, Inode | null>()
   private readonly dentries = new Map<string, number>()
-  private usage: Usage | null = null
+  private usageDelta: Usage = { files: 0, bytes: 0 }
+  /** Set by fsck: the totals replaced outright. */
+  private usageSet: Usage | null = null
 
   constructor (private readonly dir: WriterHost, readonly tx: KvTxn) {}
 
@@ -42,7 +53,7 @@ export class Writer {
   async lookup (parent: number, name: string): Promise<number | undefined> {
     const pending = this.dentries.get(`${parent}/${name}`)
     if (pending !== undefined) return pending === 0 ? undefined : pending
-    return this.dir.lookup(parent, name)
+    return this.dir.lookup(parent, name, this.tx)
   }
 
   putInode (inode: Inode): void {
@@ -61,13 +72,13 @@ export class Writer {
   }
 
   addUsage (files: number, bytes: number): void {
-    const u = this.usage ?? this.dir.usage
-    this.usage = { files: u.files + files, bytes: u.bytes + bytes }
+    this.usageDelta = { files: this.usageDelta.files + files, bytes: this.usageDelta.bytes + bytes }
   }
 
   /** Replace the counters outright (fsck sets what it counted). */
   setUsage (usage: Usage): void {
-    this.usage = { ...usage }
+    this.usageSet = { ...usage }
+    this.usageDelta = { files: 0, bytes: 0 }
   }
 
   /** Queue a block's object for reclaim; returns its length. */
@@ -115,9 +126,9 @@ export class Writer {
     } else if (blocks > 0 || (inode.stored ?? 0) > 0) {
       for await (const [k, v] of this.tx.scan(keys.blocks(inode.ino))) bytes -= this.freeBlock(k, decodeBlock(k, v))
     }
-    if (this.dir.withXattrs.has(inode.ino)) {
+    if (this.dir.mayHaveXattrs(inode.ino)) {
       for await (const [k] of this.tx.scan(keys.xattrs(inode.ino))) this.tx.del(k)
-      this.tx.onCommit(() => this.dir.withXattrs.delete(inode.ino))
+      this.tx.onCommit(() => this.dir.forgetXattrs(inode.ino))
     }
     this.tx.del(keys.inode(inode.ino))
     this.tx.del(keys.orphan(inode.ino))
@@ -126,9 +137,17 @@ export class Writer {
     log('freed inode %d (%d bytes)', inode.ino, -bytes)
   }
 
-  finish (): void {
-    if (this.usage) this.tx.put(keys.meta('usage'), encodeJSON(this.usage))
-    const { inodes, dentries, usage } = this
-    this.tx.onCommit(() => this.dir.applyCommitted(inodes, dentries, usage))
+  async finish (): Promise<void> {
+    if (this.usageSet) await this.dir.usageCounters.replace(this.tx, this.usageSet)
+    this.dir.usageCounters.record(this.tx, this.usageDelta)
+    const { inodes, dentries } = this
+    if (this.tx.notify && (inodes.size > 0 || dentries.size > 0)) {
+      const entries = [...dentries.keys()].map(k => {
+        const cut = k.indexOf('/')
+        return { parent: Number(k.slice(0, cut)), name: k.slice(cut + 1) }
+      })
+      for (const m of encodeChange({ inodes: [...inodes.keys()], entries })) this.tx.notify(m)
+    }
+    this.tx.onCommit(() => this.dir.applyCommitted(inodes, dentries))
   }
 }

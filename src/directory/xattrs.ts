@@ -25,7 +25,7 @@ export class Xattrs {
 
   async get (ino: number, name: string): Promise<Buffer> {
     await this.ns.getInode(ino)
-    const v = this.ns.withXattrs.has(ino) ? await this.kv.get(keys.xattr(ino, name)) : undefined
+    const v = this.ns.mayHaveXattrs(ino) ? await this.kv.get(keys.xattr(ino, name)) : undefined
     if (!v) throw new FsError('ENODATA', name)
     return v
   }
@@ -33,7 +33,7 @@ export class Xattrs {
   async list (ino: number): Promise<string[]> {
     await this.ns.getInode(ino)
     const names: string[] = []
-    if (!this.ns.withXattrs.has(ino)) return names
+    if (!this.ns.mayHaveXattrs(ino)) return names
     const prefix = keys.xattrs(ino)
     for await (const [k] of this.kv.scan(prefix)) names.push(k.subarray(prefix.length).toString('utf8'))
     return names
@@ -49,7 +49,7 @@ export class Xattrs {
       if ((flags & XATTR_REPLACE) && !exists) throw new FsError('ENODATA', name)
       w.tx.put(key, Buffer.from(value))
       w.putInode({ ...inode, ctime: now })
-      w.tx.onCommit(() => this.ns.withXattrs.add(ino))
+      w.tx.onCommit(() => this.ns.noteXattrs(ino))
     })
   }
 

@@ -119,6 +119,11 @@ export interface MountedFuse {
   readonly end: Promise<void>
   /** Milliseconds since the kernel last asked anything (or was answered). */
   quietMs (): number
+  /** Tell the kernel what another host changed (FuseSession's notifications: queued, never blocking). */
+  notifyInvalEntry (parent: number, name: string): void
+  notifyInvalInode (ino: number): void
+  /** Changes may have been missed: drop every inode the kernel holds. */
+  notifyInvalAll (): void
 }
 
 /** The kernel's read-ahead for a FUSE mount, whatever INIT says: its backing device's default. */
@@ -151,6 +156,9 @@ export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: 
     unmount: lazy => s.unmount(lazy),
     ended: () => s.isEnded(),
     end: s.ended,
-    quietMs: () => s.quietMs()
+    quietMs: () => s.quietMs(),
+    notifyInvalEntry: (parent, name) => s.notifyInvalEntry(parent, name),
+    notifyInvalInode: ino => s.notifyInvalInode(ino),
+    notifyInvalAll: () => s.notifyInvalAll()
   }
 }

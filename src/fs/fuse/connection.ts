@@ -1,4 +1,4 @@
-import { writevSync } from 'node:fs'
+import { writev, writevSync } from 'node:fs'
 import { channel } from './native'
 
 /**
@@ -12,6 +12,13 @@ export interface Connection {
   read (buffer: Buffer): number
   /** One reply, header and payload in one write; throws as writev(2) fails (ENOENT: the kernel forgot the request). */
   write (parts: Buffer[]): void
+  /**
+   * One notification, written off the event loop's thread: the kernel may hold
+   * it until a request this loop must answer is done (it takes the inode's
+   * lock), so a synchronous write could deadlock the session. `done` gets
+   * writev(2)'s error (ENOENT: the kernel had nothing of it cached).
+   */
+  notify? (parts: Buffer[], done: (err: NodeJS.ErrnoException | null) => void): void
   close (): void
 }
 
@@ -28,5 +35,6 @@ export class KernelConnection implements Connection {
   watch (onReadable: (status: number) => void): void { this.native.watch(this.fd, onReadable) }
   read (buffer: Buffer): number { return this.native.read(this.fd, buffer) }
   write (parts: Buffer[]): void { writevSync(this.fd, parts) }
+  notify (parts: Buffer[], done: (err: NodeJS.ErrnoException | null) => void): void { writev(this.fd, parts, err => done(err)) }
   close (): void { this.native.close(this.fd) }
 }

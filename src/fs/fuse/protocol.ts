@@ -274,3 +274,40 @@ export function initOut (o: InitOut): Buffer {
   b.writeUInt16LE(o.maxPages, 28)
   return b
 }
+
+/**
+ * Notifications the filesystem sends unasked (linux/fuse.h, enum fuse_notify_code): a
+ * fuse_out_header with unique 0 and `error` = the code, then the code's body.
+ */
+export const Notify = {
+  INVAL_INODE: 2,
+  INVAL_ENTRY: 3
+} as const
+
+/** A notification: its header and body, for one write to /dev/fuse. */
+function notification (code: number, body: Buffer[]): Buffer[] {
+  const h = Buffer.alloc(OUT_HEADER_BYTES)
+  let len = OUT_HEADER_BYTES
+  for (const b of body) len += b.length
+  h.writeUInt32LE(len, 0)
+  h.writeInt32LE(code, 4) // unique stays 0
+  return [h, ...body]
+}
+
+/** fuse_notify_inval_inode_out: drop `ino`'s attributes, and its cached pages from `offset` for `length` bytes (0: to the end; offset < 0: none). */
+export function notifyInvalInode (ino: number, offset: number, length: number): Buffer[] {
+  const b = Buffer.alloc(24)
+  putU64(b, 0, ino)
+  putS64(b, 8, offset)
+  putS64(b, 16, length)
+  return notification(Notify.INVAL_INODE, [b])
+}
+
+/** fuse_notify_inval_entry_out: drop the kernel's entry `name` in directory `parent` (the name follows, NUL-ended). */
+export function notifyInvalEntry (parent: number, name: Buffer): Buffer[] {
+  const b = Buffer.alloc(16)
+  putU64(b, 0, parent)
+  b.writeUInt32LE(name.length, 8)
+  b.writeUInt32LE(0, 12) // flags (7.38's FUSE_EXPIRE_ONLY not asked): padding before
+  return notification(Notify.INVAL_ENTRY, [b, name, Buffer.from([0])])
+}

@@ -7,7 +7,8 @@ import { Connection, KernelConnection } from './connection'
 import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
-  MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut
+  MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
+  notifyInvalEntry, notifyInvalInode
 } from './protocol'
 import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
@@ -174,6 +175,67 @@ export class FuseSession {
     const s = new FuseSession(mountpoint, connection, fs, opts, pool)
     log('mounted %s (fd %d) with -o %s', mountpoint, connection.fd, kernelOptions.join(','))
     return s
+  }
+
+  /** Lookups the kernel holds of each inode (entries answered, less FORGETs): what notifyInvalAll covers. */
+  private readonly kernelLookups = new Map<number, number>([[1, 1]])
+  /** Notifications waiting to be written, in order; one is written at a time (see Connection.notify). */
+  private readonly notes: Buffer[][] = []
+  private notifying = false
+
+  /**
+   * Tell the kernel to forget its entry `name` in directory `parent` (another
+   * host removed, renamed or replaced it): the next lookup asks the
+   * filesystem. Queued, never written from inside a request's handling
+   * (libfuse's warning: the kernel may hold the write until that request is answered).
+   */
+  notifyInvalEntry (parent: number, name: string): void {
+    this.queueNote(notifyInvalEntry(parent, Buffer.from(name)))
+  }
+
+  /**
+   * Tell the kernel to drop `ino`'s cached attributes, and its cached pages from
+   * `offset` for `length` bytes (length 0: to the end; offset -1: attributes only). Queued.
+   */
+  notifyInvalInode (ino: number, offset = 0, length = 0): void {
+    this.queueNote(notifyInvalInode(ino, offset, length))
+  }
+
+  /**
+   * Drop the cached attributes and pages of every inode the kernel holds (changes may
+   * have been missed). Its cached names expire by their entry timeout: the kernel has
+   * no notification that drops them all, and the session does not keep every name it answered.
+   */
+  notifyInvalAll (): void {
+    for (const ino of this.kernelLookups.keys()) this.notifyInvalInode(ino)
+  }
+
+  private looked (ino: number): void {
+    this.kernelLookups.set(ino, (this.kernelLookups.get(ino) ?? 0) + 1)
+  }
+
+  /** Notifications sent and not yet written. */
+  get notificationsQueued (): number { return this.notes.length + (this.notifying ? 1 : 0) }
+
+  private queueNote (parts: Buffer[]): void {
+    if (this.done) return
+    if (!this.connection.notify) return log('notification dropped: this connection cannot send one')
+    this.notes.push(parts)
+    this.pumpNotes()
+  }
+
+  private pumpNotes (): void {
+    if (this.notifying || this.done) return
+    const parts = this.notes.shift()
+    if (!parts) return
+    this.notifying = true
+    this.connection.notify!(parts, err => {
+      this.notifying = false
+      // ENOENT: the kernel had nothing cached of it, which is no failure.
+      if (err && err.code === 'ENODEV') return this.end('unmounted')
+      if (err && err.code !== 'ENOENT') log('notification failed: %s', err.message)
+      this.pumpNotes()
+    })
   }
 
   /** Whether the kernel connection has ended. */
@@ -363,6 +425,11 @@ export class FuseSession {
 
   /** FORGET, BATCH_FORGET: handed to the filesystem, if it counts lookups; the kernel wants no answer. */
   private forget (forgets: Forget[]): void {
+    for (const f of forgets) {
+      const left = (this.kernelLookups.get(f.ino) ?? 0) - f.nlookup
+      if (left > 0 || f.ino === 1) this.kernelLookups.set(f.ino, Math.max(1, left))
+      else this.kernelLookups.delete(f.ino)
+    }
     if (!this.fs.forget) return
     for (const f of forgets) {
       try {
@@ -417,7 +484,10 @@ export class FuseSession {
     const node = h.nodeid
     const caller: Caller = { uid: h.uid, gid: h.gid, pid: h.pid }
     const signal = call.abort?.signal
-    const entry = (a: Attr): Buffer => entryOut(a.ino, a, this.opts.entryTimeout, this.opts.attrTimeout)
+    const entry = (a: Attr): Buffer => {
+      this.looked(a.ino)
+      return entryOut(a.ino, a, this.opts.entryTimeout, this.opts.attrTimeout)
+    }
     const attr = (a: Attr): Buffer => attrOut(a, this.opts.attrTimeout)
     const empty = (): undefined => undefined
     switch (req.op) {
@@ -517,6 +587,7 @@ export class FuseSession {
           // '.' and '..' (and entries without attributes) go as node id 0: the kernel makes no inode for them.
           const a = it.attr && it.name !== '.' && it.name !== '..' ? it.attr : null
           putEntry(out, at, a ? it.ino : 0, a, a ? this.opts.entryTimeout : 0, a ? this.opts.attrTimeout : 0)
+          if (a) this.looked(it.ino)
           at += ENTRY_OUT_BYTES
         }
         at += putDirent(out, at, it.ino, offset + i + 1, it.mode, nameBytes)
