@@ -69,7 +69,7 @@ async function remoteSubject (t: tap.Test, http: boolean): Promise<Subject> {
   const server = new BlockServer({
     name: 's2',
     devices: new Map([['d1', local.dev]]),
-    token: TOKEN,
+    tokens: [TOKEN],
     maxObjectBytes: MAX_BLOCK_BYTES,
     maxBufferedBytes: 64 * 1024 * 1024,
     headersTimeoutMs: 5000,
