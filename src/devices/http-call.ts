@@ -13,6 +13,7 @@ import { CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, contentRange } from '../wi
 import { ERROR_BODY_LIMIT, JSON_BODY_LIMIT } from '../wire/limits'
 import { CallLimits, interrupted } from './device'
 import { AnswerSink, StreamPool, StreamUnsupported, UpgradeRefused } from './stream-client'
+import { TlsFailure, tlsFailureReason } from './tls'
 
 const log = createDebug('bslfs:devices')
 
@@ -484,6 +485,9 @@ export async function exchange<T> (ep: Endpoint, call: Call<T>, limits: CallLimi
       if (code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED') {
         throw new FsError('EIO', `device ${ep.label} is closed`, { cause: err })
       }
+      // A certificate that does not check out will not check out a moment later: no retry, and never plain HTTP instead.
+      const tlsReason = tlsFailureReason(err)
+      if (tlsReason !== undefined) throw new TlsFailure(`server ${ep.serverName} at ${ep.origin}`, tlsReason, err)
       log('%s: %s %s attempt %d/%d failed: %s', ep.label, call.method, call.path, i + 1, attempts, describeFailure(err))
       last = err
     }
