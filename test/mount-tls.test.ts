@@ -46,7 +46,7 @@ if (target === 'bslfs') {
 
     // Refusals: one line each, naming the server, and nothing recorded.
     const refusals: Array<[string, string[], RegExp]> = [
-      ['plain http to a TLS server', ['server', 'add', m.state, 'bad', `http://127.0.0.1:${port}`, '--token-file', clientOld], /server bad at http:\/\/127\.0\.0\.1/],
+      ['plain http to a TLS server', ['server', 'add', m.state, 'bad', `http://127.0.0.1:${port}`, '--token-file', clientOld], /server bad at http:\/\/127\.0\.0\.1:\d+: the server speaks TLS: use https:\/\//],
       ['an unknown CA', ['server', 'add', m.state, 'bad', url, '--token-file', clientOld, '--ca', certs.otherCa,
         '--client-cert', certs.client.cert, '--client-key', certs.client.key], /server bad at https:\/\/127\.0\.0\.1:\d+: the server's certificate is not signed by a trusted CA/],
       ['no client certificate', ['server', 'add', m.state, 'bad', url, '--token-file', clientOld, '--ca', certs.ca], /server bad at https:\/\/127\.0\.0\.1:\d+: .*client certificate/],

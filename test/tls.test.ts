@@ -303,6 +303,7 @@ t.test('hostile clients over TLS are bounded; the server answers others within 1
   // A client already connected before the flood.
   const dev = device(t, `https://127.0.0.1:${served.port}`, await loadClientTls({ caFile: certs.ca }))
   await dev.put(id1, data, sum)
+  t.same(await dev.get(id1, sum), data, 'its read stream is open too')
 
   // Handshakes that never finish: connections that say nothing, and one that sends half a hello.
   const stalled: net.Socket[] = []

@@ -2,7 +2,7 @@ import { formatBSL, parsePlace, validName } from '../bsl'
 import { LocalDevice } from '../devices/local'
 import { probeServer } from '../devices/probe'
 import { RemoteDevice } from '../devices/remote'
-import { ClientTlsFiles, TlsFailure, loadClientTls } from '../devices/tls'
+import { ClientTlsFiles, TlsFailure, loadClientTls, speaksTls } from '../devices/tls'
 import { readTokenFile } from './state'
 import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, MirrorRow, Place, Tables, placeText } from '../volumes/tables'
@@ -228,8 +228,13 @@ export function tlsFilesOption (options: Record<string, unknown> | undefined): C
 /** Asks the server with these credentials; a refusal is one line naming the server and why. */
 async function checkServerAnswers (row: ServerRow, token: string): Promise<void> {
   const tls = await loadClientTls(row)
-  await probeServer(row.url, token, 2000, { name: row.name, ...(tls ? { tls } : {}) }).catch((err: Error) => {
+  await probeServer(row.url, token, 2000, { name: row.name, ...(tls ? { tls } : {}) }).catch(async (err: Error) => {
     if (err instanceof TlsFailure) throw new UsageError(`server ${row.name} at ${row.url}: ${err.reason}`)
+    const u = new URL(row.url)
+    if (u.protocol === 'http:' && (err as FsError).fault === 'unreachable' &&
+      await speaksTls(u.hostname.replace(/^\[|\]$/g, ''), Number(u.port || 80), 2000)) {
+      throw new UsageError(`server ${row.name} at ${row.url}: the server speaks TLS: use https://${u.host} (with --ca FILE for a private CA)`)
+    }
     throw new UsageError(`server ${row.name} at ${row.url} does not answer: ${err.message}`)
   })
 }

@@ -96,3 +96,24 @@ export function tlsFailureReason (err: unknown): string | undefined {
   if (code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_')) return `TLS failed (${code}: ${message})`
   return undefined
 }
+
+/**
+ * Whether something at HOST:PORT completes a TLS handshake (its certificate
+ * unchecked, nothing sent after it): to tell a user who gave an http:// URL
+ * that the server wants https://. Only a diagnosis, never a way to talk.
+ */
+export async function speaksTls (host: string, port: number, timeoutMs: number): Promise<boolean> {
+  const { connect } = await import('node:tls')
+  const { isIP } = await import('node:net')
+  return await new Promise<boolean>(resolve => {
+    const s = connect({ host, port, rejectUnauthorized: false, ...(isIP(host) === 0 ? { servername: host } : {}) })
+    const done = (yes: boolean): void => {
+      clearTimeout(timer)
+      s.destroy()
+      resolve(yes)
+    }
+    const timer = setTimeout(() => done(false), timeoutMs)
+    s.once('secureConnect', () => done(true))
+    s.once('error', () => done(false))
+  })
+}
