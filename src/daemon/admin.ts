@@ -230,6 +230,7 @@ async function checkServerAnswers (row: ServerRow, token: string): Promise<void>
   const tls = await loadClientTls(row)
   await probeServer(row.url, token, 2000, { name: row.name, ...(tls ? { tls } : {}) }).catch(async (err: Error) => {
     if (err instanceof TlsFailure) throw new UsageError(`server ${row.name} at ${row.url}: ${err.reason}`)
+    if (err instanceof FsError && err.code === 'EACCES') throw new UsageError(err.message.replace(/^EACCES: /, ''))
     const u = new URL(row.url)
     if (u.protocol === 'http:' && (err as FsError).fault === 'unreachable' &&
       await speaksTls(u.hostname.replace(/^\[|\]$/g, ''), Number(u.port || 80), 2000)) {

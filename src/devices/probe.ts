@@ -33,6 +33,7 @@ export async function probeServer (url: string, token: string, timeoutMs: number
     timeoutMs: ms,
     retries: opts.retries ?? 0,
     dispatcher: pool,
+    ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
     closed: () => false
   }
   const what = 'health check'

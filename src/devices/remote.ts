@@ -92,6 +92,7 @@ export class RemoteDevice implements Device {
       retries,
       dispatcher: opts.pool ?? (this.entry as PoolEntry).pool,
       streams: this.entry?.streams,
+      ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
       closed: () => this.closed
     }
   }

@@ -117,3 +117,31 @@ export async function speaksTls (host: string, port: number, timeoutMs: number):
     s.once('error', () => done(false))
   })
 }
+
+/**
+ * Why a TLS server cut a connection, when it was for TLS's sake: a fresh
+ * handshake with the same material, given a moment for the server's alert
+ * (TLS 1.3 judges a client's certificate after the client thinks it is in,
+ * and a request's bytes in flight can turn that alert into a bare reset).
+ * Undefined when the handshake stands: the cut was something else.
+ */
+export async function tlsRefusal (origin: string, t: ClientTls | undefined, timeoutMs: number): Promise<string | undefined> {
+  const { connect } = await import('node:tls')
+  const { isIP } = await import('node:net')
+  const u = new URL(origin)
+  const host = u.hostname.replace(/^\[|\]$/g, '')
+  return await new Promise<string | undefined>(resolve => {
+    const s = connect({ host, port: Number(u.port || 443), ...(isIP(host) === 0 ? { servername: host } : {}), ...tlsConnectOptions(t ?? { identity: '' }) })
+    const done = (why: string | undefined): void => {
+      clearTimeout(timer)
+      s.destroy()
+      resolve(why)
+    }
+    const timer = setTimeout(() => done(undefined), timeoutMs)
+    s.once('secureConnect', () => {
+      clearTimeout(timer)
+      setTimeout(() => done(undefined), Math.min(300, timeoutMs))
+    })
+    s.once('error', err => done(tlsFailureReason(err)))
+  })
+}

@@ -20,7 +20,7 @@ import { ALLOWED, Route, STREAM_PATH, parseTarget } from '../wire/routes'
 import { ByteBudget } from './budget'
 import { ClientGone, httpErrorOf } from './error-answer'
 import { Deferrals, Held, StreamReads, StreamSession } from './stream'
-import type { ServerTlsOptions } from './tls'
+import { ServerTlsOptions, clientCertificateProblem } from './tls'
 
 const log = createDebug('bslfs:server')
 
@@ -394,6 +394,9 @@ export class BlockServer {
 
   /** Throws 401 unless the request carries an accepted token; returns that token's digest. */
   private authenticate (req: http.IncomingMessage): Buffer {
+    // Mutual TLS: the certificate first, then the token as well.
+    const refused = clientCertificateProblem(req.socket, this.opts.tls?.requestCert === true)
+    if (refused !== undefined) throw new HttpError(403, 'EACCES', refused)
     let count = 0
     for (let i = 0; i < req.rawHeaders.length; i += 2) {
       if (req.rawHeaders[i].toLowerCase() === 'authorization') count++

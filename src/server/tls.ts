@@ -40,7 +40,10 @@ export async function loadServerTls (files: ServerTlsFiles): Promise<ServerTlsOp
     ...(ca !== undefined ? { ca } : {}),
     minVersion: MIN_TLS_VERSION,
     requestCert: ca !== undefined,
-    rejectUnauthorized: ca !== undefined
+    // Checked by the server on each request instead (BlockServer.authenticate), so that a client with a
+    // certificate of another CA is told so (403) rather than cut off with no reason: Node closes such a
+    // handshake without an alert. No request of such a client reaches a device either way.
+    rejectUnauthorized: false
   }
   try {
     tls.createSecureContext(opts)
@@ -70,4 +73,18 @@ function describeTlsFileError (err: unknown): string {
     case 'ERR_OSSL_PEM_NO_START_LINE': return 'a file is not in PEM form'
     default: return e.message ?? String(err)
   }
+}
+
+/** Why the client of `socket` is not accepted (mutual TLS), or undefined when it is (or none is asked for). */
+export function clientCertificateProblem (socket: unknown, requested: boolean): string | undefined {
+  if (!requested) return undefined
+  const s = socket as tls.TLSSocket
+  if (s.authorized) return undefined
+  const peer = typeof s.getPeerCertificate === 'function' ? s.getPeerCertificate() : undefined
+  if (peer === undefined || peer === null || Object.keys(peer).length === 0) {
+    return 'no client certificate: this server requires one signed by its --client-ca'
+  }
+  const e = s.authorizationError as unknown
+  const code = e instanceof Error ? (e as Error & { code?: string }).code ?? e.message : String(e ?? 'not verified')
+  return `the client certificate is not accepted (${code}): it must be signed by this server's --client-ca`
 }
