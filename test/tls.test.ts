@@ -323,6 +323,7 @@ t.test('hostile clients over TLS are bounded; the server answers others within 1
   const times = await Promise.all(closed)
   t.ok(Math.max(...times) < 3000, `every stalled handshake was closed (the slowest after ${Math.max(...times)} ms)`)
   t.ok(served.server.tlsFailures >= 1, `handshake failures counted (${served.server.tlsFailures})`)
+  t.ok(served.server.dropped >= 80 - 60, `connections over the limit closed and counted (${served.server.dropped})`)
   started = Date.now()
   t.equal(await health(served.port), 200, 'a new client is served after the flood')
   t.ok(Date.now() - started < 1000, `within 1 s (${Date.now() - started} ms)`)

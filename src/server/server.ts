@@ -145,6 +145,8 @@ export class BlockServer {
   private readonly sessions = new Map<StreamSession, Buffer>()
   /** TLS handshakes that failed or timed out (a client without a valid certificate, a stalled one). */
   tlsFailures = 0
+  /** Connections closed as they arrived because --max-connections were open. */
+  dropped = 0
   /** What the read stream answers, the same way the GETs do. */
   private readonly reads: StreamReads = {
     device: name => this.device(name),
@@ -190,6 +192,14 @@ export class BlockServer {
     // With no 'timeout' listener, Node destroys a socket idle this long.
     this.server.setTimeout(opts.idleTimeoutMs)
     this.server.maxConnections = opts.maxConnections
+    // A flood of connections is cut at the limit; say so (once a second at most) rather than in silence.
+    let lastDropLog = 0
+    this.server.on('drop', (d?: { remoteAddress?: string }) => {
+      this.dropped++
+      if (Date.now() - lastDropLog < 1000) return
+      lastDropLog = Date.now()
+      log('connection limit (%d) reached: closed a connection from %s (%d so far)', opts.maxConnections, d?.remoteAddress, this.dropped)
+    })
   }
 
   /** Whether this server speaks TLS. */
