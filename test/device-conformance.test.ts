@@ -4,12 +4,14 @@
  * (its reads over the server's read stream, and over plain HTTP). What a
  * device promises its callers (the volumes layer) must not depend on where
  * the bytes are. Then: a read of a hung server stops with EINTR as soon as
- * its caller's signal aborts, over HTTP and over the stream.
+ * its caller's signal aborts, over HTTP and over the stream. The remote
+ * kinds run over TLS too (certificates made with openssl at test time).
  */
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import * as fsp from 'node:fs/promises'
 import * as net from 'node:net'
+import { tmpdir } from 'node:os'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { Pool } from 'undici'
@@ -20,6 +22,9 @@ import { RemoteDevice } from '../src/devices/remote'
 import { FsError } from '../src/errors'
 import { MAX_BLOCK_BYTES } from '../src/limits'
 import { BlockServer } from '../src/server/server'
+import { loadServerTls } from '../src/server/tls'
+import { ClientTls, loadClientTls, tlsConnectOptions } from '../src/devices/tls'
+import { TestCerts, makeTestCerts } from './helpers/certs'
 import { makeTokenFile, sleep, startServer, tempDir } from './helpers/server'
 
 const TOKEN = 'conformance-token-0123456789'
@@ -62,14 +67,32 @@ async function localSubject (t: tap.Test): Promise<Subject> {
   return { dev, objectFile: id => join(dir, 'objects', id.slice(-2), id) }
 }
 
-/** A BlockServer in this process serving one LocalDevice, and a RemoteDevice of it (over HTTP only when `http`). */
-async function remoteSubject (t: tap.Test, http: boolean): Promise<Subject> {
+let certs: TestCerts | undefined
+/** The test certificates, made once for the whole file. */
+async function testCerts (): Promise<TestCerts> {
+  if (certs === undefined) {
+    const dir = await fsp.mkdtemp(join(tmpdir(), 'bslfs-conformance-certs-'))
+    t.teardown(async () => await fsp.rm(dir, { recursive: true, force: true }))
+    certs = makeTestCerts(dir)
+  }
+  return certs
+}
+
+/**
+ * A BlockServer in this process serving one LocalDevice, and a RemoteDevice of it (over HTTP only when `http`;
+ * over TLS, with the test CA and a client certificate for mutual TLS, when `secure`).
+ */
+async function remoteSubject (t: tap.Test, http: boolean, secure = false): Promise<Subject> {
   const dir = join(await tempDir(t), 'dev')
   const local = counted(await LocalDevice.create(dir, { server: 's2', device: 'd1' }))
+  const c = secure ? await testCerts() : undefined
+  const serverTls = c ? await loadServerTls({ certFile: c.server.cert, keyFile: c.server.key, clientCaFile: c.ca }) : undefined
+  const clientTls: ClientTls | undefined = c ? await loadClientTls({ caFile: c.ca, clientCertFile: c.client.cert, clientKeyFile: c.client.key }) : undefined
   const server = new BlockServer({
+    ...(serverTls ? { tls: serverTls } : {}),
     name: 's2',
     devices: new Map([['d1', local.dev]]),
-    token: TOKEN,
+    tokens: [TOKEN],
     maxObjectBytes: MAX_BLOCK_BYTES,
     maxBufferedBytes: 64 * 1024 * 1024,
     headersTimeoutMs: 5000,
@@ -79,10 +102,10 @@ async function remoteSubject (t: tap.Test, http: boolean): Promise<Subject> {
     maxConnections: 100
   })
   const { port } = await server.listen('127.0.0.1', 0)
-  const url = `http://127.0.0.1:${port}`
+  const url = `${secure ? 'https' : 'http'}://127.0.0.1:${port}`
   // A dispatcher of its own leaves the device without the server's read stream: every call is HTTP.
-  const pool = http ? new Pool(url) : undefined
-  const dev = new RemoteDevice({ server: 's2', device: 'd1', url, token: TOKEN, timeoutMs: 5000, pool })
+  const pool = http ? new Pool(url, clientTls ? { connect: tlsConnectOptions(clientTls) } : {}) : undefined
+  const dev = new RemoteDevice({ server: 's2', device: 'd1', url, token: TOKEN, timeoutMs: 5000, pool, ...(clientTls ? { tls: clientTls } : {}) })
   t.teardown(async () => {
     await dev.close()
     await pool?.close()
@@ -115,7 +138,9 @@ async function collect (it: AsyncIterable<string>): Promise<string[]> {
 const kinds: Array<[string, (t: tap.Test) => Promise<Subject>]> = [
   ['LocalDevice', localSubject],
   ['RemoteDevice over a BlockServer (read stream)', t => remoteSubject(t, false)],
-  ['RemoteDevice over a BlockServer (HTTP only)', t => remoteSubject(t, true)]
+  ['RemoteDevice over a BlockServer (HTTP only)', t => remoteSubject(t, true)],
+  ['RemoteDevice over a BlockServer with mutual TLS (read stream)', t => remoteSubject(t, false, true)],
+  ['RemoteDevice over a BlockServer with mutual TLS (HTTPS only)', t => remoteSubject(t, true, true)]
 ]
 
 for (const [kind, make] of kinds) {

@@ -52,6 +52,7 @@ const RATIOS: Array<{ label: string, num: TargetName, den: TargetName }> = [
   { label: 'remote/local', num: 'bslfs-remote', den: 'bslfs' },
   { label: 'mirror/local', num: 'bslfs-mirror', den: 'bslfs' },
   { label: 'mirror/remote', num: 'bslfs-mirror', den: 'bslfs-remote' },
+  { label: 'tls/plain', num: 'bslfs-mirror-tls', den: 'bslfs-mirror' },
   { label: 'bslfs/base', num: 'bslfs', den: 'bslfs-base' },
   { label: 'mirror/base', num: 'bslfs-mirror', den: 'bslfs-mirror-base' }
 ]
@@ -123,6 +124,7 @@ async function setUp (name: TargetName, root: string, td: Teardown, opts: Option
     case 'bslfs': return await bslfsTarget(root, td, name, 'local')
     case 'bslfs-remote': return await bslfsTarget(root, td, name, 'remote')
     case 'bslfs-mirror': return await bslfsTarget(root, td, name, 'mirror')
+    case 'bslfs-mirror-tls': return await bslfsTarget(root, td, name, 'mirror-tls')
     case 'bslfs-base': return await bslfsTarget(root, td, name, 'local', await checkoutBin(opts.baseline as string))
     case 'bslfs-mirror-base': return await bslfsTarget(root, td, name, 'mirror', await checkoutBin(opts.baseline as string))
     case 'glusterfs':

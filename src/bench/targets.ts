@@ -1,7 +1,8 @@
 /**
  * The filesystems the benchmark compares, each set up in the bench's temp dir:
  * a plain directory, bindfs with bslfs's FUSE options, bslfs on a local volume,
- * on one loopback block server, mirrored across two, and GlusterFS replica 2
+ * on one loopback block server, mirrored across two (in plain HTTP, and over
+ * TLS with certificates of a private CA made by openssl), and GlusterFS replica 2
  * on this host. Each set-up adds its undo steps to a Teardown as it goes.
  */
 import { randomBytes } from 'node:crypto'
@@ -14,7 +15,7 @@ import {
   alive, type Background, describeExit, freePort, killRunning, mountLine, run, sleep, startBackground, type Teardown, unmount, waitExit
 } from './proc'
 
-export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-mirror', 'bslfs-base', 'bslfs-mirror-base', 'glusterfs'] as const
+export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-mirror', 'bslfs-mirror-tls', 'bslfs-base', 'bslfs-mirror-base', 'glusterfs'] as const
 /** The targets that run another checkout's bslfs (`--baseline DIR`): the same layouts, the code before a change. */
 export const BASELINE_TARGETS: readonly TargetName[] = ['bslfs-base', 'bslfs-mirror-base']
 export type TargetName = typeof TARGETS[number]
@@ -68,13 +69,42 @@ const DAEMON_EXIT_MS = 60_000
 /**
  * Where a bslfs target keeps its data: the local device of `bslfs init`; volume 2 on
  * block server s1 ("remote"); or volumes 2 and 3 on servers s1 and s2, mirrored as
- * volume 10, so a write needs both copies ("mirror").
+ * volume 10, so a write needs both copies ("mirror"); the same over TLS ("mirror-tls").
  */
-export type Layout = 'local' | 'remote' | 'mirror'
-const LAYOUTS: Record<Layout, { servers: string[], volumes: string[], mirror?: string }> = {
+export type Layout = 'local' | 'remote' | 'mirror' | 'mirror-tls'
+const LAYOUTS: Record<Layout, { servers: string[], volumes: string[], mirror?: string, tls?: true }> = {
   local: { servers: [], volumes: [] },
   remote: { servers: ['s1'], volumes: ['2'] },
-  mirror: { servers: ['s1', 's2'], volumes: ['2', '3'], mirror: '10' }
+  mirror: { servers: ['s1', 's2'], volumes: ['2', '3'], mirror: '10' },
+  'mirror-tls': { servers: ['s1', 's2'], volumes: ['2', '3'], mirror: '10', tls: true }
+}
+
+/** A server's certificate and key (for 127.0.0.1), signed by the CA. */
+interface ServerCert { cert: string, key: string }
+
+/**
+ * A private CA and a certificate for 127.0.0.1 for each server, made with
+ * openssl in `dir` as the README shows (P-256 keys, mode 0600).
+ */
+async function makeCertificates (dir: string, servers: readonly string[]): Promise<{ ca: string, certs: Map<string, ServerCert> }> {
+  const ca = join(dir, 'ca.crt')
+  const caKey = join(dir, 'ca.key')
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+  await run('openssl', ['req', '-x509', ...ec, '-keyout', caKey, '-out', ca, '-days', '30', '-subj', '/CN=bslfs bench CA'])
+  const ext = join(dir, 'server.ext')
+  await writeFile(ext, `subjectAltName=IP:${SERVER_HOST}\nextendedKeyUsage=serverAuth\n`)
+  const certs = new Map<string, ServerCert>()
+  for (const name of servers) {
+    const key = join(dir, `${name}.key`)
+    const csr = join(dir, `${name}.csr`)
+    const cert = join(dir, `${name}.crt`)
+    await run('openssl', ['req', '-new', ...ec, '-keyout', key, '-out', csr, '-subj', `/CN=${name}`])
+    await run('openssl', ['x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial', '-days', '30', '-extfile', ext, '-out', cert])
+    await chmod(key, 0o600)
+    certs.set(name, { cert, key })
+  }
+  await chmod(caKey, 0o600)
+  return { ca, certs }
 }
 
 /** The options every bslfs mount gets, minus its name: what bindfs should get too where it accepts them. */
@@ -141,13 +171,14 @@ async function writeTokenFile (file: string): Promise<void> {
  * group. The port is found by binding port 0 and releasing it; should another
  * process take it in between, a new one is tried.
  */
-async function startBlockServer (bin: string, name: string, device: string, tokenFile: string): Promise<{ server: Background, url: string }> {
+async function startBlockServer (bin: string, name: string, device: string, tokenFile: string, tls?: ServerCert): Promise<{ server: Background, url: string }> {
   for (let attempt = 1; ; attempt++) {
     const port = await freePort(SERVER_HOST)
     try {
       const server = await startBackground(bin, ['serve', '--listen', `${SERVER_HOST}:${port}`,
-        '--device', `${SERVER_DEVICE}=${device}`, '--name', name, '--token-file', tokenFile], /listening on/, SERVER_START_MS)
-      return { server, url: `http://${SERVER_HOST}:${port}` }
+        '--device', `${SERVER_DEVICE}=${device}`, '--name', name, '--token-file', tokenFile,
+        ...(tls ? ['--tls-cert', tls.cert, '--tls-key', tls.key] : [])], /listening on/, SERVER_START_MS)
+      return { server, url: `${tls ? 'https' : 'http'}://${SERVER_HOST}:${port}` }
     } catch (err) {
       if (attempt >= 3 || !/EADDRINUSE|address already in use/i.test((err as Error).message)) throw err
     }
@@ -162,19 +193,25 @@ async function startBlockServer (bin: string, name: string, device: string, toke
  * (left running, with a note, if the mount could not be removed).
  */
 export async function bslfsTarget (root: string, td: Teardown, name: TargetName, layout: Layout, bin = bslfsBin): Promise<Target & { state: string }> {
-  const { servers: names, volumes, mirror } = LAYOUTS[layout]
+  const { servers: names, volumes, mirror, tls } = LAYOUTS[layout]
   const bslfs = async (...args: string[]): Promise<string> => (await run(bin, args)).stdout.trim()
   const state = join(root, `${name}-state`)
   const mnt = join(root, `${name}-mnt`)
   const servers: Array<{ name: string, device: string, tokenFile: string, url: string, proc: Background }> = []
   let leftMounted = false
   await mkdir(mnt)
+  let pki: { ca: string, certs: Map<string, ServerCert> } | undefined
+  if (tls) {
+    const dir = join(root, `${name}-pki`)
+    await mkdir(dir, { mode: 0o700 })
+    pki = await makeCertificates(dir, names)
+  }
   for (const server of names) {
     const device = join(root, `${name}-${server}-${SERVER_DEVICE}`)
     const tokenFile = join(root, `${name}-${server}-token`)
     await mkdir(device)
     await writeTokenFile(tokenFile)
-    const { server: proc, url } = await startBlockServer(bin, server, device, tokenFile)
+    const { server: proc, url } = await startBlockServer(bin, server, device, tokenFile, pki?.certs.get(server))
     servers.push({ name: server, device, tokenFile, url, proc })
     td.add(`stop ${name}'s block server ${server} (pid ${proc.pid})`, async () => {
       const what = `${name}'s block server ${server} (pid ${proc.pid})`
@@ -195,7 +232,7 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
     })
   }
   await bslfs('init', state)
-  for (const b of servers) await bslfs('server', 'add', state, b.name, b.url, '--token-file', b.tokenFile)
+  for (const b of servers) await bslfs('server', 'add', state, b.name, b.url, '--token-file', b.tokenFile, ...(pki ? ['--ca', pki.ca] : []))
   for (const [i, vol] of volumes.entries()) await bslfs('volume', 'add', state, vol, `${names[i]}:${SERVER_DEVICE}`)
   let where = 'the local device d0 of `bslfs init`'
   if (mirror !== undefined) {
@@ -206,7 +243,7 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
     await bslfs('volume', 'default', state, volumes[0])
   }
   if (volumes.length) {
-    where += `, volumes ${volumes.map((v, i) => `${v} = ${names[i]}:${SERVER_DEVICE}`).join(', ')}, \`bslfs serve\` ` +
+    where += `, volumes ${volumes.map((v, i) => `${v} = ${names[i]}:${SERVER_DEVICE}`).join(', ')}, \`bslfs serve\`${pki ? ' over TLS (private CA, P-256)' : ''} ` +
       servers.map(b => `${b.name} at ${b.url} (pid ${b.proc.pid}, device ${SERVER_DEVICE}=${b.device})`).join('; ')
   }
 

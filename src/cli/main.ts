@@ -173,20 +173,37 @@ export function program (): Command {
     })
 
   const server = cli.command('server').description('remote block servers (see `bslfs serve`)')
-  server.command('add').argument('<STATE>').argument('<NAME>').argument('<URL>', 'http://HOST:PORT')
-    .description('add a block server; it must answer with the token')
-    .option('--token-file <FILE>', 'the file holding the server\'s bearer token')
-    .action(async (state: string, name: string, url: string, o: { tokenFile?: string }) => {
+  server.command('add').argument('<STATE>').argument('<NAME>').argument('<URL>', 'https://HOST:PORT (http:// only on a trusted network)')
+    .description('add a block server; it must answer with the token (and, for https, a certificate the CA signed for its name)')
+    .option('--token-file <FILE>', 'the file holding the server\'s bearer token (mode 0600)')
+    .option('--ca <FILE>', 'https: the CA certificate that signed the server\'s certificate (default: the system\'s CAs)')
+    .option('--client-cert <FILE>', 'https with mutual TLS: this host\'s certificate')
+    .option('--client-key <FILE>', 'https with mutual TLS: this host\'s private key (mode 0600)')
+    .action(async (state: string, name: string, url: string, o: { tokenFile?: string, ca?: string, clientCert?: string, clientKey?: string }) => {
       const tokenFile = o.tokenFile ? resolve(o.tokenFile) : undefined
-      const r = await onState(state, 'server-add', [name, url, tokenFile ?? ''], s => admin.serverAdd(s, name, url, tokenFile))
+      const tlsFiles = {
+        ...(o.ca !== undefined ? { caFile: resolve(o.ca) } : {}),
+        ...(o.clientCert !== undefined ? { clientCertFile: resolve(o.clientCert) } : {}),
+        ...(o.clientKey !== undefined ? { clientKeyFile: resolve(o.clientKey) } : {})
+      }
+      const r = await onState(state, 'server-add', [name, url, tokenFile ?? ''], s => admin.serverAdd(s, name, url, tokenFile, tlsFiles), { options: tlsFiles })
       console.log(`bslfs: server ${r.name} at ${r.url}`)
+    })
+  server.command('set-token').argument('<STATE>').argument('<NAME>')
+    .description('move to a new token (the server must accept it already); a running mount switches without a remount')
+    .requiredOption('--token-file <FILE>', 'the file holding the new token (mode 0600)')
+    .action(async (state: string, name: string, o: { tokenFile: string }) => {
+      const tokenFile = resolve(o.tokenFile)
+      const r = await onState(state, 'server-set-token', [name, tokenFile], s => admin.serverSetToken(s, name, tokenFile))
+      console.log(`bslfs: server ${r.name} now uses the token in ${r.tokenFile ?? '?'}${r.devices > 0 ? ` (${r.devices} open device(s) switched)` : ''}`)
     })
   server.command('list').argument('<STATE>')
     .description('the block servers this filesystem uses')
     .option('--json', 'machine-readable output')
     .action(async (state: string, o: { json?: boolean }) => {
       const rows = await onState(state, 'server-list', [], s => admin.serverList(s))
-      print(o.json, rows, () => rows.map(r => `${r.name}  ${r.url}${r.tokenFile ? `  token ${r.tokenFile}` : ''}`).join('\n') || '(no servers)')
+      print(o.json, rows, () => rows.map(r => `${r.name}  ${r.url}${r.tokenFile ? `  token ${r.tokenFile}` : ''}` +
+        `${r.caFile ? `  ca ${r.caFile}` : ''}${r.clientCertFile ? `  client cert ${r.clientCertFile}, key ${r.clientKeyFile ?? '?'}` : ''}`).join('\n') || '(no servers)')
     })
 
   const volume = cli.command('volume').description('logical volumes')

@@ -1,6 +1,8 @@
 import { formatBSL, parsePlace, validName } from '../bsl'
 import { LocalDevice } from '../devices/local'
 import { probeServer } from '../devices/probe'
+import { RemoteDevice } from '../devices/remote'
+import { ClientTlsFiles, TlsFailure, loadClientTls, speaksTls } from '../devices/tls'
 import { readTokenFile } from './state'
 import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, MirrorRow, Place, Tables, placeText } from '../volumes/tables'
@@ -104,7 +106,8 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
   }
   const servers = await Promise.all([...tables.servers.values()].map(async row => {
     try {
-      const health = await probeServer(row.url, await readTokenFile(row.tokenFile), 2000, { retries: 0, name: row.name })
+      const tls = await loadClientTls(row)
+      const health = await probeServer(row.url, await readTokenFile(row.tokenFile), 2000, { retries: 0, name: row.name, ...(tls ? { tls } : {}) })
       return { name: row.name, url: row.url, reachable: true, devices: health.devices }
     } catch (err) {
       return { name: row.name, url: row.url, reachable: false, error: (err as Error).message }
@@ -212,8 +215,37 @@ export async function bslOf (state: State, path: string): Promise<BlockReport[]>
   })
 }
 
-/** Add a remote block server; it must answer with the token before it is recorded. */
-export async function serverAdd (state: State, name: string, url: string, tokenFile: string | undefined): Promise<ServerRow> {
+/** The TLS files of a control request's options (paths, made absolute by the CLI). */
+export function tlsFilesOption (options: Record<string, unknown> | undefined): ClientTlsFiles {
+  const out: ClientTlsFiles = {}
+  for (const k of ['caFile', 'clientCertFile', 'clientKeyFile'] as const) {
+    const v = options?.[k]
+    if (typeof v === 'string' && v !== '') out[k] = v
+  }
+  return out
+}
+
+/** Asks the server with these credentials; a refusal is one line naming the server and why. */
+async function checkServerAnswers (row: ServerRow, token: string): Promise<void> {
+  const tls = await loadClientTls(row)
+  await probeServer(row.url, token, 2000, { name: row.name, ...(tls ? { tls } : {}) }).catch(async (err: Error) => {
+    if (err instanceof TlsFailure) throw new UsageError(`server ${row.name} at ${row.url}: ${err.reason}`)
+    if (err instanceof FsError && err.code === 'EACCES') throw new UsageError(err.message.replace(/^EACCES: /, ''))
+    const u = new URL(row.url)
+    if (u.protocol === 'http:' && (err as FsError).fault === 'unreachable' &&
+      await speaksTls(u.hostname.replace(/^\[|\]$/g, ''), Number(u.port || 80), 2000)) {
+      throw new UsageError(`server ${row.name} at ${row.url}: the server speaks TLS: use https://${u.host} (with --ca FILE for a private CA)`)
+    }
+    throw new UsageError(`server ${row.name} at ${row.url} does not answer: ${err.message}`)
+  })
+}
+
+/**
+ * Add a remote block server; it must answer with the token (and, for
+ * https, prove itself with a certificate the CA signed for its host name)
+ * before it is recorded. Only the files' paths are recorded.
+ */
+export async function serverAdd (state: State, name: string, url: string, tokenFile: string | undefined, tlsFiles: ClientTlsFiles = {}): Promise<ServerRow> {
   try {
     validName('server', name)
   } catch (err) {
@@ -224,22 +256,57 @@ export async function serverAdd (state: State, name: string, url: string, tokenF
   try {
     parsed = new URL(url)
   } catch {
-    throw new UsageError(`bad URL "${url}": use http://HOST:PORT`)
+    throw new UsageError(`bad URL "${url}": use https://HOST:PORT (or http://HOST:PORT)`)
   }
-  if (parsed.protocol !== 'http:' || parsed.pathname !== '/' || parsed.search || parsed.username) {
-    throw new UsageError(`bad URL "${url}": use http://HOST:PORT (no path, query or credentials)`)
+  if ((parsed.protocol !== 'http:' && parsed.protocol !== 'https:') || parsed.pathname !== '/' || parsed.search || parsed.username || parsed.password || parsed.hash) {
+    throw new UsageError(`bad URL "${url}": use https://HOST:PORT or http://HOST:PORT (no path, query or credentials)`)
+  }
+  const given = Object.keys(tlsFiles).length > 0
+  if (given && parsed.protocol !== 'https:') {
+    throw new UsageError(`--ca, --client-cert and --client-key are for an https:// URL, not ${parsed.origin}`)
   }
   const tables = await state.dir.tables()
   if (tables.servers.has(name)) throw new UsageError(`server "${name}" already exists (${tables.servers.get(name)!.url})`)
   const row: ServerRow = { name, url: parsed.origin }
   if (tokenFile) row.tokenFile = resolve(tokenFile)
-  const token = await readTokenFile(row.tokenFile)
-  await probeServer(row.url, token, 2000, { name }).catch((err: Error) => {
-    throw new UsageError(`server ${name} at ${row.url} does not answer: ${err.message}`)
-  })
+  for (const k of ['caFile', 'clientCertFile', 'clientKeyFile'] as const) {
+    const f = tlsFiles[k]
+    if (f !== undefined) row[k] = resolve(f)
+  }
+  await checkServerAnswers(row, await readTokenFile(row.tokenFile))
   await state.dir.putServer(row)
   await state.reloadTables()
   return row
+}
+
+/**
+ * The server's token is now in `tokenFile` (the server must accept it
+ * already: list both tokens in its token files during the change-over). The
+ * row is changed, and a running mount's devices of that server send the new
+ * token from their next call on, without a remount.
+ */
+export async function serverSetToken (state: State, name: string, tokenFile: string): Promise<ServerRow & { devices: number }> {
+  const tables = await state.dir.tables()
+  const old = tables.servers.get(name)
+  if (!old) throw new UsageError(`no server "${name}"; see \`bslfs server list STATE\``)
+  const row: ServerRow = { ...old, tokenFile: resolve(tokenFile) }
+  const token = await readTokenFile(row.tokenFile)
+  await checkServerAnswers(row, token)
+  await state.dir.putServer(row)
+  await state.reloadTables()
+  // The places of this server the tables name; their devices are opened (cheap: no connection) and given the token.
+  const places = new Map<string, Place>()
+  for (const v of tables.volumes.values()) if (v.place.server === name) places.set(placeText(v.place), v.place)
+  if (tables.defaultPlace?.server === name) places.set(placeText(tables.defaultPlace), tables.defaultPlace)
+  let devices = 0
+  for (const place of places.values()) {
+    const d = await state.volumes.deviceAt(place).catch(() => null)
+    if (d instanceof RemoteDevice) {
+      d.setToken(token)
+      devices++
+    }
+  }
+  return { ...row, devices }
 }
 
 export async function serverList (state: State): Promise<ServerRow[]> {

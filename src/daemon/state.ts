@@ -5,6 +5,8 @@ import { Device } from '../devices/device'
 import { syncDir, writeWhole } from '../durable'
 import { LocalDevice } from '../devices/local'
 import { RemoteDevice } from '../devices/remote'
+import { loadClientTls } from '../devices/tls'
+import { readSecretFile } from '../credentials'
 import { Directory, OpenInodes } from '../directory/directory'
 import { LevelKv } from '../directory/leveldb'
 import { FsError, UsageError } from '../errors'
@@ -147,7 +149,8 @@ async function openDevice (dir: Directory, place: Place): Promise<Device> {
   if (place.server !== LOCAL_SERVER) {
     const server = tables.servers.get(place.server)
     if (!server) throw new FsError('ENODEV', `${placeText(place)}: no server "${place.server}"; add it with \`bslfs server add STATE ${place.server} URL\``)
-    return new RemoteDevice({ server: server.name, device: place.device, url: server.url, token: await readTokenFile(server.tokenFile) })
+    const tls = await loadClientTls(server)
+    return new RemoteDevice({ server: server.name, device: place.device, url: server.url, token: await readTokenFile(server.tokenFile), ...(tls ? { tls } : {}) })
   }
   const row = tables.devices.get(place.device)
   if (!row) {
@@ -162,13 +165,7 @@ async function openDevice (dir: Directory, place: Place): Promise<Device> {
  */
 export async function readTokenFile (file: string | undefined): Promise<string> {
   if (!file) throw new UsageError('this server has no token file; give --token-file FILE (the server prints where its token is)')
-  let text: string
-  try {
-    text = await fsp.readFile(file, 'utf8')
-  } catch (err) {
-    throw new UsageError(`cannot read the token file ${file}: ${(err as Error).message}`)
-  }
-  const token = text.trim()
+  const token = (await readSecretFile(file, 'token file')).toString('utf8').trim()
   if (!token) throw new UsageError(`the token file ${file} is empty`)
   return token
 }

@@ -13,6 +13,7 @@ import { CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, contentRange } from '../wi
 import { ERROR_BODY_LIMIT, JSON_BODY_LIMIT } from '../wire/limits'
 import { CallLimits, interrupted } from './device'
 import { AnswerSink, StreamPool, StreamUnsupported, UpgradeRefused } from './stream-client'
+import { ClientTls, TlsFailure, tlsFailureReason, tlsRefusal } from './tls'
 
 const log = createDebug('bslfs:devices')
 
@@ -55,6 +56,8 @@ export interface Endpoint {
   dispatcher: Dispatcher
   /** The server's read streams, unless the device was given its own dispatcher. */
   streams?: StreamPool
+  /** The TLS material of an https: origin (for asking why a connection was cut). */
+  tls?: ClientTls
   closed: () => boolean
 }
 
@@ -116,6 +119,11 @@ function pause (ms: number, label: string, signal?: AbortSignal): Promise<void> 
     }, ms)
     signal?.addEventListener('abort', onAbort, { once: true })
   })
+}
+
+/** The server closed or reset the connection under a request (not: refused it, timed out). */
+function isConnectionCut (code: unknown): boolean {
+  return code === 'UND_ERR_SOCKET' || code === 'ECONNRESET' || code === 'EPIPE'
 }
 
 /** A network-level failure in words: "connect ECONNREFUSED 127.0.0.1:7070", "connection closed by the server". */
@@ -197,6 +205,7 @@ export function statusAnswer (ep: Endpoint, status: number, info: { error?: stri
   const fail = (message: string): ErrorAnswer =>
     new ErrorAnswer(new FsError(meaning.errno, message, meaning.fault !== undefined ? { fault: meaning.fault } : undefined), meaning.retry)
   if (status === 401) return fail(`token rejected by ${ep.serverName} — check --token-file`)
+  if (status === 403) return fail(`server ${ep.serverName} at ${ep.origin} refused this host's client certificate${said}`)
   if (status === 404) return fail(`${ep.label}: not found on the server (404, ${what})${said}`)
   if (status === 422) return fail(`${ep.label} refused ${what}: the bytes it received do not match their checksum (422)${said}`)
   if (meaning.errno === 'ENOSPC') return fail(`${ep.label} is full (${what})${said}`)
@@ -463,6 +472,7 @@ export async function exchange<T> (ep: Endpoint, call: Call<T>, limits: CallLimi
   const timeoutMs = limits.timeoutMs ?? ep.timeoutMs
   const signal = limits.signal
   let last: unknown
+  let askedWhy = false
   for (let i = 0; i < attempts; i++) {
     if (i > 0) await pause(BACKOFF_MS[Math.min(i - 1, BACKOFF_MS.length - 1)], ep.label, signal)
     if (ep.closed()) throw new FsError('EIO', `device ${ep.label} is closed`)
@@ -484,6 +494,13 @@ export async function exchange<T> (ep: Endpoint, call: Call<T>, limits: CallLimi
       if (code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED') {
         throw new FsError('EIO', `device ${ep.label} is closed`, { cause: err })
       }
+      // A certificate that does not check out will not check out a moment later: no retry, and never plain HTTP instead.
+      let tlsReason = tlsFailureReason(err)
+      if (tlsReason === undefined && !askedWhy && ep.origin.startsWith('https:') && isConnectionCut(code)) {
+        askedWhy = true
+        tlsReason = await tlsRefusal(ep.origin, ep.tls, Math.min(timeoutMs, 2000))
+      }
+      if (tlsReason !== undefined) throw new TlsFailure(`server ${ep.serverName} at ${ep.origin}`, tlsReason, err)
       log('%s: %s %s attempt %d/%d failed: %s', ep.label, call.method, call.path, i + 1, attempts, describeFailure(err))
       last = err
     }

@@ -2,6 +2,7 @@ import { Pool } from 'undici'
 import { FsError } from '../errors'
 import { HEALTH_PATH } from '../wire/routes'
 import { DEFAULT_TIMEOUT_MS, Endpoint, checkedTimeout, checkedToken, checkedUrl, exchange, jsonObject, smallAnswer } from './http-call'
+import { ClientTls, tlsConnectOptions } from './tls'
 
 /** What `GET /v1/health` answers. */
 export interface ServerHealth {
@@ -18,11 +19,11 @@ export interface ServerHealth {
  * otherwise; every failure is an FsError (EACCES for a rejected token, EIO
  * for an unreachable server or a malformed answer).
  */
-export async function probeServer (url: string, token: string, timeoutMs: number = DEFAULT_TIMEOUT_MS, opts: { retries?: number, name?: string } = {}): Promise<ServerHealth> {
+export async function probeServer (url: string, token: string, timeoutMs: number = DEFAULT_TIMEOUT_MS, opts: { retries?: number, name?: string, tls?: ClientTls } = {}): Promise<ServerHealth> {
   const { origin, basePath } = checkedUrl(url)
   const host = new URL(origin).host
   const ms = checkedTimeout(timeoutMs)
-  const pool = new Pool(origin, { connections: 1, pipelining: 1, connect: { timeout: ms } })
+  const pool = new Pool(origin, { connections: 1, pipelining: 1, connect: { timeout: ms, ...(opts.tls !== undefined ? tlsConnectOptions(opts.tls) : {}) } })
   const ep: Endpoint = {
     label: host,
     serverName: opts.name ?? host,
@@ -32,6 +33,7 @@ export async function probeServer (url: string, token: string, timeoutMs: number
     timeoutMs: ms,
     retries: opts.retries ?? 0,
     dispatcher: pool,
+    ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
     closed: () => false
   }
   const what = 'health check'

@@ -14,6 +14,7 @@ import {
   describeFailure, destroyBody, exchange, header, jsonObject, smallAnswer, statusAnswer
 } from './http-call'
 import { PoolEntry, acquirePool, releasePool } from './pool'
+import type { ClientTls } from './tls'
 
 const log = createDebug('bslfs:devices')
 
@@ -26,6 +27,8 @@ export interface RemoteDeviceOptions {
   url: string
   /** The shared bearer token. */
   token: string
+  /** For an https: URL: the CA to check the server against and the client's certificate (none: the system's CAs). */
+  tls?: ClientTls
   /** Bound on each attempt of a request: connect, headers and body together. Default 2000. */
   timeoutMs?: number
   /** Extra attempts after a connection error, timeout or retryable 5xx. Default 2. */
@@ -57,7 +60,8 @@ export class RemoteDevice implements Device {
   readonly retries: number
   private readonly maxObjectBytes: number
   private readonly ep: Endpoint
-  private readonly entry: PoolEntry | undefined
+  private entry: PoolEntry | undefined
+  private readonly tls: ClientTls | undefined
   private closed = false
 
   constructor (opts: RemoteDeviceOptions) {
@@ -76,7 +80,8 @@ export class RemoteDevice implements Device {
     }
     this.retries = retries
     this.maxObjectBytes = opts.maxObjectBytes ?? MAX_BLOCK_BYTES
-    this.entry = opts.pool === undefined ? acquirePool(origin, token, this.timeoutMs) : undefined
+    this.tls = opts.tls
+    this.entry = opts.pool === undefined ? acquirePool(origin, token, this.timeoutMs, opts.tls) : undefined
     this.ep = {
       label: this.label,
       serverName: opts.server,
@@ -87,8 +92,27 @@ export class RemoteDevice implements Device {
       retries,
       dispatcher: opts.pool ?? (this.entry as PoolEntry).pool,
       streams: this.entry?.streams,
+      ...(opts.tls !== undefined ? { tls: opts.tls } : {}),
       closed: () => this.closed
     }
+  }
+
+  /**
+   * A new token (the server accepts it already): calls from now on carry it,
+   * on connections of their own; calls in flight finish on the old ones,
+   * which close once they are done (at most a call's longest time later).
+   */
+  setToken (token: string): void {
+    if (this.closed) throw new FsError('EIO', `device ${this.label} is closed`)
+    const t = checkedToken(token)
+    const old = this.entry
+    if (old !== undefined) {
+      this.entry = acquirePool(this.ep.origin, t, this.timeoutMs, this.tls)
+      this.ep.dispatcher = this.entry.pool
+      this.ep.streams = this.entry.streams
+    }
+    this.ep.token = t
+    if (old !== undefined) void releasePool(old, this.timeoutMs * (this.retries + 1) + 1000)
   }
 
   private check (objectId: string, sum?: number): void {

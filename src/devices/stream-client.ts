@@ -1,10 +1,12 @@
 import * as net from 'node:net'
+import * as tls from 'node:tls'
 import createDebug from 'debug'
 import { ANSWER_BYTES, STREAM_PROTOCOL, StreamRequest, decodeAnswer, encodeRequest } from '../wire/frames'
 import { CONTENT_LENGTH_HEADER } from '../wire/headers'
 import { HANDSHAKE_LIMIT } from '../wire/limits'
 import { STREAM_PATH } from '../wire/routes'
 import { interrupted } from './device'
+import { ClientTls, tlsConnectOptions } from './tls'
 
 const log = createDebug('bslfs:devices')
 
@@ -85,7 +87,7 @@ class StreamConnection {
   closed = false
 
   constructor (host: string, port: number, private readonly hostHeader: string, token: string, connectTimeoutMs: number,
-    private readonly onClose: (c: StreamConnection) => void) {
+    secure: ClientTls | undefined, private readonly onClose: (c: StreamConnection) => void) {
     this.ready = new Promise<void>((resolve, reject) => {
       this.settleHandshake = err => {
         this.settleHandshake = undefined
@@ -96,17 +98,27 @@ class StreamConnection {
     this.ready.catch(() => undefined)
     // Connect and upgrade within the bound (a host that drops packets would take minutes).
     this.idle = setTimeout(() => this.close(connectionError(`connect and upgrade timed out after ${connectTimeoutMs} ms`, 'ETIMEDOUT')), connectTimeoutMs)
-    const buffer = Buffer.allocUnsafe(READ_BUFFER)
-    this.socket = net.connect({
-      host,
-      port,
-      noDelay: true,
-      onread: { buffer, callback: (n: number, buf: Uint8Array) => { this.received(buf as Buffer, n); return true } }
-    })
-    this.socket.on('connect', () => {
+    const upgrade = (): void => {
       this.socket.write(`GET ${STREAM_PATH} HTTP/1.1\r\nHost: ${this.hostHeader}\r\nConnection: Upgrade\r\nUpgrade: ${STREAM_PROTOCOL}\r\n` +
         `Authorization: Bearer ${token}\r\n\r\n`)
-    })
+    }
+    if (secure !== undefined) {
+      // The server's certificate is checked against the CA and the host name (an IP against its IP names;
+      // SNI carries names only). TLS hands over its own buffers: no onread here.
+      this.socket = tls.connect({ host, port, ...(net.isIP(host) === 0 ? { servername: host } : {}), ...tlsConnectOptions(secure) })
+      this.socket.setNoDelay(true)
+      this.socket.on('secureConnect', upgrade)
+      this.socket.on('data', (chunk: Buffer) => this.received(chunk, chunk.length))
+    } else {
+      const buffer = Buffer.allocUnsafe(READ_BUFFER)
+      this.socket = net.connect({
+        host,
+        port,
+        noDelay: true,
+        onread: { buffer, callback: (n: number, buf: Uint8Array) => { this.received(buf as Buffer, n); return true } }
+      })
+      this.socket.on('connect', upgrade)
+    }
     this.socket.on('error', err => this.close(err))
     this.socket.on('close', () => this.close(connectionError('connection closed by the server', 'ECONNRESET')))
   }
@@ -276,10 +288,14 @@ export class StreamPool {
   private readonly hostHeader: string
   private closed = false
 
-  constructor (readonly origin: string, private readonly token: string, private readonly connectTimeoutMs: number) {
+  constructor (readonly origin: string, private readonly token: string, private readonly connectTimeoutMs: number,
+    /** TLS material for an https: origin. */
+    private readonly secure?: ClientTls) {
     const u = new URL(origin)
     this.host = u.hostname.replace(/^\[|\]$/g, '')
-    this.port = Number(u.port === '' ? 80 : u.port)
+    const https = u.protocol === 'https:'
+    if (https) this.secure ??= { identity: 'system CAs' }
+    this.port = Number(u.port === '' ? (https ? 443 : 80) : u.port)
     this.hostHeader = u.host
   }
 
@@ -309,16 +325,22 @@ export class StreamPool {
     return { abandon: why => c.abandon(id, why), drop: () => c.drop(id) }
   }
 
-  close (): void {
+  /** No more reads; connections still carrying some get `graceMs` to finish them, idle ones close now. */
+  close (graceMs = 0): void {
     this.closed = true
-    for (const c of [...this.connections]) c.close(connectionError('the read stream is closed', 'UND_ERR_CLOSED'))
+    const closeAll = (): void => {
+      for (const c of [...this.connections]) c.close(connectionError('the read stream is closed', 'UND_ERR_CLOSED'))
+    }
+    for (const c of [...this.connections]) if (c.load === 0) c.close(connectionError('the read stream is closed', 'UND_ERR_CLOSED'))
+    if (this.connections.length === 0 || graceMs === 0) return closeAll()
+    setTimeout(closeAll, graceMs).unref()
   }
 
   private pick (): StreamConnection {
     let best: StreamConnection | undefined
     for (const c of this.connections) if (best === undefined || c.load < best.load) best = c
     if (best !== undefined && (best.load === 0 || this.connections.length >= STREAM_CONNECTIONS)) return best
-    const c = new StreamConnection(this.host, this.port, this.hostHeader, this.token, this.connectTimeoutMs, gone => {
+    const c = new StreamConnection(this.host, this.port, this.hostHeader, this.token, this.connectTimeoutMs, this.secure, gone => {
       const i = this.connections.indexOf(gone)
       if (i >= 0) this.connections.splice(i, 1)
     })

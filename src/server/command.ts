@@ -11,18 +11,24 @@ import { returnFreedBuffers } from '../devices/object-io'
 import { UsageError } from '../errors'
 import {
   formatAddress, isLoopback, loopbackToken, openDevice, parseCount, parseDeviceSpecs, parseListen, parseSeconds,
-  readTokenFile, serverName
+  readTokenFiles, serverName
 } from './config'
 import { MAX_BLOCK_BYTES } from '../limits'
 import { BlockServer } from './server'
+import { ServerTlsFiles, loadServerTls } from './tls'
 
 const log = createDebug('bslfs:server')
 
 export interface ServeOptions {
   listen: string
   device?: string[]
-  tokenFile?: string
+  tokenFile?: string[]
   tokenOut?: string
+  tlsCert?: string
+  tlsKey?: string
+  clientCa?: string
+  insecurePlaintext?: boolean
+  handshakeTimeout: string
   name?: string
   maxObjectBytes: string
   maxBufferedBytes: string
@@ -42,8 +48,14 @@ export function configureServeCommand (cmd: Command): Command {
     .requiredOption('--listen <HOST:PORT>', 'address to listen on, e.g. 0.0.0.0:7070 or 127.0.0.1:7070 (port 0: any free port)')
     .option('--device <NAME=PATH>', 'a device to serve: a directory (created when missing or empty); repeatable',
       (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
-    .option('--token-file <FILE>', 'the shared token clients must send (mode 0600); required unless listening on loopback')
+    .option('--token-file <FILE>', 'the tokens clients may send, one a line (mode 0600); repeatable; required unless listening on loopback',
+      (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--token-out <FILE>', `without --token-file: where the loopback token is kept (default: ${GENERATED_TOKEN_NAME} in the first device)`)
+    .option('--tls-cert <FILE>', 'speak TLS (HTTPS) with this PEM certificate (chain); SIGHUP reloads it')
+    .option('--tls-key <FILE>', "the certificate's PEM private key (mode 0600)")
+    .option('--client-ca <FILE>', 'mutual TLS: clients must also present a certificate signed by this CA (the token is still required)')
+    .option('--insecure-plaintext', 'allow plain HTTP on an address other hosts can reach (blocks and token travel in clear)')
+    .option('--handshake-timeout <SECONDS>', 'time a client has to finish its TLS handshake', '10')
     .option('--name <NAME>', "this server's name (default: the host's short name)")
     .option('--max-object-bytes <BYTES>', 'largest object a client may put', String(MAX_BLOCK_BYTES))
     .option('--max-buffered-bytes <BYTES>', 'object bytes held in memory at once; requests beyond it wait', String(512 * 1024 * 1024))
@@ -90,6 +102,8 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
   const requestTimeoutMs = parseSeconds('--request-timeout', o.requestTimeout)
   const idleTimeoutMs = parseSeconds('--idle-timeout', o.idleTimeout)
   const maxConnections = parseCount('--max-connections', o.maxConnections, 1, 1_000_000)
+  const handshakeTimeoutMs = parseSeconds('--handshake-timeout', o.handshakeTimeout)
+  const tlsFiles = tlsFilesOf(o)
   if (headersTimeoutMs > requestTimeoutMs) {
     throw new UsageError('--headers-timeout must not be longer than --request-timeout')
   }
@@ -102,24 +116,34 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
       '`(umask 077; head -c 32 /dev/urandom | base64 > /etc/bslfs/token)` and pass --token-file /etc/bslfs/token ' +
       '(clients get the same file), or listen on 127.0.0.1 only')
   }
+  const where = formatAddress(addr.host, addr.port)
+  if (tlsFiles === undefined && !isLoopback(addr.host) && o.insecurePlaintext !== true) {
+    throw new UsageError(`refusing to listen on ${where} in plain HTTP: anyone on the network path could read the blocks and the token, ` +
+      'then write and delete. Give --tls-cert FILE --tls-key FILE (README: "Block servers across a network"), ' +
+      'or --insecure-plaintext on a network you trust')
+  }
+  if (tlsFiles === undefined && !isLoopback(addr.host)) {
+    console.error(`bslfs serve: warning: plain HTTP on ${where} (--insecure-plaintext): the blocks and the token cross the network in clear`)
+  }
+  const tls = tlsFiles !== undefined ? await loadServerTls(tlsFiles) : undefined
 
-  let token: string
-  let tokenFile: string
+  let tokens: string[]
+  let tokenFiles: string[]
   let tokenNote = ''
   if (o.tokenFile !== undefined) {
-    tokenFile = resolve(o.tokenFile)
-    const r = await readTokenFile(tokenFile)
-    if (r.warning) console.error(`bslfs serve: warning: ${r.warning}`)
-    token = r.token
+    tokenFiles = o.tokenFile.map(f => resolve(f))
+    const r = await readTokenFiles(tokenFiles)
+    for (const w of r.warnings) console.error(`bslfs serve: warning: ${w}`)
+    tokens = r.tokens
   }
 
   const devices = new Map<string, Device>()
   try {
     for (const spec of specs) devices.set(spec.name, await openDevice(spec, name))
     if (o.tokenFile === undefined) {
-      tokenFile = resolve(o.tokenOut ?? join(specs[0].path, GENERATED_TOKEN_NAME))
-      const r = await loopbackToken(tokenFile)
-      token = r.token
+      tokenFiles = [resolve(o.tokenOut ?? join(specs[0].path, GENERATED_TOKEN_NAME))]
+      const r = await loopbackToken(tokenFiles[0])
+      tokens = [r.token]
       tokenNote = r.generated ? ' (new; loopback only)' : ' (loopback only)'
     }
   } catch (err) {
@@ -130,7 +154,9 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
   const server = new BlockServer({
     name,
     devices,
-    token: token!,
+    tokens: tokens!,
+    ...(tls !== undefined ? { tls } : {}),
+    handshakeTimeoutMs,
     maxObjectBytes,
     maxBufferedBytes,
     headersTimeoutMs,
@@ -153,6 +179,8 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
   }
   process.on('uncaughtException', onUncaught)
   process.on('unhandledRejection', onUncaught)
+  const onHangup = reloader(server, tokenFiles!, tlsFiles)
+  process.on('SIGHUP', onHangup)
 
   let stoppedCleanup = (): void => {}
   const stopped = new Promise<boolean>((resolve) => {
@@ -180,14 +208,64 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
     }
   })
   const list = specs.map(s => `${s.name}=${s.path}`).join(', ')
-  console.log(`bslfs serve: listening on ${formatAddress(bound.address, bound.port)}, devices ${list}, token from ${tokenFile!}${tokenNote}`)
+  console.log(`bslfs serve: listening on ${formatAddress(bound.address, bound.port)}, devices ${list}, token from ${tokenFiles!.join(', ')}${tokenNote}`)
+  if (tlsFiles !== undefined) {
+    console.log(`bslfs serve: TLS with certificate ${tlsFiles.certFile}, key ${tlsFiles.keyFile}` +
+      (tlsFiles.clientCaFile !== undefined ? `; clients need a certificate signed by ${tlsFiles.clientCaFile} and the token` : ''))
+  }
   log('server %s, max object %d bytes, buffered %d bytes, timeouts headers %d ms, request %d ms, idle %d ms',
     name, maxObjectBytes, maxBufferedBytes, headersTimeoutMs, requestTimeoutMs, idleTimeoutMs)
 
   const clean = await stopped
   stoppedCleanup()
+  process.off('SIGHUP', onHangup)
   process.off('uncaughtException', onUncaught)
   process.off('unhandledRejection', onUncaught)
   console.error(clean ? 'bslfs serve: stopped' : 'bslfs serve: stopped (some requests were cut off)')
   return 0
+}
+
+/** The TLS files of the options, resolved; undefined for plain HTTP. Half a pair, or a client CA without TLS, is refused. */
+function tlsFilesOf (o: ServeOptions): ServerTlsFiles | undefined {
+  if (o.tlsCert === undefined && o.tlsKey === undefined) {
+    if (o.clientCa !== undefined) throw new UsageError('--client-ca needs TLS: give --tls-cert FILE --tls-key FILE as well')
+    return undefined
+  }
+  if (o.tlsCert === undefined || o.tlsKey === undefined) throw new UsageError('TLS needs both --tls-cert FILE and --tls-key FILE')
+  if (o.insecurePlaintext === true) throw new UsageError('--insecure-plaintext and --tls-cert contradict each other: give one of them')
+  return {
+    certFile: resolve(o.tlsCert),
+    keyFile: resolve(o.tlsKey),
+    ...(o.clientCa !== undefined ? { clientCaFile: resolve(o.clientCa) } : {})
+  }
+}
+
+/**
+ * SIGHUP: the token files and the TLS files read again. What cannot be used
+ * (a missing file, a key that does not match, an expired certificate) is
+ * refused with a line saying why, and the server keeps what it had.
+ * Connections open keep the certificate they started with.
+ */
+function reloader (server: BlockServer, tokenFiles: readonly string[], tlsFiles: ServerTlsFiles | undefined): () => void {
+  let running: Promise<void> = Promise.resolve()
+  const reload = async (): Promise<void> => {
+    try {
+      const r = await readTokenFiles(tokenFiles)
+      for (const w of r.warnings) console.error(`bslfs serve: warning: ${w}`)
+      server.setTokens(r.tokens)
+      console.error(`bslfs serve: SIGHUP: ${r.tokens.length} token(s) from ${tokenFiles.join(', ')}`)
+    } catch (err) {
+      console.error(`bslfs serve: SIGHUP: keeping the tokens in use: ${(err as Error).message}`)
+    }
+    if (tlsFiles === undefined) return
+    try {
+      server.setTls(await loadServerTls(tlsFiles))
+      console.error(`bslfs serve: SIGHUP: new connections use the certificate in ${tlsFiles.certFile}`)
+    } catch (err) {
+      console.error(`bslfs serve: SIGHUP: keeping the certificate in use: ${(err as Error).message}`)
+    }
+  }
+  return () => {
+    running = running.then(reload)
+  }
 }

@@ -12,6 +12,7 @@ import { basename, dirname, join, resolve } from 'node:path'
 import { isValidName } from '../bsl'
 import { LocalDevice, MARKER_FILE } from '../devices/local'
 import { syncDir } from '../durable'
+import { readSecretFile } from '../credentials'
 import { UsageError } from '../errors'
 
 export interface ListenAddress {
@@ -117,35 +118,42 @@ const TOKEN_RE = /^[\x21-\x7e]+$/
 const MAKE_TOKEN = (file: string): string => `(umask 077; head -c 32 /dev/urandom | base64 > ${file})`
 
 /**
- * The token in FILE: its content, trimmed. Refused when the file is missing,
- * empty, not a regular file, or open to group or others.
+ * The tokens in FILE: one a line (several while clients change over from an
+ * old token to a new one), blank lines ignored. Refused when the file is
+ * missing, empty, not a regular file, or open to group or others.
  */
-export async function readTokenFile (file: string): Promise<{ token: string, warning?: string }> {
-  let st
-  try {
-    st = await fsp.stat(file)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new UsageError(`token file ${file} does not exist; create one with: ${MAKE_TOKEN(file)}`)
-    }
-    throw new UsageError(`cannot read token file ${file}: ${(err as Error).message}`)
-  }
-  if (!st.isFile()) throw new UsageError(`token file ${file} is not a regular file`)
-  if ((st.mode & 0o077) !== 0) {
-    throw new UsageError(`token file ${file} is accessible by group or others (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}); make it private with: chmod 600 ${file}`)
-  }
+export async function readTokenFile (file: string): Promise<{ tokens: string[], warnings: string[] }> {
   let text: string
   try {
-    text = (await fsp.readFile(file, 'utf8')).trim()
+    text = (await readSecretFile(file, 'token file')).toString('utf8')
   } catch (err) {
-    throw new UsageError(`cannot read token file ${file}: ${(err as Error).message}`)
+    if (err instanceof UsageError && / does not exist$/.test(err.message)) {
+      throw new UsageError(`${err.message}; create one with: ${MAKE_TOKEN(file)}`)
+    }
+    throw err
   }
-  if (text.length === 0) throw new UsageError(`token file ${file} is empty; put a token in it with: ${MAKE_TOKEN(file)}`)
-  if (!TOKEN_RE.test(text)) {
-    throw new UsageError(`the token in ${file} must be one line of printable ASCII without spaces; make one with: ${MAKE_TOKEN(file)}`)
+  const tokens = text.split('\n').map(l => l.trim()).filter(l => l !== '')
+  if (tokens.length === 0) throw new UsageError(`token file ${file} is empty; put a token in it with: ${MAKE_TOKEN(file)}`)
+  const warnings: string[] = []
+  for (const [i, token] of tokens.entries()) {
+    if (!TOKEN_RE.test(token)) {
+      throw new UsageError(`line ${i + 1} of ${file} is not a token: each line must be one token of printable ASCII without spaces; make one with: ${MAKE_TOKEN(file)}`)
+    }
+    if (token.length < 16) warnings.push(`the token on line ${i + 1} of ${file} is only ${token.length} characters long; a random one of 32 or more is much safer`)
   }
-  const warning = text.length < 16 ? `the token in ${file} is only ${text.length} characters long; a random one of 32 or more is much safer` : undefined
-  return { token: text, warning }
+  return { tokens, warnings }
+}
+
+/** Every token of every file (a server accepts any of them), each file read as readTokenFile does. */
+export async function readTokenFiles (files: readonly string[]): Promise<{ tokens: string[], warnings: string[] }> {
+  const tokens: string[] = []
+  const warnings: string[] = []
+  for (const f of files) {
+    const r = await readTokenFile(f)
+    for (const t of r.tokens) if (!tokens.includes(t)) tokens.push(t)
+    warnings.push(...r.warnings)
+  }
+  return { tokens, warnings }
 }
 
 /**
@@ -155,8 +163,8 @@ export async function readTokenFile (file: string): Promise<{ token: string, war
  */
 export async function loopbackToken (file: string): Promise<{ token: string, generated: boolean }> {
   if (existsSync(file)) {
-    const { token } = await readTokenFile(file)
-    return { token, generated: false }
+    const { tokens } = await readTokenFile(file)
+    return { token: tokens[0], generated: false }
   }
   const token = randomBytes(32).toString('base64url')
   const dir = dirname(file)

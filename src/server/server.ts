@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import * as http from 'node:http'
+import * as https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
 import createDebug from 'debug'
@@ -19,6 +20,7 @@ import { ALLOWED, Route, STREAM_PATH, parseTarget } from '../wire/routes'
 import { ByteBudget } from './budget'
 import { ClientGone, httpErrorOf } from './error-answer'
 import { Deferrals, Held, StreamReads, StreamSession } from './stream'
+import { ServerTlsOptions, clientCertificateProblem } from './tls'
 
 const log = createDebug('bslfs:server')
 
@@ -27,8 +29,10 @@ export interface BlockServerOptions {
   name: string | null
   /** The devices served, by name. */
   devices: ReadonlyMap<string, Device>
-  /** The shared bearer token every request must carry. */
-  token: string
+  /** The bearer tokens a request may carry (any one of them: old and new while clients change over). */
+  tokens: readonly string[]
+  /** TLS (HTTPS and the read stream over it); none: plain HTTP. */
+  tls?: ServerTlsOptions
   /** The largest object a PUT may carry (413 above it). */
   maxObjectBytes: number
   /** Bytes of request bodies and objects held in memory at once; requests beyond it wait. */
@@ -43,6 +47,8 @@ export interface BlockServerOptions {
   keepAliveTimeoutMs: number
   /** Connections beyond this are closed as they arrive. */
   maxConnections: number
+  /** Time a client has to finish its TLS handshake (default: headersTimeoutMs). */
+  handshakeTimeoutMs?: number
 }
 
 /**
@@ -116,8 +122,9 @@ const IDLE_SPARE_BODIES = 8
  * of the server.
  */
 export class BlockServer {
-  private readonly server: http.Server
-  private readonly tokenHash: Buffer
+  private readonly server: http.Server | https.Server
+  /** Digests of the tokens accepted, compared in constant time. */
+  private tokenHashes: Buffer[] = []
   private readonly budget: ByteBudget
   /**
    * Bodies of up to a default block (1 MiB) are received, and whole objects
@@ -130,12 +137,16 @@ export class BlockServer {
   private active = 0
   /** Per connection: settles when the last request dispatched on it has been answered. */
   private readonly turns = new WeakMap<Duplex, Promise<void>>()
-  /** Per connection: the Authorization header its last request proved right. */
-  private readonly authenticated = new WeakMap<Duplex, string>()
+  /** Per connection: the Authorization header its last request proved right (forgotten when the tokens change). */
+  private authenticated = new WeakMap<Duplex, { value: string, hash: Buffer }>()
   /** Connections already answered for a parse error (Node may report one several times). */
   private readonly failedSockets = new WeakSet<Duplex>()
-  /** Connections upgraded to the read stream. */
-  private readonly sessions = new Set<StreamSession>()
+  /** Connections upgraded to the read stream, and the digest of the token each proved. */
+  private readonly sessions = new Map<StreamSession, Buffer>()
+  /** TLS handshakes that failed or timed out (a client without a valid certificate, a stalled one). */
+  tlsFailures = 0
+  /** Connections closed as they arrived because --max-connections were open. */
+  dropped = 0
   /** What the read stream answers, the same way the GETs do. */
   private readonly reads: StreamReads = {
     device: name => this.device(name),
@@ -144,10 +155,9 @@ export class BlockServer {
   }
 
   constructor (private readonly opts: BlockServerOptions) {
-    if (opts.token.length === 0) throw new Error('the block server needs a token')
-    this.tokenHash = createHash('sha256').update(opts.token).digest()
+    this.setTokens(opts.tokens)
     this.budget = new ByteBudget(opts.maxBufferedBytes)
-    this.server = http.createServer({
+    const httpOptions: http.ServerOptions = {
       headersTimeout: opts.headersTimeoutMs,
       requestTimeout: opts.requestTimeoutMs,
       keepAliveTimeout: opts.keepAliveTimeoutMs,
@@ -155,7 +165,23 @@ export class BlockServer {
       connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(opts.headersTimeoutMs / 4))),
       // The Host header means nothing here; do not answer its absence with a non-JSON 400.
       requireHostHeader: false
-    }, (req, res) => this.dispatch(req, res, false))
+    }
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => this.dispatch(req, res, false)
+    if (opts.tls !== undefined) {
+      this.server = https.createServer({
+        ...httpOptions,
+        ...opts.tls,
+        // A client that opens a connection and never finishes its hello holds a descriptor; not for long.
+        handshakeTimeout: opts.handshakeTimeoutMs ?? opts.headersTimeoutMs
+      }, onRequest)
+      this.server.on('tlsClientError', (err: Error & { code?: string }, socket: Duplex & { remoteAddress?: string }) => {
+        this.tlsFailures++
+        log('TLS handshake with %s failed: %s', socket.remoteAddress, err.code ?? err.message)
+        socket.destroy()
+      })
+    } else {
+      this.server = http.createServer(httpOptions, onRequest)
+    }
     this.server.on('checkContinue', (req: http.IncomingMessage, res: http.ServerResponse) => this.dispatch(req, res, true))
     this.server.on('checkExpectation', (req: http.IncomingMessage, res: http.ServerResponse) => {
       res.on('error', () => {})
@@ -166,6 +192,39 @@ export class BlockServer {
     // With no 'timeout' listener, Node destroys a socket idle this long.
     this.server.setTimeout(opts.idleTimeoutMs)
     this.server.maxConnections = opts.maxConnections
+    // A flood of connections is cut at the limit; say so (once a second at most) rather than in silence.
+    let lastDropLog = 0
+    this.server.on('drop', (d?: { remoteAddress?: string }) => {
+      this.dropped++
+      if (Date.now() - lastDropLog < 1000) return
+      lastDropLog = Date.now()
+      log('connection limit (%d) reached: closed a connection from %s (%d so far)', opts.maxConnections, d?.remoteAddress, this.dropped)
+    })
+  }
+
+  /** Whether this server speaks TLS. */
+  get secure (): boolean {
+    return this.opts.tls !== undefined
+  }
+
+  /**
+   * The tokens accepted from now on. Connections that proved a token no
+   * longer in the list must prove one again on their next request; read
+   * streams opened with one finish their reads in flight and are closed.
+   */
+  setTokens (tokens: readonly string[]): void {
+    if (tokens.length === 0 || tokens.some(t => t.length === 0)) throw new Error('the block server needs a token')
+    this.tokenHashes = tokens.map(t => createHash('sha256').update(t).digest())
+    this.authenticated = new WeakMap()
+    for (const [session, hash] of this.sessions) {
+      if (!this.tokenHashes.some(h => h.equals(hash))) session.stop()
+    }
+  }
+
+  /** A renewed certificate and key (already checked): new connections use them, those open keep theirs. */
+  setTls (options: ServerTlsOptions): void {
+    if (!(this.server instanceof https.Server)) throw new Error('this server was started without TLS')
+    this.server.setSecureContext(options)
   }
 
   /** Starts listening; resolves with the bound address (port 0 picks a free port). */
@@ -190,7 +249,7 @@ export class BlockServer {
   /** Requests being handled now. */
   get inFlight (): number {
     let n = this.active
-    for (const s of this.sessions) n += s.inFlight
+    for (const s of this.sessions.keys()) n += s.inFlight
     return n
   }
 
@@ -206,7 +265,7 @@ export class BlockServer {
       let forced = false
       const closed = new Promise<void>(resolve => this.server.close(() => resolve()))
       this.server.closeIdleConnections()
-      for (const s of this.sessions) s.stop()
+      for (const s of this.sessions.keys()) s.stop()
       // Connections whose last response started before the stop become idle later.
       const sweep = setInterval(() => this.server.closeIdleConnections(), 100)
       sweep.unref()
@@ -215,7 +274,7 @@ export class BlockServer {
         forced = true
         log('stop: cutting off %d request(s) still in flight', this.active)
         this.server.closeAllConnections()
-        for (const s of this.sessions) s.destroy()
+        for (const s of this.sessions.keys()) s.destroy()
       }
       this.forceClose = force
       const deadline = setTimeout(force, graceMs)
@@ -320,9 +379,10 @@ export class BlockServer {
    */
   private upgrade (req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', (err) => log('upgrade: %s', err.message))
+    let tokenHash: Buffer
     try {
       if (this.stopping) throw new HttpError(503, 'EAGAIN', 'the server is stopping')
-      this.authenticate(req)
+      tokenHash = this.authenticate(req)
       const route = parseTarget(req.url)
       if (route.kind !== 'stream') throw new HttpError(400, 'EINVAL', `only ${STREAM_PATH} can be upgraded (to ${STREAM_PROTOCOL})`)
       if (req.method !== 'GET') throw new HttpError(405, 'EOPNOTSUPP', `method ${req.method ?? ''} is not allowed here; allowed: GET`)
@@ -338,11 +398,15 @@ export class BlockServer {
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${STREAM_PROTOCOL}\r\nConnection: Upgrade\r\n\r\n`)
     ;(socket as Duplex & { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true)
     const session = new StreamSession(socket, this.reads, this.opts.idleTimeoutMs, () => this.sessions.delete(session))
-    this.sessions.add(session)
+    this.sessions.set(session, tokenHash)
     if (head.length > 0) session.take(head)
   }
 
-  private authenticate (req: http.IncomingMessage): void {
+  /** Throws 401 unless the request carries an accepted token; returns that token's digest. */
+  private authenticate (req: http.IncomingMessage): Buffer {
+    // Mutual TLS: the certificate first, then the token as well.
+    const refused = clientCertificateProblem(req.socket, this.opts.tls?.requestCert === true)
+    if (refused !== undefined) throw new HttpError(403, 'EACCES', refused)
     let count = 0
     for (let i = 0; i < req.rawHeaders.length; i += 2) {
       if (req.rawHeaders[i].toLowerCase() === 'authorization') count++
@@ -353,15 +417,19 @@ export class BlockServer {
     const value = req.headers.authorization ?? ''
     // The header this connection already proved right needs no second hash (a plain compare leaks
     // nothing: the connection knows that value already).
-    if (this.authenticated.get(req.socket) === value) return
+    const known = this.authenticated.get(req.socket)
+    if (known?.value === value) return known.hash
     const m = /^Bearer +([^ ]+) *$/i.exec(value)
     if (!m) throw new HttpError(401, 'EACCES', 'the Authorization header must be "Bearer TOKEN"', challenge)
-    // Compare digests of equal length, in constant time.
     const given = createHash('sha256').update(m[1]).digest()
-    if (!timingSafeEqual(given, this.tokenHash)) {
+    // Digests of equal length compared in constant time, against every token (no early exit).
+    let match = false
+    for (const h of this.tokenHashes) match = timingSafeEqual(given, h) || match
+    if (!match) {
       throw new HttpError(401, 'EACCES', 'wrong token', { 'WWW-Authenticate': `${CHALLENGE}, error="invalid_token"` })
     }
-    this.authenticated.set(req.socket, value)
+    this.authenticated.set(req.socket, { value, hash: given })
+    return given
   }
 
   private device (name: string): Device {

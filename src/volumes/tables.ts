@@ -28,11 +28,20 @@ export interface DeviceRow {
   path: string
 }
 
-/** A remote block server. */
+/**
+ * A remote block server. Credentials are kept as paths to their files,
+ * read when a device of the server is opened; never their bytes.
+ */
 export interface ServerRow {
   name: string
+  /** http://HOST:PORT or https://HOST:PORT. */
   url: string
   tokenFile?: string
+  /** https: the CA that signed the server's certificate (none: the system's CAs). */
+  caFile?: string
+  /** https with mutual TLS: this host's certificate and key. */
+  clientCertFile?: string
+  clientKeyFile?: string
 }
 
 /** A logical volume served by mirror volumes: every block goes to each of them. */
