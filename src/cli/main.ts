@@ -210,6 +210,8 @@ export function program (): Command {
   device.command('add').argument('<STATE>').argument('<NAME>').argument('<PATH>')
     .description('add a local device: a directory on a disk of this host')
     .action(async (state: string, name: string, path: string) => {
+      const fsName = parseFsName(state)
+      if (fsName.kind === 'postgres') admin.refuseLocalDevice(fsName.url, `cannot add local device "${name}"`)
       const r = await onState(state, 'device-add', [name, resolve(path)], s => admin.deviceAdd(s, name, path))
       console.log(`bslfs: device local:${r.device} at ${r.path}`)
     })

@@ -138,8 +138,12 @@ export function parseVolume (text: string): number {
  * is a directory on one of them: the others could not read the blocks it holds.
  */
 function refuseLocalInShared (state: State, what: string): void {
-  if (!state.shared) return
-  throw new UsageError(`${what}: ${state.location} is shared by every host that mounts it, and a local device is a directory on one host that the others cannot read; ` +
+  if (state.shared) refuseLocalDevice(state.location, what)
+}
+
+/** The refusal itself, also given by the CLI before it connects anywhere. */
+export function refuseLocalDevice (location: string, what: string): never {
+  throw new UsageError(`${what}: ${location} is shared by every host that mounts it, and a local device is a directory on one host that the others cannot read; ` +
     'keep the data on a block server (`bslfs serve` on the host with the disk, then `bslfs server add` and `bslfs volume add VOL SERVER:DEVICE`)')
 }
 
