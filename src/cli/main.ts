@@ -5,7 +5,7 @@ import * as admin from '../daemon/admin'
 import { askControl } from '../daemon/control'
 import { fsNameText, parseFsName, runtimePaths } from '../daemon/location'
 import { controlSocketOf, findFsMounts, findMount, fusermount } from '../daemon/mountpoint'
-import { DEFAULT_BLOCK_SIZE, State, initState } from '../daemon/state'
+import { DEFAULT_BLOCK_SIZE, State, checkPasswordFile, initState } from '../daemon/state'
 import { Progress } from '../daemon/progress'
 import { FsckReport } from '../daemon/fsck'
 import { Presets, SingleBar } from 'cli-progress'
@@ -28,9 +28,7 @@ async function runOnFs<T> (nameArg: string, cmd: string, args: string[], offline
   extra: { options?: Record<string, unknown>, onProgress?: (p: Progress) => void, passwordFile?: string } = {}): Promise<T> {
   const name = parseFsName(nameArg)
   const passwordFile = extra.passwordFile
-  if (passwordFile !== undefined && name.kind === 'state') {
-    throw new UsageError(`--password-file is for a filesystem named by a postgres:// URL; ${name.root} is a STATE directory (LevelDB), which needs no password`)
-  }
+  checkPasswordFile(name, passwordFile)
   const sockets = name.kind === 'state' ? [runtimePaths(name, '').socket] : (await findFsMounts(name)).map(controlSocketOf)
   const req = { cmd, args, options: extra.options }
   let result: { value: T } | undefined

@@ -4,7 +4,7 @@ import { resolve } from 'node:path'
 import { UsageError } from '../errors'
 import { runDaemon } from '../daemon/daemon'
 import { fsNameText, parseFsName, runtimePaths } from '../daemon/location'
-import { readMarker } from '../daemon/state'
+import { checkPasswordFile, readMarker } from '../daemon/state'
 import { parseMountOptions } from '../fs/mount'
 
 /**
@@ -35,9 +35,7 @@ export async function mountCommand (nameArg: string, mountpoint: string, opts: {
   const passwordFile = opts.passwordFile ?? (taken.passwordFile === undefined ? undefined : resolve(taken.passwordFile))
   const options = parseMountOptions(taken.options) // refuse bad options before anything starts
   const name = parseFsName(nameArg)
-  if (passwordFile !== undefined && name.kind === 'state') {
-    throw new UsageError(`--password-file is for a filesystem named by a postgres:// URL; ${name.root} is a STATE directory (LevelDB), which needs no password`)
-  }
+  checkPasswordFile(name, passwordFile)
   if (opts.foreground || opts.readyFd) {
     const ready = opts.readyFd ? createWriteStream('', { fd: Number(opts.readyFd) }) : null
     let daemon

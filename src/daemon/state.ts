@@ -107,7 +107,7 @@ async function initShared (name: FsName & { kind: 'postgres' }, blockSize: numbe
 }
 
 /** --password-file belongs to a URL; a STATE directory has no password to give. */
-function checkPasswordFile (name: FsName, passwordFile: string | undefined): void {
+export function checkPasswordFile (name: FsName, passwordFile: string | undefined): void {
   if (passwordFile !== undefined && name.kind === 'state') {
     throw new UsageError(`--password-file is for a filesystem named by a postgres:// URL; ${name.root} is a STATE directory (LevelDB), which needs no password`)
   }
