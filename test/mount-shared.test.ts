@@ -5,6 +5,7 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
+import { parseFsName, runtimePaths } from '../src/daemon/location'
 import { pgUnavailable, startPostgres } from './helpers/postgres'
 import {
   bslfs, describeRun, isMounted, sha256, sleep, startBlockServer, target, volumeKind, waitFor, type RunResult
@@ -49,7 +50,10 @@ async function twoMounts (t: Test): Promise<Shared> {
   for (const mnt of [a, b]) {
     fs.mkdirSync(mnt)
     await must(['mount', url, mnt])
-    t.teardown(async () => { if (isMounted(mnt)) await cli(['unmount', mnt]) })
+    t.teardown(async () => {
+      if (isMounted(mnt)) await cli(['unmount', mnt])
+      fs.rmSync(runtimePaths(parseFsName(url), mnt).dir, { recursive: true, force: true })
+    })
     // A's first file reserves its ranges of inode numbers and object ids before B loads the
     // counters: two mounts that load them at once would hand out the same numbers until the
     // counters are taken in batches per mount (the directory's multi-writer part of issue 21).

@@ -75,13 +75,16 @@ t.test('a shared filesystem set up end to end, and where the password never show
   // mount(8)'s helper: the fstab form, the password file as a mount option.
   const mounted = await run(process.execPath, [join(__dirname, '..', 'bin', 'mount.bslfs'), url, mnt, '-o', `_netdev,password_file=${f.passwordFile}`], { env: { PATH: process.env.PATH } })
   t.equal(mounted.code, 0, 'mount.bslfs URL MNT -o _netdev,password_file=FILE (no PGPASSFILE)', { run: describeRun(mounted) })
-  t.teardown(async () => { if (isMounted(mnt)) await bslfs(['unmount', mnt]) })
+  const paths = runtimePaths(parseFsName(url), mnt)
+  t.teardown(async () => {
+    if (isMounted(mnt)) await bslfs(['unmount', mnt])
+    fs.rmSync(paths.dir, { recursive: true, force: true })
+  })
   t.ok(await waitFor(() => isMounted(mnt)), 'mounted')
   t.equal(mountEntry(mnt)?.source, url, '/proc/mounts shows the URL (which holds no password) as the source')
   const data = Buffer.alloc(3 * 1024 * 1024 + 17, 7)
   fs.writeFileSync(join(mnt, 'f'), data)
 
-  const paths = runtimePaths(parseFsName(url), mnt)
   const pid = Number(fs.readFileSync(paths.pid, 'utf8'))
   t.ok(pidAlive(pid), `the daemon's pid is in ${paths.pid}`)
   t.notOk(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(PASSWORD), "the daemon's command line (ps) holds no password")
