@@ -130,6 +130,7 @@ t.test('bad input: one line each, exit non-zero, nothing changed', { skip }, asy
   refused(t, await bslfs(['status', dead, ...pw]), 'status of an unreachable URL', /connection refused/)
   refused(t, await bslfs(['mount', dead, mnt, ...pw]), 'mount of an unreachable URL', /connection refused/)
   t.notOk(isMounted(mnt), 'nothing mounted')
+  t.notOk(fs.existsSync(runtimePaths(parseFsName(dead), mnt).dir), 'no runtime dir left behind')
 
   const wrong = join(f.base, 'wrong')
   fs.writeFileSync(wrong, 'not-the-password\n', { mode: 0o600 })

@@ -52,7 +52,8 @@ export async function mountCommand (nameArg: string, mountpoint: string, opts: {
   }
   if (name.kind === 'state') await readMarker(name.root) // a missing or wrong STATE is reported here, not in a log file
   const p = runtimePaths(name, resolve(mountpoint))
-  await fsp.mkdir(p.dir, { recursive: true, mode: 0o700 })
+  // A URL's runtime dir made here for a mount that is refused goes again: bad input leaves nothing behind.
+  const madeDir = name.kind === 'postgres' && (await fsp.mkdir(p.dir, { recursive: true, mode: 0o700 })) !== undefined
   const logFd = openSync(p.log, 'a', 0o600)
   // The password file's path goes on the daemon's command line; the password never does.
   const args = [process.argv[1], 'mount', fsNameText(name), resolve(mountpoint), '--ready-fd', '3']
@@ -74,7 +75,10 @@ export async function mountCommand (nameArg: string, mountpoint: string, opts: {
     ;(child.stdio[3] as unknown as { destroy(): void }).destroy()
     return
   }
-  if (answer.startsWith('error ')) throw new UsageError(answer.slice(6).trim())
+  if (answer.startsWith('error ')) {
+    if (madeDir) await fsp.rm(p.dir, { recursive: true, force: true })
+    throw new UsageError(answer.slice(6).trim())
+  }
   const tail = (await fsp.readFile(p.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' | ')
   throw new UsageError(`the mount daemon exited before the mount came up: ${tail || 'no output'} (see ${p.log})`)
 }
