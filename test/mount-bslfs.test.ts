@@ -11,6 +11,7 @@ import {
   describeRun, digestDiff, directoryKind, errCode, isMounted, mountCount, mountEntry, pidAlive, py, run, sha256,
   sleep, target, treeDigest, waitFor, withMount, type RunResult
 } from './helpers/mount'
+import { parseFsName, runtimePaths } from '../src/daemon/location'
 
 type Test = tap.Test
 
@@ -239,6 +240,7 @@ if (target !== 'bslfs') {
       t.equal(fs.readFileSync(join(other, 'f'), 'utf8'), 'first', 'the second mount serves the same files')
       const u = await m.bslfs(['unmount', other])
       t.equal(u.code, 0, 'and unmounts', { run: describeRun(u) })
+      fs.rmSync(runtimePaths(parseFsName(m.state), other).dir, { recursive: true, force: true })
     }
     const state2 = join(m.base, 'state2'); fs.mkdirSync(state2)
     const init2 = await m.bslfs(['init', state2])
