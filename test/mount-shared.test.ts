@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { parseFsName, runtimePaths } from '../src/daemon/location'
 import { pgUnavailable, startPostgres } from './helpers/postgres'
 import {
-  bslfs, describeRun, isMounted, sha256, sleep, startBlockServer, target, volumeKind, waitFor, type RunResult
+  bslfs, bslfsBin, describeRun, isMounted, run, sha256, sleep, startBlockServer, target, volumeKind, waitFor, type RunResult
 } from './helpers/mount'
 
 type Test = tap.Test
@@ -20,7 +20,7 @@ const skip = target !== 'bslfs' ? `two mounts of one filesystem need bslfs (BSLF
 /** The kernel's entry and attribute timeout of a default mount (DEFAULT_SESSION). */
 const ENTRY_TIMEOUT_MS = 1000
 
-interface Shared { url: string, a: string, b: string, cli (args: string[]): Promise<RunResult>, must (args: string[]): Promise<RunResult> }
+interface Shared { url: string, a: string, b: string, env: NodeJS.ProcessEnv, cli (args: string[]): Promise<RunResult>, must (args: string[]): Promise<RunResult> }
 
 async function twoMounts (t: Test): Promise<Shared> {
   const pg = await startPostgres(t, { settings: { fsync: 'off' } })
@@ -59,7 +59,7 @@ async function twoMounts (t: Test): Promise<Shared> {
     // counters are taken in batches per mount (the directory's multi-writer part of issue 21).
     if (mnt === a) fs.writeFileSync(join(a, 'seed'), 'reserves A\'s ranges')
   }
-  return { url, a, b, cli, must }
+  return { url, a, b, env, cli, must }
 }
 
 t.test('two mounts of one URL', { skip }, async t => {
@@ -112,6 +112,26 @@ t.test('two mounts of one URL', { skip }, async t => {
       const r = await s.must(['bsl', s.url, name, '--json'])
       t.match(JSON.parse(r.stdout)[0]?.bsl ?? '', /^idx:2\./, `a block written through ${mnt === s.a ? 'A' : 'B'} goes to volume 2`, { run: describeRun(r) })
     }
+  })
+
+  t.test('a table change made on another host reaches the mounts within their 2 s re-read', async t => {
+    // "Another host": a mount namespace of its own with both mounts detached there, so the CLI finds no
+    // local mount to run on or to tell, and changes the tables in the database directly.
+    const elsewhere = await run('unshare', ['-m', '--propagation', 'private', '--', 'sh', '-c',
+      `umount -l '${s.a}' && umount -l '${s.b}' && "$0" "$1" volume add "$2" 3 s1:d1 && "$0" "$1" volume default "$2" 3`,
+      process.execPath, bslfsBin, s.url], { env: s.env })
+    if (!t.equal(elsewhere.code, 0, 'volume add + volume default from a host with no mount of it', { run: describeRun(elsewhere) })) return
+    t.ok(isMounted(s.a) && isMounted(s.b), 'both mounts are still there outside that namespace')
+    const start = Date.now()
+    let volume = ''
+    for (let i = 0; Date.now() - start < 4000; i++) {
+      const name = join(s.b, `after-remote-default-${i}`)
+      fs.writeFileSync(name, 'y')
+      volume = (JSON.parse((await s.must(['bsl', s.url, name, '--json'])).stdout)[0]?.bsl ?? '').replace(/\..*/, '')
+      if (volume === 'idx:3') break
+      await sleep(100)
+    }
+    t.equal(volume, 'idx:3', `B's new blocks go to volume 3 after ${Date.now() - start} ms (bound: 2 s re-read)`)
   })
 
   t.test('fsck of the URL while both are mounted is clean', {
