@@ -8,9 +8,10 @@ import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
 import {
-  describeRun, digestDiff, errCode, isMounted, mountCount, mountEntry, pidAlive, py, run, sha256,
+  describeRun, digestDiff, directoryKind, errCode, isMounted, mountCount, mountEntry, pidAlive, py, run, sha256,
   sleep, target, treeDigest, waitFor, withMount, type RunResult
 } from './helpers/mount'
+import { parseFsName, runtimePaths } from '../src/daemon/location'
 
 type Test = tap.Test
 
@@ -229,9 +230,18 @@ if (target !== 'bslfs') {
     const r2 = await m.bslfs(['mount', m.state, m.mnt])
     refused(t, r2, 'mount the same STATE again onto its mount point')
     const other = join(m.base, 'other-mnt'); fs.mkdirSync(other)
-    const r3 = await m.bslfs(['mount', m.state, other])
-    refused(t, r3, 'mount a STATE that is already mounted elsewhere')
-    t.notOk(isMounted(other), 'nothing mounted on the second mount point')
+    const r3 = await m.bslfs(['mount', m.state, other, ...(m.passwordFile ? ['--password-file', m.passwordFile] : [])])
+    if (directoryKind === 'leveldb') {
+      refused(t, r3, 'mount a STATE that is already mounted elsewhere')
+      t.notOk(isMounted(other), 'nothing mounted on the second mount point')
+    } else {
+      // A filesystem on PostgreSQL is for several mounts at once (hosts; here two mount points).
+      t.equal(r3.code, 0, 'a URL-named filesystem mounts at a second mount point too', { run: describeRun(r3) })
+      t.equal(fs.readFileSync(join(other, 'f'), 'utf8'), 'first', 'the second mount serves the same files')
+      const u = await m.bslfs(['unmount', other])
+      t.equal(u.code, 0, 'and unmounts', { run: describeRun(u) })
+      fs.rmSync(runtimePaths(parseFsName(m.state), other).dir, { recursive: true, force: true })
+    }
     const state2 = join(m.base, 'state2'); fs.mkdirSync(state2)
     const init2 = await m.bslfs(['init', state2])
     t.equal(init2.code, 0, 'init a second STATE', { run: describeRun(init2) })
@@ -252,12 +262,22 @@ if (target !== 'bslfs') {
     const before = await treeDigest(dir, { mtime: true })
     refused(t, await m.bslfs(['init', dir]), 'init of a non-empty, non-bslfs dir')
     t.same(digestDiff(before, await treeDigest(dir, { mtime: true })), [], 'the directory is unchanged')
-    const stBefore = await treeDigest(m.state, { mtime: true })
-    refused(t, await m.bslfs(['init', m.state]), 'init of an existing bslfs STATE')
-    t.same(digestDiff(stBefore, await treeDigest(m.state, { mtime: true })), [], 'the existing STATE is unchanged')
+    if (directoryKind === 'leveldb') {
+      const stBefore = await treeDigest(m.state, { mtime: true })
+      refused(t, await m.bslfs(['init', m.state]), 'init of an existing bslfs STATE')
+      t.same(digestDiff(stBefore, await treeDigest(m.state, { mtime: true })), [], 'the existing STATE is unchanged')
+    } else {
+      // A database is compared by what the filesystem holds: its tables and its files.
+      const holds = async (): Promise<unknown> => [(await m.bslfs(['volume', 'list', m.state, '--json'])).stdout, (await m.bslfs(['blocks', m.state])).stdout]
+      const before = await holds()
+      refused(t, await m.bslfs(['init', m.state, '--password-file', m.passwordFile!]), 'init of a database that holds a bslfs filesystem')
+      t.same(await holds(), before, 'the existing filesystem is unchanged')
+    }
   })
 
-  t.test('mount refuses a missing or corrupt STATE and changes nothing', async (t) => {
+  t.test('mount refuses a missing or corrupt STATE and changes nothing', {
+    skip: directoryKind === 'postgres' ? 'corrupts the files of a STATE directory (LevelDB); test/pg-cli.test.ts covers a bad URL' : false
+  }, async (t) => {
     const m = await withMount(t, { noMount: true })
     const missing = join(m.base, 'no-state')
     refused(t, await m.bslfs(['mount', missing, m.mnt]), 'mount of a missing STATE')

@@ -3,31 +3,57 @@ import { resolve } from 'node:path'
 import { FsError, UsageError } from '../errors'
 import * as admin from '../daemon/admin'
 import { askControl } from '../daemon/control'
-import { findMount, findStateMount, fusermount } from '../daemon/mountpoint'
-import { DEFAULT_BLOCK_SIZE, State, initState, statePaths } from '../daemon/state'
+import { fsNameText, parseFsName, runtimePaths } from '../daemon/location'
+import { controlSocketOf, findFsMounts, findMount, fusermount } from '../daemon/mountpoint'
+import { DEFAULT_BLOCK_SIZE, State, checkPasswordFile, initState } from '../daemon/state'
 import { Progress } from '../daemon/progress'
 import { FsckReport } from '../daemon/fsck'
 import { Presets, SingleBar } from 'cli-progress'
 import { mountCommand } from './mount-command'
 import { registerServe } from './serve-command'
 
+/** Commands that change the tables every mount resolves BSLs with. */
+const CHANGES_TABLES = new Set(['device-add', 'volume-add', 'volume-default', 'server-add', 'mirror', 'remap', 'adopt'])
+
 /**
- * Run a management command on the running mount of `state` through its
- * control socket, or, when nothing is mounted, on the STATE opened here.
+ * Run a management command where the filesystem is open. A STATE: on its
+ * running mount through the control socket (the mount owns the LevelDB), or,
+ * when nothing is mounted, on the STATE opened here. A URL: on a mount of it
+ * on this host when there is one (its volumes and writers take part, as with
+ * a STATE), else on the directory opened here, next to the other hosts'
+ * mounts. A change to the tables is then told to every other mount of it on
+ * this host; mounts on other hosts re-read the tables within 2 s by themselves.
  */
-async function onState<T> (state: string, cmd: string, args: string[], offline: (s: State) => Promise<T>,
-  extra: { options?: Record<string, unknown>, onProgress?: (p: Progress) => void } = {}): Promise<T> {
-  const answer = await askControl(statePaths(state).socket, { cmd, args, options: extra.options }, undefined, p => extra.onProgress?.(p as Progress))
-  if (answer) {
+async function runOnFs<T> (nameArg: string, cmd: string, args: string[], offline: (s: State) => Promise<T>,
+  extra: { options?: Record<string, unknown>, onProgress?: (p: Progress) => void, passwordFile?: string } = {}): Promise<T> {
+  const name = parseFsName(nameArg)
+  const passwordFile = extra.passwordFile
+  checkPasswordFile(name, passwordFile)
+  const sockets = name.kind === 'state' ? [runtimePaths(name, '').socket] : (await findFsMounts(name)).map(controlSocketOf)
+  const req = { cmd, args, options: extra.options }
+  let result: { value: T } | undefined
+  let ranOn: string | undefined
+  for (const socket of sockets) {
+    const answer = await askControl(socket, req, undefined, p => extra.onProgress?.(p as Progress))
+    if (!answer) continue
     if (!answer.ok) throw new UsageError(answer.error)
-    return answer.result as T
+    result = { value: answer.result as T }
+    ranOn = socket
+    break
   }
-  const s = await State.open(state)
-  try {
-    return await offline(s)
-  } finally {
-    await s.close()
+  if (!result) {
+    const s = await State.open(name, { passwordFile })
+    try {
+      result = { value: await offline(s) }
+    } finally {
+      await s.close()
+    }
   }
+  if (name.kind === 'postgres' && CHANGES_TABLES.has(cmd)) {
+    // The periodic re-read covers a mount that does not answer now.
+    await Promise.all(sockets.filter(s => s !== ranOn).map(async s => await askControl(s, { cmd: 'reload-tables', args: [] }, 10_000).catch(() => null)))
+  }
+  return result.value
 }
 
 const print = (json: boolean | undefined, value: unknown, text: () => string) => {
@@ -114,17 +140,31 @@ export function program (): Command {
     .description('A FUSE filesystem that maps POSIX paths to block storage locators (BSLs)')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
+    .option('--password-file <FILE>', 'the PostgreSQL password for a postgres:// URL, in a file only its owner can read (else ~/.pgpass or PGPASSFILE)')
+  /** `--password-file FILE`: a program option, so it may come before or after the command. */
+  const globalPasswordFile = (): string | undefined => {
+    const file = cli.opts<{ passwordFile?: string }>().passwordFile
+    return file === undefined ? undefined : resolve(file)
+  }
+  const onState = async <T>(name: string, cmd: string, args: string[], offline: (s: State) => Promise<T>,
+    extra: { options?: Record<string, unknown>, onProgress?: (p: Progress) => void } = {}): Promise<T> =>
+    await runOnFs(name, cmd, args, offline, { ...extra, passwordFile: globalPasswordFile() })
 
-  cli.command('init').argument('<STATE>', 'directory for the new filesystem')
-    .description('create a filesystem: one local device and one logical volume on it')
+  cli.command('init').argument('<STATE>', 'directory for the new filesystem, or postgres://USER@HOST:PORT/DATABASE (an empty database)')
+    .description('create a filesystem: in a STATE directory one local device and one logical volume on it; in PostgreSQL the directory only (add servers and volumes)')
     .option('--block-size <BYTES>', 'block size (4096..67108864, a power of two)', String(DEFAULT_BLOCK_SIZE))
     .action(async (state: string, o: { blockSize: string }) => {
       const bs = Number(o.blockSize)
       if (!Number.isInteger(bs) || bs < 4096 || bs > 64 * 1048576 || (bs & (bs - 1)) !== 0) {
         throw new UsageError(`bad --block-size "${o.blockSize}": use a power of two from 4096 to 67108864`)
       }
-      await initState(state, { blockSize: bs })
-      console.log(`bslfs: new filesystem in ${resolve(state)} (device local:d0, volume 1); mount it with \`bslfs mount ${state} MOUNTPOINT\``)
+      const name = parseFsName(state)
+      await initState(name, { blockSize: bs, passwordFile: globalPasswordFile() })
+      if (name.kind === 'state') console.log(`bslfs: new filesystem in ${name.root} (device local:d0, volume 1); mount it with \`bslfs mount ${state} MOUNTPOINT\``)
+      else {
+        console.log(`bslfs: new filesystem in ${fsNameText(name)}, with no volume yet: its data lives on block servers every host can reach. ` +
+          `Next: \`bslfs server add ${name.url} NAME http://HOST:PORT --token-file FILE\`, \`bslfs volume add ${name.url} 1 NAME:DEVICE\`, \`bslfs volume default ${name.url} 1\``)
+      }
     })
 
   cli.command('mount').argument('<STATE>').argument('<MOUNTPOINT>')
@@ -133,7 +173,7 @@ export function program (): Command {
     .option('-o, --options <OPTIONS>', 'mount options, comma-separated (ro, allow_other, kernel_cache, entry_timeout=N, ...)')
     .addOption(new Option('--ready-fd <FD>').hideHelp())
     .action(async (state: string, mnt: string, o: { foreground?: boolean, options?: string, readyFd?: string }) => {
-      await mountCommand(state, mnt, o)
+      await mountCommand(state, mnt, { ...o, passwordFile: globalPasswordFile() })
     })
 
   cli.command('unmount').alias('umount').argument('<MOUNTPOINT>')
@@ -144,7 +184,7 @@ export function program (): Command {
       const m = await findMount(abs)
       if (!m) throw new UsageError(`${abs} is not mounted`)
       if (m.fstype !== 'fuse.bslfs') throw new UsageError(`${abs} is not a bslfs mount (${m.fstype})`)
-      const answer = await askControl(statePaths(m.source).socket, { cmd: 'unmount', args: [], options: { lazy: !!o.lazy } })
+      const answer = await askControl(controlSocketOf(m), { cmd: 'unmount', args: [], options: { lazy: !!o.lazy } })
       if (answer && !answer.ok) throw new UsageError(answer.error)
       if (!answer) {
         // The daemon is gone: only the kernel's side of the mount is left.
@@ -168,6 +208,8 @@ export function program (): Command {
   device.command('add').argument('<STATE>').argument('<NAME>').argument('<PATH>')
     .description('add a local device: a directory on a disk of this host')
     .action(async (state: string, name: string, path: string) => {
+      const fsName = parseFsName(state)
+      if (fsName.kind === 'postgres') admin.refuseLocalDevice(fsName.url, `cannot add local device "${name}"`)
       const r = await onState(state, 'device-add', [name, resolve(path)], s => admin.deviceAdd(s, name, path))
       console.log(`bslfs: device local:${r.device} at ${r.path}`)
     })
@@ -306,9 +348,9 @@ export function program (): Command {
     .description("the BSLs of a file's blocks and where each resolves")
     .option('--json', 'machine-readable output')
     .action(async (state: string, path: string, o: { json?: boolean }) => {
-      const m = await findStateMount(state)
       const abs = resolve(path)
-      const inner = m && (abs === m.mountpoint || abs.startsWith(m.mountpoint + '/')) ? abs.slice(m.mountpoint.length) || '/' : path
+      const m = (await findFsMounts(parseFsName(state))).find(m => abs === m.mountpoint || abs.startsWith(m.mountpoint + '/'))
+      const inner = m ? abs.slice(m.mountpoint.length) || '/' : path
       const blocks = await onState(state, 'bsl', [inner], s => admin.bslOf(s, inner))
       if (!o.json && blocks.length === 0) console.error('(no blocks: the file is empty or a hole)')
       else {

@@ -1,7 +1,8 @@
 import { mountCommand } from './mount-command'
 
 /**
- * mount.bslfs: what `mount -t bslfs STATE MOUNTPOINT` and /etc/fstab run.
+ * mount.bslfs: what `mount -t bslfs STATE|URL MOUNTPOINT` and /etc/fstab run (a URL's
+ * password: `-o password_file=FILE`, since mount(8) gives helpers a bare environment).
  * mount(8) calls it as: mount.bslfs STATE MOUNTPOINT [-sfnv] [-o OPTIONS].
  */
 export async function main (argv = process.argv.slice(2)): Promise<void> {
@@ -15,7 +16,7 @@ export async function main (argv = process.argv.slice(2)): Promise<void> {
     else positional.push(a)
   }
   if (positional.length !== 2) {
-    console.error('usage: mount.bslfs STATE MOUNTPOINT [-o OPTIONS]')
+    console.error('usage: mount.bslfs STATE|postgres://USER@HOST:PORT/DB MOUNTPOINT [-o OPTIONS,password_file=FILE]')
     process.exit(1)
   }
   // mount(8) runs helpers with a bare environment; the daemon is this same program.

@@ -114,7 +114,7 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
     }
   }))
   return {
-    state: state.paths.root,
+    state: state.location,
     blockSize: state.dir.blockSize,
     mounted,
     files: usage.files,
@@ -136,7 +136,22 @@ export function parseVolume (text: string): number {
   return Number(text)
 }
 
+/**
+ * A filesystem on PostgreSQL is mounted by several hosts, and a local device
+ * is a directory on one of them: the others could not read the blocks it holds.
+ */
+function refuseLocalInShared (state: State, what: string): void {
+  if (state.shared) refuseLocalDevice(state.location, what)
+}
+
+/** The refusal itself, also given by the CLI before it connects anywhere. */
+export function refuseLocalDevice (location: string, what: string): never {
+  throw new UsageError(`${what}: ${location} is shared by every host that mounts it, and a local device is a directory on one host that the others cannot read; ` +
+    'keep the data on a block server (`bslfs serve` on the host with the disk, then `bslfs server add` and `bslfs volume add VOL SERVER:DEVICE`)')
+}
+
 export async function deviceAdd (state: State, name: string, path: string): Promise<{ device: string, path: string }> {
+  refuseLocalInShared(state, `cannot add local device "${name}"`)
   try {
     validName('device', name)
   } catch (err) {
@@ -160,7 +175,7 @@ export async function volumeAdd (state: State, volumeText: string, placeArg: str
   if (tables.volumes.has(volume) || tables.mirrors.has(volume)) {
     throw new UsageError(`volume ${volume} already exists; to move it use \`bslfs remap\``)
   }
-  await checkPlaceKnown(tables, place)
+  await checkPlaceKnown(state, tables, place)
   await state.dir.setVolume(volume, place)
   await state.reloadTables()
   return { volume, place: placeText(place) }
@@ -174,9 +189,10 @@ function parsePlaceArg (text: string): Place {
   }
 }
 
-/** A place must name a local device or a server this filesystem knows. */
-async function checkPlaceKnown (tables: Tables, place: Place): Promise<void> {
+/** A place must name a local device (not in a shared filesystem) or a server this filesystem knows. */
+async function checkPlaceKnown (state: State, tables: Tables, place: Place): Promise<void> {
   if (place.server === LOCAL_SERVER) {
+    refuseLocalInShared(state, `cannot use ${placeText(place)}`)
     if (!tables.devices.has(place.device)) {
       throw new UsageError(`there is no local device "${place.device}"; add it first with \`bslfs device add STATE ${place.device} PATH\``)
     }
@@ -321,7 +337,7 @@ export async function volumeDefault (state: State, volumeText: string): Promise<
   const tables = await state.dir.tables()
   if (volumeText.includes(':')) {
     const place = parsePlaceArg(volumeText)
-    await checkPlaceKnown(tables, place)
+    await checkPlaceKnown(state, tables, place)
     await state.dir.setDefaultVolume(place)
     await state.reloadTables()
     return { place: placeText(place) }
@@ -414,7 +430,7 @@ export async function remapVolume (state: State, volumeText: string, placeText_:
   }
   const row = tables.volumes.get(volume)
   if (!row) throw new UsageError(`there is no volume ${volume} (see \`bslfs volume list STATE\`)`)
-  await checkPlaceKnown(tables, target)
+  await checkPlaceKnown(state, tables, target)
   if (placeText(row.place) === placeText(target)) throw new UsageError(`volume ${volume} is on ${placeText(target)} already`)
   return await remap(state.dir, state.volumes, state, volume, target, { ...opts, onProgress, signal })
 }
@@ -429,7 +445,7 @@ export async function adopt (state: State, placeArg: string, volumeText: string,
   const place = parsePlaceArg(placeArg)
   const volume = parseVolume(volumeText)
   const tables = await state.dir.tables()
-  await checkPlaceKnown(tables, place)
+  await checkPlaceKnown(state, tables, place)
   if (tables.mirrors.has(volume)) throw new UsageError(`volume ${volume} is mirrored; adopt into a plain volume`)
   const row = tables.volumes.get(volume)
   if (row && placeText(row.place) !== placeText(place)) {

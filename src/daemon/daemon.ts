@@ -8,6 +8,7 @@ import { BslFilesystem } from '../fs/filesystem'
 import { MountedFuse, ParsedOptions, mountFuse } from '../fs/mount'
 import * as admin from './admin'
 import { ControlProgress, ControlRequest, serveControl } from './control'
+import { parseFsName, runtimePaths } from './location'
 import { checkFuseAvailable, prepareMountpoint } from './mountpoint'
 import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './heal'
@@ -16,18 +17,29 @@ import { State } from './state'
 const log = createDebug('bslfs:daemon')
 
 /**
- * The mount daemon: owns the STATE's directory for as long as the mount
- * lives, serves the kernel through FUSE and the CLI through the control
- * socket, and exits when unmounted.
+ * How often a mount of a shared filesystem re-reads the tables by itself: a
+ * `volume add`/`volume default`/`remap`/`server add` run on another host
+ * reaches this one within this bound (one on this host tells it at once,
+ * through `reload-tables` on its control socket).
  */
-export async function runDaemon (stateArg: string, mountpointArg: string, options: ParsedOptions): Promise<{ done: Promise<void> }> {
+const SHARED_TABLES_RELOAD_MS = 2000
+
+/**
+ * The mount daemon: owns the STATE's directory (or its share of a
+ * PostgreSQL one) for as long as the mount lives, serves the kernel through
+ * FUSE and the CLI through the control socket, and exits when unmounted.
+ */
+export async function runDaemon (nameArg: string, mountpointArg: string, options: ParsedOptions, opts: { passwordFile?: string } = {}): Promise<{ done: Promise<void> }> {
   checkFuseAvailable()
   returnFreedBuffers()
+  const name = parseFsName(nameArg)
   const mountpoint = await prepareMountpoint(mountpointArg)
+  const paths = runtimePaths(name, mountpoint)
+  if (name.kind === 'postgres') await fsp.mkdir(paths.dir, { recursive: true, mode: 0o700 })
   // The open files are made from the directory, which asks them whether an inode is open (it then
   // outlives its last link): it asks only once they exist, below.
   let files!: OpenFiles
-  const state = await State.open(stateArg, { copyTimeoutMs: options.copyTimeoutMs, openInodes: { isOpen: ino => files.isOpen(ino) } })
+  const state = await State.open(name, { copyTimeoutMs: options.copyTimeoutMs, passwordFile: opts.passwordFile, openInodes: { isOpen: ino => files.isOpen(ino) } })
   const cleanup: Array<() => Promise<unknown>> = [() => state.close()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse
@@ -47,10 +59,11 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     const orphans = await state.dir.purgeOrphans()
     if (orphans) log('freed %d inodes left open and unlinked by a crash', orphans)
     await reclaim(state.dir, state.volumes)
-    await fsp.rm(state.paths.socket, { force: true })
+    await fsp.rm(paths.socket, { force: true })
 
-    mounted = await mountFuse(mountpoint, fs, state.paths.root, options).catch((err: Error) => {
-      throw new UsageError(`cannot mount ${mountpoint}: ${err.message} (see ${state.paths.log})`)
+    // The fsname /proc/mounts shows: the STATE path, or the URL (which holds no password).
+    mounted = await mountFuse(mountpoint, fs, state.location, options).catch((err: Error) => {
+      throw new UsageError(`cannot mount ${mountpoint}: ${err.message} (see ${paths.log})`)
     })
     cleanup.push(() => mounted.unmount(true))
     // The mount must answer before we say it is up.
@@ -96,15 +109,17 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     // Serve until the kernel lets go: at once after a plain unmount, when the last user leaves after a lazy one.
     await mounted.end
     clearInterval(retry)
+    clearInterval(tablesReload)
     await fs.flushAll().catch(err => console.error(`bslfs: final flush failed: ${(err as Error).message}`))
     await reclaimer.stop()
     await healer.stop()
     await reclaim(state.dir, state.volumes).catch(() => 0)
     await state.close()
-    await fsp.rm(state.paths.pid, { force: true })
+    await fsp.rm(paths.pid, { force: true })
     log('unmounted %s', mountpoint)
     // Done once the control connections have their answers (the unmount request is one of them).
-    server.close(() => { void fsp.rm(state.paths.socket, { force: true }).finally(finish) })
+    // The log stays (a URL-named mount's runtime dir too): it says how the mount ended.
+    server.close(() => { void fsp.rm(paths.socket, { force: true }).finally(finish) })
   }
 
   const handle = async (req: ControlRequest, progress: ControlProgress, signal: AbortSignal): Promise<unknown> => {
@@ -126,6 +141,7 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
       case 'remap': return admin.remapVolume(state, a, b, { ...admin.remapOptions(req.options), pendingRecords: files.services.group }, progress, signal)
       case 'adopt': return admin.adopt(state, a, b, (ino, changes) => files.adopted(ino, changes))
       case 'blocks': return admin.blockDump(state)
+      case 'reload-tables': return state.reloadTables().then(() => ({ reloaded: mountpoint }))
       case 'fsck': return admin.fsckState(state, { repair: req.options?.repair === true, checksums: req.options?.checksums !== false }, true, progress)
       default: throw new UsageError(`unknown control command "${req.cmd}"`)
     }
@@ -141,9 +157,13 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     files.retryUnwritten().catch(err => log('retry: %s', (err as Error).message))
   }, 1000)
   retry.unref()
-  server = await serveControl(state.paths.socket, handle)
-  await fsp.chmod(state.paths.socket, 0o600)
-  await fsp.writeFile(state.paths.pid, `${process.pid}\n`)
+  const tablesReload = state.shared
+    ? setInterval(() => { state.reloadTables().catch(err => log('reloading the tables: %s', (err as Error).message)) }, SHARED_TABLES_RELOAD_MS)
+    : undefined
+  tablesReload?.unref()
+  server = await serveControl(paths.socket, handle)
+  await fsp.chmod(paths.socket, 0o600)
+  await fsp.writeFile(paths.pid, `${process.pid}\n`)
 
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(sig, () => {

@@ -2,6 +2,7 @@ import { existsSync, promises as fsp } from 'node:fs'
 import { resolve } from 'node:path'
 import { UsageError } from '../errors'
 import { channel, fusermount } from '../fs/fuse/native'
+import { FsName, parseFsName, runtimePaths, sameFs } from './location'
 
 export { fusermount }
 
@@ -25,10 +26,14 @@ export async function findMount (mountpoint: string): Promise<MountEntry | undef
   return (await mountTable()).reverse().find(m => m.mountpoint === abs)
 }
 
-/** Where `state` is mounted by bslfs, if it is. */
-export async function findStateMount (state: string): Promise<MountEntry | undefined> {
-  const abs = resolve(state)
-  return (await mountTable()).find(m => m.fstype === 'fuse.bslfs' && m.source === abs)
+/** Where `name` is mounted by bslfs on this host: at most one mount of a STATE, any number of a URL. */
+export async function findFsMounts (name: FsName): Promise<MountEntry[]> {
+  return (await mountTable()).filter(m => m.fstype === 'fuse.bslfs' && sameFs(name, m.source))
+}
+
+/** The control socket of the daemon behind a bslfs mount (its source names the filesystem). */
+export function controlSocketOf (m: MountEntry): string {
+  return runtimePaths(parseFsName(m.source), m.mountpoint).socket
 }
 
 

@@ -8,10 +8,13 @@ import { RemoteDevice } from '../devices/remote'
 import { loadClientTls } from '../devices/tls'
 import { readSecretFile } from '../credentials'
 import { Directory, OpenInodes } from '../directory/directory'
+import { KvStore } from '../directory/kv'
 import { LevelKv } from '../directory/leveldb'
+import { PgKv, PgKvOptions } from '../directory/postgres'
 import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, Place, placeText } from '../volumes/tables'
 import { Volumes, VolumesOptions } from '../volumes/volumes'
+import { FsName, fsNameText, parseFsName } from './location'
 
 /**
  * A STATE directory: what `bslfs init` makes and every command names.
@@ -21,6 +24,9 @@ import { Volumes, VolumesOptions } from '../volumes/volumes'
  *   STATE/devices/d0/      the first local device
  *   STATE/control.sock     the running mount's control socket
  *   STATE/daemon.pid       the running mount's pid; daemon.log its log
+ *
+ * A filesystem named by a postgres:// URL has no STATE: its directory is in
+ * the database, its runtime files per mount point (location.ts).
  */
 export interface StateMarker {
   format: 'bslfs-state'
@@ -44,9 +50,18 @@ export function statePaths (state: string) {
   }
 }
 
-/** Create a new filesystem in `state`: one local device d0 and volume 1 on it. */
-export async function initState (state: string, opts: { blockSize?: number } = {}): Promise<void> {
-  const p = statePaths(state)
+/**
+ * Create a new filesystem named `name`. A STATE directory gets one local
+ * device d0 and volume 1 on it. A PostgreSQL database (several hosts) gets
+ * the directory only: its data must live on block servers every host can
+ * reach, so volumes come with `server add` + `volume add` + `volume default`.
+ */
+export async function initState (name: string | FsName, opts: { blockSize?: number, passwordFile?: string } = {}): Promise<void> {
+  const fsName = typeof name === 'string' ? parseFsName(name) : name
+  checkPasswordFile(fsName, opts.passwordFile)
+  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE
+  if (fsName.kind === 'postgres') return await initShared(fsName, blockSize, opts.passwordFile)
+  const p = statePaths(fsName.root)
   let entries: string[] = []
   try {
     entries = await fsp.readdir(p.root)
@@ -56,7 +71,6 @@ export async function initState (state: string, opts: { blockSize?: number } = {
   }
   if (existsSync(p.marker)) throw new UsageError(`${p.root} already holds a bslfs filesystem; use it, or pick another directory`)
   if (entries.length > 0) throw new UsageError(`${p.root} is not empty and is not a bslfs filesystem; pick an empty or new directory`)
-  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE
   await fsp.mkdir(p.root, { recursive: true })
   try {
     await LocalDevice.create(join(p.devices, 'd0'), { server: LOCAL_SERVER, device: 'd0' })
@@ -77,6 +91,37 @@ export async function initState (state: string, opts: { blockSize?: number } = {
     // Leave the directory as we found it: nothing half-made.
     await fsp.rm(p.devices, { recursive: true, force: true })
     await fsp.rm(p.directory, { recursive: true, force: true })
+    throw err
+  }
+}
+
+/** The directory in a database of its own; the config row is written last, in one transaction, so a failed init leaves no filesystem. */
+async function initShared (name: FsName & { kind: 'postgres' }, blockSize: number, passwordFile: string | undefined): Promise<void> {
+  const kv = await openPg(name, { passwordFile, createIfMissing: true, requireEmpty: true })
+  try {
+    await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0, mode: 0o755 } }).catch((err: FsError) => {
+      if (err.code === 'EEXIST') throw new UsageError(`${name.url} already holds a bslfs filesystem; mount it, or init another database`)
+      throw err
+    })
+  } finally {
+    await kv.close()
+  }
+}
+
+/** --password-file belongs to a URL; a STATE directory has no password to give. */
+export function checkPasswordFile (name: FsName, passwordFile: string | undefined): void {
+  if (passwordFile !== undefined && name.kind === 'state') {
+    throw new UsageError(`--password-file is for a filesystem named by a postgres:// URL; ${name.root} is a STATE directory (LevelDB), which needs no password`)
+  }
+}
+
+async function openPg (name: FsName & { kind: 'postgres' }, opts: PgKvOptions): Promise<PgKv> {
+  try {
+    return await PgKv.open(name.url, opts)
+  } catch (err) {
+    if (err instanceof FsError && err.code === 'ENOENT' && /holds no bslfs directory/.test(err.message)) {
+      throw new UsageError(`${name.url} holds no bslfs filesystem; create one with \`bslfs init ${name.url}\``)
+    }
     throw err
   }
 }
@@ -104,36 +149,41 @@ export async function readMarker (state: string): Promise<StateMarker> {
   return m
 }
 
-/** An opened STATE: the directory and the volumes, ready for a mount or an offline command. */
-export class State {
-  private constructor (readonly paths: ReturnType<typeof statePaths>, readonly dir: Directory, readonly volumes: Volumes) {}
+export interface StateOpenOptions extends Pick<VolumesOptions, 'copyTimeoutMs'> {
+  /** The mount's open files, which the directory asks before it frees an unlinked inode (none offline). */
+  openInodes?: OpenInodes
+  /** A URL-named filesystem's password, from this file (else ~/.pgpass or PGPASSFILE). */
+  passwordFile?: string
+}
 
-  /** `openInodes`: the mount's open files, which the directory asks before it frees an unlinked inode (none offline). */
-  static async open (state: string, opts: Pick<VolumesOptions, 'copyTimeoutMs'> & { openInodes?: OpenInodes } = {}): Promise<State> {
-    const { openInodes, ...volumeOpts } = opts
-    const p = statePaths(state)
-    await readMarker(state)
-    let kv: LevelKv
-    try {
-      kv = await LevelKv.open(p.directory)
-    } catch (err) {
-      const cause = (err as { cause?: Error }).cause
-      const text = `${(err as Error).message} ${cause?.message ?? ''}`
-      if (/lock/i.test(text)) throw new UsageError(`${p.root} is in use by another bslfs process (mounted? see \`bslfs status ${state}\`)`)
-      throw new UsageError(`cannot open the directory database in ${p.directory}: ${cause?.message ?? (err as Error).message}`)
-    }
+/** An opened filesystem: the directory and the volumes, ready for a mount or an offline command. */
+export class State {
+  private constructor (readonly name: FsName, readonly dir: Directory, readonly volumes: Volumes) {}
+
+  /** STATE directory or postgres:// URL. */
+  static async open (nameArg: string | FsName, opts: StateOpenOptions = {}): Promise<State> {
+    const { openInodes, passwordFile, ...volumeOpts } = opts
+    const name = typeof nameArg === 'string' ? parseFsName(nameArg) : nameArg
+    checkPasswordFile(name, passwordFile)
+    const kv: KvStore = name.kind === 'postgres' ? await openPg(name, { passwordFile }) : await openLevel(name.root)
     try {
       const dir = await Directory.open(kv, openInodes)
       const tables = await dir.tables()
       const volumes = new Volumes(tables, place => openDevice(dir, place), { ...volumeOpts, healQueue: { record: copies => dir.queueHeal(copies) } })
-      return new State(p, dir, volumes)
+      return new State(name, dir, volumes)
     } catch (err) {
       await kv.close().catch(() => undefined)
-      throw new UsageError(`the filesystem in ${p.root} cannot be opened: ${(err as Error).message}`)
+      throw new UsageError(`the filesystem in ${fsNameText(name)} cannot be opened: ${(err as Error).message}`)
     }
   }
 
-  /** Re-read the tables after a change to them. */
+  /** The name as messages and `status` show it. */
+  get location (): string { return fsNameText(this.name) }
+
+  /** Several hosts may mount it (the directory is on PostgreSQL): local devices are refused. */
+  get shared (): boolean { return this.name.kind === 'postgres' }
+
+  /** Re-read the tables after a change to them (here, or told by another mount or the CLI). */
   async reloadTables (): Promise<void> {
     this.volumes.update(await this.dir.tables())
   }
@@ -141,6 +191,19 @@ export class State {
   async close (): Promise<void> {
     await this.volumes.close()
     await this.dir.close()
+  }
+}
+
+async function openLevel (state: string): Promise<LevelKv> {
+  const p = statePaths(state)
+  await readMarker(state)
+  try {
+    return await LevelKv.open(p.directory)
+  } catch (err) {
+    const cause = (err as { cause?: Error }).cause
+    const text = `${(err as Error).message} ${cause?.message ?? ''}`
+    if (/lock/i.test(text)) throw new UsageError(`${p.root} is in use by another bslfs process (mounted? see \`bslfs status ${state}\`)`)
+    throw new UsageError(`cannot open the directory database in ${p.directory}: ${cause?.message ?? (err as Error).message}`)
   }
 }
 

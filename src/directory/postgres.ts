@@ -38,6 +38,8 @@ export interface PgKvOptions {
   poolSize?: number
   /** Create the table when the database has none (default false). */
   createIfMissing?: boolean
+  /** With createIfMissing: refuse a database that holds another application's tables (`bslfs init` wants a database of its own). */
+  requireEmpty?: boolean
   /** For measurement only: commit `sync: false` transactions with synchronous_commit off (see native-notes/postgres.md: off by default for a reason). */
   asyncCommitWhenUnsynced?: boolean
 }
@@ -74,7 +76,8 @@ function parseUrl (url: string, opts: PgKvOptions): Target {
   const user = u.username ? decodeURIComponent(u.username) : (process.env.PGUSER ?? process.env.USER ?? 'postgres')
   let password: string | undefined = u.password ? decodeURIComponent(u.password) : undefined
   if (opts.passwordFile) password = readPasswordFile(opts.passwordFile)
-  const config: PoolConfig = { host, port, user, database, password, ssl: sslOf(u) }
+  // pg calls a password function with the connection's parameters (its type omits them).
+  const config: PoolConfig = { host, port, user, database, password: password ?? (passwordFromPgpass as unknown as () => Promise<string>), ssl: sslOf(u) }
   return { config, address: `${host.includes(':') ? `[${host}]` : host}:${port}`, user, database, shown: describePgUrl(url) }
 }
 
@@ -87,6 +90,17 @@ function readPasswordFile (file: string): string {
   }
   if ((mode & 0o077) !== 0) throw new FsError('EACCES', `password file ${file} is readable by others: chmod 600 it`)
   return readFileSync(file, 'utf8').replace(/\r?\n$/, '')
+}
+
+/**
+ * ~/.pgpass or PGPASSFILE, looked up as libpq does (a file readable by others
+ * is ignored, with a warning). pg would do it itself, but prints a
+ * deprecation notice into every command's output and the daemon's log.
+ */
+async function passwordFromPgpass (params: unknown): Promise<string | undefined> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const pgpass = require('pgpass') as (conn: unknown, cb: (pass: string | undefined) => void) => void
+  return await new Promise(resolve => pgpass(params, resolve))
 }
 
 /** `sslmode` and `sslrootcert` of the URL, libpq's names (disable, require, verify-ca, verify-full). */
@@ -383,6 +397,13 @@ export class PgKv implements KvStore {
     }
     if (version === undefined) {
       if (!create) throw new FsError('ENOENT', `${at}: holds no bslfs directory (no bslfs_schema table)`)
+      if (this.opts.requireEmpty) {
+        const rows = (await client.query(`SELECT schemaname || '.' || tablename AS name FROM pg_tables
+          WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND tablename NOT IN ('kv', 'bslfs_schema') ORDER BY 1 LIMIT 3`)).rows
+        if (rows.length > 0) {
+          throw new FsError('ENOTEMPTY', `${at}: holds other tables (${rows.map(r => r.name as string).join(', ')}${rows.length === 3 ? ', …' : ''}); give bslfs a database of its own (CREATE DATABASE …)`)
+        }
+      }
       try {
         await client.query('BEGIN')
         // Two hosts initializing at once: the second waits, then finds the tables.

@@ -18,6 +18,9 @@ import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream, existsSync, readFileSync } from 'node:fs'
 import * as fsp from 'node:fs/promises'
 import { join, resolve } from 'node:path'
+import tap from 'tap'
+import { parseFsName, runtimePaths } from '../../src/daemon/location'
+import { PgServer } from './postgres'
 
 export type Target = 'bslfs' | 'native' | 'bindfs'
 
@@ -32,10 +35,18 @@ function readTarget (): Target {
 export const target: Target = readTarget()
 
 /**
+ * Where a bslfs test filesystem keeps its directory: 'leveldb' (a STATE directory, the default) or
+ * 'postgres' (BSLFS_TEST_DIRECTORY=postgres: a fresh database per mount on a throw-away PostgreSQL
+ * this test process starts once; the filesystem is named by its URL, and m.state is that URL).
+ */
+export const directoryKind: 'leveldb' | 'postgres' = process.env.BSLFS_TEST_DIRECTORY === 'postgres' ? 'postgres' : 'leveldb'
+
+/**
  * Where a bslfs test filesystem keeps its data: 'local' (the device bslfs init makes) or 'remote'
  * (a block server started by the test as a child process on loopback; BSLFS_TEST_VOLUME=remote).
+ * A filesystem on PostgreSQL is shared, and a local device would belong to one host: always remote.
  */
-export const volumeKind: 'local' | 'remote' = process.env.BSLFS_TEST_VOLUME === 'remote' ? 'remote' : 'local'
+export const volumeKind: 'local' | 'remote' = process.env.BSLFS_TEST_VOLUME === 'remote' || directoryKind === 'postgres' ? 'remote' : 'local'
 
 export interface BlockServer { pid: number, port: number, url: string, tokenFile: string, device: string, stop (signal?: NodeJS.Signals): Promise<void>, start (): Promise<void> }
 
@@ -497,6 +508,42 @@ export interface Mount {
   daemonPid (): Promise<number | undefined>
   /** With BSLFS_TEST_VOLUME=remote: the block server holding the data volume. */
   server?: BlockServer
+  /** With BSLFS_TEST_DIRECTORY=postgres: the password file `init` and `mount` were given (other commands use PGPASSFILE). */
+  passwordFile?: string
+}
+
+/** The test process's PostgreSQL for BSLFS_TEST_DIRECTORY=postgres, with a login role that needs a password. */
+interface TestPostgres { server: PgServer, user: string, passwordFile: string }
+let testPostgres: Promise<TestPostgres> | undefined
+let databases = 0
+
+function startTestPostgres (): Promise<TestPostgres> {
+  testPostgres ??= (async () => {
+    // No server crash in the mount suite: fsync off only makes its commits cheaper.
+    const server = await PgServer.create({ settings: { fsync: 'off', full_page_writes: 'off' } })
+    tap.teardown(async () => await server.destroy())
+    const user = 'bslfs'
+    const password = randomBytes(12).toString('hex')
+    await server.sql(`CREATE ROLE ${user} LOGIN CREATEDB PASSWORD '${password}'`)
+    const dir = await fsp.mkdtemp('/tmp/bslfs-pgpass-')
+    tap.teardown(async () => await fsp.rm(dir, { recursive: true, force: true }))
+    const passwordFile = join(dir, 'password')
+    await fsp.writeFile(passwordFile, password + '\n', { mode: 0o600 })
+    // Commands the tests run themselves find the password as a user's would: PGPASSFILE.
+    const pgpass = join(dir, 'pgpass')
+    await fsp.writeFile(pgpass, `${server.host}:${server.port}:*:${user}:${password}\n`, { mode: 0o600 })
+    childEnv.PGPASSFILE = pgpass
+    return { server, user, passwordFile }
+  })()
+  return testPostgres
+}
+
+/** A new empty database owned by the test role; the filesystem's URL. */
+async function freshDatabase (): Promise<{ url: string, passwordFile: string }> {
+  const pg = await startTestPostgres()
+  const database = `fs${process.pid}_${++databases}`
+  await pg.server.sql(`CREATE DATABASE ${database} OWNER ${pg.user}`)
+  return { url: pg.server.url({ user: pg.user, database }), passwordFile: pg.passwordFile }
 }
 
 /** Pids of processes that must die at exit (started by the helper). */
@@ -534,9 +581,10 @@ export async function withMount (t: TapLike, opts: MountOpts = {}): Promise<Moun
   installExitHook()
   const base = await fsp.mkdtemp('/tmp/bslfs-test-')
   await fsp.chmod(base, 0o755) // other users (permission tests) must reach mnt
-  const state = join(base, 'state')
+  const pgFs = target === 'bslfs' && directoryKind === 'postgres' ? await freshDatabase() : undefined
+  const state = pgFs?.url ?? join(base, 'state')
   const mnt = join(base, 'mnt')
-  await fsp.mkdir(state, { mode: 0o755 })
+  if (!pgFs) await fsp.mkdir(state, { mode: 0o755 })
   await fsp.mkdir(mnt, { mode: 0o755 })
   const backing = join(state, 'backing')
   let currentOptions = opts.options ?? []
@@ -549,7 +597,7 @@ export async function withMount (t: TapLike, opts: MountOpts = {}): Promise<Moun
     if (target === 'native') return undefined
     if (target === 'bslfs') {
       try {
-        const pid = parseInt((await fsp.readFile(join(state, 'daemon.pid'), 'utf8')).trim(), 10)
+        const pid = parseInt((await fsp.readFile(runtimePaths(parseFsName(state), mnt).pid, 'utf8')).trim(), 10)
         if (pid > 0 && pidAlive(pid)) return pid
       } catch {}
     }
@@ -568,6 +616,7 @@ export async function withMount (t: TapLike, opts: MountOpts = {}): Promise<Moun
     mounted: () => target === 'native' || isMounted(mnt),
     bslfs: (args, o) => bslfs(args, o),
     daemonPid,
+    passwordFile: pgFs?.passwordFile,
     async mount (options?: string[]) {
       if (options) currentOptions = options
       if (target === 'native') return undefined
@@ -578,6 +627,7 @@ export async function withMount (t: TapLike, opts: MountOpts = {}): Promise<Moun
       } else {
         const args = ['mount', state, mnt]
         if (currentOptions.length > 0) args.push('-o', currentOptions.join(','))
+        if (pgFs) args.push('--password-file', pgFs.passwordFile)
         r = await bslfs(args, { timeout: 60_000 })
       }
       if (r.code !== 0) throw new Error(`mount failed:\n${describeRun(r)}`)
@@ -617,7 +667,7 @@ export async function withMount (t: TapLike, opts: MountOpts = {}): Promise<Moun
   if (target === 'bindfs') {
     await fsp.mkdir(backing, { mode: 0o755 })
   } else if (target === 'bslfs') {
-    const r = await bslfs(['init', state], { timeout: 60_000 })
+    const r = await bslfs(['init', state, ...(pgFs ? ['--password-file', pgFs.passwordFile] : [])], { timeout: 60_000 })
     if (r.code !== 0) throw new Error(`bslfs init failed:\n${describeRun(r)}`)
     if (volumeKind === 'remote') {
       // New data goes to volume 2 on a block server on loopback, stopped after the unmount.
@@ -661,6 +711,7 @@ async function forceCleanup (m: Mount, t: TapLike): Promise<void> {
     t.comment(`teardown: ${m.mnt} is STILL mounted; leaving ${m.base} in place`)
     return
   }
+  if (m.passwordFile) await fsp.rm(runtimePaths(parseFsName(m.state), m.mnt).dir, { recursive: true, force: true })
   await fsp.rm(m.base, { recursive: true, force: true, maxRetries: 3 }).catch((e) => {
     t.comment(`teardown: could not remove ${m.base}: ${String(e)}`)
   })

@@ -1,0 +1,145 @@
+// Two mounts of one filesystem on PostgreSQL at two mount points: two daemons,
+// each with its own caches, standing for two hosts. It starts its own
+// PostgreSQL and block server, so it runs once: in the mount suite's first pass.
+import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import * as fs from 'node:fs'
+import { join } from 'node:path'
+import { parseFsName, runtimePaths } from '../src/daemon/location'
+import { pgUnavailable, startPostgres } from './helpers/postgres'
+import {
+  bslfs, bslfsBin, describeRun, isMounted, run, sha256, sleep, startBlockServer, target, volumeKind, waitFor, type RunResult
+} from './helpers/mount'
+
+type Test = tap.Test
+
+const skip = target !== 'bslfs' ? `two mounts of one filesystem need bslfs (BSLFS_TEST_TARGET=${target})`
+  : volumeKind === 'remote' ? 'runs once, in the first pass of the mount suite (it starts its own PostgreSQL and block server)'
+    : pgUnavailable()
+
+/** The kernel's entry and attribute timeout of a default mount (DEFAULT_SESSION). */
+const ENTRY_TIMEOUT_MS = 1000
+
+interface Shared { url: string, a: string, b: string, env: NodeJS.ProcessEnv, cli (args: string[]): Promise<RunResult>, must (args: string[]): Promise<RunResult> }
+
+async function twoMounts (t: Test): Promise<Shared> {
+  const pg = await startPostgres(t, { settings: { fsync: 'off' } })
+  const password = randomBytes(9).toString('hex')
+  await pg.sql(`CREATE ROLE bslfs LOGIN PASSWORD '${password}'`)
+  await pg.sql('CREATE DATABASE shared OWNER bslfs')
+  const base = fs.mkdtempSync('/tmp/bslfs-shared-')
+  t.teardown(() => fs.rmSync(base, { recursive: true, force: true }))
+  const pgpass = join(base, 'pgpass')
+  fs.writeFileSync(pgpass, `${pg.host}:${pg.port}:shared:bslfs:${password}\n`, { mode: 0o600 })
+  const env = { ...process.env, PGPASSFILE: pgpass }
+  const url = pg.url({ user: 'bslfs', database: 'shared' })
+  const cli = async (args: string[]): Promise<RunResult> => await bslfs(args, { env })
+  const must = async (args: string[]): Promise<RunResult> => {
+    const r = await cli(args)
+    if (r.code !== 0) throw new Error(`bslfs ${args[0]} failed:\n${describeRun(r)}`)
+    return r
+  }
+  const server = await startBlockServer(join(base, 'server'))
+  t.teardown(() => server.stop())
+  await must(['init', url])
+  await must(['server', 'add', url, 's1', server.url, '--token-file', server.tokenFile])
+  await must(['volume', 'add', url, '1', 's1:d1'])
+  await must(['volume', 'default', url, '1'])
+  const a = join(base, 'host-a')
+  const b = join(base, 'host-b')
+  for (const mnt of [a, b]) {
+    fs.mkdirSync(mnt)
+    await must(['mount', url, mnt])
+    t.teardown(async () => {
+      if (isMounted(mnt)) await cli(['unmount', mnt])
+      fs.rmSync(runtimePaths(parseFsName(url), mnt).dir, { recursive: true, force: true })
+    })
+    // A's first file reserves its ranges of inode numbers and object ids before B loads the
+    // counters: two mounts that load them at once would hand out the same numbers until the
+    // counters are taken in batches per mount (the directory's multi-writer part of issue 21).
+    if (mnt === a) fs.writeFileSync(join(a, 'seed'), 'reserves A\'s ranges')
+  }
+  return { url, a, b, env, cli, must }
+}
+
+t.test('two mounts of one URL', { skip }, async t => {
+  const s = await twoMounts(t)
+
+  t.test('a create on A is visible on B within the entry timeout', async t => {
+    const delays: number[] = []
+    for (let i = 0; i < 40; i++) {
+      const name = `new-${i}`
+      if (i % 2) fs.mkdirSync(join(s.a, name))
+      else fs.closeSync(fs.openSync(join(s.a, name), 'w'))
+      const start = Date.now()
+      const seen = await waitFor(() => fs.existsSync(join(s.b, name)), ENTRY_TIMEOUT_MS + 2000, 2)
+      delays.push(Date.now() - start)
+      if (!t.ok(seen, `${name} appears on B`)) return
+      t.equal(fs.statSync(join(s.b, name)).isDirectory(), i % 2 === 1, `${name} is a ${i % 2 ? 'directory' : 'file'} on B too`)
+    }
+    delays.sort((x, y) => x - y)
+    // A name B never looked up: B's kernel and daemon ask the directory. A name B looked up before it existed
+    // waits out B's negative entry (kernel and daemon), which only invalidation can cut short.
+    t.comment(`create on A → visible on B (40 new names): median ${delays[delays.length >> 1]} ms, worst ${delays[delays.length - 1]} ms`)
+  })
+
+  t.test('write+close on A, then open+read on B, gives the new bytes', {
+    todo: "A's close() stores the blocks but does not wait for their commit to the directory (src/data/open-file.ts flush: " +
+      "group.add not awaited), and B keeps the inode it read (the namespace's inode cache, the kernel's attributes and page cache " +
+      'under keep_cache) with no word of a change on A: the directory\'s multi-writer part of issue 21'
+  }, async t => {
+    const f = 'shared-file'
+    let stale = 0
+    for (let i = 0; i < 100; i++) {
+      const size = [0, 1, 4095, 4096, 65537, 1048576, 1048577, 3 * 1048576 + 5][i % 8]! + (i > 7 ? Math.floor(Math.random() * 200_000) : 0)
+      const data = randomBytes(size)
+      fs.writeFileSync(join(s.a, f), data) // open, write, close on A
+      await sleep(i === 0 ? ENTRY_TIMEOUT_MS + 200 : 0) // the first time: B's lookup of the new name
+      const got = fs.readFileSync(join(s.b, f)) // open, read on B after the close returned on A
+      if (sha256(got) !== sha256(data)) stale++
+    }
+    t.equal(stale, 0, 'every open on B after a close on A reads the bytes A wrote (100 random sizes)')
+  })
+
+  t.test('a table change run on this host reaches both mounts at once', async t => {
+    // A second device on the block server's host would need another server: a second volume on the same device does.
+    await s.must(['volume', 'add', s.url, '2', 's1:d1'])
+    await s.must(['volume', 'default', s.url, '2'])
+    // No wait: the CLI told every local mount to re-read the tables (reload-tables on each control socket).
+    for (const mnt of [s.a, s.b]) {
+      const name = join(mnt, `after-default-${mnt === s.a ? 'a' : 'b'}`)
+      fs.writeFileSync(name, 'x') // B writes a block too: its object ids are its own (see twoMounts)
+      const r = await s.must(['bsl', s.url, name, '--json'])
+      t.match(JSON.parse(r.stdout)[0]?.bsl ?? '', /^idx:2\./, `a block written through ${mnt === s.a ? 'A' : 'B'} goes to volume 2`, { run: describeRun(r) })
+    }
+  })
+
+  t.test('a table change made on another host reaches the mounts within their 2 s re-read', async t => {
+    // "Another host": a mount namespace of its own with both mounts detached there, so the CLI finds no
+    // local mount to run on or to tell, and changes the tables in the database directly.
+    const elsewhere = await run('unshare', ['-m', '--propagation', 'private', '--', 'sh', '-c',
+      `umount -l '${s.a}' && umount -l '${s.b}' && "$0" "$1" volume add "$2" 3 s1:d1 && "$0" "$1" volume default "$2" 3`,
+      process.execPath, bslfsBin, s.url], { env: s.env })
+    if (!t.equal(elsewhere.code, 0, 'volume add + volume default from a host with no mount of it', { run: describeRun(elsewhere) })) return
+    t.ok(isMounted(s.a) && isMounted(s.b), 'both mounts are still there outside that namespace')
+    const start = Date.now()
+    let volume = ''
+    for (let i = 0; Date.now() - start < 4000; i++) {
+      const name = join(s.b, `after-remote-default-${i}`)
+      fs.writeFileSync(name, 'y')
+      volume = (JSON.parse((await s.must(['bsl', s.url, name, '--json'])).stdout)[0]?.bsl ?? '').replace(/\..*/, '')
+      if (volume === 'idx:3') break
+      await sleep(100)
+    }
+    t.equal(volume, 'idx:3', `B's new blocks go to volume 3 after ${Date.now() - start} ms (bound: 2 s re-read)`)
+  })
+
+  t.test('fsck of the URL while both are mounted is clean', {
+    todo: "B's create in / rewrites the root inode from B's cache (nlink 2) over A's 20 mkdirs (nlink 22), and each mount " +
+      'writes its own files/bytes totals: a transaction writes what the mount cached rather than what it read through the ' +
+      "transaction, the directory's multi-writer part of issue 21"
+  }, async t => {
+    const r = await s.cli(['fsck', s.url, '--json'])
+    t.equal(r.code, 0, 'fsck exits 0', { run: describeRun(r) })
+  })
+})
