@@ -13,6 +13,7 @@ import { checkFuseAvailable, prepareMountpoint } from './mountpoint'
 import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './heal'
 import { State } from './state'
+import { RemoteChanges } from '../directory/directory'
 
 const log = createDebug('bslfs:daemon')
 
@@ -39,7 +40,17 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   // The open files are made from the directory, which asks them whether an inode is open (it then
   // outlives its last link): it asks only once they exist, below.
   let files!: OpenFiles
-  const state = await State.open(name, { copyTimeoutMs: options.copyTimeoutMs, passwordFile: opts.passwordFile, openInodes: { isOpen: ino => files.isOpen(ino) } })
+  // What other mounts of a shared filesystem change reaches the kernel at once, not after its
+  // entry and attribute timeouts (the directory has dropped it from its own caches already).
+  let kernel: MountedFuse | undefined
+  const remote: RemoteChanges = {
+    changed: change => {
+      for (const e of change.entries) kernel?.notifyInvalEntry(e.parent, e.name)
+      for (const ino of change.inodes) kernel?.notifyInvalInode(ino)
+    },
+    missed: () => kernel?.notifyInvalAll()
+  }
+  const state = await State.open(name, { copyTimeoutMs: options.copyTimeoutMs, passwordFile: opts.passwordFile, openInodes: { isOpen: ino => files.isOpen(ino) }, remote })
   const cleanup: Array<() => Promise<unknown>> = [() => state.close()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse
@@ -66,6 +77,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
       throw new UsageError(`cannot mount ${mountpoint}: ${err.message} (see ${paths.log})`)
     })
     cleanup.push(() => mounted.unmount(true))
+    kernel = mounted
     // The mount must answer before we say it is up.
     const st = await fsp.stat(mountpoint)
     if (st.ino !== 1) throw new UsageError(`${mountpoint} did not come up as a bslfs mount`)

@@ -7,7 +7,7 @@ import { LocalDevice } from '../devices/local'
 import { RemoteDevice } from '../devices/remote'
 import { loadClientTls } from '../devices/tls'
 import { readSecretFile } from '../credentials'
-import { Directory, OpenInodes } from '../directory/directory'
+import { Directory, OpenInodes, RemoteChanges } from '../directory/directory'
 import { KvStore } from '../directory/kv'
 import { LevelKv } from '../directory/leveldb'
 import { PgKv, PgKvOptions } from '../directory/postgres'
@@ -154,6 +154,8 @@ export interface StateOpenOptions extends Pick<VolumesOptions, 'copyTimeoutMs'> 
   openInodes?: OpenInodes
   /** A URL-named filesystem's password, from this file (else ~/.pgpass or PGPASSFILE). */
   passwordFile?: string
+  /** Who hears what other mounts of a shared filesystem changed (the mount: kernel invalidations). */
+  remote?: RemoteChanges
 }
 
 /** An opened filesystem: the directory and the volumes, ready for a mount or an offline command. */
@@ -162,12 +164,12 @@ export class State {
 
   /** STATE directory or postgres:// URL. */
   static async open (nameArg: string | FsName, opts: StateOpenOptions = {}): Promise<State> {
-    const { openInodes, passwordFile, ...volumeOpts } = opts
+    const { openInodes, passwordFile, remote, ...volumeOpts } = opts
     const name = typeof nameArg === 'string' ? parseFsName(nameArg) : nameArg
     checkPasswordFile(name, passwordFile)
     const kv: KvStore = name.kind === 'postgres' ? await openPg(name, { passwordFile }) : await openLevel(name.root)
     try {
-      const dir = await Directory.open(kv, openInodes)
+      const dir = await Directory.open(kv, openInodes, remote)
       const tables = await dir.tables()
       const volumes = new Volumes(tables, place => openDevice(dir, place), { ...volumeOpts, healQueue: { record: copies => dir.queueHeal(copies) } })
       return new State(name, dir, volumes)
