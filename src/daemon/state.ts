@@ -75,13 +75,15 @@ export async function initState (name: string | FsName, opts: { blockSize?: numb
   try {
     await LocalDevice.create(join(p.devices, 'd0'), { server: LOCAL_SERVER, device: 'd0' })
     const kv = await LevelKv.open(p.directory, { createIfMissing: true })
+    let dir: Directory | undefined
     try {
-      const dir = await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0, mode: 0o755 } })
+      dir = await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0, mode: 0o755 } })
       await dir.putDevice({ name: 'd0', path: join(p.devices, 'd0') })
       await dir.setVolume(1, { server: LOCAL_SERVER, device: 'd0' })
       await dir.setDefaultVolume(1)
     } finally {
-      await kv.close()
+      // The directory closes its store (and, on a shared engine, its change feed).
+      await (dir ? dir.close() : kv.close())
     }
     // The marker comes last: a STATE without it is an init that did not finish.
     const marker: StateMarker = { format: 'bslfs-state', version: 1, uuid: randomUUID(), created: new Date().toISOString() }
@@ -98,13 +100,15 @@ export async function initState (name: string | FsName, opts: { blockSize?: numb
 /** The directory in a database of its own; the config row is written last, in one transaction, so a failed init leaves no filesystem. */
 async function initShared (name: FsName & { kind: 'postgres' }, blockSize: number, passwordFile: string | undefined): Promise<void> {
   const kv = await openPg(name, { passwordFile, createIfMissing: true, requireEmpty: true })
+  let dir: Directory | undefined
   try {
-    await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0, mode: 0o755 } }).catch((err: FsError) => {
+    dir = await Directory.create(kv, { blockSize, root: { uid: 0, gid: 0, mode: 0o755 } }).catch((err: FsError) => {
       if (err.code === 'EEXIST') throw new UsageError(`${name.url} already holds a bslfs filesystem; mount it, or init another database`)
       throw err
     })
   } finally {
-    await kv.close()
+    // The directory closes its store and its change feed (a LISTEN connection left open keeps the CLI alive).
+    await (dir ? dir.close() : kv.close())
   }
 }
 
