@@ -10,6 +10,8 @@ import { FsckReport } from '../daemon/fsck'
 import { Presets, SingleBar } from 'cli-progress'
 import { mountCommand } from './mount-command'
 import { registerServe } from './serve-command'
+import { registerSystemCommands } from './system-commands'
+import { packageVersion } from '../version'
 
 /**
  * Run a management command on the running mount of `state` through its
@@ -112,6 +114,7 @@ async function withProgressBar<T> (name: string, unit: 'copies' | 'bytes', work:
 export function program (): Command {
   const cli = new Command('bslfs')
     .description('A FUSE filesystem that maps POSIX paths to block storage locators (BSLs)')
+    .version(packageVersion(), '-V, --version', 'print the version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
 
@@ -299,6 +302,9 @@ export function program (): Command {
           `${b.index}\t${b.bsl}\t${b.length} bytes\tcrc32 ${b.checksum}\t→ ${b.places.join(', ')}`).join('\n'))
       }
     })
+
+  // Package, systemd, fstab and doctor (src/cli/system-commands.ts).
+  registerSystemCommands(cli, state => onState(state, 'status', [], s => admin.status(s, null)))
 
   return cli
 }

@@ -1,4 +1,3 @@
-import createDebug from 'debug'
 import { promises as fsp } from 'node:fs'
 import { Server } from 'node:net'
 import { returnFreedBuffers } from '../devices/object-io'
@@ -11,9 +10,13 @@ import { ControlProgress, ControlRequest, serveControl } from './control'
 import { checkFuseAvailable, prepareMountpoint } from './mountpoint'
 import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './heal'
-import { State } from './state'
+import { State, statePaths } from './state'
+import { logger } from '../log'
+import { boundLogFile, logMaxBytes } from './log-file'
+import { packageVersion } from '../version'
 
-const log = createDebug('bslfs:daemon')
+const events = logger('bslfs:daemon')
+const log = events.debug
 
 /**
  * The mount daemon: owns the STATE's directory for as long as the mount
@@ -23,12 +26,13 @@ const log = createDebug('bslfs:daemon')
 export async function runDaemon (stateArg: string, mountpointArg: string, options: ParsedOptions): Promise<{ done: Promise<void> }> {
   checkFuseAvailable()
   returnFreedBuffers()
+  const stopBoundingLog = boundLogFile(statePaths(stateArg).log, logMaxBytes())
   const mountpoint = await prepareMountpoint(mountpointArg)
   // The open files are made from the directory, which asks them whether an inode is open (it then
   // outlives its last link): it asks only once they exist, below.
   let files!: OpenFiles
   const state = await State.open(stateArg, { copyTimeoutMs: options.copyTimeoutMs, openInodes: { isOpen: ino => files.isOpen(ino) } })
-  const cleanup: Array<() => Promise<unknown>> = [() => state.close()]
+  const cleanup: Array<() => Promise<unknown>> = [() => state.close(), async () => stopBoundingLog()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse
   let server: Server
@@ -62,8 +66,11 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     cleanup.push(() => healer.stop())
   } catch (err) {
     await undo()
+    events.error('mounting %s on %s failed: %s', state.paths.root, mountpoint, (err as Error).message)
     throw err
   }
+  events.info('bslfs %s mounted %s on %s (pid %d, node %s%s)', packageVersion(), state.paths.root, mountpoint, process.pid,
+    process.version, options.readOnly ? ', read-only' : '')
 
   const info: admin.MountInfo = { mountpoint, pid: process.pid, since: new Date().toISOString(), readOnly: options.readOnly }
   let finish!: () => void
@@ -96,13 +103,14 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
     // Serve until the kernel lets go: at once after a plain unmount, when the last user leaves after a lazy one.
     await mounted.end
     clearInterval(retry)
-    await fs.flushAll().catch(err => console.error(`bslfs: final flush failed: ${(err as Error).message}`))
+    await fs.flushAll().catch(err => events.error('final flush failed: %s', (err as Error).message))
     await reclaimer.stop()
     await healer.stop()
     await reclaim(state.dir, state.volumes).catch(() => 0)
     await state.close()
     await fsp.rm(state.paths.pid, { force: true })
-    log('unmounted %s', mountpoint)
+    events.info('unmounted %s', mountpoint)
+    stopBoundingLog()
     // Done once the control connections have their answers (the unmount request is one of them).
     server.close(() => { void fsp.rm(state.paths.socket, { force: true }).finally(finish) })
   }
@@ -132,8 +140,8 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
   // Unmounted from outside (umount, fusermount -u): there is nothing left to serve.
   void mounted.end.then(() => {
     if (stopping) return
-    log('%s was unmounted from outside', mountpoint)
-    stop('gone').catch(err => console.error(`bslfs: stopping after an outside unmount failed: ${(err as Error).message}`))
+    events.warn('%s was unmounted from outside (umount or fusermount -u); stopping', mountpoint)
+    stop('gone').catch(err => events.error('stopping after an outside unmount failed: %s', (err as Error).message))
   })
   // Closed files whose blocks a device refused are written once it answers again.
   const retry = setInterval(() => {
@@ -146,9 +154,9 @@ export async function runDaemon (stateArg: string, mountpointArg: string, option
 
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(sig, () => {
-      log('%s: unmounting', sig)
+      events.info('%s: unmounting %s', sig, mountpoint)
       stop('strict').catch(() => stop('lazy')).catch(err => {
-        console.error(`bslfs: cannot unmount on ${sig}: ${(err as Error).message}`)
+        events.error('cannot unmount on %s: %s', sig, (err as Error).message)
       })
     })
   }

@@ -9,13 +9,14 @@ import { BlockChange, FileCommit, adoptBlocks, commitFile, readBlock, readBlocks
 import { FsckFixes } from './fsck-fixes'
 import { IdReservations } from './ids'
 import { KvStore } from './kv'
-import { DirectoryConfig, Usage, isConfig, readUsage } from './meta'
+import { DirectoryConfig, Usage, configVersion, isConfig, readUsage } from './meta'
 import { DirEntry, FilePatch, NOTHING_OPEN, Namespace, NewNode, OpenInodes } from './namespace'
 import { forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue } from './queues'
 import { NamespaceReader } from './reader'
 import { BlockRecord, Inode, ROOT_INO, decodeJSON, encodeInode, encodeJSON, keys } from './records'
 import * as tables from './tables'
 import { Xattrs, inodesWithXattrs } from './xattrs'
+import { DIRECTORY_FORMAT_VERSION, formatTooNew } from '../format-version'
 
 // The directory's parts, by job (each file says what it keeps):
 //   namespace.ts  inodes, entries, the caches; create, link, unlink, rename
@@ -77,6 +78,8 @@ export class Directory {
   static async open (kv: KvStore, openInodes: OpenInodes = NOTHING_OPEN): Promise<Directory> {
     const raw = await kv.get(keys.meta('config'))
     if (!raw) throw new FsError('ENOENT', 'no bslfs filesystem in this directory database')
+    const tooNew = formatTooNew('the directory database', configVersion(raw), DIRECTORY_FORMAT_VERSION)
+    if (tooNew) throw new FsError('EINVAL', tooNew)
     const config = decodeJSON<DirectoryConfig>('configuration', raw, isConfig)
     const ids = await IdReservations.load(kv)
     const usage = await readUsage(kv)

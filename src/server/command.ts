@@ -5,7 +5,7 @@
  */
 import { Command } from 'commander'
 import { join, resolve } from 'node:path'
-import createDebug from 'debug'
+import { logger } from '../log'
 import type { Device } from '../devices/device'
 import { returnFreedBuffers } from '../devices/object-io'
 import { UsageError } from '../errors'
@@ -15,8 +15,10 @@ import {
 } from './config'
 import { MAX_BLOCK_BYTES } from '../limits'
 import { BlockServer } from './server'
+import { packageVersion } from '../version'
 
-const log = createDebug('bslfs:server')
+const events = logger('bslfs:server')
+const log = events.debug
 
 export interface ServeOptions {
   listen: string
@@ -55,7 +57,7 @@ export function configureServeCommand (cmd: Command): Command {
       process.exitCode = await runServe(o)
       // Stopped: a signal sent while the process winds down (a supervisor asking again) must
       // not turn a clean exit into death by signal.
-      const exiting = (sig: NodeJS.Signals): void => { console.error(`bslfs serve: ${sig}: already stopped, exiting`) }
+      const exiting = (sig: NodeJS.Signals): void => { events.info('%s: already stopped, exiting', sig) }
       process.on('SIGTERM', exiting)
       process.on('SIGINT', exiting)
       // Should anything still hold the event loop open after a stop, do not hang around for it.
@@ -109,7 +111,7 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
   if (o.tokenFile !== undefined) {
     tokenFile = resolve(o.tokenFile)
     const r = await readTokenFile(tokenFile)
-    if (r.warning) console.error(`bslfs serve: warning: ${r.warning}`)
+    if (r.warning) events.warn('%s', r.warning)
     token = r.token
   }
 
@@ -149,7 +151,7 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
 
   // Per-request errors are all caught; this only keeps a bug elsewhere from taking every client down with it.
   const onUncaught = (err: unknown): void => {
-    console.error(`bslfs serve: internal error (still serving): ${(err as Error)?.stack ?? String(err)}`)
+    events.error('internal error (still serving): %s', (err as Error)?.stack ?? String(err))
   }
   process.on('uncaughtException', onUncaught)
   process.on('unhandledRejection', onUncaught)
@@ -160,13 +162,13 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
     const onSignal = (sig: NodeJS.Signals): void => {
       signals++
       if (signals === 1) {
-        console.error(`bslfs serve: ${sig}: no longer accepting connections; finishing ${server.inFlight} request(s) in flight`)
+        events.info('%s: no longer accepting connections; finishing %d request(s) in flight', sig, server.inFlight)
         server.stop(requestTimeoutMs + 10_000).then(resolve, (err: Error) => {
-          console.error(`bslfs serve: stopping failed: ${err.message}`)
+          events.error('stopping failed: %s', err.message)
           resolve(false)
         })
       } else {
-        console.error(`bslfs serve: ${sig} again: cutting off ${server.inFlight} request(s)`)
+        events.warn('%s again: cutting off %d request(s)', sig, server.inFlight)
         server.forceStop()
       }
     }
@@ -180,7 +182,10 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
     }
   })
   const list = specs.map(s => `${s.name}=${s.path}`).join(', ')
-  console.log(`bslfs serve: listening on ${formatAddress(bound.address, bound.port)}, devices ${list}, token from ${tokenFile!}${tokenNote}`)
+  // The start line on stdout is what scripts and tests wait for; the event goes to the log.
+  const where = `listening on ${formatAddress(bound.address, bound.port)}, devices ${list}, token from ${tokenFile!}${tokenNote}`
+  console.log(`bslfs serve: ${where}`)
+  events.info('bslfs %s server %s %s (pid %d)', packageVersion(), name, where, process.pid)
   log('server %s, max object %d bytes, buffered %d bytes, timeouts headers %d ms, request %d ms, idle %d ms',
     name, maxObjectBytes, maxBufferedBytes, headersTimeoutMs, requestTimeoutMs, idleTimeoutMs)
 
@@ -188,6 +193,7 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
   stoppedCleanup()
   process.off('uncaughtException', onUncaught)
   process.off('unhandledRejection', onUncaught)
-  console.error(clean ? 'bslfs serve: stopped' : 'bslfs serve: stopped (some requests were cut off)')
+  if (clean) events.info('stopped')
+  else events.warn('stopped (some requests were cut off)')
   return 0
 }
