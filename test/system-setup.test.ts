@@ -148,8 +148,9 @@ t.test('systemd: the unit installs, verifies, and its ExecStart serves as the us
   // ExecStart as systemd runs it: the unbraced $BSLFS_SERVE_OPTIONS split at blanks, as User=bslfs.
   const options = /^BSLFS_SERVE_OPTIONS="([^"]*)"$/m.exec(fs.readFileSync(join(conf, 't1.conf'), 'utf8'))![1].split(/\s+/)
   const exec = /^ExecStart=(.*)$/m.exec(unit)![1].split(' ').flatMap(w => w === '$BSLFS_SERVE_OPTIONS' ? options : [w])
-  const server = spawn('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', ...exec],
-    { env: { PATH: '/usr/local/bin:/usr/bin:/bin' }, cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] })
+  // env -i: systemd's clean environment (and none of tap's NODE_OPTIONS, which it adds to every spawn).
+  const server = spawn('env', ['-i', 'PATH=/usr/local/bin:/usr/bin:/bin', 'setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '--', ...exec],
+    { cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] })
   let out = ''
   server.stdout.on('data', c => { out += c })
   server.stderr.on('data', c => { out += c })
@@ -219,7 +220,7 @@ t.test('doctor: all ok on this host; a STATE whose server is down is named, with
 t.test('build-native names the Debian package of each missing tool', async t => {
   const dir = tmpBase(t)
   // A PATH with node, sh and python3 but neither make nor the C++ compiler.
-  for (const tool of ['sh', 'python3', 'cc']) {
+  for (const tool of ['env', 'sh', 'python3', 'cc']) {
     const found = spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim()
     if (found) fs.symlinkSync(found, join(dir, tool))
   }

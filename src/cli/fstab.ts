@@ -79,11 +79,11 @@ export async function fstabAdd (file: string, state: string, mountpoint: string,
   const line = fstabLine(src, mnt, options)
   const lines = await readLines(file)
   const all = entries(lines)
-  const elsewhere = all.find(e => isBslfs(e.type) && e.source === src && e.target !== mnt)
-  if (elsewhere) throw new UsageError(`${file} already mounts ${src} at ${elsewhere.target} (line ${elsewhere.index + 1}); a filesystem is mounted in one place: \`bslfs fstab remove ${elsewhere.target}\` first`)
   const here = all.filter(e => e.target === mnt)
   const other = here.find(e => !isBslfs(e.type) || e.source !== src)
   if (other) throw new UsageError(`${file} already mounts ${other.source} (${other.type}) at ${mnt} (line ${other.index + 1}); remove that line first or pick another mount point`)
+  const elsewhere = all.find(e => isBslfs(e.type) && e.source === src && e.target !== mnt)
+  if (elsewhere) throw new UsageError(`${file} already mounts ${src} at ${elsewhere.target} (line ${elsewhere.index + 1}); a filesystem is mounted in one place: \`bslfs fstab remove ${elsewhere.target}\` first`)
   if (here.length > 0) {
     if (lines[here[0].index] === line) return { line, change: 'unchanged' }
     lines[here[0].index] = line
