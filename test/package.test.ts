@@ -80,6 +80,17 @@ t.test('npm pack, npm install -g into a prefix, mount through its mount.bslfs, u
   t.equal(un.code, 0, 'the installed bslfs unmounts', { run: describeRun(un) })
   t.ok(await waitFor(() => !isMounted(mnt), 10_000), 'the mount is gone')
 
+  // An upgrade as the README says it: unmount (done), npm install -g of the (new) tarball over the
+  // old install, mount again: the data is all there.
+  const re = await run('npm', ['install', '-g', '--prefix', prefix, '--no-audit', '--no-fund', tarball], { env, timeout: 600_000 })
+  t.equal(re.code, 0, 'npm install -g over the installed package', { run: describeRun(re) })
+  t.equal(fs.realpathSync(join(sbin, 'mount.bslfs')), fs.realpathSync(join(pkg, 'bin', 'mount.bslfs')), 'the helper link still points into it')
+  const m2 = await run(helper, [state, mnt], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } })
+  t.equal(m2.code, 0, 'the reinstalled mount.bslfs mounts the same STATE', { run: describeRun(m2) })
+  t.equal(fs.readFileSync(join(mnt, 'dir', 'file.txt'), 'utf8'), data, 'the file written before the upgrade reads back')
+  t.equal((await run(bslfs, ['unmount', mnt], { env })).code, 0, 'and unmounts')
+  t.ok(await waitFor(() => !isMounted(mnt), 10_000))
+
   const unhelper = await run(bslfs, ['uninstall-helper', '--sbin', sbin], { env })
   t.equal(unhelper.code, 0, 'bslfs uninstall-helper', { run: describeRun(unhelper) })
   const un2 = await run('npm', ['uninstall', '-g', '--prefix', prefix, 'bslfs'], { env, timeout: 120_000 })
