@@ -29,9 +29,15 @@ function have (cmd) {
   return spawnSync('sh', ['-c', 'command -v "$1"', 'sh', cmd]).status === 0
 }
 
-if (!fs.existsSync('/usr/include/fuse/fuse_lowlevel.h')) fail(`libfuse-dev headers not found (/usr/include/fuse/fuse_lowlevel.h); install: ${INSTALL_HINT}`)
-for (const tool of ['make', 'cc', 'python3']) {
-  if (!have(tool)) fail(`\`${tool}\` not found (node-gyp needs a C compiler, make and python3); install: ${INSTALL_HINT}`)
+// Each missing piece named with the Debian package that brings it (one message for all of them).
+const missing = []
+if (!fs.existsSync('/usr/include/fuse/fuse_lowlevel.h')) missing.push(['libfuse2\'s headers (/usr/include/fuse/fuse_lowlevel.h)', 'libfuse-dev'])
+for (const [tool, pkg] of [['python3', 'python3'], ['make', 'make'], ['cc', 'gcc'], ['g++', 'g++']]) {
+  if (!have(tool)) missing.push([`\`${tool}\``, pkg])
+}
+if (missing.length) {
+  fail(`cannot build the native addons: missing ${missing.map(m => `${m[0]} (Debian package ${m[1]})`).join(', ')}; ` +
+    `install: apt-get install -y ${[...new Set(missing.map(m => m[1]))].join(' ')} (everything bslfs needs: ${INSTALL_HINT})`)
 }
 
 let nodeGyp

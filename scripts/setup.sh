@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install bslfs on a fresh Debian/Ubuntu host and mount a demo filesystem on the embedded
-# default: one local device, one logical volume, the LevelDB directory.
+# Install bslfs on a fresh Debian/Ubuntu host as a system package (npm pack, then npm install -g
+# of that tarball: nothing points into this checkout afterwards) and mount a demo filesystem on
+# the embedded default: one local device, one logical volume, the LevelDB directory.
 #   STATE=/var/lib/bslfs/demo  MOUNTPOINT=/mnt/demo  (override with the environment)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +15,14 @@ command -v node >/dev/null && node -e 'process.exit(+process.versions.node.split
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq libfuse2 fuse libfuse-dev pkg-config python3 make g++ git sqlite3 attr bindfs fio util-linux >/dev/null
+# The checkout's own build (for `npm test`), and the package: npm pack compiles dist/ (prepack)
+# and the global install builds the native addons on this host (its postinstall), puts bslfs and
+# mount.bslfs on PATH and, as root, links /sbin/mount.bslfs into the installed package.
 npm ci --no-audit --no-fund
-
-# The CLI on PATH, and the helper mount(8) runs for `mount -t bslfs` and /etc/fstab.
-$SUDO ln -sf "$PWD/bin/bslfs" /usr/local/bin/bslfs
-$SUDO ln -sf "$PWD/bin/mount.bslfs" /sbin/mount.bslfs
+tarball=$(npm pack --silent | tail -1)
+$SUDO npm install -g --no-audit --no-fund "./$tarball"
+rm -f "$tarball"
+$SUDO bslfs install-helper   # again, in case npm ran the install scripts as another user
 
 # The main job: a filesystem, mounted, with a file in it.
 [ -f "$STATE/bslfs.json" ] || $SUDO bslfs init "$STATE"

@@ -11,6 +11,8 @@ import { FsckReport } from '../daemon/fsck'
 import { Presets, SingleBar } from 'cli-progress'
 import { mountCommand } from './mount-command'
 import { registerServe } from './serve-command'
+import { registerSystemCommands } from './system-commands'
+import { packageVersion } from '../version'
 
 /** Commands that change the tables every mount resolves BSLs with. */
 const CHANGES_TABLES = new Set(['device-add', 'volume-add', 'volume-default', 'server-add', 'mirror', 'remap', 'adopt'])
@@ -138,6 +140,7 @@ async function withProgressBar<T> (name: string, unit: 'copies' | 'bytes', work:
 export function program (): Command {
   const cli = new Command('bslfs')
     .description('A FUSE filesystem that maps POSIX paths to block storage locators (BSLs)')
+    .version(packageVersion(), '-V, --version', 'print the version')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
     .option('--password-file <FILE>', 'the PostgreSQL password for a postgres:// URL, in a file only its owner can read (else ~/.pgpass or PGPASSFILE)')
@@ -358,6 +361,9 @@ export function program (): Command {
           `${b.index}\t${b.bsl}\t${b.length} bytes\tcrc32 ${b.checksum}\t→ ${b.places.join(', ')}`).join('\n'))
       }
     })
+
+  // Package, systemd, fstab and doctor (src/cli/system-commands.ts).
+  registerSystemCommands(cli, state => onState(state, 'status', [], s => admin.status(s, null)))
 
   return cli
 }

@@ -1,4 +1,3 @@
-import createDebug from 'debug'
 import { promises as fsp } from 'node:fs'
 import { Server } from 'node:net'
 import { returnFreedBuffers } from '../devices/object-io'
@@ -14,8 +13,12 @@ import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './heal'
 import { State } from './state'
 import { RemoteChanges } from '../directory/directory'
+import { logger } from '../log'
+import { boundLogFile, logMaxBytes } from './log-file'
+import { packageVersion } from '../version'
 
-const log = createDebug('bslfs:daemon')
+const events = logger('bslfs:daemon')
+const log = events.debug
 
 /**
  * How often a mount of a shared filesystem re-reads the tables by itself: a
@@ -37,6 +40,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   const mountpoint = await prepareMountpoint(mountpointArg)
   const paths = runtimePaths(name, mountpoint)
   if (name.kind === 'postgres') await fsp.mkdir(paths.dir, { recursive: true, mode: 0o700 })
+  const stopBoundingLog = boundLogFile(paths.log, logMaxBytes())
   // The open files are made from the directory, which asks them whether an inode is open (it then
   // outlives its last link): it asks only once they exist, below.
   let files!: OpenFiles
@@ -51,7 +55,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     missed: () => kernel?.notifyInvalAll()
   }
   const state = await State.open(name, { copyTimeoutMs: options.copyTimeoutMs, passwordFile: opts.passwordFile, openInodes: { isOpen: ino => files.isOpen(ino) }, remote })
-  const cleanup: Array<() => Promise<unknown>> = [() => state.close()]
+  const cleanup: Array<() => Promise<unknown>> = [() => state.close(), async () => stopBoundingLog()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse
   let server: Server
@@ -87,8 +91,11 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     cleanup.push(() => healer.stop())
   } catch (err) {
     await undo()
+    events.error('mounting %s on %s failed: %s', state.location, mountpoint, (err as Error).message)
     throw err
   }
+  events.info('bslfs %s mounted %s on %s (pid %d, node %s%s)', packageVersion(), state.location, mountpoint, process.pid,
+    process.version, options.readOnly ? ', read-only' : '')
 
   const info: admin.MountInfo = { mountpoint, pid: process.pid, since: new Date().toISOString(), readOnly: options.readOnly }
   let finish!: () => void
@@ -122,13 +129,14 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     await mounted.end
     clearInterval(retry)
     clearInterval(tablesReload)
-    await fs.flushAll().catch(err => console.error(`bslfs: final flush failed: ${(err as Error).message}`))
+    await fs.flushAll().catch(err => events.error('final flush failed: %s', (err as Error).message))
     await reclaimer.stop()
     await healer.stop()
     await reclaim(state.dir, state.volumes).catch(() => 0)
     await state.close()
     await fsp.rm(paths.pid, { force: true })
-    log('unmounted %s', mountpoint)
+    events.info('unmounted %s', mountpoint)
+    stopBoundingLog()
     // Done once the control connections have their answers (the unmount request is one of them).
     // The log stays (a URL-named mount's runtime dir too): it says how the mount ended.
     server.close(() => { void fsp.rm(paths.socket, { force: true }).finally(finish) })
@@ -161,8 +169,8 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   // Unmounted from outside (umount, fusermount -u): there is nothing left to serve.
   void mounted.end.then(() => {
     if (stopping) return
-    log('%s was unmounted from outside', mountpoint)
-    stop('gone').catch(err => console.error(`bslfs: stopping after an outside unmount failed: ${(err as Error).message}`))
+    events.warn('%s was unmounted from outside (umount or fusermount -u); stopping', mountpoint)
+    stop('gone').catch(err => events.error('stopping after an outside unmount failed: %s', (err as Error).message))
   })
   // Closed files whose blocks a device refused are written once it answers again.
   const retry = setInterval(() => {
@@ -179,9 +187,9 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
 
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     process.on(sig, () => {
-      log('%s: unmounting', sig)
+      events.info('%s: unmounting %s', sig, mountpoint)
       stop('strict').catch(() => stop('lazy')).catch(err => {
-        console.error(`bslfs: cannot unmount on ${sig}: ${(err as Error).message}`)
+        events.error('cannot unmount on %s: %s', sig, (err as Error).message)
       })
     })
   }

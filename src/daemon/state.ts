@@ -13,6 +13,7 @@ import { LevelKv } from '../directory/leveldb'
 import { PgKv, PgKvOptions } from '../directory/postgres'
 import { FsError, UsageError } from '../errors'
 import { LOCAL_SERVER, Place, placeText } from '../volumes/tables'
+import { STATE_FORMAT_VERSION, formatTooNew } from '../format-version'
 import { Volumes, VolumesOptions } from '../volumes/volumes'
 import { FsName, fsNameText, parseFsName } from './location'
 
@@ -30,7 +31,7 @@ import { FsName, fsNameText, parseFsName } from './location'
  */
 export interface StateMarker {
   format: 'bslfs-state'
-  version: 1
+  version: typeof STATE_FORMAT_VERSION
   uuid: string
   created: string
 }
@@ -86,7 +87,7 @@ export async function initState (name: string | FsName, opts: { blockSize?: numb
       await (dir ? dir.close() : kv.close())
     }
     // The marker comes last: a STATE without it is an init that did not finish.
-    const marker: StateMarker = { format: 'bslfs-state', version: 1, uuid: randomUUID(), created: new Date().toISOString() }
+    const marker: StateMarker = { format: 'bslfs-state', version: STATE_FORMAT_VERSION, uuid: randomUUID(), created: new Date().toISOString() }
     await writeWhole(`${p.marker}.tmp-${process.pid}`, p.marker, JSON.stringify(marker, null, 2) + '\n')
     await syncDir(p.root)
   } catch (err) {
@@ -147,7 +148,9 @@ export async function readMarker (state: string): Promise<StateMarker> {
   } catch {
     throw new UsageError(`${p.marker} is corrupt (not JSON); restore it from a backup, it holds the filesystem's uuid`)
   }
-  if (m?.format !== 'bslfs-state' || m.version !== 1 || typeof m.uuid !== 'string') {
+  const tooNew = formatTooNew(p.marker, (m as { version?: unknown } | null)?.version, STATE_FORMAT_VERSION)
+  if (tooNew) throw new UsageError(tooNew)
+  if (m?.format !== 'bslfs-state' || m.version !== STATE_FORMAT_VERSION || typeof m.uuid !== 'string') {
     throw new UsageError(`${p.marker} is not a bslfs state marker of a known version`)
   }
   return m

@@ -11,7 +11,7 @@ import { Change, RemoteChanges, decodeChange } from './changes'
 import { FsckFixes } from './fsck-fixes'
 import { IdReservations } from './ids'
 import { KvStore } from './kv'
-import { DirectoryConfig, Usage, isConfig } from './meta'
+import { DirectoryConfig, Usage, configVersion, isConfig } from './meta'
 import { DirEntry, FilePatch, NOTHING_OPEN, Namespace, NewNode, OpenInodes } from './namespace'
 import { forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue } from './queues'
 import { NamespaceReader } from './reader'
@@ -19,6 +19,7 @@ import { BlockRecord, Inode, ROOT_INO, decodeJSON, encodeInode, encodeJSON, keys
 import * as tables from './tables'
 import { UsageCounters } from './usage'
 import { Xattrs, inodesWithXattrs } from './xattrs'
+import { DIRECTORY_FORMAT_VERSION, formatTooNew } from '../format-version'
 
 // The directory's parts, by job (each file says what it keeps):
 //   namespace.ts  inodes, entries, the caches; create, link, unlink, rename
@@ -96,6 +97,8 @@ export class Directory {
   static async open (kv: KvStore, openInodes: OpenInodes = NOTHING_OPEN, remote?: RemoteChanges): Promise<Directory> {
     const raw = await kv.get(keys.meta('config'))
     if (!raw) throw new FsError('ENOENT', 'no bslfs filesystem in this directory database')
+    const tooNew = formatTooNew('the directory database', configVersion(raw), DIRECTORY_FORMAT_VERSION)
+    if (tooNew) throw new FsError('EINVAL', tooNew)
     const config = decodeJSON<DirectoryConfig>('configuration', raw, isConfig)
     const ids = await IdReservations.load(kv)
     const session = randomUUID()

@@ -5,7 +5,7 @@
  */
 import { Command } from 'commander'
 import { join, resolve } from 'node:path'
-import createDebug from 'debug'
+import { logger } from '../log'
 import type { Device } from '../devices/device'
 import { returnFreedBuffers } from '../devices/object-io'
 import { UsageError } from '../errors'
@@ -16,8 +16,10 @@ import {
 import { MAX_BLOCK_BYTES } from '../limits'
 import { BlockServer } from './server'
 import { ServerTlsFiles, loadServerTls } from './tls'
+import { packageVersion } from '../version'
 
-const log = createDebug('bslfs:server')
+const events = logger('bslfs:server')
+const log = events.debug
 
 export interface ServeOptions {
   listen: string
@@ -67,7 +69,7 @@ export function configureServeCommand (cmd: Command): Command {
       process.exitCode = await runServe(o)
       // Stopped: a signal sent while the process winds down (a supervisor asking again) must
       // not turn a clean exit into death by signal.
-      const exiting = (sig: NodeJS.Signals): void => { console.error(`bslfs serve: ${sig}: already stopped, exiting`) }
+      const exiting = (sig: NodeJS.Signals): void => { events.info('%s: already stopped, exiting', sig) }
       process.on('SIGTERM', exiting)
       process.on('SIGINT', exiting)
       // Should anything still hold the event loop open after a stop, do not hang around for it.
@@ -123,7 +125,7 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
       'or --insecure-plaintext on a network you trust')
   }
   if (tlsFiles === undefined && !isLoopback(addr.host)) {
-    console.error(`bslfs serve: warning: plain HTTP on ${where} (--insecure-plaintext): the blocks and the token cross the network in clear`)
+    events.warn('warning: plain HTTP on %s (--insecure-plaintext): the blocks and the token cross the network in clear', where)
   }
   const tls = tlsFiles !== undefined ? await loadServerTls(tlsFiles) : undefined
 
@@ -133,7 +135,7 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
   if (o.tokenFile !== undefined) {
     tokenFiles = o.tokenFile.map(f => resolve(f))
     const r = await readTokenFiles(tokenFiles)
-    for (const w of r.warnings) console.error(`bslfs serve: warning: ${w}`)
+    for (const w of r.warnings) events.warn('%s', w)
     tokens = r.tokens
   }
 
@@ -175,7 +177,7 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
 
   // Per-request errors are all caught; this only keeps a bug elsewhere from taking every client down with it.
   const onUncaught = (err: unknown): void => {
-    console.error(`bslfs serve: internal error (still serving): ${(err as Error)?.stack ?? String(err)}`)
+    events.error('internal error (still serving): %s', (err as Error)?.stack ?? String(err))
   }
   process.on('uncaughtException', onUncaught)
   process.on('unhandledRejection', onUncaught)
@@ -188,13 +190,13 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
     const onSignal = (sig: NodeJS.Signals): void => {
       signals++
       if (signals === 1) {
-        console.error(`bslfs serve: ${sig}: no longer accepting connections; finishing ${server.inFlight} request(s) in flight`)
+        events.info('%s: no longer accepting connections; finishing %d request(s) in flight', sig, server.inFlight)
         server.stop(requestTimeoutMs + 10_000).then(resolve, (err: Error) => {
-          console.error(`bslfs serve: stopping failed: ${err.message}`)
+          events.error('stopping failed: %s', err.message)
           resolve(false)
         })
       } else {
-        console.error(`bslfs serve: ${sig} again: cutting off ${server.inFlight} request(s)`)
+        events.warn('%s again: cutting off %d request(s)', sig, server.inFlight)
         server.forceStop()
       }
     }
@@ -208,7 +210,10 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
     }
   })
   const list = specs.map(s => `${s.name}=${s.path}`).join(', ')
-  console.log(`bslfs serve: listening on ${formatAddress(bound.address, bound.port)}, devices ${list}, token from ${tokenFiles!.join(', ')}${tokenNote}`)
+  // The start line on stdout is what scripts and tests wait for; the event goes to the log.
+  const listening = `listening on ${formatAddress(bound.address, bound.port)}, devices ${list}, token from ${tokenFiles!.join(', ')}${tokenNote}`
+  console.log(`bslfs serve: ${listening}`)
+  events.info('bslfs %s server %s %s (pid %d)', packageVersion(), name, listening, process.pid)
   if (tlsFiles !== undefined) {
     console.log(`bslfs serve: TLS with certificate ${tlsFiles.certFile}, key ${tlsFiles.keyFile}` +
       (tlsFiles.clientCaFile !== undefined ? `; clients need a certificate signed by ${tlsFiles.clientCaFile} and the token` : ''))
@@ -221,7 +226,8 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
   process.off('SIGHUP', onHangup)
   process.off('uncaughtException', onUncaught)
   process.off('unhandledRejection', onUncaught)
-  console.error(clean ? 'bslfs serve: stopped' : 'bslfs serve: stopped (some requests were cut off)')
+  if (clean) events.info('stopped')
+  else events.warn('stopped (some requests were cut off)')
   return 0
 }
 
@@ -251,18 +257,18 @@ function reloader (server: BlockServer, tokenFiles: readonly string[], tlsFiles:
   const reload = async (): Promise<void> => {
     try {
       const r = await readTokenFiles(tokenFiles)
-      for (const w of r.warnings) console.error(`bslfs serve: warning: ${w}`)
+      for (const w of r.warnings) events.warn('%s', w)
       server.setTokens(r.tokens)
-      console.error(`bslfs serve: SIGHUP: ${r.tokens.length} token(s) from ${tokenFiles.join(', ')}`)
+      events.info('SIGHUP: %d token(s) from %s', r.tokens.length, tokenFiles.join(', '))
     } catch (err) {
-      console.error(`bslfs serve: SIGHUP: keeping the tokens in use: ${(err as Error).message}`)
+      events.error('SIGHUP: keeping the tokens in use: %s', (err as Error).message)
     }
     if (tlsFiles === undefined) return
     try {
       server.setTls(await loadServerTls(tlsFiles))
-      console.error(`bslfs serve: SIGHUP: new connections use the certificate in ${tlsFiles.certFile}`)
+      events.info('SIGHUP: new connections use the certificate in %s', tlsFiles.certFile)
     } catch (err) {
-      console.error(`bslfs serve: SIGHUP: keeping the certificate in use: ${(err as Error).message}`)
+      events.error('SIGHUP: keeping the certificate in use: %s', (err as Error).message)
     }
   }
   return () => {
