@@ -333,9 +333,10 @@ t.test('a thrown value that is not an FsError is EIO at the boundary', async t =
   const mem = new MemoryFs()
   const conn = serve(mem)
   const errors: string[] = []
-  const consoleError = console.error
-  console.error = (...a: unknown[]) => { errors.push(a.join(' ')) }
-  t.teardown(() => { console.error = consoleError })
+  // The session logs events as lines on stderr (src/log.ts).
+  const write = process.stderr.write
+  process.stderr.write = ((chunk: string | Uint8Array) => { errors.push(String(chunk)); return true }) as typeof process.stderr.write
+  t.teardown(() => { process.stderr.write = write })
   mem.lookup = async () => { throw Object.assign(new Error('EEXIST: open of a temp file'), { code: 'EEXIST' }) }
   conn.push(request(Op.LOOKUP, names('x'), { unique: 10 }))
   mem.getattr = () => { throw new TypeError('a handler that throws') }

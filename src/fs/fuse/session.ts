@@ -1,4 +1,4 @@
-import createDebug from 'debug'
+import { logger } from '../../log'
 import { constants } from 'node:os'
 import { BufferPool } from '../../buffer-pool'
 import { KERNEL_READ_AHEAD_BYTES } from '../../data/read-ahead'
@@ -14,7 +14,8 @@ import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opN
 
 export type { SetAttr }
 
-const log = createDebug('bslfs:fuse')
+const events = logger('bslfs:fuse')
+const log = events.debug
 const E = constants.errno
 
 /** Who asks: the calling process, as the kernel reports it. */
@@ -351,7 +352,7 @@ export class FuseSession {
     const errno = errnoOf(err)
     const message = err instanceof Error ? err.message : String(err)
     if (!(err instanceof FsError)) this.untyped(call, err)
-    if (errno === E.EIO) console.error(`bslfs: ${opName(call.opcode)}: ${message}`)
+    if (errno === E.EIO) events.error('%s: %s', opName(call.opcode), message)
     else if (log.enabled) log('%s #%d: %s', opName(call.opcode), call.unique, message)
     this.finish(call, errno)
   }
@@ -556,7 +557,7 @@ export class FuseSession {
 
   private init (call: Call, k: InitIn): void {
     if (k.major !== 7 || k.minor < MIN_KERNEL_MINOR) {
-      console.error(`bslfs: the kernel speaks FUSE ${k.major}.${k.minor}; bslfs needs 7.${MIN_KERNEL_MINOR} or newer`)
+      events.error('the kernel speaks FUSE %d.%d; bslfs needs 7.%d or newer', k.major, k.minor, MIN_KERNEL_MINOR)
       return this.finish(call, E.EPROTO)
     }
     const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0)
