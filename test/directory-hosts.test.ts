@@ -344,6 +344,17 @@ t.test('the change feed on PostgreSQL', { skip: pgUnavailable() ?? false }, asyn
     t.ok(median < 50, `median under 50 ms (${median.toFixed(2)})`)
   })
 
+  t.test('a change to the tables reaches B as a change of the tables, and B reads the new row', async t => {
+    const n = heardB.changes.length
+    await a.setVolume(7, { server: 's9', device: 'd3' })
+    t.ok(await heardB.until(() => heardB.changes.slice(n).some(c => c.change.tables === true)), 'B heard that the tables changed')
+    t.same((await b.tables()).volumes.get(7)?.place, { server: 's9', device: 'd3' }, 'B reads the row A wrote')
+    const m = heardB.changes.length
+    await a.createNode(ROOT_INO, 'not-a-table-change', FILE)
+    t.ok(await heardB.until(() => heardB.changes.length > m))
+    t.notOk(heardB.changes.slice(m).some(c => c.change.tables === true), 'a namespace change says nothing of the tables')
+  })
+
   t.test('a dropped LISTEN connection: B flushes its caches, reconnects and hears again', async t => {
     const y = await a.createNode(ROOT_INO, 'y', FILE)
     t.ok(await heardB.until(() => heardB.changes.some(c => c.change.inodes.includes(y.ino))))

@@ -144,6 +144,8 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
 
   const handle = async (req: ControlRequest, progress: ControlProgress, signal: AbortSignal): Promise<unknown> => {
     const [a, b] = req.args
+    // Another host's table change may have committed a moment ago, its feed message not heard yet.
+    if (state.shared && req.cmd !== 'unmount' && req.cmd !== 'status') await state.reloadTables()
     switch (req.cmd) {
       case 'status': return admin.status(state, info)
       case 'unmount': return stop(req.options?.lazy === true ? 'lazy' : 'strict').then(() => ({ unmounted: mountpoint }))

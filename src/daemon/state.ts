@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import createDebug from 'debug'
 import { existsSync, promises as fsp } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { Device } from '../devices/device'
@@ -16,6 +17,8 @@ import { LOCAL_SERVER, Place, placeText } from '../volumes/tables'
 import { STATE_FORMAT_VERSION, formatTooNew } from '../format-version'
 import { Volumes, VolumesOptions } from '../volumes/volumes'
 import { FsName, fsNameText, parseFsName } from './location'
+
+const log = createDebug('bslfs:state')
 
 /**
  * A STATE directory: what `bslfs init` makes and every command names.
@@ -175,11 +178,27 @@ export class State {
     const name = typeof nameArg === 'string' ? parseFsName(nameArg) : nameArg
     checkPasswordFile(name, passwordFile)
     const kv: KvStore = name.kind === 'postgres' ? await openPg(name, { passwordFile }) : await openLevel(name.root)
+    // Another mount's change to the tables (or changes that may have been missed) makes this one re-read them at once.
+    let opened: State | undefined
+    const reload = (): void => {
+      opened?.reloadTables().catch(err => log('re-reading the tables: %s', (err as Error).message))
+    }
+    const heard: RemoteChanges = {
+      changed: change => {
+        if (change.tables === true) reload()
+        remote?.changed(change)
+      },
+      missed: () => {
+        reload()
+        remote?.missed()
+      }
+    }
     try {
-      const dir = await Directory.open(kv, openInodes, remote)
+      const dir = await Directory.open(kv, openInodes, heard)
       const tables = await dir.tables()
       const volumes = new Volumes(tables, place => openDevice(dir, place), { ...volumeOpts, healQueue: { record: copies => dir.queueHeal(copies) } })
-      return new State(name, dir, volumes)
+      opened = new State(name, dir, volumes)
+      return opened
     } catch (err) {
       await kv.close().catch(() => undefined)
       throw new UsageError(`the filesystem in ${fsNameText(name)} cannot be opened: ${(err as Error).message}`)

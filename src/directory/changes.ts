@@ -1,9 +1,11 @@
 import { NOTE_MAX } from './kv'
 
-/** What a committed transaction changed, as other mounts hear it: inodes, and entries by (parent, name). */
+/** What a committed transaction changed, as other mounts hear it: inodes, entries by (parent, name), and whether the tables changed. */
 export interface Change {
   inodes: number[]
   entries: Array<{ parent: number, name: string }>
+  /** The volume, mirror, server or device tables or the default volume changed: re-read them. */
+  tables?: boolean
 }
 
 /** Who hears what other mounts changed (the mount turns it into kernel invalidations). */
@@ -14,7 +16,7 @@ export interface RemoteChanges {
   missed (): void
 }
 
-/** A change as feed messages of at most NOTE_MAX bytes each: {"i":[ino…],"e":[[parent,name]…]}. */
+/** A change as feed messages of at most NOTE_MAX bytes each: {"i":[ino…],"e":[[parent,name]…]}, with "t":1 when the tables changed. */
 export function encodeChange (change: Change): string[] {
   const out: string[] = []
   let inodes: number[] = []
@@ -38,8 +40,12 @@ export function encodeChange (change: Change): string[] {
     size += n
   }
   flush()
+  if (change.tables === true) out.push(JSON.stringify({ i: [], e: [], t: 1 }))
   return out
 }
+
+/** The feed message of a change to the tables. */
+export const TABLES_CHANGED = encodeChange({ inodes: [], entries: [], tables: true })[0]!
 
 /** A feed message back into a change; undefined when it is not one (another version's, or damaged). */
 export function decodeChange (message: string): Change | undefined {
@@ -50,7 +56,7 @@ export function decodeChange (message: string): Change | undefined {
     const entries = (v.e as unknown[])
       .filter((e): e is [number, string] => Array.isArray(e) && Number.isSafeInteger(e[0]) && typeof e[1] === 'string')
       .map(([parent, name]) => ({ parent, name }))
-    return { inodes, entries }
+    return v.t === 1 ? { inodes, entries, tables: true } : { inodes, entries }
   } catch {
     return undefined
   }

@@ -1,11 +1,13 @@
 import { DeviceRow, MirrorRow, Place, ServerRow, Tables, VolumeRow } from '../volumes/tables'
-import { KvReader, KvStore } from './kv'
+import { TABLES_CHANGED } from './changes'
+import { KvReader, KvStore, KvTxn } from './kv'
 import { decodeJSON, encodeJSON, keys } from './records'
 
 /**
  * The volume, mirror, server and device tables (T kind key, JSON rows) and
  * the default volume (M defaultVolume). Changes are rare (admin commands)
- * and each is made durable before it returns.
+ * and each is made durable before it returns; on a shared store each tells
+ * the other mounts to re-read the tables (the change feed).
  */
 
 export async function readTables (kv: KvReader): Promise<Tables> {
@@ -36,11 +38,11 @@ export async function readTables (kv: KvReader): Promise<Tables> {
 }
 
 export function putDevice (kv: KvStore, row: DeviceRow): Promise<void> {
-  return kv.txn(tx => { tx.put(keys.table('device', row.name), encodeJSON(row)) }, { sync: true })
+  return kv.txn(tx => { put(tx, keys.table('device', row.name), encodeJSON(row)) }, { sync: true })
 }
 
 export function putServer (kv: KvStore, row: ServerRow): Promise<void> {
-  return kv.txn(tx => { tx.put(keys.table('server', row.name), encodeJSON(row)) }, { sync: true })
+  return kv.txn(tx => { put(tx, keys.table('server', row.name), encodeJSON(row)) }, { sync: true })
 }
 
 /** Point a volume at a place; a move keeps the old place in the history. */
@@ -53,16 +55,22 @@ export function setVolume (kv: KvStore, volume: number, place: Place): Promise<V
     const row: VolumeRow = old
       ? { volume, place, since: now, history: [...old.history, { place: old.place, from: old.since, to: now }] }
       : { volume, place, since: now, history: [] }
-    tx.put(key, encodeJSON(row))
+    put(tx, key, encodeJSON(row))
     return row
   }, { sync: true })
 }
 
 export function setMirror (kv: KvStore, row: MirrorRow): Promise<void> {
-  return kv.txn(tx => { tx.put(keys.table('mirror', String(row.volume)), encodeJSON(row)) }, { sync: true })
+  return kv.txn(tx => { put(tx, keys.table('mirror', String(row.volume)), encodeJSON(row)) }, { sync: true })
 }
 
 /** Where new blocks go: a volume, or a place (physical BSLs). */
 export function setDefaultVolume (kv: KvStore, volume: number | Place): Promise<void> {
-  return kv.txn(tx => { tx.put(keys.meta('defaultVolume'), encodeJSON(volume)) }, { sync: true })
+  return kv.txn(tx => { put(tx, keys.meta('defaultVolume'), encodeJSON(volume)) }, { sync: true })
+}
+
+/** A table write; other mounts hear of it when it commits. */
+function put (tx: KvTxn, key: Buffer, value: Buffer): void {
+  tx.put(key, value)
+  tx.notify?.(TABLES_CHANGED)
 }
