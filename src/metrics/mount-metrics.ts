@@ -37,8 +37,8 @@ export class FuseOpMetrics {
   }
 }
 
-export type DeviceOp = 'read' | 'write' | 'sync'
-const DEVICE_OPS: DeviceOp[] = ['read', 'write', 'sync']
+export type DeviceOp = 'read' | 'write' | 'sync' | 'stat'
+const DEVICE_OPS: DeviceOp[] = ['read', 'write', 'sync', 'stat']
 
 /** What the device calls to one place (server:device) count. */
 export class PlaceMetrics {
