@@ -11,6 +11,8 @@ import { parseFsName, runtimePaths } from './location'
 import { checkFuseAvailable, prepareMountpoint } from './mountpoint'
 import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './heal'
+import { startMountMetrics } from './metrics-endpoint'
+import { mountMetrics } from '../metrics/mount-metrics'
 import { State } from './state'
 import { RemoteChanges } from '../directory/directory'
 import { logger } from '../log'
@@ -61,6 +63,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   let server: Server
   let reclaimer: ReturnType<typeof startReclaimer>
   let healer: ReturnType<typeof startHealer>
+  let stopMetrics: () => Promise<void>
   files = new OpenFiles(state.dir, state.volumes)
   const fs = new BslFilesystem(state.dir, files, {
     space: async () => {
@@ -89,6 +92,8 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     cleanup.push(() => reclaimer.stop())
     healer = startHealer(state.dir, state.volumes)
     cleanup.push(() => healer.stop())
+    stopMetrics = await startMountMetrics(state, files, options.metrics)
+    cleanup.push(() => stopMetrics())
   } catch (err) {
     await undo()
     events.error('mounting %s on %s failed: %s', state.location, mountpoint, (err as Error).message)
@@ -132,6 +137,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     await fs.flushAll().catch(err => events.error('final flush failed: %s', (err as Error).message))
     await reclaimer.stop()
     await healer.stop()
+    await stopMetrics()
     await reclaim(state.dir, state.volumes).catch(() => 0)
     await state.close()
     await fsp.rm(paths.pid, { force: true })
@@ -145,9 +151,10 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   const handle = async (req: ControlRequest, progress: ControlProgress, signal: AbortSignal): Promise<unknown> => {
     const [a, b] = req.args
     // Another host's table change may have committed a moment ago, its feed message not heard yet.
-    if (state.shared && req.cmd !== 'unmount' && req.cmd !== 'status') await state.reloadTables()
+    if (state.shared && req.cmd !== 'unmount' && req.cmd !== 'status' && req.cmd !== 'stats') await state.reloadTables()
     switch (req.cmd) {
       case 'status': return admin.status(state, info)
+      case 'stats': return mountMetrics.snapshot()
       case 'unmount': return stop(req.options?.lazy === true ? 'lazy' : 'strict').then(() => ({ unmounted: mountpoint }))
       case 'device-add': return admin.deviceAdd(state, a, b)
       case 'volume-add': return admin.volumeAdd(state, a, b)
