@@ -1,0 +1,44 @@
+// Reading a /metrics exposition the way Prometheus would: parsed by a Prometheus text parser (a
+// malformed exposition throws), then looked up by metric name and labels.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const parsePrometheusTextFormat = require('parse-prometheus-text-format') as (text: string) => Family[]
+
+export interface Sample { value?: string, labels?: Record<string, string>, buckets?: Record<string, string>, count?: string, sum?: string }
+export interface Family { name: string, help: string, type: string, metrics: Sample[] }
+
+export class Exposition {
+  readonly families: Map<string, Family>
+  constructor (readonly text: string) {
+    this.families = new Map(parsePrometheusTextFormat(text).map(f => [f.name, f]))
+  }
+
+  has (name: string): boolean {
+    return this.families.has(name)
+  }
+
+  /** The samples of `name` whose labels include `labels`. */
+  samples (name: string, labels: Record<string, string> = {}): Sample[] {
+    const f = this.families.get(name)
+    if (!f) throw new Error(`no metric ${name} in the exposition (${[...this.families.keys()].filter(n => n.startsWith('bslfs_')).join(', ')})`)
+    return f.metrics.filter(s => Object.entries(labels).every(([k, v]) => s.labels?.[k] === v))
+  }
+
+  /** The sum of the values (a histogram: of the counts) of `name`'s samples with `labels`; 0 when none. */
+  sum (name: string, labels: Record<string, string> = {}): number {
+    return this.samples(name, labels).reduce((a, s) => a + Number(s.value ?? s.count ?? 0), 0)
+  }
+
+  /** The one sample of `name` with exactly these labels (undefined when there is none). */
+  value (name: string, labels: Record<string, string> = {}): number | undefined {
+    const s = this.samples(name, labels).filter(s => Object.keys(s.labels ?? {}).length === Object.keys(labels).length)
+    if (s.length > 1) throw new Error(`${name} ${JSON.stringify(labels)}: ${s.length} samples`)
+    return s.length ? Number(s[0].value ?? s[0].count) : undefined
+  }
+}
+
+/** GET `url` (a /metrics) with `headers`: the status, and the parsed exposition when 200. */
+export async function scrape (url: string, headers: Record<string, string> = {}): Promise<{ status: number, exposition?: Exposition, type?: string | null }> {
+  const res = await fetch(url, { headers })
+  const text = await res.text()
+  return { status: res.status, type: res.headers.get('content-type'), ...(res.status === 200 ? { exposition: new Exposition(text) } : {}) }
+}
