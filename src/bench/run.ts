@@ -126,6 +126,7 @@ async function setUp (name: TargetName, root: string, td: Teardown, opts: Option
     case 'bslfs-mirror': return await bslfsTarget(root, td, name, 'mirror')
     case 'bslfs-mirror-tls': return await bslfsTarget(root, td, name, 'mirror-tls')
     case 'bslfs-base': return await bslfsTarget(root, td, name, 'local', await checkoutBin(opts.baseline as string))
+    case 'bslfs-metrics': return await bslfsTarget(root, td, name, 'local', undefined, true)
     case 'bslfs-mirror-base': return await bslfsTarget(root, td, name, 'mirror', await checkoutBin(opts.baseline as string))
     case 'glusterfs':
       if (!await onPath('glusterd')) {
