@@ -13,6 +13,12 @@ import { Count, CounterFamily, HistogramFamily, HistogramSeries } from './tally'
  */
 
 const ERRNO_NAMES = new Map<number, string>(Object.entries(constants.errno).map(([name, n]) => [n, name]))
+/**
+ * Errors that answer a question rather than report a failure (no such name, no such xattr, an
+ * xattr buffer probe, an opcode the kernel tries): in the metrics by errno, but not in the
+ * error total `bslfs stats` shows (every write asks for security.capability and gets ENODATA).
+ */
+const ANSWERS = new Set(['ENOENT', 'ENODATA', 'ERANGE', 'ENOSYS', 'EEXIST', 'ENOTEMPTY'].map(n => constants.errno[n as keyof typeof constants.errno]))
 
 /** What one FUSE opcode counts. */
 export class FuseOpMetrics {
@@ -32,7 +38,7 @@ export class FuseOpMetrics {
       let e = this.errors.get(errno)
       if (!e) this.errors.set(errno, e = this.m.fuseErrors.series({ opcode: this.opcode, errno: ERRNO_NAMES.get(errno) ?? String(errno) }))
       e.n++
-      this.m.totals.fuseErrors++
+      if (!ANSWERS.has(errno)) this.m.totals.fuseErrors++
     }
   }
 }

@@ -9,7 +9,35 @@ export interface Family { name: string, help: string, type: string, metrics: Sam
 export class Exposition {
   readonly families: Map<string, Family>
   constructor (readonly text: string) {
-    this.families = new Map(parsePrometheusTextFormat(text).map(f => [f.name, f]))
+    const parsed = parsePrometheusTextFormat(text)
+    this.families = new Map(parsed.map(f => [f.name, f]))
+    // The parser merges a histogram's series into one (prom2json's shape keeps `le` only): parse the
+    // text again with histograms read as untyped, so _bucket, _sum and _count come with their
+    // labels, and put each labelled series back together.
+    const histograms = parsed.filter(f => f.type === 'HISTOGRAM')
+    if (histograms.length === 0) return
+    // (Each series' _bucket, _sum and _count lines come as families of their own, one after the other.)
+    const untyped = new Map<string, Sample[]>()
+    for (const f of parsePrometheusTextFormat(text.replace(/^# TYPE (\S+) histogram$/gm, '# TYPE $1 untyped'))) {
+      untyped.set(f.name, [...(untyped.get(f.name) ?? []), ...f.metrics])
+    }
+    const key = (labels: Record<string, string> = {}) => JSON.stringify(Object.entries(labels).filter(([k]) => k !== 'le').sort())
+    for (const h of histograms) {
+      const series = new Map<string, Sample>()
+      const of = (labels?: Record<string, string>): Sample => {
+        const k = key(labels)
+        let s = series.get(k)
+        if (!s) {
+          const { le: _le, ...rest } = labels ?? {}
+          series.set(k, s = { labels: rest, buckets: {} })
+        }
+        return s
+      }
+      for (const b of untyped.get(`${h.name}_bucket`) ?? []) of(b.labels).buckets![b.labels?.le ?? '?'] = b.value ?? ''
+      for (const c of untyped.get(`${h.name}_count`) ?? []) of(c.labels).count = c.value
+      for (const c of untyped.get(`${h.name}_sum`) ?? []) of(c.labels).sum = c.value
+      h.metrics = [...series.values()]
+    }
   }
 
   has (name: string): boolean {
