@@ -349,11 +349,13 @@ export class Volumes extends EventEmitter<VolumesEvents> {
 
   /** Put, or store and remember the place for the next sync. */
   private async put (place: Place, key: string, d: Device, id: string, data: Uint8Array, sum: number, durable: boolean): Promise<void> {
+    if (durable) await d.put(id, data, sum)
+    else {
+      await d.store(id, data, sum)
+      this.unsynced.set(key, place)
+    }
     mountMetrics.place(key).bytesWritten.n += data.length
     mountMetrics.totals.deviceBytesWritten += data.length
-    if (durable) return await d.put(id, data, sum)
-    await d.store(id, data, sum)
-    this.unsynced.set(key, place)
   }
 
   /**
