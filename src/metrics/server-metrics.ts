@@ -44,7 +44,16 @@ export class ServerMetrics {
         }
       }
     })
-    collectDefaultMetrics({ register: r })
+  }
+
+  private processMetrics = false
+  /** The registry to scrape: with the process's own figures (RSS, heap, event-loop delay) from the first scrape on. */
+  forScrape (): Registry {
+    if (!this.processMetrics) {
+      this.processMetrics = true
+      collectDefaultMetrics({ register: this.registry })
+    }
+    return this.registry
   }
 
   /** One request answered. */

@@ -412,7 +412,7 @@ export class BlockServer {
       case 'object':
         return this.objectRequest(ex, route)
       case 'metrics':
-        return answerMetrics(this.metrics.registry, ex.res, method === 'HEAD')
+        return answerMetrics(this.metrics.forScrape(), ex.res, method === 'HEAD')
       case 'stream':
         throw new HttpError(426, 'EINVAL', `${STREAM_PATH} is reached by an upgrade: send Connection: Upgrade and Upgrade: ${STREAM_PROTOCOL}`,
           { Upgrade: STREAM_PROTOCOL, Connection: 'Upgrade' })
