@@ -187,3 +187,16 @@ t.test('the test parser refuses a malformed exposition', async t => {
   const good = new Exposition(await mountMetrics.registry.metrics())
   t.ok(good.families.size > 20, 'the mount exposition parses')
 })
+
+t.test('status keeps the last errors and warnings with their times (bounded)', async t => {
+  const { logger, recentEvents } = await import('../src/log')
+  const events = logger('bslfs:test')
+  for (let i = 0; i < 25; i++) events.warn('warning %d', i)
+  events.info('not kept')
+  events.error('device %s failed', 's2:d1')
+  const kept = recentEvents()
+  t.equal(kept.length, 20, 'the last 20')
+  t.match(kept[kept.length - 1], { level: 'ERROR', namespace: 'bslfs:test', message: 'device s2:d1 failed', time: /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/ })
+  t.equal(kept[0].message, 'warning 6', 'the oldest dropped first')
+  t.notOk(kept.some(e => e.message === 'not kept'), 'INFO is not an error')
+})
