@@ -122,6 +122,19 @@ t.test('every record survives LevelDB → PostgreSQL (the queues too, the sessio
   const usageKey = Buffer.from('Musage').toString('hex')
   t.same(got.filter(([k]) => k !== usageKey), want.filter(([k]) => k !== usageKey), 'PostgreSQL holds the same records, byte for byte')
   t.same(JSON.parse(Buffer.from(got.find(([k]) => k === usageKey)![1], 'hex').toString()), { files: 2, bytes: 10 }, 'and the folded usage')
+
+  // A record the dump cannot vouch for is refused at the source, naming it.
+  const nowhere = new (await import('node:stream')).Writable({ write (_c, _e, cb) { cb() } })
+  for (const [what, key, value] of [
+    ['a volume row of the wrong shape', Buffer.from('Tvolume\x005'), Buffer.from('{"volume":5}')],
+    ['a record of an unknown kind', Buffer.from('Zsomething'), Buffer.from('x')]
+  ] as Array<[string, Buffer, Buffer]>) {
+    await kv.txn(tx => { tx.put(key, value) })
+    const s2 = kv.snapshot()
+    await t.rejects(writeDump(s2, { source: 'src', engine: 'leveldb', mounted: false }, nowhere), new RegExp(`src has a record that cannot be dumped \\(record ${key.toString('hex')}`), `dump refuses ${what}`)
+    await s2.close()
+    await kv.txn(tx => { tx.del(key) })
+  }
   await dir.close()
 })
 

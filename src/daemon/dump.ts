@@ -97,7 +97,15 @@ const META_CHECKS: Record<string, (v: any) => boolean> = {
   usage: isUsage,
   defaultVolume: v => Number.isInteger(v) || (typeof v?.server === 'string' && typeof v.device === 'string')
 }
-const TABLE_KINDS = new Set(['volume', 'mirror', 'device', 'server'])
+const isPlace = (p: any): boolean => typeof p?.server === 'string' && typeof p.device === 'string'
+/** The table rows' shapes, as readTables (directory/tables.ts) checks them when a mount opens the tables. */
+const TABLE_CHECKS: Record<string, (v: any, key: string) => boolean> = {
+  volume: (r, k) => Number.isInteger(r?.volume) && String(r.volume) === k && isPlace(r.place) && Array.isArray(r.history) && r.history.every((h: any) => isPlace(h?.place)),
+  mirror: (r, k) => Number.isInteger(r?.volume) && String(r.volume) === k && Array.isArray(r.mirrors) && r.mirrors.length > 0 &&
+    r.mirrors.every(Number.isInteger) && Number.isInteger(r.minCopies) && r.minCopies >= 1 && r.minCopies <= r.mirrors.length,
+  device: (r, k) => typeof r?.name === 'string' && r.name === k && typeof r.path === 'string',
+  server: (r, k) => typeof r?.name === 'string' && r.name === k && typeof r.url === 'string'
+}
 
 /** What a record says that load checks across records. */
 interface RecordFacts { ino?: number, objectId?: bigint, blockBytes?: { ino: number, length: number } }
@@ -160,9 +168,12 @@ export function checkRecord (key: Buffer, value: Buffer): RecordFacts {
         return {}
       }
       case 'T': {
-        const kind = key.subarray(1, Math.max(1, key.indexOf(0))).toString()
-        if (key.indexOf(0) < 0 || !TABLE_KINDS.has(kind)) throw bad(`unknown table "${kind}"`)
-        decodeJSON(`${kind} row`, value, v => v !== null && typeof v === 'object')
+        const nul = key.indexOf(0)
+        const kind = key.subarray(1, Math.max(1, nul)).toString()
+        const check = TABLE_CHECKS[kind]
+        if (nul < 0 || !check) throw bad(`unknown table "${kind}"`)
+        const row = key.subarray(nul + 1).toString()
+        decodeJSON(`${kind} row "${row}"`, value, v => check(v, row))
         return {}
       }
       default:
@@ -488,6 +499,8 @@ export async function loadDump (targetArg: string, source: DumpSource, opts: { p
   const written = createHash('sha256')
   let config: Buffer | undefined
   let records = 0
+  let backRecords = 0
+  let blocks = 0
   try {
     let batch: Array<[Buffer, Buffer]> = []
     let batchBytes = 0
@@ -516,6 +529,16 @@ export async function loadDump (targetArg: string, source: DumpSource, opts: { p
     await flush()
     // The config makes it a filesystem: written last, durably.
     await target.kv.txn(tx => { tx.put(configKey, config!) }, { sync: true })
+    // Verify: every record read back from the target as written (else it is taken back too).
+    const back = createHash('sha256')
+    for await (const [k, v] of target.kv.scan(Buffer.alloc(0))) {
+      back.update(u32(k.length)).update(k).update(u32(v.length)).update(v)
+      backRecords++
+      if (k[0] === 0x42) blocks++ // 'B'
+    }
+    if (backRecords !== records || !back.digest().equals(written.digest())) {
+      throw new UsageError(`the records read back from ${fsNameText(name)} (${backRecords}) are not the ${records} written: the target lost or changed some; the load was taken back`)
+    }
     await target.finish()
   } catch (err) {
     log('load failed, taking it back: %s', (err as Error).message)
@@ -523,22 +546,7 @@ export async function loadDump (targetArg: string, source: DumpSource, opts: { p
     await target.kv.close().catch(() => {})
     throw err
   }
-  // Verify: every record read back from the target as written.
-  const back = createHash('sha256')
-  let backRecords = 0
-  let blocks = 0
-  try {
-    for await (const [k, v] of target.kv.scan(Buffer.alloc(0))) {
-      back.update(u32(k.length)).update(k).update(u32(v.length)).update(v)
-      backRecords++
-      if (k[0] === 0x42) blocks++
-    }
-  } finally {
-    await target.kv.close()
-  }
-  if (backRecords !== records || !back.digest().equals(written.digest())) {
-    throw new UsageError(`the records read back from ${fsNameText(name)} (${backRecords}) are not the ${records} loaded: the target engine lost or changed some; do not use it`)
-  }
+  await target.kv.close()
   const state = await State.open(name, { passwordFile: opts.passwordFile })
   let fsck
   try {
