@@ -346,6 +346,8 @@ t.test('damaged, truncated and misdirected dumps are refused, nothing loaded', {
     const target = join(base, `t-${what.replace(/\W/g, '')}`)
     refused(t, await sh(`${q(bslfsBin)} load ${q(target)} < ${q(file)}`), `${what} (into a STATE)`, says)
     t.notOk(fs.existsSync(target), `${what}: no STATE was made`)
+    // Piped (spooled while checked) into PostgreSQL: the kinds of damage that differ in where they are found.
+    if (!['truncated', 'a byte changed in a value', 'a byte changed in a length', 'two dumps in one'].includes(what)) continue
     refused(t, await sh(`cat ${q(file)} | ${q(bslfsBin)} load ${q(pg.url({ database: 't1' }))}`), `${what} (piped into PostgreSQL)`, says)
     t.equal(await kvRows(pg, 't1'), 0, `${what}: the database holds no record`)
   }
