@@ -6,6 +6,7 @@ import { OpenFiles } from '../data/open-files'
 import { BslFilesystem } from '../fs/filesystem'
 import { MountedFuse, ParsedOptions, mountFuse } from '../fs/mount'
 import * as admin from './admin'
+import { dumpToSocket } from './dump'
 import { ControlProgress, ControlRequest, serveControl } from './control'
 import { parseFsName, runtimePaths } from './location'
 import { checkFuseAvailable, prepareMountpoint } from './mountpoint'
@@ -163,6 +164,10 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
       case 'remap': return admin.remapVolume(state, a, b, { ...admin.remapOptions(req.options), pendingRecords: files.services.group }, progress, signal)
       case 'adopt': return admin.adopt(state, a, b, (ino, changes) => files.adopted(ino, changes))
       case 'blocks': return admin.blockDump(state)
+      // Commit what the mount holds (a device that is down must not stop a dump of the directory),
+      // then stream one snapshot to the CLI's socket (dump.ts).
+      case 'dump': return fs.flushAll().catch(err => events.warn('dump: open files not flushed first (%s); the dump holds what is committed', (err as Error).message))
+        .then(async () => await dumpToSocket(state, a, progress))
       case 'reload-tables': return state.reloadTables().then(() => ({ reloaded: mountpoint }))
       case 'fsck': return admin.fsckState(state, { repair: req.options?.repair === true, checksums: req.options?.checksums !== false }, true, progress)
       default: throw new UsageError(`unknown control command "${req.cmd}"`)
