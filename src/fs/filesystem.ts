@@ -66,7 +66,8 @@ export class BslFilesystem implements FuseFilesystem {
       uid: o.uid ?? inode.uid,
       gid: o.gid ?? inode.gid,
       rdev: inode.rdev,
-      blksize: 4096
+      blksize: 4096,
+      generation: inode.gen ?? 0
     }
   }
 
@@ -111,8 +112,22 @@ export class BslFilesystem implements FuseFilesystem {
   // ---- names ------------------------------------------------------------------
 
   async lookup (parent: number, name: string): Promise<Attr | null> {
+    if (name === '.' || name === '..') return await this.lookupByNumber(parent, name)
     const ino = await this.dir.lookup(parent, name)
     return ino === undefined ? null : await this.attrOf(ino)
+  }
+
+  /**
+   * The kernel's export operations (a file handle whose inode it no longer holds) look up "." of
+   * the handle's inode number, and ".." of a directory to connect it to the tree. A removed inode
+   * is ENOENT, which the kernel answers ESTALE.
+   */
+  private async lookupByNumber (ino: number, name: '.' | '..'): Promise<Attr> {
+    const inode = await this.current(ino)
+    if (inode.nlink === 0) throw new FsError('ENOENT', `inode ${ino} was removed`)
+    if (name === '.') return this.toAttr(inode)
+    if (!isDir(inode.mode)) throw new FsError('ENOTDIR', `inode ${ino}`)
+    return await this.attrOf(inode.parent ?? ROOT_INO)
   }
 
   async getattr (ino: number): Promise<Attr> {
