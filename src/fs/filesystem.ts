@@ -7,6 +7,7 @@ import { Attr, RENAME_NOREPLACE, StatFs } from './fuse/protocol'
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
+import type { AtimeMode } from './mount'
 
 const PATH_MAX = 4096
 const O_ACCMODE = 3
@@ -49,7 +50,9 @@ export class BslFilesystem implements FuseFilesystem {
   private nextFh = 1
 
   constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource,
-    readonly readOnly = false, private readonly overrides: AttrOverrides = {}) {}
+    /** Set by a remount (read-only or read-write again). */
+    public readOnly = false, private readonly overrides: AttrOverrides = {},
+    private readonly atime: { mode: AtimeMode, dirs: boolean } = { mode: 'relatime', dirs: true }) {}
 
   toAttr (inode: Inode): Attr {
     const dir = isDir(inode.mode)
@@ -185,9 +188,13 @@ export class BslFilesystem implements FuseFilesystem {
 
   // ---- attributes ---------------------------------------------------------------
 
-  /** relatime, as Linux mounts by default: atime moves when older than mtime/ctime or a day old. */
+  /**
+   * relatime, as Linux mounts by default: atime moves when older than mtime/ctime or a day old;
+   * strictatime: on every access; noatime (nodiratime for directories): never.
+   */
   private needsAtime (inode: Inode, now: Timespec): boolean {
-    if (this.readOnly) return false
+    if (this.readOnly || this.atime.mode === 'noatime' || (!this.atime.dirs && isDir(inode.mode))) return false
+    if (this.atime.mode === 'strictatime') return true
     const a = inode.atime
     const older = (t: Timespec) => a.sec < t.sec || (a.sec === t.sec && a.nsec <= t.nsec)
     return older(inode.mtime) || older(inode.ctime) || now.sec - a.sec >= DAY

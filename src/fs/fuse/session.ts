@@ -248,8 +248,8 @@ export class FuseSession {
   }
 
   /** fusermount -u (or -uz when lazy); rejects with fusermount's words (EBUSY: "Device or resource busy"). */
-  async unmount (lazy: boolean): Promise<void> {
-    const complaint = await fusermount(this.mountpoint, lazy)
+  async unmount (lazy: boolean, at = this.mountpoint): Promise<void> {
+    const complaint = await fusermount(at, lazy)
     if (complaint) throw new Error(complaint)
   }
 
