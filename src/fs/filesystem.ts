@@ -12,6 +12,7 @@ import type { AtimeMode } from './mount'
 const PATH_MAX = 4096
 const O_ACCMODE = 3
 const O_RDONLY = 0
+const O_WRONLY = 1
 const O_TRUNC = 0o1000
 
 const DAY = 86400
@@ -273,6 +274,8 @@ export class BslFilesystem implements FuseFilesystem {
     this.handles.set(fh, { ino, file, writable })
     // The kernel hands O_TRUNC to open (atomic_o_trunc) instead of a separate truncate.
     if (file && writable && (flags & O_TRUNC) && file.size > 0) await file.truncate(0, nowTimespec())
+    // strictatime: reads the page cache answers never reach bslfs; an open for reading stands for them.
+    if (file && (flags & O_ACCMODE) !== O_WRONLY && this.atime.mode === 'strictatime' && !this.readOnly) file.markAccessed(nowTimespec())
     return fh
   }
 
