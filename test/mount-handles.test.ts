@@ -7,49 +7,8 @@
 import t from 'tap'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { describeRun, directoryKind, py, target, volumeKind, withMount } from './helpers/mount'
-
-/** Python: `encode PATH…` prints one handle per path; `open MNT HANDLE…` prints "OK <content or dir path>" or the errno. */
-const HANDLES = `
-import ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-MAX = 128
-class FH(ctypes.Structure):
-    _fields_ = [('handle_bytes', ctypes.c_uint), ('handle_type', ctypes.c_int), ('f_handle', ctypes.c_ubyte * MAX)]
-def fail():
-    e = ctypes.get_errno()
-    raise OSError(e, os.strerror(e))
-def encode(path):
-    fh = FH(); fh.handle_bytes = MAX; mid = ctypes.c_int()
-    if libc.name_to_handle_at(-100, path.encode(), ctypes.byref(fh), ctypes.byref(mid), 0) != 0: fail()
-    return '%d:%s' % (fh.handle_type, bytes(fh.f_handle[:fh.handle_bytes]).hex())
-def open_handle(mnt, h):
-    kind, data = h.split(':'); b = bytes.fromhex(data)
-    fh = FH(); fh.handle_bytes = len(b); fh.handle_type = int(kind)
-    for i, x in enumerate(b): fh.f_handle[i] = x
-    mfd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fd = libc.open_by_handle_at(mfd, ctypes.byref(fh), os.O_RDONLY)
-        if fd < 0: fail()
-        return fd
-    finally:
-        os.close(mfd)
-if sys.argv[1] == 'encode':
-    for i, p in enumerate(sys.argv[2:]):
-        try: print('h%d %s' % (i, encode(p)))
-        except OSError as e: print('h%d %s' % (i, errno.errorcode[e.errno]))
-else:
-    for i, h in enumerate(sys.argv[3:]):
-        try:
-            fd = open_handle(sys.argv[2], h)
-            if stat.S_ISDIR(os.fstat(fd).st_mode): what = os.readlink('/proc/self/fd/%d' % fd)
-            else: what = os.read(fd, 4096).decode()
-            os.close(fd)
-            print('h%d OK:%s' % (i, what))
-        except OSError as e: print('h%d %s' % (i, errno.errorcode[e.errno]))
-`
-
-const dropCaches = (): void => fs.writeFileSync('/proc/sys/vm/drop_caches', '2')
+import { HANDLES, dropCaches } from './helpers/handles'
+import { describeRun, directoryKind, py, sha256, target, volumeKind, withMount } from './helpers/mount'
 
 if (target === 'bslfs' && (volumeKind === 'local' || directoryKind === 'postgres')) {
   t.test('handles open after drop_caches and after a remount; a removed file gives ESTALE', async t => {
@@ -63,12 +22,12 @@ if (target === 'bslfs' && (volumeKind === 'local' || directoryKind === 'postgres
     const enc = await py(HANDLES, ['encode', ...paths])
     const handles = paths.map((_, i) => enc.results[`h${i}`] ?? '')
     if (!t.ok(handles.every(h => /^\d+:[0-9a-f]+$/.test(h)), 'name_to_handle_at gives a handle for each', { run: describeRun(enc.run) })) return
-    const expect = ['OK:top-file', 'OK:deep-file', `OK:${p('a/b/c')}`, `OK:${p('a')}`]
+    const expect = [`OK:${sha256('top-file')}`, `OK:${sha256('deep-file')}`, `OK:${p('a/b/c')}`, `OK:${p('a')}`]
     const opened = async (what: string, gone: string): Promise<void> => {
       const r = await py(HANDLES, ['open', m.mnt, ...handles])
       t.same(paths.map((_, i) => r.results[`h${i}`]), [...expect, gone], what, { run: describeRun(r.run) })
     }
-    await opened('while the kernel holds the inodes: files read, directories open at their paths', 'OK:removed')
+    await opened('while the kernel holds the inodes: files read, directories open at their paths', `OK:${sha256('removed')}`)
     fs.unlinkSync(p('gone'))
     dropCaches()
     await opened('after drop_caches: the same, the removed file ESTALE', 'ESTALE')
@@ -77,7 +36,7 @@ if (target === 'bslfs' && (volumeKind === 'local' || directoryKind === 'postgres
     fs.renameSync(p('a/b/c'), p('moved'))
     dropCaches()
     const r = await py(HANDLES, ['open', m.mnt, handles[2]!, handles[1]!])
-    t.same([r.results.h0, r.results.h1], [`OK:${p('moved')}`, 'OK:deep-file'], 'a renamed directory: its handle opens it at its new path', { run: describeRun(r.run) })
+    t.same([r.results.h0, r.results.h1], [`OK:${p('moved')}`, `OK:${sha256('deep-file')}`], 'a renamed directory: its handle opens it at its new path', { run: describeRun(r.run) })
   })
 }
 
@@ -104,7 +63,7 @@ if (target === 'bslfs' && volumeKind === 'local') {
     dropCaches()
     const second = (await py(HANDLES, ['encode', join(m.mnt, 'second')])).results.h0 ?? ''
     const r = await py(HANDLES, ['open', m.mnt, first, kept, second])
-    t.same([r.results.h0, r.results.h1, r.results.h2], ['ESTALE', 'OK:kept', 'OK:second-file'],
+    t.same([r.results.h0, r.results.h1, r.results.h2], ['ESTALE', `OK:${sha256('kept')}`, `OK:${sha256('second-file')}`],
       'the old handle is ESTALE; a file from before (generation 0 or not) and the new file open', { run: describeRun(r.run) })
   })
 }
