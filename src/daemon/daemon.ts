@@ -150,6 +150,13 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     server.close(() => { void fsp.rm(paths.socket, { force: true }).finally(finish) })
   }
 
+  /** The mount point status names: still mounted (the first may have gone by `umount` while a bind of it stays). */
+  const currentInfo = async (): Promise<admin.MountInfo> => {
+    const all = await mountsOfSuper(superDev).catch((): string[] => [])
+    if (all.length && !all.includes(info.mountpoint)) info.mountpoint = all[0]!
+    return info
+  }
+
   /**
    * One mount point of several (bind mounts, see second-mount.ts) goes alone and the daemon
    * serves the others; the last one stops it.
@@ -200,7 +207,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     // Another host's table change may have committed a moment ago, its feed message not heard yet.
     if (state.shared && req.cmd !== 'unmount' && req.cmd !== 'status') await state.reloadTables()
     switch (req.cmd) {
-      case 'status': return admin.status(state, info)
+      case 'status': return admin.status(state, await currentInfo())
       case 'unmount': return await unmountAt(a || info.mountpoint, req.options?.lazy === true)
       case 'remount': return await remount(a || info.mountpoint, req.options?.readOnly === true)
       case 'device-add': return admin.deviceAdd(state, a, b)
