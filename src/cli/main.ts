@@ -188,7 +188,7 @@ export function program (): Command {
       const m = await findMount(abs)
       if (!m) throw new UsageError(`${abs} is not mounted`)
       if (m.fstype !== 'fuse.bslfs') throw new UsageError(`${abs} is not a bslfs mount (${m.fstype})`)
-      const answer = await askControl(controlSocketOf(m), { cmd: 'unmount', args: [], options: { lazy: !!o.lazy } })
+      const answer = await askControl(controlSocketOf(m), { cmd: 'unmount', args: [abs], options: { lazy: !!o.lazy } })
       if (answer && !answer.ok) throw new UsageError(answer.error)
       if (!answer) {
         // The daemon is gone: only the kernel's side of the mount is left.
