@@ -36,7 +36,7 @@ export interface DirItem { name: string, ino: number, mode: number, attr?: Attr 
  * whatever the call answers later; the call should stop waiting.
  */
 export interface FuseFilesystem {
-  /** The attributes of `name` in `parent`, or null when it does not exist (a negative entry the kernel may cache). */
+  /** The attributes of `name` in `parent`, or null when it does not exist (a negative entry the kernel may cache). "." and "..": the node itself and its parent directory (file handles, FUSE_EXPORT_SUPPORT). */
   lookup (parent: number, name: string): Promise<Attr | null>
   /** The kernel dropped `nlookup` of its lookups of `ino` (it no longer caches the inode that often). No answer. */
   forget? (ino: number, nlookup: number): void
@@ -119,7 +119,7 @@ const SPARE_BUFFERS = 8
 const STRAY_INTERRUPTS = 16
 
 const ALL_FLAGS = Init.ASYNC_READ | Init.ATOMIC_O_TRUNC | Init.BIG_WRITES | Init.ASYNC_DIO | Init.PARALLEL_DIROPS |
-  Init.ABORT_ERROR | Init.MAX_PAGES | Init.CACHE_SYMLINKS
+  Init.ABORT_ERROR | Init.MAX_PAGES | Init.CACHE_SYMLINKS | Init.EXPORT_SUPPORT
 
 type Payload = Buffer | Buffer[] | undefined
 
@@ -251,8 +251,8 @@ export class FuseSession {
   }
 
   /** fusermount -u (or -uz when lazy); rejects with fusermount's words (EBUSY: "Device or resource busy"). */
-  async unmount (lazy: boolean): Promise<void> {
-    const complaint = await fusermount(this.mountpoint, lazy)
+  async unmount (lazy: boolean, at = this.mountpoint): Promise<void> {
+    const complaint = await fusermount(at, lazy)
     if (complaint) throw new Error(complaint)
   }
 
