@@ -58,6 +58,7 @@ const RATIOS: Array<{ label: string, num: TargetName, den: TargetName }> = [
   { label: 'pg/local', num: 'bslfs-pg', den: 'bslfs' },
   { label: 'mirror/remote', num: 'bslfs-mirror', den: 'bslfs-remote' },
   { label: 'tls/plain', num: 'bslfs-mirror-tls', den: 'bslfs-mirror' },
+  { label: 'metrics/off', num: 'bslfs-metrics', den: 'bslfs' },
   { label: 'bslfs/base', num: 'bslfs', den: 'bslfs-base' },
   { label: 'mirror/base', num: 'bslfs-mirror', den: 'bslfs-mirror-base' }
 ]
