@@ -58,6 +58,7 @@ const RATIOS: Array<{ label: string, num: TargetName, den: TargetName }> = [
   { label: 'pg/local', num: 'bslfs-pg', den: 'bslfs' },
   { label: 'mirror/remote', num: 'bslfs-mirror', den: 'bslfs-remote' },
   { label: 'tls/plain', num: 'bslfs-mirror-tls', den: 'bslfs-mirror' },
+  { label: 'metrics/off', num: 'bslfs-metrics', den: 'bslfs' },
   { label: 'bslfs/base', num: 'bslfs', den: 'bslfs-base' },
   { label: 'mirror/base', num: 'bslfs-mirror', den: 'bslfs-mirror-base' }
 ]
@@ -132,6 +133,7 @@ async function setUp (name: TargetName, root: string, td: Teardown, opts: Option
     case 'bslfs-mirror': return await bslfsTarget(root, td, name, 'mirror')
     case 'bslfs-mirror-tls': return await bslfsTarget(root, td, name, 'mirror-tls')
     case 'bslfs-base': return await bslfsTarget(root, td, name, 'local', await checkoutBin(opts.baseline as string))
+    case 'bslfs-metrics': return await bslfsTarget(root, td, name, 'local', undefined, undefined, true)
     case 'bslfs-mirror-base': return await bslfsTarget(root, td, name, 'mirror', await checkoutBin(opts.baseline as string))
     case 'glusterfs':
       if (!await onPath('glusterd')) {

@@ -17,7 +17,7 @@ import {
   alive, type Background, describeExit, freePort, killRunning, mountLine, run, sleep, startBackground, type Teardown, unmount, waitExit
 } from './proc'
 
-export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-pg', 'bslfs-mirror', 'bslfs-mirror-tls', 'bslfs-base', 'bslfs-mirror-base', 'glusterfs'] as const
+export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-pg', 'bslfs-mirror', 'bslfs-mirror-tls', 'bslfs-base', 'bslfs-mirror-base', 'bslfs-metrics', 'glusterfs'] as const
 /** The targets that run another checkout's bslfs (`--baseline DIR`): the same layouts, the code before a change. */
 export const BASELINE_TARGETS: readonly TargetName[] = ['bslfs-base', 'bslfs-mirror-base']
 export type TargetName = typeof TARGETS[number]
@@ -198,7 +198,7 @@ async function startBlockServer (bin: string, name: string, device: string, toke
  * the mount goes first and its daemon gets to exit; only then do its servers stop
  * (left running, with a note, if the mount could not be removed).
  */
-export async function bslfsTarget (root: string, td: Teardown, name: TargetName, layout: Layout, bin = bslfsBin, directoryUrl?: string): Promise<Target & { state: string }> {
+export async function bslfsTarget (root: string, td: Teardown, name: TargetName, layout: Layout, bin = bslfsBin, directoryUrl?: string, metrics = false): Promise<Target & { state: string }> {
   const { servers: names, volumes, mirror, tls } = LAYOUTS[layout]
   const bslfs = async (...args: string[]): Promise<string> => (await run(bin, args)).stdout.trim()
   // A STATE directory, or a postgres:// URL (its daemon's pid file is per mount point).
@@ -267,7 +267,15 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
     // After an unmount (a lazy one above all) the daemon still flushes and reclaims, through its servers.
     return pid === undefined || await waitExit(pid, DAEMON_EXIT_MS, `the ${name} mount daemon`, 'its unmount')
   })
-  await bslfs('mount', state, mnt)
+  // bslfs-metrics: /metrics served, and scraped every second (Prometheus does every 15 s), to show its cost.
+  const metricsPort = metrics ? await freePort('127.0.0.1') : undefined
+  await bslfs('mount', state, mnt, ...(metricsPort ? ['-o', `metrics=127.0.0.1:${metricsPort}`] : []))
+  if (metricsPort) {
+    const scraper = setInterval(() => { fetch(`http://127.0.0.1:${metricsPort}/metrics`).then(r => r.text(), () => '').catch(() => '') }, 1000)
+    scraper.unref()
+    td.add(`stop scraping ${name}`, async () => { clearInterval(scraper); return true })
+    where += `, -o metrics=127.0.0.1:${metricsPort} scraped every second`
+  }
   const daemon = await daemonPid()
   return {
     name,

@@ -12,6 +12,7 @@ import { FsckReport } from '../daemon/fsck'
 import { Presets, SingleBar } from 'cli-progress'
 import { mountCommand } from './mount-command'
 import { registerServe } from './serve-command'
+import { registerStats } from './stats-command'
 import { registerSystemCommands } from './system-commands'
 import { packageVersion } from '../version'
 
@@ -67,6 +68,8 @@ const mib = (n?: number) => n === undefined ? '?' : `${(n / 1048576).toFixed(1)}
 
 function formatStatus (r: admin.StatusReport): string {
   const lines = [
+    r.problems.length ? `health      ${r.problems.length} PROBLEM${r.problems.length > 1 ? 'S' : ''}` : 'health      ok',
+    ...r.problems.map(p => `  ! ${p}`),
     `filesystem  ${r.state}`,
     `mounted     ${r.mounted ? `${r.mounted.mountpoint} (pid ${r.mounted.pid}${r.mounted.readOnly ? ', read-only' : ''}, since ${r.mounted.since})` : 'no'}`,
     `files       ${r.files}`,
@@ -86,7 +89,7 @@ function formatStatus (r: admin.StatusReport): string {
   const places = r.places.filter(p => !p.up || p.failovers || p.missing || p.corrupt || p.downs)
   if (places.length) lines.push('places:')
   for (const p of places) {
-    lines.push(`  ${p.place}  ${p.up ? 'up' : `DOWN since ${p.downSince}`}  served ${p.served}, failovers ${p.failovers}, missing ${p.missing}, corrupt ${p.corrupt}, went down ${p.downs}x${p.lastError ? `; last error: ${p.lastError}` : ''}`)
+    lines.push(`  ${p.place}  ${p.up ? 'up' : `DOWN since ${p.downSince}`}  served ${p.served}, failovers ${p.failovers}, missing ${p.missing}, corrupt ${p.corrupt}, went down ${p.downs}x${p.lastError ? `; last error${p.lastErrorAt ? ` at ${p.lastErrorAt}` : ''}: ${p.lastError}` : ''}`)
   }
   if (r.servers.length) lines.push('servers:')
   for (const sv of r.servers) lines.push(`  ${sv.name}  ${sv.url}  ${sv.reachable ? `reachable, devices ${sv.devices?.join(', ')}` : `UNREACHABLE: ${sv.error}`}`)
@@ -96,6 +99,8 @@ function formatStatus (r: admin.StatusReport): string {
       ? `  ${d.place}  ${d.path ?? ''}  unavailable: ${d.error}`
       : `  ${d.place}  ${d.path ?? ''}  ${mib(d.available)} free of ${mib(d.total)}`)
   }
+  if (r.recentErrors.length) lines.push('recent errors:')
+  for (const e of r.recentErrors.slice(-10)) lines.push(`  ${e.time} ${e.level} ${e.namespace} ${e.message}`)
   return lines.join('\n')
 }
 
@@ -207,6 +212,7 @@ export function program (): Command {
     })
 
   registerServe(cli)
+  registerStats(cli)
 
   const device = cli.command('device').description('local devices (directories on local disks)')
   device.command('add').argument('<STATE>').argument('<NAME>').argument('<PATH>')

@@ -13,6 +13,8 @@ import { checkFuseAvailable, devText, fusermount, mountsOfSuper, prepareMountpoi
 import { remountSuper } from '../fs/vfs'
 import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './heal'
+import { startMountMetrics } from './metrics-endpoint'
+import { mountMetrics } from '../metrics/mount-metrics'
 import { State } from './state'
 import { RemoteChanges } from '../directory/directory'
 import { logger } from '../log'
@@ -65,6 +67,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   let server: Server
   let reclaimer: ReturnType<typeof startReclaimer>
   let healer: ReturnType<typeof startHealer>
+  let stopMetrics: () => Promise<void>
   files = new OpenFiles(state.dir, state.volumes)
   const fs = new BslFilesystem(state.dir, files, {
     space: async () => {
@@ -94,6 +97,8 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     cleanup.push(() => reclaimer.stop())
     healer = startHealer(state.dir, state.volumes)
     cleanup.push(() => healer.stop())
+    stopMetrics = await startMountMetrics(state, files, options.metrics)
+    cleanup.push(() => stopMetrics())
   } catch (err) {
     await undo()
     events.error('mounting %s on %s failed: %s', state.location, mountpoint, (err as Error).message)
@@ -141,6 +146,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     await fs.flushAll().catch(err => events.error('final flush failed: %s', (err as Error).message))
     await reclaimer.stop()
     await healer.stop()
+    await stopMetrics()
     await reclaim(state.dir, state.volumes).catch(() => 0)
     await state.close()
     await fsp.rm(paths.pid, { force: true })
@@ -206,9 +212,10 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   const handle = async (req: ControlRequest, progress: ControlProgress, signal: AbortSignal): Promise<unknown> => {
     const [a, b] = req.args
     // Another host's table change may have committed a moment ago, its feed message not heard yet.
-    if (state.shared && req.cmd !== 'unmount' && req.cmd !== 'status') await state.reloadTables()
+    if (state.shared && req.cmd !== 'unmount' && req.cmd !== 'status' && req.cmd !== 'stats') await state.reloadTables()
     switch (req.cmd) {
       case 'status': return admin.status(state, await currentInfo())
+      case 'stats': return mountMetrics.snapshot()
       case 'unmount': return await unmountAt(a || info.mountpoint, req.options?.lazy === true)
       case 'remount': return await remount(a || info.mountpoint, req.options?.readOnly === true)
       case 'device-add': return admin.deviceAdd(state, a, b)

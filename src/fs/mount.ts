@@ -2,6 +2,7 @@ import createDebug from 'debug'
 import { promises as fsp } from 'node:fs'
 import { AttrOverrides, BslFilesystem } from './filesystem'
 import { DEFAULT_SESSION, FuseSession, SessionOptions } from './fuse/session'
+import { DEFAULT_METRICS_PORT, ListenAddress, parseListenAddress } from '../metrics/http'
 import { setMountFlags } from './vfs'
 
 const log = createDebug('bslfs:fs')
@@ -47,11 +48,13 @@ export interface ParsedOptions {
   session: Partial<SessionOptions>
   /** uid=, gid=, umask=: what stat shows instead of the stored owner and mode. */
   overrides: AttrOverrides
+  /** metrics[=HOST:PORT]: where /metrics is served (off unless given). */
+  metrics?: ListenAddress
 }
 
 const ALL_OPTIONS = [...KERNEL_FLAGS, ...KERNEL_VALUES].map(o => KERNEL_VALUES.has(o) ? `${o}=V` : o).concat(
   ['ro', 'rw', ...OWN_FLAGS].filter(o => o !== 'foreground'), [...SECONDS].map(o => `${o}=SECONDS`),
-  ['max_write=BYTES', 'max_readahead=BYTES', 'uid=N', 'gid=N', 'umask=OCTAL', 'copy_timeout=MS'], [...ALWAYS],
+  ['max_write=BYTES', 'max_readahead=BYTES', 'uid=N', 'gid=N', 'umask=OCTAL', 'copy_timeout=MS', 'metrics[=HOST:PORT]'], [...ALWAYS],
   [...ATIME.keys()].filter(o => !KERNEL_FLAGS.has(o)), ['(mount(8): defaults, auto, noauto, user, users, nouser, owner, group, _netdev, nofail, x-*, comment=, lazytime, loud, silent)'])
 
 function bad (opt: string, why: string): Error {
@@ -63,6 +66,16 @@ function integer (opt: string, text: string, lo: number, hi: number, radix = 10)
   const n = radix === 8 ? (/^[0-7]{1,4}$/.test(text) ? parseInt(text, 8) : NaN) : (/^[0-9]{1,10}$/.test(text) ? Number(text) : NaN)
   if (!(n >= lo && n <= hi)) throw bad(opt, `takes ${radix === 8 ? 'an octal number' : 'a whole number'} from ${lo.toString(radix)} to ${hi.toString(radix)}`)
   return n
+}
+
+/** metrics (loopback, the default port), metrics=PORT (loopback) or metrics=HOST:PORT. */
+function metricsAddress (opt: string, value: string | undefined): ListenAddress {
+  if (value === undefined) return { host: '127.0.0.1', port: DEFAULT_METRICS_PORT }
+  try {
+    return parseListenAddress(value, 'metrics address')
+  } catch (err) {
+    throw bad(opt, (err as Error).message)
+  }
 }
 
 /** Parse a mount -o list ("ro,allow_other,entry_timeout=5"); throws a message that names the bad option. */
@@ -104,6 +117,7 @@ export function parseMountOptions (text: string | undefined): ParsedOptions {
     else if (name === 'gid' && eq >= 0) out.overrides.gid = integer(opt, value, 0, 0xfffffffe)
     else if (name === 'umask' && eq >= 0) out.overrides.umask = integer(opt, value, 0, 0o777, 8)
     else if (name === 'copy_timeout' && eq >= 0) out.copyTimeoutMs = integer(opt, value, 10, 60000)
+    else if (name === 'metrics') out.metrics = metricsAddress(opt, eq < 0 ? undefined : value)
     else throw new Error(`unknown or unsupported mount option "${opt}"; supported: ${ALL_OPTIONS.join(', ')}`)
   }
   return out
