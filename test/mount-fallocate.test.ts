@@ -1,0 +1,371 @@
+// The data path beyond read and write, through the kernel with the tools a user has (issue 26,
+// points 1-3): fallocate in its modes (xfs_io, fallocate(1), posix_fallocate), holes answered
+// from the block map (lseek SEEK_DATA/SEEK_HOLE, st_blocks, cp --sparse), and copy_file_range
+// served by the daemon (python's os.copy_file_range, cp). Every punch is checked against the block
+// map (`bslfs bsl`), the objects on the device, and fsck; on a mirrored volume (local pass) the
+// punched blocks leave every mirror; a kill -9 in the middle of punches leaves each block whole.
+import t from 'tap'
+import { createHash, randomBytes } from 'node:crypto'
+import * as fsp from 'node:fs/promises'
+import { join } from 'node:path'
+import {
+  type Mount, type RunResult, PYTHON, bslfs, describeRun, isMounted, pidAlive, py, run, sh, startBlockServer,
+  target, volumeKind, waitFor, withMount
+} from './helpers/mount'
+
+const MiB = 1024 * 1024
+/** `bslfs init`'s block size, which the mounts here use. */
+const BS = MiB
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
+
+interface Block { index: number, bsl: string, length: number, checksum: string, places?: string[] }
+interface FsckReport { blocks: number, objectsListed: number, problems: Record<string, number>, first: string[], reclaimQueue: number, clean: boolean }
+
+function must (r: RunResult, what: string): RunResult {
+  if (r.code !== 0) throw new Error(`${what} failed:\n${describeRun(r)}`)
+  return r
+}
+
+async function blocksOf (m: Mount, path: string): Promise<Block[]> {
+  const r = must(await bslfs(['bsl', m.state, path, '--json'], { timeout: 30_000 }), `bslfs bsl ${path}`)
+  return (JSON.parse(r.stdout) as Block[]).sort((a, b) => a.index - b.index)
+}
+
+const objectId = (b: Block) => b.bsl.slice(-16)
+
+/** Where the objects of the mount's data volume are: the block server's device, or the STATE's local device. */
+function deviceRoots (m: Mount): string[] {
+  return m.server ? [m.server.device] : [m.state]
+}
+
+/** Object files named `id` under `roots`. */
+async function objectFiles (roots: string[], id: string): Promise<string[]> {
+  const r = await run('find', [...roots, '-type', 'f', '-name', id])
+  return r.stdout.split('\n').filter(Boolean)
+}
+
+/** xfs_io's `seek -a -r 0` table as [whence, offset] pairs. */
+async function seekTable (file: string): Promise<Array<[string, number]>> {
+  const r = must(await run('xfs_io', ['-c', 'seek -a -r 0', file]), 'xfs_io seek')
+  return r.stdout.split('\n').map(l => /^(DATA|HOLE)\s+(\d+)/.exec(l.trim())).filter(Boolean).map(x => [x![1], Number(x![2])] as [string, number])
+}
+
+async function statBlocks (file: string): Promise<{ size: number, blocks: number }> {
+  const r = must(await run('stat', ['-c', '%s %b', file]), 'stat')
+  const [size, blocks] = r.stdout.trim().split(' ').map(Number)
+  return { size: size!, blocks: blocks! }
+}
+
+async function fsck (m: Mount): Promise<FsckReport & { run: string }> {
+  const r = await bslfs(['fsck', m.state, '--json'], { timeout: 120_000 })
+  try {
+    return { ...(JSON.parse(r.stdout) as FsckReport), run: describeRun(r) }
+  } catch {
+    throw new Error(`fsck: not JSON\n${describeRun(r)}`)
+  }
+}
+
+/** Objects of `ids` gone from every root (the reclaimer runs within seconds of a quiet mount). */
+async function reclaimed (roots: string[], ids: string[]): Promise<string[]> {
+  let left: string[] = []
+  await waitFor(async () => {
+    left = []
+    for (const id of ids) if ((await objectFiles(roots, id)).length > 0) left.push(id)
+    return left.length === 0
+  }, 15_000, 200)
+  return left
+}
+
+if (target !== 'bslfs') {
+  t.comment(`fallocate/holes/copy_file_range tests check bslfs's block map: not registered for ${target}`)
+} else {
+  t.test('fallocate, holes and copy_file_range', async (t) => {
+    const m = await withMount(t)
+    const roots = deviceRoots(m)
+
+    t.test('xfs_io fpunch: whole blocks leave the block map and the device, partial ones are rewritten', async (t) => {
+      const f = join(m.mnt, 'img')
+      const data = randomBytes(8 * MiB)
+      await fsp.writeFile(f, data)
+      const before = await blocksOf(m, f)
+      t.same(before.map(b => b.index), [0, 1, 2, 3, 4, 5, 6, 7], '8 blocks before')
+      must(await run('xfs_io', ['-c', `fpunch ${1.5 * MiB} ${3 * MiB}`, f]), 'xfs_io fpunch')
+      const model = Buffer.from(data)
+      model.fill(0, 1.5 * MiB, 4.5 * MiB)
+      t.equal(sha(await fsp.readFile(f)), sha(model), 'the file reads as the model: zeros in the punched range')
+      const after = await blocksOf(m, f)
+      t.same(after.map(b => b.index), [0, 1, 4, 5, 6, 7], 'blocks 2 and 3 (inside the range) are gone from the block map')
+      const id = (bs: Block[], i: number) => objectId(bs.find(b => b.index === i)!)
+      for (const i of [0, 5, 6, 7]) t.equal(id(after, i), id(before, i), `block ${i} (outside) is the same object`)
+      for (const i of [1, 4]) t.not(id(after, i), id(before, i), `block ${i} (partly inside) is a new object`)
+      t.same(await seekTable(f), [['DATA', 0], ['HOLE', 2 * MiB], ['DATA', 4 * MiB], ['HOLE', 8 * MiB]], 'SEEK_DATA/SEEK_HOLE from the block map')
+      t.same(await statBlocks(f), { size: 8 * MiB, blocks: 6 * MiB / 512 }, 'size kept, st_blocks counts the 6 blocks left')
+      const gone = [2, 3, 1, 4].map(i => id(before, i))
+      t.same(await reclaimed(roots, gone), [], 'the objects of the punched and rewritten blocks are reclaimed on the device')
+      for (const i of [0, 5]) t.ok((await objectFiles(roots, id(after, i))).length > 0, `block ${i}'s object is still there`)
+
+      // A punch of everything but a few bytes, past the end too: the file stays its size.
+      must(await run('xfs_io', ['-c', `fpunch 0 ${20 * MiB}`, f]), 'xfs_io fpunch all')
+      t.same(await blocksOf(m, f), [], 'a punch of the whole file leaves no block')
+      t.same(await statBlocks(f), { size: 8 * MiB, blocks: 0 }, 'the size stays, st_blocks 0')
+      t.same(await seekTable(f), [['HOLE', 0]], 'all hole')
+      t.equal(sha(await fsp.readFile(f)), sha(Buffer.alloc(8 * MiB)), 'it reads as zeros')
+    })
+
+    t.test('fallocate(1): preallocate, keep size, zero range, punch; collapse and insert as the kernel allows', async (t) => {
+      const f = join(m.mnt, 'pre')
+      must(await run('fallocate', ['-l', '3M', f]), 'fallocate -l 3M')
+      t.same(await statBlocks(f), { size: 3 * MiB, blocks: 0 }, 'mode 0 grows the size; no block is made (space counted, not reserved)')
+      t.same(await seekTable(f), [['HOLE', 0]], 'the preallocated range is a hole')
+      must(await run('dd', ['if=/dev/urandom', `of=${f}`, 'bs=4k', 'count=1', 'seek=256', 'conv=notrunc', 'status=none']), 'dd into it')
+      t.same(await statBlocks(f), { size: 3 * MiB, blocks: 2048 }, 'a write into the range makes its block')
+      must(await run('fallocate', ['-n', '-o', '0', '-l', '8M', f]), 'fallocate -n')
+      t.equal((await statBlocks(f)).size, 3 * MiB, 'KEEP_SIZE keeps the size')
+      await fsp.writeFile(join(m.mnt, 'huge'), '')
+      const tooMuch = await run('fallocate', ['-n', '-l', '10T', join(m.mnt, 'huge')])
+      t.not(tooMuch.code, 0, 'a preallocation beyond the devices\' room fails')
+      t.match(tooMuch.stderr, /No space left on device/, '... with ENOSPC')
+      t.equal((await statBlocks(join(m.mnt, 'huge'))).size, 0, '... and changes nothing')
+      const p = await py(`
+f = sys.argv[1]
+fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
+attempt('posix_fallocate', os.posix_fallocate, fd, 0, 5 << 20)
+print('size', os.fstat(fd).st_size)
+os.close(fd)`, [join(m.mnt, 'posix')])
+      t.equal(p.results.posix_fallocate, 'OK', 'posix_fallocate works (no write-zeros fallback: it is served)')
+      t.equal(p.results.size, String(5 * MiB), 'posix_fallocate grew the file')
+
+      const z = join(m.mnt, 'zero')
+      const data = randomBytes(2 * MiB + 5000)
+      await fsp.writeFile(z, data)
+      must(await run('fallocate', ['-z', '-o', '100', '-l', String(MiB + 5000), z]), 'fallocate -z')
+      const model = Buffer.from(data)
+      model.fill(0, 100, 100 + MiB + 5000)
+      t.equal(sha(await fsp.readFile(z)), sha(model), 'ZERO_RANGE zeroes the range (partial blocks rewritten)')
+      must(await run('fallocate', ['-z', '-o', String(2 * MiB), '-l', String(2 * MiB), z]), 'fallocate -z past the end')
+      const grown = Buffer.concat([model.subarray(0, 2 * MiB), Buffer.alloc(2 * MiB)])
+      t.equal((await statBlocks(z)).size, 4 * MiB, 'ZERO_RANGE without KEEP_SIZE grows the file')
+      t.equal(sha(await fsp.readFile(z)), sha(grown), '... with zeros')
+      must(await run('fallocate', ['-p', '-o', '0', '-l', '1M', z]), 'fallocate -p')
+      t.same((await blocksOf(m, z)).map(b => b.index), [1], 'PUNCH_HOLE of block 0 drops it (block 2, the old tail, went with the zeroing)')
+      grown.fill(0, 0, MiB)
+      t.equal(sha(await fsp.readFile(z)), sha(grown), 'the punched file reads as the model')
+
+      // The kernel's FUSE client refuses COLLAPSE_RANGE and INSERT_RANGE itself (EOPNOTSUPP), before asking bslfs.
+      for (const [flag, what] of [['-c', 'collapse'], ['-i', 'insert']]) {
+        const r = await run('fallocate', [flag, '-o', '0', '-l', '1M', z])
+        t.match(r.stderr, /not supported/, `fallocate ${what}: "Operation not supported"`)
+      }
+      t.equal(sha(await fsp.readFile(z)), sha(grown), 'the refused modes changed nothing')
+    })
+
+    t.test('a 10 GiB file with 4 KiB of data: SEEK_DATA/SEEK_HOLE, st_blocks, cp --sparse=always', async (t) => {
+      const big = join(m.mnt, 'big')
+      const at = 5 * 1024 * MiB
+      const r = await py(`
+f, at = sys.argv[1], int(sys.argv[2])
+fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
+os.ftruncate(fd, 10 << 30)
+os.pwrite(fd, b'x' * 4096, at)
+os.fsync(fd)
+print('data0', os.lseek(fd, 0, os.SEEK_DATA))
+print('hole0', os.lseek(fd, 0, os.SEEK_HOLE))
+print('holeAt', os.lseek(fd, at, os.SEEK_HOLE))
+attempt('dataAfter', os.lseek, fd, at + (1 << 20), os.SEEK_DATA)
+attempt('pastEnd', os.lseek, fd, 10 << 30, os.SEEK_HOLE)
+print('blocks', os.fstat(fd).st_blocks)
+os.close(fd)`, [big, String(at)])
+      must(r.run, 'python seek')
+      t.equal(r.results.data0, String(at), 'SEEK_DATA from 0 finds the data at 5 GiB')
+      t.equal(r.results.hole0, '0', 'SEEK_HOLE from 0 is 0')
+      const holeAt = Number(r.results.holeAt)
+      t.ok(holeAt > at && holeAt <= at + BS, `SEEK_HOLE from the data is at its block's end (${holeAt})`)
+      t.equal(r.results.dataAfter, 'ENXIO', 'no data after the block: ENXIO')
+      t.equal(r.results.pastEnd, 'ENXIO', 'at the end: ENXIO')
+      t.ok(Number(r.results.blocks) <= BS / 512, `st_blocks counts one block at most (${r.results.blocks})`)
+      const copy = join(m.mnt, 'big.copy')
+      const started = Date.now()
+      must(await run('cp', ['--sparse=always', big, copy], { timeout: 60_000 }), 'cp --sparse=always')
+      t.comment(`cp --sparse=always of 10 GiB with 4 KiB of data: ${Date.now() - started} ms`)
+      const c = await statBlocks(copy)
+      t.equal(c.size, 10 * 1024 * MiB, 'the copy has the size')
+      t.ok(c.blocks * 512 <= BS, `the copy is sparse (${c.blocks} blocks of 512)`)
+      const d = await py(`
+fd = os.open(sys.argv[1], os.O_RDONLY)
+at = os.lseek(fd, 0, os.SEEK_DATA)
+print('at', at)
+print('bytes', os.pread(fd, 8192, at).rstrip(b'\\0').decode())
+os.close(fd)`, [copy])
+      t.equal(d.results.at, String(at), 'the copy\'s data is at 5 GiB')
+      t.equal(d.results.bytes, 'x'.repeat(4096), 'the copy\'s data is the 4 KiB written')
+      await fsp.rm(big)
+      await fsp.rm(copy)
+    })
+
+    t.test('copy_file_range inside the daemon: objects copied, never shared, holes kept', async (t) => {
+      const src = join(m.mnt, 'src')
+      const data = randomBytes(8 * MiB + 1000)
+      await fsp.writeFile(src, data)
+      const r = await py(`
+s, d = sys.argv[1], sys.argv[2]
+fi = os.open(s, os.O_RDONLY)
+fo = os.open(d, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+n, total = 1, 0
+while n:
+    n = os.copy_file_range(fi, fo, 1 << 30, total, total)
+    total += n
+print('copied', total)
+fo2 = os.open(d + '.part', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+print('part', os.copy_file_range(fi, fo2, 3 << 20, 1000, 0))
+os.close(fi); os.close(fo); os.close(fo2)`, [src, join(m.mnt, 'dst')])
+      must(r.run, 'python copy_file_range')
+      t.equal(r.results.copied, String(data.length), 'every byte copied')
+      t.equal(sha(await fsp.readFile(join(m.mnt, 'dst'))), sha(data), 'the copy has the bytes')
+      t.equal(r.results.part, String(3 * MiB), 'an unaligned copy: all of it')
+      t.equal(sha(await fsp.readFile(join(m.mnt, 'dst.part'))), sha(data.subarray(1000, 1000 + 3 * MiB)), 'the unaligned copy has the bytes')
+      const srcIds = new Set((await blocksOf(m, src)).map(objectId))
+      const dst = await blocksOf(m, join(m.mnt, 'dst'))
+      t.same(dst.map(b => b.index), [0, 1, 2, 3, 4, 5, 6, 7, 8], 'the copy has all 9 blocks')
+      t.same(dst.filter(b => srcIds.has(objectId(b))).map(b => b.index), [], 'no object is shared with the source')
+
+      // A sparse source: the kernel's fallback would write 64 MiB of zeros; bslfs keeps the holes.
+      const sparse = join(m.mnt, 'sparse')
+      await fsp.writeFile(sparse, Buffer.alloc(0))
+      await fsp.truncate(sparse, 64 * MiB)
+      const fh = await fsp.open(sparse, 'r+')
+      await fh.write(randomBytes(MiB), 0, MiB, 32 * MiB)
+      await fh.close()
+      const s = await py(`
+fi = os.open(sys.argv[1], os.O_RDONLY)
+fo = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+print('copied', os.copy_file_range(fi, fo, 64 << 20, 0, 0))
+os.close(fi); os.close(fo)`, [sparse, join(m.mnt, 'sparse.copy')])
+      t.equal(s.results.copied, String(64 * MiB), 'the sparse file copied whole')
+      t.same((await blocksOf(m, join(m.mnt, 'sparse.copy'))).map(b => b.index), [32], 'the copy holds one block: holes stayed holes')
+      t.equal(sha(await fsp.readFile(join(m.mnt, 'sparse.copy'))), sha(await fsp.readFile(sparse)), 'and the same bytes')
+
+      must(await run('cp', [src, join(m.mnt, 'cp.copy')]), 'cp')
+      t.equal(sha(await fsp.readFile(join(m.mnt, 'cp.copy'))), sha(data), 'cp (copy_file_range in coreutils 9) copies the bytes')
+      // Over existing data, in the middle of a file.
+      const over = join(m.mnt, 'over')
+      const base = randomBytes(6 * MiB)
+      await fsp.writeFile(over, base)
+      const o = await py(`
+fi = os.open(sys.argv[1], os.O_RDONLY)
+fo = os.open(sys.argv[2], os.O_WRONLY)
+print('copied', os.copy_file_range(fi, fo, 2 << 20, 1 << 20, 3 << 20))
+os.close(fi); os.close(fo)`, [src, over])
+      t.equal(o.results.copied, String(2 * MiB), 'a copy into the middle of a file')
+      const want = Buffer.from(base)
+      data.copy(want, 3 * MiB, MiB, 3 * MiB)
+      t.equal(sha(await fsp.readFile(over)), sha(want), 'the file holds the copied range and its own bytes around it')
+    })
+
+    t.test('after all of it: fsck is clean, nothing left to reclaim, no leaked object', async (t) => {
+      await m.unmount()
+      const rep = await fsck(m)
+      t.ok(rep.clean && Object.keys(rep.problems).length === 0, 'fsck is clean', { problems: rep.problems, first: rep.first })
+      t.equal(rep.reclaimQueue, 0, 'the reclaim queue is empty')
+      t.equal(rep.objectsListed, rep.blocks, `every object is a block (${rep.objectsListed} objects, ${rep.blocks} blocks)`)
+      await m.mount()
+    })
+  })
+}
+
+if (target === 'bslfs' && volumeKind === 'local') {
+  t.test('a punch on a mirrored volume drops the blocks from every mirror', async (t) => {
+    const m = await withMount(t, { noMount: true })
+    const s2 = await startBlockServer(join(m.base, 's2'))
+    const s3 = await startBlockServer(join(m.base, 's3'))
+    t.teardown(async () => {
+      if (m.mounted()) await m.unmount().catch(() => {})
+      await Promise.all([s2.stop(), s3.stop()])
+    })
+    const cli = async (args: string[]) => must(await bslfs(args, { timeout: 60_000 }), `bslfs ${args.slice(0, 2).join(' ')}`)
+    for (const [name, s] of [['s2', s2], ['s3', s3]] as const) {
+      await cli(['server', 'add', m.state, name, s.url, '--token-file', s.tokenFile])
+      await cli(['volume', 'add', m.state, name.slice(1), `${name}:d1`])
+    }
+    await cli(['mirror', m.state, '10', '2', '3'])
+    await cli(['volume', 'default', m.state, '10'])
+    await m.mount()
+    const f = join(m.mnt, 'm')
+    const data = randomBytes(4 * MiB)
+    await fsp.writeFile(f, data)
+    const before = await blocksOf(m, f)
+    const roots = [s2.device, s3.device]
+    for (const b of before) t.equal((await objectFiles(roots, objectId(b))).length, 2, `block ${b.index} is on both mirrors`)
+    must(await run('xfs_io', ['-c', `fpunch ${MiB} ${2 * MiB}`, f]), 'xfs_io fpunch')
+    t.same((await blocksOf(m, f)).map(b => b.index), [0, 3], 'blocks 1 and 2 left the block map')
+    t.same(await reclaimed(roots, before.filter(b => b.index === 1 || b.index === 2).map(objectId)), [], 'their objects left both mirrors')
+    for (const b of before.filter(b => b.index === 0 || b.index === 3)) t.equal((await objectFiles(roots, objectId(b))).length, 2, `block ${b.index} is still on both`)
+    const model = Buffer.from(data)
+    model.fill(0, MiB, 3 * MiB)
+    t.equal(sha(await fsp.readFile(f)), sha(model), 'the file reads as the model')
+    await m.unmount()
+    const rep = await fsck(m)
+    t.ok(rep.clean, 'fsck is clean', { problems: rep.problems, first: rep.first })
+  })
+
+  t.test('kill -9 of the daemon in the middle of punches: every block whole, old or punched; fsck finds only orphans', async (t) => {
+    const m = await withMount(t)
+    const f = join(m.mnt, 'victim')
+    const blocks = 96
+    const data = randomBytes(blocks * MiB)
+    await fsp.writeFile(f, data)
+    must(await sh(`sync -f ${f}`), 'sync')
+    // Punches one after another, until the mount goes: of a whole block (even ones), of all but 4 KiB
+    // at either end (odd ones: the block is rewritten as a new object). Each is one durable batch.
+    const driver = `
+import os, sys, random
+f, blocks = sys.argv[1], int(sys.argv[2])
+fd = os.open(f, os.O_RDWR)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+order = list(range(blocks)); random.shuffle(order)
+for i in order:
+    off, n = ((i << 20), 1 << 20) if i % 2 == 0 else ((i << 20) + 4096, (1 << 20) - 8192)
+    if libc.fallocate(fd, 3, off, n) != 0:
+        break
+    print('punched', i, flush=True)
+`
+    const pid = await m.daemonPid()
+    if (!pid) throw new Error('no daemon pid')
+    const log = join(m.base, 'punches')
+    const child = run('sh', ['-c', `exec "$0" -c "$1" "$2" "$3" > "$4"`, PYTHON, driver, f, String(blocks), log], { timeout: 30_000 })
+    // Killed after a few punches, with most still to come.
+    await waitFor(async () => (await fsp.readFile(log, 'utf8').catch(() => '')).split('\n').length > 8, 10_000, 5)
+    process.kill(pid, 'SIGKILL')
+    t.ok(await waitFor(() => !pidAlive(pid), 10_000, 10), 'the daemon died')
+    await child
+    const punched = (await fsp.readFile(log, 'utf8')).split('\n').filter(l => l.startsWith('punched')).map(l => Number(l.split(' ')[1]))
+    t.comment(`${punched.length} punches answered before the kill`)
+    t.ok(punched.length < blocks, 'the kill came in the middle of the punches')
+    const rep = await fsck(m)
+    t.same(Object.keys(rep.problems).filter(k => k !== 'orphan object'), [], 'fsck finds no problem but orphan objects', { problems: rep.problems, first: rep.first })
+    must(await bslfs(['mount', m.state, m.mnt], { timeout: 60_000 }), 'mount after the kill')
+    t.ok(await waitFor(() => isMounted(m.mnt), 10_000), 'mounted again')
+    const now = await fsp.readFile(f)
+    const zero = Buffer.alloc(MiB)
+    const punchedBlock = (i: number) => {
+      if (i % 2 === 0) return zero
+      const b = Buffer.from(data.subarray(i * MiB, (i + 1) * MiB))
+      return b.fill(0, 4096, MiB - 4096)
+    }
+    const torn: number[] = []
+    const done = new Set<number>()
+    for (let i = 0; i < blocks; i++) {
+      const got = now.subarray(i * MiB, (i + 1) * MiB)
+      if (got.equals(punchedBlock(i))) done.add(i)
+      else if (!got.equals(data.subarray(i * MiB, (i + 1) * MiB))) torn.push(i)
+    }
+    t.same(torn, [], 'every block is its old bytes or its punched bytes')
+    t.same(punched.filter(i => !done.has(i)), [], 'every punch answered before the kill holds (one durable batch each)')
+    const mapped = new Set((await blocksOf(m, f)).map(b => b.index))
+    t.same([...done].filter(i => i % 2 === 0 && mapped.has(i)), [], 'a whole block punched is not in the block map')
+    await m.unmount()
+    const after = await fsck(m)
+    t.equal(after.reclaimQueue, 0, 'the remount emptied the reclaim queue')
+  })
+}
