@@ -279,6 +279,7 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
           else changes.push({ index: p.index, record: await rewriteZeroed(this.services, rec, p.index, p.from, p.to) })
         }
       }
+      if (changes.some(c => c.record)) await this.services.store.sync()
       this.change({ mtime: now, ctime: now })
       await this.commit(changes, undefined, true)
       this.applyChanges(changes)
@@ -313,6 +314,8 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
         let upTo = done
         const commitBatch = async (): Promise<void> => {
           await Promise.all(jobs)
+          // The copies durable before their records are committed (DESIGN: written before referenced).
+          if (jobs.length > 0) await this.services.store.sync()
           this.change({ size: Math.max(this.size, dstPos + upTo), mtime: now, ctime: now })
           await this.commit(changes, undefined, true)
           this.applyChanges(changes)
