@@ -49,7 +49,12 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
 
   /** The inode as the kernel should see it: committed attributes with this file's newer ones on top. */
   view (inode: Inode): Inode {
-    return this.pendingVersion === this.committedVersion ? inode : { ...inode, ...this.pending }
+    if (this.pendingVersion === this.committedVersion) return inode
+    // Blocks in memory that the block map does not hold yet count in st_blocks already (as ext4's delayed allocation).
+    let unmapped = 0
+    for (const i of this.writer.bufferedIndexes()) if (!this.blocks.has(i) && i * this.bs < this.size) unmapped++
+    const stored = unmapped > 0 ? { stored: (inode.stored ?? 0) + unmapped * this.bs } : {}
+    return { ...inode, ...this.pending, ...stored }
   }
 
   private change (attrs: FilePatch): void {
