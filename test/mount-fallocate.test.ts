@@ -2,79 +2,13 @@
 // points 1-3): fallocate in its modes (xfs_io, fallocate(1), posix_fallocate), holes answered
 // from the block map (lseek SEEK_DATA/SEEK_HOLE, st_blocks, cp --sparse), and copy_file_range
 // served by the daemon (python's os.copy_file_range, cp). Every punch is checked against the block
-// map (`bslfs bsl`), the objects on the device, and fsck; on a mirrored volume (local pass) the
-// punched blocks leave every mirror; a kill -9 in the middle of punches leaves each block whole.
+// map (`bslfs bsl`), the objects on the device, and fsck. Mirrored and crash punches: mount-punch.
 import t from 'tap'
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import * as fsp from 'node:fs/promises'
 import { join } from 'node:path'
-import {
-  type Mount, type RunResult, PYTHON, bslfs, describeRun, isMounted, pidAlive, py, run, sh, startBlockServer,
-  target, volumeKind, waitFor, withMount
-} from './helpers/mount'
-
-const MiB = 1024 * 1024
-/** `bslfs init`'s block size, which the mounts here use. */
-const BS = MiB
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
-
-interface Block { index: number, bsl: string, length: number, checksum: string, places?: string[] }
-interface FsckReport { blocks: number, objectsListed: number, problems: Record<string, number>, first: string[], reclaimQueue: number, clean: boolean }
-
-function must (r: RunResult, what: string): RunResult {
-  if (r.code !== 0) throw new Error(`${what} failed:\n${describeRun(r)}`)
-  return r
-}
-
-async function blocksOf (m: Mount, path: string): Promise<Block[]> {
-  const r = must(await bslfs(['bsl', m.state, path, '--json'], { timeout: 30_000 }), `bslfs bsl ${path}`)
-  return (JSON.parse(r.stdout) as Block[]).sort((a, b) => a.index - b.index)
-}
-
-const objectId = (b: Block) => b.bsl.slice(-16)
-
-/** Where the objects of the mount's data volume are: the block server's device, or the STATE's local device. */
-function deviceRoots (m: Mount): string[] {
-  return m.server ? [m.server.device] : [m.state]
-}
-
-/** Object files named `id` under `roots`. */
-async function objectFiles (roots: string[], id: string): Promise<string[]> {
-  const r = await run('find', [...roots, '-type', 'f', '-name', id])
-  return r.stdout.split('\n').filter(Boolean)
-}
-
-/** xfs_io's `seek -a -r 0` table as [whence, offset] pairs. */
-async function seekTable (file: string): Promise<Array<[string, number]>> {
-  const r = must(await run('xfs_io', ['-c', 'seek -a -r 0', file]), 'xfs_io seek')
-  return r.stdout.split('\n').map(l => /^(DATA|HOLE)\s+(\d+)/.exec(l.trim())).filter(Boolean).map(x => [x![1], Number(x![2])] as [string, number])
-}
-
-async function statBlocks (file: string): Promise<{ size: number, blocks: number }> {
-  const r = must(await run('stat', ['-c', '%s %b', file]), 'stat')
-  const [size, blocks] = r.stdout.trim().split(' ').map(Number)
-  return { size: size!, blocks: blocks! }
-}
-
-async function fsck (m: Mount): Promise<FsckReport & { run: string }> {
-  const r = await bslfs(['fsck', m.state, '--json'], { timeout: 120_000 })
-  try {
-    return { ...(JSON.parse(r.stdout) as FsckReport), run: describeRun(r) }
-  } catch {
-    throw new Error(`fsck: not JSON\n${describeRun(r)}`)
-  }
-}
-
-/** Objects of `ids` gone from every root (the reclaimer runs within seconds of a quiet mount). */
-async function reclaimed (roots: string[], ids: string[]): Promise<string[]> {
-  let left: string[] = []
-  await waitFor(async () => {
-    left = []
-    for (const id of ids) if ((await objectFiles(roots, id)).length > 0) left.push(id)
-    return left.length === 0
-  }, 15_000, 200)
-  return left
-}
+import { py, run, target, waitFor, withMount } from './helpers/mount'
+import { BS, MiB, blocksOf, deviceRoots, fsck, must, objectFiles, objectId, reclaimed, seekTable, sha, statBlocks, type Block } from './helpers/ranges'
 
 if (target !== 'bslfs') {
   t.comment(`fallocate/holes/copy_file_range tests check bslfs's block map: not registered for ${target}`)
@@ -278,103 +212,5 @@ os.close(fi); os.close(fo)`, [src, over])
       t.equal(rep.objectsListed, rep.blocks, `every object is a block (${rep.objectsListed} objects, ${rep.blocks} blocks)`)
       await m.mount()
     })
-  })
-}
-
-if (target === 'bslfs' && volumeKind === 'local') {
-  t.test('a punch on a mirrored volume drops the blocks from every mirror', async (t) => {
-    const m = await withMount(t, { noMount: true })
-    const s2 = await startBlockServer(join(m.base, 's2'))
-    const s3 = await startBlockServer(join(m.base, 's3'))
-    t.teardown(async () => {
-      if (m.mounted()) await m.unmount().catch(() => {})
-      await Promise.all([s2.stop(), s3.stop()])
-    })
-    const cli = async (args: string[]) => must(await bslfs(args, { timeout: 60_000 }), `bslfs ${args.slice(0, 2).join(' ')}`)
-    for (const [name, s] of [['s2', s2], ['s3', s3]] as const) {
-      await cli(['server', 'add', m.state, name, s.url, '--token-file', s.tokenFile])
-      await cli(['volume', 'add', m.state, name.slice(1), `${name}:d1`])
-    }
-    await cli(['mirror', m.state, '10', '2', '3'])
-    await cli(['volume', 'default', m.state, '10'])
-    await m.mount()
-    const f = join(m.mnt, 'm')
-    const data = randomBytes(4 * MiB)
-    await fsp.writeFile(f, data)
-    const before = await blocksOf(m, f)
-    const roots = [s2.device, s3.device]
-    for (const b of before) t.equal((await objectFiles(roots, objectId(b))).length, 2, `block ${b.index} is on both mirrors`)
-    must(await run('xfs_io', ['-c', `fpunch ${MiB} ${2 * MiB}`, f]), 'xfs_io fpunch')
-    t.same((await blocksOf(m, f)).map(b => b.index), [0, 3], 'blocks 1 and 2 left the block map')
-    t.same(await reclaimed(roots, before.filter(b => b.index === 1 || b.index === 2).map(objectId)), [], 'their objects left both mirrors')
-    for (const b of before.filter(b => b.index === 0 || b.index === 3)) t.equal((await objectFiles(roots, objectId(b))).length, 2, `block ${b.index} is still on both`)
-    const model = Buffer.from(data)
-    model.fill(0, MiB, 3 * MiB)
-    t.equal(sha(await fsp.readFile(f)), sha(model), 'the file reads as the model')
-    await m.unmount()
-    const rep = await fsck(m)
-    t.ok(rep.clean, 'fsck is clean', { problems: rep.problems, first: rep.first })
-  })
-
-  t.test('kill -9 of the daemon in the middle of punches: every block whole, old or punched; fsck finds only orphans', async (t) => {
-    const m = await withMount(t)
-    const f = join(m.mnt, 'victim')
-    const blocks = 96
-    const data = randomBytes(blocks * MiB)
-    await fsp.writeFile(f, data)
-    must(await sh(`sync -f ${f}`), 'sync')
-    // Punches one after another, until the mount goes: of a whole block (even ones), of all but 4 KiB
-    // at either end (odd ones: the block is rewritten as a new object). Each is one durable batch.
-    const driver = `
-import os, sys, random
-f, blocks = sys.argv[1], int(sys.argv[2])
-fd = os.open(f, os.O_RDWR)
-import ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-order = list(range(blocks)); random.shuffle(order)
-for i in order:
-    off, n = ((i << 20), 1 << 20) if i % 2 == 0 else ((i << 20) + 4096, (1 << 20) - 8192)
-    if libc.fallocate(fd, 3, off, n) != 0:
-        break
-    print('punched', i, flush=True)
-`
-    const pid = await m.daemonPid()
-    if (!pid) throw new Error('no daemon pid')
-    const log = join(m.base, 'punches')
-    const child = run('sh', ['-c', `exec "$0" -c "$1" "$2" "$3" > "$4"`, PYTHON, driver, f, String(blocks), log], { timeout: 30_000 })
-    // Killed after a few punches, with most still to come.
-    await waitFor(async () => (await fsp.readFile(log, 'utf8').catch(() => '')).split('\n').length > 8, 10_000, 5)
-    process.kill(pid, 'SIGKILL')
-    t.ok(await waitFor(() => !pidAlive(pid), 10_000, 10), 'the daemon died')
-    await child
-    const punched = (await fsp.readFile(log, 'utf8')).split('\n').filter(l => l.startsWith('punched')).map(l => Number(l.split(' ')[1]))
-    t.comment(`${punched.length} punches answered before the kill`)
-    t.ok(punched.length < blocks, 'the kill came in the middle of the punches')
-    const rep = await fsck(m)
-    t.same(Object.keys(rep.problems).filter(k => k !== 'orphan object'), [], 'fsck finds no problem but orphan objects', { problems: rep.problems, first: rep.first })
-    must(await bslfs(['mount', m.state, m.mnt], { timeout: 60_000 }), 'mount after the kill')
-    t.ok(await waitFor(() => isMounted(m.mnt), 10_000), 'mounted again')
-    const now = await fsp.readFile(f)
-    const zero = Buffer.alloc(MiB)
-    const punchedBlock = (i: number) => {
-      if (i % 2 === 0) return zero
-      const b = Buffer.from(data.subarray(i * MiB, (i + 1) * MiB))
-      return b.fill(0, 4096, MiB - 4096)
-    }
-    const torn: number[] = []
-    const done = new Set<number>()
-    for (let i = 0; i < blocks; i++) {
-      const got = now.subarray(i * MiB, (i + 1) * MiB)
-      if (got.equals(punchedBlock(i))) done.add(i)
-      else if (!got.equals(data.subarray(i * MiB, (i + 1) * MiB))) torn.push(i)
-    }
-    t.same(torn, [], 'every block is its old bytes or its punched bytes')
-    t.same(punched.filter(i => !done.has(i)), [], 'every punch answered before the kill holds (one durable batch each)')
-    const mapped = new Set((await blocksOf(m, f)).map(b => b.index))
-    t.same([...done].filter(i => i % 2 === 0 && mapped.has(i)), [], 'a whole block punched is not in the block map')
-    await m.unmount()
-    const after = await fsck(m)
-    t.equal(after.reclaimQueue, 0, 'the remount emptied the reclaim queue')
   })
 }
