@@ -562,15 +562,15 @@ export class FuseSession {
       }
       case 'removexattr': this.answer(call, fs.removexattr(node, req.name), empty); break
       case 'fallocate':
-        if (!fs.fallocate) return this.finish(call, E.ENOSYS), false
+        if (!fs.fallocate) { this.finish(call, E.ENOSYS); break }
         this.answer(call, fs.fallocate(node, req.fh, req.offset, req.length, req.mode), empty)
         break
       case 'lseek':
-        if (!fs.lseek) return this.finish(call, E.ENOSYS), false
+        if (!fs.lseek) { this.finish(call, E.ENOSYS); break }
         this.answer(call, fs.lseek(node, req.fh, req.offset, req.whence), u64Out)
         break
       case 'copy_file_range':
-        if (!fs.copyFileRange) return this.finish(call, E.ENOSYS), false
+        if (!fs.copyFileRange) { this.finish(call, E.ENOSYS); break }
         // The reply's count is 32 bits: the kernel asks again for the rest.
         this.answer(call, fs.copyFileRange(node, req.fhIn, req.offIn, req.nodeOut, req.fhOut, req.offOut, Math.min(req.len, MAX_COPY)), u32Out)
         break
