@@ -82,7 +82,10 @@ const VALID: Array<[number, Buffer]> = [
   [Op.SETXATTR, Buffer.concat([u32s(3, 1), names('user.a'), Buffer.from('abc')])],
   [Op.GETXATTR, Buffer.concat([u32s(100, 0), names('user.a')])],
   [Op.LISTXATTR, u32s(100, 0)],
-  [Op.REMOVEXATTR, names('user.a')]
+  [Op.REMOVEXATTR, names('user.a')],
+  [Op.FALLOCATE, Buffer.concat([u64s(1, 0, 4096), u32s(3, 0)])],
+  [Op.LSEEK, Buffer.concat([u64s(1, 0), u32s(3, 0)])],
+  [Op.COPY_FILE_RANGE, u64s(1, 0, 2, 3, 0, 4096, 0)]
 ]
 
 /** What decoding gives: 'ok', or the code of the FsError it throws; anything else fails the test. */
@@ -117,6 +120,13 @@ t.test('decoding well-formed requests', async t => {
   t.equal(write.offset, 2 ** 35, 'write offset past 32 bits')
   t.equal(write.data.buffer, w.buffer, 'write data is a view of the request, not a copy')
   t.equal(write.data.byteOffset, w.byteOffset + WRITE_HEADERS - IN_HEADER_BYTES, 'at WRITE_HEADERS from the request start')
+  const wd = Buffer.concat([u64s(1, 0), u32s(5, 0), u64s(0), u32s(0o40002, 0), Buffer.from('hello')])
+  t.equal((dec(Op.WRITE, wd) as { flags: number }).flags, 0o40002, 'write: the open flags (O_DIRECT)')
+  t.same(dec(Op.FALLOCATE, Buffer.concat([u64s(7, 2 ** 40, 2 ** 33), u32s(0x3, 0)])),
+    { op: 'fallocate', fh: 7, offset: 2 ** 40, length: 2 ** 33, mode: 3 }, 'fallocate: handle, range past 32 bits, mode')
+  t.same(dec(Op.LSEEK, Buffer.concat([u64s(7, 2 ** 34), u32s(4, 0)])), { op: 'lseek', fh: 7, offset: 2 ** 34, whence: 4 }, 'lseek: handle, offset, whence')
+  t.same(dec(Op.COPY_FILE_RANGE, u64s(1, 2 ** 33, 9, 2, 4096, 2 ** 32, 0)),
+    { op: 'copy_file_range', fhIn: 1, offIn: 2 ** 33, nodeOut: 9, fhOut: 2, offOut: 4096, len: 2 ** 32, flags: 0 }, 'copy_file_range: both sides, length')
   const sx = Buffer.concat([u32s(3, 1), names('user.a'), Buffer.from('abc')])
   const setxattr = decodeRequest(header(Op.SETXATTR, sx.length), sx) as { value: Buffer }
   t.same(setxattr, { op: 'setxattr', name: 'user.a', value: Buffer.from('abc'), flags: 1 })
@@ -147,7 +157,9 @@ t.test('short, unterminated, mislabelled and unknown requests', async t => {
   const read = VALID.find(([op]) => op === Op.READ)![1]
   t.equal(outcome({ ...header(Op.READ, read.length), len: 200 }, read), 'EINVAL', 'a header length that is not what was read')
   t.equal(outcome(header(9999, 0), z(0)), 'ENOSYS', 'an unknown opcode')
-  t.equal(outcome(header(Op.FALLOCATE, 32), z(32)), 'ENOSYS', 'a known opcode bslfs does not implement')
+  t.equal(outcome(header(Op.BMAP, 16), z(16)), 'ENOSYS', 'a known opcode bslfs does not implement')
+  t.equal(outcome(header(Op.FALLOCATE, 24), z(24)), 'EINVAL', 'a fallocate short of its 32 bytes')
+  t.equal(outcome(header(Op.COPY_FILE_RANGE, 48), z(48)), 'EINVAL', 'a copy_file_range short of its 56 bytes')
 })
 
 t.test('random bytes and truncations never throw anything but EINVAL or ENOSYS', async t => {

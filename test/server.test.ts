@@ -440,3 +440,42 @@ t.test('the status table: what a device error is answered with, and what a clien
     }
   }
 })
+
+t.test('POST with X-Bslfs-Copy-From: the server copies an object on its device (copy_file_range of whole blocks)', async t => {
+  const dir = await tempDir(t, {})
+  const { file: tokenFile, token } = await makeTokenFile(dir)
+  const d1 = join(dir, 'd1')
+  const srv = await startServer(['--listen', '127.0.0.1:0', '--device', `d1=${d1}`, '--token-file', tokenFile])
+  t.teardown(() => srv.stop('SIGKILL'))
+  const auth = bearer(token)
+  const obj = (id: string): string => `/v1/devices/d1/objects/${id}`
+  const from = '00000000000000f1'
+  const to = '00000000000000f2'
+  const data = randomBytes(1024 * 1024)
+  const sum = checksum(data)
+  t.equal((await request(srv.port, { method: 'PUT', path: obj(from), headers: { ...auth, 'X-Bslfs-Checksum': String(sum) }, body: data })).status, 201, 'the source put')
+  const copy = async (headers: Record<string, string>, id = to): Promise<Reply> => await request(srv.port, { method: 'POST', path: obj(id), headers: { ...auth, ...headers } })
+  const r = await copy({ 'X-Bslfs-Copy-From': from, 'X-Bslfs-Checksum': String(sum) })
+  t.equal(r.status, 201, 'copied')
+  t.same(await fsp.readFile(objectPath(d1, to)), data, 'the new object holds the bytes')
+  t.same(await fsp.readFile(objectPath(d1, from)), data, 'the source is untouched')
+  const bad = await copy({ 'X-Bslfs-Copy-From': from, 'X-Bslfs-Checksum': String((sum + 1) >>> 0) }, '00000000000000f3')
+  t.ok(bad.status >= 400, `a wrong checksum is refused (${bad.status} ${bad.json?.code})`)
+  await t.rejects(fsp.stat(objectPath(d1, '00000000000000f3')), { code: 'ENOENT' }, '... and stores nothing')
+  const missing = await copy({ 'X-Bslfs-Copy-From': '0000000000000099', 'X-Bslfs-Checksum': '1' }, '00000000000000f4')
+  t.equal(missing.status, 404, 'a missing source: 404')
+  const noFrom = await copy({ 'X-Bslfs-Checksum': '1' })
+  t.equal(noFrom.status, 400, 'no X-Bslfs-Copy-From: 400')
+  t.match(noFrom.json.error, /X-Bslfs-Copy-From/, '... saying what is missing')
+  const badFrom = await copy({ 'X-Bslfs-Copy-From': '../../etc/passwd', 'X-Bslfs-Checksum': '1' })
+  t.equal(badFrom.status, 400, 'a source that is not an object id: 400')
+
+  // The client side: RemoteDevice.copy against this server.
+  const { RemoteDevice } = await import('../src/devices/remote')
+  const dev = new RemoteDevice({ server: 's', device: 'd1', url: `http://127.0.0.1:${srv.port}`, token })
+  t.teardown(() => dev.close())
+  await dev.copy('00000000000000f1', '00000000000000f5', sum)
+  await dev.sync()
+  t.same(await dev.get('00000000000000f5', sum), data, 'RemoteDevice.copy: the copy reads back verified')
+  await t.rejects(dev.copy('0000000000000098', '00000000000000f6', 1), FsError, 'RemoteDevice.copy of a missing object: an FsError')
+})

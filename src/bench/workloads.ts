@@ -43,6 +43,9 @@ export function workloads (o: Options, tree: Tree): Workload[] {
     { key: 'read', label: `seq read ${size} (fio bs=1M, caches dropped)`, unit: 'MB/s' },
     { key: 'reread', label: `seq re-read ${size} (fio bs=1M, warm: caches kept)`, unit: 'MB/s' },
     { key: 'randread', label: `random read 4 KiB (fio, ${fmtSize(randReadMiB(o.sizeMiB))} or ${RANDREAD_SECS} s, caches dropped)`, unit: 'IOPS' },
+    { key: 'copy', label: `copy_file_range of ${size} (python, served by the filesystem)`, unit: 'MB/s' },
+    { key: 'copyrw', label: `copy ${size} by read and write (dd bs=1M: the fallback)`, unit: 'MB/s' },
+    { key: 'sparsecp', label: `cp --sparse=always of ${fmtSize(SPARSE_MIB)} holding 4 KiB`, unit: 'GB/s apparent' },
     { key: 'parwrite', label: `${WRITERS} writers × ${fmtSize(writerMiB(o.sizeMiB))} (fio bs=1M end_fsync=1)`, unit: 'MB/s' },
     { key: 'create', label: `create ${o.files} empty files`, unit: 'ops/s' },
     { key: 'stat', label: `stat ${o.files} files`, unit: 'ops/s' },
@@ -66,7 +69,9 @@ export async function runOnce (dir: string, o: Options, tree: Tree): Promise<Rec
   r.reread = await seqRead(file, o.sizeMiB, false)
   await dropCaches()
   r.randread = await randRead(file, o.sizeMiB)
+  Object.assign(r, await copies(file, o.sizeMiB))
   await rm(file)
+  r.sparsecp = await sparseCopy(dir)
   await dropCaches()
   r.parwrite = await parallelWrite(dir, o.sizeMiB)
   await run('sync', [])
@@ -126,6 +131,49 @@ async function parallelWrite (dir: string, mib: number): Promise<number> {
   checkBytes(`${WRITERS} writers in ${dir}`, job.write, each * WRITERS)
   for (const name of await readdir(dir)) if (name.startsWith('parwrite.')) await rm(join(dir, name))
   return job.write.bw_bytes / 1e6
+}
+
+/** The apparent size of the sparse file cp copies. */
+const SPARSE_MIB = 10 * 1024
+
+/** copy_file_range(2) of a whole file, 1 GiB per call, then fsync (cp on coreutils 9.1 uses it only for a file that looks sparse). */
+const COPY_SCRIPT = `
+import os, sys
+fi = os.open(sys.argv[1], os.O_RDONLY)
+fo = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+while os.copy_file_range(fi, fo, 1 << 30):
+    pass
+os.fsync(fo)
+os.close(fi)
+os.close(fo)
+`
+
+/**
+ * FILE copied by copy_file_range (which a filesystem may serve without the
+ * bytes crossing into the kernel and back; else the kernel copies by splice)
+ * and by dd's reads and writes; each copy synced to its disk, then removed:
+ * MB/s of each.
+ */
+async function copies (file: string, mib: number): Promise<{ copy: number, copyrw: number }> {
+  const a = `${file}.cfr`
+  const b = `${file}.dd`
+  const copy = await timed(async () => await run(python, ['-c', COPY_SCRIPT, file, a]))
+  await rm(a)
+  const copyrw = await timed(async () => { await run('dd', [`if=${file}`, `of=${b}`, 'bs=1M', 'status=none']); await run('sync', [b]) })
+  await rm(b)
+  return { copy: mib * 1048576 / 1e6 / copy.secs, copyrw: mib * 1048576 / 1e6 / copyrw.secs }
+}
+
+/** A SPARSE_MIB file with 4 KiB of data in its middle, copied with cp --sparse=always (SEEK_DATA/SEEK_HOLE): apparent GB/s. */
+async function sparseCopy (dir: string): Promise<number> {
+  const src = join(dir, 'sparse.dat')
+  const dst = join(dir, 'sparse.copy')
+  await run('truncate', ['-s', `${SPARSE_MIB}M`, src])
+  await run('dd', ['if=/dev/urandom', `of=${src}`, 'bs=4k', 'count=1', `seek=${SPARSE_MIB * 128}`, 'conv=notrunc', 'status=none'])
+  const t = await timed(async () => await run('cp', ['--sparse=always', src, dst]))
+  await rm(src)
+  await rm(dst)
+  return SPARSE_MIB * 1048576 / 1e9 / t.secs
 }
 
 /**

@@ -14,6 +14,8 @@ export interface BlockStore {
   newBlock (fileId: bigint, index: number): BSL
   /** Store a block on its copies; not `durable`: durable after the next sync. */
   write (block: BlockRecord, data: Uint8Array, opts?: { durable?: boolean }): Promise<void>
+  /** Store `to` with `from`'s bytes (same sums), on the devices where they can; durable after the next sync. */
+  copyBlock? (from: BlockRecord, to: BlockRecord): Promise<void>
   /** Make every block written without `durable` so far durable. */
   sync (): Promise<void>
   /**

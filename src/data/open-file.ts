@@ -9,11 +9,16 @@ import { GroupMember } from './group-commit'
 import { FileReader, ReadableFile, spans } from './reader'
 import type { FileServices } from './services'
 import { FileWriter, WrittenFile } from './writer'
+import { copyObject, rewriteZeroed } from './block-copy'
+import { cover, seek } from './ranges'
 
 const log = createDebug('bslfs:data')
 
 /** ext4's limit for 4 KiB blocks: 16 TiB. */
 export const MAX_FILE_SIZE = 16 * 1024 ** 4
+
+/** Block records a copy_file_range commits per directory batch (their objects copied in parallel). */
+const COPY_BATCH = 64
 
 function noop (): void {}
 
@@ -44,7 +49,12 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
 
   /** The inode as the kernel should see it: committed attributes with this file's newer ones on top. */
   view (inode: Inode): Inode {
-    return this.pendingVersion === this.committedVersion ? inode : { ...inode, ...this.pending }
+    if (this.pendingVersion === this.committedVersion) return inode
+    // Blocks in memory that the block map does not hold yet count in st_blocks already (as ext4's delayed allocation).
+    let unmapped = 0
+    for (const i of this.writer.bufferedIndexes()) if (!this.blocks.has(i) && i * this.bs < this.size) unmapped++
+    const stored = unmapped > 0 ? { stored: (inode.stored ?? 0) + unmapped * this.bs } : {}
+    return { ...inode, ...this.pending, ...stored }
   }
 
   private change (attrs: FilePatch): void {
@@ -204,6 +214,164 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
     this.change({ size, mtime: now, ctime: now })
     await this.commit([], keep)
     for (const i of [...this.blocks.keys()]) if (i >= keep) this.blocks.delete(i)
+  }
+
+  /**
+   * Every byte of this file stored and committed (dirty blocks flushed), so
+   * that the block map in memory is the directory's: what a change of the
+   * map itself (punch, copy of records) starts from.
+   */
+  private async settleAll (): Promise<void> {
+    this.writer.flushAll()
+    await this.writer.settle()
+    this.writer.throwPendingError()
+  }
+
+  /** Block indexes that hold data (a record or bytes in memory), ascending. */
+  dataIndexes (): number[] {
+    const set = new Set(this.blocks.keys())
+    for (const i of this.writer.bufferedIndexes()) set.add(i)
+    return [...set].sort((a, b) => a - b)
+  }
+
+  /** lseek SEEK_DATA / SEEK_HOLE (see ranges.ts). */
+  seek (whence: number, pos: number): number {
+    return seek(whence, pos, this.size, this.bs, this.dataIndexes())
+  }
+
+  /** Bytes of [pos, pos + len) that lie in blocks without data: what a preallocation would need. */
+  holeBytes (pos: number, len: number): number {
+    const first = Math.floor(pos / this.bs)
+    const last = Math.ceil((pos + len) / this.bs)
+    let have = 0
+    for (const i of this.dataIndexes()) if (i >= first && i < last) have++
+    return Math.max(0, (last - first - have) * this.bs)
+  }
+
+  /**
+   * fallocate without KEEP_SIZE: the size grows to `end` (the new bytes read
+   * as zeros; no block is made, space is checked by the caller, not reserved).
+   */
+  extend (end: number, now: Timespec): Promise<void> {
+    return this.serially(async () => {
+      if (end > MAX_FILE_SIZE) throw new FsError('EFBIG', `size over ${MAX_FILE_SIZE} bytes`)
+      if (end <= this.size) return
+      await this.writer.zeroTail(this.size)
+      this.change({ size: end, mtime: now, ctime: now })
+      await this.flushNow()
+    })
+  }
+
+  /**
+   * Zero [pos, pos + len) (PUNCH_HOLE, ZERO_RANGE): blocks inside it whole
+   * leave the block map (their objects go to the reclaim queue in the same
+   * batch), the partly covered ones are rewritten as new objects with the
+   * range zeroed. One directory batch: a crash leaves the old map or the new.
+   */
+  punch (pos: number, len: number, now: Timespec): Promise<void> {
+    return this.serially(async () => {
+      await this.settleAll()
+      const stop = Math.min(pos + len, this.size)
+      const changes: BlockChange[] = []
+      if (stop > pos) {
+        const { first, end, partial } = cover(pos, stop - pos, this.bs)
+        for (const i of this.blocks.keys()) if (i >= first && i < end) changes.push({ index: i, record: null })
+        for (const p of partial) {
+          const rec = this.blocks.get(p.index)
+          if (!rec || p.from >= rec.length) continue
+          // The block's bytes past the range end lie past the file's end: nothing of it stays.
+          if (p.from === 0 && (p.to >= rec.length || p.index * this.bs + p.to >= this.size)) changes.push({ index: p.index, record: null })
+          else changes.push({ index: p.index, record: await rewriteZeroed(this.services, rec, p.index, p.from, p.to) })
+        }
+      }
+      if (changes.some(c => c.record)) await this.services.store.sync()
+      this.change({ mtime: now, ctime: now })
+      await this.commit(changes, undefined, true)
+      this.applyChanges(changes)
+    })
+  }
+
+  /**
+   * copy_file_range from `src` into this file, inside the daemon: blocks both
+   * sides hold whole at the same place in a block are copied as objects (a
+   * new object each, never shared); holes stay holes; the rest goes as bytes.
+   * Returns the bytes copied (fewer at the end of `src`).
+   */
+  copyFrom (src: OpenFile, srcPos: number, dstPos: number, len: number, now: Timespec): Promise<number> {
+    return this.serially(async () => {
+      // Not through src's queue: two copies crossing would wait on each other. A write to src
+      // meanwhile leaves bytes in memory, which the loop copies as bytes.
+      if (src !== this) await src.settleAll()
+      len = Math.max(0, Math.min(len, src.size - srcPos))
+      if (len === 0) return 0
+      if (dstPos + len > MAX_FILE_SIZE) throw new FsError('EFBIG', `copy past ${MAX_FILE_SIZE} bytes`)
+      if (dstPos > this.size) await this.writer.zeroTail(this.size)
+      await this.settleAll()
+      const bs = this.bs
+      let done = 0
+      if (srcPos % bs === dstPos % bs) {
+        const head = Math.min(len, (bs - (srcPos % bs)) % bs)
+        if (head > 0) done += await this.copyBytes(src, srcPos, dstPos, head, now)
+        // src's short last block may go as a record when it ends this file too.
+        const tailOk = srcPos + len === src.size && dstPos + len >= this.size
+        let changes: BlockChange[] = []
+        let jobs: Array<Promise<void>> = []
+        let upTo = done
+        const commitBatch = async (): Promise<void> => {
+          await Promise.all(jobs)
+          // The copies durable before their records are committed (DESIGN: written before referenced).
+          if (jobs.length > 0) await this.services.store.sync()
+          this.change({ size: Math.max(this.size, dstPos + upTo), mtime: now, ctime: now })
+          await this.commit(changes, undefined, true)
+          this.applyChanges(changes)
+          changes = []
+          jobs = []
+        }
+        while (done < len && (len - done >= bs || tailOk)) {
+          const n = Math.min(bs, len - done)
+          const i = (srcPos + done) / bs
+          const j = (dstPos + done) / bs
+          if (src.buffered(i)) {
+            await commitBatch()
+            done += await this.copyBytes(src, srcPos + done, dstPos + done, n, now)
+            upTo = done
+            continue
+          }
+          const rec = src.blocks.get(i)
+          const change: BlockChange = { index: j, record: null }
+          if (rec) jobs.push(copyObject(this.services, rec, j).then(r => { change.record = r }))
+          if (rec || this.blocks.has(j)) changes.push(change)
+          done += n
+          upTo = done
+          if (changes.length >= COPY_BATCH) await commitBatch()
+        }
+        await commitBatch()
+      }
+      if (done < len) done += await this.copyBytes(src, srcPos + done, dstPos + done, len - done, now)
+      return done
+    })
+  }
+
+  /** Copy through memory, block by block (inside the write queue: calls writeNow). */
+  private async copyBytes (src: OpenFile, srcPos: number, dstPos: number, len: number, now: Timespec): Promise<number> {
+    const buf = Buffer.alloc(Math.min(len, this.bs))
+    let done = 0
+    while (done < len) {
+      const want = Math.min(buf.length, len - done)
+      const n = await src.read(buf, want, srcPos + done)
+      if (n <= 0) break
+      await this.writeNow(buf.subarray(0, n), dstPos + done, now)
+      done += n
+    }
+    return done
+  }
+
+  /** Committed block changes into the map in memory. */
+  private applyChanges (changes: BlockChange[]): void {
+    for (const c of changes) {
+      if (c.record) this.blocks.set(c.index, c.record)
+      else this.blocks.delete(c.index)
+    }
   }
 
   /** Blocks whose BSL changed in the directory but not their object (adopt): use the new BSLs. */

@@ -44,6 +44,11 @@ export class FileWriter {
     return this.dirty.get(i) ?? this.flushing.get(i)?.data
   }
 
+  /** Blocks with bytes in memory (dirty or on their way). */
+  bufferedIndexes (): number[] {
+    return [...this.dirty.keys(), ...this.flushing.keys()]
+  }
+
   /** No block is dirty or on its way. */
   get idle (): boolean { return this.dirty.size === 0 && this.flushing.size === 0 }
 

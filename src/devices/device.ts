@@ -77,6 +77,13 @@ export interface Device {
    * answer is then a view of it), kept by the caller until it is done with the answer.
    */
   getRange (objectId: string, offset: number, length: number, limits?: CallLimits, into?: Buffer): Promise<Buffer>
+  /**
+   * Where the device can do it without the bytes coming to the caller (a block
+   * server): store `toId` with the bytes of `fromId`, verified against
+   * `checksum`, as `store` does (durable after the next sync). EIO when
+   * `fromId` is missing or bad. Absent: the caller reads and writes.
+   */
+  copy? (fromId: string, toId: string, checksum: number, limits?: CallLimits): Promise<void>
   /** Remove an object; removing one that is not there is not an error. */
   delete (objectId: string): Promise<void>
   /** The stored size of an object, or null when it is absent. */

@@ -5,7 +5,7 @@ import { checksum } from '../checksum'
 import { FsError } from '../errors'
 import { MAX_BLOCK_BYTES } from '../limits'
 import { OP_OBJECT, OP_RANGE } from '../wire/frames'
-import { CHECKSUM_HEADER, CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, DURABLE_HEADER, ERROR_HEADER, NOT_DURABLE, RANGE_HEADER, rangeHeader } from '../wire/headers'
+import { CHECKSUM_HEADER, CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, COPY_FROM_HEADER, DURABLE_HEADER, ERROR_HEADER, NOT_DURABLE, RANGE_HEADER, rangeHeader } from '../wire/headers'
 import { LIST_LINE_LIMIT } from '../wire/limits'
 import { objectPath, objectsPath, spacePath, syncPath } from '../wire/routes'
 import { CallLimits, Device, DeviceSpace, checkDeviceRequest, checkRange, rangeBuffer } from './device'
@@ -162,6 +162,21 @@ export class RemoteDevice implements Device {
       receive: () => smallAnswer(this.ep, what, status => status === 201 || status === 200 || status === 204, () => undefined)
     }, limits)
     log('%s: put %s (%d bytes)', this.label, objectId, data.byteLength)
+  }
+
+  /** POST …/objects/TO with X-Bslfs-Copy-From: the server copies the object on its device. */
+  async copy (fromId: string, toId: string, sum: number, limits?: CallLimits): Promise<void> {
+    this.check(fromId, sum)
+    this.check(toId)
+    const what = `copy of object ${fromId} to ${toId}`
+    await exchange(this.ep, {
+      method: 'POST',
+      path: this.objectPath(toId),
+      what,
+      headers: { [COPY_FROM_HEADER]: fromId, [CHECKSUM_HEADER]: String(sum), [DURABLE_HEADER]: NOT_DURABLE },
+      receive: () => smallAnswer(this.ep, what, status => status === 201, () => undefined)
+    }, limits)
+    log('%s: copied %s to %s', this.label, fromId, toId)
   }
 
   /** Why a read got no bytes: the object is missing (404), the server found its copy bad (5xx EIO), or what the status says. */

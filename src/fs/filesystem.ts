@@ -8,6 +8,7 @@ import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
 import type { AtimeMode } from './mount'
+import { fallocateFile } from './file-ranges'
 
 const PATH_MAX = 4096
 const O_ACCMODE = 3
@@ -298,6 +299,22 @@ export class BslFilesystem implements FuseFilesystem {
     const file = this.fileOf(fh)
     // Only a buffer of the files' own pool can become a block.
     return file.write(data, offset, nowTimespec(), data.length === this.files.services.buffers.size ? keepBuffer : undefined)
+  }
+
+  async fallocate (_ino: number, fh: number, offset: number, length: number, mode: number): Promise<void> {
+    this.writable()
+    if (!this.handle(fh).writable) throw new FsError('EBADF', `file handle ${fh} is not open for writing`)
+    await fallocateFile(this.fileOf(fh), offset, length, mode, async () => (await this.spaceSource.space()).available, this.dir.blockSize)
+  }
+
+  async lseek (_ino: number, fh: number, offset: number, whence: number): Promise<number> {
+    return this.fileOf(fh).seek(whence, offset)
+  }
+
+  async copyFileRange (_ino: number, fhIn: number, offIn: number, _inoOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
+    this.writable()
+    if (!this.handle(fhOut).writable) throw new FsError('EBADF', `file handle ${fhOut} is not open for writing`)
+    return await this.fileOf(fhOut).copyFrom(this.fileOf(fhIn), offIn, offOut, len, nowTimespec())
   }
 
   /**

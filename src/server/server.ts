@@ -11,7 +11,7 @@ import type { Device } from '../devices/device'
 import { FsError } from '../errors'
 import { STREAM_PROTOCOL } from '../wire/frames'
 import {
-  CHECKSUM_HEADER, CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, DURABLE_HEADER, ERROR_HEADER, RANGE_HEADER, RangeSpec, contentRange,
+  CHECKSUM_HEADER, CONTENT_LENGTH_HEADER, CONTENT_RANGE_HEADER, COPY_FROM_HEADER, DURABLE_HEADER, ERROR_HEADER, RANGE_HEADER, RangeSpec, contentRange,
   parseChecksumHeader, parseContentLength, parseDurableHeader, parseRange, resolveRange
 } from '../wire/headers'
 import { HttpError, shown } from '../wire/http-error'
@@ -547,6 +547,8 @@ export class BlockServer {
         return this.headObject(ex, dev, route.id)
       case 'PUT':
         return this.putObject(ex, dev, route.id)
+      case 'POST':
+        return this.copyObject(ex, dev, route.id)
       case 'DELETE':
         await dev.delete(route.id)
         ex.res.writeHead(204, { 'Cache-Control': 'no-store' })
@@ -663,6 +665,24 @@ export class BlockServer {
     }
     res.writeHead(201, { 'Content-Length': 0, 'Cache-Control': 'no-store', [CHECKSUM_HEADER]: String(sum) })
     res.end()
+  }
+
+  /**
+   * POST with X-Bslfs-Copy-From: a new object from another on the same device,
+   * read and verified here (copy_file_range of whole blocks: the bytes never
+   * cross the network).
+   */
+  private async copyObject (ex: Exchange, dev: Device, id: string): Promise<void> {
+    const from = ex.req.headers[COPY_FROM_HEADER]
+    if (typeof from !== 'string' || !isObjectId(from)) {
+      throw new HttpError(400, 'EINVAL', `a POST to an object needs X-Bslfs-Copy-From naming the object to copy (16 lowercase hex digits), not ${shown(String(from))}`)
+    }
+    const sum = parseChecksumHeader(ex.req.headers[CHECKSUM_HEADER])
+    const durable = parseDurableHeader(ex.req.headers[DURABLE_HEADER])
+    const data = await this.object(ex, dev, from, sum)
+    await (durable ? dev.put(id, data, sum) : dev.store(id, data, sum))
+    ex.res.writeHead(201, { 'Content-Length': 0, 'Cache-Control': 'no-store', [CHECKSUM_HEADER]: String(sum) })
+    ex.res.end()
   }
 
   /** Holds `n` bytes of the memory budget until the answer is written (or cut off). */

@@ -337,6 +337,37 @@ export class Volumes extends EventEmitter<VolumesEvents> {
     return shadow
   }
 
+  /**
+   * Store block `to` with the bytes of block `from` (copy_file_range; the same
+   * sums, a new object). When every copy of `to` is on a place that holds a
+   * copy of `from`, is up, and its device copies by itself (a block server),
+   * the bytes stay there; otherwise, or should a device copy fail, they are
+   * read and written as any block. Durable after the next sync.
+   */
+  async copyBlock (from: BlockRecord, to: BlockRecord): Promise<void> {
+    if (this.shadows.size === 0) {
+      const have = new Set(this.copies(from.bsl).map(c => c.key))
+      const dst = this.copies(to.bsl)
+      if (dst.every(c => have.has(c.key) && this.health.isUp(c.key))) {
+        const fromId = objectIdOf(from.bsl)
+        const toId = objectIdOf(to.bsl)
+        try {
+          const devices = await Promise.all(dst.map(c => this.device(c.place)))
+          if (devices.every(d => d.copy !== undefined)) {
+            await Promise.all(dst.map(c => this.timed(c, false, async d => {
+              await d.copy!(fromId, toId, from.checksum)
+              this.unsynced.set(c.key, c.place)
+            })))
+            return
+          }
+        } catch (err) {
+          log('copy of %s to %s on its devices failed, copying through this host: %s', fromId, toId, (err as Error).message)
+        }
+      }
+    }
+    await this.write(to, await this.read(from), { durable: false })
+  }
+
   /** Wait for every write in progress now (not for ones that start later). */
   async drain (): Promise<void> {
     await Promise.allSettled([...this.inFlight])

@@ -10,6 +10,8 @@ export const CHECKSUM_HEADER = 'x-bslfs-checksum'
 export const DURABLE_HEADER = 'x-bslfs-durable'
 /** The POSIX code of an error answer, also in its JSON body (a HEAD answer has no body to carry it). */
 export const ERROR_HEADER = 'x-bslfs-error'
+/** On a POST to an object: the id of the object on the same device whose bytes it gets (a copy made by the server). */
+export const COPY_FROM_HEADER = 'x-bslfs-copy-from'
 export const CONTENT_LENGTH_HEADER = 'content-length'
 export const CONTENT_RANGE_HEADER = 'content-range'
 export const RANGE_HEADER = 'range'

@@ -9,6 +9,9 @@
  *                                              object is durable; with X-Bslfs-Durable: 0 once it is whole
  *                                              and readable, durable after the next sync
  *   POST   /v1/devices/DEV/sync                204 once every object put before it is durable
+ *   POST   /v1/devices/DEV/objects/ID          201 with X-Bslfs-Copy-From: SRC and X-Bslfs-Checksum (SRC's): ID
+ *                                              made from SRC's bytes, verified, on the server (no body either
+ *                                              way); durable, or with X-Bslfs-Durable: 0 after the next sync
  *   GET    /v1/devices/DEV/objects/ID          200 the bytes, verified (X-Bslfs-Checksum required), or with
  *                                              Range: bytes=A-B 206 those bytes read alone and NOT verified
  *                                              (the client checks them against its chunk sums)
@@ -75,7 +78,7 @@ export const ALLOWED: Record<Route['kind'], readonly string[]> = {
   space: ['GET', 'HEAD'],
   list: ['GET'],
   sync: ['POST'],
-  object: ['GET', 'HEAD', 'PUT', 'DELETE'],
+  object: ['GET', 'HEAD', 'PUT', 'POST', 'DELETE'],
   stream: ['GET'],
   metrics: ['GET', 'HEAD']
 }

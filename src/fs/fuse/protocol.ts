@@ -207,6 +207,13 @@ export function openOut (fh: number, flags: number): Buffer {
   return b
 }
 
+/** fuse_lseek_out: an offset. */
+export function u64Out (v: number): Buffer {
+  const b = Buffer.alloc(8)
+  putU64(b, 0, v)
+  return b
+}
+
 export function u32Out (v: number): Buffer {
   const b = Buffer.alloc(8)
   b.writeUInt32LE(v, 0)

@@ -74,7 +74,7 @@ export type FuseRequest =
   | { op: 'create', name: string, mode: number, flags: number }
   | { op: 'read', fh: number, offset: number, size: number }
   /** `data` is a view of the request buffer (a write's data is never copied). */
-  | { op: 'write', fh: number, offset: number, data: Buffer }
+  | { op: 'write', fh: number, offset: number, data: Buffer, flags: number }
   | { op: 'flush', fh: number }
   | { op: 'release', fh: number }
   | { op: 'fsync', fh: number, datasync: boolean }
@@ -88,6 +88,9 @@ export type FuseRequest =
   | { op: 'getxattr', name: string, size: number }
   | { op: 'listxattr', size: number }
   | { op: 'removexattr', name: string }
+  | { op: 'fallocate', fh: number, offset: number, length: number, mode: number }
+  | { op: 'lseek', fh: number, offset: number, whence: number }
+  | { op: 'copy_file_range', fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number, flags: number }
 
 // Body sizes of the kernel's structs (linux/fuse.h). Those that grew did so before 7.28
 // (fuse_read_in and fuse_write_in at 7.9, fuse_mknod_in at 7.12), so at the minors bslfs
@@ -115,6 +118,9 @@ const SETXATTR_IN = 8
 const GETXATTR_IN = 8
 const INIT_IN = 16
 const INTERRUPT_IN = 8
+const FALLOCATE_IN = 32
+const LSEEK_IN = 24
+const COPY_FILE_RANGE_IN = 56
 /** A name: at least its NUL. */
 const NAME = 1
 
@@ -164,7 +170,8 @@ function batchForget (b: Buffer): FuseRequest {
 function write (b: Buffer): FuseRequest {
   const size = b.readUInt32LE(16)
   if (b.length < WRITE_IN + size) throw new FsError('EINVAL', `write of ${size} bytes carries ${b.length - WRITE_IN}`)
-  return { op: 'write', fh: u64(b, 0), offset: u64(b, 8), data: b.subarray(WRITE_IN, WRITE_IN + size) }
+  // flags: the file's open flags (O_DIRECT says the kernel's page cache was bypassed).
+  return { op: 'write', fh: u64(b, 0), offset: u64(b, 8), data: b.subarray(WRITE_IN, WRITE_IN + size), flags: b.readUInt32LE(32) }
 }
 
 function setxattr (b: Buffer): FuseRequest {
@@ -224,7 +231,7 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
   [Op.LISTXATTR, kind('listxattr', GETXATTR_IN, b => ({ op: 'listxattr', size: b.readUInt32LE(0) }))],
   [Op.REMOVEXATTR, kind('removexattr', NAME, b => ({ op: 'removexattr', name: name(b, 0, 'removexattr') }))],
   // Not implemented, and the kernel copes: ACCESS (default_permissions: the kernel checks), locks
-  // (the kernel keeps them locally), BMAP, IOCTL, POLL, FALLOCATE, LSEEK, COPY_FILE_RANGE.
+  // (the kernel keeps them locally), BMAP, IOCTL, POLL.
   [Op.ACCESS, kind('access', 0)],
   [Op.GETLK, kind('getlk', 0)],
   [Op.SETLK, kind('setlk', 0)],
@@ -232,9 +239,11 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
   [Op.BMAP, kind('bmap', 0)],
   [Op.IOCTL, kind('ioctl', 0)],
   [Op.POLL, kind('poll', 0)],
-  [Op.FALLOCATE, kind('fallocate', 0)],
-  [Op.LSEEK, kind('lseek', 0)],
-  [Op.COPY_FILE_RANGE, kind('copy_file_range', 0)]
+  [Op.FALLOCATE, kind('fallocate', FALLOCATE_IN, b => ({ op: 'fallocate', fh: u64(b, 0), offset: u64(b, 8), length: u64(b, 16), mode: b.readUInt32LE(24) }))],
+  [Op.LSEEK, kind('lseek', LSEEK_IN, b => ({ op: 'lseek', fh: u64(b, 0), offset: u64(b, 8), whence: b.readUInt32LE(16) }))],
+  [Op.COPY_FILE_RANGE, kind('copy_file_range', COPY_FILE_RANGE_IN, b => ({
+    op: 'copy_file_range', fhIn: u64(b, 0), offIn: u64(b, 8), nodeOut: u64(b, 16), fhOut: u64(b, 24), offOut: u64(b, 32), len: u64(b, 40), flags: u64(b, 48)
+  }))]
 ])
 
 /** An opcode's name for logs. */

@@ -8,7 +8,7 @@ import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
   MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
-  notifyInvalEntry, notifyInvalInode, Op
+  notifyInvalEntry, notifyInvalInode, Op, u64Out
 } from './protocol'
 import { FuseOpMetrics, mountMetrics } from '../../metrics/mount-metrics'
 import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
@@ -18,6 +18,10 @@ export type { SetAttr }
 const events = logger('bslfs:fuse')
 const log = events.debug
 const E = constants.errno
+/** open(2)'s O_DIRECT on Linux (x86_64, arm64 differs: 0o200000). */
+const O_DIRECT = process.arch === 'arm64' ? 0o200000 : 0o40000
+/** The most one COPY_FILE_RANGE may answer (fuse_write_out.size is 32 bits), page aligned. */
+const MAX_COPY = 0xfffff000
 
 /** Who asks: the calling process, as the kernel reports it. */
 export interface Caller { uid: number, gid: number, pid: number }
@@ -78,6 +82,12 @@ export interface FuseFilesystem {
   getxattr (ino: number, name: string): Promise<Buffer>
   listxattr (ino: number): Promise<string[]>
   removexattr (ino: number, name: string): Promise<void>
+  /** fallocate(2) on an open file (mode: linux/falloc.h). */
+  fallocate? (ino: number, fh: number, offset: number, length: number, mode: number): Promise<void>
+  /** lseek SEEK_DATA / SEEK_HOLE: the offset found. */
+  lseek? (ino: number, fh: number, offset: number, whence: number): Promise<number>
+  /** copy_file_range(2) between two open files of this filesystem: the bytes copied. */
+  copyFileRange? (ino: number, fhIn: number, offIn: number, inoOut: number, fhOut: number, offOut: number, len: number): Promise<number>
 }
 
 export interface SessionOptions {
@@ -184,7 +194,7 @@ export class FuseSession {
   /** Lookups the kernel holds of each inode (entries answered, less FORGETs): what notifyInvalAll covers. */
   private readonly kernelLookups = new Map<number, number>([[1, 1]])
   /** Notifications waiting to be written, in order; one is written at a time (see Connection.notify). */
-  private readonly notes: Buffer[][] = []
+  private readonly notes: Array<{ parts: Buffer[], written?: () => void }> = []
   private notifying = false
 
   /**
@@ -221,20 +231,24 @@ export class FuseSession {
   /** Notifications sent and not yet written. */
   get notificationsQueued (): number { return this.notes.length + (this.notifying ? 1 : 0) }
 
-  private queueNote (parts: Buffer[]): void {
-    if (this.done) return
-    if (!this.connection.notify) return log('notification dropped: this connection cannot send one')
-    this.notes.push(parts)
+  private queueNote (parts: Buffer[], written?: () => void): void {
+    if (this.done || !this.connection.notify) {
+      written?.()
+      if (!this.done) log('notification dropped: this connection cannot send one')
+      return
+    }
+    this.notes.push({ parts, written })
     this.pumpNotes()
   }
 
   private pumpNotes (): void {
     if (this.notifying || this.done) return
-    const parts = this.notes.shift()
-    if (!parts) return
+    const note = this.notes.shift()
+    if (!note) return
     this.notifying = true
-    this.connection.notify!(parts, err => {
+    this.connection.notify!(note.parts, err => {
       this.notifying = false
+      note.written?.()
       // ENOENT: the kernel had nothing cached of it, which is no failure.
       if (err && err.code === 'ENODEV') return this.end('unmounted')
       if (err && err.code !== 'ENOENT') log('notification failed: %s', err.message)
@@ -535,11 +549,14 @@ export class FuseSession {
         const keepBuffer = this.pool && req.data.length === this.pool.size ? () => { kept = true } : undefined
         const r = fs.write(node, req.fh, req.offset, req.data, keepBuffer, signal)
         if (typeof r === 'number') {
-          this.reply(call, r, u32Out)
+          if (req.flags & O_DIRECT) this.invalidated(node, req.offset, r, () => this.reply(call, r, u32Out))
+          else this.reply(call, r, u32Out)
           return kept
         }
         // The data stays in `buf` until the handler is done with it, even when its interrupt answered first.
-        r.then(count => this.reply(call, count, u32Out), err => this.fail(call, err)).finally(() => { if (!kept) this.give(buf) })
+        const direct = (req.flags & O_DIRECT) !== 0
+        r.then(count => direct ? this.invalidated(node, req.offset, count, () => this.reply(call, count, u32Out)) : this.reply(call, count, u32Out),
+          err => this.fail(call, err)).finally(() => { if (!kept) this.give(buf) })
         return true
       }
       case 'flush': this.answer(call, fs.flush(node, req.fh, signal), empty); break
@@ -562,11 +579,36 @@ export class FuseSession {
         break
       }
       case 'removexattr': this.answer(call, fs.removexattr(node, req.name), empty); break
+      case 'fallocate':
+        if (!fs.fallocate) { this.finish(call, E.ENOSYS); break }
+        this.answer(call, fs.fallocate(node, req.fh, req.offset, req.length, req.mode), empty)
+        break
+      case 'lseek':
+        if (!fs.lseek) { this.finish(call, E.ENOSYS); break }
+        this.answer(call, fs.lseek(node, req.fh, req.offset, req.whence), u64Out)
+        break
+      case 'copy_file_range':
+        if (!fs.copyFileRange) { this.finish(call, E.ENOSYS); break }
+        // The reply's count is 32 bits: the kernel asks again for the rest.
+        this.answer(call, fs.copyFileRange(node, req.fhIn, req.offIn, req.nodeOut, req.fhOut, req.offOut, Math.min(req.len, MAX_COPY)), u32Out)
+        break
       default:
         // forget, interrupt and notify_reply are handled before (they get no answer).
         this.finish(call, E.ENOSYS)
     }
     return false
+  }
+
+  /**
+   * A direct write bypassed the kernel's page cache, which may still hold the
+   * range's old bytes (an asynchronous O_DIRECT write invalidates only before
+   * it starts: a buffered read meanwhile caches the old data). Drop them, and
+   * answer (`then`) once the kernel has: a read after the write's completion
+   * must see it.
+   */
+  private invalidated (ino: number, offset: number, length: number, then: () => void): void {
+    if (length <= 0) return then()
+    this.queueNote(notifyInvalInode(ino, offset, length), then)
   }
 
   private openFlags (): number {
