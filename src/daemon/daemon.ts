@@ -41,7 +41,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   const paths = runtimePaths(name, mountpoint)
   if (name.kind === 'postgres') await fsp.mkdir(paths.dir, { recursive: true, mode: 0o700 })
   const stopBoundingLog = boundLogFile(paths.log, logMaxBytes())
-  // The open files are made from the directory, which asks them whether an inode is open (it then
+  // The open files (and the filesystem's open directories) are made from the directory, which asks them whether an inode is open (it then
   // outlives its last link): it asks only once they exist, below.
   let files!: OpenFiles
   // What other mounts of a shared filesystem change reaches the kernel at once, not after its
@@ -54,7 +54,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     },
     missed: () => kernel?.notifyInvalAll()
   }
-  const state = await State.open(name, { copyTimeoutMs: options.copyTimeoutMs, passwordFile: opts.passwordFile, openInodes: { isOpen: ino => files.isOpen(ino) }, remote })
+  const state = await State.open(name, { copyTimeoutMs: options.copyTimeoutMs, passwordFile: opts.passwordFile, openInodes: { isOpen: ino => files.isOpen(ino) || fs.isDirOpen(ino) }, remote })
   const cleanup: Array<() => Promise<unknown>> = [() => state.close(), async () => stopBoundingLog()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse

@@ -39,6 +39,10 @@ export interface Inode {
   target?: string
   /** Regular files: bytes held in blocks (st_blocks; less than size for sparse files). */
   stored?: number
+  /** FS_*_FL inode flags (chattr): absent on records older than them, which is none set. */
+  flags?: number
+  /** Birth time, set once at creation: absent on records older than it (statx then reports none). */
+  btime?: Timespec
 }
 
 export type { BlockRecord }
@@ -115,6 +119,8 @@ export function decodeInode (ino: number, value: Buffer): Inode {
   if (r.parent !== undefined && !isUint(r.parent)) throw bad('parent')
   if (r.target !== undefined && typeof r.target !== 'string') throw bad('target')
   if (r.stored !== undefined && !isUint(r.stored)) throw bad('stored')
+  if (r.flags !== undefined && !isUint(r.flags, 0xffffffff)) throw bad('flags')
+  if (r.btime !== undefined && !isTime(r.btime)) throw bad('btime')
   return r
 }
 

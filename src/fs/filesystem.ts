@@ -3,7 +3,7 @@ import { Inode, ROOT_INO, Timespec } from '../directory/records'
 import { FsError } from '../errors'
 import { OpenFile } from '../data/open-file'
 import { OpenFiles } from '../data/open-files'
-import { Attr, RENAME_NOREPLACE, StatFs } from './fuse/protocol'
+import { Attr, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, StatFs } from './fuse/protocol'
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
@@ -46,6 +46,8 @@ interface DirHandle { ino: number, listing: Array<{ name: string, ino: number, m
 export class BslFilesystem implements FuseFilesystem {
   private readonly handles = new Map<number, FileHandle>()
   private readonly dirs = new Map<number, DirHandle>()
+  /** Directory handles open, by inode: an open directory outlives its rmdir (see isDirOpen). */
+  private readonly openDirs = new Map<number, number>()
   private nextFh = 1
 
   constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource,
@@ -162,10 +164,14 @@ export class BslFilesystem implements FuseFilesystem {
     await this.dir.rmdir(parent, name)
   }
 
-  async rename (parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void> {
+  async rename (parent: number, name: string, newParent: number, newName: string, flags: number, caller?: Caller): Promise<void> {
     this.writable()
-    if (flags & ~RENAME_NOREPLACE) throw new FsError('EINVAL', `rename flags 0x${flags.toString(16)} are not supported`)
-    await this.dir.rename(parent, name, newParent, newName, { noReplace: (flags & RENAME_NOREPLACE) !== 0 })
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)) throw new FsError('EINVAL', `rename flags 0x${flags.toString(16)} are not supported`)
+    // The kernel refuses EXCHANGE with either of the others before asking; checked again here for any caller.
+    if ((flags & RENAME_EXCHANGE) && (flags & (RENAME_NOREPLACE | RENAME_WHITEOUT))) throw new FsError('EINVAL', 'RENAME_EXCHANGE goes with no other rename flag')
+    if (flags & RENAME_EXCHANGE) return await this.dir.exchange(parent, name, newParent, newName)
+    const whiteout = flags & RENAME_WHITEOUT ? { uid: caller?.uid ?? 0, gid: caller?.gid ?? 0 } : undefined
+    await this.dir.rename(parent, name, newParent, newName, { noReplace: (flags & RENAME_NOREPLACE) !== 0, whiteout })
   }
 
   // ---- attributes ---------------------------------------------------------------
@@ -305,7 +311,13 @@ export class BslFilesystem implements FuseFilesystem {
     if (!isDir(inode.mode)) throw new FsError('ENOTDIR', `inode ${ino}`)
     const fh = this.newFh()
     this.dirs.set(fh, { ino, listing: null })
+    this.openDirs.set(ino, (this.openDirs.get(ino) ?? 0) + 1)
     return fh
+  }
+
+  /** Whether a directory handle holds `ino`: its inode then outlives rmdir and rename-over, as an open file's does. */
+  isDirOpen (ino: number): boolean {
+    return this.openDirs.has(ino)
   }
 
   /** The listing is read at position 0 (opendir, rewinddir) and served from memory after that. */
@@ -335,7 +347,15 @@ export class BslFilesystem implements FuseFilesystem {
   }
 
   async releasedir (_ino: number, fh: number): Promise<void> {
+    const h = this.dirs.get(fh)
+    if (!h) return
     this.dirs.delete(fh)
+    const left = (this.openDirs.get(h.ino) ?? 1) - 1
+    if (left > 0) return void this.openDirs.set(h.ino, left)
+    this.openDirs.delete(h.ino)
+    // The last handle of a removed directory: its rows go now (a read first, so that closing a live one costs no transaction).
+    const inode = await this.dir.getInode(h.ino).catch(() => undefined)
+    if (inode && inode.nlink === 0) await this.dir.releaseIfUnlinked(h.ino)
   }
 
   async fsyncdir (): Promise<void> {

@@ -97,6 +97,7 @@ export const GETATTR_FH = 1
 export const FSYNC_FDATASYNC = 1
 export const RENAME_NOREPLACE = 1
 export const RENAME_EXCHANGE = 2
+export const RENAME_WHITEOUT = 4
 
 export const IN_HEADER_BYTES = 40
 export const OUT_HEADER_BYTES = 16

@@ -47,7 +47,7 @@ export interface FuseFilesystem {
   symlink (parent: number, name: string, target: string, caller: Caller): Promise<Attr>
   unlink (parent: number, name: string): Promise<void>
   rmdir (parent: number, name: string): Promise<void>
-  rename (parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void>
+  rename (parent: number, name: string, newParent: number, newName: string, flags: number, caller?: Caller): Promise<void>
   link (ino: number, newParent: number, newName: string): Promise<Attr>
   open (ino: number, flags: number): Promise<number>
   create (parent: number, name: string, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }>
@@ -505,7 +505,7 @@ export class FuseSession {
       case 'mkdir': this.answer(call, fs.mkdir(node, req.name, req.mode, caller), entry); break
       case 'unlink': this.answer(call, fs.unlink(node, req.name), empty); break
       case 'rmdir': this.answer(call, fs.rmdir(node, req.name), empty); break
-      case 'rename': this.answer(call, fs.rename(node, req.name, req.newParent, req.newName, req.flags), empty); break
+      case 'rename': this.answer(call, fs.rename(node, req.name, req.newParent, req.newName, req.flags, caller), empty); break
       case 'link': this.answer(call, fs.link(req.ino, node, req.newName), entry); break
       case 'open': this.answer(call, fs.open(node, req.flags), fh => openOut(fh, this.openFlags())); break
       case 'create':
