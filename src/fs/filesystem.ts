@@ -7,11 +7,24 @@ import { Attr, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, StatFs } from
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
+import { FS_APPEND_FL, FS_IMMUTABLE_FL, checkChangeable, checkMovable, isAppendOnly } from '../directory/inode-flags'
 
 const PATH_MAX = 4096
 const O_ACCMODE = 3
 const O_RDONLY = 0
 const O_TRUNC = 0o1000
+const O_APPEND = 0o2000
+/** chattr's ioctls (linux/fs.h: _IOR('f', 1, long), _IOW('f', 2, long), and their 32-bit forms). */
+const FS_IOC_GETFLAGS = 0x80086601
+const FS_IOC_SETFLAGS = 0x40086602
+const FS_IOC32_GETFLAGS = 0x80046601
+const FS_IOC32_SETFLAGS = 0x40046602
+/** The same flags as struct fsxattr (xfs_io's lsattr; the kernel asks this way before a SETFLAGS too). */
+const FS_IOC_FSGETXATTR = 0x801c581f
+const FS_IOC_FSSETXATTR = 0x401c5820
+const FSXATTR_BYTES = 28
+/** FS_XFLAG_* ↔ FS_*_FL for the flags bslfs keeps. */
+const XFLAGS: Array<[number, number]> = [[0x8, FS_IMMUTABLE_FL], [0x10, FS_APPEND_FL]]
 
 const DAY = 86400
 
@@ -33,6 +46,24 @@ export interface AttrOverrides { uid?: number, gid?: number, umask?: number }
 function unsupportedXattr (name: string): void {
   if (name.startsWith('system.')) throw new FsError('EOPNOTSUPP', `${name}: ACLs are not supported`)
   if (name === 'security.selinux') throw new FsError('EOPNOTSUPP', `${name}: SELinux labels are not stored`)
+}
+
+/** What ext4 refuses on a flagged inode (chattr): setattr of an immutable one, and of an append-only one but its times to now. */
+function checkSetattr (inode: Inode, set: SetAttr): void {
+  checkChangeable(inode)
+  if (!isAppendOnly(inode)) return
+  const explicitTime = (set.atime !== undefined && set.atime !== 'now') || (set.mtime !== undefined && set.mtime !== 'now')
+  if (set.size !== undefined || set.mode !== undefined || set.uid !== undefined || set.gid !== undefined || explicitTime) {
+    throw new FsError('EPERM', `inode ${inode.ino} is append-only (chattr -a to change it)`)
+  }
+}
+
+/** open(2) for writing: EPERM on an immutable inode, and on an append-only one without O_APPEND or with O_TRUNC. */
+function checkOpenForWrite (inode: Inode, flags: number): void {
+  checkChangeable(inode)
+  if (isAppendOnly(inode) && (!(flags & O_APPEND) || (flags & O_TRUNC))) {
+    throw new FsError('EPERM', `inode ${inode.ino} is append-only: open it with O_APPEND and without O_TRUNC`)
+  }
 }
 
 interface FileHandle { ino: number, file: OpenFile | null, writable: boolean }
@@ -187,6 +218,7 @@ export class BslFilesystem implements FuseFilesystem {
   /** chmod, chown, truncate and utimens, as the kernel sends them: one request, any of them. */
   async setattr (ino: number, set: SetAttr): Promise<Attr> {
     this.writable()
+    checkSetattr(await this.dir.getInode(ino), set)
     const h = set.fh !== undefined ? this.handles.get(set.fh) : undefined
     if (set.size !== undefined) await this.truncate(ino, set.size, h)
     if (set.mode !== undefined || set.uid !== undefined || set.gid !== undefined || set.atime !== undefined || set.mtime !== undefined) {
@@ -252,6 +284,7 @@ export class BslFilesystem implements FuseFilesystem {
     if (isDir(inode.mode)) throw new FsError('EISDIR', `inode ${ino}`)
     const writable = (flags & O_ACCMODE) !== O_RDONLY
     if (writable) this.writable()
+    if (writable || (flags & O_TRUNC)) checkOpenForWrite(inode, flags)
     const file = (inode.mode & S_IFMT) === S_IFREG ? await this.files.acquire(ino) : null
     const fh = this.newFh()
     this.handles.set(fh, { ino, file, writable })
@@ -277,8 +310,22 @@ export class BslFilesystem implements FuseFilesystem {
 
   write (_ino: number, fh: number, offset: number, data: Buffer, keepBuffer?: () => void): Promise<number> {
     const file = this.fileOf(fh)
+    // Inode flags (chattr) hold for handles opened before they were set; an uncached inode is read first.
+    const inode = this.dir.cachedInode(file.ino)
+    if (inode === undefined || inode.flags) return this.flaggedWrite(file, offset, data, keepBuffer)
+    return this.writeTo(file, offset, data, keepBuffer)
+  }
+
+  private writeTo (file: OpenFile, offset: number, data: Buffer, keepBuffer?: () => void): Promise<number> {
     // Only a buffer of the files' own pool can become a block.
     return file.write(data, offset, nowTimespec(), data.length === this.files.services.buffers.size ? keepBuffer : undefined)
+  }
+
+  private async flaggedWrite (file: OpenFile, offset: number, data: Buffer, keepBuffer?: () => void): Promise<number> {
+    const inode = await this.dir.getInode(file.ino)
+    checkChangeable(inode)
+    if (isAppendOnly(inode) && offset !== file.size) throw new FsError('EPERM', `inode ${file.ino} is append-only: writes go at its end (${file.size}), not at ${offset}`)
+    return await this.writeTo(file, offset, data, keepBuffer)
   }
 
   /**
@@ -374,6 +421,7 @@ export class BslFilesystem implements FuseFilesystem {
   async setxattr (ino: number, name: string, value: Buffer, flags: number): Promise<void> {
     this.writable()
     this.checkXattrName(name)
+    checkMovable(await this.dir.getInode(ino))
     await this.dir.setXattr(ino, name, value, flags)
   }
 
@@ -389,7 +437,46 @@ export class BslFilesystem implements FuseFilesystem {
   async removexattr (ino: number, name: string): Promise<void> {
     this.writable()
     this.checkXattrName(name)
+    checkMovable(await this.dir.getInode(ino))
     await this.dir.removeXattr(ino, name)
+  }
+
+  // ---- ioctl ------------------------------------------------------------------
+
+  /** chattr and lsattr (FS_IOC_GETFLAGS/SETFLAGS); any other ioctl is ENOTTY, as on a filesystem without it. */
+  async ioctl (ino: number, cmd: number, input: Buffer, outSize: number, caller: Caller): Promise<Buffer> {
+    if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC32_GETFLAGS) {
+      if (outSize < 4) throw new FsError('EINVAL', `FS_IOC_GETFLAGS with a ${outSize}-byte buffer`)
+      const out = Buffer.alloc(4)
+      out.writeUInt32LE((await this.dir.getInode(ino)).flags ?? 0)
+      return out
+    }
+    if (cmd === FS_IOC_SETFLAGS || cmd === FS_IOC32_SETFLAGS) {
+      this.writable()
+      if (input.length < 4) throw new FsError('EINVAL', `FS_IOC_SETFLAGS with ${input.length} bytes`)
+      await this.dir.setFlags(ino, input.readUInt32LE(0), caller.uid)
+      return Buffer.alloc(0)
+    }
+    if (cmd === FS_IOC_FSGETXATTR) {
+      if (outSize < FSXATTR_BYTES) throw new FsError('EINVAL', `FS_IOC_FSGETXATTR with a ${outSize}-byte buffer`)
+      const flags = (await this.dir.getInode(ino)).flags ?? 0
+      const out = Buffer.alloc(FSXATTR_BYTES)
+      out.writeUInt32LE(XFLAGS.reduce((x, [xf, f]) => flags & f ? x | xf : x, 0))
+      return out
+    }
+    if (cmd === FS_IOC_FSSETXATTR) {
+      this.writable()
+      if (input.length < FSXATTR_BYTES) throw new FsError('EINVAL', `FS_IOC_FSSETXATTR with ${input.length} bytes`)
+      let xflags = input.readUInt32LE(0)
+      let flags = 0
+      for (const [xf, f] of XFLAGS) if (xflags & xf) { flags |= f; xflags &= ~xf }
+      if (xflags || input.readUInt32LE(4) || input.readUInt32LE(12) || input.readUInt32LE(16)) {
+        throw new FsError('EOPNOTSUPP', 'of the fsxattr fields bslfs keeps only the immutable and append-only flags')
+      }
+      await this.dir.setFlags(ino, flags, caller.uid)
+      return Buffer.alloc(0)
+    }
+    throw new FsError('ENOTTY', `ioctl 0x${(cmd >>> 0).toString(16)} is not supported`)
   }
 
   // ---- the whole filesystem -----------------------------------------------------

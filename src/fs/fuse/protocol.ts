@@ -210,6 +210,11 @@ export function u32Out (v: number): Buffer {
   return b
 }
 
+/** fuse_ioctl_out (result 0, no retry) and the ioctl's output. */
+export function ioctlOut (data: Buffer): Buffer[] {
+  return [Buffer.alloc(16), data]
+}
+
 export interface StatFs {
   blocks: number
   bfree: number

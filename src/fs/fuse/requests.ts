@@ -88,6 +88,8 @@ export type FuseRequest =
   | { op: 'getxattr', name: string, size: number }
   | { op: 'listxattr', size: number }
   | { op: 'removexattr', name: string }
+  /** An ioctl bslfs may answer (chattr's FS_IOC_GETFLAGS/SETFLAGS come this way); `input` is a copy. */
+  | { op: 'ioctl', fh: number, flags: number, cmd: number, input: Buffer, outSize: number }
 
 // Body sizes of the kernel's structs (linux/fuse.h). Those that grew did so before 7.28
 // (fuse_read_in and fuse_write_in at 7.9, fuse_mknod_in at 7.12), so at the minors bslfs
@@ -115,6 +117,7 @@ const SETXATTR_IN = 8
 const GETXATTR_IN = 8
 const INIT_IN = 16
 const INTERRUPT_IN = 8
+const IOCTL_IN = 32
 /** A name: at least its NUL. */
 const NAME = 1
 
@@ -179,6 +182,12 @@ function rename (b: Buffer, fixed: number, flags: number): FuseRequest {
   return { op: 'rename', name: from.text, newParent: u64(b, 0), newName: name(b, from.next, 'rename'), flags }
 }
 
+function ioctl (b: Buffer): FuseRequest {
+  const inSize = b.readUInt32LE(24)
+  if (b.length < IOCTL_IN + inSize) throw new FsError('EINVAL', `ioctl with ${inSize} bytes of input carries ${b.length - IOCTL_IN}`)
+  return { op: 'ioctl', fh: u64(b, 0), flags: b.readUInt32LE(8), cmd: b.readUInt32LE(12), input: Buffer.from(b.subarray(IOCTL_IN, IOCTL_IN + inSize)), outSize: b.readUInt32LE(28) }
+}
+
 function kind (name: string, minBody: number, decode?: RequestKind['decode'], replies = true): RequestKind {
   return { name, minBody, replies, decode }
 }
@@ -223,14 +232,14 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
   [Op.GETXATTR, kind('getxattr', GETXATTR_IN + NAME, b => ({ op: 'getxattr', name: name(b, GETXATTR_IN, 'getxattr'), size: b.readUInt32LE(0) }))],
   [Op.LISTXATTR, kind('listxattr', GETXATTR_IN, b => ({ op: 'listxattr', size: b.readUInt32LE(0) }))],
   [Op.REMOVEXATTR, kind('removexattr', NAME, b => ({ op: 'removexattr', name: name(b, 0, 'removexattr') }))],
+  [Op.IOCTL, kind('ioctl', IOCTL_IN, ioctl)],
   // Not implemented, and the kernel copes: ACCESS (default_permissions: the kernel checks), locks
-  // (the kernel keeps them locally), BMAP, IOCTL, POLL, FALLOCATE, LSEEK, COPY_FILE_RANGE.
+  // (the kernel keeps them locally), BMAP, POLL, FALLOCATE, LSEEK, COPY_FILE_RANGE.
   [Op.ACCESS, kind('access', 0)],
   [Op.GETLK, kind('getlk', 0)],
   [Op.SETLK, kind('setlk', 0)],
   [Op.SETLKW, kind('setlkw', 0)],
   [Op.BMAP, kind('bmap', 0)],
-  [Op.IOCTL, kind('ioctl', 0)],
   [Op.POLL, kind('poll', 0)],
   [Op.FALLOCATE, kind('fallocate', 0)],
   [Op.LSEEK, kind('lseek', 0)],

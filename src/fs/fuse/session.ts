@@ -8,7 +8,7 @@ import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
   MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
-  notifyInvalEntry, notifyInvalInode
+  notifyInvalEntry, notifyInvalInode, ioctlOut
 } from './protocol'
 import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
@@ -77,6 +77,8 @@ export interface FuseFilesystem {
   getxattr (ino: number, name: string): Promise<Buffer>
   listxattr (ino: number): Promise<string[]>
   removexattr (ino: number, name: string): Promise<void>
+  /** An ioctl: its output (at most `outSize` bytes); ENOTTY for one the filesystem does not know. */
+  ioctl? (ino: number, cmd: number, input: Buffer, outSize: number, caller: Caller): Promise<Buffer>
 }
 
 export interface SessionOptions {
@@ -544,6 +546,10 @@ export class FuseSession {
         break
       }
       case 'removexattr': this.answer(call, fs.removexattr(node, req.name), empty); break
+      case 'ioctl':
+        if (!fs.ioctl) this.finish(call, E.ENOTTY)
+        else this.answer(call, fs.ioctl(node, req.cmd, req.input, req.outSize, caller), ioctlOut)
+        break
       default:
         // forget, interrupt and notify_reply are handled before (they get no answer).
         this.finish(call, E.ENOSYS)
