@@ -1,6 +1,6 @@
 // The namespace beyond the POSIX basics, as programs use it (issue 26): open directories that
 // outlive rmdir and rename-over, renameat2's RENAME_EXCHANGE and RENAME_WHITEOUT (with a crash
-// mid-exchange), inode flags (chattr +i / +a), POSIX ACLs, birth time (statx), O_TMPFILE.
+// mid-exchange).
 // Each check runs real programs on a real mount; after each part the unmounted filesystem is
 // checked with `bslfs fsck`.
 import t from 'tap'
@@ -191,98 +191,4 @@ while True:
   const clean = await fsck(m)
   t.same(Object.keys(clean.problems).filter(k => k !== 'orphan object'), [], 'fsck after the remount', { problems: clean.problems })
   await m.mount()
-})
-
-/** Flags lsattr shows for `p` ("i", "a", "ia" or ""). */
-async function lsattr (p: string): Promise<string> {
-  const r = await run('lsattr', ['-d', p])
-  if (r.code !== 0) throw new Error(describeRun(r))
-  return (r.stdout.split(' ')[0] ?? '').replace(/[^ia]/g, '')
-}
-
-async function chattr (t: Test, flags: string, p: string): Promise<void> {
-  const r = await run('chattr', [flags, p])
-  t.equal(r.code, 0, `chattr ${flags} ${p.slice(p.lastIndexOf('/') + 1)}`, { run: describeRun(r) })
-}
-
-t.test('inode flags: chattr +i and +a, enforced for every writer, set only by root', async (t) => {
-  const m = await withMount(t)
-  const d = m.mnt
-  fs.writeFileSync(join(d, 'imm'), 'fixed')
-  fs.writeFileSync(join(d, 'app'), 'log\n')
-  fs.mkdirSync(join(d, 'idir'))
-  fs.writeFileSync(join(d, 'idir/in'), 'x')
-  fs.mkdirSync(join(d, 'adir'))
-  fs.writeFileSync(join(d, 'adir/in'), 'x')
-  t.equal(await lsattr(join(d, 'imm')), '', 'no flags at first')
-  // ext4 lets a handle opened before chattr +a write anywhere; bslfs holds every write to the end.
-  const earlyOverwrite = target === 'native' ? 'OK' : 'EPERM'
-  // Handles opened before the flags are set obey them too.
-  const { results, run: r } = await py(`
-import subprocess
-d = sys.argv[1]
-early, early_app = os.open(d + '/imm', os.O_RDWR), os.open(d + '/app', os.O_RDWR)
-for f, p in (('+i', 'imm'), ('+a', 'app'), ('+i', 'idir'), ('+a', 'adir')):
-    print('chattr' + f + p, subprocess.run(['chattr', f, d + '/' + p]).returncode)
-def write_at(path, flags, data):
-    fd = os.open(path, flags)
-    try: os.write(fd, data)
-    finally: os.close(fd)
-attempt('i_open_write', os.open, d + '/imm', os.O_WRONLY)
-attempt('i_open_read', lambda: os.close(os.open(d + '/imm', os.O_RDONLY)))
-attempt('i_early_write', os.pwrite, early, b'y', 0)
-attempt('i_truncate', os.truncate, d + '/imm', 0)
-attempt('i_unlink', os.unlink, d + '/imm')
-attempt('i_rename', os.rename, d + '/imm', d + '/imm2')
-attempt('i_link', os.link, d + '/imm', d + '/imm3')
-attempt('i_chmod', os.chmod, d + '/imm', 0o600)
-attempt('i_chown', os.chown, d + '/imm', 1, 1)
-attempt('i_utime', os.utime, d + '/imm', (1, 1))
-attempt('i_xattr', os.setxattr, d + '/imm', 'user.k', b'v')
-attempt('i_over', os.rename, d + '/app', d + '/imm')
-attempt('a_open_write', os.open, d + '/app', os.O_WRONLY)
-attempt('a_open_trunc', os.open, d + '/app', os.O_WRONLY | os.O_APPEND | os.O_TRUNC)
-attempt('a_append', write_at, d + '/app', os.O_WRONLY | os.O_APPEND, b'more\\n')
-attempt('a_early_overwrite', os.pwrite, early_app, b'X', 0)
-attempt('a_truncate', os.truncate, d + '/app', 0)
-attempt('a_unlink', os.unlink, d + '/app')
-attempt('a_rename', os.rename, d + '/app', d + '/app2')
-attempt('a_chmod', os.chmod, d + '/app', 0o600)
-attempt('idir_create', os.open, d + '/idir/new', os.O_CREAT | os.O_WRONLY, 0o644)
-attempt('idir_unlink', os.unlink, d + '/idir/in')
-attempt('idir_write_inside', write_at, d + '/idir/in', os.O_WRONLY, b'z')
-attempt('adir_create', lambda: os.close(os.open(d + '/adir/new', os.O_CREAT | os.O_WRONLY, 0o644)))
-attempt('adir_unlink', os.unlink, d + '/adir/in')
-attempt('adir_rename_out', os.rename, d + '/adir/in', d + '/moved')
-os.close(early)
-os.close(early_app)
-`, [d])
-  t.same(results, {
-    'chattr+iimm': '0', 'chattr+aapp': '0', 'chattr+iidir': '0', 'chattr+aadir': '0',
-    i_open_write: 'EPERM', i_open_read: 'OK', i_early_write: 'EPERM', i_truncate: 'EPERM', i_unlink: 'EPERM', i_rename: 'EPERM', i_link: 'EPERM',
-    i_chmod: 'EPERM', i_chown: 'EPERM', i_utime: 'EPERM', i_xattr: 'EPERM', i_over: 'EPERM',
-    a_open_write: 'EPERM', a_open_trunc: 'EPERM', a_append: 'OK', a_early_overwrite: earlyOverwrite, a_truncate: 'EPERM', a_unlink: 'EPERM', a_rename: 'EPERM', a_chmod: 'EPERM',
-    idir_create: 'EPERM', idir_unlink: 'EPERM', idir_write_inside: 'OK', adir_create: 'OK', adir_unlink: 'EPERM', adir_rename_out: 'EPERM'
-  }, 'immutable and append-only as on ext4', { run: describeRun(r) })
-  t.equal(await lsattr(join(d, 'imm')), 'i', 'lsattr shows immutable')
-  t.equal(await lsattr(join(d, 'app')), 'a', 'lsattr shows append-only')
-  t.equal(fs.readFileSync(join(d, 'imm'), 'utf8'), 'fixed', 'the immutable file is unchanged')
-  t.equal(fs.readFileSync(join(d, 'app'), 'utf8'), earlyOverwrite === 'OK' ? 'Xog\nmore\n' : 'log\nmore\n', 'the append-only file only grew at its end')
-  // Only root (CAP_LINUX_IMMUTABLE) sets or clears them.
-  fs.writeFileSync(join(d, 'mine'), 'x')
-  fs.chownSync(join(d, 'mine'), 65534, 65534)
-  const user = await run('chattr', ['+i', join(d, 'mine')], { uid: 65534, gid: 65534 })
-  t.not(user.code, 0, 'an unprivileged owner cannot set immutable', { run: describeRun(user) })
-  t.equal(await lsattr(join(d, 'mine')), '', 'and nothing was set')
-  const clear = await run('chattr', ['-i', join(d, 'imm')], { uid: 65534, gid: 65534 })
-  t.not(clear.code, 0, 'nor clear it')
-  await fsckClean(t, m, 'with flags set')
-  t.equal(await lsattr(join(d, 'imm')), 'i', 'the flags outlive a remount')
-  t.equal(await lsattr(join(d, 'app')), 'a')
-  for (const [f, p] of [['-i', 'imm'], ['-a', 'app'], ['-i', 'idir'], ['-a', 'adir']]) await chattr(t, f!, join(d, p!))
-  fs.writeFileSync(join(d, 'imm'), 'free')
-  fs.unlinkSync(join(d, 'app'))
-  fs.unlinkSync(join(d, 'adir/in'))
-  fs.writeFileSync(join(d, 'idir/new'), 'ok')
-  t.equal(fs.readFileSync(join(d, 'imm'), 'utf8'), 'free', 'cleared, the files are writable and removable again')
 })

@@ -68,7 +68,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
       const all = [...(await state.volumes.space()).values()].filter((s): s is { total: number, free: number, available: number } => !(s instanceof Error))
       return all.reduce((a, s) => ({ total: a.total + s.total, free: a.free + s.free, available: a.available + s.available }), { total: 0, free: 0, available: 0 })
     }
-  }, options.readOnly, options.overrides)
+  }, options.readOnly, options.overrides, { posixAcl: options.session.posixAcl })
   try {
     // What a crash left: inodes unlinked while open, blocks queued for reclaim.
     const orphans = await state.dir.purgeOrphans()

@@ -19,6 +19,7 @@ import { BlockRecord, Inode, ROOT_INO, decodeJSON, encodeInode, encodeJSON, keys
 import * as tables from './tables'
 import { UsageCounters } from './usage'
 import { Xattrs, inodesWithXattrs } from './xattrs'
+import { chmodAcls, setAcl } from './acl'
 import { DIRECTORY_FORMAT_VERSION, formatTooNew } from '../format-version'
 
 // The directory's parts, by job (each file says what it keeps):
@@ -281,6 +282,10 @@ export class Directory {
   }
 
   removeXattr (ino: number, name: string, now = nowTimespec()): Promise<void> { return this.xattrs.remove(ino, name, now) }
+  /** Set (value null: remove) a POSIX ACL xattr; an access ACL sets the mode in the same transaction (acl.ts). */
+  setAcl (ino: number, name: string, value: Buffer | null, flags = 0, now = nowTimespec()): Promise<void> { return setAcl(this.ns, ino, name, value, flags, now) }
+  /** After a chmod: the access ACL follows the mode. */
+  chmodAcls (ino: number, mode: number): Promise<void> { return chmodAcls(this.ns, ino, mode) }
 
   // ---- the reclaim queue (queues.ts) ---------------------------------------
 

@@ -2,6 +2,7 @@ import { FsError } from '../errors'
 import { S_IFCHR, S_ISGID, isDir } from '../posix/modes'
 import { Timespec, nowTimespec } from '../posix/time'
 import { Change } from './changes'
+import { inheritAcls } from './acl'
 import { IdReservations } from './ids'
 import { checkCanAdd, checkCanRemove, checkMovable, checkNewFlags } from './inode-flags'
 import { KvStore, KvTxn } from './kv'
@@ -25,6 +26,10 @@ export interface NewNode {
   gid: number
   rdev?: number
   target?: string
+  /** The creator's umask, where the kernel left it to the filesystem (FUSE_DONT_MASK): applied unless a default ACL rules. */
+  umask?: number
+  /** Inherit the directory's default ACL (POSIX ACLs on). */
+  acl?: boolean
 }
 
 /** Attributes that change without the namespace changing: setAttrs, and a file's writes through an open handle. */
@@ -242,6 +247,8 @@ export class Namespace implements WriterHost {
       }
       if (isDir(mode)) inode.parent = parent
       if (node.target !== undefined) inode.target = node.target
+      if (node.acl) inode.mode = await inheritAcls(w, this, dir, inode, node.umask)
+      else if (node.umask !== undefined && !node.target) inode.mode &= ~(node.umask & 0o777)
       w.putInode(inode)
       w.putEntry(parent, name, inode)
       w.putInode({ ...dir, nlink: dir.nlink + (isDir(mode) ? 1 : 0), mtime: now, ctime: now })

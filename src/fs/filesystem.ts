@@ -7,6 +7,7 @@ import { Attr, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, StatFs } from
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
+import { isAclName } from '../directory/acl'
 import { FS_APPEND_FL, FS_IMMUTABLE_FL, checkChangeable, checkMovable, isAppendOnly } from '../directory/inode-flags'
 
 const PATH_MAX = 4096
@@ -39,12 +40,14 @@ export interface AttrOverrides { uid?: number, gid?: number, umask?: number }
 /**
  * Attributes bslfs does not keep, answered "not supported" so that ls -l and
  * cp -a stop asking after the first file instead of asking for every one:
- * POSIX ACLs (system.*; not enforced, as ext4 mounted with noacl), and SELinux
- * labels (a FUSE mount's files take their context from the mount, never from
- * an xattr). Not ENOSYS: that would make the kernel stop asking for any xattr.
+ * POSIX ACLs when mounted with noacl (system.*, as ext4 mounted so), other
+ * system.* names, and SELinux labels (a FUSE mount's files take their context
+ * from the mount, never from an xattr). Not ENOSYS: that would make the kernel
+ * stop asking for any xattr.
  */
-function unsupportedXattr (name: string): void {
-  if (name.startsWith('system.')) throw new FsError('EOPNOTSUPP', `${name}: ACLs are not supported`)
+function unsupportedXattr (name: string, acl: boolean): void {
+  if (acl && isAclName(name)) return
+  if (name.startsWith('system.')) throw new FsError('EOPNOTSUPP', `${name}: ${acl ? 'not a POSIX ACL' : 'ACLs are off (mounted with noacl)'}`)
   if (name === 'security.selinux') throw new FsError('EOPNOTSUPP', `${name}: SELinux labels are not stored`)
 }
 
@@ -82,7 +85,12 @@ export class BslFilesystem implements FuseFilesystem {
   private nextFh = 1
 
   constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource,
-    readonly readOnly = false, private readonly overrides: AttrOverrides = {}) {}
+    readonly readOnly = false, private readonly overrides: AttrOverrides = {}, opts: { posixAcl?: boolean } = {}) {
+    this.acl = opts.posixAcl !== false
+  }
+
+  /** POSIX ACLs on (the session asks the kernel to enforce them): stored, inherited, kept in step with the mode. */
+  private readonly acl: boolean
 
   toAttr (inode: Inode): Attr {
     const dir = isDir(inode.mode)
@@ -163,13 +171,13 @@ export class BslFilesystem implements FuseFilesystem {
     const type = mode & S_IFMT
     if (![S_IFREG, S_IFIFO, S_IFCHR, S_IFBLK, S_IFSOCK].includes(type)) throw new FsError('EINVAL', `cannot mknod type ${type.toString(8)}`)
     return this.toAttr(await this.dir.createNode(parent, name, {
-      mode: type | (mode & 0o7777), uid: caller.uid, gid: caller.gid, rdev: type === S_IFCHR || type === S_IFBLK ? rdev : 0
+      mode: type | (mode & 0o7777), uid: caller.uid, gid: caller.gid, rdev: type === S_IFCHR || type === S_IFBLK ? rdev : 0, umask: caller.umask, acl: this.acl
     }))
   }
 
   async mkdir (parent: number, name: string, mode: number, caller: Caller): Promise<Attr> {
     this.writable()
-    return this.toAttr(await this.dir.createNode(parent, name, { mode: S_IFDIR | (mode & 0o7777), uid: caller.uid, gid: caller.gid }))
+    return this.toAttr(await this.dir.createNode(parent, name, { mode: S_IFDIR | (mode & 0o7777), uid: caller.uid, gid: caller.gid, umask: caller.umask, acl: this.acl }))
   }
 
   async symlink (parent: number, name: string, target: string, caller: Caller): Promise<Attr> {
@@ -254,6 +262,7 @@ export class BslFilesystem implements FuseFilesystem {
     if (set.mtime !== undefined) patch.mtime = set.mtime === 'now' ? now : set.mtime
     if (file) file.setAttrs(patch)
     else await this.dir.setAttrs(ino, patch)
+    if (this.acl && set.mode !== undefined) await this.dir.chmodAcls(ino, mode)
   }
 
   private async truncate (ino: number, size: number, h: FileHandle | undefined): Promise<void> {
@@ -273,7 +282,7 @@ export class BslFilesystem implements FuseFilesystem {
 
   async create (parent: number, name: string, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }> {
     this.writable()
-    const inode = await this.dir.createNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: caller.uid, gid: caller.gid })
+    const inode = await this.dir.createNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: caller.uid, gid: caller.gid, umask: caller.umask, acl: this.acl })
     const fh = this.newFh()
     this.handles.set(fh, { ino: inode.ino, file: await this.files.acquire(inode.ino, true), writable: (flags & O_ACCMODE) !== O_RDONLY })
     return { attr: this.toAttr(inode), fh }
@@ -412,7 +421,8 @@ export class BslFilesystem implements FuseFilesystem {
   // ---- extended attributes ---------------------------------------------------
 
   private checkXattrName (name: string): void {
-    unsupportedXattr(name)
+    unsupportedXattr(name, this.acl)
+    if (isAclName(name)) return
     // As on ext4, only the user, trusted and security namespaces exist.
     if (!/^(user|trusted|security)\./.test(name)) throw new FsError('EOPNOTSUPP', `${name}: unknown xattr namespace`)
     if (name.length === 0 || Buffer.byteLength(name) > 255) throw new FsError('ERANGE', 'bad xattr name length')
@@ -422,11 +432,12 @@ export class BslFilesystem implements FuseFilesystem {
     this.writable()
     this.checkXattrName(name)
     checkMovable(await this.dir.getInode(ino))
-    await this.dir.setXattr(ino, name, value, flags)
+    if (isAclName(name)) await this.dir.setAcl(ino, name, value, flags)
+    else await this.dir.setXattr(ino, name, value, flags)
   }
 
   async getxattr (ino: number, name: string): Promise<Buffer> {
-    unsupportedXattr(name)
+    unsupportedXattr(name, this.acl)
     return await this.dir.getXattr(ino, name)
   }
 
@@ -438,7 +449,8 @@ export class BslFilesystem implements FuseFilesystem {
     this.writable()
     this.checkXattrName(name)
     checkMovable(await this.dir.getInode(ino))
-    await this.dir.removeXattr(ino, name)
+    if (isAclName(name)) await this.dir.setAcl(ino, name, null)
+    else await this.dir.removeXattr(ino, name)
   }
 
   // ---- ioctl ------------------------------------------------------------------

@@ -67,12 +67,14 @@ export const Op = {
 export const Init = {
   ASYNC_READ: 1 << 0,
   ATOMIC_O_TRUNC: 1 << 3,
+  DONT_MASK: 1 << 6,
   BIG_WRITES: 1 << 5,
   DO_READDIRPLUS: 1 << 13,
   ASYNC_DIO: 1 << 15,
   PARALLEL_DIROPS: 1 << 18,
   ABORT_ERROR: 1 << 21,
   MAX_PAGES: 1 << 22,
+  POSIX_ACL: 1 << 20,
   CACHE_SYMLINKS: 1 << 23
 } as const
 

@@ -64,14 +64,14 @@ export type FuseRequest =
   | { op: 'setattr', set: SetAttr }
   | { op: 'readlink' }
   | { op: 'symlink', name: string, target: string }
-  | { op: 'mknod', name: string, mode: number, rdev: number }
-  | { op: 'mkdir', name: string, mode: number }
+  | { op: 'mknod', name: string, mode: number, rdev: number, umask: number }
+  | { op: 'mkdir', name: string, mode: number, umask: number }
   | { op: 'unlink', name: string }
   | { op: 'rmdir', name: string }
   | { op: 'rename', name: string, newParent: number, newName: string, flags: number }
   | { op: 'link', ino: number, newName: string }
   | { op: 'open', flags: number }
-  | { op: 'create', name: string, mode: number, flags: number }
+  | { op: 'create', name: string, mode: number, flags: number, umask: number }
   | { op: 'read', fh: number, offset: number, size: number }
   /** `data` is a view of the request buffer (a write's data is never copied). */
   | { op: 'write', fh: number, offset: number, data: Buffer }
@@ -208,15 +208,15 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
     const link = nameAt(b, 0, 'symlink')
     return { op: 'symlink', name: link.text, target: name(b, link.next, 'symlink') }
   })],
-  [Op.MKNOD, kind('mknod', MKNOD_IN + NAME, b => ({ op: 'mknod', name: name(b, MKNOD_IN, 'mknod'), mode: b.readUInt32LE(0), rdev: b.readUInt32LE(4) }))],
-  [Op.MKDIR, kind('mkdir', MKDIR_IN + NAME, b => ({ op: 'mkdir', name: name(b, MKDIR_IN, 'mkdir'), mode: b.readUInt32LE(0) }))],
+  [Op.MKNOD, kind('mknod', MKNOD_IN + NAME, b => ({ op: 'mknod', name: name(b, MKNOD_IN, 'mknod'), mode: b.readUInt32LE(0), rdev: b.readUInt32LE(4), umask: b.readUInt32LE(8) }))],
+  [Op.MKDIR, kind('mkdir', MKDIR_IN + NAME, b => ({ op: 'mkdir', name: name(b, MKDIR_IN, 'mkdir'), mode: b.readUInt32LE(0), umask: b.readUInt32LE(4) }))],
   [Op.UNLINK, kind('unlink', NAME, b => ({ op: 'unlink', name: name(b, 0, 'unlink') }))],
   [Op.RMDIR, kind('rmdir', NAME, b => ({ op: 'rmdir', name: name(b, 0, 'rmdir') }))],
   [Op.RENAME, kind('rename', RENAME_IN + 2 * NAME, b => rename(b, RENAME_IN, 0))],
   [Op.RENAME2, kind('rename2', RENAME2_IN + 2 * NAME, b => rename(b, RENAME2_IN, b.readUInt32LE(8)))],
   [Op.LINK, kind('link', LINK_IN + NAME, b => ({ op: 'link', ino: u64(b, 0), newName: name(b, LINK_IN, 'link') }))],
   [Op.OPEN, kind('open', OPEN_IN, b => ({ op: 'open', flags: b.readUInt32LE(0) }))],
-  [Op.CREATE, kind('create', CREATE_IN + NAME, b => ({ op: 'create', name: name(b, CREATE_IN, 'create'), mode: b.readUInt32LE(4), flags: b.readUInt32LE(0) }))],
+  [Op.CREATE, kind('create', CREATE_IN + NAME, b => ({ op: 'create', name: name(b, CREATE_IN, 'create'), mode: b.readUInt32LE(4), flags: b.readUInt32LE(0), umask: b.readUInt32LE(8) }))],
   [Op.READ, kind('read', READ_IN, b => ({ op: 'read', fh: u64(b, 0), offset: u64(b, 8), size: b.readUInt32LE(16) }))],
   [Op.WRITE, kind('write', WRITE_IN, write)],
   [Op.FLUSH, kind('flush', FLUSH_IN, b => ({ op: 'flush', fh: u64(b, 0) }))],

@@ -19,7 +19,13 @@ const log = events.debug
 const E = constants.errno
 
 /** Who asks: the calling process, as the kernel reports it. */
-export interface Caller { uid: number, gid: number, pid: number }
+export interface Caller {
+  uid: number
+  gid: number
+  pid: number
+  /** mknod, mkdir, create: the creator's umask, which the filesystem applies (FUSE_DONT_MASK) unless a default ACL rules. */
+  umask?: number
+}
 
 /** One entry of a directory listing; `attr` is there for READDIRPLUS (its absence: no attributes). */
 export interface DirItem { name: string, ino: number, mode: number, attr?: Attr }
@@ -96,6 +102,8 @@ export interface SessionOptions {
   maxReadahead: number
   /** Use READDIRPLUS: listings carry attributes, so `ls -l` needs no lookup per name. */
   readdirPlus: boolean
+  /** POSIX ACLs: the kernel enforces them (FUSE_POSIX_ACL) and leaves the umask to the filesystem (FUSE_DONT_MASK). */
+  posixAcl: boolean
 }
 
 export const DEFAULT_SESSION: SessionOptions = {
@@ -106,7 +114,8 @@ export const DEFAULT_SESSION: SessionOptions = {
   directIo: false,
   maxWrite: 1 << 20,
   maxReadahead: KERNEL_READ_AHEAD_BYTES,
-  readdirPlus: true
+  readdirPlus: true,
+  posixAcl: true
 }
 
 /** Requests handled per wake-up before the loop serves other callbacks (device completions). */
@@ -503,15 +512,15 @@ export class FuseSession {
       case 'setattr': this.answer(call, fs.setattr(node, req.set, caller), attr); break
       case 'readlink': this.answer(call, fs.readlink(node), t => Buffer.from(t)); break
       case 'symlink': this.answer(call, fs.symlink(node, req.name, req.target, caller), entry); break
-      case 'mknod': this.answer(call, fs.mknod(node, req.name, req.mode, req.rdev, caller), entry); break
-      case 'mkdir': this.answer(call, fs.mkdir(node, req.name, req.mode, caller), entry); break
+      case 'mknod': this.answer(call, fs.mknod(node, req.name, req.mode, req.rdev, { ...caller, umask: req.umask }), entry); break
+      case 'mkdir': this.answer(call, fs.mkdir(node, req.name, req.mode, { ...caller, umask: req.umask }), entry); break
       case 'unlink': this.answer(call, fs.unlink(node, req.name), empty); break
       case 'rmdir': this.answer(call, fs.rmdir(node, req.name), empty); break
       case 'rename': this.answer(call, fs.rename(node, req.name, req.newParent, req.newName, req.flags, caller), empty); break
       case 'link': this.answer(call, fs.link(req.ino, node, req.newName), entry); break
       case 'open': this.answer(call, fs.open(node, req.flags), fh => openOut(fh, this.openFlags())); break
       case 'create':
-        this.answer(call, fs.create(node, req.name, req.mode, req.flags, caller), r => [entry(r.attr), openOut(r.fh, this.openFlags())])
+        this.answer(call, fs.create(node, req.name, req.mode, req.flags, { ...caller, umask: req.umask }), r => [entry(r.attr), openOut(r.fh, this.openFlags())])
         break
       case 'read': this.answer(call, fs.read(node, req.fh, req.offset, req.size, signal), pieces => pieces); break
       case 'write': {
@@ -566,7 +575,7 @@ export class FuseSession {
       events.error('the kernel speaks FUSE %d.%d; bslfs needs 7.%d or newer', k.major, k.minor, MIN_KERNEL_MINOR)
       return this.finish(call, E.EPROTO)
     }
-    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0)
+    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0) | (this.opts.posixAcl ? Init.POSIX_ACL | Init.DONT_MASK : 0)
     const flags = k.flags & wanted
     const maxWrite = this.opts.maxWrite
     this.bufferBytes = maxWrite + 4096
