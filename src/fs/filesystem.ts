@@ -107,7 +107,8 @@ export class BslFilesystem implements FuseFilesystem {
       uid: o.uid ?? inode.uid,
       gid: o.gid ?? inode.gid,
       rdev: inode.rdev,
-      blksize: 4096
+      blksize: 4096,
+      btime: inode.btime
     }
   }
 

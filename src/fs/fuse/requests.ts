@@ -61,6 +61,8 @@ export type FuseRequest =
   | { op: 'notify_reply' }
   | { op: 'lookup', name: string }
   | { op: 'getattr', fh: number | undefined }
+  /** statx beyond stat (STATX_BTIME): answered from the same attributes. */
+  | { op: 'statx', fh: number | undefined }
   | { op: 'setattr', set: SetAttr }
   | { op: 'readlink' }
   | { op: 'symlink', name: string, target: string }
@@ -118,6 +120,7 @@ const GETXATTR_IN = 8
 const INIT_IN = 16
 const INTERRUPT_IN = 8
 const IOCTL_IN = 32
+const STATX_IN = 24
 /** A name: at least its NUL. */
 const NAME = 1
 
@@ -233,6 +236,7 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
   [Op.LISTXATTR, kind('listxattr', GETXATTR_IN, b => ({ op: 'listxattr', size: b.readUInt32LE(0) }))],
   [Op.REMOVEXATTR, kind('removexattr', NAME, b => ({ op: 'removexattr', name: name(b, 0, 'removexattr') }))],
   [Op.IOCTL, kind('ioctl', IOCTL_IN, ioctl)],
+  [Op.STATX, kind('statx', STATX_IN, b => ({ op: 'statx', fh: b.readUInt32LE(0) & GETATTR_FH ? u64(b, 8) : undefined }))],
   // Not implemented, and the kernel copes: ACCESS (default_permissions: the kernel checks), locks
   // (the kernel keeps them locally), BMAP, POLL, FALLOCATE, LSEEK, COPY_FILE_RANGE.
   [Op.ACCESS, kind('access', 0)],

@@ -8,7 +8,7 @@ import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
   MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
-  notifyInvalEntry, notifyInvalInode, ioctlOut
+  notifyInvalEntry, notifyInvalInode, ioctlOut, statxOut
 } from './protocol'
 import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
@@ -509,6 +509,7 @@ export class FuseSession {
         this.answer(call, fs.lookup(node, req.name), a => a ? entry(a) : entryOut(0, null, this.opts.negativeTimeout, 0))
         break
       case 'getattr': this.answer(call, fs.getattr(node, req.fh), attr); break
+      case 'statx': this.answer(call, fs.getattr(node, req.fh), a => statxOut(a, this.opts.attrTimeout)); break
       case 'setattr': this.answer(call, fs.setattr(node, req.set, caller), attr); break
       case 'readlink': this.answer(call, fs.readlink(node), t => Buffer.from(t)); break
       case 'symlink': this.answer(call, fs.symlink(node, req.name, req.target, caller), entry); break
