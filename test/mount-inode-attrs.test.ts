@@ -263,3 +263,47 @@ t.test('birth time: statx reports it, set once at creation, kept across renames 
   await fsckClean(t, m, 'with birth times')
   t.equal(await statFmt('%w', join(d, 'g')), born, 'the birth time outlives a remount')
 })
+
+t.test('O_TMPFILE: an unnamed file that goes with its last close unless linked; O_EXCL forbids linking', async (t) => {
+  const m = await mounted()
+  const d = join(m.mnt, 'tmpfile')
+  fs.mkdirSync(d)
+  const { results, run: r } = await py(`
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = -100, 0x400, 0x1000
+def linkat(fd, name, how):
+    src = b'' if how == 'empty' else ('/proc/self/fd/%d' % fd).encode()
+    if libc.linkat(fd if how == 'empty' else AT_FDCWD, src, AT_FDCWD, name.encode(), AT_EMPTY_PATH if how == 'empty' else AT_SYMLINK_FOLLOW) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+d = sys.argv[1]
+os.umask(0o022)
+fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o666)
+os.write(fd, b'journal entry')
+st = os.fstat(fd)
+print('nlink', st.st_nlink)
+print('mode', oct(st.st_mode & 0o777))
+print('unnamed', len(os.listdir(d)))
+attempt('link_proc', linkat, fd, d + '/via-proc', 'proc')
+os.close(fd)
+fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600)
+os.write(fd, b'second')
+attempt('link_empty', linkat, fd, d + '/via-empty', 'empty')
+os.close(fd)
+fd = os.open(d, os.O_TMPFILE | os.O_WRONLY | os.O_EXCL, 0o600)
+attempt('link_excl', linkat, fd, d + '/never', 'proc')
+os.close(fd)
+fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600)
+os.write(fd, b'x' * 100000)
+os.close(fd)
+print('names', ','.join(sorted(os.listdir(d))))
+print('nlink_after', os.stat(d + '/via-proc').st_nlink)
+`, [d])
+  t.same(results, { nlink: '0', mode: '0o644', unnamed: '0', link_proc: 'OK', link_empty: 'OK', link_excl: 'ENOENT', names: 'via-empty,via-proc', nlink_after: '1' },
+    'O_TMPFILE as on ext4', { run: describeRun(r) })
+  t.equal(fs.readFileSync(join(d, 'via-proc'), 'utf8'), 'journal entry', 'the linked file holds what was written before its name')
+  t.equal(fs.readFileSync(join(d, 'via-empty'), 'utf8'), 'second')
+  const rep = await fsckClean(t, m, 'after temporary files')
+  if (rep) t.equal(rep.problems['orphan object'] ?? 0, 0, 'the unlinked temporary file left no block behind')
+})

@@ -30,6 +30,8 @@ export interface NewNode {
   umask?: number
   /** Inherit the directory's default ACL (POSIX ACLs on). */
   acl?: boolean
+  /** O_TMPFILE: no name, no link; kept as an orphan (O key) until linked, or freed with its last close. */
+  unnamed?: boolean
 }
 
 /** Attributes that change without the namespace changing: setAttrs, and a file's writes through an open handle. */
@@ -225,14 +227,14 @@ export class Namespace implements WriterHost {
 
   /** Create a file, directory, symlink or special node named `name` in `parent`. */
   async createNode (parent: number, name: string, node: NewNode, now = nowTimespec()): Promise<Inode> {
-    checkName(name)
+    if (!node.unnamed) checkName(name)
     await this.ids.prepareIno()
     return this.write(async w => {
       const dir = await w.inode(parent)
       if (!isDir(dir.mode)) throw new FsError('ENOTDIR', `inode ${parent}`)
       if (dir.nlink === 0) throw new FsError('ENOENT', 'the directory was removed')
       checkCanAdd(dir)
-      if (await w.lookup(parent, name) !== undefined) throw new FsError('EEXIST', name)
+      if (!node.unnamed && await w.lookup(parent, name) !== undefined) throw new FsError('EEXIST', name)
       const ino = await this.ids.takeIno(w.tx)
       let { mode, gid } = node
       // A setgid directory hands its group to what is made in it, and its setgid bit to subdirectories.
@@ -249,6 +251,13 @@ export class Namespace implements WriterHost {
       if (node.target !== undefined) inode.target = node.target
       if (node.acl) inode.mode = await inheritAcls(w, this, dir, inode, node.umask)
       else if (node.umask !== undefined && !node.target) inode.mode &= ~(node.umask & 0o777)
+      if (node.unnamed) {
+        inode.nlink = 0
+        w.putInode(inode)
+        w.tx.put(keys.orphan(ino), Buffer.alloc(0))
+        w.addUsage(1, 0)
+        return inode
+      }
       w.putInode(inode)
       w.putEntry(parent, name, inode)
       w.putInode({ ...dir, nlink: dir.nlink + (isDir(mode) ? 1 : 0), mtime: now, ctime: now })

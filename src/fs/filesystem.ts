@@ -289,6 +289,14 @@ export class BslFilesystem implements FuseFilesystem {
     return { attr: this.toAttr(inode), fh }
   }
 
+  async tmpfile (parent: number, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }> {
+    this.writable()
+    const inode = await this.dir.createNode(parent, '', { mode: S_IFREG | (mode & 0o7777), uid: caller.uid, gid: caller.gid, umask: caller.umask, acl: this.acl, unnamed: true })
+    const fh = this.newFh()
+    this.handles.set(fh, { ino: inode.ino, file: await this.files.acquire(inode.ino, true), writable: (flags & O_ACCMODE) !== O_RDONLY })
+    return { attr: this.toAttr(inode), fh }
+  }
+
   async open (ino: number, flags: number): Promise<number> {
     const inode = await this.dir.getInode(ino)
     if (isDir(inode.mode)) throw new FsError('EISDIR', `inode ${ino}`)

@@ -62,7 +62,9 @@ export const Op = {
   LSEEK: 46,
   COPY_FILE_RANGE: 47,
   /** 7.39; the kernel asks for it whenever statx wants more than stat gives (STATX_BTIME), whatever minor was agreed. */
-  STATX: 52
+  STATX: 52,
+  /** 7.37: open(dir, O_TMPFILE); the kernel sends it whatever minor was agreed, and takes ENOSYS as "not supported". */
+  TMPFILE: 51
 } as const
 
 /** INIT flags (fuse_init_in.flags / fuse_init_out.flags). */

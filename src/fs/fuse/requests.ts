@@ -74,6 +74,8 @@ export type FuseRequest =
   | { op: 'link', ino: number, newName: string }
   | { op: 'open', flags: number }
   | { op: 'create', name: string, mode: number, flags: number, umask: number }
+  /** O_TMPFILE: an unnamed file in the directory, open (the name the kernel sends is a placeholder). */
+  | { op: 'tmpfile', mode: number, flags: number, umask: number }
   | { op: 'read', fh: number, offset: number, size: number }
   /** `data` is a view of the request buffer (a write's data is never copied). */
   | { op: 'write', fh: number, offset: number, data: Buffer }
@@ -236,6 +238,7 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
   [Op.LISTXATTR, kind('listxattr', GETXATTR_IN, b => ({ op: 'listxattr', size: b.readUInt32LE(0) }))],
   [Op.REMOVEXATTR, kind('removexattr', NAME, b => ({ op: 'removexattr', name: name(b, 0, 'removexattr') }))],
   [Op.IOCTL, kind('ioctl', IOCTL_IN, ioctl)],
+  [Op.TMPFILE, kind('tmpfile', CREATE_IN, b => ({ op: 'tmpfile', mode: b.readUInt32LE(4), flags: b.readUInt32LE(0), umask: b.readUInt32LE(8) }))],
   [Op.STATX, kind('statx', STATX_IN, b => ({ op: 'statx', fh: b.readUInt32LE(0) & GETATTR_FH ? u64(b, 8) : undefined }))],
   // Not implemented, and the kernel copes: ACCESS (default_permissions: the kernel checks), locks
   // (the kernel keeps them locally), BMAP, POLL, FALLOCATE, LSEEK, COPY_FILE_RANGE.

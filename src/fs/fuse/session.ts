@@ -57,6 +57,8 @@ export interface FuseFilesystem {
   link (ino: number, newParent: number, newName: string): Promise<Attr>
   open (ino: number, flags: number): Promise<number>
   create (parent: number, name: string, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }>
+  /** open(parent, O_TMPFILE): a file without a name, open; it goes with its last close unless linked. */
+  tmpfile? (parent: number, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }>
   /**
    * Up to `size` bytes at `offset`, fewer only at the end of the file, as
    * pieces that are written to the kernel as they are (no copy): each must
@@ -522,6 +524,10 @@ export class FuseSession {
       case 'open': this.answer(call, fs.open(node, req.flags), fh => openOut(fh, this.openFlags())); break
       case 'create':
         this.answer(call, fs.create(node, req.name, req.mode, req.flags, { ...caller, umask: req.umask }), r => [entry(r.attr), openOut(r.fh, this.openFlags())])
+        break
+      case 'tmpfile':
+        if (!fs.tmpfile) this.finish(call, E.ENOSYS)
+        else this.answer(call, fs.tmpfile(node, req.mode, req.flags, { ...caller, umask: req.umask }), r => [entry(r.attr), openOut(r.fh, this.openFlags())])
         break
       case 'read': this.answer(call, fs.read(node, req.fh, req.offset, req.size, signal), pieces => pieces); break
       case 'write': {
