@@ -146,6 +146,9 @@ print('rdev', st.st_rdev)
 t.test('a crash in the middle of exchanges leaves one state or the other, and fsck clean', { skip: target !== 'bslfs' && 'bslfs only' }, async (t) => {
   const m = await withMount(t)
   const d = m.mnt
+  await m.unmount()
+  const inodesBefore = (await fsck(m)).inodes
+  await m.mount()
   fs.mkdirSync(join(d, 'l/one'), { recursive: true })
   fs.writeFileSync(join(d, 'l/one/tag'), 'one')
   fs.mkdirSync(join(d, 'r'))
@@ -161,7 +164,15 @@ while True:
         if e in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO): break
         raise OSError(e, os.strerror(e))
     n += 1
-    if n == 200: open(d + '/../started', 'w').close()
+    if n == 200:
+        # Held open at the crash: a removed directory and an unnamed temporary file with data.
+        os.mkdir(d + '/doomed')
+        held = os.open(d + '/doomed', os.O_RDONLY | os.O_DIRECTORY)
+        os.rmdir(d + '/doomed')
+        tmp = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o600)
+        os.write(tmp, b'unnamed' * 1000)
+        os.fsync(tmp)
+        open(d + '/../started', 'w').close()
 `)
   const swapper = run(PYTHON, [script, d], { timeout: 60_000 })
   t.ok(await waitFor(() => fs.existsSync(join(m.base, 'started')), 30_000), 'the exchanges run')
@@ -173,6 +184,7 @@ while True:
   t.not(sw.stderr.includes('Traceback'), true, 'the swapper stopped on the dead mount', { run: describeRun(sw) })
   const rep = await fsck(m)
   t.same(Object.keys(rep.problems).filter(k => k !== 'orphan object'), [], 'fsck after the crash finds no namespace problem', { problems: rep.problems, first: rep.first })
+  t.equal(rep.openOrphans, 2, 'the removed directory and the temporary file wait, unlinked, for the next mount')
   const r = await bslfs(['mount', m.state, m.mnt], { timeout: 60_000 })
   if (r.code !== 0 || !(await waitFor(() => isMounted(m.mnt), 10_000))) throw new Error(`mount after the crash failed:\n${describeRun(r)}`)
   t.equal(mountCount(m.mnt), 1)
@@ -190,5 +202,7 @@ while True:
   await m.unmount()
   const clean = await fsck(m)
   t.same(Object.keys(clean.problems).filter(k => k !== 'orphan object'), [], 'fsck after the remount', { problems: clean.problems })
+  t.equal(clean.openOrphans, 0, 'the mount freed what the crash left unlinked')
+  t.equal(clean.inodes, inodesBefore + 5, 'no row of theirs is left (l, l/one, l/one/tag, r, r/two are all there is)')
   await m.mount()
 })
