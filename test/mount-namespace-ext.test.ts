@@ -44,9 +44,16 @@ def renameat2(a, b, flags):
 NOREPLACE, EXCHANGE, WHITEOUT = 1, 2, 4
 `
 
+/** One mount for the parts that need no crash (each works in its own directory): a mount costs seconds. */
+let shared: Mount | undefined
+async function mounted (): Promise<Mount> {
+  shared ??= await withMount(t)
+  return shared
+}
+
 t.test('an open directory keeps its attributes after rmdir and rename-over, until its last handle closes', async (t) => {
-  const m = await withMount(t)
-  const before = target === 'bslfs' ? await fsckClean(t, m, 'before') : undefined
+  const m = await mounted()
+  fs.mkdirSync(join(m.mnt, 'opendirs'))
   const { results, run: r } = await py(`
 d = sys.argv[1]
 os.mkdir(d + '/gone')
@@ -81,18 +88,20 @@ os.rmdir(d + '/e/inner')
 os.close(fd3)
 os.rmdir(d + '/e')
 print('done', 'yes')
-`, [m.mnt])
+`, [join(m.mnt, 'opendirs')])
   t.same(results, {
     rmdir_isdir: 'True', rmdir_nlink: '0', rmdir_entries: '0', rmdir_ls_dot: '0', rmdir_create: 'ENOENT', rmdir_mkdir: 'ENOENT',
     rmdir_name: 'False', over_same: 'True', over_nlink: '0', over_entries: '0', over_new: 'True', closed_stat: 'True', done: 'yes'
   }, 'fstat, readdir and fchdir work on the removed directory, as on ext4', { run: describeRun(r) })
   const after = await fsckClean(t, m, 'after the handles closed')
-  if (before && after) t.equal(after.inodes, before.inodes, 'the removed directories\' rows are gone')
+  // The first part on a fresh filesystem: the root and opendirs are all that is left.
+  if (after) t.equal(after.inodes, 2, 'the removed directories\' rows are gone')
 })
 
 t.test('renameat2 RENAME_EXCHANGE swaps files and directories atomically', async (t) => {
-  const m = await withMount(t)
-  const d = m.mnt
+  const m = await mounted()
+  const d = join(m.mnt, 'exchange')
+  fs.mkdirSync(d)
   fs.mkdirSync(join(d, 'p1/x/sub'), { recursive: true })
   fs.writeFileSync(join(d, 'p1/x/sub/file'), 'in x')
   fs.mkdirSync(join(d, 'p2'))
@@ -123,13 +132,14 @@ attempt('noreplace', renameat2, d + '/a', d + '/b', NOREPLACE)
   t.equal(fs.statSync(join(d, 'p1')).nlink, 2, 'p1 lost its subdirectory link')
   t.equal(fs.statSync(join(d, 'p2')).nlink, 3, 'p2 gained it')
   for (const p of ['p1', 'p2']) t.ok(fs.statSync(join(d, p)).mtimeMs > old.getTime() + 1000, `${p}'s mtime moved`)
-  await fsckClean(t, m, 'after exchanges')
+  await m.remount()
   t.equal(fs.readFileSync(join(d, 'p2/y/sub/file'), 'utf8'), 'in x', 'the exchange outlived the remount')
 })
 
 t.test('RENAME_WHITEOUT leaves a whiteout (character device 0:0) behind', async (t) => {
-  const m = await withMount(t)
-  const d = m.mnt
+  const m = await mounted()
+  const d = join(m.mnt, 'whiteout')
+  fs.mkdirSync(d)
   fs.writeFileSync(join(d, 'w'), 'moved')
   const { results, run: r } = await py(RENAME + `
 d = sys.argv[1]
@@ -140,7 +150,12 @@ print('rdev', st.st_rdev)
 `, [d])
   t.same(results, { whiteout: 'OK', chr: 'True', rdev: '0' }, 'the source name is a whiteout', { run: describeRun(r) })
   t.equal(fs.readFileSync(join(d, 'w2'), 'utf8'), 'moved')
-  await fsckClean(t, m, 'after a whiteout')
+  if (target === 'bslfs') {
+    await m.unmount()
+    const rep = await fsck(m)
+    t.ok(rep.clean, 'fsck is clean after exchanges and whiteouts', { problems: rep.problems, first: rep.first })
+    await m.mount()
+  }
 })
 
 t.test('a crash in the middle of exchanges leaves one state or the other, and fsck clean', { skip: target !== 'bslfs' && 'bslfs only' }, async (t) => {
