@@ -138,9 +138,9 @@ export async function inheritAcls (w: Writer, ns: Namespace, dir: Inode, inode: 
  * ACL stands for, in one transaction. An access ACL the mode says all of is
  * not stored (the mode is). A default ACL only on directories.
  */
-export function setAcl (ns: Namespace, ino: number, name: string, value: Buffer | null, flags: number, now: Timespec): Promise<void> {
+export async function setAcl (ns: Namespace, ino: number, name: string, value: Buffer | null, flags: number, now: Timespec): Promise<void> {
   const entries = value ? parseAcl(value) : null
-  return ns.write(async w => {
+  return await ns.write(async w => {
     const inode = await w.inode(ino)
     const key = keys.xattr(ino, name)
     const exists = ns.mayHaveXattrs(ino) && (await w.tx.get(key)) !== undefined
