@@ -45,7 +45,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   const paths = runtimePaths(name, mountpoint)
   if (name.kind === 'postgres') await fsp.mkdir(paths.dir, { recursive: true, mode: 0o700 })
   const stopBoundingLog = boundLogFile(paths.log, logMaxBytes())
-  // The open files are made from the directory, which asks them whether an inode is open (it then
+  // The open files (and the filesystem's open directories) are made from the directory, which asks them whether an inode is open (it then
   // outlives its last link): it asks only once they exist, below.
   let files!: OpenFiles
   // What other mounts of a shared filesystem change reaches the kernel at once, not after its
@@ -58,7 +58,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     },
     missed: () => kernel?.notifyInvalAll()
   }
-  const state = await State.open(name, { copyTimeoutMs: options.copyTimeoutMs, passwordFile: opts.passwordFile, openInodes: { isOpen: ino => files.isOpen(ino) }, remote })
+  const state = await State.open(name, { copyTimeoutMs: options.copyTimeoutMs, passwordFile: opts.passwordFile, openInodes: { isOpen: ino => files.isOpen(ino) || fs.isDirOpen(ino) }, remote })
   const cleanup: Array<() => Promise<unknown>> = [() => state.close(), async () => stopBoundingLog()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse
@@ -75,7 +75,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
       const all = [...(await state.volumes.space()).values()].filter((s): s is { total: number, free: number, available: number } => !(s instanceof Error))
       return all.reduce((a, s) => ({ total: a.total + s.total, free: a.free + s.free, available: a.available + s.available }), { total: 0, free: 0, available: 0 })
     }
-  }, options.readOnly, options.overrides, { mode: options.atime, dirs: options.dirAtime })
+  }, options.readOnly, options.overrides, { mode: options.atime, dirs: options.dirAtime }, { posixAcl: options.session.posixAcl })
   try {
     // What a crash left: inodes unlinked while open, blocks queued for reclaim.
     const orphans = await state.dir.purgeOrphans()

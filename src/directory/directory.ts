@@ -12,13 +12,14 @@ import { FsckFixes } from './fsck-fixes'
 import { IdReservations } from './ids'
 import { KvStore } from './kv'
 import { DirectoryConfig, Usage, configVersion, isConfig } from './meta'
-import { DirEntry, FilePatch, NOTHING_OPEN, Namespace, NewNode, OpenInodes } from './namespace'
+import { DirEntry, FilePatch, NOTHING_OPEN, Namespace, NewNode, OpenInodes, RenameOptions } from './namespace'
 import { forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue } from './queues'
 import { NamespaceReader } from './reader'
 import { BlockRecord, Inode, ROOT_INO, decodeJSON, encodeInode, encodeJSON, keys } from './records'
 import * as tables from './tables'
 import { UsageCounters } from './usage'
 import { Xattrs, inodesWithXattrs } from './xattrs'
+import { chmodAcls, setAcl } from './acl'
 import { DIRECTORY_FORMAT_VERSION, formatTooNew } from '../format-version'
 
 // The directory's parts, by job (each file says what it keeps):
@@ -76,7 +77,7 @@ export class Directory {
     const t = nowTimespec()
     const root: Inode = {
       ino: ROOT_INO, mode: S_IFDIR | (opts.root.mode ?? 0o755), uid: opts.root.uid, gid: opts.root.gid,
-      nlink: 2, size: 0, rdev: 0, atime: t, mtime: t, ctime: t, parent: ROOT_INO
+      nlink: 2, size: 0, rdev: 0, atime: t, mtime: t, ctime: t, btime: t, parent: ROOT_INO
     }
     await kv.txn(async tx => {
       // Read inside the transaction: two hosts creating at once, one wins.
@@ -211,9 +212,19 @@ export class Directory {
   unlink (parent: number, name: string, now = nowTimespec()): Promise<void> { return this.ns.unlink(parent, name, now) }
   rmdir (parent: number, name: string, now = nowTimespec()): Promise<void> { return this.ns.rmdir(parent, name, now) }
 
-  /** rename(2); `noReplace` is renameat2's RENAME_NOREPLACE. */
-  rename (srcParent: number, srcName: string, dstParent: number, dstName: string, opts: { noReplace?: boolean } = {}, now = nowTimespec()): Promise<void> {
+  /** rename(2); `noReplace` is renameat2's RENAME_NOREPLACE, `whiteout` its RENAME_WHITEOUT. */
+  rename (srcParent: number, srcName: string, dstParent: number, dstName: string, opts: RenameOptions = {}, now = nowTimespec()): Promise<void> {
     return this.ns.rename(srcParent, srcName, dstParent, dstName, opts, now)
+  }
+
+  /** renameat2's RENAME_EXCHANGE: the two names swap inodes atomically. */
+  exchange (aParent: number, aName: string, bParent: number, bName: string, now = nowTimespec()): Promise<void> {
+    return this.ns.exchange(aParent, aName, bParent, bName, now)
+  }
+
+  /** chattr: set the inode flags (immutable, append-only); `uid` is who asks. */
+  setFlags (ino: number, flags: number, uid: number, now = nowTimespec()): Promise<Inode> {
+    return this.ns.setFlags(ino, flags, uid, now)
   }
 
   /** Change attributes of an inode (chmod, chown, utimens, size). The caller sets ctime as POSIX says. */
@@ -271,6 +282,10 @@ export class Directory {
   }
 
   removeXattr (ino: number, name: string, now = nowTimespec()): Promise<void> { return this.xattrs.remove(ino, name, now) }
+  /** Set (value null: remove) a POSIX ACL xattr; an access ACL sets the mode in the same transaction (acl.ts). */
+  setAcl (ino: number, name: string, value: Buffer | null, flags = 0, now = nowTimespec()): Promise<void> { return setAcl(this.ns, ino, name, value, flags, now) }
+  /** After a chmod: the access ACL follows the mode. */
+  chmodAcls (ino: number, mode: number): Promise<void> { return chmodAcls(this.ns, ino, mode) }
 
   // ---- the reclaim queue (queues.ts) ---------------------------------------
 

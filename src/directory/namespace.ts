@@ -1,9 +1,11 @@
 import { randomInt } from 'node:crypto'
 import { FsError } from '../errors'
-import { S_ISGID, isDir } from '../posix/modes'
-import { nowTimespec } from '../posix/time'
+import { S_IFCHR, S_ISGID, isDir } from '../posix/modes'
+import { Timespec, nowTimespec } from '../posix/time'
 import { Change } from './changes'
+import { inheritAcls } from './acl'
 import { IdReservations } from './ids'
+import { checkCanAdd, checkCanRemove, checkMovable, checkNewFlags } from './inode-flags'
 import { KvStore, KvTxn } from './kv'
 import { Usage } from './meta'
 import { NamespaceReader } from './reader'
@@ -25,6 +27,12 @@ export interface NewNode {
   gid: number
   rdev?: number
   target?: string
+  /** The creator's umask, where the kernel left it to the filesystem (FUSE_DONT_MASK): applied unless a default ACL rules. */
+  umask?: number
+  /** Inherit the directory's default ACL (POSIX ACLs on). */
+  acl?: boolean
+  /** O_TMPFILE: no name, no link; kept as an orphan (O key) until linked, or freed with its last close. */
+  unnamed?: boolean
 }
 
 /** Attributes that change without the namespace changing: setAttrs, and a file's writes through an open handle. */
@@ -48,6 +56,9 @@ class BoundedMap<K, V> extends Map<K, V> {
     return super.set(k, v)
   }
 }
+
+/** rename(2) variants (renameat2): `noReplace` RENAME_NOREPLACE; `whiteout` RENAME_WHITEOUT, owned by the caller. */
+export interface RenameOptions { noReplace?: boolean, whiteout?: { uid: number, gid: number } }
 
 /** Which inodes a handle holds open (the data layer's open files): an open inode outlives its last link. */
 export interface OpenInodes { isOpen (ino: number): boolean }
@@ -217,13 +228,14 @@ export class Namespace implements WriterHost {
 
   /** Create a file, directory, symlink or special node named `name` in `parent`. */
   async createNode (parent: number, name: string, node: NewNode, now = nowTimespec()): Promise<Inode> {
-    checkName(name)
+    if (!node.unnamed) checkName(name)
     await this.ids.prepareIno()
     return this.write(async w => {
       const dir = await w.inode(parent)
       if (!isDir(dir.mode)) throw new FsError('ENOTDIR', `inode ${parent}`)
       if (dir.nlink === 0) throw new FsError('ENOENT', 'the directory was removed')
-      if (await w.lookup(parent, name) !== undefined) throw new FsError('EEXIST', name)
+      checkCanAdd(dir)
+      if (!node.unnamed && await w.lookup(parent, name) !== undefined) throw new FsError('EEXIST', name)
       const ino = await this.ids.takeIno(w.tx)
       let { mode, gid } = node
       // A setgid directory hands its group to what is made in it, and its setgid bit to subdirectories.
@@ -234,10 +246,19 @@ export class Namespace implements WriterHost {
       const inode: Inode = {
         ino, mode, uid: node.uid, gid, nlink: isDir(mode) ? 2 : 1,
         size: node.target !== undefined ? Buffer.byteLength(node.target) : 0,
-        rdev: node.rdev ?? 0, atime: now, mtime: now, ctime: now, gen: randomInt(1, 2 ** 32)
+        rdev: node.rdev ?? 0, atime: now, mtime: now, ctime: now, btime: now, gen: randomInt(1, 2 ** 32)
       }
       if (isDir(mode)) inode.parent = parent
       if (node.target !== undefined) inode.target = node.target
+      if (node.acl) inode.mode = await inheritAcls(w, this, dir, inode, node.umask)
+      else if (node.umask !== undefined && !node.target) inode.mode &= ~(node.umask & 0o777)
+      if (node.unnamed) {
+        inode.nlink = 0
+        w.putInode(inode)
+        w.tx.put(keys.orphan(ino), Buffer.alloc(0))
+        w.addUsage(1, 0)
+        return inode
+      }
       w.putInode(inode)
       w.putEntry(parent, name, inode)
       w.putInode({ ...dir, nlink: dir.nlink + (isDir(mode) ? 1 : 0), mtime: now, ctime: now })
@@ -252,8 +273,10 @@ export class Namespace implements WriterHost {
     return this.write(async w => {
       const inode = await w.inode(ino)
       if (isDir(inode.mode)) throw new FsError('EPERM', 'hard links to directories are not allowed')
+      checkMovable(inode)
       const dir = await w.inode(parent)
       if (!isDir(dir.mode)) throw new FsError('ENOTDIR', `inode ${parent}`)
+      checkCanAdd(dir)
       if (await w.lookup(parent, name) !== undefined) throw new FsError('EEXIST', name)
       if (inode.nlink >= 65000) throw new FsError('EMLINK', `inode ${ino}`)
       const updated = { ...inode, nlink: inode.nlink + 1, ctime: now }
@@ -271,6 +294,8 @@ export class Namespace implements WriterHost {
       if (ino === undefined) throw new FsError('ENOENT', name)
       const inode = await w.inode(ino)
       if (isDir(inode.mode)) throw new FsError('EISDIR', name)
+      checkMovable(inode)
+      checkCanRemove(await w.inode(parent))
       w.delEntry(parent, name)
       await w.dropLink(inode, now)
       const dir = await w.inode(parent)
@@ -284,6 +309,8 @@ export class Namespace implements WriterHost {
       if (ino === undefined) throw new FsError('ENOENT', name)
       const inode = await w.inode(ino)
       if (!isDir(inode.mode)) throw new FsError('ENOTDIR', name)
+      checkMovable(inode)
+      checkCanRemove(await w.inode(parent))
       await w.removeEmptyDir(parent, name, inode, now)
       const dir = await w.inode(parent)
       w.putInode({ ...dir, nlink: dir.nlink - 1, mtime: now, ctime: now })
@@ -295,8 +322,9 @@ export class Namespace implements WriterHost {
    * directories; with `noReplace` (renameat2's RENAME_NOREPLACE) an existing
    * target is EEXIST instead.
    */
-  async rename (srcParent: number, srcName: string, dstParent: number, dstName: string, opts: { noReplace?: boolean } = {}, now = nowTimespec()): Promise<void> {
+  async rename (srcParent: number, srcName: string, dstParent: number, dstName: string, opts: RenameOptions = {}, now = nowTimespec()): Promise<void> {
     checkName(dstName)
+    if (opts.whiteout) await this.ids.prepareIno()
     return this.write(async w => {
       const ino = await w.lookup(srcParent, srcName)
       if (ino === undefined) throw new FsError('ENOENT', srcName)
@@ -306,6 +334,9 @@ export class Namespace implements WriterHost {
       const existing = await w.lookup(dstParent, dstName)
       if (existing !== undefined && opts.noReplace) throw new FsError('EEXIST', dstName)
       if (existing === ino) return // both names are links to one inode: POSIX says do nothing
+      checkMovable(inode)
+      checkCanRemove(await w.inode(srcParent))
+      checkCanAdd(dstDir)
       const moving = isDir(inode.mode)
       if (moving && dstParent !== srcParent) {
         // A directory may not move into itself or below itself.
@@ -317,6 +348,8 @@ export class Namespace implements WriterHost {
       let dstNlinkDelta = 0
       if (existing !== undefined) {
         const target = await w.inode(existing)
+        checkMovable(target)
+        checkCanRemove(dstDir)
         if (isDir(target.mode)) {
           if (!moving) throw new FsError('EISDIR', dstName)
           await w.removeEmptyDir(dstParent, dstName, target, now)
@@ -339,6 +372,65 @@ export class Namespace implements WriterHost {
       w.putInode({ ...src, nlink: src.nlink - (moving && srcParent !== dstParent ? 1 : 0), mtime: now, ctime: now })
       const dst = await w.inode(dstParent)
       w.putInode({ ...dst, nlink: dst.nlink + dstNlinkDelta, mtime: now, ctime: now })
+      if (opts.whiteout) await this.putWhiteout(w, srcParent, srcName, opts.whiteout, now)
+    })
+  }
+
+  /** RENAME_WHITEOUT: the name left behind becomes a whiteout (a character device 0:0, as overlayfs reads it). */
+  private async putWhiteout (w: Writer, parent: number, name: string, owner: { uid: number, gid: number }, now: Timespec): Promise<void> {
+    const ino = await this.ids.takeIno(w.tx)
+    const inode: Inode = { ino, mode: S_IFCHR, uid: owner.uid, gid: owner.gid, nlink: 1, size: 0, rdev: 0, atime: now, mtime: now, ctime: now }
+    w.putInode(inode)
+    w.putEntry(parent, name, inode)
+    w.addUsage(1, 0)
+  }
+
+  /**
+   * renameat2's RENAME_EXCHANGE: the two names swap their inodes in one
+   * transaction. Both must exist; a directory that changes parent takes its
+   * '..' (and its link in the parents' counts) along.
+   */
+  exchange (aParent: number, aName: string, bParent: number, bName: string, now = nowTimespec()): Promise<void> {
+    checkName(aName)
+    checkName(bName)
+    return this.write(async w => {
+      const aIno = await w.lookup(aParent, aName)
+      if (aIno === undefined) throw new FsError('ENOENT', aName)
+      const bIno = await w.lookup(bParent, bName)
+      if (bIno === undefined) throw new FsError('ENOENT', bName)
+      if (aIno === bIno) return
+      const a = await w.inode(aIno)
+      const b = await w.inode(bIno)
+      checkMovable(a)
+      checkMovable(b)
+      checkCanRemove(await w.inode(aParent))
+      checkCanRemove(await w.inode(bParent))
+      if (aParent !== bParent) {
+        // Neither directory may end up inside itself.
+        for (const [moving, into] of [[a, bParent], [b, aParent]] as const) {
+          if (!isDir(moving.mode)) continue
+          for (let p = into; ; p = (await w.inode(p)).parent ?? ROOT_INO) {
+            if (p === moving.ino) throw new FsError('EINVAL', 'cannot move a directory into itself')
+            if (p === ROOT_INO) break
+          }
+        }
+      }
+      const movedA: Inode = { ...a, ctime: now }
+      const movedB: Inode = { ...b, ctime: now }
+      if (isDir(a.mode)) movedA.parent = bParent
+      if (isDir(b.mode)) movedB.parent = aParent
+      w.putInode(movedA)
+      w.putInode(movedB)
+      w.putEntry(aParent, aName, movedB)
+      w.putEntry(bParent, bName, movedA)
+      // A directory that changes parent moves one link (its '..') from the old parent to the new.
+      const shift = aParent === bParent ? 0 : (isDir(a.mode) ? 1 : 0) - (isDir(b.mode) ? 1 : 0)
+      const ap = await w.inode(aParent)
+      w.putInode({ ...ap, nlink: ap.nlink - shift, mtime: now, ctime: now })
+      if (aParent !== bParent) {
+        const bp = await w.inode(bParent)
+        w.putInode({ ...bp, nlink: bp.nlink + shift, mtime: now, ctime: now })
+      }
     })
   }
 
@@ -350,6 +442,19 @@ export class Namespace implements WriterHost {
       w.putInode(updated)
       return updated
     }, opts.sync)
+  }
+
+  /** FS_IOC_SETFLAGS (chattr) by `uid`: the flags as stored. */
+  setFlags (ino: number, flags: number, uid: number, now = nowTimespec()): Promise<Inode> {
+    return this.write(async w => {
+      const inode = await w.inode(ino)
+      checkNewFlags(inode, flags, uid)
+      const updated: Inode = { ...inode, ctime: now }
+      if (flags) updated.flags = flags
+      else delete updated.flags
+      w.putInode(updated)
+      return updated
+    })
   }
 
   /** The last handle of an inode closed: if it has no links left and nothing holds it, free it. */

@@ -46,6 +46,10 @@ export interface Inode {
    * Records written before it have none: generation 0.
    */
   gen?: number
+  /** FS_*_FL inode flags (chattr): absent on records older than them, which is none set. */
+  flags?: number
+  /** Birth time, set once at creation: absent on records older than it (statx then reports none). */
+  btime?: Timespec
 }
 
 export type { BlockRecord }
@@ -123,6 +127,8 @@ export function decodeInode (ino: number, value: Buffer): Inode {
   if (r.target !== undefined && typeof r.target !== 'string') throw bad('target')
   if (r.stored !== undefined && !isUint(r.stored)) throw bad('stored')
   if (r.gen !== undefined && !isUint(r.gen, 0xffffffff)) throw bad('gen')
+  if (r.flags !== undefined && !isUint(r.flags, 0xffffffff)) throw bad('flags')
+  if (r.btime !== undefined && !isTime(r.btime)) throw bad('btime')
   return r
 }
 

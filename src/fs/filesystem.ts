@@ -3,18 +3,33 @@ import { Inode, ROOT_INO, Timespec } from '../directory/records'
 import { FsError } from '../errors'
 import { OpenFile } from '../data/open-file'
 import { OpenFiles } from '../data/open-files'
-import { Attr, RENAME_NOREPLACE, StatFs } from './fuse/protocol'
+import { Attr, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, StatFs } from './fuse/protocol'
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
 import type { AtimeMode } from './mount'
 import { fallocateFile } from './file-ranges'
+import { FALLOC_FL_KEEP_SIZE } from '../data/ranges'
+import { isAclName } from '../directory/acl'
+import { FS_APPEND_FL, FS_IMMUTABLE_FL, checkChangeable, checkMovable, isAppendOnly } from '../directory/inode-flags'
 
 const PATH_MAX = 4096
 const O_ACCMODE = 3
 const O_RDONLY = 0
 const O_WRONLY = 1
 const O_TRUNC = 0o1000
+const O_APPEND = 0o2000
+/** chattr's ioctls (linux/fs.h: _IOR('f', 1, long), _IOW('f', 2, long), and their 32-bit forms). */
+const FS_IOC_GETFLAGS = 0x80086601
+const FS_IOC_SETFLAGS = 0x40086602
+const FS_IOC32_GETFLAGS = 0x80046601
+const FS_IOC32_SETFLAGS = 0x40046602
+/** The same flags as struct fsxattr (xfs_io's lsattr; the kernel asks this way before a SETFLAGS too). */
+const FS_IOC_FSGETXATTR = 0x801c581f
+const FS_IOC_FSSETXATTR = 0x401c5820
+const FSXATTR_BYTES = 28
+/** FS_XFLAG_* ↔ FS_*_FL for the flags bslfs keeps. */
+const XFLAGS: Array<[number, number]> = [[0x8, FS_IMMUTABLE_FL], [0x10, FS_APPEND_FL]]
 
 const DAY = 86400
 
@@ -29,13 +44,33 @@ export interface AttrOverrides { uid?: number, gid?: number, umask?: number }
 /**
  * Attributes bslfs does not keep, answered "not supported" so that ls -l and
  * cp -a stop asking after the first file instead of asking for every one:
- * POSIX ACLs (system.*; not enforced, as ext4 mounted with noacl), and SELinux
- * labels (a FUSE mount's files take their context from the mount, never from
- * an xattr). Not ENOSYS: that would make the kernel stop asking for any xattr.
+ * POSIX ACLs when mounted with noacl (system.*, as ext4 mounted so), other
+ * system.* names, and SELinux labels (a FUSE mount's files take their context
+ * from the mount, never from an xattr). Not ENOSYS: that would make the kernel
+ * stop asking for any xattr.
  */
-function unsupportedXattr (name: string): void {
-  if (name.startsWith('system.')) throw new FsError('EOPNOTSUPP', `${name}: ACLs are not supported`)
+function unsupportedXattr (name: string, acl: boolean): void {
+  if (acl && isAclName(name)) return
+  if (name.startsWith('system.')) throw new FsError('EOPNOTSUPP', `${name}: ${acl ? 'not a POSIX ACL' : 'ACLs are off (mounted with noacl)'}`)
   if (name === 'security.selinux') throw new FsError('EOPNOTSUPP', `${name}: SELinux labels are not stored`)
+}
+
+/** What ext4 refuses on a flagged inode (chattr): setattr of an immutable one, and of an append-only one but its times to now. */
+function checkSetattr (inode: Inode, set: SetAttr): void {
+  checkChangeable(inode)
+  if (!isAppendOnly(inode)) return
+  const explicitTime = (set.atime !== undefined && set.atime !== 'now') || (set.mtime !== undefined && set.mtime !== 'now')
+  if (set.size !== undefined || set.mode !== undefined || set.uid !== undefined || set.gid !== undefined || explicitTime) {
+    throw new FsError('EPERM', `inode ${inode.ino} is append-only (chattr -a to change it)`)
+  }
+}
+
+/** open(2) for writing: EPERM on an immutable inode, and on an append-only one without O_APPEND or with O_TRUNC. */
+function checkOpenForWrite (inode: Inode, flags: number): void {
+  checkChangeable(inode)
+  if (isAppendOnly(inode) && (!(flags & O_APPEND) || (flags & O_TRUNC))) {
+    throw new FsError('EPERM', `inode ${inode.ino} is append-only: open it with O_APPEND and without O_TRUNC`)
+  }
 }
 
 interface FileHandle { ino: number, file: OpenFile | null, writable: boolean }
@@ -49,12 +84,19 @@ interface DirHandle { ino: number, listing: Array<{ name: string, ino: number, m
 export class BslFilesystem implements FuseFilesystem {
   private readonly handles = new Map<number, FileHandle>()
   private readonly dirs = new Map<number, DirHandle>()
+  /** Directory handles open, by inode: an open directory outlives its rmdir (see isDirOpen). */
+  private readonly openDirs = new Map<number, number>()
   private nextFh = 1
 
   constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource,
     /** Set by a remount (read-only or read-write again). */
     public readOnly = false, private readonly overrides: AttrOverrides = {},
-    private readonly atime: { mode: AtimeMode, dirs: boolean } = { mode: 'relatime', dirs: true }) {}
+    private readonly atime: { mode: AtimeMode, dirs: boolean } = { mode: 'relatime', dirs: true }, opts: { posixAcl?: boolean } = {}) {
+    this.acl = opts.posixAcl !== false
+  }
+
+  /** POSIX ACLs on (the session asks the kernel to enforce them): stored, inherited, kept in step with the mode. */
+  private readonly acl: boolean
 
   toAttr (inode: Inode): Attr {
     const dir = isDir(inode.mode)
@@ -72,7 +114,8 @@ export class BslFilesystem implements FuseFilesystem {
       gid: o.gid ?? inode.gid,
       rdev: inode.rdev,
       blksize: 4096,
-      generation: inode.gen ?? 0
+      generation: inode.gen ?? 0,
+      btime: inode.btime
     }
   }
 
@@ -150,13 +193,13 @@ export class BslFilesystem implements FuseFilesystem {
     const type = mode & S_IFMT
     if (![S_IFREG, S_IFIFO, S_IFCHR, S_IFBLK, S_IFSOCK].includes(type)) throw new FsError('EINVAL', `cannot mknod type ${type.toString(8)}`)
     return this.toAttr(await this.dir.createNode(parent, name, {
-      mode: type | (mode & 0o7777), uid: caller.uid, gid: caller.gid, rdev: type === S_IFCHR || type === S_IFBLK ? rdev : 0
+      mode: type | (mode & 0o7777), uid: caller.uid, gid: caller.gid, rdev: type === S_IFCHR || type === S_IFBLK ? rdev : 0, umask: caller.umask, acl: this.acl
     }))
   }
 
   async mkdir (parent: number, name: string, mode: number, caller: Caller): Promise<Attr> {
     this.writable()
-    return this.toAttr(await this.dir.createNode(parent, name, { mode: S_IFDIR | (mode & 0o7777), uid: caller.uid, gid: caller.gid }))
+    return this.toAttr(await this.dir.createNode(parent, name, { mode: S_IFDIR | (mode & 0o7777), uid: caller.uid, gid: caller.gid, umask: caller.umask, acl: this.acl }))
   }
 
   async symlink (parent: number, name: string, target: string, caller: Caller): Promise<Attr> {
@@ -182,10 +225,14 @@ export class BslFilesystem implements FuseFilesystem {
     await this.dir.rmdir(parent, name)
   }
 
-  async rename (parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void> {
+  async rename (parent: number, name: string, newParent: number, newName: string, flags: number, caller?: Caller): Promise<void> {
     this.writable()
-    if (flags & ~RENAME_NOREPLACE) throw new FsError('EINVAL', `rename flags 0x${flags.toString(16)} are not supported`)
-    await this.dir.rename(parent, name, newParent, newName, { noReplace: (flags & RENAME_NOREPLACE) !== 0 })
+    if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT)) throw new FsError('EINVAL', `rename flags 0x${flags.toString(16)} are not supported`)
+    // The kernel refuses EXCHANGE with either of the others before asking; checked again here for any caller.
+    if ((flags & RENAME_EXCHANGE) && (flags & (RENAME_NOREPLACE | RENAME_WHITEOUT))) throw new FsError('EINVAL', 'RENAME_EXCHANGE goes with no other rename flag')
+    if (flags & RENAME_EXCHANGE) return await this.dir.exchange(parent, name, newParent, newName)
+    const whiteout = flags & RENAME_WHITEOUT ? { uid: caller?.uid ?? 0, gid: caller?.gid ?? 0 } : undefined
+    await this.dir.rename(parent, name, newParent, newName, { noReplace: (flags & RENAME_NOREPLACE) !== 0, whiteout })
   }
 
   // ---- attributes ---------------------------------------------------------------
@@ -205,6 +252,7 @@ export class BslFilesystem implements FuseFilesystem {
   /** chmod, chown, truncate and utimens, as the kernel sends them: one request, any of them. */
   async setattr (ino: number, set: SetAttr): Promise<Attr> {
     this.writable()
+    checkSetattr(await this.dir.getInode(ino), set)
     const h = set.fh !== undefined ? this.handles.get(set.fh) : undefined
     if (set.size !== undefined) await this.truncate(ino, set.size, h)
     if (set.mode !== undefined || set.uid !== undefined || set.gid !== undefined || set.atime !== undefined || set.mtime !== undefined) {
@@ -240,6 +288,7 @@ export class BslFilesystem implements FuseFilesystem {
     if (set.mtime !== undefined) patch.mtime = set.mtime === 'now' ? now : set.mtime
     if (file) file.setAttrs(patch)
     else await this.dir.setAttrs(ino, patch)
+    if (this.acl && set.mode !== undefined) await this.dir.chmodAcls(ino, mode)
   }
 
   private async truncate (ino: number, size: number, h: FileHandle | undefined): Promise<void> {
@@ -259,7 +308,15 @@ export class BslFilesystem implements FuseFilesystem {
 
   async create (parent: number, name: string, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }> {
     this.writable()
-    const inode = await this.dir.createNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: caller.uid, gid: caller.gid })
+    const inode = await this.dir.createNode(parent, name, { mode: S_IFREG | (mode & 0o7777), uid: caller.uid, gid: caller.gid, umask: caller.umask, acl: this.acl })
+    const fh = this.newFh()
+    this.handles.set(fh, { ino: inode.ino, file: await this.files.acquire(inode.ino, true), writable: (flags & O_ACCMODE) !== O_RDONLY })
+    return { attr: this.toAttr(inode), fh }
+  }
+
+  async tmpfile (parent: number, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }> {
+    this.writable()
+    const inode = await this.dir.createNode(parent, '', { mode: S_IFREG | (mode & 0o7777), uid: caller.uid, gid: caller.gid, umask: caller.umask, acl: this.acl, unnamed: true })
     const fh = this.newFh()
     this.handles.set(fh, { ino: inode.ino, file: await this.files.acquire(inode.ino, true), writable: (flags & O_ACCMODE) !== O_RDONLY })
     return { attr: this.toAttr(inode), fh }
@@ -270,6 +327,7 @@ export class BslFilesystem implements FuseFilesystem {
     if (isDir(inode.mode)) throw new FsError('EISDIR', `inode ${ino}`)
     const writable = (flags & O_ACCMODE) !== O_RDONLY
     if (writable) this.writable()
+    if (writable || (flags & O_TRUNC)) checkOpenForWrite(inode, flags)
     const file = (inode.mode & S_IFMT) === S_IFREG ? await this.files.acquire(ino) : null
     const fh = this.newFh()
     this.handles.set(fh, { ino, file, writable })
@@ -297,6 +355,13 @@ export class BslFilesystem implements FuseFilesystem {
 
   write (_ino: number, fh: number, offset: number, data: Buffer, keepBuffer?: () => void): Promise<number> {
     const file = this.fileOf(fh)
+    // Inode flags (chattr) hold for handles opened before they were set; an uncached inode is read first.
+    const inode = this.dir.cachedInode(file.ino)
+    if (inode === undefined || inode.flags) return this.flaggedWrite(file, offset, data, keepBuffer)
+    return this.writeTo(file, offset, data, keepBuffer)
+  }
+
+  private writeTo (file: OpenFile, offset: number, data: Buffer, keepBuffer?: () => void): Promise<number> {
     // Only a buffer of the files' own pool can become a block.
     return file.write(data, offset, nowTimespec(), data.length === this.files.services.buffers.size ? keepBuffer : undefined)
   }
@@ -304,6 +369,10 @@ export class BslFilesystem implements FuseFilesystem {
   async fallocate (_ino: number, fh: number, offset: number, length: number, mode: number): Promise<void> {
     this.writable()
     if (!this.handle(fh).writable) throw new FsError('EBADF', `file handle ${fh} is not open for writing`)
+    const inode = await this.dir.getInode(this.fileOf(fh).ino)
+    checkChangeable(inode)
+    // As ext4: an append-only file may grow by preallocation, never lose or zero what it holds.
+    if (isAppendOnly(inode) && (mode & ~FALLOC_FL_KEEP_SIZE) !== 0) throw new FsError('EPERM', `inode ${inode.ino} is append-only: no hole punched or range zeroed in it`)
     await fallocateFile(this.fileOf(fh), offset, length, mode, async () => (await this.spaceSource.space()).available, this.dir.blockSize)
   }
 
@@ -314,7 +383,18 @@ export class BslFilesystem implements FuseFilesystem {
   async copyFileRange (_ino: number, fhIn: number, offIn: number, _inoOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
     this.writable()
     if (!this.handle(fhOut).writable) throw new FsError('EBADF', `file handle ${fhOut} is not open for writing`)
+    const out = this.fileOf(fhOut)
+    const inode = await this.dir.getInode(out.ino)
+    checkChangeable(inode)
+    if (isAppendOnly(inode) && offOut !== out.size) throw new FsError('EPERM', `inode ${out.ino} is append-only: copies go at its end (${out.size}), not at ${offOut}`)
     return await this.fileOf(fhOut).copyFrom(this.fileOf(fhIn), offIn, offOut, len, nowTimespec())
+  }
+
+  private async flaggedWrite (file: OpenFile, offset: number, data: Buffer, keepBuffer?: () => void): Promise<number> {
+    const inode = await this.dir.getInode(file.ino)
+    checkChangeable(inode)
+    if (isAppendOnly(inode) && offset !== file.size) throw new FsError('EPERM', `inode ${file.ino} is append-only: writes go at its end (${file.size}), not at ${offset}`)
+    return await this.writeTo(file, offset, data, keepBuffer)
   }
 
   /**
@@ -347,7 +427,13 @@ export class BslFilesystem implements FuseFilesystem {
     if (!isDir(inode.mode)) throw new FsError('ENOTDIR', `inode ${ino}`)
     const fh = this.newFh()
     this.dirs.set(fh, { ino, listing: null })
+    this.openDirs.set(ino, (this.openDirs.get(ino) ?? 0) + 1)
     return fh
+  }
+
+  /** Whether a directory handle holds `ino`: its inode then outlives rmdir and rename-over, as an open file's does. */
+  isDirOpen (ino: number): boolean {
+    return this.openDirs.has(ino)
   }
 
   /** The listing is read at position 0 (opendir, rewinddir) and served from memory after that. */
@@ -377,7 +463,15 @@ export class BslFilesystem implements FuseFilesystem {
   }
 
   async releasedir (_ino: number, fh: number): Promise<void> {
+    const h = this.dirs.get(fh)
+    if (!h) return
     this.dirs.delete(fh)
+    const left = (this.openDirs.get(h.ino) ?? 1) - 1
+    if (left > 0) return void this.openDirs.set(h.ino, left)
+    this.openDirs.delete(h.ino)
+    // The last handle of a removed directory: its rows go now (a read first, so that closing a live one costs no transaction).
+    const inode = await this.dir.getInode(h.ino).catch(() => undefined)
+    if (inode && inode.nlink === 0) await this.dir.releaseIfUnlinked(h.ino)
   }
 
   async fsyncdir (): Promise<void> {
@@ -387,7 +481,8 @@ export class BslFilesystem implements FuseFilesystem {
   // ---- extended attributes ---------------------------------------------------
 
   private checkXattrName (name: string): void {
-    unsupportedXattr(name)
+    unsupportedXattr(name, this.acl)
+    if (isAclName(name)) return
     // As on ext4, only the user, trusted and security namespaces exist.
     if (!/^(user|trusted|security)\./.test(name)) throw new FsError('EOPNOTSUPP', `${name}: unknown xattr namespace`)
     if (name.length === 0 || Buffer.byteLength(name) > 255) throw new FsError('ERANGE', 'bad xattr name length')
@@ -396,11 +491,13 @@ export class BslFilesystem implements FuseFilesystem {
   async setxattr (ino: number, name: string, value: Buffer, flags: number): Promise<void> {
     this.writable()
     this.checkXattrName(name)
-    await this.dir.setXattr(ino, name, value, flags)
+    checkMovable(await this.dir.getInode(ino))
+    if (isAclName(name)) await this.dir.setAcl(ino, name, value, flags)
+    else await this.dir.setXattr(ino, name, value, flags)
   }
 
   async getxattr (ino: number, name: string): Promise<Buffer> {
-    unsupportedXattr(name)
+    unsupportedXattr(name, this.acl)
     return await this.dir.getXattr(ino, name)
   }
 
@@ -411,7 +508,47 @@ export class BslFilesystem implements FuseFilesystem {
   async removexattr (ino: number, name: string): Promise<void> {
     this.writable()
     this.checkXattrName(name)
-    await this.dir.removeXattr(ino, name)
+    checkMovable(await this.dir.getInode(ino))
+    if (isAclName(name)) await this.dir.setAcl(ino, name, null)
+    else await this.dir.removeXattr(ino, name)
+  }
+
+  // ---- ioctl ------------------------------------------------------------------
+
+  /** chattr and lsattr (FS_IOC_GETFLAGS/SETFLAGS); any other ioctl is ENOTTY, as on a filesystem without it. */
+  async ioctl (ino: number, cmd: number, input: Buffer, outSize: number, caller: Caller): Promise<Buffer> {
+    if (cmd === FS_IOC_GETFLAGS || cmd === FS_IOC32_GETFLAGS) {
+      if (outSize < 4) throw new FsError('EINVAL', `FS_IOC_GETFLAGS with a ${outSize}-byte buffer`)
+      const out = Buffer.alloc(4)
+      out.writeUInt32LE((await this.dir.getInode(ino)).flags ?? 0)
+      return out
+    }
+    if (cmd === FS_IOC_SETFLAGS || cmd === FS_IOC32_SETFLAGS) {
+      this.writable()
+      if (input.length < 4) throw new FsError('EINVAL', `FS_IOC_SETFLAGS with ${input.length} bytes`)
+      await this.dir.setFlags(ino, input.readUInt32LE(0), caller.uid)
+      return Buffer.alloc(0)
+    }
+    if (cmd === FS_IOC_FSGETXATTR) {
+      if (outSize < FSXATTR_BYTES) throw new FsError('EINVAL', `FS_IOC_FSGETXATTR with a ${outSize}-byte buffer`)
+      const flags = (await this.dir.getInode(ino)).flags ?? 0
+      const out = Buffer.alloc(FSXATTR_BYTES)
+      out.writeUInt32LE(XFLAGS.reduce((x, [xf, f]) => flags & f ? x | xf : x, 0))
+      return out
+    }
+    if (cmd === FS_IOC_FSSETXATTR) {
+      this.writable()
+      if (input.length < FSXATTR_BYTES) throw new FsError('EINVAL', `FS_IOC_FSSETXATTR with ${input.length} bytes`)
+      let xflags = input.readUInt32LE(0)
+      let flags = 0
+      for (const [xf, f] of XFLAGS) if (xflags & xf) { flags |= f; xflags &= ~xf }
+      if (xflags || input.readUInt32LE(4) || input.readUInt32LE(12) || input.readUInt32LE(16)) {
+        throw new FsError('EOPNOTSUPP', 'of the fsxattr fields bslfs keeps only the immutable and append-only flags')
+      }
+      await this.dir.setFlags(ino, flags, caller.uid)
+      return Buffer.alloc(0)
+    }
+    throw new FsError('ENOTTY', `ioctl 0x${(cmd >>> 0).toString(16)} is not supported`)
   }
 
   // ---- the whole filesystem -----------------------------------------------------

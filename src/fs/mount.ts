@@ -28,7 +28,7 @@ const ATIME = new Map<string, { atime?: AtimeMode, dirAtime?: boolean, vfs?: str
   ['nosymfollow', { vfs: 'nosymfollow' }], ['symfollow', { vfs: 'symfollow' }]
 ])
 /** bslfs's own options, handled by the daemon rather than the kernel. */
-const OWN_FLAGS = new Set(['foreground', 'kernel_cache', 'direct_io', 'noreaddirplus'])
+const OWN_FLAGS = new Set(['foreground', 'kernel_cache', 'direct_io', 'noreaddirplus', 'acl', 'noacl'])
 const SECONDS = new Set(['entry_timeout', 'attr_timeout', 'negative_timeout'])
 
 export type AtimeMode = 'relatime' | 'strictatime' | 'noatime'
@@ -102,6 +102,7 @@ export function parseMountOptions (text: string | undefined): ParsedOptions {
     else if (opt === 'kernel_cache') out.session.keepCache = true
     else if (opt === 'direct_io') out.session.directIo = true
     else if (opt === 'noreaddirplus') out.session.readdirPlus = false
+    else if (opt === 'acl' || opt === 'noacl') out.session.posixAcl = opt === 'acl'
     else if (eq >= 0 && SECONDS.has(name)) {
       const s = Number(value)
       if (!/^[0-9]+(\.[0-9]+)?$/.test(value) || s > 86400) throw bad(opt, `${name}=SECONDS takes 0 to 86400 seconds`)

@@ -95,7 +95,8 @@ export class MemoryFs implements FuseFilesystem {
   private make (parent: number, name: string, mode: number, caller: Caller): Node {
     const d = this.dirOf(parent)
     if (d.has(name)) throw new FsError('EEXIST', name)
-    const n = this.node(this.nextIno++, mode, caller.uid, caller.gid)
+    // The session asks the kernel to leave the umask to the filesystem (FUSE_DONT_MASK, for POSIX ACLs).
+    const n = this.node(this.nextIno++, caller.umask === undefined ? mode : mode & ~(caller.umask & 0o777), caller.uid, caller.gid)
     this.nodes.set(n.attr.ino, n)
     d.set(name, n.attr.ino)
     return n

@@ -60,19 +60,25 @@ export const Op = {
   READDIRPLUS: 44,
   RENAME2: 45,
   LSEEK: 46,
-  COPY_FILE_RANGE: 47
+  COPY_FILE_RANGE: 47,
+  /** 7.39; the kernel asks for it whenever statx wants more than stat gives (STATX_BTIME), whatever minor was agreed. */
+  STATX: 52,
+  /** 7.37: open(dir, O_TMPFILE); the kernel sends it whatever minor was agreed, and takes ENOSYS as "not supported". */
+  TMPFILE: 51
 } as const
 
 /** INIT flags (fuse_init_in.flags / fuse_init_out.flags). */
 export const Init = {
   ASYNC_READ: 1 << 0,
   ATOMIC_O_TRUNC: 1 << 3,
+  DONT_MASK: 1 << 6,
   BIG_WRITES: 1 << 5,
   DO_READDIRPLUS: 1 << 13,
   ASYNC_DIO: 1 << 15,
   PARALLEL_DIROPS: 1 << 18,
   ABORT_ERROR: 1 << 21,
   MAX_PAGES: 1 << 22,
+  POSIX_ACL: 1 << 20,
   CACHE_SYMLINKS: 1 << 23,
   /** Lookups of "." and ".." by node id: file handles outlive the kernel's inode cache (NFS export). */
   EXPORT_SUPPORT: 1 << 4
@@ -99,6 +105,7 @@ export const GETATTR_FH = 1
 export const FSYNC_FDATASYNC = 1
 export const RENAME_NOREPLACE = 1
 export const RENAME_EXCHANGE = 2
+export const RENAME_WHITEOUT = 4
 
 export const IN_HEADER_BYTES = 40
 export const OUT_HEADER_BYTES = 16
@@ -126,6 +133,8 @@ export interface Attr {
   blksize: number
   /** What a file handle carries besides the node id (fuse_entry_out.generation); 0 when absent. */
   generation?: number
+  /** Birth time, where known (statx's STATX_BTIME). */
+  btime?: Timespec
 }
 
 export function u64 (b: Buffer, at: number): number {
@@ -200,6 +209,35 @@ export function attrOut (attr: Attr, attrTimeout: number): Buffer {
   return b
 }
 
+const STATX_BASIC_STATS = 0x7ff
+const STATX_BTIME = 0x800
+export const STATX_OUT_BYTES = 32 + 256
+
+/** fuse_statx_out: validity, then struct fuse_statx (the basic stats, and the birth time when `a` has one). */
+export function statxOut (a: Attr, attrTimeout: number): Buffer {
+  const b = Buffer.alloc(STATX_OUT_BYTES)
+  putValid(b, 0, 8, attrTimeout)
+  const s = 32
+  b.writeUInt32LE(STATX_BASIC_STATS | (a.btime ? STATX_BTIME : 0), s)
+  b.writeUInt32LE(a.blksize, s + 4)
+  b.writeUInt32LE(Math.min(a.nlink, 0xffffffff), s + 16)
+  b.writeUInt32LE(a.uid >>> 0, s + 20)
+  b.writeUInt32LE(a.gid >>> 0, s + 24)
+  b.writeUInt16LE(a.mode & 0xffff, s + 28)
+  putU64(b, s + 32, a.ino)
+  putU64(b, s + 40, a.size)
+  putU64(b, s + 48, a.blocks)
+  const time = (at: number, t: Timespec) => { putS64(b, s + at, t.sec); b.writeUInt32LE(t.nsec, s + at + 8) }
+  time(64, a.atime)
+  if (a.btime) time(80, a.btime)
+  time(96, a.ctime)
+  time(112, a.mtime)
+  // The kernel's dev_t encoding (new_encode_dev) split into major and minor.
+  b.writeUInt32LE((a.rdev >>> 8) & 0xfff, s + 128)
+  b.writeUInt32LE((a.rdev & 0xff) | ((a.rdev >>> 12) & 0xfff00), s + 132)
+  return b
+}
+
 export function openOut (fh: number, flags: number): Buffer {
   const b = Buffer.alloc(16)
   putU64(b, 0, fh)
@@ -218,6 +256,11 @@ export function u32Out (v: number): Buffer {
   const b = Buffer.alloc(8)
   b.writeUInt32LE(v, 0)
   return b
+}
+
+/** fuse_ioctl_out (result 0, no retry) and the ioctl's output. */
+export function ioctlOut (data: Buffer): Buffer[] {
+  return [Buffer.alloc(16), data]
 }
 
 export interface StatFs {

@@ -61,17 +61,21 @@ export type FuseRequest =
   | { op: 'notify_reply' }
   | { op: 'lookup', name: string }
   | { op: 'getattr', fh: number | undefined }
+  /** statx beyond stat (STATX_BTIME): answered from the same attributes. */
+  | { op: 'statx', fh: number | undefined }
   | { op: 'setattr', set: SetAttr }
   | { op: 'readlink' }
   | { op: 'symlink', name: string, target: string }
-  | { op: 'mknod', name: string, mode: number, rdev: number }
-  | { op: 'mkdir', name: string, mode: number }
+  | { op: 'mknod', name: string, mode: number, rdev: number, umask: number }
+  | { op: 'mkdir', name: string, mode: number, umask: number }
   | { op: 'unlink', name: string }
   | { op: 'rmdir', name: string }
   | { op: 'rename', name: string, newParent: number, newName: string, flags: number }
   | { op: 'link', ino: number, newName: string }
   | { op: 'open', flags: number }
-  | { op: 'create', name: string, mode: number, flags: number }
+  | { op: 'create', name: string, mode: number, flags: number, umask: number }
+  /** O_TMPFILE: an unnamed file in the directory, open (the name the kernel sends is a placeholder). */
+  | { op: 'tmpfile', mode: number, flags: number, umask: number }
   | { op: 'read', fh: number, offset: number, size: number }
   /** `data` is a view of the request buffer (a write's data is never copied). */
   | { op: 'write', fh: number, offset: number, data: Buffer, flags: number }
@@ -91,6 +95,8 @@ export type FuseRequest =
   | { op: 'fallocate', fh: number, offset: number, length: number, mode: number }
   | { op: 'lseek', fh: number, offset: number, whence: number }
   | { op: 'copy_file_range', fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number, flags: number }
+  /** An ioctl bslfs may answer (chattr's FS_IOC_GETFLAGS/SETFLAGS come this way); `input` is a copy. */
+  | { op: 'ioctl', fh: number, flags: number, cmd: number, input: Buffer, outSize: number }
 
 // Body sizes of the kernel's structs (linux/fuse.h). Those that grew did so before 7.28
 // (fuse_read_in and fuse_write_in at 7.9, fuse_mknod_in at 7.12), so at the minors bslfs
@@ -121,6 +127,8 @@ const INTERRUPT_IN = 8
 const FALLOCATE_IN = 32
 const LSEEK_IN = 24
 const COPY_FILE_RANGE_IN = 56
+const IOCTL_IN = 32
+const STATX_IN = 24
 /** A name: at least its NUL. */
 const NAME = 1
 
@@ -186,6 +194,12 @@ function rename (b: Buffer, fixed: number, flags: number): FuseRequest {
   return { op: 'rename', name: from.text, newParent: u64(b, 0), newName: name(b, from.next, 'rename'), flags }
 }
 
+function ioctl (b: Buffer): FuseRequest {
+  const inSize = b.readUInt32LE(24)
+  if (b.length < IOCTL_IN + inSize) throw new FsError('EINVAL', `ioctl with ${inSize} bytes of input carries ${b.length - IOCTL_IN}`)
+  return { op: 'ioctl', fh: u64(b, 0), flags: b.readUInt32LE(8), cmd: b.readUInt32LE(12), input: Buffer.from(b.subarray(IOCTL_IN, IOCTL_IN + inSize)), outSize: b.readUInt32LE(28) }
+}
+
 function kind (name: string, minBody: number, decode?: RequestKind['decode'], replies = true): RequestKind {
   return { name, minBody, replies, decode }
 }
@@ -206,15 +220,15 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
     const link = nameAt(b, 0, 'symlink')
     return { op: 'symlink', name: link.text, target: name(b, link.next, 'symlink') }
   })],
-  [Op.MKNOD, kind('mknod', MKNOD_IN + NAME, b => ({ op: 'mknod', name: name(b, MKNOD_IN, 'mknod'), mode: b.readUInt32LE(0), rdev: b.readUInt32LE(4) }))],
-  [Op.MKDIR, kind('mkdir', MKDIR_IN + NAME, b => ({ op: 'mkdir', name: name(b, MKDIR_IN, 'mkdir'), mode: b.readUInt32LE(0) }))],
+  [Op.MKNOD, kind('mknod', MKNOD_IN + NAME, b => ({ op: 'mknod', name: name(b, MKNOD_IN, 'mknod'), mode: b.readUInt32LE(0), rdev: b.readUInt32LE(4), umask: b.readUInt32LE(8) }))],
+  [Op.MKDIR, kind('mkdir', MKDIR_IN + NAME, b => ({ op: 'mkdir', name: name(b, MKDIR_IN, 'mkdir'), mode: b.readUInt32LE(0), umask: b.readUInt32LE(4) }))],
   [Op.UNLINK, kind('unlink', NAME, b => ({ op: 'unlink', name: name(b, 0, 'unlink') }))],
   [Op.RMDIR, kind('rmdir', NAME, b => ({ op: 'rmdir', name: name(b, 0, 'rmdir') }))],
   [Op.RENAME, kind('rename', RENAME_IN + 2 * NAME, b => rename(b, RENAME_IN, 0))],
   [Op.RENAME2, kind('rename2', RENAME2_IN + 2 * NAME, b => rename(b, RENAME2_IN, b.readUInt32LE(8)))],
   [Op.LINK, kind('link', LINK_IN + NAME, b => ({ op: 'link', ino: u64(b, 0), newName: name(b, LINK_IN, 'link') }))],
   [Op.OPEN, kind('open', OPEN_IN, b => ({ op: 'open', flags: b.readUInt32LE(0) }))],
-  [Op.CREATE, kind('create', CREATE_IN + NAME, b => ({ op: 'create', name: name(b, CREATE_IN, 'create'), mode: b.readUInt32LE(4), flags: b.readUInt32LE(0) }))],
+  [Op.CREATE, kind('create', CREATE_IN + NAME, b => ({ op: 'create', name: name(b, CREATE_IN, 'create'), mode: b.readUInt32LE(4), flags: b.readUInt32LE(0), umask: b.readUInt32LE(8) }))],
   [Op.READ, kind('read', READ_IN, b => ({ op: 'read', fh: u64(b, 0), offset: u64(b, 8), size: b.readUInt32LE(16) }))],
   [Op.WRITE, kind('write', WRITE_IN, write)],
   [Op.FLUSH, kind('flush', FLUSH_IN, b => ({ op: 'flush', fh: u64(b, 0) }))],
@@ -230,14 +244,16 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
   [Op.GETXATTR, kind('getxattr', GETXATTR_IN + NAME, b => ({ op: 'getxattr', name: name(b, GETXATTR_IN, 'getxattr'), size: b.readUInt32LE(0) }))],
   [Op.LISTXATTR, kind('listxattr', GETXATTR_IN, b => ({ op: 'listxattr', size: b.readUInt32LE(0) }))],
   [Op.REMOVEXATTR, kind('removexattr', NAME, b => ({ op: 'removexattr', name: name(b, 0, 'removexattr') }))],
+  [Op.IOCTL, kind('ioctl', IOCTL_IN, ioctl)],
+  [Op.TMPFILE, kind('tmpfile', CREATE_IN, b => ({ op: 'tmpfile', mode: b.readUInt32LE(4), flags: b.readUInt32LE(0), umask: b.readUInt32LE(8) }))],
+  [Op.STATX, kind('statx', STATX_IN, b => ({ op: 'statx', fh: b.readUInt32LE(0) & GETATTR_FH ? u64(b, 8) : undefined }))],
   // Not implemented, and the kernel copes: ACCESS (default_permissions: the kernel checks), locks
-  // (the kernel keeps them locally), BMAP, IOCTL, POLL.
+  // (the kernel keeps them locally), BMAP, POLL.
   [Op.ACCESS, kind('access', 0)],
   [Op.GETLK, kind('getlk', 0)],
   [Op.SETLK, kind('setlk', 0)],
   [Op.SETLKW, kind('setlkw', 0)],
   [Op.BMAP, kind('bmap', 0)],
-  [Op.IOCTL, kind('ioctl', 0)],
   [Op.POLL, kind('poll', 0)],
   [Op.FALLOCATE, kind('fallocate', FALLOCATE_IN, b => ({ op: 'fallocate', fh: u64(b, 0), offset: u64(b, 8), length: u64(b, 16), mode: b.readUInt32LE(24) }))],
   [Op.LSEEK, kind('lseek', LSEEK_IN, b => ({ op: 'lseek', fh: u64(b, 0), offset: u64(b, 8), whence: b.readUInt32LE(16) }))],

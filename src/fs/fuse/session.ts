@@ -8,7 +8,7 @@ import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
   MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
-  notifyInvalEntry, notifyInvalInode, Op, u64Out
+  notifyInvalEntry, notifyInvalInode, Op, u64Out, ioctlOut, statxOut
 } from './protocol'
 import { FuseOpMetrics, mountMetrics } from '../../metrics/mount-metrics'
 import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
@@ -24,7 +24,13 @@ const O_DIRECT = process.arch === 'arm64' ? 0o200000 : 0o40000
 const MAX_COPY = 0xfffff000
 
 /** Who asks: the calling process, as the kernel reports it. */
-export interface Caller { uid: number, gid: number, pid: number }
+export interface Caller {
+  uid: number
+  gid: number
+  pid: number
+  /** mknod, mkdir, create: the creator's umask, which the filesystem applies (FUSE_DONT_MASK) unless a default ACL rules. */
+  umask?: number
+}
 
 /** One entry of a directory listing; `attr` is there for READDIRPLUS (its absence: no attributes). */
 export interface DirItem { name: string, ino: number, mode: number, attr?: Attr }
@@ -52,10 +58,12 @@ export interface FuseFilesystem {
   symlink (parent: number, name: string, target: string, caller: Caller): Promise<Attr>
   unlink (parent: number, name: string): Promise<void>
   rmdir (parent: number, name: string): Promise<void>
-  rename (parent: number, name: string, newParent: number, newName: string, flags: number): Promise<void>
+  rename (parent: number, name: string, newParent: number, newName: string, flags: number, caller?: Caller): Promise<void>
   link (ino: number, newParent: number, newName: string): Promise<Attr>
   open (ino: number, flags: number): Promise<number>
   create (parent: number, name: string, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }>
+  /** open(parent, O_TMPFILE): a file without a name, open; it goes with its last close unless linked. */
+  tmpfile? (parent: number, mode: number, flags: number, caller: Caller): Promise<{ attr: Attr, fh: number }>
   /**
    * Up to `size` bytes at `offset`, fewer only at the end of the file, as
    * pieces that are written to the kernel as they are (no copy): each must
@@ -88,6 +96,8 @@ export interface FuseFilesystem {
   lseek? (ino: number, fh: number, offset: number, whence: number): Promise<number>
   /** copy_file_range(2) between two open files of this filesystem: the bytes copied. */
   copyFileRange? (ino: number, fhIn: number, offIn: number, inoOut: number, fhOut: number, offOut: number, len: number): Promise<number>
+  /** An ioctl: its output (at most `outSize` bytes); ENOTTY for one the filesystem does not know. */
+  ioctl? (ino: number, cmd: number, input: Buffer, outSize: number, caller: Caller): Promise<Buffer>
 }
 
 export interface SessionOptions {
@@ -105,6 +115,8 @@ export interface SessionOptions {
   maxReadahead: number
   /** Use READDIRPLUS: listings carry attributes, so `ls -l` needs no lookup per name. */
   readdirPlus: boolean
+  /** POSIX ACLs: the kernel enforces them (FUSE_POSIX_ACL) and leaves the umask to the filesystem (FUSE_DONT_MASK). */
+  posixAcl: boolean
 }
 
 export const DEFAULT_SESSION: SessionOptions = {
@@ -115,7 +127,8 @@ export const DEFAULT_SESSION: SessionOptions = {
   directIo: false,
   maxWrite: 1 << 20,
   maxReadahead: KERNEL_READ_AHEAD_BYTES,
-  readdirPlus: true
+  readdirPlus: true,
+  posixAcl: true
 }
 
 /** Requests handled per wake-up before the loop serves other callbacks (device completions). */
@@ -530,18 +543,23 @@ export class FuseSession {
         this.answer(call, fs.lookup(node, req.name), a => a ? entry(a) : entryOut(0, null, this.opts.negativeTimeout, 0))
         break
       case 'getattr': this.answer(call, fs.getattr(node, req.fh), attr); break
+      case 'statx': this.answer(call, fs.getattr(node, req.fh), a => statxOut(a, this.opts.attrTimeout)); break
       case 'setattr': this.answer(call, fs.setattr(node, req.set, caller), attr); break
       case 'readlink': this.answer(call, fs.readlink(node), t => Buffer.from(t)); break
       case 'symlink': this.answer(call, fs.symlink(node, req.name, req.target, caller), entry); break
-      case 'mknod': this.answer(call, fs.mknod(node, req.name, req.mode, req.rdev, caller), entry); break
-      case 'mkdir': this.answer(call, fs.mkdir(node, req.name, req.mode, caller), entry); break
+      case 'mknod': this.answer(call, fs.mknod(node, req.name, req.mode, req.rdev, { ...caller, umask: req.umask }), entry); break
+      case 'mkdir': this.answer(call, fs.mkdir(node, req.name, req.mode, { ...caller, umask: req.umask }), entry); break
       case 'unlink': this.answer(call, fs.unlink(node, req.name), empty); break
       case 'rmdir': this.answer(call, fs.rmdir(node, req.name), empty); break
-      case 'rename': this.answer(call, fs.rename(node, req.name, req.newParent, req.newName, req.flags), empty); break
+      case 'rename': this.answer(call, fs.rename(node, req.name, req.newParent, req.newName, req.flags, caller), empty); break
       case 'link': this.answer(call, fs.link(req.ino, node, req.newName), entry); break
       case 'open': this.answer(call, fs.open(node, req.flags), fh => openOut(fh, this.openFlags())); break
       case 'create':
-        this.answer(call, fs.create(node, req.name, req.mode, req.flags, caller), r => [entry(r.attr), openOut(r.fh, this.openFlags())])
+        this.answer(call, fs.create(node, req.name, req.mode, req.flags, { ...caller, umask: req.umask }), r => [entry(r.attr), openOut(r.fh, this.openFlags())])
+        break
+      case 'tmpfile':
+        if (!fs.tmpfile) this.finish(call, E.ENOSYS)
+        else this.answer(call, fs.tmpfile(node, req.mode, req.flags, { ...caller, umask: req.umask }), r => [entry(r.attr), openOut(r.fh, this.openFlags())])
         break
       case 'read': this.answer(call, fs.read(node, req.fh, req.offset, req.size, signal), pieces => pieces); break
       case 'write': {
@@ -592,6 +610,10 @@ export class FuseSession {
         // The reply's count is 32 bits: the kernel asks again for the rest.
         this.answer(call, fs.copyFileRange(node, req.fhIn, req.offIn, req.nodeOut, req.fhOut, req.offOut, Math.min(req.len, MAX_COPY)), u32Out)
         break
+      case 'ioctl':
+        if (!fs.ioctl) this.finish(call, E.ENOTTY)
+        else this.answer(call, fs.ioctl(node, req.cmd, req.input, req.outSize, caller), ioctlOut)
+        break
       default:
         // forget, interrupt and notify_reply are handled before (they get no answer).
         this.finish(call, E.ENOSYS)
@@ -620,7 +642,7 @@ export class FuseSession {
       events.error('the kernel speaks FUSE %d.%d; bslfs needs 7.%d or newer', k.major, k.minor, MIN_KERNEL_MINOR)
       return this.finish(call, E.EPROTO)
     }
-    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0)
+    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0) | (this.opts.posixAcl ? Init.POSIX_ACL | Init.DONT_MASK : 0)
     const flags = k.flags & wanted
     const maxWrite = this.opts.maxWrite
     this.bufferBytes = maxWrite + 4096
