@@ -6,6 +6,7 @@ import { FsError } from '../errors'
 import { Timespec } from '../posix/time'
 import { CacheUse } from './block-cache'
 import { GroupMember } from './group-commit'
+import { contentStamp } from './kernel-pages'
 import { FileReader, ReadableFile, spans } from './reader'
 import type { FileServices } from './services'
 import { FileWriter, WrittenFile } from './writer'
@@ -155,9 +156,12 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
    * close(2): every dirty block is stored on its devices (a write error is
    * reported here), and the records and attributes go to the directory with
    * the next group commit, a few milliseconds later; until then the open files
-   * keep this file, so every open sees its data.
+   * keep this file, so every open sees its data. On a shared filesystem an
+   * open on another host must see them too (close-to-open): there close waits
+   * for the commit, which goes at once (with whatever else is queued).
    */
   async flush (): Promise<void> {
+    if (this.services.dir.shared) return await this.flushNow()
     this.writer.flushAll()
     await this.writer.stored()
     this.writer.throwPendingError()
@@ -168,7 +172,9 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
 
   /** Write and commit everything now (unmount): resolves once this file is clean, or fails with why not. */
   async flushNow (): Promise<void> {
-    await this.flush()
+    this.writer.flushAll()
+    await this.writer.stored()
+    this.writer.throwPendingError()
     await this.writer.settle()
     this.writer.throwPendingError()
     if (this.pendingVersion !== this.committedVersion) await this.commit([])
@@ -204,6 +210,21 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
     this.change({ size, mtime: now, ctime: now })
     await this.commit([], keep)
     for (const i of [...this.blocks.keys()]) if (i >= keep) this.blocks.delete(i)
+  }
+
+  /** Which content the committed size and block map stand for (see contentStamp). */
+  get stamp (): string { return contentStamp(this.committedSize, this.blocks) }
+
+  /**
+   * Another host changed the file: serve its size and block map from now on.
+   * Only a clean file takes them (this mount's own writes waiting to commit
+   * would be lost); false when it did not.
+   */
+  reload (size: number, blocks: Map<number, BlockRecord>): boolean {
+    if (!this.clean) return false
+    this.committedSize = size
+    this.blocks = blocks
+    return true
   }
 
   /** Blocks whose BSL changed in the directory but not their object (adopt): use the new BSLs. */

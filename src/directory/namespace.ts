@@ -1,12 +1,13 @@
 import { FsError } from '../errors'
 import { S_ISGID, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
+import { readBlocks } from './blocks'
 import { Change } from './changes'
 import { IdReservations } from './ids'
 import { KvStore, KvTxn } from './kv'
 import { Usage } from './meta'
 import { NamespaceReader } from './reader'
-import { Inode, ROOT_INO, decodeEntry, decodeInode, keys } from './records'
+import { BlockRecord, Inode, ROOT_INO, decodeEntry, decodeInode, keys } from './records'
 import { UsageCounters } from './usage'
 import { Writer, WriterHost } from './writer'
 
@@ -118,6 +119,19 @@ export class Namespace implements WriterHost {
     const inode = decodeInode(ino, raw)
     if (!tx && this.commits === before) this.inodes.set(ino, inode)
     return inode
+  }
+
+  /**
+   * The inode and block map of `ino` as the store holds them now, read in one
+   * transaction, not from the caches (another host may have changed both since);
+   * the inode cache takes the inode (an open on a shared filesystem: close-to-open).
+   */
+  async readFresh (ino: number): Promise<{ inode: Inode, blocks: Map<number, BlockRecord> }> {
+    const before = this.commits
+    const got = await this.kv.txn(async tx => ({ inode: await this.getInode(ino, tx), blocks: await readBlocks(tx, ino) }))
+    if (this.commits === before) this.inodes.set(ino, got.inode)
+    else this.inodes.delete(ino) // a commit raced the read: the next read asks the store
+    return got
   }
 
   /** The inode if it is in the cache (no read): for callers that take many in a row. */
