@@ -172,12 +172,34 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
 
   /** Write and commit everything now (unmount): resolves once this file is clean, or fails with why not. */
   async flushNow (): Promise<void> {
-    this.writer.flushAll()
-    await this.writer.stored()
-    this.writer.throwPendingError()
-    await this.writer.settle()
-    this.writer.throwPendingError()
-    if (this.pendingVersion !== this.committedVersion) await this.commit([])
+    try {
+      this.writer.flushAll()
+      await this.writer.stored()
+      this.writer.throwPendingError()
+      await this.writer.settle()
+      this.writer.throwPendingError()
+      if (this.pendingVersion !== this.committedVersion) await this.commit([])
+    } catch (err) {
+      if (!this.goneElsewhere(err)) throw err
+    }
+  }
+
+  /**
+   * A commit failed because the inode is gone: another host removed it while
+   * this mount had it open (cross-host open files are the next issue). Its
+   * changes have nowhere to go: they are dropped, and the file is clean (it
+   * must not hold up the unmount forever). A lost access time goes quietly;
+   * lost writes are ESTALE, thrown. False when `err` is not that.
+   */
+  private goneElsewhere (err: unknown): boolean {
+    if (!(err instanceof FsError && err.code === 'ENOENT') || !this.services.dir.shared) return false
+    const lost = !this.writer.idle || Object.keys(this.pending).some(k => k !== 'atime')
+    this.writer.truncate(0, 0)
+    this.pending = {}
+    this.committedVersion = this.pendingVersion
+    log('inode %d was removed by another host: its changes here are dropped', this.ino)
+    if (lost) throw new FsError('ESTALE', `inode ${this.ino} was removed by another host: its last writes here are lost`)
+    return true
   }
 
   /** flush, then make it all durable: after this the bytes survive a crash. */

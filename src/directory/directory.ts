@@ -192,6 +192,8 @@ export class Directory {
   cachedInode (ino: number): Inode | undefined { return this.ns.cachedInode(ino) }
   /** Whether other processes write the store too (PostgreSQL): what is cached may be stale. */
   get shared (): boolean { return this.kv.singleWriter !== true }
+  /** Forget the cached entry `name` of `parent` (it named an inode another host has removed). */
+  forgetEntry (parent: number, name: string): void { this.ns.forget({ inodes: [], entries: [{ parent, name }] }) }
   /** The inode and block map as the store holds them now (not the caches), in one transaction. */
   readFresh (ino: number): Promise<{ inode: Inode, blocks: Map<number, BlockRecord> }> { return this.ns.readFresh(ino) }
   /** The child `name` of directory `parent`, or undefined. */

@@ -128,7 +128,10 @@ export class Namespace implements WriterHost {
    */
   async readFresh (ino: number): Promise<{ inode: Inode, blocks: Map<number, BlockRecord> }> {
     const before = this.commits
-    const got = await this.kv.txn(async tx => ({ inode: await this.getInode(ino, tx), blocks: await readBlocks(tx, ino) }))
+    const got = await this.kv.txn(async tx => ({ inode: await this.getInode(ino, tx), blocks: await readBlocks(tx, ino) })).catch(err => {
+      if (err instanceof FsError && err.code === 'ENOENT') this.inodes.delete(ino) // removed elsewhere: no stale copy answers again
+      throw err
+    })
     if (this.commits === before) this.inodes.set(ino, got.inode)
     else this.inodes.delete(ino) // a commit raced the read: the next read asks the store
     return got

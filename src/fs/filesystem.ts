@@ -112,7 +112,15 @@ export class BslFilesystem implements FuseFilesystem {
 
   async lookup (parent: number, name: string): Promise<Attr | null> {
     const ino = await this.dir.lookup(parent, name)
-    return ino === undefined ? null : await this.attrOf(ino)
+    if (ino === undefined) return null
+    return await this.attrOf(ino).catch(async err => {
+      // Shared: another host removed the inode after this mount cached the name (a file replaced by a
+      // rename over it); the store says what the name is now.
+      if (!this.dir.shared || !(err instanceof FsError && err.code === 'ENOENT')) throw err
+      this.dir.forgetEntry(parent, name)
+      const now = await this.dir.lookup(parent, name)
+      return now === undefined ? null : await this.attrOf(now)
+    })
   }
 
   async getattr (ino: number): Promise<Attr> {
