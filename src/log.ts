@@ -31,9 +31,24 @@ createDebug.log = (...args: unknown[]) => {
   process.stderr.write(formatWithOptions((createDebug.inspectOpts ?? {}) as InspectOptions, ...args).replace(/\n\s*/g, ' | ') + '\n')
 }
 
+/** An ERROR or WARN event kept for `bslfs status` (the last few, with their times). */
+export interface RecentEvent { time: string, level: Level, namespace: string, message: string }
+const RECENT_EVENTS = 20
+const recent: RecentEvent[] = []
+
+/** The last ERROR and WARN events of this process, oldest first. */
+export function recentEvents (): RecentEvent[] {
+  return recent.slice()
+}
+
 export function logger (namespace: string): Logger {
   const write = (level: Level) => (format: string, ...args: unknown[]) => {
-    process.stderr.write(logLine(level, namespace, formatWithOptions({ colors: false }, format, ...args)))
+    const message = formatWithOptions({ colors: false }, format, ...args)
+    process.stderr.write(logLine(level, namespace, message))
+    if (level === 'ERROR' || level === 'WARN') {
+      recent.push({ time: new Date().toISOString(), level, namespace, message: message.slice(0, 500) })
+      if (recent.length > RECENT_EVENTS) recent.shift()
+    }
   }
   return { error: write('ERROR'), warn: write('WARN'), info: write('INFO'), debug: createDebug(namespace) }
 }

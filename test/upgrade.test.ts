@@ -7,7 +7,8 @@ import * as fs from 'node:fs'
 import { join } from 'node:path'
 import { LevelKv } from '../src/directory/leveldb'
 import { keys } from '../src/directory/records'
-import { bslfs, describeRun, isMounted, repoRoot, sha256, waitFor } from './helpers/mount'
+import { HANDLES, dropCaches } from './helpers/handles'
+import { bslfs, describeRun, isMounted, py, repoRoot, sha256, waitFor } from './helpers/mount'
 
 const fixture = join(repoRoot, 'test', 'fixtures', 'state-v1')
 /** What the fixture's files hold: path → sha256 of the content, and mode (as made, see state-v1.md). */
@@ -45,6 +46,12 @@ t.test('a filesystem made by format 1 mounts and reads back exactly', async t =>
   }
   walk('')
   t.same(found, expected, 'every file, with its content and mode')
+  // Inodes of format 1 have no generation (0): their file handles open after the kernel forgot them.
+  const file = 'docs/blocks.bin'
+  const h = (await py(HANDLES, ['encode', join(mnt, file)])).results.h0 ?? ''
+  dropCaches()
+  const r = await py(HANDLES, ['open', mnt, h])
+  t.equal(r.results.h0, `OK:${expected[file]!.sha256}`, `a handle of ${file} opens it after drop_caches`, { run: describeRun(r.run) })
   const fsck = await bslfs(['fsck', state])
   t.equal(fsck.code, 0, 'fsck finds nothing wrong', { run: describeRun(fsck) })
   t.equal((await bslfs(['unmount', mnt])).code, 0, 'it unmounts')

@@ -2,7 +2,8 @@
  * `npm run bench`: bslfs against a plain local directory ("native") and bindfs
  * (the C FUSE passthrough) on the same disk, bslfs with its data volume mirrored
  * across two block servers on loopback ("bslfs-mirror") or on one
- * ("bslfs-remote", on request), and a GlusterFS replica-2 volume on this host
+ * ("bslfs-remote", on request; "bslfs-pg" is that with the directory on a
+ * PostgreSQL the bench starts, on request), and a GlusterFS replica-2 volume on this host
  * when glusterd is installed. Runs are interleaved round-robin (run 1 of every
  * target, then run 2, ...) and reported as median (min–max).
  *
@@ -18,7 +19,7 @@ import { mountLine, peakRssKiB, startCleanup, stoppedBy, Teardown, trapSignals }
 import { cell, fmt, fmtBytes, fmtRss, median, table } from './report'
 import { scaleMode } from './scale'
 import {
-  BASELINE_TARGETS, bindfsTarget, bslfsFuseOptions, checkoutBin, bslfsTarget, glusterTarget, nativeTarget, onPath, removeUnlessMounted, type Target,
+  BASELINE_TARGETS, bindfsTarget, bslfsFuseOptions, checkoutBin, bslfsPgTarget, bslfsTarget, glusterTarget, nativeTarget, onPath, removeUnlessMounted, type Target,
   type TargetName, TARGETS, watched
 } from './targets'
 import { buildTree, runOnce, type Tree, type Workload, workloads } from './workloads'
@@ -27,6 +28,8 @@ import { buildTree, runOnce, type Tree, type Workload, workloads } from './workl
 const DEFAULT_TARGETS: TargetName[] = ['native', 'bindfs', 'bslfs', 'bslfs-mirror', 'glusterfs']
 
 const USAGE = `usage: npm run bench -- [options]
+  (targets: bslfs-remote = data on one loopback block server; bslfs-pg = the same with the directory on a
+   PostgreSQL on loopback the bench starts itself, which needs the postgresql package and a postgres user)
   --runs N       runs per target (default 3; 1 with --quick)
   --size MIB     sequential write/read size in MiB (default 1024; 64 with --quick)
   --files N      files to create, stat and unlink (default 10000; 1000 with --quick)
@@ -51,8 +54,11 @@ const RATIOS: Array<{ label: string, num: TargetName, den: TargetName }> = [
   { label: 'bslfs/native', num: 'bslfs', den: 'native' },
   { label: 'remote/local', num: 'bslfs-remote', den: 'bslfs' },
   { label: 'mirror/local', num: 'bslfs-mirror', den: 'bslfs' },
+  { label: 'pg/remote', num: 'bslfs-pg', den: 'bslfs-remote' },
+  { label: 'pg/local', num: 'bslfs-pg', den: 'bslfs' },
   { label: 'mirror/remote', num: 'bslfs-mirror', den: 'bslfs-remote' },
   { label: 'tls/plain', num: 'bslfs-mirror-tls', den: 'bslfs-mirror' },
+  { label: 'metrics/off', num: 'bslfs-metrics', den: 'bslfs' },
   { label: 'bslfs/base', num: 'bslfs', den: 'bslfs-base' },
   { label: 'mirror/base', num: 'bslfs-mirror', den: 'bslfs-mirror-base' }
 ]
@@ -123,9 +129,11 @@ async function setUp (name: TargetName, root: string, td: Teardown, opts: Option
     case 'bindfs': return await bindfsTarget(root, td)
     case 'bslfs': return await bslfsTarget(root, td, name, 'local')
     case 'bslfs-remote': return await bslfsTarget(root, td, name, 'remote')
+    case 'bslfs-pg': return await bslfsPgTarget(root, td)
     case 'bslfs-mirror': return await bslfsTarget(root, td, name, 'mirror')
     case 'bslfs-mirror-tls': return await bslfsTarget(root, td, name, 'mirror-tls')
     case 'bslfs-base': return await bslfsTarget(root, td, name, 'local', await checkoutBin(opts.baseline as string))
+    case 'bslfs-metrics': return await bslfsTarget(root, td, name, 'local', undefined, undefined, true)
     case 'bslfs-mirror-base': return await bslfsTarget(root, td, name, 'mirror', await checkoutBin(opts.baseline as string))
     case 'glusterfs':
       if (!await onPath('glusterd')) {
@@ -170,13 +178,21 @@ class Results {
   print (runs: number, peaks: PeakRss): void {
     const { list, ran, ratios } = this
     console.log(`\nmedian (min–max) of ${runs} run(s); higher is better\n`)
-    console.log(table([['workload', 'unit', ...ran], ...list.map(w => [w.label, w.unit, ...ran.map(t => cell(this.xs(w.key, t)))])]))
+    const rates = list.filter(w => !w.latency)
+    const times = list.filter(w => w.latency)
+    console.log(table([['workload', 'unit', ...ran], ...rates.map(w => [w.label, w.unit, ...ran.map(t => cell(this.xs(w.key, t)))])]))
     console.log('(caches dropped: the kernel\'s page, dentry and inode caches; a FUSE daemon\'s own, such as bslfs\'s recently read blocks, stay)')
     if (ratios.length) {
       const spelled = ratios.filter(r => r.label !== `${r.num}/${r.den}`).map(r => `${r.label} = ${r.num} / ${r.den}`)
       console.log(`\nratios of medians, target / reference: above 1 the target is faster${spelled.length ? `\n(${spelled.join('; ')})` : ''}\n`)
       console.log(table([['workload', ...ratios.map(r => r.label)],
-        ...list.map(w => [w.label, ...ratios.map(r => this.ratio(w.key, r.num, r.den).toFixed(2))])]))
+        ...rates.map(w => [w.label, ...ratios.map(r => this.ratio(w.key, r.num, r.den).toFixed(2))])]))
+    }
+    if (times.length) {
+      console.log('\nmetadata: µs per operation through the mount, median (min–max); lower is better.\n' +
+        'JuiceFS: its published figures for PostgreSQL (docs/en/benchmark/metadata_engines_benchmark.md, its own Go benchmark of the metadata API)\n')
+      console.log(table([['operation', ...ran, 'JuiceFS (PostgreSQL)'],
+        ...times.map(w => [w.label, ...ran.map(t => cell(this.xs(w.key, t))), String(w.latency!.juicefsPgUs)])]))
     }
     if (peaks.rows.size) {
       console.log('\npeak RSS (VmHWM, read after each run, before unmounting)')

@@ -11,11 +11,13 @@ import { access, chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { networkInterfaces } from 'node:os'
 import { delimiter, join, resolve } from 'node:path'
 import { defaultOptionList } from '../fs/mount'
+import { parseFsName, runtimePaths } from '../daemon/location'
+import { PgServer, pgUnavailable } from './postgres'
 import {
   alive, type Background, describeExit, freePort, killRunning, mountLine, run, sleep, startBackground, type Teardown, unmount, waitExit
 } from './proc'
 
-export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-mirror', 'bslfs-mirror-tls', 'bslfs-base', 'bslfs-mirror-base', 'glusterfs'] as const
+export const TARGETS = ['native', 'bindfs', 'bslfs', 'bslfs-remote', 'bslfs-pg', 'bslfs-mirror', 'bslfs-mirror-tls', 'bslfs-base', 'bslfs-mirror-base', 'bslfs-metrics', 'glusterfs'] as const
 /** The targets that run another checkout's bslfs (`--baseline DIR`): the same layouts, the code before a change. */
 export const BASELINE_TARGETS: readonly TargetName[] = ['bslfs-base', 'bslfs-mirror-base']
 export type TargetName = typeof TARGETS[number]
@@ -152,8 +154,12 @@ export async function bindfsTarget (root: string, td: Teardown): Promise<Target>
 
 /** The pid in STATE/daemon.pid, or undefined when there is none (not mounted, or already stopped). */
 export async function daemonPid (state: string): Promise<number | undefined> {
+  return await pidIn(join(state, 'daemon.pid'))
+}
+
+async function pidIn (file: string): Promise<number | undefined> {
   try {
-    const pid = Number((await readFile(join(state, 'daemon.pid'), 'utf8')).trim())
+    const pid = Number((await readFile(file, 'utf8')).trim())
     return Number.isInteger(pid) && pid > 0 ? pid : undefined
   } catch {
     return undefined
@@ -192,11 +198,13 @@ async function startBlockServer (bin: string, name: string, device: string, toke
  * the mount goes first and its daemon gets to exit; only then do its servers stop
  * (left running, with a note, if the mount could not be removed).
  */
-export async function bslfsTarget (root: string, td: Teardown, name: TargetName, layout: Layout, bin = bslfsBin): Promise<Target & { state: string }> {
+export async function bslfsTarget (root: string, td: Teardown, name: TargetName, layout: Layout, bin = bslfsBin, directoryUrl?: string, metrics = false): Promise<Target & { state: string }> {
   const { servers: names, volumes, mirror, tls } = LAYOUTS[layout]
   const bslfs = async (...args: string[]): Promise<string> => (await run(bin, args)).stdout.trim()
-  const state = join(root, `${name}-state`)
+  // A STATE directory, or a postgres:// URL (its daemon's pid file is per mount point).
+  const state = directoryUrl ?? join(root, `${name}-state`)
   const mnt = join(root, `${name}-mnt`)
+  const daemonPid = async (): Promise<number | undefined> => await pidIn(runtimePaths(parseFsName(state), mnt).pid)
   const servers: Array<{ name: string, device: string, tokenFile: string, url: string, proc: Background }> = []
   let leftMounted = false
   await mkdir(mnt)
@@ -248,7 +256,7 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
   }
 
   td.add(`unmount ${name} at ${mnt}`, async () => {
-    const pid = await daemonPid(state) // before the unmount: the daemon removes daemon.pid as it finishes
+    const pid = await daemonPid() // before the unmount: the daemon removes daemon.pid as it finishes
     const cli = [bin, 'unmount']
     // `bslfs unmount --lazy` still refuses while the daemon holds data it cannot write (a server is
     // gone); this filesystem is scratch, so the kernel's lazy unmount is the last resort.
@@ -259,15 +267,23 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
     // After an unmount (a lazy one above all) the daemon still flushes and reclaims, through its servers.
     return pid === undefined || await waitExit(pid, DAEMON_EXIT_MS, `the ${name} mount daemon`, 'its unmount')
   })
-  await bslfs('mount', state, mnt)
-  const daemon = await daemonPid(state)
+  // bslfs-metrics: /metrics served, and scraped every second (Prometheus does every 15 s), to show its cost.
+  const metricsPort = metrics ? await freePort('127.0.0.1') : undefined
+  await bslfs('mount', state, mnt, ...(metricsPort ? ['-o', `metrics=127.0.0.1:${metricsPort}`] : []))
+  if (metricsPort) {
+    const scraper = setInterval(() => { fetch(`http://127.0.0.1:${metricsPort}/metrics`).then(r => r.text(), () => '').catch(() => '') }, 1000)
+    scraper.unref()
+    td.add(`stop scraping ${name}`, async () => { clearInterval(scraper); return true })
+    where += `, -o metrics=127.0.0.1:${metricsPort} scraped every second`
+  }
+  const daemon = await daemonPid()
   return {
     name,
     dir: mnt,
     state,
     description: `${bin === bslfsBin ? '' : `${bin}: `}bslfs mount (its defaults: ${bslfsFuseOptions().join(',')}), data on ${where}`,
     processes: async () => [
-      { label: `${name} mount daemon`, pid: await daemonPid(state) },
+      { label: `${name} mount daemon`, pid: await daemonPid() },
       ...servers.map(b => ({ label: `${name} block server ${b.name}`, pid: b.proc.pid }))
     ],
     broken: () => {
@@ -277,8 +293,31 @@ export async function bslfsTarget (root: string, td: Teardown, name: TargetName,
         return `${name}'s block server ${dead.name} (pid ${dead.proc.pid}) exited with ${describeExit(dead.proc.exit()!)}` +
           `${stderr ? `; its stderr:\n${stderr}` : ''}`
       }
-      if (daemon !== undefined && !alive(daemon)) return `${name}'s mount daemon (pid ${daemon}) has exited; see ${join(state, 'daemon.log')}`
+      if (daemon !== undefined && !alive(daemon)) return `${name}'s mount daemon (pid ${daemon}) has exited; see ${runtimePaths(parseFsName(state), mnt).log}`
     }
+  }
+}
+
+/**
+ * bslfs with its directory on a PostgreSQL on loopback that the bench starts
+ * (initdb and pg_ctl as the postgres user in a temp dir, its settings left at
+ * their defaults: fsync on), and its data on one loopback block server: a
+ * shared filesystem refuses local devices, so it compares with bslfs-remote,
+ * which has the same data path.
+ */
+export async function bslfsPgTarget (root: string, td: Teardown): Promise<Target & { state: string }> {
+  const why = pgUnavailable()
+  if (why) throw new Error(`bslfs-pg cannot run: ${why}`)
+  const pg = await PgServer.create({ database: 'bslfsbench' })
+  // Added first, so it runs last: after the unmount and the block server.
+  td.add(`stop the bench's PostgreSQL (pid ${pg.pid}, ${pg.dir})`, async () => { await pg.destroy() })
+  const t = await bslfsTarget(root, td, 'bslfs-pg', 'remote', bslfsBin, pg.url())
+  const processes = t.processes
+  return {
+    ...t,
+    description: `${t.description}; directory on PostgreSQL ${(await pg.sql('SHOW server_version'))[0].server_version as string} at ${pg.url()} (pid ${pg.pid}, data ${pg.dataDir}, default settings)`,
+    processes,
+    broken: () => t.broken() ?? (alive(pg.pid) ? undefined : `bslfs-pg's PostgreSQL (pid ${pg.pid}) has exited; see ${pg.logFile}`)
   }
 }
 

@@ -14,7 +14,7 @@ import { MIN_KERNEL_MINOR } from '../fs/fuse/protocol'
 import { readTokenFile } from '../daemon/state'
 import { HEALTH_PATH } from '../wire/routes'
 import { packageRoot, packageVersion } from '../version'
-import { helperState, sbinDir } from './helper-link'
+import { HELPER_NAME, HELPER_NAMES, helperState, sbinDir } from './helper-link'
 
 export interface Check {
   name: string
@@ -89,16 +89,18 @@ export async function hostChecks (): Promise<Check[]> {
   } catch (err) {
     checks.push({ name: 'kernel FUSE protocol', ok: false, detail: `no probe mount: ${(err as Error).message}`, fix: 'run `bslfs doctor` as root once /dev/fuse, fusermount and the channel addon are fine' })
   }
-  const helper = await helperState(sbinDir())
-  const helperOk = helper.state === 'ours'
-  checks.push({
-    name: 'mount.bslfs helper',
-    ok: helperOk,
-    detail: helper.state === 'missing' ? `${helper.link} missing (mount -t bslfs and /etc/fstab need it)`
-      : helper.state === 'ours' ? `${helper.link} → ${helper.target}`
-        : helper.state === 'foreign' ? `${helper.link} is not a bslfs link` : `${helper.link} → ${helper.target} (${helper.state === 'dangling' ? 'gone' : 'another bslfs'})`,
-    fix: helperOk ? undefined : helper.state === 'foreign' ? `move ${helper.link} away, then \`bslfs install-helper\`` : '`bslfs install-helper` (as root)'
-  })
+  for (const name of HELPER_NAMES) {
+    const helper = await helperState(sbinDir(), name)
+    const helperOk = helper.state === 'ours'
+    checks.push({
+      name: `${name} helper`,
+      ok: helperOk,
+      detail: helper.state === 'missing' ? `${helper.link} missing (${name === HELPER_NAME ? 'mount -t bslfs and /etc/fstab need it' : 'mount -o remount and fstab type fuse.bslfs need it'})`
+        : helper.state === 'ours' ? `${helper.link} → ${helper.target}`
+          : helper.state === 'foreign' ? `${helper.link} is not a bslfs link` : `${helper.link} → ${helper.target} (${helper.state === 'dangling' ? 'gone' : 'another bslfs'})`,
+      fix: helperOk ? undefined : helper.state === 'foreign' ? `move ${helper.link} away, then \`bslfs install-helper\`` : '`bslfs install-helper` (as root)'
+    })
+  }
   return checks
 }
 

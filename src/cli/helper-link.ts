@@ -9,6 +9,12 @@ import { packageRoot } from '../version'
  * runs no uninstall scripts, so `bslfs uninstall-helper` is what removes it.
  */
 export const HELPER_NAME = 'mount.bslfs'
+/**
+ * The same helper under the type /proc/mounts shows (fuse.bslfs): what mount(8) runs for
+ * `mount -o remount,ro MOUNTPOINT` and for an fstab line of type fuse.bslfs (without it,
+ * it runs fuse's generic mount.fuse, which knows nothing of bslfs).
+ */
+export const HELPER_NAMES = [HELPER_NAME, 'mount.fuse.bslfs']
 
 /** The directory the link goes in: --sbin DIR, else $BSLFS_SBIN_DIR, else /sbin. */
 export function sbinDir (option?: string): string {
@@ -28,8 +34,8 @@ function isBslfsHelper (target: string): boolean {
 export type HelperState = { link: string, state: 'missing' } | { link: string, state: 'ours' | 'other-bslfs' | 'dangling', target: string } |
 { link: string, state: 'foreign', target?: string }
 
-export async function helperState (dir: string): Promise<HelperState> {
-  const link = join(dir, HELPER_NAME)
+export async function helperState (dir: string, name = HELPER_NAME): Promise<HelperState> {
+  const link = join(dir, name)
   let st
   try {
     st = await fsp.lstat(link)
@@ -46,9 +52,9 @@ export async function helperState (dir: string): Promise<HelperState> {
 }
 
 /** Point DIR/mount.bslfs at this bslfs; replaces a link to another bslfs, refuses anything else. */
-export async function installHelper (dir: string): Promise<{ link: string, target: string, changed: boolean }> {
+export async function installHelper (dir: string, name = HELPER_NAME): Promise<{ link: string, target: string, changed: boolean }> {
   const target = await helperTarget()
-  const now = await helperState(dir)
+  const now = await helperState(dir, name)
   if (now.state === 'ours') return { link: now.link, target, changed: false }
   if (now.state === 'foreign') {
     throw new UsageError(`${now.link} exists and is not a bslfs helper link${now.target ? ` (it points at ${now.target})` : ''}; move it away, then run \`bslfs install-helper\` again`)
@@ -63,8 +69,8 @@ export async function installHelper (dir: string): Promise<{ link: string, targe
 }
 
 /** Remove DIR/mount.bslfs when it is a bslfs helper link (this one, another, or dangling); leaves anything else. */
-export async function uninstallHelper (dir: string): Promise<{ link: string, removed: boolean, why?: string }> {
-  const now = await helperState(dir)
+export async function uninstallHelper (dir: string, name = HELPER_NAME): Promise<{ link: string, removed: boolean, why?: string }> {
+  const now = await helperState(dir, name)
   if (now.state === 'missing') return { link: now.link, removed: false, why: 'not there' }
   if (now.state === 'foreign') return { link: now.link, removed: false, why: 'not a bslfs helper link; left alone' }
   await fsp.rm(now.link)

@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from 'commander'
 import { resolve } from 'node:path'
 import { FsError, UsageError } from '../errors'
 import * as admin from '../daemon/admin'
+import * as dump from '../daemon/dump'
 import { askControl } from '../daemon/control'
 import { fsNameText, parseFsName, runtimePaths } from '../daemon/location'
 import { controlSocketOf, findFsMounts, findMount, fusermount } from '../daemon/mountpoint'
@@ -11,6 +12,7 @@ import { FsckReport } from '../daemon/fsck'
 import { Presets, SingleBar } from 'cli-progress'
 import { mountCommand } from './mount-command'
 import { registerServe } from './serve-command'
+import { registerStats } from './stats-command'
 import { registerSystemCommands } from './system-commands'
 import { packageVersion } from '../version'
 
@@ -66,6 +68,8 @@ const mib = (n?: number) => n === undefined ? '?' : `${(n / 1048576).toFixed(1)}
 
 function formatStatus (r: admin.StatusReport): string {
   const lines = [
+    r.problems.length ? `health      ${r.problems.length} PROBLEM${r.problems.length > 1 ? 'S' : ''}` : 'health      ok',
+    ...r.problems.map(p => `  ! ${p}`),
     `filesystem  ${r.state}`,
     `mounted     ${r.mounted ? `${r.mounted.mountpoint} (pid ${r.mounted.pid}${r.mounted.readOnly ? ', read-only' : ''}, since ${r.mounted.since})` : 'no'}`,
     `files       ${r.files}`,
@@ -85,7 +89,7 @@ function formatStatus (r: admin.StatusReport): string {
   const places = r.places.filter(p => !p.up || p.failovers || p.missing || p.corrupt || p.downs)
   if (places.length) lines.push('places:')
   for (const p of places) {
-    lines.push(`  ${p.place}  ${p.up ? 'up' : `DOWN since ${p.downSince}`}  served ${p.served}, failovers ${p.failovers}, missing ${p.missing}, corrupt ${p.corrupt}, went down ${p.downs}x${p.lastError ? `; last error: ${p.lastError}` : ''}`)
+    lines.push(`  ${p.place}  ${p.up ? 'up' : `DOWN since ${p.downSince}`}  served ${p.served}, failovers ${p.failovers}, missing ${p.missing}, corrupt ${p.corrupt}, went down ${p.downs}x${p.lastError ? `; last error${p.lastErrorAt ? ` at ${p.lastErrorAt}` : ''}: ${p.lastError}` : ''}`)
   }
   if (r.servers.length) lines.push('servers:')
   for (const sv of r.servers) lines.push(`  ${sv.name}  ${sv.url}  ${sv.reachable ? `reachable, devices ${sv.devices?.join(', ')}` : `UNREACHABLE: ${sv.error}`}`)
@@ -95,6 +99,8 @@ function formatStatus (r: admin.StatusReport): string {
       ? `  ${d.place}  ${d.path ?? ''}  unavailable: ${d.error}`
       : `  ${d.place}  ${d.path ?? ''}  ${mib(d.available)} free of ${mib(d.total)}`)
   }
+  if (r.recentErrors.length) lines.push('recent errors:')
+  for (const e of r.recentErrors.slice(-10)) lines.push(`  ${e.time} ${e.level} ${e.namespace} ${e.message}`)
   return lines.join('\n')
 }
 
@@ -187,7 +193,7 @@ export function program (): Command {
       const m = await findMount(abs)
       if (!m) throw new UsageError(`${abs} is not mounted`)
       if (m.fstype !== 'fuse.bslfs') throw new UsageError(`${abs} is not a bslfs mount (${m.fstype})`)
-      const answer = await askControl(controlSocketOf(m), { cmd: 'unmount', args: [], options: { lazy: !!o.lazy } })
+      const answer = await askControl(controlSocketOf(m), { cmd: 'unmount', args: [abs], options: { lazy: !!o.lazy } })
       if (answer && !answer.ok) throw new UsageError(answer.error)
       if (!answer) {
         // The daemon is gone: only the kernel's side of the mount is left.
@@ -206,6 +212,7 @@ export function program (): Command {
     })
 
   registerServe(cli)
+  registerStats(cli)
 
   const device = cli.command('device').description('local devices (directories on local disks)')
   device.command('add').argument('<STATE>').argument('<NAME>').argument('<PATH>')
@@ -360,6 +367,47 @@ export function program (): Command {
         print(o.json, blocks, () => blocks.map(b =>
           `${b.index}\t${b.bsl}\t${b.length} bytes\tcrc32 ${b.checksum}\t→ ${b.places.join(', ')}`).join('\n'))
       }
+    })
+
+  // Moving a filesystem between engines (src/daemon/dump.ts).
+  cli.command('dump').argument('<STATE>', 'a STATE directory or postgres:// URL, mounted or not')
+    .description('write the whole directory (names, inodes, xattrs, block maps, tables, queues) as one checksummed dump to stdout')
+    .action(async (state: string) => {
+      dump.checkDumpOutput()
+      const r = await dump.dumpCommand(state, process.stdout, { passwordFile: globalPasswordFile() })
+      await new Promise<void>(resolve => process.stdout.write('', () => resolve()))
+      console.error(`bslfs: dumped ${r.records} records (${mib(r.bytes)}, sha256 ${r.sha256.slice(0, 16)}…), ${r.usage.files} files, ${mib(r.usage.bytes)} in blocks`)
+    })
+  const formatLoad = (r: dump.LoadReport): string => [
+    `bslfs: loaded ${r.records} records of filesystem ${r.uuid} (dumped from ${r.source}) into ${r.target}`,
+    `  verified: ${r.verified.records} records read back as written (${r.verified.blocks} block map entries, so \`bslfs blocks\` lists the same); ` +
+      `fsck ${r.verified.fsck.clean ? 'clean' : `found problems: ${Object.entries(r.verified.fsck.problems).map(([k, n]) => `${k} ${n}`).join(', ')}`}`,
+    ...r.verified.fsck.first.map(p => `    ${p}`),
+    ...(r.verified.fsck.clean ? [] : ['  (a dump holds the directory; the blocks stay on the volumes: if the source was used after the dump, what it wrote since shows as orphan objects and what it freed as missing copies)']),
+    ...(r.usageCorrected ? [`  usage: the dump counted ${r.usageCorrected.files} files and ${r.usageCorrected.bytes} bytes; its records hold ${r.usage.files} and ${r.usage.bytes}, which were loaded`] : []),
+    ...(r.localVolumes.length && r.target.startsWith('postgres') ? [`  note: ${r.localVolumes.join(', ')}: a device of this host only; other hosts reach it once it is served: see "From one host to PostgreSQL" in the README`] : [])
+  ].join('\n')
+  cli.command('load').argument('<STATE>', 'an empty or new STATE directory, or an empty database (postgres:// URL)').argument('[DUMP]', 'the dump file (default: stdin)')
+    .description('load a dump made by `bslfs dump` into an empty target, check it whole first, verify it afterwards')
+    .option('--checksums', 'verify by reading every block copy (default: check each copy is there with the right size)')
+    .option('--json', 'machine-readable report')
+    .action(async (state: string, file: string | undefined, o: { checksums?: boolean, json?: boolean }) => {
+      const input = await dump.dumpInput(file)
+      try {
+        const r = await dump.loadDump(state, input.source, { passwordFile: globalPasswordFile(), checksums: !!o.checksums })
+        print(o.json, r, () => formatLoad(r))
+        if (!r.verified.fsck.clean) process.exitCode = 1
+      } finally {
+        await input.cleanup()
+      }
+    })
+  cli.command('migrate').argument('<FROM>', 'STATE or postgres:// URL (unmounted)').argument('<TO>', 'an empty STATE directory or database')
+    .description('move a filesystem to another engine: `bslfs dump FROM | bslfs load TO` in one step, verified')
+    .option('--json', 'machine-readable report')
+    .action(async (from: string, to: string, o: { json?: boolean }) => {
+      const r = await dump.migrate(from, to, { passwordFile: globalPasswordFile() })
+      print(o.json, r, () => formatLoad(r))
+      if (!r.verified.fsck.clean) process.exitCode = 1
     })
 
   // Package, systemd, fstab and doctor (src/cli/system-commands.ts).

@@ -6,6 +6,7 @@ import { runDaemon } from '../daemon/daemon'
 import { fsNameText, parseFsName, runtimePaths } from '../daemon/location'
 import { checkPasswordFile, readMarker } from '../daemon/state'
 import { parseMountOptions } from '../fs/mount'
+import { liveMountOf, mountSecond } from './second-mount'
 
 /**
  * `password_file=FILE` in -o (what an fstab line can carry) is this
@@ -36,6 +37,13 @@ export async function mountCommand (nameArg: string, mountpoint: string, opts: {
   const options = parseMountOptions(taken.options) // refuse bad options before anything starts
   const name = parseFsName(nameArg)
   checkPasswordFile(name, passwordFile)
+  // A STATE has one daemon: mounted already, it is shown here too (the daemon itself never is one).
+  const first = name.kind === 'state' && !opts.readyFd ? await liveMountOf(name) : undefined
+  if (first) {
+    await mountSecond(name, first, mountpoint, taken.options, options)
+    if (opts.foreground) console.log(`bslfs: ${fsNameText(name)} (mounted at ${first.mountpoint}) mounted at ${resolve(mountpoint)} too`)
+    return
+  }
   if (opts.foreground || opts.readyFd) {
     const ready = opts.readyFd ? createWriteStream('', { fd: Number(opts.readyFd) }) : null
     let daemon

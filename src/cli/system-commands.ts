@@ -4,7 +4,7 @@ import { readMarker } from '../daemon/state'
 import { UsageError } from '../errors'
 import { Check, formatChecks, hostChecks, stateChecks, urlChecks } from './doctor'
 import { fstabAdd, fstabPath, fstabRemove } from './fstab'
-import { installHelper, sbinDir, uninstallHelper } from './helper-link'
+import { HELPER_NAMES, installHelper, sbinDir, uninstallHelper } from './helper-link'
 import { installUnits, systemdPaths, uninstallUnits, writeServeConf } from './systemd'
 
 /**
@@ -14,18 +14,22 @@ import { installUnits, systemdPaths, uninstallUnits, writeServeConf } from './sy
 export function registerSystemCommands (cli: Command, status: (state: string) => Promise<StatusReport>): void {
   const sbin = new Option('--sbin <DIR>', 'where mount(8) looks for helpers (default: $BSLFS_SBIN_DIR or /sbin)')
   cli.command('install-helper')
-    .description('link /sbin/mount.bslfs to this bslfs, for `mount -t bslfs` and /etc/fstab')
+    .description('link /sbin/mount.bslfs (and mount.fuse.bslfs, for remount) to this bslfs, for `mount -t bslfs` and /etc/fstab')
     .addOption(sbin)
     .action(async (o: { sbin?: string }) => {
-      const r = await installHelper(sbinDir(o.sbin))
-      console.log(`bslfs: ${r.link} → ${r.target}${r.changed ? '' : ' (already)'}`)
+      for (const name of HELPER_NAMES) {
+        const r = await installHelper(sbinDir(o.sbin), name)
+        console.log(`bslfs: ${r.link} → ${r.target}${r.changed ? '' : ' (already)'}`)
+      }
     })
   cli.command('uninstall-helper')
     .description('remove the /sbin/mount.bslfs link (before `npm uninstall -g bslfs`, which runs no uninstall scripts)')
     .addOption(sbin)
     .action(async (o: { sbin?: string }) => {
-      const r = await uninstallHelper(sbinDir(o.sbin))
-      console.log(r.removed ? `bslfs: removed ${r.link}` : `bslfs: ${r.link}: ${r.why}`)
+      for (const name of HELPER_NAMES) {
+        const r = await uninstallHelper(sbinDir(o.sbin), name)
+        console.log(r.removed ? `bslfs: removed ${r.link}` : `bslfs: ${r.link}: ${r.why}`)
+      }
     })
 
   const systemd = cli.command('systemd').description('systemd units for block servers')

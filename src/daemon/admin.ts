@@ -15,6 +15,8 @@ import { BlockRecord } from '../directory/records'
 import { State } from './state'
 import { resolve } from 'node:path'
 import { ServerRow } from '../volumes/tables'
+import { RecentEvent, recentEvents } from '../log'
+import { problemsOf } from './problems'
 
 /**
  * The management operations. The same code serves a running mount (through
@@ -40,6 +42,10 @@ export interface StatusReport {
   healBacklog: number
   devices: Array<{ place: string, path?: string, total?: number, free?: number, available?: number, error?: string }>
   servers: Array<{ name: string, url: string, reachable: boolean, error?: string, devices?: string[] }>
+  /** What is wrong, one line each (./problems.ts); empty when nothing is. */
+  problems: string[]
+  /** The running mount's last ERROR and WARN events, with their times (none offline). */
+  recentErrors: RecentEvent[]
 }
 
 export interface VolumeStatus {
@@ -113,7 +119,7 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
       return { name: row.name, url: row.url, reachable: false, error: (err as Error).message }
     }
   }))
-  return {
+  const report = {
     state: state.location,
     blockSize: state.dir.blockSize,
     mounted,
@@ -127,6 +133,7 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
     devices,
     servers
   }
+  return { ...report, problems: problemsOf(report), recentErrors: mounted ? recentEvents() : [] }
 }
 
 export function parseVolume (text: string): number {

@@ -6,11 +6,15 @@ import { OpenFiles } from '../data/open-files'
 import { BslFilesystem } from '../fs/filesystem'
 import { MountedFuse, ParsedOptions, mountFuse } from '../fs/mount'
 import * as admin from './admin'
+import { dumpToSocket } from './dump'
 import { ControlProgress, ControlRequest, serveControl } from './control'
 import { parseFsName, runtimePaths } from './location'
-import { checkFuseAvailable, prepareMountpoint } from './mountpoint'
+import { checkFuseAvailable, devText, fusermount, mountsOfSuper, prepareMountpoint } from './mountpoint'
+import { remountSuper } from '../fs/vfs'
 import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './heal'
+import { startMountMetrics } from './metrics-endpoint'
+import { mountMetrics } from '../metrics/mount-metrics'
 import { State } from './state'
 import { RemoteChanges } from '../directory/directory'
 import { logger } from '../log'
@@ -58,9 +62,12 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   const cleanup: Array<() => Promise<unknown>> = [() => state.close(), async () => stopBoundingLog()]
   const undo = async () => { for (const f of cleanup.reverse()) await f().catch(() => undefined) }
   let mounted: MountedFuse
+  /** The mount's superblock (major:minor): bind mounts of it at other mount points share it. */
+  let superDev = ''
   let server: Server
   let reclaimer: ReturnType<typeof startReclaimer>
   let healer: ReturnType<typeof startHealer>
+  let stopMetrics: () => Promise<void>
   // An open on a shared filesystem drops the kernel's pages of a file another host changed (close-to-open).
   files = new OpenFiles(state.dir, state.volumes, { kernel: { drop: async ino => await kernel?.notifyInvalInode(ino) } })
   const fs = new BslFilesystem(state.dir, files, {
@@ -69,7 +76,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
       const all = [...(await state.volumes.space()).values()].filter((s): s is { total: number, free: number, available: number } => !(s instanceof Error))
       return all.reduce((a, s) => ({ total: a.total + s.total, free: a.free + s.free, available: a.available + s.available }), { total: 0, free: 0, available: 0 })
     }
-  }, options.readOnly, options.overrides)
+  }, options.readOnly, options.overrides, { mode: options.atime, dirs: options.dirAtime })
   try {
     // What a crash left: inodes unlinked while open, blocks queued for reclaim.
     const orphans = await state.dir.purgeOrphans()
@@ -86,10 +93,13 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     // The mount must answer before we say it is up.
     const st = await fsp.stat(mountpoint)
     if (st.ino !== 1) throw new UsageError(`${mountpoint} did not come up as a bslfs mount`)
+    superDev = devText(st.dev)
     reclaimer = startReclaimer(state.dir, state.volumes, { quietMs: () => mounted.quietMs() })
     cleanup.push(() => reclaimer.stop())
     healer = startHealer(state.dir, state.volumes)
     cleanup.push(() => healer.stop())
+    stopMetrics = await startMountMetrics(state, files, options.metrics)
+    cleanup.push(() => stopMetrics())
   } catch (err) {
     await undo()
     events.error('mounting %s on %s failed: %s', state.location, mountpoint, (err as Error).message)
@@ -109,13 +119,17 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
    * it; 'gone' means the kernel mount was removed from outside. The daemon
    * closes the directory and exits once the kernel connection has ended.
    */
-  const stop = async (how: 'strict' | 'lazy' | 'gone'): Promise<void> => {
+  const stop = async (how: 'strict' | 'lazy' | 'gone', at?: string): Promise<void> => {
     if (stopping) throw new UsageError('the mount is already stopping')
     stopping = true
     try {
       await fs.flushAll()
       await state.dir.sync()
-      if (how !== 'gone') await mounted.unmount(how === 'lazy')
+      // Every mount point of this filesystem goes (a signal), or the last one (an unmount of it).
+      if (how !== 'gone') {
+        const all = at ? [at] : await mountsOfSuper(superDev)
+        for (const m of all.length ? all : [info.mountpoint]) await mounted.unmount(how === 'lazy', m)
+      }
     } catch (err) {
       stopping = false
       const text = (err as Error).message
@@ -133,6 +147,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     await fs.flushAll().catch(err => events.error('final flush failed: %s', (err as Error).message))
     await reclaimer.stop()
     await healer.stop()
+    await stopMetrics()
     await reclaim(state.dir, state.volumes).catch(() => 0)
     await state.close()
     await fsp.rm(paths.pid, { force: true })
@@ -143,13 +158,67 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     server.close(() => { void fsp.rm(paths.socket, { force: true }).finally(finish) })
   }
 
+  /** The mount point status names: still mounted (the first may have gone by `umount` while a bind of it stays). */
+  const currentInfo = async (): Promise<admin.MountInfo> => {
+    const all = await mountsOfSuper(superDev).catch((): string[] => [])
+    if (all.length && !all.includes(info.mountpoint)) info.mountpoint = all[0]!
+    return info
+  }
+
+  /**
+   * One mount point of several (bind mounts, see second-mount.ts) goes alone and the daemon
+   * serves the others; the last one stops it.
+   */
+  const unmountAt = async (at: string, lazy: boolean): Promise<{ unmounted: string }> => {
+    const all = await mountsOfSuper(superDev)
+    if (all.length > 1 && all.includes(at)) {
+      const complaint = await fusermount(at, lazy)
+      if (complaint && /busy/i.test(complaint)) throw new FsError('EBUSY', `${at} is busy (a process has a file open or its working directory there); close it, or use --lazy`)
+      if (complaint) throw new UsageError(complaint)
+      if (info.mountpoint === at) info.mountpoint = all.find(m => m !== at) ?? at
+      events.info('unmounted %s; still mounted at %s', at, all.filter(m => m !== at).join(', '))
+      return { unmounted: at }
+    }
+    await stop(lazy ? 'lazy' : 'strict', at)
+    return { unmounted: at }
+  }
+
+  /**
+   * mount -o remount,ro|rw (mount.fuse.bslfs asks): the kernel's superblock flag makes every
+   * writer get EROFS (going read-only it first writes back what it holds, and refuses while a
+   * file is open for writing); the daemon stops changing anything itself (atime) and has
+   * everything written; read-write again, the other way round.
+   */
+  const remount = async (at: string, readOnly: boolean): Promise<{ remounted: string, readOnly: boolean }> => {
+    if (stopping) throw new UsageError('the mount is stopping')
+    const busy = (err: unknown): never => {
+      if (err instanceof FsError && err.code === 'EBUSY') throw new FsError('EBUSY', `${at} has files open for writing; close them, then remount read-only`)
+      throw err
+    }
+    if (readOnly) {
+      await remountSuper(at, true).catch(busy)
+      fs.readOnly = true
+      await fs.flushAll()
+      await state.dir.sync()
+    } else {
+      const was = fs.readOnly
+      fs.readOnly = false
+      await remountSuper(at, false).catch(err => { fs.readOnly = was; throw err })
+    }
+    info.readOnly = readOnly
+    events.info('%s remounted %s', at, readOnly ? 'read-only' : 'read-write')
+    return { remounted: at, readOnly }
+  }
+
   const handle = async (req: ControlRequest, progress: ControlProgress, signal: AbortSignal): Promise<unknown> => {
     const [a, b] = req.args
     // Another host's table change may have committed a moment ago, its feed message not heard yet.
-    if (state.shared && req.cmd !== 'unmount' && req.cmd !== 'status') await state.reloadTables()
+    if (state.shared && req.cmd !== 'unmount' && req.cmd !== 'status' && req.cmd !== 'stats') await state.reloadTables()
     switch (req.cmd) {
-      case 'status': return admin.status(state, info)
-      case 'unmount': return stop(req.options?.lazy === true ? 'lazy' : 'strict').then(() => ({ unmounted: mountpoint }))
+      case 'status': return admin.status(state, await currentInfo())
+      case 'stats': return mountMetrics.snapshot()
+      case 'unmount': return await unmountAt(a || info.mountpoint, req.options?.lazy === true)
+      case 'remount': return await remount(a || info.mountpoint, req.options?.readOnly === true)
       case 'device-add': return admin.deviceAdd(state, a, b)
       case 'volume-add': return admin.volumeAdd(state, a, b)
       case 'volume-list': return admin.volumeList(state)
@@ -164,6 +233,10 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
       case 'remap': return admin.remapVolume(state, a, b, { ...admin.remapOptions(req.options), pendingRecords: files.services.group }, progress, signal)
       case 'adopt': return admin.adopt(state, a, b, (ino, changes) => files.adopted(ino, changes))
       case 'blocks': return admin.blockDump(state)
+      // Commit what the mount holds (a device that is down must not stop a dump of the directory),
+      // then stream one snapshot to the CLI's socket (dump.ts).
+      case 'dump': return fs.flushAll().catch(err => events.warn('dump: open files not flushed first (%s); the dump holds what is committed', (err as Error).message))
+        .then(async () => await dumpToSocket(state, a, progress))
       case 'reload-tables': return state.reloadTables().then(() => ({ reloaded: mountpoint }))
       case 'fsck': return admin.fsckState(state, { repair: req.options?.repair === true, checksums: req.options?.checksums !== false }, true, progress)
       default: throw new UsageError(`unknown control command "${req.cmd}"`)

@@ -1,4 +1,5 @@
 import createDebug from 'debug'
+import { mountMetrics } from '../metrics/mount-metrics'
 import { objectIdOf } from '../bsl'
 import { Directory } from '../directory/directory'
 import { BlockRecord } from '../volumes/block'
@@ -47,11 +48,13 @@ export async function heal (dir: Directory, volumes: Volumes, onProgress: OnProg
     await eachParallel(items, PARALLEL, async item => {
       try {
         const outcome = await dir.isQueuedForReclaim(objectIdOf(item.block.bsl)) ? 'gone' : await volumes.healCopy(item.block, item.volume)
-        if (outcome === 'copied') { report.copied++; report.bytes += item.block.length } else if (outcome === 'present') report.present++
+        if (outcome === 'copied') { report.copied++; report.bytes += item.block.length; mountMetrics.healBytes.n += item.block.length } else if (outcome === 'present') report.present++
         else report.dropped++
+        mountMetrics.healed[outcome === 'gone' ? 'dropped' : outcome].n++
         finished.push(item.key)
       } catch (err) {
         report.failed++
+        mountMetrics.healed.failed.n++
         if (report.errors.length < MAX_ERRORS) report.errors.push((err as Error).message)
         log('cannot heal %s on volume %d yet: %s', objectIdOf(item.block.bsl), item.volume, (err as Error).message)
       }

@@ -6,7 +6,8 @@ import { FsName, parseFsName, runtimePaths, sameFs } from './location'
 
 export { fusermount }
 
-export interface MountEntry { mountpoint: string, fstype: string, source: string, options: string }
+/** `dev`: the superblock's major:minor, the same at every mount point of one filesystem (bind mounts). */
+export interface MountEntry { mountpoint: string, fstype: string, source: string, options: string, dev: string }
 
 /** mountinfo escapes space, tab, newline and backslash as octal. */
 const unescape = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)))
@@ -17,7 +18,7 @@ export async function mountTable (): Promise<MountEntry[]> {
     const [left, right] = line.split(' - ')
     const f = left.split(' ')
     const r = right.split(' ')
-    return { mountpoint: unescape(f[4]), options: f[5], fstype: r[0], source: unescape(r[1]) }
+    return { mountpoint: unescape(f[4]), options: f[5], fstype: r[0], source: unescape(r[1]), dev: f[2] }
   })
 }
 
@@ -29,6 +30,18 @@ export async function findMount (mountpoint: string): Promise<MountEntry | undef
 /** Where `name` is mounted by bslfs on this host: at most one mount of a STATE, any number of a URL. */
 export async function findFsMounts (name: FsName): Promise<MountEntry[]> {
   return (await mountTable()).filter(m => m.fstype === 'fuse.bslfs' && sameFs(name, m.source))
+}
+
+/** Every mount point of the bslfs filesystem whose superblock is `dev` (major:minor): the first mount and its binds. */
+export async function mountsOfSuper (dev: string): Promise<string[]> {
+  return (await mountTable()).filter(m => m.fstype === 'fuse.bslfs' && m.dev === dev).map(m => m.mountpoint)
+}
+
+/** st_dev as mountinfo writes it (major:minor). */
+export function devText (dev: number): string {
+  const major = ((dev >> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff)
+  const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00)
+  return `${major}:${minor}`
 }
 
 /** The control socket of the daemon behind a bslfs mount (its source names the filesystem). */

@@ -1,4 +1,5 @@
 import createDebug from 'debug'
+import { mountMetrics } from '../metrics/mount-metrics'
 import { Directory } from '../directory/directory'
 import { Volumes } from '../volumes/volumes'
 import { eachParallel } from './parallel'
@@ -34,6 +35,7 @@ export async function reclaim (dir: Directory, volumes: Volumes, batch = 256): P
     })
     await dir.forgetReclaimed(done)
     total += done.length
+    mountMetrics.reclaimed.n += done.length
     if (done.length < items.length) return total // some copies are unreachable: retry on the next round
   }
 }

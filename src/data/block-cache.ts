@@ -1,5 +1,6 @@
 import { BufferPool } from '../buffer-pool'
 import { CHUNK_BYTES } from '../checksum'
+import { mountMetrics } from '../metrics/mount-metrics'
 
 /** A cached block or chunk. */
 export interface CacheEntry {
@@ -9,6 +10,8 @@ export interface CacheEntry {
   /** Uses holding a view of it (see CacheUse), and the fetch that just brought it. */
   pins: number
   evicted: boolean
+  /** Brought by the read-ahead and not read yet (a read of it is a read-ahead hit). */
+  ahead?: boolean
 }
 
 /**
@@ -60,7 +63,11 @@ export class BlockCache {
 
   get (key: string): CacheEntry | undefined {
     const e = this.map.get(key)
-    if (!e) return undefined
+    if (!e) {
+      mountMetrics.cacheMisses.n++
+      return undefined
+    }
+    mountMetrics.cacheHits.n++
     this.map.delete(key)
     this.map.set(key, e)
     return e
@@ -78,14 +85,22 @@ export class BlockCache {
     setImmediate(() => this.unpin(e))
     this.map.set(key, e)
     this.bytes += data.length
+    mountMetrics.cacheBytes += data.length
     for (const [k, old] of this.map) {
       if (this.bytes <= this.budget) break
       this.map.delete(k)
       this.bytes -= old.data.length
+      mountMetrics.cacheBytes -= old.data.length
+      mountMetrics.cacheEvictions.n++
       old.evicted = true
       this.release(old)
     }
     return e
+  }
+
+  /** Whether `key` is cached (not a lookup a reader made: not counted). */
+  has (key: string): boolean {
+    return this.map.has(key)
   }
 
   /** A block-sized buffer to read a block into, for `set` (else it is dropped: never given back another way). */

@@ -5,6 +5,7 @@ import { BlockRecord } from '../directory/records'
 import { FsError } from '../errors'
 import { BlockCache, CacheEntry, CacheUse } from './block-cache'
 import { READ_AHEAD_BLOCKS } from './read-ahead'
+import { mountMetrics } from '../metrics/mount-metrics'
 
 const log = createDebug('bslfs:data')
 
@@ -32,6 +33,15 @@ export interface BlockStore {
 const EMPTY = Buffer.alloc(0)
 
 function noop (): void {}
+
+/** `e`, counted as a read-ahead hit the first time a reader finds it there. */
+function aheadHit (e: CacheEntry): CacheEntry {
+  if (e.ahead) {
+    e.ahead = false
+    mountMetrics.readAheadHits.n++
+  }
+  return e
+}
 
 export function interrupted (): FsError {
   return new FsError('EINTR', 'read interrupted')
@@ -115,7 +125,7 @@ export class CachedBlockStore {
   fetch (rec: BlockRecord, use: CacheUse, signal?: AbortSignal): Promise<Buffer> {
     const hit = this.cache.get(objectIdOf(rec.bsl))
     // Held at once: a cached block may be evicted, and its buffer reused, before a continuation runs.
-    if (hit) return Promise.resolve(use.hold(hit))
+    if (hit) return Promise.resolve(use.hold(aheadHit(hit)))
     if (signal?.aborted) return Promise.reject(interrupted())
     // A new entry is pinned until the loop's next turn: this hold comes before.
     return this.fetched(rec, signal).then(e => use.hold(e))
@@ -151,7 +161,7 @@ export class CachedBlockStore {
     const coming = this.fetching.get(id)
     // A failed whole fetch (a bad chunk on every copy, say) is no answer here: the chunks needed may be good.
     const whole = hit
-      ? use.hold(hit)
+      ? use.hold(aheadHit(hit))
       : coming && await coming.read.join(coming.entry, signal).then(e => use.hold(e), err => {
         if ((err as FsError).code === 'EINTR' && signal?.aborted) throw err
         return undefined
@@ -206,7 +216,10 @@ export class CachedBlockStore {
 
   /** Start reading a block a reader will want soon; a failure here is left for the real read to report. */
   prefetch (rec: BlockRecord): void {
-    if (this.cache.get(objectIdOf(rec.bsl))) return
-    this.fetched(rec).catch(err => log('read-ahead of %s failed: %s', objectIdOf(rec.bsl), (err as Error).message))
+    const id = objectIdOf(rec.bsl)
+    if (this.cache.has(id)) return
+    // Marked only when the read-ahead itself asked the device (a reader was not already waiting).
+    const own = !this.fetching.has(id)
+    this.fetched(rec).then(e => { if (own) e.ahead = true }, err => log('read-ahead of %s failed: %s', objectIdOf(rec.bsl), (err as Error).message))
   }
 }

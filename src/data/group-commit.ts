@@ -1,5 +1,6 @@
 import { BlockChange, FileCommit } from '../directory/directory'
 import { Inode } from '../directory/records'
+import { mountMetrics } from '../metrics/mount-metrics'
 
 /** How long the first record of a group waits for others (ms): ext4 waits 5 s, a sequential writer fills a group in a few ms. */
 const GROUP_DELAY_MS = 5
@@ -97,6 +98,7 @@ export class GroupCommit<M extends GroupMember> implements PendingRecords {
       if (!changes) byFile.set(q.file, changes = [])
       if (q.change) changes.push(q.change)
     }
+    const started = performance.now()
     try {
       await this.devices.sync()
     } catch (err) {
@@ -109,6 +111,8 @@ export class GroupCommit<M extends GroupMember> implements PendingRecords {
     try {
       const inodes = await this.dir.commitFiles(items.map(it => it.commit))
       files.forEach((f, k) => f.committed(items[k], inodes[k]))
+      mountMetrics.groupSize.observe(batch.length)
+      mountMetrics.groupLatency.observe((performance.now() - started) / 1000)
     } catch (err) {
       // One file's failure (a bad record of its own) must not become every other file's: each
       // then goes in a batch of its own, and only the ones that fail again report it.

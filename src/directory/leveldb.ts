@@ -1,5 +1,6 @@
 import { ClassicLevel } from 'classic-level'
 import { FsError } from '../errors'
+import { mountMetrics } from '../metrics/mount-metrics'
 import { addonLoader } from '../native-addon'
 import { KvSnapshot, KvStore, KvTxn, prefixEnd } from './kv'
 import { Mutex } from './mutex'
@@ -165,6 +166,7 @@ export class LevelKv implements KvStore {
 
   txn<T> (fn: (tx: KvTxn) => Promise<T> | T, opts: { sync?: boolean } = {}): Promise<T> {
     return this.lock.run(async () => {
+      const started = performance.now()
       const tx = new LevelTxn(this.db)
       const result = await fn(tx)
       if (tx.writes.size > 0) {
@@ -175,6 +177,7 @@ export class LevelKv implements KvStore {
         }
       }
       for (const hook of tx.commitHooks) hook()
+      mountMetrics.directoryTxn.observe((performance.now() - started) / 1000)
       return result
     })
   }

@@ -1,3 +1,4 @@
+import { randomInt } from 'node:crypto'
 import { FsError } from '../errors'
 import { S_ISGID, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
@@ -250,7 +251,7 @@ export class Namespace implements WriterHost {
       const inode: Inode = {
         ino, mode, uid: node.uid, gid, nlink: isDir(mode) ? 2 : 1,
         size: node.target !== undefined ? Buffer.byteLength(node.target) : 0,
-        rdev: node.rdev ?? 0, atime: now, mtime: now, ctime: now
+        rdev: node.rdev ?? 0, atime: now, mtime: now, ctime: now, gen: randomInt(1, 2 ** 32)
       }
       if (isDir(mode)) inode.parent = parent
       if (node.target !== undefined) inode.target = node.target

@@ -8,6 +8,7 @@
 import createDebug from 'debug'
 import { statSync, readFileSync } from 'node:fs'
 import { Pool, PoolClient, PoolConfig } from 'pg'
+import { mountMetrics } from '../metrics/mount-metrics'
 import { FsError } from '../errors'
 import { randomUUID } from 'node:crypto'
 import { KvSnapshot, KvStore, KvTxn, NOTE_MAX, prefixEnd } from './kv'
@@ -590,6 +591,7 @@ export class PgKv implements KvStore {
       }
       if (conflicts > 0) log('transaction committed after %d serialization retries', conflicts)
       this.stats.commits++
+      mountMetrics.directoryTxn.observe((Date.now() - start) / 1000)
       for (const hook of tx.commitHooks) hook()
       return result
     }

@@ -39,6 +39,13 @@ export interface Inode {
   target?: string
   /** Regular files: bytes held in blocks (st_blocks; less than size for sparse files). */
   stored?: number
+  /**
+   * The generation a file handle carries with the inode number (random, set at creation, as ext4's
+   * i_generation): a handle of a removed file never opens another that got its number (restored
+   * from an older copy of the directory, say; the counter itself never hands a number out twice).
+   * Records written before it have none: generation 0.
+   */
+  gen?: number
 }
 
 export type { BlockRecord }
@@ -115,6 +122,7 @@ export function decodeInode (ino: number, value: Buffer): Inode {
   if (r.parent !== undefined && !isUint(r.parent)) throw bad('parent')
   if (r.target !== undefined && typeof r.target !== 'string') throw bad('target')
   if (r.stored !== undefined && !isUint(r.stored)) throw bad('stored')
+  if (r.gen !== undefined && !isUint(r.gen, 0xffffffff)) throw bad('gen')
   return r
 }
 

@@ -7,10 +7,12 @@ import { Attr, RENAME_NOREPLACE, StatFs } from './fuse/protocol'
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
+import type { AtimeMode } from './mount'
 
 const PATH_MAX = 4096
 const O_ACCMODE = 3
 const O_RDONLY = 0
+const O_WRONLY = 1
 const O_TRUNC = 0o1000
 
 const DAY = 86400
@@ -49,7 +51,9 @@ export class BslFilesystem implements FuseFilesystem {
   private nextFh = 1
 
   constructor (readonly dir: Directory, readonly files: OpenFiles, private readonly spaceSource: SpaceSource,
-    readonly readOnly = false, private readonly overrides: AttrOverrides = {}) {}
+    /** Set by a remount (read-only or read-write again). */
+    public readOnly = false, private readonly overrides: AttrOverrides = {},
+    private readonly atime: { mode: AtimeMode, dirs: boolean } = { mode: 'relatime', dirs: true }) {}
 
   toAttr (inode: Inode): Attr {
     const dir = isDir(inode.mode)
@@ -66,7 +70,8 @@ export class BslFilesystem implements FuseFilesystem {
       uid: o.uid ?? inode.uid,
       gid: o.gid ?? inode.gid,
       rdev: inode.rdev,
-      blksize: 4096
+      blksize: 4096,
+      generation: inode.gen ?? 0
     }
   }
 
@@ -111,6 +116,7 @@ export class BslFilesystem implements FuseFilesystem {
   // ---- names ------------------------------------------------------------------
 
   async lookup (parent: number, name: string): Promise<Attr | null> {
+    if (name === '.' || name === '..') return await this.lookupByNumber(parent, name)
     const ino = await this.dir.lookup(parent, name)
     if (ino === undefined) return null
     return await this.attrOf(ino).catch(async err => {
@@ -121,6 +127,19 @@ export class BslFilesystem implements FuseFilesystem {
       const now = await this.dir.lookup(parent, name)
       return now === undefined ? null : await this.attrOf(now)
     })
+  }
+
+  /**
+   * The kernel's export operations (a file handle whose inode it no longer holds) look up "." of
+   * the handle's inode number, and ".." of a directory to connect it to the tree. A removed inode
+   * is ENOENT, which the kernel answers ESTALE.
+   */
+  private async lookupByNumber (ino: number, name: '.' | '..'): Promise<Attr> {
+    const inode = await this.current(ino)
+    if (inode.nlink === 0) throw new FsError('ENOENT', `inode ${ino} was removed`)
+    if (name === '.') return this.toAttr(inode)
+    if (!isDir(inode.mode)) throw new FsError('ENOTDIR', `inode ${ino}`)
+    return await this.attrOf(inode.parent ?? ROOT_INO)
   }
 
   async getattr (ino: number): Promise<Attr> {
@@ -178,9 +197,13 @@ export class BslFilesystem implements FuseFilesystem {
 
   // ---- attributes ---------------------------------------------------------------
 
-  /** relatime, as Linux mounts by default: atime moves when older than mtime/ctime or a day old. */
+  /**
+   * relatime, as Linux mounts by default: atime moves when older than mtime/ctime or a day old;
+   * strictatime: on every access; noatime (nodiratime for directories): never.
+   */
   private needsAtime (inode: Inode, now: Timespec): boolean {
-    if (this.readOnly) return false
+    if (this.readOnly || this.atime.mode === 'noatime' || (!this.atime.dirs && isDir(inode.mode))) return false
+    if (this.atime.mode === 'strictatime') return true
     const a = inode.atime
     const older = (t: Timespec) => a.sec < t.sec || (a.sec === t.sec && a.nsec <= t.nsec)
     return older(inode.mtime) || older(inode.ctime) || now.sec - a.sec >= DAY
@@ -260,6 +283,8 @@ export class BslFilesystem implements FuseFilesystem {
     this.handles.set(fh, { ino, file, writable })
     // The kernel hands O_TRUNC to open (atomic_o_trunc) instead of a separate truncate.
     if (file && writable && (flags & O_TRUNC) && file.size > 0) await file.truncate(0, nowTimespec())
+    // strictatime: reads the page cache answers never reach bslfs; an open for reading stands for them.
+    if (file && (flags & O_ACCMODE) !== O_WRONLY && this.atime.mode === 'strictatime' && !this.readOnly) file.markAccessed(nowTimespec())
     return fh
   }
 

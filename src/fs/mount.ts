@@ -2,6 +2,8 @@ import createDebug from 'debug'
 import { promises as fsp } from 'node:fs'
 import { AttrOverrides, BslFilesystem } from './filesystem'
 import { DEFAULT_SESSION, FuseSession, SessionOptions } from './fuse/session'
+import { DEFAULT_METRICS_PORT, ListenAddress, parseListenAddress } from '../metrics/http'
+import { setMountFlags } from './vfs'
 
 const log = createDebug('bslfs:fs')
 
@@ -11,15 +13,33 @@ const KERNEL_FLAGS = new Set(['allow_other', 'allow_root', 'default_permissions'
 const KERNEL_VALUES = new Set(['fsname', 'subtype', 'max_read'])
 /** libfuse2 options that describe what bslfs always does: accepted, and change nothing. */
 const ALWAYS = new Set(['use_ino', 'readdir_ino', 'big_writes', 'hard_remove', 'atomic_o_trunc', 'async_read', 'intr', 'auto_cache', 'noauto_cache'])
-/** mount(8) and fstab options that mean nothing to FUSE. */
+/** mount(8) and fstab options that mean nothing to FUSE (comment=… and x-… too). */
 const MOUNT8_OPTIONS = new Set(['defaults', 'auto', 'noauto', 'nofail', '_netdev', 'user', 'users', 'nouser', 'owner', 'group',
-  'relatime', 'strictatime', 'lazytime'])
+  'lazytime', 'nolazytime', 'loud', 'silent'])
+/**
+ * Access times: bslfs keeps them itself (the kernel leaves atime to a FUSE
+ * filesystem). relatime is Linux's default; norelatime alone leaves it, as the
+ * kernel does; atime undoes noatime. The per-mount flags go on the mount too (findmnt shows them).
+ */
+const ATIME = new Map<string, { atime?: AtimeMode, dirAtime?: boolean, vfs?: string }>([
+  ['atime', { atime: 'relatime' }], ['relatime', { atime: 'relatime' }], ['norelatime', { atime: 'relatime' }],
+  ['strictatime', { atime: 'strictatime', vfs: 'strictatime' }], ['noatime', { atime: 'noatime' }],
+  ['diratime', { dirAtime: true }], ['nodiratime', { dirAtime: false, vfs: 'nodiratime' }],
+  ['nosymfollow', { vfs: 'nosymfollow' }], ['symfollow', { vfs: 'symfollow' }]
+])
 /** bslfs's own options, handled by the daemon rather than the kernel. */
 const OWN_FLAGS = new Set(['foreground', 'kernel_cache', 'direct_io', 'noreaddirplus'])
 const SECONDS = new Set(['entry_timeout', 'attr_timeout', 'negative_timeout'])
 
+export type AtimeMode = 'relatime' | 'strictatime' | 'noatime'
+
 export interface ParsedOptions {
   readOnly: boolean
+  /** When reads move atime (relatime, strictatime, noatime), and whether listing a directory does. */
+  atime: AtimeMode
+  dirAtime: boolean
+  /** Per-mount flags libfuse's mount does not take, set on the mount once it is made (see vfs.ts). */
+  vfs: string[]
   /** copy_timeout=MS: how long a copy of a mirrored block may take before a read moves on. */
   copyTimeoutMs?: number
   /** Options for the kernel mount (fuse_mount). */
@@ -28,11 +48,14 @@ export interface ParsedOptions {
   session: Partial<SessionOptions>
   /** uid=, gid=, umask=: what stat shows instead of the stored owner and mode. */
   overrides: AttrOverrides
+  /** metrics[=HOST:PORT]: where /metrics is served (off unless given). */
+  metrics?: ListenAddress
 }
 
 const ALL_OPTIONS = [...KERNEL_FLAGS, ...KERNEL_VALUES].map(o => KERNEL_VALUES.has(o) ? `${o}=V` : o).concat(
   ['ro', 'rw', ...OWN_FLAGS].filter(o => o !== 'foreground'), [...SECONDS].map(o => `${o}=SECONDS`),
-  ['max_write=BYTES', 'max_readahead=BYTES', 'uid=N', 'gid=N', 'umask=OCTAL', 'copy_timeout=MS'], [...ALWAYS])
+  ['max_write=BYTES', 'max_readahead=BYTES', 'uid=N', 'gid=N', 'umask=OCTAL', 'copy_timeout=MS', 'metrics[=HOST:PORT]'], [...ALWAYS],
+  [...ATIME.keys()].filter(o => !KERNEL_FLAGS.has(o)), ['(mount(8): defaults, auto, noauto, user, users, nouser, owner, group, _netdev, nofail, x-*, comment=, lazytime, loud, silent)'])
 
 function bad (opt: string, why: string): Error {
   return new Error(`bad mount option "${opt}": ${why}`)
@@ -45,12 +68,29 @@ function integer (opt: string, text: string, lo: number, hi: number, radix = 10)
   return n
 }
 
+/** metrics (loopback, the default port), metrics=PORT (loopback) or metrics=HOST:PORT. */
+function metricsAddress (opt: string, value: string | undefined): ListenAddress {
+  if (value === undefined) return { host: '127.0.0.1', port: DEFAULT_METRICS_PORT }
+  try {
+    return parseListenAddress(value, 'metrics address')
+  } catch (err) {
+    throw bad(opt, (err as Error).message)
+  }
+}
+
 /** Parse a mount -o list ("ro,allow_other,entry_timeout=5"); throws a message that names the bad option. */
 export function parseMountOptions (text: string | undefined): ParsedOptions {
-  const out: ParsedOptions = { readOnly: false, kernel: [], session: {}, overrides: {} }
+  const out: ParsedOptions = { readOnly: false, atime: 'relatime', dirAtime: true, vfs: [], kernel: [], session: {}, overrides: {} }
   for (const raw of (text ?? '').split(',')) {
     const opt = raw.trim()
-    if (opt === '' || MOUNT8_OPTIONS.has(opt) || opt.startsWith('x-') || ALWAYS.has(opt) || opt === 'foreground') continue
+    if (opt === '' || MOUNT8_OPTIONS.has(opt) || opt.startsWith('x-') || opt.startsWith('comment=') || ALWAYS.has(opt) || opt === 'foreground') continue
+    const time = ATIME.get(opt)
+    if (time) {
+      if (time.atime) out.atime = time.atime
+      if (time.dirAtime !== undefined) out.dirAtime = time.dirAtime
+      if (time.vfs) out.vfs.push(time.vfs)
+      if (!KERNEL_FLAGS.has(opt)) continue
+    }
     const eq = opt.indexOf('=')
     const name = eq < 0 ? opt : opt.slice(0, eq)
     const value = eq < 0 ? '' : opt.slice(eq + 1)
@@ -77,6 +117,7 @@ export function parseMountOptions (text: string | undefined): ParsedOptions {
     else if (name === 'gid' && eq >= 0) out.overrides.gid = integer(opt, value, 0, 0xfffffffe)
     else if (name === 'umask' && eq >= 0) out.overrides.umask = integer(opt, value, 0, 0o777, 8)
     else if (name === 'copy_timeout' && eq >= 0) out.copyTimeoutMs = integer(opt, value, 10, 60000)
+    else if (name === 'metrics') out.metrics = metricsAddress(opt, eq < 0 ? undefined : value)
     else throw new Error(`unknown or unsupported mount option "${opt}"; supported: ${ALL_OPTIONS.join(', ')}`)
   }
   return out
@@ -111,8 +152,8 @@ export function defaultOptionList (): string[] {
 }
 
 export interface MountedFuse {
-  /** Unmount: strict fails with EBUSY on a busy mount; lazy detaches it anyway. */
-  unmount (lazy: boolean): Promise<void>
+  /** Unmount (the mount point `at`, else the first): strict fails with EBUSY on a busy mount; lazy detaches it anyway. */
+  unmount (lazy: boolean, at?: string): Promise<void>
   /** Whether the kernel connection has ended (after a lazy unmount: once the last user left). */
   ended (): boolean
   /** Settles when the kernel connection ends, however it does. */
@@ -152,9 +193,13 @@ export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: 
   const session = sessionOptions(parsed)
   log('mounting %s with -o %s, session %o', mountpoint, kernel.join(','), session)
   const s = await FuseSession.mount(mountpoint, fs, kernel, session, fs.files.services.buffers)
+  await setMountFlags(mountpoint, parsed.vfs).catch(async (err: Error) => {
+    await s.unmount(true).catch(() => undefined)
+    throw new Error(`the mount flags ${parsed.vfs.join(',')} could not be set: ${err.message}`)
+  })
   if (session.maxReadahead > BDI_READ_AHEAD_BYTES) await raiseReadahead(mountpoint, session.maxReadahead)
   return {
-    unmount: lazy => s.unmount(lazy),
+    unmount: (lazy, at) => s.unmount(lazy, at),
     ended: () => s.isEnded(),
     end: s.ended,
     quietMs: () => s.quietMs(),

@@ -38,6 +38,7 @@ export interface ServeOptions {
   requestTimeout: string
   idleTimeout: string
   maxConnections: string
+  metricsOpen?: boolean
 }
 
 /** The token file a loopback server writes when no --token-file is given. */
@@ -65,6 +66,7 @@ export function configureServeCommand (cmd: Command): Command {
     .option('--request-timeout <SECONDS>', 'time for a whole request (headers and body) to arrive', '60')
     .option('--idle-timeout <SECONDS>', 'close a connection with no traffic for this long', '60')
     .option('--max-connections <N>', 'connections open at once; more are closed as they arrive', '1024')
+    .option('--metrics-open', 'answer GET /metrics (Prometheus) without the token; every other route still needs it')
     .action(async (o: ServeOptions) => {
       process.exitCode = await runServe(o)
       // Stopped: a signal sent while the process winds down (a supervisor asking again) must
@@ -165,7 +167,8 @@ async function serve (o: ServeOptions, earlySignal: () => NodeJS.Signals | null)
     requestTimeoutMs,
     idleTimeoutMs,
     keepAliveTimeoutMs: 5000,
-    maxConnections
+    maxConnections,
+    metricsOpen: o.metricsOpen === true
   })
   let bound
   try {

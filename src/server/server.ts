@@ -16,7 +16,9 @@ import {
 } from '../wire/headers'
 import { HttpError, shown } from '../wire/http-error'
 import { UNAUTHENTICATED_BODY_LIMIT } from '../wire/limits'
-import { ALLOWED, Route, STREAM_PATH, parseTarget } from '../wire/routes'
+import { ALLOWED, METRICS_PATH, Route, STREAM_PATH, parseTarget } from '../wire/routes'
+import { ServerMetrics } from '../metrics/server-metrics'
+import { answerMetrics } from '../metrics/http'
 import { ByteBudget } from './budget'
 import { ClientGone, httpErrorOf } from './error-answer'
 import { Deferrals, Held, StreamReads, StreamSession } from './stream'
@@ -49,6 +51,8 @@ export interface BlockServerOptions {
   maxConnections: number
   /** Time a client has to finish its TLS handshake (default: headersTimeoutMs). */
   handshakeTimeoutMs?: number
+  /** GET /metrics is answered without the token (--metrics-open). */
+  metricsOpen?: boolean
 }
 
 /**
@@ -61,6 +65,9 @@ class Exchange extends Deferrals implements Held {
   continued = false
   /** Made when something asks for the signal (a wait for memory or a drain): most requests never do. */
   private ac: AbortController | undefined
+  /** The kind of route, and the device named, for the metrics (known once the target is parsed). */
+  route = 'none'
+  device: string | undefined
 
   constructor (readonly req: http.IncomingMessage, readonly res: http.ServerResponse,
     /** The client sent `Expect: 100-continue` ... */
@@ -150,11 +157,42 @@ export class BlockServer {
   /** What the read stream answers, the same way the GETs do. */
   private readonly reads: StreamReads = {
     device: name => this.device(name),
-    object: (held, dev, id, sum) => this.object(held, dev, id, sum),
-    range: async (held, dev, id, offset, length) => await this.range(held, dev, id, { kind: 'from', start: offset, end: offset + length - 1 })
+    object: (held, dev, id, sum) => this.streamRead(this.object(held, dev, id, sum), 200, dev),
+    range: async (held, dev, id, offset, length) => await this.streamRead(this.range(held, dev, id, { kind: 'from', start: offset, end: offset + length - 1 }), 206, dev)
+  }
+
+  /** Requests, bytes, budget and devices (src/metrics/server-metrics.ts). */
+  readonly metrics: ServerMetrics = new ServerMetrics({
+    inFlight: () => this.active,
+    bufferedBytes: () => this.budget.inUse,
+    bufferWaiting: () => this.budget.waiting,
+    space: async () => {
+      const out = new Map<string, { total: number, available: number } | Error>()
+      await Promise.all([...this.opts.devices].map(async ([name, d]) => { out.set(name, await d.space().catch((err: Error) => err)) }))
+      return out
+    }
+  })
+
+  /** Each device's name, for a stream read's device errors. */
+  private readonly deviceNames = new Map<Device, string>()
+
+  /** A read of the stream, counted as the HTTP requests are (route "stream"). */
+  private async streamRead<T extends Buffer | { data: Buffer }> (read: Promise<T>, status: number, dev: Device): Promise<T> {
+    const started = performance.now()
+    try {
+      const r = await read
+      this.metrics.answered('stream', status, (performance.now() - started) / 1000, 0, Buffer.isBuffer(r) ? r.length : r.data.length)
+      return r
+    } catch (err) {
+      this.metrics.answered('stream', httpErrorOf(err).status, (performance.now() - started) / 1000, 0, 0)
+      const name = this.deviceNames.get(dev)
+      if (err instanceof FsError && err.code !== 'ENOENT' && name !== undefined) this.metrics.deviceErrors.inc({ device: name, code: err.code })
+      throw err
+    }
   }
 
   constructor (private readonly opts: BlockServerOptions) {
+    for (const [name, d] of opts.devices) this.deviceNames.set(d, name)
     this.setTokens(opts.tokens)
     this.budget = new ByteBudget(opts.maxBufferedBytes)
     const httpOptions: http.ServerOptions = {
@@ -305,10 +343,14 @@ export class BlockServer {
   private dispatch (req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void {
     this.active++
     const started = Date.now()
+    const startedAt = performance.now()
     const ex = new Exchange(req, res, expectContinue)
     res.once('close', () => {
       ex.close()
       this.active--
+      const bytesIn = req.method === 'PUT' && res.statusCode < 300 ? Number(req.headers['content-length']) || 0 : 0
+      const bytesOut = req.method === 'GET' && res.statusCode < 300 && ex.route === 'object' ? Number(res.getHeader('content-length')) || 0 : 0
+      this.metrics.answered(ex.route, res.statusCode, (performance.now() - startedAt) / 1000, bytesIn, bytesOut)
       if (log.enabled) {
         log('%s %s → %d%s (%d ms)', req.method, String(req.url).slice(0, 100), res.statusCode,
           res.writableFinished ? '' : ' (not finished)', Date.now() - started)
@@ -343,9 +385,12 @@ export class BlockServer {
 
   private async handle (ex: Exchange): Promise<void> {
     const { req } = ex
-    // Authentication comes before anything else looks at the request.
-    this.authenticate(req)
+    // Authentication comes before anything else looks at the request (open metrics aside, when the operator said so).
+    const openMetrics = this.opts.metricsOpen === true && req.url?.split('?')[0] === METRICS_PATH
+    if (!openMetrics) this.authenticate(req)
     const route = parseTarget(req.url)
+    ex.route = route.kind
+    if ('device' in route && this.opts.devices.has(route.device)) ex.device = route.device
     const method = req.method ?? ''
     const allowed = ALLOWED[route.kind]
     if (!allowed.includes(method)) {
@@ -366,6 +411,8 @@ export class BlockServer {
         return
       case 'object':
         return this.objectRequest(ex, route)
+      case 'metrics':
+        return answerMetrics(this.metrics.forScrape(), ex.res, method === 'HEAD')
       case 'stream':
         throw new HttpError(426, 'EINVAL', `${STREAM_PATH} is reached by an upgrade: send Connection: Upgrade and Upgrade: ${STREAM_PROTOCOL}`,
           { Upgrade: STREAM_PROTOCOL, Connection: 'Upgrade' })
@@ -622,6 +669,7 @@ export class BlockServer {
   private async reserve (held: Held, n: number): Promise<void> {
     // The signal only when this has to wait.
     let release = this.budget.tryReserve(n)
+    if (!release) this.metrics.budgetWaits.inc()
     try {
       release ??= await this.budget.reserve(n, held.signal)
     } catch {
@@ -682,6 +730,8 @@ export class BlockServer {
       return
     }
     const e = httpErrorOf(err)
+    // A missing object is an answer, not a device's failure.
+    if (err instanceof FsError && ex.device !== undefined && e.code !== 'ENOENT') this.metrics.deviceErrors.inc({ device: ex.device, code: e.code })
     if (e.status >= 500) log('%s %s: %s', req.method, String(req.url).slice(0, 100), err instanceof FsError ? e.message : (err as Error)?.stack ?? e.message)
     if (res.headersSent || res.writableEnded || res.destroyed) {
       // Too late for an error answer: cut the connection so the client cannot take a partial answer as whole.

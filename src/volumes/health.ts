@@ -8,6 +8,8 @@ export interface PlaceHealth {
   downSince?: string
   /** Why it went down, or the last error it gave. */
   lastError?: string
+  /** ISO time of lastError. */
+  lastErrorAt?: string
   /** Smoothed time of a successful block read or write, in ms. */
   latencyMs: number
   /** Reads this place answered. */
@@ -104,12 +106,14 @@ export class Health {
     const e = this.entry(place)
     e[fault]++
     e.lastError = message
+    e.lastErrorAt = new Date().toISOString()
   }
 
   /** The place did not answer: down until a probe says otherwise. Returns true when it was up until now. */
   markDown (place: string, message: string): boolean {
     const e = this.entry(place)
     e.lastError = message
+    e.lastErrorAt = new Date().toISOString()
     if (!e.up) return false
     e.up = false
     e.downs++

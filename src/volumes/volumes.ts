@@ -7,6 +7,7 @@ import { FsError, faultOf } from '../errors'
 import { BlockRecord } from './block'
 import { Health, PlaceHealth, isBadCopy } from './health'
 import { Place, Tables, placeText } from './tables'
+import { DeviceOp, mountMetrics } from '../metrics/mount-metrics'
 
 const log = createDebug('bslfs:volumes')
 
@@ -24,6 +25,12 @@ function lender (into?: Buffer): () => Buffer | undefined {
     lent = undefined
     return b
   }
+}
+
+/** A failed device call's kind for the metrics: its fault, else its POSIX code (a small set either way). */
+function errorKind (err: unknown): string {
+  const code = (err as FsError).code
+  return faultOf(err) ?? (typeof code === 'string' && /^E[A-Z0-9]{1,15}$/.test(code) ? code : 'other')
 }
 
 /** Reads one copy of a block and verifies what it read (a whole object, or chunks of it). */
@@ -284,10 +291,20 @@ export class Volumes extends EventEmitter<VolumesEvents> {
     this.emit('up', key)
   }
 
-  private async timed<T> (c: Copy, read: boolean, work: (d: Device) => Promise<T>): Promise<T> {
+  private async timed<T> (c: Copy, read: boolean, work: (d: Device) => Promise<T>, op: DeviceOp = read ? 'read' : 'write'): Promise<T> {
     const started = performance.now()
-    const out = await work(await this.device(c.place))
-    if (this.health.succeeded(c.key, performance.now() - started, read)) this.placeUp(c.key)
+    const m = mountMetrics.place(c.key)
+    let out: T
+    try {
+      out = await work(await this.device(c.place))
+    } catch (err) {
+      m.failed(op, (performance.now() - started) / 1000, errorKind(err))
+      throw err
+    }
+    const ms = performance.now() - started
+    // A read's answer is its bytes; a write counts its own (put).
+    m.done(op, ms / 1000, op === 'read' && out instanceof Buffer ? out.length : 0)
+    if (this.health.succeeded(c.key, ms, read)) this.placeUp(c.key)
     return out
   }
 
@@ -332,9 +349,13 @@ export class Volumes extends EventEmitter<VolumesEvents> {
 
   /** Put, or store and remember the place for the next sync. */
   private async put (place: Place, key: string, d: Device, id: string, data: Uint8Array, sum: number, durable: boolean): Promise<void> {
-    if (durable) return await d.put(id, data, sum)
-    await d.store(id, data, sum)
-    this.unsynced.set(key, place)
+    if (durable) await d.put(id, data, sum)
+    else {
+      await d.store(id, data, sum)
+      this.unsynced.set(key, place)
+    }
+    mountMetrics.place(key).bytesWritten.n += data.length
+    mountMetrics.totals.deviceBytesWritten += data.length
   }
 
   /**
@@ -349,7 +370,7 @@ export class Volumes extends EventEmitter<VolumesEvents> {
     await Promise.all(places.map(async ([key, place]) => {
       const c: Copy = { volume: -1, place, key }
       try {
-        await this.timed(c, false, d => d.sync())
+        await this.timed(c, false, d => d.sync(), 'sync')
       } catch (err) {
         this.copyFailed(c, err)
         failed.push(`${key}: ${(err as Error).message}`)
@@ -517,7 +538,10 @@ export class Volumes extends EventEmitter<VolumesEvents> {
           settle()
           // Every copy asked before this one failed or was too slow.
           for (const earlier of copies.slice(0, copies.indexOf(c))) this.health.failedOver(earlier.key)
-          if (c !== copies[0] && block.bsl.form !== 'physical') this.failovers.set(block.bsl.volume, this.failoversOf(block.bsl.volume) + 1)
+          if (c !== copies[0] && block.bsl.form !== 'physical') {
+            this.failovers.set(block.bsl.volume, this.failoversOf(block.bsl.volume) + 1)
+            mountMetrics.failover(block.bsl.volume)
+          }
           resolve(data)
         }, err => {
           running--
@@ -533,7 +557,11 @@ export class Volumes extends EventEmitter<VolumesEvents> {
           }
         })
         if (next < copies.length) {
-          hedge = setTimeout(launch, this.health.hedgeDelay(c.key, this.copyTimeoutMs))
+          hedge = setTimeout(() => {
+            // The timer fires only while this copy is still on its way: a hedge (a failure launches at once).
+            if (!settled && block.bsl.form !== 'physical') mountMetrics.hedged(block.bsl.volume)
+            launch()
+          }, this.health.hedgeDelay(c.key, this.copyTimeoutMs))
           hedge.unref()
         }
       }
@@ -558,7 +586,7 @@ export class Volumes extends EventEmitter<VolumesEvents> {
     if (!target) return 'gone'
     if (!this.health.isUp(target.key)) throw new FsError('EIO', `${target.key} (volume ${volume}) is down`)
     try {
-      await this.timed(target, false, d => d.get(id, block.checksum))
+      await this.timed(target, false, d => d.get(id, block.checksum), 'read')
       return 'present'
     } catch (err) {
       if (!isBadCopy(faultOf(err))) {
@@ -570,7 +598,7 @@ export class Volumes extends EventEmitter<VolumesEvents> {
     if (sources.length === 0) throw new FsError('EIO', `${formatBSL(block.bsl)}: no other copy is up to heal ${target.key} from`)
     const data = await this.race(block, sources, (d, limits) => d.get(id, block.checksum, limits))
     try {
-      await this.timed(target, false, d => d.put(id, data, block.checksum))
+      await this.timed(target, false, d => this.put(target.place, target.key, d, id, data, block.checksum, true))
     } catch (err) {
       this.copyFailed(target, err)
       throw err
@@ -590,10 +618,10 @@ export class Volumes extends EventEmitter<VolumesEvents> {
     const id = objectIdOf(block.bsl)
     try {
       if (checksums) {
-        await this.timed(c, false, d => d.get(id, block.checksum))
+        await this.timed(c, false, d => d.get(id, block.checksum), 'read')
         return null
       }
-      const st = await this.timed(c, false, d => d.stat(id))
+      const st = await this.timed(c, false, d => d.stat(id), 'stat')
       if (!st) return { problem: 'missing', detail: 'missing' }
       return st.size === block.length ? null : { problem: 'corrupt', detail: `${st.size} bytes instead of ${block.length}` }
     } catch (err) {

@@ -16,6 +16,8 @@
  *   DELETE /v1/devices/DEV/objects/ID          204 (idempotent)
  *   GET    /v1/stream                          101 with Upgrade: bslfs-blocks/1: the connection then carries
  *                                              object reads as binary frames (./frames.ts)
+ *   GET    /metrics                            200 Prometheus text (with the token, unless the server runs
+ *                                              with --metrics-open)
  *
  * Every request carries `Authorization: Bearer TOKEN` (401 otherwise, before
  * anything else is looked at). Every error answer is JSON
@@ -29,6 +31,8 @@ import { MAX_TARGET_LENGTH } from './limits'
 
 export const PROTOCOL_PREFIX = '/v1'
 export const HEALTH_PATH = `${PROTOCOL_PREFIX}/health`
+/** Prometheus metrics (text exposition), where Prometheus looks by default. */
+export const METRICS_PATH = '/metrics'
 /** The path of the read stream's upgrade request, under the server's URL. */
 export const STREAM_PATH = `${PROTOCOL_PREFIX}/stream`
 
@@ -63,6 +67,7 @@ export type Route =
   | { kind: 'sync', device: string }
   | { kind: 'object', device: string, id: string }
   | { kind: 'stream' }
+  | { kind: 'metrics' }
 
 /** The methods each kind of route answers (the Allow header of a 405). */
 export const ALLOWED: Record<Route['kind'], readonly string[]> = {
@@ -71,7 +76,8 @@ export const ALLOWED: Record<Route['kind'], readonly string[]> = {
   list: ['GET'],
   sync: ['POST'],
   object: ['GET', 'HEAD', 'PUT', 'DELETE'],
-  stream: ['GET']
+  stream: ['GET'],
+  metrics: ['GET', 'HEAD']
 }
 
 /**
@@ -92,6 +98,7 @@ export function parseTarget (target: string | undefined): Route {
   if (path.includes('#')) throw new HttpError(400, 'EINVAL', `bad request target ${shown(url)}`)
   const segs = path.split('/').slice(1)
   const noRoute = (): HttpError => new HttpError(404, 'ENOENT', `no such route: ${shown(path, 80)}`)
+  if (path === METRICS_PATH) return { kind: 'metrics' }
   if (segs[0] !== PROTOCOL_PREFIX.slice(1)) throw noRoute()
   if (segs.length === 2 && segs[1] === 'health') return { kind: 'health' }
   if (segs.length === 2 && segs[1] === 'stream') return { kind: 'stream' }

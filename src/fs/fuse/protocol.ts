@@ -73,7 +73,9 @@ export const Init = {
   PARALLEL_DIROPS: 1 << 18,
   ABORT_ERROR: 1 << 21,
   MAX_PAGES: 1 << 22,
-  CACHE_SYMLINKS: 1 << 23
+  CACHE_SYMLINKS: 1 << 23,
+  /** Lookups of "." and ".." by node id: file handles outlive the kernel's inode cache (NFS export). */
+  EXPORT_SUPPORT: 1 << 4
 } as const
 
 /** fuse_setattr_in.valid */
@@ -122,6 +124,8 @@ export interface Attr {
   gid: number
   rdev: number
   blksize: number
+  /** What a file handle carries besides the node id (fuse_entry_out.generation); 0 when absent. */
+  generation?: number
 }
 
 export function u64 (b: Buffer, at: number): number {
@@ -175,7 +179,7 @@ function putValid (b: Buffer, secAt: number, nsecAt: number, seconds: number): v
 /** fuse_entry_out; ino 0 with a timeout is a negative entry (the name is known not to exist). */
 export function putEntry (b: Buffer, at: number, ino: number, attr: Attr | null, entryTimeout: number, attrTimeout: number): void {
   putU64(b, at, ino)
-  putU64(b, at + 8, 0) // generation: inode numbers are never reused
+  putU64(b, at + 8, attr?.generation ?? 0)
   putValid(b, at + 16, at + 32, entryTimeout)
   putValid(b, at + 24, at + 36, attrTimeout)
   if (attr) putAttr(b, at + 40, attr)

@@ -8,8 +8,9 @@ import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
   MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
-  notifyInvalEntry, notifyInvalInode
+  notifyInvalEntry, notifyInvalInode, Op
 } from './protocol'
+import { FuseOpMetrics, mountMetrics } from '../../metrics/mount-metrics'
 import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
 export type { SetAttr }
@@ -35,7 +36,7 @@ export interface DirItem { name: string, ino: number, mode: number, attr?: Attr 
  * whatever the call answers later; the call should stop waiting.
  */
 export interface FuseFilesystem {
-  /** The attributes of `name` in `parent`, or null when it does not exist (a negative entry the kernel may cache). */
+  /** The attributes of `name` in `parent`, or null when it does not exist (a negative entry the kernel may cache). "." and "..": the node itself and its parent directory (file handles, FUSE_EXPORT_SUPPORT). */
   lookup (parent: number, name: string): Promise<Attr | null>
   /** The kernel dropped `nlookup` of its lookups of `ino` (it no longer caches the inode that often). No answer. */
   forget? (ino: number, nlookup: number): void
@@ -118,7 +119,7 @@ const SPARE_BUFFERS = 8
 const STRAY_INTERRUPTS = 16
 
 const ALL_FLAGS = Init.ASYNC_READ | Init.ATOMIC_O_TRUNC | Init.BIG_WRITES | Init.ASYNC_DIO | Init.PARALLEL_DIROPS |
-  Init.ABORT_ERROR | Init.MAX_PAGES | Init.CACHE_SYMLINKS
+  Init.ABORT_ERROR | Init.MAX_PAGES | Init.CACHE_SYMLINKS | Init.EXPORT_SUPPORT
 
 type Payload = Buffer | Buffer[] | undefined
 
@@ -129,6 +130,8 @@ interface Call {
   /** For the calls that take a signal (read, write, flush, fsync): an INTERRUPT aborts it and answers EINTR. */
   readonly abort: AbortController | undefined
   answered: boolean
+  /** performance.now() when it was read (its latency). */
+  readonly started: number
 }
 
 /** Errors that are not FsError already logged (a shared failure reaches many calls). */
@@ -253,8 +256,8 @@ export class FuseSession {
   }
 
   /** fusermount -u (or -uz when lazy); rejects with fusermount's words (EBUSY: "Device or resource busy"). */
-  async unmount (lazy: boolean): Promise<void> {
-    const complaint = await fusermount(this.mountpoint, lazy)
+  async unmount (lazy: boolean, at = this.mountpoint): Promise<void> {
+    const complaint = await fusermount(at, lazy)
     if (complaint) throw new Error(complaint)
   }
 
@@ -346,6 +349,21 @@ export class FuseSession {
     call.answered = true
     if (this.calls.get(call.unique) === call) this.calls.delete(call.unique)
     this.send(call.unique, errno, payload)
+    this.count(call, errno, payload)
+  }
+
+  private readonly opMetrics: Array<FuseOpMetrics | undefined> = []
+
+  /** The call's figures (src/metrics): additions only, the opcode's series made once. */
+  private count (call: Call, errno: number, payload: Payload): void {
+    const m = this.opMetrics[call.opcode] ??= mountMetrics.fuseOp(call.opcode, opName(call.opcode))
+    m.done(errno, (performance.now() - call.started) / 1000)
+    if (errno !== 0) return
+    if (call.opcode === Op.READ && Array.isArray(payload)) {
+      let n = 0
+      for (const p of payload) n += p.length
+      mountMetrics.fuseBytesRead.n += n
+    } else if (call.opcode === Op.WRITE && payload instanceof Buffer) mountMetrics.fuseBytesWritten.n += payload.readUInt32LE(0)
   }
 
   private late (call: Call): void {
@@ -414,7 +432,7 @@ export class FuseSession {
       return
     }
     const takesSignal = req.op === 'read' || req.op === 'write' || req.op === 'flush' || req.op === 'fsync'
-    const call: Call = { unique: h.unique, opcode: h.opcode, abort: takesSignal ? new AbortController() : undefined, answered: false }
+    const call: Call = { unique: h.unique, opcode: h.opcode, abort: takesSignal ? new AbortController() : undefined, answered: false, started: performance.now() }
     this.calls.set(h.unique, call)
     const interrupted = this.strayInterrupts.size > 0 && this.claimInterrupt(h.unique)
     let keep = false
