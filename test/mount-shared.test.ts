@@ -5,62 +5,8 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { parseFsName, runtimePaths } from '../src/daemon/location'
-import { pgUnavailable, startPostgres } from './helpers/postgres'
-import {
-  bslfs, bslfsBin, describeRun, isMounted, run, sha256, sleep, startBlockServer, target, volumeKind, waitFor, type RunResult
-} from './helpers/mount'
-
-type Test = tap.Test
-
-const skip = target !== 'bslfs' ? `two mounts of one filesystem need bslfs (BSLFS_TEST_TARGET=${target})`
-  : volumeKind === 'remote' ? 'runs once, in the first pass of the mount suite (it starts its own PostgreSQL and block server)'
-    : pgUnavailable()
-
-/** The kernel's entry and attribute timeout of a default mount (DEFAULT_SESSION). */
-const ENTRY_TIMEOUT_MS = 1000
-
-interface Shared { url: string, a: string, b: string, env: NodeJS.ProcessEnv, cli (args: string[]): Promise<RunResult>, must (args: string[]): Promise<RunResult> }
-
-async function twoMounts (t: Test): Promise<Shared> {
-  const pg = await startPostgres(t, { settings: { fsync: 'off' } })
-  const password = randomBytes(9).toString('hex')
-  await pg.sql(`CREATE ROLE bslfs LOGIN PASSWORD '${password}'`)
-  await pg.sql('CREATE DATABASE shared OWNER bslfs')
-  const base = fs.mkdtempSync('/tmp/bslfs-shared-')
-  t.teardown(() => fs.rmSync(base, { recursive: true, force: true }))
-  const pgpass = join(base, 'pgpass')
-  fs.writeFileSync(pgpass, `${pg.host}:${pg.port}:shared:bslfs:${password}\n`, { mode: 0o600 })
-  const env = { ...process.env, PGPASSFILE: pgpass }
-  const url = pg.url({ user: 'bslfs', database: 'shared' })
-  const cli = async (args: string[]): Promise<RunResult> => await bslfs(args, { env })
-  const must = async (args: string[]): Promise<RunResult> => {
-    const r = await cli(args)
-    if (r.code !== 0) throw new Error(`bslfs ${args[0]} failed:\n${describeRun(r)}`)
-    return r
-  }
-  const server = await startBlockServer(join(base, 'server'))
-  t.teardown(() => server.stop())
-  await must(['init', url])
-  await must(['server', 'add', url, 's1', server.url, '--token-file', server.tokenFile])
-  await must(['volume', 'add', url, '1', 's1:d1'])
-  await must(['volume', 'default', url, '1'])
-  const a = join(base, 'host-a')
-  const b = join(base, 'host-b')
-  for (const mnt of [a, b]) {
-    fs.mkdirSync(mnt)
-    await must(['mount', url, mnt])
-    t.teardown(async () => {
-      if (isMounted(mnt)) await cli(['unmount', mnt])
-      fs.rmSync(runtimePaths(parseFsName(url), mnt).dir, { recursive: true, force: true })
-    })
-    // A's first file reserves its ranges of inode numbers and object ids before B loads the
-    // counters: two mounts that load them at once would hand out the same numbers until the
-    // counters are taken in batches per mount (the directory's multi-writer part of issue 21).
-    if (mnt === a) fs.writeFileSync(join(a, 'seed'), 'reserves A\'s ranges')
-  }
-  return { url, a, b, env, cli, must }
-}
+import { bslfsBin, describeRun, isMounted, run, sha256, sleep, waitFor } from './helpers/mount'
+import { ENTRY_TIMEOUT_MS, sharedSkip as skip, twoMounts } from './helpers/shared-mounts'
 
 t.test('two mounts of one URL', { skip }, async t => {
   const s = await twoMounts(t)
@@ -83,22 +29,45 @@ t.test('two mounts of one URL', { skip }, async t => {
     t.comment(`create on A → visible on B (40 new names): median ${delays[delays.length >> 1]} ms, worst ${delays[delays.length - 1]} ms`)
   })
 
-  t.test('write+close on A, then open+read on B, gives the new bytes', {
-    todo: "passes now that B hears A's changes, but not by rule: A's close() stores the blocks and leaves their records to " +
-      'the group commit a few ms later (src/data/open-file.ts flush), so an open on B right after close() returns may still ' +
-      'read the old inode; close-to-open across hosts needs close to wait for the commit on a shared filesystem (issue 21)'
-  }, async t => {
+  t.test('write+close on A, then open+read on B, gives the new bytes', async t => {
     const f = 'shared-file'
-    let stale = 0
-    for (let i = 0; i < 100; i++) {
-      const size = [0, 1, 4095, 4096, 65537, 1048576, 1048577, 3 * 1048576 + 5][i % 8]! + (i > 7 ? Math.floor(Math.random() * 200_000) : 0)
-      const data = randomBytes(size)
-      fs.writeFileSync(join(s.a, f), data) // open, write, close on A
-      await sleep(i === 0 ? ENTRY_TIMEOUT_MS + 200 : 0) // the first time: B's lookup of the new name
-      const got = fs.readFileSync(join(s.b, f)) // open, read on B after the close returned on A
-      if (sha256(got) !== sha256(data)) stale++
+    let current = Buffer.alloc(0)
+    fs.writeFileSync(join(s.a, f), current)
+    await sleep(ENTRY_TIMEOUT_MS + 200) // B's first lookup of the new name
+    const wrong: string[] = []
+    const closes: number[] = []
+    const ROUNDS = 200
+    for (let i = 0; i < ROUNDS; i++) {
+      // What B holds when A writes: nothing; a descriptor open since before (its daemon's open file and the
+      // kernel's pages of the old bytes); or the old bytes just read (cached pages, and a size that stays).
+      const held = i % 4 === 1 ? fs.openSync(join(s.b, f), 'r') : undefined
+      if (i % 4 >= 1) fs.readFileSync(join(s.b, f))
+      if (i % 4 === 3 && current.length > 0) {
+        // A rewrites part of the file in place: same size, one block changed.
+        const at = Math.floor(Math.random() * current.length)
+        const patch = randomBytes(Math.min(current.length - at, 1 + Math.floor(Math.random() * 70_000)))
+        const fd = fs.openSync(join(s.a, f), 'r+')
+        fs.writeSync(fd, patch, 0, patch.length, at)
+        fs.closeSync(fd)
+        current = Buffer.from(current)
+        patch.copy(current, at)
+      } else {
+        const size = i % 4 === 2 ? current.length
+          : [0, 1, 4095, 4096, 65537, 1048576, 1048577, 3 * 1048576 + 5][i % 8]! + (i > 7 ? Math.floor(Math.random() * 200_000) : 0)
+        current = randomBytes(size)
+        const start = process.hrtime.bigint()
+        fs.writeFileSync(join(s.a, f), current) // open, write, close on A
+        closes.push(Number(process.hrtime.bigint() - start) / 1e6)
+      }
+      // No wait: the open on B starts right after the close on A returned.
+      const got = fs.readFileSync(join(s.b, f))
+      if (!got.equals(current)) wrong.push(`round ${i}: B read ${got.length} bytes (sha256 ${sha256(got).slice(0, 12)}), A wrote ${current.length} (${sha256(current).slice(0, 12)})`)
+      if (held !== undefined) fs.closeSync(held)
     }
-    t.equal(stale, 0, 'every open on B after a close on A reads the bytes A wrote (100 random sizes)')
+    t.same(wrong, [], `every open on B after a close on A reads the bytes A wrote (${ROUNDS} rounds: random sizes, ` +
+      'a descriptor held on B, pages cached on B, a rewrite in place)')
+    closes.sort((x, y) => x - y)
+    t.comment(`open+write+close on A (random sizes up to 3.2 MB): median ${closes[closes.length >> 1]!.toFixed(1)} ms, worst ${closes[closes.length - 1]!.toFixed(1)} ms`)
   })
 
   t.test('a table change run on this host reaches both mounts at once', async t => {

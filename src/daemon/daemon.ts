@@ -54,7 +54,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   const remote: RemoteChanges = {
     changed: change => {
       for (const e of change.entries) kernel?.notifyInvalEntry(e.parent, e.name)
-      for (const ino of change.inodes) kernel?.notifyInvalInode(ino)
+      for (const ino of change.inodes) void kernel?.notifyInvalInode(ino)
     },
     missed: () => kernel?.notifyInvalAll()
   }
@@ -68,7 +68,8 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   let reclaimer: ReturnType<typeof startReclaimer>
   let healer: ReturnType<typeof startHealer>
   let stopMetrics: () => Promise<void>
-  files = new OpenFiles(state.dir, state.volumes)
+  // An open on a shared filesystem drops the kernel's pages of a file another host changed (close-to-open).
+  files = new OpenFiles(state.dir, state.volumes, { kernel: { drop: async ino => await kernel?.notifyInvalInode(ino) } })
   const fs = new BslFilesystem(state.dir, files, {
     space: async () => {
       // Space is what the devices holding new data have; a device that cannot answer counts as empty.

@@ -6,6 +6,7 @@ import { FsError } from '../errors'
 import { Timespec } from '../posix/time'
 import { CacheUse } from './block-cache'
 import { GroupMember } from './group-commit'
+import { contentStamp } from './kernel-pages'
 import { FileReader, ReadableFile, spans } from './reader'
 import type { FileServices } from './services'
 import { FileWriter, WrittenFile } from './writer'
@@ -165,9 +166,12 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
    * close(2): every dirty block is stored on its devices (a write error is
    * reported here), and the records and attributes go to the directory with
    * the next group commit, a few milliseconds later; until then the open files
-   * keep this file, so every open sees its data.
+   * keep this file, so every open sees its data. On a shared filesystem an
+   * open on another host must see them too (close-to-open): there close waits
+   * for the commit, which goes at once (with whatever else is queued).
    */
   async flush (): Promise<void> {
+    if (this.services.dir.shared) return await this.flushNow()
     this.writer.flushAll()
     await this.writer.stored()
     this.writer.throwPendingError()
@@ -178,10 +182,34 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
 
   /** Write and commit everything now (unmount): resolves once this file is clean, or fails with why not. */
   async flushNow (): Promise<void> {
-    await this.flush()
-    await this.writer.settle()
-    this.writer.throwPendingError()
-    if (this.pendingVersion !== this.committedVersion) await this.commit([])
+    try {
+      this.writer.flushAll()
+      await this.writer.stored()
+      this.writer.throwPendingError()
+      await this.writer.settle()
+      this.writer.throwPendingError()
+      if (this.pendingVersion !== this.committedVersion) await this.commit([])
+    } catch (err) {
+      if (!this.goneElsewhere(err)) throw err
+    }
+  }
+
+  /**
+   * A commit failed because the inode is gone: another host removed it while
+   * this mount had it open (cross-host open files are the next issue). Its
+   * changes have nowhere to go: they are dropped, and the file is clean (it
+   * must not hold up the unmount forever). A lost access time goes quietly;
+   * lost writes are ESTALE, thrown. False when `err` is not that.
+   */
+  private goneElsewhere (err: unknown): boolean {
+    if (!(err instanceof FsError && err.code === 'ENOENT') || !this.services.dir.shared) return false
+    const lost = !this.writer.idle || Object.keys(this.pending).some(k => k !== 'atime')
+    this.writer.truncate(0, 0)
+    this.pending = {}
+    this.committedVersion = this.pendingVersion
+    log('inode %d was removed by another host: its changes here are dropped', this.ino)
+    if (lost) throw new FsError('ESTALE', `inode ${this.ino} was removed by another host: its last writes here are lost`)
+    return true
   }
 
   /** flush, then make it all durable: after this the bytes survive a crash. */
@@ -372,6 +400,21 @@ export class OpenFile implements GroupMember, ReadableFile, WrittenFile {
       if (c.record) this.blocks.set(c.index, c.record)
       else this.blocks.delete(c.index)
     }
+  }
+
+  /** Which content the committed size and block map stand for (see contentStamp). */
+  get stamp (): string { return contentStamp(this.committedSize, this.blocks) }
+
+  /**
+   * Another host changed the file: serve its size and block map from now on.
+   * Only a clean file takes them (this mount's own writes waiting to commit
+   * would be lost); false when it did not.
+   */
+  reload (size: number, blocks: Map<number, BlockRecord>): boolean {
+    if (!this.clean) return false
+    this.committedSize = size
+    this.blocks = blocks
+    return true
   }
 
   /** Blocks whose BSL changed in the directory but not their object (adopt): use the new BSLs. */

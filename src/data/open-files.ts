@@ -1,13 +1,23 @@
 import createDebug from 'debug'
 import { Directory, OpenInodes } from '../directory/directory'
 import { BlockRecord } from '../directory/records'
+import { FsError } from '../errors'
 import { BlockStore } from './block-store'
+import { KernelCache, KernelPages, contentStamp } from './kernel-pages'
 import { OpenFile } from './open-file'
 import { FileServices, FileServicesOptions } from './services'
 
 const log = createDebug('bslfs:data')
 
 interface OpenEntry { refs: number, file: Promise<OpenFile> }
+
+/**
+ * An inode another host removed while this kernel still had a name for it:
+ * ESTALE, on which the kernel looks the name up again (LOOKUP_REVAL) and opens what it names now.
+ */
+export function staleIfGone (err: unknown, ino: number): unknown {
+  return err instanceof FsError && err.code === 'ENOENT' ? new FsError('ESTALE', `inode ${ino} was removed by another host`) : err
+}
 
 /**
  * The open files of a mount, by inode; the first open loads the block map, the
@@ -21,13 +31,18 @@ export class OpenFiles implements OpenInodes {
   private retrying = false
   /** What the open files share: block cache, budgets, buffers, group commit. */
   readonly services: FileServices
+  /** On a shared filesystem: which content the kernel may cache of each file (see open). */
+  private readonly kernelPages: KernelPages | undefined
 
-  constructor (dir: Directory, store: BlockStore, opts: FileServicesOptions = {}) {
+  /** `kernel`: the mount's kernel caches, which an open on a shared filesystem drops when another host changed the file. */
+  constructor (dir: Directory, store: BlockStore, opts: FileServicesOptions & { kernel?: KernelCache } = {}) {
+    const { kernel, ...services } = opts
     // A closed file is let go once its last changes are in the directory.
     this.services = new FileServices(dir, store, {
-      ...opts,
+      ...services,
       settled: file => { this.forget(file).catch(err => log('inode %d: %s', file.ino, (err as Error).message)) }
     })
+    this.kernelPages = dir.shared && kernel ? new KernelPages(kernel) : undefined
   }
 
   isOpen (ino: number): boolean {
@@ -46,6 +61,11 @@ export class OpenFiles implements OpenInodes {
       const entry: OpenEntry = {
         refs: 0,
         file: (async () => {
+          if (dir.shared && !created) {
+            // Another host may have changed the file since this mount cached its inode.
+            const { inode, blocks } = await dir.readFresh(ino)
+            return new OpenFile(ino, this.services, blocks, inode.size)
+          }
           const inode = await dir.getInode(ino)
           return new OpenFile(ino, this.services, created ? new Map() : await dir.getBlocks(ino), inode.size)
         })()
@@ -57,6 +77,31 @@ export class OpenFiles implements OpenInodes {
     const taken = e
     taken.refs++
     return taken.file.catch(err => { taken.refs--; throw err })
+  }
+
+  /**
+   * open(2) of `ino`: acquire. On a shared filesystem, close-to-open across
+   * hosts: what another host's close committed before this open began is what
+   * this open reads. The file's size and block map come from the store (an
+   * open file here takes them unless it has writes of its own to commit), and
+   * the kernel's pages and attributes are dropped before the open returns
+   * when they may hold other content.
+   */
+  async open (ino: number): Promise<OpenFile> {
+    if (!this.kernelPages) return await this.acquire(ino)
+    const loaded = this.entries.has(ino)
+    const file = await this.acquire(ino).catch(err => { throw staleIfGone(err, ino) })
+    try {
+      if (loaded) {
+        const { inode, blocks } = await this.services.dir.readFresh(ino)
+        if (contentStamp(inode.size, blocks) !== file.stamp && file.reload(inode.size, blocks)) log('inode %d changed elsewhere: reloaded', ino)
+      }
+      await this.kernelPages.show(ino, file.stamp)
+    } catch (err) {
+      await this.release(file).catch(() => undefined)
+      throw staleIfGone(err, ino)
+    }
+    return file
   }
 
   /**
@@ -77,6 +122,8 @@ export class OpenFiles implements OpenInodes {
     // Checked after that await: an open may have come meanwhile.
     if (this.entries.get(file.ino) !== e || e.refs !== 0 || !file.clean) return
     this.entries.delete(file.ino)
+    // The kernel's pages hold what this mount served and wrote: the file as it leaves.
+    this.kernelPages?.remember(file.ino, file.stamp)
     await this.services.dir.releaseIfUnlinked(file.ino)
   }
 
@@ -111,7 +158,11 @@ export class OpenFiles implements OpenInodes {
 
   /** Flush every open file (unmount, shutdown). */
   async flushAll (): Promise<void> {
-    for (const e of [...this.entries.values()]) await (await e.file).flushNow()
+    for (const e of [...this.entries.values()]) {
+      const file = await e.file
+      // A file another host removed reports its lost writes once, and is clean after (see OpenFile.flushNow).
+      await file.flushNow().catch(err => { if (!file.clean) throw err })
+    }
   }
 
   get count (): number { return this.entries.size }

@@ -191,6 +191,12 @@ export class Directory {
   getInode (ino: number): Promise<Inode> { return this.ns.getInode(ino) }
   /** The inode if it is in the cache (no read): for callers that take many in a row. */
   cachedInode (ino: number): Inode | undefined { return this.ns.cachedInode(ino) }
+  /** Whether other processes write the store too (PostgreSQL): what is cached may be stale. */
+  get shared (): boolean { return this.kv.singleWriter !== true }
+  /** Forget the cached entry `name` of `parent` (it named an inode another host has removed). */
+  forgetEntry (parent: number, name: string): void { this.ns.forget({ inodes: [], entries: [{ parent, name }] }) }
+  /** The inode and block map as the store holds them now (not the caches), in one transaction. */
+  readFresh (ino: number): Promise<{ inode: Inode, blocks: Map<number, BlockRecord> }> { return this.ns.readFresh(ino) }
   /** The child `name` of directory `parent`, or undefined. */
   lookup (parent: number, name: string): Promise<number | undefined> { return this.ns.lookup(parent, name) }
   /** The inode a path names ("/a/b"). ENOENT, ENOTDIR, ENAMETOOLONG as the kernel expects. */

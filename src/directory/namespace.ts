@@ -2,6 +2,7 @@ import { randomInt } from 'node:crypto'
 import { FsError } from '../errors'
 import { S_IFCHR, S_ISGID, isDir } from '../posix/modes'
 import { Timespec, nowTimespec } from '../posix/time'
+import { readBlocks } from './blocks'
 import { Change } from './changes'
 import { inheritAcls } from './acl'
 import { IdReservations } from './ids'
@@ -9,7 +10,7 @@ import { checkCanAdd, checkCanRemove, checkMovable, checkNewFlags } from './inod
 import { KvStore, KvTxn } from './kv'
 import { Usage } from './meta'
 import { NamespaceReader } from './reader'
-import { Inode, ROOT_INO, decodeEntry, decodeInode, keys } from './records'
+import { BlockRecord, Inode, ROOT_INO, decodeEntry, decodeInode, keys } from './records'
 import { UsageCounters } from './usage'
 import { Writer, WriterHost } from './writer'
 
@@ -130,6 +131,22 @@ export class Namespace implements WriterHost {
     const inode = decodeInode(ino, raw)
     if (!tx && this.commits === before) this.inodes.set(ino, inode)
     return inode
+  }
+
+  /**
+   * The inode and block map of `ino` as the store holds them now, read in one
+   * transaction, not from the caches (another host may have changed both since);
+   * the inode cache takes the inode (an open on a shared filesystem: close-to-open).
+   */
+  async readFresh (ino: number): Promise<{ inode: Inode, blocks: Map<number, BlockRecord> }> {
+    const before = this.commits
+    const got = await this.kv.txn(async tx => ({ inode: await this.getInode(ino, tx), blocks: await readBlocks(tx, ino) })).catch(err => {
+      if (err instanceof FsError && err.code === 'ENOENT') this.inodes.delete(ino) // removed elsewhere: no stale copy answers again
+      throw err
+    })
+    if (this.commits === before) this.inodes.set(ino, got.inode)
+    else this.inodes.delete(ino) // a commit raced the read: the next read asks the store
+    return got
   }
 
   /** The inode if it is in the cache (no read): for callers that take many in a row. */

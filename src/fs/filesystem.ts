@@ -2,7 +2,7 @@ import { Directory, FilePatch } from '../directory/directory'
 import { Inode, ROOT_INO, Timespec } from '../directory/records'
 import { FsError } from '../errors'
 import { OpenFile } from '../data/open-file'
-import { OpenFiles } from '../data/open-files'
+import { OpenFiles, staleIfGone } from '../data/open-files'
 import { Attr, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, StatFs } from './fuse/protocol'
 import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
@@ -162,7 +162,15 @@ export class BslFilesystem implements FuseFilesystem {
   async lookup (parent: number, name: string): Promise<Attr | null> {
     if (name === '.' || name === '..') return await this.lookupByNumber(parent, name)
     const ino = await this.dir.lookup(parent, name)
-    return ino === undefined ? null : await this.attrOf(ino)
+    if (ino === undefined) return null
+    return await this.attrOf(ino).catch(async err => {
+      // Shared: another host removed the inode after this mount cached the name (a file replaced by a
+      // rename over it); the store says what the name is now.
+      if (!this.dir.shared || !(err instanceof FsError && err.code === 'ENOENT')) throw err
+      this.dir.forgetEntry(parent, name)
+      const now = await this.dir.lookup(parent, name)
+      return now === undefined ? null : await this.attrOf(now)
+    })
   }
 
   /**
@@ -323,12 +331,13 @@ export class BslFilesystem implements FuseFilesystem {
   }
 
   async open (ino: number, flags: number): Promise<number> {
-    const inode = await this.dir.getInode(ino)
+    const inode = await this.dir.getInode(ino).catch(err => { throw this.dir.shared ? staleIfGone(err, ino) : err })
     if (isDir(inode.mode)) throw new FsError('EISDIR', `inode ${ino}`)
     const writable = (flags & O_ACCMODE) !== O_RDONLY
     if (writable) this.writable()
     if (writable || (flags & O_TRUNC)) checkOpenForWrite(inode, flags)
-    const file = (inode.mode & S_IFMT) === S_IFREG ? await this.files.acquire(ino) : null
+    // On a shared filesystem this read is fresh, and the kernel's pages dropped when another host changed the file.
+    const file = (inode.mode & S_IFMT) === S_IFREG ? await this.files.open(ino) : null
     const fh = this.newFh()
     this.handles.set(fh, { ino, file, writable })
     // The kernel hands O_TRUNC to open (atomic_o_trunc) instead of a separate truncate.

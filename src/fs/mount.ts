@@ -163,7 +163,8 @@ export interface MountedFuse {
   quietMs (): number
   /** Tell the kernel what another host changed (FuseSession's notifications: queued, never blocking). */
   notifyInvalEntry (parent: number, name: string): void
-  notifyInvalInode (ino: number): void
+  /** Resolves once the kernel has dropped `ino`'s attributes and pages. */
+  notifyInvalInode (ino: number): Promise<void>
   /** Changes may have been missed: drop every inode the kernel holds. */
   notifyInvalAll (): void
 }

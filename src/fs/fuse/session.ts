@@ -207,7 +207,7 @@ export class FuseSession {
   /** Lookups the kernel holds of each inode (entries answered, less FORGETs): what notifyInvalAll covers. */
   private readonly kernelLookups = new Map<number, number>([[1, 1]])
   /** Notifications waiting to be written, in order; one is written at a time (see Connection.notify). */
-  private readonly notes: Array<{ parts: Buffer[], written?: () => void }> = []
+  private readonly notes: Array<{ parts: Buffer[], written: () => void }> = []
   private notifying = false
 
   /**
@@ -224,8 +224,8 @@ export class FuseSession {
    * Tell the kernel to drop `ino`'s cached attributes, and its cached pages from
    * `offset` for `length` bytes (length 0: to the end; offset -1: attributes only). Queued.
    */
-  notifyInvalInode (ino: number, offset = 0, length = 0): void {
-    this.queueNote(notifyInvalInode(ino, offset, length))
+  notifyInvalInode (ino: number, offset = 0, length = 0): Promise<void> {
+    return this.queueNote(notifyInvalInode(ino, offset, length))
   }
 
   /**
@@ -234,7 +234,7 @@ export class FuseSession {
    * no notification that drops them all, and the session does not keep every name it answered.
    */
   notifyInvalAll (): void {
-    for (const ino of this.kernelLookups.keys()) this.notifyInvalInode(ino)
+    for (const ino of this.kernelLookups.keys()) void this.notifyInvalInode(ino)
   }
 
   private looked (ino: number): void {
@@ -244,27 +244,28 @@ export class FuseSession {
   /** Notifications sent and not yet written. */
   get notificationsQueued (): number { return this.notes.length + (this.notifying ? 1 : 0) }
 
-  private queueNote (parts: Buffer[], written?: () => void): void {
-    if (this.done || !this.connection.notify) {
-      written?.()
-      if (!this.done) log('notification dropped: this connection cannot send one')
-      return
-    }
-    this.notes.push({ parts, written })
-    this.pumpNotes()
+  /** Resolves once the kernel has taken the notification (or it was dropped): what it invalidates is gone by then. */
+  private queueNote (parts: Buffer[]): Promise<void> {
+    if (this.done) return Promise.resolve()
+    if (!this.connection.notify) { log('notification dropped: this connection cannot send one'); return Promise.resolve() }
+    return new Promise(resolve => {
+      this.notes.push({ parts, written: resolve })
+      this.pumpNotes()
+    })
   }
 
   private pumpNotes (): void {
+    if (this.done) for (const n of this.notes.splice(0)) n.written()
     if (this.notifying || this.done) return
     const note = this.notes.shift()
     if (!note) return
     this.notifying = true
     this.connection.notify!(note.parts, err => {
       this.notifying = false
-      note.written?.()
+      note.written()
       // ENOENT: the kernel had nothing cached of it, which is no failure.
-      if (err && err.code === 'ENODEV') return this.end('unmounted')
-      if (err && err.code !== 'ENOENT') log('notification failed: %s', err.message)
+      if (err && err.code === 'ENODEV') this.end('unmounted')
+      else if (err && err.code !== 'ENOENT') log('notification failed: %s', err.message)
       this.pumpNotes()
     })
   }
@@ -630,7 +631,7 @@ export class FuseSession {
    */
   private invalidated (ino: number, offset: number, length: number, then: () => void): void {
     if (length <= 0) return then()
-    this.queueNote(notifyInvalInode(ino, offset, length), then)
+    void this.queueNote(notifyInvalInode(ino, offset, length)).then(then)
   }
 
   private openFlags (): number {
