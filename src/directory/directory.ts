@@ -276,10 +276,14 @@ export class Directory {
     if (this.shared) await this.kv.txn(tx => sessions.holdOpen(tx, ino, this.session))
   }
 
-  /** Clean up after dead session `id` (sessions.ts reapSession): the number of inodes freed. */
-  async reapSession (id: string): Promise<number> {
-    const { freed } = await this.ns.write(async w => await sessions.reapSession(w, id /* locks.ts: pass releaseLocksOf here */))
-    return freed
+  /**
+   * Clean up after dead session `id` (sessions.ts reapSession): the number of
+   * inodes freed; undefined when it is not there or (shared) renewed meanwhile.
+   */
+  async reapSession (id: string): Promise<number | undefined> {
+    const onlyIfExpired = this.shared
+    const r = await this.ns.write(async w => await sessions.reapSession(w, id, { onlyIfExpired } /* locks.ts: pass releaseLocksOf here */))
+    return r?.freed
   }
 
   /**
