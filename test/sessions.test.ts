@@ -15,6 +15,8 @@ import { LevelKv } from '../src/directory/leveldb'
 import { PgKv } from '../src/directory/postgres'
 import { keys, ROOT_INO } from '../src/directory/records'
 import { SessionRow } from '../src/directory/sessions'
+import { reapExpiredSessions } from '../src/daemon/session-keeper'
+import { parseMountOptions } from '../src/fs/mount'
 import { S_IFREG } from '../src/posix/modes'
 import { freshPgDatabase } from './helpers/kv-engines'
 import { pgUnavailable } from './helpers/postgres'
@@ -132,6 +134,19 @@ function suite (make: (t: Test) => Promise<Hosts>): (t: Test) => Promise<void> {
       t.equal(a.usage.files, 3, 'B counts from zero after its row was folded: nothing counted twice')
     })
 
+    t.test('offline (fsck --repair, no other mount): only the expired sessions are reaped', async t => {
+      const { a, b } = await make(t)
+      await a.renewSession(row(a, 60_000, '/a'), true)
+      await b.renewSession(row(b, 300, '/b'), true)
+      const f = await b.createNode(ROOT_INO, 'f', FILE)
+      await b.holdOpen(f.ino)
+      await b.unlink(ROOT_INO, 'f')
+      await sleep(400)
+      t.equal(await reapExpiredSessions(a), 1, 'B reaped, A (live) kept')
+      t.same((await a.sessions()).sessions.map(s => s.mountpoint), ['/a'])
+      t.equal(await codeOf(a.readFresh(f.ino)), 'ENOENT', 'what B alone held is freed')
+    })
+
     t.test('a mount past its expiry is fenced: changes fail with EIO, reads pass', async t => {
       const { a } = await make(t)
       const f = await a.createNode(ROOT_INO, 'f', FILE)
@@ -150,6 +165,16 @@ function suite (make: (t: Test) => Promise<Hosts>): (t: Test) => Promise<void> {
     })
   }
 }
+
+t.test('session_heartbeat= and session_expiry= mount options', async t => {
+  const o = parseMountOptions('session_heartbeat=0.5,session_expiry=2')
+  t.equal(o.sessionHeartbeatMs, 500)
+  t.equal(o.sessionExpiryMs, 2000)
+  t.equal(parseMountOptions('').sessionExpiryMs, undefined, 'default: none given (12 s and 60 s)')
+  t.throws(() => parseMountOptions('session_expiry=0'), /session_expiry=SECONDS takes 0.1 to 3600 seconds/)
+  t.throws(() => parseMountOptions('session_heartbeat=x'), /bad mount option "session_heartbeat=x"/)
+  t.throws(() => parseMountOptions('session_heartbeat=31'), /session_expiry \(60 s\) must be at least twice session_heartbeat \(31 s\)/)
+})
 
 t.test('LevelKv shared, every body run twice', suite(levelHosts))
 t.test('PgKv, two stores of one database', { skip: pgUnavailable() ?? false }, suite(pgHosts))

@@ -164,7 +164,7 @@ export async function recheckHolds (tx: KvTxn, id: string, open: number[]): Prom
  * The reclaim and heal queues belong to the filesystem, not to a session:
  * whoever holds the lease works through them.
  */
-export async function reapSession (w: Writer, id: string, opts: { onlyIfExpired: boolean }, releaseLocks?: (tx: KvTxn, id: string) => Promise<void>): Promise<{ freed: number } | undefined> {
+export async function reapSession (w: Writer, id: string, opts: { onlyIfExpired: boolean }, releaseLocks?: (tx: KvTxn, id: string) => Promise<unknown>): Promise<{ freed: number } | undefined> {
   const { tx } = w
   // Read again here: a session renewed since it was seen expired is alive (the renewal and this conflict; one retries).
   const raw = await tx.get(sessionKey(id))
