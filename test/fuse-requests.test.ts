@@ -8,7 +8,7 @@ import { BufferPool } from '../src/buffer-pool'
 import { FsError } from '../src/errors'
 import { Connection } from '../src/fs/fuse/connection'
 import { GETATTR_FH, IN_HEADER_BYTES, Op, putU64, u64 } from '../src/fs/fuse/protocol'
-import { decodeRequest, InHeader, readHeader, REQUESTS, WRITE_HEADERS } from '../src/fs/fuse/requests'
+import { Agreed, decodeRequest, InHeader, readHeader, REQUESTS, WRITE_HEADERS } from '../src/fs/fuse/requests'
 import { DEFAULT_SESSION, FuseSession } from '../src/fs/fuse/session'
 import { HUGE, MemoryFs } from './helpers/memory-fs'
 
@@ -89,9 +89,9 @@ const VALID: Array<[number, Buffer]> = [
 ]
 
 /** What decoding gives: 'ok', or the code of the FsError it throws; anything else fails the test. */
-function outcome (h: InHeader, body: Buffer): 'ok' | 'EINVAL' | 'ENOSYS' {
+function outcome (h: InHeader, body: Buffer, agreed: Agreed = {}): 'ok' | 'EINVAL' | 'ENOSYS' {
   try {
-    decodeRequest(h, body)
+    decodeRequest(h, body, agreed)
     return 'ok'
   } catch (err) {
     if (err instanceof FsError && (err.code === 'EINVAL' || err.code === 'ENOSYS')) return err.code
@@ -129,9 +129,14 @@ t.test('decoding well-formed requests', async t => {
     { op: 'copy_file_range', fhIn: 1, offIn: 2 ** 33, nodeOut: 9, fhOut: 2, offOut: 4096, len: 2 ** 32, flags: 0 }, 'copy_file_range: both sides, length')
   const sx = Buffer.concat([u32s(3, 1), names('user.a'), Buffer.from('abc')])
   const setxattr = decodeRequest(header(Op.SETXATTR, sx.length), sx) as { value: Buffer }
-  t.same(setxattr, { op: 'setxattr', name: 'user.a', value: Buffer.from('abc'), flags: 1 })
+  t.same(setxattr, { op: 'setxattr', name: 'user.a', value: Buffer.from('abc'), flags: 1, setxattrFlags: 0 })
   sx.fill(0)
   t.equal(setxattr.value.toString(), 'abc', 'a setxattr value is a copy: the request buffer may be reused')
+  // Once FUSE_SETXATTR_EXT is agreed the fixed part is 16 bytes: size, flags, setxattr_flags, padding.
+  const sxe = Buffer.concat([u32s(3, 2, 1, 0), names('system.posix_acl_access'), Buffer.from('xyz')])
+  t.same(decodeRequest(header(Op.SETXATTR, sxe.length), sxe, { setxattrExt: true }),
+    { op: 'setxattr', name: 'system.posix_acl_access', value: Buffer.from('xyz'), flags: 2, setxattrFlags: 1 }, 'setxattr, extended: the ACL kill-SGID flag')
+  t.equal(outcome(header(Op.SETXATTR, 12), Buffer.alloc(12), { setxattrExt: true }), 'EINVAL', 'an extended setxattr shorter than its 16-byte struct')
 })
 
 t.test('short, unterminated, mislabelled and unknown requests', async t => {

@@ -195,6 +195,21 @@ print('sub', oct(os.stat(d + '/sub').st_mode & 0o777))
   t.equal(await getfacl(join(d, 'untar/secret')), await getfacl(secret), 'tar --acls keeps the access ACL')
   t.equal(await getfacl(join(d, 'untar/team')), await getfacl(team), 'and the default ACL')
 
+  // Set-group-ID goes when an owner outside the file's group sets an access ACL (as ext4's posix_acl_update_mode), not when root does.
+  const sgid = join(d, 'sgid')
+  fs.mkdirSync(sgid, { mode: 0o777 })
+  fs.chmodSync(sgid, 0o777)
+  for (const f of ['by-owner', 'by-root']) {
+    fs.writeFileSync(join(sgid, f), 'x')
+    fs.chownSync(join(sgid, f), NOBODY, 0)
+    fs.chmodSync(join(sgid, f), 0o2775)
+  }
+  const own = await run('setfacl', ['-m', 'u:daemon:r', join(sgid, 'by-owner')], { uid: NOBODY, gid: NOBODY })
+  t.equal(own.code, 0, 'the owner sets an ACL on its file', { run: describeRun(own) })
+  t.equal(fs.statSync(join(sgid, 'by-owner')).mode & 0o7777, 0o775, 'outside the file\'s group: set-group-ID is cleared')
+  await mustRun(t, 'setfacl', ['-m', 'u:daemon:r', join(sgid, 'by-root')])
+  t.equal(fs.statSync(join(sgid, 'by-root')).mode & 0o7777, 0o2775, 'root (CAP_FSETID) keeps it')
+
   await mustRun(t, 'setfacl', ['-b', secret])
   t.equal(await getfacl(secret), 'user::rw-\ngroup::---\nother::---', 'setfacl -b leaves the minimal ACL: the owning group\'s own bits come back')
   t.equal(fs.statSync(secret).mode & 0o777, 0o600, 'and the mode says it')

@@ -289,7 +289,7 @@ export class Directory {
 
   removeXattr (ino: number, name: string, now = nowTimespec()): Promise<void> { return this.xattrs.remove(ino, name, now) }
   /** Set (value null: remove) a POSIX ACL xattr; an access ACL sets the mode in the same transaction (acl.ts). */
-  setAcl (ino: number, name: string, value: Buffer | null, flags = 0, now = nowTimespec()): Promise<void> { return setAcl(this.ns, ino, name, value, flags, now) }
+  setAcl (ino: number, name: string, value: Buffer | null, flags = 0, now = nowTimespec(), opts: { killSgid?: boolean } = {}): Promise<void> { return setAcl(this.ns, ino, name, value, flags, now, opts) }
   /** After a chmod: the access ACL follows the mode. */
   chmodAcls (ino: number, mode: number): Promise<void> { return chmodAcls(this.ns, ino, mode) }
 

@@ -497,11 +497,11 @@ export class BslFilesystem implements FuseFilesystem {
     if (name.length === 0 || Buffer.byteLength(name) > 255) throw new FsError('ERANGE', 'bad xattr name length')
   }
 
-  async setxattr (ino: number, name: string, value: Buffer, flags: number): Promise<void> {
+  async setxattr (ino: number, name: string, value: Buffer, flags: number, killSgid = false): Promise<void> {
     this.writable()
     this.checkXattrName(name)
     checkMovable(await this.dir.getInode(ino))
-    if (isAclName(name)) await this.dir.setAcl(ino, name, value, flags)
+    if (isAclName(name)) await this.dir.setAcl(ino, name, value, flags, nowTimespec(), { killSgid })
     else await this.dir.setXattr(ino, name, value, flags)
   }
 

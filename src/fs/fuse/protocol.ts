@@ -81,8 +81,13 @@ export const Init = {
   POSIX_ACL: 1 << 20,
   CACHE_SYMLINKS: 1 << 23,
   /** Lookups of "." and ".." by node id: file handles outlive the kernel's inode cache (NFS export). */
-  EXPORT_SUPPORT: 1 << 4
+  EXPORT_SUPPORT: 1 << 4,
+  /** fuse_setxattr_in in its 16-byte form, whose setxattr_flags say when an ACL change must clear set-group-ID. */
+  SETXATTR_EXT: 1 << 29
 } as const
+
+/** fuse_setxattr_in.setxattr_flags: the caller is outside the file's group and lacks CAP_FSETID (an ACL set clears S_ISGID). */
+export const SETXATTR_ACL_KILL_SGID = 1 << 0
 
 /** fuse_setattr_in.valid */
 export const Fattr = {

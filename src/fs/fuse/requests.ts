@@ -88,7 +88,8 @@ export type FuseRequest =
   | { op: 'fsyncdir', fh: number }
   | { op: 'statfs' }
   /** `value` is a copy: the filesystem may keep it past the request buffer's reuse. */
-  | { op: 'setxattr', name: string, value: Buffer, flags: number }
+  /** setxattrFlags: fuse_setxattr_in.setxattr_flags (0 unless FUSE_SETXATTR_EXT was agreed). */
+  | { op: 'setxattr', name: string, value: Buffer, flags: number, setxattrFlags: number }
   | { op: 'getxattr', name: string, size: number }
   | { op: 'listxattr', size: number }
   | { op: 'removexattr', name: string }
@@ -100,8 +101,8 @@ export type FuseRequest =
 
 // Body sizes of the kernel's structs (linux/fuse.h). Those that grew did so before 7.28
 // (fuse_read_in and fuse_write_in at 7.9, fuse_mknod_in at 7.12), so at the minors bslfs
-// accepts each has one size; fuse_setxattr_in stays 8 bytes (its 16-byte form needs
-// FUSE_SETXATTR_EXT, which bslfs does not ask for); fuse_init_in is 16 bytes from older
+// accepts each has one size; fuse_setxattr_in is 8 bytes, or 16 once FUSE_SETXATTR_EXT
+// is agreed (the session says so); fuse_init_in is 16 bytes from older
 // kernels, 64 from 7.36 kernels on.
 const FORGET_IN = 8
 const FORGET_ONE = 16
@@ -121,6 +122,7 @@ const RELEASE_IN = 24
 const FLUSH_IN = 24
 const FSYNC_IN = 16
 const SETXATTR_IN = 8
+const SETXATTR_EXT_IN = 16
 const GETXATTR_IN = 8
 const INIT_IN = 16
 const INTERRUPT_IN = 8
@@ -142,7 +144,7 @@ interface RequestKind {
   /** Whether the kernel waits for a reply (FORGET, INTERRUPT and NOTIFY_REPLY get none). */
   replies: boolean
   /** Absent: bslfs answers ENOSYS and the kernel falls back (or stops asking). */
-  decode?: (body: Buffer, h: InHeader) => FuseRequest
+  decode?: (body: Buffer, h: InHeader, agreed: Agreed) => FuseRequest
 }
 
 /** The NUL-terminated name at `at` of `body`, and where the next field starts. */
@@ -182,11 +184,14 @@ function write (b: Buffer): FuseRequest {
   return { op: 'write', fh: u64(b, 0), offset: u64(b, 8), data: b.subarray(WRITE_IN, WRITE_IN + size), flags: b.readUInt32LE(32) }
 }
 
-function setxattr (b: Buffer): FuseRequest {
+function setxattr (b: Buffer, _h: InHeader, agreed: Agreed): FuseRequest {
+  const fixed = agreed.setxattrExt ? SETXATTR_EXT_IN : SETXATTR_IN
+  if (b.length < fixed + 1) throw new FsError('EINVAL', `setxattr: ${b.length}-byte body, at least ${fixed + 1} expected`)
   const size = b.readUInt32LE(0)
-  const key = nameAt(b, SETXATTR_IN, 'setxattr')
+  const key = nameAt(b, fixed, 'setxattr')
   if (b.length < key.next + size) throw new FsError('EINVAL', `setxattr of a ${size}-byte value carries ${b.length - key.next}`)
-  return { op: 'setxattr', name: key.text, value: Buffer.from(b.subarray(key.next, key.next + size)), flags: b.readUInt32LE(4) }
+  const setxattrFlags = agreed.setxattrExt ? b.readUInt32LE(8) : 0
+  return { op: 'setxattr', name: key.text, value: Buffer.from(b.subarray(key.next, key.next + size)), flags: b.readUInt32LE(4), setxattrFlags }
 }
 
 function rename (b: Buffer, fixed: number, flags: number): FuseRequest {
@@ -278,7 +283,13 @@ export function expectsReply (opcode: number): boolean {
  * read or the body is short of its opcode's struct, or a name lacks its NUL;
  * FsError('ENOSYS') for an opcode bslfs does not implement.
  */
-export function decodeRequest (h: InHeader, body: Buffer): FuseRequest {
+/** What INIT agreed that changes a request's layout. */
+export interface Agreed {
+  /** FUSE_SETXATTR_EXT: fuse_setxattr_in is 16 bytes. */
+  setxattrExt?: boolean
+}
+
+export function decodeRequest (h: InHeader, body: Buffer, agreed: Agreed = {}): FuseRequest {
   const k = REQUESTS.get(h.opcode)
   if (!k) throw new FsError('ENOSYS', `opcode ${h.opcode} is unknown`)
   if (h.len !== IN_HEADER_BYTES + body.length) {
@@ -286,5 +297,5 @@ export function decodeRequest (h: InHeader, body: Buffer): FuseRequest {
   }
   if (!k.decode) throw new FsError('ENOSYS', `${k.name} is not implemented`)
   if (body.length < k.minBody) throw new FsError('EINVAL', `${k.name}: ${body.length}-byte body, at least ${k.minBody} expected`)
-  return k.decode(body, h)
+  return k.decode(body, h, agreed)
 }

@@ -8,10 +8,10 @@ import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
   MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
-  notifyInvalEntry, notifyInvalInode, Op, u64Out, ioctlOut, statxOut
+  notifyInvalEntry, notifyInvalInode, Op, SETXATTR_ACL_KILL_SGID, u64Out, ioctlOut, statxOut
 } from './protocol'
 import { FuseOpMetrics, mountMetrics } from '../../metrics/mount-metrics'
-import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
+import { Agreed, decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
 export type { SetAttr }
 
@@ -86,7 +86,8 @@ export interface FuseFilesystem {
   releasedir (ino: number, fh: number): Promise<void>
   fsyncdir (ino: number, fh: number): Promise<void>
   statfs (): Promise<StatFs>
-  setxattr (ino: number, name: string, value: Buffer, flags: number): Promise<void>
+  /** killSgid: the caller may not keep set-group-ID (outside the file's group, no CAP_FSETID): an access ACL set clears it. */
+  setxattr (ino: number, name: string, value: Buffer, flags: number, killSgid?: boolean): Promise<void>
   getxattr (ino: number, name: string): Promise<Buffer>
   listxattr (ino: number): Promise<string[]>
   removexattr (ino: number, name: string): Promise<void>
@@ -176,6 +177,8 @@ export class FuseSession {
   readonly ended: Promise<void>
   /** What INIT agreed on, for status and logs. */
   negotiated: { minor: number, flags: number, maxWrite: number, maxReadahead: number } | undefined
+  /** What INIT agreed that changes how requests are laid out. */
+  private agreed: Agreed = {}
 
   /** Requests are read into the filesystem's block buffers, when they fit (see take). */
   private readonly pool: BufferPool | undefined
@@ -440,7 +443,7 @@ export class FuseSession {
     const h = readHeader(buf)
     let req: FuseRequest
     try {
-      req = decodeRequest(h, buf.subarray(IN_HEADER_BYTES, n))
+      req = decodeRequest(h, buf.subarray(IN_HEADER_BYTES, n), this.agreed)
     } catch (err) {
       this.give(buf)
       log('%s #%d refused: %s', opName(h.opcode), h.unique, err instanceof Error ? err.message : String(err))
@@ -586,7 +589,7 @@ export class FuseSession {
       case 'releasedir': this.answer(call, fs.releasedir(node, req.fh), empty); break
       case 'fsyncdir': this.answer(call, fs.fsyncdir(node, req.fh), empty); break
       case 'statfs': this.answer(call, fs.statfs(), statfsOut); break
-      case 'setxattr': this.answer(call, fs.setxattr(node, req.name, req.value, req.flags), empty); break
+      case 'setxattr': this.answer(call, fs.setxattr(node, req.name, req.value, req.flags, (req.setxattrFlags & SETXATTR_ACL_KILL_SGID) !== 0), empty); break
       case 'getxattr': {
         const size = req.size
         this.answer(call, fs.getxattr(node, req.name), v => sized(v, size))
@@ -643,13 +646,14 @@ export class FuseSession {
       events.error('the kernel speaks FUSE %d.%d; bslfs needs 7.%d or newer', k.major, k.minor, MIN_KERNEL_MINOR)
       return this.finish(call, E.EPROTO)
     }
-    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0) | (this.opts.posixAcl ? Init.POSIX_ACL | Init.DONT_MASK : 0)
+    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0) | (this.opts.posixAcl ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0)
     const flags = k.flags & wanted
     const maxWrite = this.opts.maxWrite
     this.bufferBytes = maxWrite + 4096
     this.spare.length = 0
     const o = { minor: Math.min(k.minor, KERNEL_MINOR), maxReadahead: Math.min(k.maxReadahead, this.opts.maxReadahead), flags, maxWrite }
     this.negotiated = o
+    this.agreed = { setxattrExt: (flags & Init.SETXATTR_EXT) !== 0 }
     log('INIT: kernel %d.%d (flags %s, readahead %d); agreed 7.%d, flags %s, max_write %d', k.major, k.minor,
       k.flags.toString(16), k.maxReadahead, o.minor, flags.toString(16), maxWrite)
     this.finish(call, 0, initOut({ ...o, maxBackground: 64, congestionThreshold: 48, maxPages: Math.ceil(maxWrite / 4096) }))
