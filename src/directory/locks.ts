@@ -111,7 +111,7 @@ function loosened (before: LockRange[], after: LockRange[]): boolean {
   return false
 }
 
-/** The first lock of another owner that `req` (of `owner`) conflicts with: a write lock conflicts with any, a read lock with a write lock. */
+/** The lowest lock of another owner that `req` (of `owner`) conflicts with: a write lock conflicts with any, a read lock with a write lock. */
 async function conflict (tx: KvReader, ino: number, owner: LockOwner, req: LockRange): Promise<{ held?: HeldLock, mine?: LockRecord }> {
   let mine: LockRecord | undefined
   let held: HeldLock | undefined
@@ -119,9 +119,10 @@ async function conflict (tx: KvReader, ino: number, owner: LockOwner, req: LockR
     const { owner: o } = parseKey(k)
     const rec = decodeRecord(k, v)
     if (sameOwner(o, owner)) { mine = rec; continue }
-    if (held || o.flock !== owner.flock || req.type === F_UNLCK) continue
+    if (o.flock !== owner.flock || req.type === F_UNLCK) continue
+    // The lowest conflicting range is the one reported (as Linux does for one holder's locks).
     const r = rec.ranges.find(r => overlaps(r, req) && (req.type === F_WRLCK || r.type === F_WRLCK))
-    if (r) held = { ...r, owner: o, pid: rec.pid }
+    if (r && (!held || r.start < held.start)) held = { ...r, owner: o, pid: rec.pid }
   }
   return { held, mine }
 }
