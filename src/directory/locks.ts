@@ -223,21 +223,31 @@ export class LockTable {
   }
 
   /** F_SETLK: set (or release, F_UNLCK) `req` for `owner`; the conflicting lock when it cannot (nothing changed then). */
-  async set (ino: number, owner: LockOwner, req: LockRange, pid: number, signal?: AbortSignal): Promise<HeldLock | undefined> {
+  async set (ino: number, owner: LockOwner, req: LockRange, pid: number): Promise<HeldLock | undefined> {
+    return (await this.change(ino, owner, req, pid)).held
+  }
+
+  /** `set`, and what the owner held before (its record then) when it was set. */
+  private async change (ino: number, owner: LockOwner, req: LockRange, pid: number, signal?: AbortSignal): Promise<{ held?: HeldLock, before?: LockRecord }> {
     const key = lockKey(ino, owner)
     return await this.kv.txn(async tx => {
       const { held, mine } = await conflict(tx, ino, owner, req)
-      if (held) return held
+      if (held) return { held }
       // An interrupted waiter was answered EINTR already: it must not end up holding the lock.
       signal?.throwIfAborted()
       const before = mine?.ranges ?? []
       const after = applyRange(before, req)
-      if (after.length > 0) tx.put(key, encodeRecord({ pid: req.type === F_UNLCK ? (mine?.pid ?? pid) : pid, ranges: after }))
-      else if (mine) tx.del(key)
-      if (loosened(before, after)) released(tx, [ino], this.waits)
-      tx.onCommit(() => this.note(ino, owner, after.length > 0))
-      return undefined
+      this.write(tx, ino, owner, mine, after.length > 0 ? { pid: req.type === F_UNLCK ? (mine?.pid ?? pid) : pid, ranges: after } : undefined, key)
+      return { before: mine ?? { pid, ranges: [] } }
     })
+  }
+
+  /** Put the owner's record `next` (undefined: none) in place of `mine`, telling waiters when that held less. */
+  private write (tx: KvTxn, ino: number, owner: LockOwner, mine: LockRecord | undefined, next: LockRecord | undefined, key = lockKey(ino, owner)): void {
+    if (next) tx.put(key, encodeRecord(next))
+    else if (mine) tx.del(key)
+    if (loosened(mine?.ranges ?? [], next?.ranges ?? [])) released(tx, [ino], this.waits)
+    tx.onCommit(() => this.note(ino, owner, next !== undefined))
   }
 
   /** F_SETLKW: `set`, waiting while another owner holds a conflicting lock, until it is set or `signal` aborts. */
@@ -247,14 +257,36 @@ export class LockTable {
       for (let tries = 1; ; tries++) {
         signal?.throwIfAborted()
         const gen = this.waits.generation(ino)
-        const held = await this.set(ino, owner, req, pid, signal)
-        if (!held) return
+        const { held, before } = await this.change(ino, owner, req, pid, signal)
+        if (!held) {
+          // Interrupted while the lock's commit was under way: the caller has EINTR, so the owner holds what it held before.
+          if (signal?.aborted === true) await this.restore(ino, owner, before!)
+          return
+        }
         if (tries === 1) log('inode %d: %o waits for %o', ino, req, held)
         await this.waits.wait(ino, gen, SAFETY_POLL_MS, signal)
       }
     } finally {
       this.waits.leave(ino)
     }
+  }
+
+  private async restore (ino: number, owner: LockOwner, before: LockRecord): Promise<void> {
+    await this.kv.txn(async tx => {
+      const raw = await tx.get(lockKey(ino, owner))
+      this.write(tx, ino, owner, raw ? decodeRecord(lockKey(ino, owner), raw) : undefined, before.ranges.length > 0 ? before : undefined)
+    })
+  }
+
+  /**
+   * Release every lock of `session` in `tx` (a dead session's: the sessions' cleanup calls
+   * this); this mount's waiters try again once it commits, other mounts' through the feed.
+   */
+  async releaseLocksOf (tx: KvTxn, session: string): Promise<number[]> {
+    const inos = await releaseLocksOf(tx, session)
+    tx.onCommit(() => { for (const ino of inos) this.waits.wake(ino) })
+    if (session === this.session) tx.onCommit(() => this.held.clear())
+    return inos
   }
 
   /** Whether this mount may hold locks of `owner` on `ino`. */
@@ -271,10 +303,7 @@ export class LockTable {
   /** Release every lock of this mount (unmount). */
   async releaseAll (): Promise<void> {
     if (this.held.size === 0) return
-    await this.kv.txn(async tx => {
-      const inos = await releaseLocksOf(tx, this.session)
-      tx.onCommit(() => { this.held.clear(); for (const ino of inos) this.waits.wake(ino) })
-    })
+    await this.kv.txn(async tx => { await this.releaseLocksOf(tx, this.session) })
   }
 
   private note (ino: number, owner: LockOwner, holds: boolean): void {
