@@ -116,6 +116,14 @@ child('closed')
 os.close(ofd)
 fcntl.flock(fd, fcntl.LOCK_UN)
 child('all-gone')
+# A flock conversion lets go first: a failed upgrade leaves no shared lock behind.
+a, b = os.open(path, os.O_RDWR), os.open(path, os.O_RDWR)
+fcntl.flock(a, fcntl.LOCK_SH); fcntl.flock(b, fcntl.LOCK_SH)
+up = []
+for f in (b, a):
+    try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); up.append('ok')
+    except OSError as e: up.append(errno.errorcode[e.errno])
+print('upgrade', ' '.join(up))
 `
 
 t.test('locks on two mounts of one URL', { skip }, async t => {

@@ -44,6 +44,12 @@ export class FileLocks {
     const open = this.files.get(ino)
     // What this mount wrote under the lock is committed before another host can take it.
     if (req.type !== F_WRLCK && open) await (await open).flush()
+    // flock converts by letting go first, as Linux does (two holders of a shared lock that both
+    // ask for an exclusive one would otherwise wait for each other): even a conversion that then fails.
+    if (owner.flock && req.type !== F_UNLCK && this.table.holds(ino, owner)) {
+      if (open) await (await open).flush()
+      await this.table.set(ino, owner, { ...req, type: F_UNLCK }, lock.pid)
+    }
     if (wait && req.type !== F_UNLCK) await this.table.setWait(ino, owner, req, lock.pid, signal)
     else {
       const held = await this.table.set(ino, owner, req, lock.pid)
