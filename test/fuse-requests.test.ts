@@ -85,7 +85,10 @@ const VALID: Array<[number, Buffer]> = [
   [Op.REMOVEXATTR, names('user.a')],
   [Op.FALLOCATE, Buffer.concat([u64s(1, 0, 4096), u32s(3, 0)])],
   [Op.LSEEK, Buffer.concat([u64s(1, 0), u32s(3, 0)])],
-  [Op.COPY_FILE_RANGE, u64s(1, 0, 2, 3, 0, 4096, 0)]
+  [Op.COPY_FILE_RANGE, u64s(1, 0, 2, 3, 0, 4096, 0)],
+  [Op.GETLK, Buffer.concat([u64s(3), Buffer.from('ffeeddccbbaa9988', 'hex'), u64s(100), Buffer.from('ffffffffffffff7f', 'hex'), u32s(1, 4242, 1, 0)])],
+  [Op.SETLK, Buffer.concat([u64s(3), Buffer.from('ffeeddccbbaa9988', 'hex'), u64s(100), Buffer.from('ffffffffffffff7f', 'hex'), u32s(1, 4242, 1, 0)])],
+  [Op.SETLKW, Buffer.concat([u64s(3), Buffer.from('ffeeddccbbaa9988', 'hex'), u64s(100), Buffer.from('ffffffffffffff7f', 'hex'), u32s(1, 4242, 1, 0)])]
 ]
 
 /** What decoding gives: 'ok', or the code of the FsError it throws; anything else fails the test. */
@@ -165,6 +168,18 @@ t.test('short, unterminated, mislabelled and unknown requests', async t => {
   t.equal(outcome(header(Op.BMAP, 16), z(16)), 'ENOSYS', 'a known opcode bslfs does not implement')
   t.equal(outcome(header(Op.FALLOCATE, 24), z(24)), 'EINVAL', 'a fallocate short of its 32 bytes')
   t.equal(outcome(header(Op.COPY_FILE_RANGE, 48), z(48)), 'EINVAL', 'a copy_file_range short of its 56 bytes')
+})
+
+t.test('lock requests, and the lock owners of flush and release', async t => {
+  const lk = VALID.find(([op]) => op === Op.SETLKW)![1]
+  t.same(decodeRequest(header(Op.SETLKW, lk.length), lk), {
+    op: 'setlk', wait: true, lock: { fh: 3, owner: '8899aabbccddeeff', start: 100, end: Number.MAX_SAFE_INTEGER, type: 1, pid: 4242, flock: true }
+  }, 'SETLKW: owner in hex, OFFSET_MAX as the end of the file, FUSE_LK_FLOCK')
+  const fl = Buffer.concat([u64s(3), u32s(0, 0), Buffer.from('0100000000000080', 'hex')])
+  t.same(decodeRequest(header(Op.FLUSH, fl.length), fl), { op: 'flush', fh: 3, lockOwner: '8000000000000001' })
+  const rel = (flags: number): Buffer => Buffer.concat([u64s(3), u32s(0, flags), Buffer.from('0200000000000000', 'hex')])
+  t.same(decodeRequest(header(Op.RELEASE, 24), rel(2)), { op: 'release', fh: 3, flockOwner: '2' }, 'FUSE_RELEASE_FLOCK_UNLOCK names the flock owner')
+  t.same(decodeRequest(header(Op.RELEASE, 24), rel(0)), { op: 'release', fh: 3 }, 'without it, no owner')
 })
 
 t.test('random bytes and truncations never throw anything but EINVAL or ENOSYS', async t => {

@@ -216,7 +216,7 @@ class Results {
       console.log('\nmetadata: µs per operation through the mount, median (min–max); lower is better.\n' +
         'JuiceFS: its published figures for PostgreSQL (docs/en/benchmark/metadata_engines_benchmark.md, its own Go benchmark of the metadata API)\n')
       console.log(table([['operation', ...ran, 'JuiceFS (PostgreSQL)'],
-        ...times.map(w => [w.label, ...ran.map(t => cell(this.xs(w.key, t))), String(w.latency!.juicefsPgUs)])]))
+        ...times.map(w => [w.label, ...ran.map(t => cell(this.xs(w.key, t))), String(w.latency!.juicefsPgUs ?? '—')])]))
     }
     if (peaks.rows.size) {
       console.log('\npeak RSS (VmHWM, read after each run, before unmounting)')

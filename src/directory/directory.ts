@@ -11,6 +11,7 @@ import { Change, RemoteChanges, decodeChange } from './changes'
 import { FsckFixes } from './fsck-fixes'
 import { IdReservations } from './ids'
 import { KvStore } from './kv'
+import { LockTable } from './locks'
 import { DirectoryConfig, Usage, configVersion, isConfig } from './meta'
 import { DirEntry, FilePatch, NOTHING_OPEN, Namespace, NewNode, OpenInodes, RenameOptions } from './namespace'
 import { forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue } from './queues'
@@ -55,6 +56,8 @@ export class Directory {
   private feed?: { close (): Promise<void> }
   /** A usage refresh due after other mounts' changes. */
   private usageRefresh?: NodeJS.Timeout
+  /** Advisory locks (fcntl, flock) that exclude across the mounts of a shared filesystem (locks.ts). */
+  readonly locks: LockTable
 
   private constructor (
     readonly kv: KvStore,
@@ -68,6 +71,7 @@ export class Directory {
     this.reader = new NamespaceReader(kv)
     this.xattrs = new Xattrs(kv, ns)
     this.fsckFixes = new FsckFixes(kv, ns)
+    this.locks = new LockTable(kv, session)
   }
 
   static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number }, openInodes?: OpenInodes, remote?: RemoteChanges }): Promise<Directory> {
@@ -139,11 +143,14 @@ export class Directory {
           remote?.missed()
           return
         }
+        for (const ino of change.locks ?? []) this.locks.waits.wake(ino)
+        if (change.locks && change.inodes.length === 0 && change.entries.length === 0 && change.tables !== true) return
         this.ns.forget(change)
         this.refreshUsageSoon()
         remote?.changed(change)
       },
       missed: () => {
+        this.locks.waits.wakeAll()
         this.ns.dropCaches()
         remote?.missed()
       }
@@ -160,6 +167,7 @@ export class Directory {
   }
 
   async close (): Promise<void> {
+    await this.locks.releaseAll().catch(err => log('locks of %s not released: %s', this.session, (err as Error).message))
     await this.feed?.close()
     clearTimeout(this.usageRefresh)
     // The usage row folds into the base; if that fails the row stays, and still counts.

@@ -8,12 +8,12 @@ import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
   MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
-  notifyInvalEntry, notifyInvalInode, Op, SETXATTR_ACL_KILL_SGID, u64Out, ioctlOut, statxOut
+  notifyInvalEntry, notifyInvalInode, Op, SETXATTR_ACL_KILL_SGID, u64Out, ioctlOut, statxOut, lkOut
 } from './protocol'
 import { FuseOpMetrics, mountMetrics } from '../../metrics/mount-metrics'
-import { Agreed, decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
+import { Agreed, decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, LockRequest, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
-export type { SetAttr }
+export type { LockRequest, SetAttr }
 
 const events = logger('bslfs:fuse')
 const log = events.debug
@@ -77,8 +77,10 @@ export interface FuseFilesystem {
    * filesystem's to keep and to give back to that pool.
    */
   write (ino: number, fh: number, offset: number, data: Buffer, keepBuffer?: () => void, signal?: AbortSignal): number | Promise<number>
-  flush (ino: number, fh: number, signal?: AbortSignal): Promise<void>
-  release (ino: number, fh: number): Promise<void>
+  /** `lockOwner`: the closing process's POSIX lock owner, whose locks of the file go (locks served). */
+  flush (ino: number, fh: number, signal?: AbortSignal, lockOwner?: string): Promise<void>
+  /** `flockOwner`: the file held flocks of this owner, which go with it. */
+  release (ino: number, fh: number, flockOwner?: string): Promise<void>
   fsync (ino: number, fh: number, datasync: boolean, signal?: AbortSignal): Promise<void>
   opendir (ino: number): Promise<number>
   /** Entries from position `offset` (0 is the first, '.'), at most `count`; with `plus` each has its `attr`. */
@@ -99,6 +101,10 @@ export interface FuseFilesystem {
   copyFileRange? (ino: number, fhIn: number, offIn: number, inoOut: number, fhOut: number, offOut: number, len: number): Promise<number>
   /** An ioctl: its output (at most `outSize` bytes); ENOTTY for one the filesystem does not know. */
   ioctl? (ino: number, cmd: number, input: Buffer, outSize: number, caller: Caller): Promise<Buffer>
+  /** F_GETLK (SessionOptions.locks): the first lock conflicting with `lock`, or type F_UNLCK when none. */
+  getlk? (ino: number, lock: LockRequest): Promise<{ start: number, end: number, type: number, pid: number }>
+  /** F_SETLK, F_SETLKW (`wait`), flock: EAGAIN when another owner holds a conflicting lock and `wait` is false. */
+  setlk? (ino: number, lock: LockRequest, wait: boolean, signal?: AbortSignal): Promise<void>
 }
 
 export interface SessionOptions {
@@ -118,6 +124,8 @@ export interface SessionOptions {
   readdirPlus: boolean
   /** POSIX ACLs: the kernel enforces them (FUSE_POSIX_ACL) and leaves the umask to the filesystem (FUSE_DONT_MASK). */
   posixAcl: boolean
+  /** fcntl and flock locks go to the filesystem (getlk, setlk), not the kernel's own table: locks across hosts. */
+  locks?: boolean
 }
 
 export const DEFAULT_SESSION: SessionOptions = {
@@ -151,7 +159,7 @@ type Payload = Buffer | Buffer[] | undefined
 interface Call {
   readonly unique: number
   readonly opcode: number
-  /** For the calls that take a signal (read, write, flush, fsync): an INTERRUPT aborts it and answers EINTR. */
+  /** For the calls that take a signal (read, write, flush, fsync, setlk): an INTERRUPT aborts it and answers EINTR. */
   readonly abort: AbortController | undefined
   answered: boolean
   /** performance.now() when it was read (its latency). */
@@ -457,7 +465,7 @@ export class FuseSession {
       else if (req.op === 'interrupt') this.interrupt(h.unique, req.target)
       return
     }
-    const takesSignal = req.op === 'read' || req.op === 'write' || req.op === 'flush' || req.op === 'fsync'
+    const takesSignal = req.op === 'read' || req.op === 'write' || req.op === 'flush' || req.op === 'fsync' || req.op === 'setlk'
     const call: Call = { unique: h.unique, opcode: h.opcode, abort: takesSignal ? new AbortController() : undefined, answered: false, started: performance.now() }
     this.calls.set(h.unique, call)
     const interrupted = this.strayInterrupts.size > 0 && this.claimInterrupt(h.unique)
@@ -581,8 +589,8 @@ export class FuseSession {
           err => this.fail(call, err)).finally(() => { if (!kept) this.give(buf) })
         return true
       }
-      case 'flush': this.answer(call, fs.flush(node, req.fh, signal), empty); break
-      case 'release': this.answer(call, fs.release(node, req.fh), empty); break
+      case 'flush': this.answer(call, fs.flush(node, req.fh, signal, req.lockOwner), empty); break
+      case 'release': this.answer(call, fs.release(node, req.fh, req.flockOwner), empty); break
       case 'fsync': this.answer(call, fs.fsync(node, req.fh, req.datasync, signal), empty); break
       case 'opendir': this.answer(call, fs.opendir(node), fh => openOut(fh, 0)); break
       case 'readdir': this.readdir(call, node, req.fh, req.offset, req.size, req.plus); break
@@ -618,6 +626,14 @@ export class FuseSession {
         if (!fs.ioctl) this.finish(call, E.ENOTTY)
         else this.answer(call, fs.ioctl(node, req.cmd, req.input, req.outSize, caller), ioctlOut)
         break
+      case 'getlk':
+        if (!fs.getlk) { this.finish(call, E.ENOSYS); break }
+        this.answer(call, fs.getlk(node, req.lock), lkOut)
+        break
+      case 'setlk':
+        if (!fs.setlk) { this.finish(call, E.ENOSYS); break }
+        this.answer(call, fs.setlk(node, req.lock, req.wait, signal), empty)
+        break
       default:
         // forget, interrupt and notify_reply are handled before (they get no answer).
         this.finish(call, E.ENOSYS)
@@ -646,7 +662,8 @@ export class FuseSession {
       events.error('the kernel speaks FUSE %d.%d; bslfs needs 7.%d or newer', k.major, k.minor, MIN_KERNEL_MINOR)
       return this.finish(call, E.EPROTO)
     }
-    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0) | (this.opts.posixAcl ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0)
+    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0) | (this.opts.posixAcl ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0) |
+      (this.opts.locks === true ? Init.POSIX_LOCKS | Init.FLOCK_LOCKS : 0)
     const flags = k.flags & wanted
     const maxWrite = this.opts.maxWrite
     this.bufferBytes = maxWrite + 4096
