@@ -8,7 +8,7 @@ import { BufferPool } from '../src/buffer-pool'
 import { FsError } from '../src/errors'
 import { Connection } from '../src/fs/fuse/connection'
 import { GETATTR_FH, IN_HEADER_BYTES, Op, putU64, u64 } from '../src/fs/fuse/protocol'
-import { decodeRequest, InHeader, readHeader, REQUESTS, WRITE_HEADERS } from '../src/fs/fuse/requests'
+import { Agreed, decodeRequest, InHeader, readHeader, REQUESTS, WRITE_HEADERS } from '../src/fs/fuse/requests'
 import { DEFAULT_SESSION, FuseSession } from '../src/fs/fuse/session'
 import { HUGE, MemoryFs } from './helpers/memory-fs'
 
@@ -85,13 +85,16 @@ const VALID: Array<[number, Buffer]> = [
   [Op.REMOVEXATTR, names('user.a')],
   [Op.FALLOCATE, Buffer.concat([u64s(1, 0, 4096), u32s(3, 0)])],
   [Op.LSEEK, Buffer.concat([u64s(1, 0), u32s(3, 0)])],
-  [Op.COPY_FILE_RANGE, u64s(1, 0, 2, 3, 0, 4096, 0)]
+  [Op.COPY_FILE_RANGE, u64s(1, 0, 2, 3, 0, 4096, 0)],
+  [Op.GETLK, Buffer.concat([u64s(3), Buffer.from('ffeeddccbbaa9988', 'hex'), u64s(100), Buffer.from('ffffffffffffff7f', 'hex'), u32s(1, 4242, 1, 0)])],
+  [Op.SETLK, Buffer.concat([u64s(3), Buffer.from('ffeeddccbbaa9988', 'hex'), u64s(100), Buffer.from('ffffffffffffff7f', 'hex'), u32s(1, 4242, 1, 0)])],
+  [Op.SETLKW, Buffer.concat([u64s(3), Buffer.from('ffeeddccbbaa9988', 'hex'), u64s(100), Buffer.from('ffffffffffffff7f', 'hex'), u32s(1, 4242, 1, 0)])]
 ]
 
 /** What decoding gives: 'ok', or the code of the FsError it throws; anything else fails the test. */
-function outcome (h: InHeader, body: Buffer): 'ok' | 'EINVAL' | 'ENOSYS' {
+function outcome (h: InHeader, body: Buffer, agreed: Agreed = {}): 'ok' | 'EINVAL' | 'ENOSYS' {
   try {
-    decodeRequest(h, body)
+    decodeRequest(h, body, agreed)
     return 'ok'
   } catch (err) {
     if (err instanceof FsError && (err.code === 'EINVAL' || err.code === 'ENOSYS')) return err.code
@@ -129,9 +132,14 @@ t.test('decoding well-formed requests', async t => {
     { op: 'copy_file_range', fhIn: 1, offIn: 2 ** 33, nodeOut: 9, fhOut: 2, offOut: 4096, len: 2 ** 32, flags: 0 }, 'copy_file_range: both sides, length')
   const sx = Buffer.concat([u32s(3, 1), names('user.a'), Buffer.from('abc')])
   const setxattr = decodeRequest(header(Op.SETXATTR, sx.length), sx) as { value: Buffer }
-  t.same(setxattr, { op: 'setxattr', name: 'user.a', value: Buffer.from('abc'), flags: 1 })
+  t.same(setxattr, { op: 'setxattr', name: 'user.a', value: Buffer.from('abc'), flags: 1, setxattrFlags: 0 })
   sx.fill(0)
   t.equal(setxattr.value.toString(), 'abc', 'a setxattr value is a copy: the request buffer may be reused')
+  // Once FUSE_SETXATTR_EXT is agreed the fixed part is 16 bytes: size, flags, setxattr_flags, padding.
+  const sxe = Buffer.concat([u32s(3, 2, 1, 0), names('system.posix_acl_access'), Buffer.from('xyz')])
+  t.same(decodeRequest(header(Op.SETXATTR, sxe.length), sxe, { setxattrExt: true }),
+    { op: 'setxattr', name: 'system.posix_acl_access', value: Buffer.from('xyz'), flags: 2, setxattrFlags: 1 }, 'setxattr, extended: the ACL kill-SGID flag')
+  t.equal(outcome(header(Op.SETXATTR, 12), Buffer.alloc(12), { setxattrExt: true }), 'EINVAL', 'an extended setxattr shorter than its 16-byte struct')
 })
 
 t.test('short, unterminated, mislabelled and unknown requests', async t => {
@@ -160,6 +168,18 @@ t.test('short, unterminated, mislabelled and unknown requests', async t => {
   t.equal(outcome(header(Op.BMAP, 16), z(16)), 'ENOSYS', 'a known opcode bslfs does not implement')
   t.equal(outcome(header(Op.FALLOCATE, 24), z(24)), 'EINVAL', 'a fallocate short of its 32 bytes')
   t.equal(outcome(header(Op.COPY_FILE_RANGE, 48), z(48)), 'EINVAL', 'a copy_file_range short of its 56 bytes')
+})
+
+t.test('lock requests, and the lock owners of flush and release', async t => {
+  const lk = VALID.find(([op]) => op === Op.SETLKW)![1]
+  t.same(decodeRequest(header(Op.SETLKW, lk.length), lk), {
+    op: 'setlk', wait: true, lock: { fh: 3, owner: '8899aabbccddeeff', start: 100, end: Number.MAX_SAFE_INTEGER, type: 1, pid: 4242, flock: true }
+  }, 'SETLKW: owner in hex, OFFSET_MAX as the end of the file, FUSE_LK_FLOCK')
+  const fl = Buffer.concat([u64s(3), u32s(0, 0), Buffer.from('0100000000000080', 'hex')])
+  t.same(decodeRequest(header(Op.FLUSH, fl.length), fl), { op: 'flush', fh: 3, lockOwner: '8000000000000001' })
+  const rel = (flags: number): Buffer => Buffer.concat([u64s(3), u32s(0, flags), Buffer.from('0200000000000000', 'hex')])
+  t.same(decodeRequest(header(Op.RELEASE, 24), rel(2)), { op: 'release', fh: 3, flockOwner: '2' }, 'FUSE_RELEASE_FLOCK_UNLOCK names the flock owner')
+  t.same(decodeRequest(header(Op.RELEASE, 24), rel(0)), { op: 'release', fh: 3 }, 'without it, no owner')
 })
 
 t.test('random bytes and truncations never throw anything but EINVAL or ENOSYS', async t => {

@@ -30,6 +30,7 @@ import {
   type BlockServer, type Mount, PYTHON, bslfs, childEnv, describeRun, isMounted, mountCount, pidAlive,
   run, sleep, startBlockServer, target, volumeKind, waitFor, withMount
 } from './helpers/mount'
+import { type FsckReport, fsck } from './helpers/fsck'
 
 type Test = tap.Test
 
@@ -477,22 +478,6 @@ async function remount (t: Test, m: Mount): Promise<void> {
   const r = await bslfs(['mount', m.state, m.mnt], { timeout: 60_000 })
   if (r.code !== 0 || !(await waitFor(() => isMounted(m.mnt), 10_000))) throw new Error(`mount after the crash failed:\n${describeRun(r)}`)
   if (mountCount(m.mnt) !== 1) t.fail(`${mountCount(m.mnt)} mounts stacked on ${m.mnt}`)
-}
-
-interface FsckReport {
-  inodes: number, blocks: number, bytes: number, objectsListed: number, problems: Record<string, number>, first: string[],
-  repaired: Record<string, number>, openOrphans: number, reclaimQueue: number, healQueue: number, clean: boolean, seconds: number
-}
-
-async function fsck (m: Mount, ...args: string[]): Promise<FsckReport & { run: string }> {
-  const r = await bslfs(['fsck', m.state, '--json', ...args], { timeout: 120_000 })
-  try {
-    const rep = JSON.parse(r.stdout) as FsckReport
-    if ((r.code === 0) !== rep.clean) throw new Error(`exit ${r.code} but clean is ${rep.clean}`)
-    return { ...rep, run: describeRun(r) }
-  } catch (err) {
-    throw new Error(`fsck ${args.join(' ')}: ${(err as Error).message}\n${describeRun(r)}`)
-  }
 }
 
 /** Problem kinds other than orphan objects (which a kill between a block's write and its commit leaves). */

@@ -6,31 +6,10 @@ import t from 'tap'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
 import { PYTHON, bslfs, describeRun, isMounted, mountCount, pidAlive, py, run, target, waitFor, withMount, type Mount } from './helpers/mount'
+import { fsck, fsckClean } from './helpers/fsck'
 
 type Test = tap.Test
 
-interface FsckReport { inodes: number, problems: Record<string, number>, first: string[], openOrphans: number, clean: boolean }
-
-/** `bslfs fsck` of the unmounted filesystem (bslfs only). */
-async function fsck (m: Mount): Promise<FsckReport> {
-  const r = await bslfs(['fsck', m.state, '--json'], { timeout: 120_000 })
-  try {
-    return JSON.parse(r.stdout) as FsckReport
-  } catch {
-    throw new Error(`fsck gave no report:\n${describeRun(r)}`)
-  }
-}
-
-/** Unmount, fsck (clean, nothing left open), mount again. */
-async function fsckClean (t: Test, m: Mount, what: string): Promise<FsckReport | undefined> {
-  if (target !== 'bslfs') return undefined
-  await m.unmount()
-  const rep = await fsck(m)
-  t.ok(rep.clean, `${what}: fsck is clean`, { problems: rep.problems, first: rep.first })
-  t.equal(rep.openOrphans, 0, `${what}: nothing is left open and unlinked`)
-  await m.mount()
-  return rep
-}
 
 /** Flags lsattr shows for `p` ("i", "a", "ia" or ""). */
 async function lsattr (p: string): Promise<string> {
@@ -215,6 +194,21 @@ print('sub', oct(os.stat(d + '/sub').st_mode & 0o777))
   await mustRun(t, 'tar', ['--acls', '-xpf', tarball, '-C', join(d, 'untar')])
   t.equal(await getfacl(join(d, 'untar/secret')), await getfacl(secret), 'tar --acls keeps the access ACL')
   t.equal(await getfacl(join(d, 'untar/team')), await getfacl(team), 'and the default ACL')
+
+  // Set-group-ID goes when an owner outside the file's group sets an access ACL (as ext4's posix_acl_update_mode), not when root does.
+  const sgid = join(d, 'sgid')
+  fs.mkdirSync(sgid, { mode: 0o777 })
+  fs.chmodSync(sgid, 0o777)
+  for (const f of ['by-owner', 'by-root']) {
+    fs.writeFileSync(join(sgid, f), 'x')
+    fs.chownSync(join(sgid, f), NOBODY, 0)
+    fs.chmodSync(join(sgid, f), 0o2775)
+  }
+  const own = await run('setfacl', ['-m', 'u:daemon:r', join(sgid, 'by-owner')], { uid: NOBODY, gid: NOBODY })
+  t.equal(own.code, 0, 'the owner sets an ACL on its file', { run: describeRun(own) })
+  t.equal(fs.statSync(join(sgid, 'by-owner')).mode & 0o7777, 0o775, 'outside the file\'s group: set-group-ID is cleared')
+  await mustRun(t, 'setfacl', ['-m', 'u:daemon:r', join(sgid, 'by-root')])
+  t.equal(fs.statSync(join(sgid, 'by-root')).mode & 0o7777, 0o2775, 'root (CAP_FSETID) keeps it')
 
   await mustRun(t, 'setfacl', ['-b', secret])
   t.equal(await getfacl(secret), 'user::rw-\ngroup::---\nother::---', 'setfacl -b leaves the minimal ACL: the owning group\'s own bits come back')

@@ -7,31 +7,10 @@ import t from 'tap'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
 import { PYTHON, bslfs, describeRun, isMounted, mountCount, pidAlive, py, run, target, waitFor, withMount, type Mount } from './helpers/mount'
+import { fsck, fsckClean } from './helpers/fsck'
 
 type Test = tap.Test
 
-interface FsckReport { inodes: number, problems: Record<string, number>, first: string[], openOrphans: number, clean: boolean }
-
-/** `bslfs fsck` of the unmounted filesystem (bslfs only). */
-async function fsck (m: Mount): Promise<FsckReport> {
-  const r = await bslfs(['fsck', m.state, '--json'], { timeout: 120_000 })
-  try {
-    return JSON.parse(r.stdout) as FsckReport
-  } catch {
-    throw new Error(`fsck gave no report:\n${describeRun(r)}`)
-  }
-}
-
-/** Unmount, fsck (clean, nothing left open), mount again. */
-async function fsckClean (t: Test, m: Mount, what: string): Promise<FsckReport | undefined> {
-  if (target !== 'bslfs') return undefined
-  await m.unmount()
-  const rep = await fsck(m)
-  t.ok(rep.clean, `${what}: fsck is clean`, { problems: rep.problems, first: rep.first })
-  t.equal(rep.openOrphans, 0, `${what}: nothing is left open and unlinked`)
-  await m.mount()
-  return rep
-}
 
 const RENAME = `
 import ctypes

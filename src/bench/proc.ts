@@ -197,6 +197,26 @@ export async function peakRssKiB (pid: number): Promise<number | undefined> {
   }
 }
 
+/**
+ * The CPU seconds (user + system) a process has used so far, or undefined when it is gone.
+ * CPU time, unlike wall time, hardly moves with what else the machine runs: it shows what a
+ * change costs (metrics on against off, say) on a machine too busy for wall-clock ratios.
+ */
+export async function cpuSeconds (pid: number): Promise<number | undefined> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+    // Fields after the command name (which may hold spaces, in parentheses): utime and stime are the 12th and 13th.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const ticks = Number(fields[11]) + Number(fields[12])
+    return Number.isFinite(ticks) ? ticks / CLOCK_TICKS : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** sysconf(_SC_CLK_TCK): 100 on every Linux architecture Node runs on. */
+const CLOCK_TICKS = 100
+
 /** Flush dirty data and drop the page, dentry and inode caches. */
 export async function dropCaches (): Promise<void> {
   await run('sh', ['-c', 'sync; echo 3 > /proc/sys/vm/drop_caches'])

@@ -15,7 +15,7 @@ import { mkdir, mkdtemp, writeFile } from 'node:fs/promises'
 import { release } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { mountLine, peakRssKiB, startCleanup, stoppedBy, Teardown, trapSignals } from './proc'
+import { cpuSeconds, mountLine, peakRssKiB, startCleanup, stoppedBy, Teardown, trapSignals } from './proc'
 import { cell, fmt, fmtBytes, fmtRss, median, table } from './report'
 import { scaleMode } from './scale'
 import {
@@ -164,6 +164,30 @@ class PeakRss {
   }
 }
 
+/** The CPU seconds each watched process used per run (all workloads of one run), by target and process label. */
+class CpuPerRun {
+  readonly rows = new Map<string, { target: TargetName, label: string, secs: number[] }>()
+  /** Run `fn` and note how much CPU each of `t`'s processes used meanwhile. */
+  async around<T> (t: Target, fn: () => Promise<T>): Promise<T> {
+    const before = new Map<string, number>()
+    for (const w of await t.processes()) {
+      const c = w.pid === undefined ? undefined : await cpuSeconds(w.pid)
+      if (c !== undefined) before.set(`${w.label} ${w.pid}`, c)
+    }
+    const out = await fn()
+    for (const w of await t.processes()) {
+      const key = `${w.label} ${w.pid}`
+      const start = before.get(key)
+      const now = w.pid === undefined ? undefined : await cpuSeconds(w.pid)
+      if (start === undefined || now === undefined) continue
+      const row = this.rows.get(w.label) ?? { target: t.name, label: w.label, secs: [] }
+      row.secs.push(now - start)
+      this.rows.set(w.label, row)
+    }
+    return out
+  }
+}
+
 /** The samples of every workload on every target that ran: the figures, their ratios, and how they are shown. */
 class Results {
   readonly ratios: typeof RATIOS
@@ -175,7 +199,7 @@ class Results {
   ratio (key: string, num: TargetName, den: TargetName): number { return median(this.xs(key, num)) / median(this.xs(key, den)) }
 
   /** The table of figures, the table of ratios, the peak RSS of the processes behind the targets. */
-  print (runs: number, peaks: PeakRss): void {
+  print (runs: number, peaks: PeakRss, cpu: CpuPerRun): void {
     const { list, ran, ratios } = this
     console.log(`\nmedian (min–max) of ${runs} run(s); higher is better\n`)
     const rates = list.filter(w => !w.latency)
@@ -192,16 +216,27 @@ class Results {
       console.log('\nmetadata: µs per operation through the mount, median (min–max); lower is better.\n' +
         'JuiceFS: its published figures for PostgreSQL (docs/en/benchmark/metadata_engines_benchmark.md, its own Go benchmark of the metadata API)\n')
       console.log(table([['operation', ...ran, 'JuiceFS (PostgreSQL)'],
-        ...times.map(w => [w.label, ...ran.map(t => cell(this.xs(w.key, t))), String(w.latency!.juicefsPgUs)])]))
+        ...times.map(w => [w.label, ...ran.map(t => cell(this.xs(w.key, t))), String(w.latency!.juicefsPgUs ?? '—')])]))
     }
     if (peaks.rows.size) {
       console.log('\npeak RSS (VmHWM, read after each run, before unmounting)')
       console.log(table([...peaks.rows.values()].map(p => [`${p.label} (pid ${p.pid})`, fmtRss(p.kib)]), '  '))
     }
-    if (ran.includes('glusterfs')) console.log('(GlusterFS processes are not sampled for RSS)')
+    if (cpu.rows.size) {
+      console.log('\nCPU seconds (user + system) per run of every workload, median (min–max): what each process spent, little moved by other load')
+      console.log(table([...cpu.rows.values()].map(r => [r.label, cell(r.secs)]), '  '))
+      const ratioOf = (num: TargetName, den: TargetName): string | undefined => {
+        const a = [...cpu.rows.values()].find(r => r.target === num && / mount daemon$/.test(r.label))
+        const b = [...cpu.rows.values()].find(r => r.target === den && / mount daemon$/.test(r.label))
+        return a && b ? `${num}/${den} ${(median(a.secs) / median(b.secs)).toFixed(3)}` : undefined
+      }
+      const cpuRatios = ratios.map(r => ratioOf(r.num, r.den)).filter((x): x is string => x !== undefined)
+      if (cpuRatios.length) console.log(`mount daemon CPU per run, ratio of medians (below 1 the target spends less): ${cpuRatios.join('; ')}`)
+    }
+    if (ran.includes('glusterfs')) console.log('(GlusterFS processes are not sampled for RSS or CPU)')
   }
 
-  async writeJson (file: string, opts: Options, tree: Tree, targets: Target[], peaks: PeakRss): Promise<void> {
+  async writeJson (file: string, opts: Options, tree: Tree, targets: Target[], peaks: PeakRss, cpu: CpuPerRun): Promise<void> {
     const stats = (xs: number[]): object => ({ runs: xs, median: median(xs), min: Math.min(...xs), max: Math.max(...xs) })
     const out = {
       date: new Date().toISOString(),
@@ -218,7 +253,8 @@ class Results {
         ...Object.fromEntries(this.ran.map(t => [t, stats(this.xs(w.key, t))])),
         ratios: Object.fromEntries(this.ratios.map(r => [`${r.num}/${r.den}`, this.ratio(w.key, r.num, r.den)]))
       }])),
-      peakRssKiB: [...peaks.rows.values()]
+      peakRssKiB: [...peaks.rows.values()],
+      cpuSecondsPerRun: [...cpu.rows.values()]
     }
     await writeFile(file, JSON.stringify(out, null, 2) + '\n')
     console.log(`results written to ${file}`)
@@ -249,9 +285,10 @@ async function compare (opts: Options): Promise<boolean> {
     const list = workloads(opts, tree)
     const samples: Record<string, Partial<Record<TargetName, number[]>>> = Object.fromEntries(list.map(w => [w.key, {}]))
     const peaks = new PeakRss()
+    const cpu = new CpuPerRun()
     for (let r = 1; r <= opts.runs; r++) {
       for (const t of targets) {
-        const res = await watched(t, async () => await runOnce(t.dir, opts, tree))
+        const res = await cpu.around(t, async () => await watched(t, async () => await runOnce(t.dir, opts, tree)))
         for (const w of list) (samples[w.key][t.name] ??= []).push(res[w.key])
         // VmHWM is a high-water mark: sampled after each run, before any unmount, it covers all of them.
         await peaks.sample(t)
@@ -260,8 +297,8 @@ async function compare (opts: Options): Promise<boolean> {
     }
 
     const results = new Results(list, samples, targets.map(t => t.name))
-    results.print(opts.runs, peaks)
-    if (opts.json) await results.writeJson(opts.json, opts, tree, targets, peaks)
+    results.print(opts.runs, peaks, cpu)
+    if (opts.json) await results.writeJson(opts.json, opts, tree, targets, peaks, cpu)
   } catch (err) {
     failed = true
     console.error(`bench: ${(err as Error).message}`)

@@ -27,7 +27,7 @@ export interface Workload {
   label: string
   unit: string
   /** A time per operation: lower is better; reported in a table of its own, beside JuiceFS's published figure. */
-  latency?: { juicefsPgUs: number }
+  latency?: { juicefsPgUs?: number }
 }
 
 export interface Options { sizeMiB: number, files: number }
@@ -53,6 +53,7 @@ export function workloads (o: Options, tree: Tree): Workload[] {
     { key: 'createUs', label: `create (open O_CREAT|O_EXCL + close; of ${o.files})`, unit: 'µs/op', latency: { juicefsPgUs: 844 } },
     { key: 'lookupUs', label: 'lookup (stat, the kernel\'s dentries and inodes dropped)', unit: 'µs/op', latency: { juicefsPgUs: 375 } },
     { key: 'getattrUs', label: 'getattr (statx AT_STATX_FORCE_SYNC: the kernel asks the daemon)', unit: 'µs/op', latency: { juicefsPgUs: 350 } },
+    { key: 'flockUs', label: `flock lock+unlock pair, uncontended (python, ${FLOCK_PAIRS} pairs)`, unit: 'µs/op', latency: {} },
     { key: 'untar', label: `tar -x ${tree.files} files, ${tree.dirs} dirs, ${fmtBytes(tree.bytes)}`, unit: 'files/s' },
     { key: 'rmrf', label: `rm -rf of that tree`, unit: 'files/s' }
   ]
@@ -76,6 +77,7 @@ export async function runOnce (dir: string, o: Options, tree: Tree): Promise<Rec
   r.parwrite = await parallelWrite(dir, o.sizeMiB)
   await run('sync', [])
   Object.assign(r, await metadata(join(dir, 'meta'), o.files))
+  r.flockUs = await flockPairs(join(dir, 'flock.dat'))
   Object.assign(r, await untarAndRemove(join(dir, 'tree'), tree))
   return r
 }
@@ -225,6 +227,25 @@ async function metadata (dir: string, files: number): Promise<Record<'create' | 
     lookupUs: us(secs.lookup),
     getattrUs: us(secs.getattr)
   }
+}
+
+/** Lock and unlock pairs timed: on a shared filesystem each goes to the directory (two transactions), elsewhere the kernel keeps them. */
+const FLOCK_PAIRS = 1000
+
+/** µs per uncontended flock(LOCK_EX) + flock(LOCK_UN) on one open file. */
+async function flockPairs (file: string): Promise<number> {
+  const { stdout } = await run(python, ['-c', `
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+t0 = time.perf_counter()
+for _ in range(int(sys.argv[2])):
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+print(time.perf_counter() - t0)
+os.close(fd)
+os.unlink(sys.argv[1])
+`, file, String(FLOCK_PAIRS)])
+  return Number(stdout.trim()) * 1e6 / FLOCK_PAIRS
 }
 
 /** `tar -xf` the tree into DIR, then `rm -rf` it: files/s of each. The tarball is read into the page cache first, so its disk stays out of it. */

@@ -110,6 +110,19 @@ export class OpenFiles implements OpenInodes {
   }
 
   /**
+   * A lock was taken on `ino` (fs/locks.ts): on a shared filesystem, what other
+   * hosts committed before it is what this mount serves from now on, as at an open.
+   */
+  async revalidate (ino: number): Promise<void> {
+    const f = this.get(ino)
+    if (!f || !this.kernelPages) return
+    const file = await f
+    const { inode, blocks } = await this.services.dir.readFresh(ino)
+    if (contentStamp(inode.size, blocks) !== file.stamp && file.reload(inode.size, blocks)) log('inode %d changed elsewhere: reloaded under a lock', ino)
+    await this.kernelPages.show(ino, file.stamp)
+  }
+
+  /**
    * Drop one reference; the last one flushes. The file stays here until its
    * changes are committed (a file whose data could not be written, until
    * retryUnwritten succeeds); then an inode that lost all its links is freed.

@@ -1,5 +1,5 @@
 import { FsError } from '../errors'
-import { isDir, S_IFMT, S_IFLNK } from '../posix/modes'
+import { isDir, S_IFMT, S_IFLNK, S_ISGID } from '../posix/modes'
 import type { Timespec } from '../posix/time'
 import type { Namespace } from './namespace'
 import { Inode, keys } from './records'
@@ -138,7 +138,11 @@ export async function inheritAcls (w: Writer, ns: Namespace, dir: Inode, inode: 
  * ACL stands for, in one transaction. An access ACL the mode says all of is
  * not stored (the mode is). A default ACL only on directories.
  */
-export async function setAcl (ns: Namespace, ino: number, name: string, value: Buffer | null, flags: number, now: Timespec): Promise<void> {
+/**
+ * Set or remove an ACL. `killSgid`: the caller is outside the file's group and may not keep
+ * set-group-ID (the kernel says so), so an access ACL clears it, as posix_acl_update_mode does on ext4.
+ */
+export async function setAcl (ns: Namespace, ino: number, name: string, value: Buffer | null, flags: number, now: Timespec, opts: { killSgid?: boolean } = {}): Promise<void> {
   const entries = value ? parseAcl(value) : null
   return await ns.write(async w => {
     const inode = await w.inode(ino)
@@ -152,6 +156,7 @@ export async function setAcl (ns: Namespace, ino: number, name: string, value: B
     if (entries && name === ACL_ACCESS) {
       const { perms, equivalent } = aclMode(entries)
       updated.mode = (inode.mode & ~0o777) | perms
+      if (opts.killSgid === true) updated.mode &= ~S_ISGID
       if (equivalent) {
         if (exists) w.tx.del(key)
       } else putXattr(w, ns, ino, name, encodeAcl(entries))

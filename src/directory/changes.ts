@@ -6,6 +6,8 @@ export interface Change {
   entries: Array<{ parent: number, name: string }>
   /** The volume, mirror, server or device tables or the default volume changed: re-read them. */
   tables?: boolean
+  /** Inodes whose advisory locks were released or loosened (locks.ts): their waiters try again. */
+  locks?: number[]
 }
 
 /** Who hears what other mounts changed (the mount turns it into kernel invalidations). */
@@ -16,7 +18,7 @@ export interface RemoteChanges {
   missed (): void
 }
 
-/** A change as feed messages of at most NOTE_MAX bytes each: {"i":[ino…],"e":[[parent,name]…]}, with "t":1 when the tables changed. */
+/** A change as feed messages of at most NOTE_MAX bytes each: {"i":[ino…],"e":[[parent,name]…]}, with "t":1 when the tables changed, "l":[ino…] for released locks. */
 export function encodeChange (change: Change): string[] {
   const out: string[] = []
   let inodes: number[] = []
@@ -40,6 +42,7 @@ export function encodeChange (change: Change): string[] {
     size += n
   }
   flush()
+  for (let i = 0; i < (change.locks?.length ?? 0); i += 300) out.push(JSON.stringify({ i: [], e: [], l: change.locks!.slice(i, i + 300) }))
   if (change.tables === true) out.push(JSON.stringify({ i: [], e: [], t: 1 }))
   return out
 }
@@ -56,7 +59,9 @@ export function decodeChange (message: string): Change | undefined {
     const entries = (v.e as unknown[])
       .filter((e): e is [number, string] => Array.isArray(e) && Number.isSafeInteger(e[0]) && typeof e[1] === 'string')
       .map(([parent, name]) => ({ parent, name }))
-    return v.t === 1 ? { inodes, entries, tables: true } : { inodes, entries }
+    const change: Change = v.t === 1 ? { inodes, entries, tables: true } : { inodes, entries }
+    if (Array.isArray(v.l)) change.locks = v.l.filter((n: unknown) => Number.isSafeInteger(n))
+    return change
   } catch {
     return undefined
   }

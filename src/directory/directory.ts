@@ -11,6 +11,7 @@ import { Change, RemoteChanges, decodeChange } from './changes'
 import { FsckFixes } from './fsck-fixes'
 import { IdReservations } from './ids'
 import { KvStore } from './kv'
+import { LockTable } from './locks'
 import { DirectoryConfig, Usage, configVersion, isConfig } from './meta'
 import { DirEntry, FilePatch, NOTHING_OPEN, Namespace, NewNode, OpenInodes, RenameOptions } from './namespace'
 import { forgetHealed, forgetReclaimed, isQueuedForReclaim, queueHeal, reclaimQueue } from './queues'
@@ -61,6 +62,8 @@ export class Directory {
   fence = new Fence()
   /** The store without the fence: the session's own renewals go through it. */
   private unfenced!: KvStore
+  /** Advisory locks (fcntl, flock) that exclude across the mounts of a shared filesystem (locks.ts). */
+  readonly locks: LockTable
 
   private constructor (
     readonly kv: KvStore,
@@ -74,6 +77,7 @@ export class Directory {
     this.reader = new NamespaceReader(kv)
     this.xattrs = new Xattrs(kv, ns)
     this.fsckFixes = new FsckFixes(kv, ns)
+    this.locks = new LockTable(kv, session)
   }
 
   static async create (kv: KvStore, opts: { blockSize: number, root: { uid: number, gid: number, mode?: number }, openInodes?: OpenInodes, remote?: RemoteChanges }): Promise<Directory> {
@@ -151,11 +155,14 @@ export class Directory {
           remote?.missed()
           return
         }
+        for (const ino of change.locks ?? []) this.locks.waits.wake(ino)
+        if (change.locks && change.inodes.length === 0 && change.entries.length === 0 && change.tables !== true) return
         this.ns.forget(change)
         this.refreshUsageSoon()
         remote?.changed(change)
       },
       missed: () => {
+        this.locks.waits.wakeAll()
         this.ns.dropCaches()
         remote?.missed()
       }
@@ -172,6 +179,7 @@ export class Directory {
   }
 
   async close (): Promise<void> {
+    await this.locks.releaseAll().catch(err => log('locks of %s not released: %s', this.session, (err as Error).message))
     await this.feed?.close()
     clearTimeout(this.usageRefresh)
     // The usage row folds into the base; if that fails the row stays, and still counts.
@@ -282,7 +290,7 @@ export class Directory {
    */
   async reapSession (id: string): Promise<number | undefined> {
     const onlyIfExpired = this.shared
-    const r = await this.ns.write(async w => await sessions.reapSession(w, id, { onlyIfExpired } /* locks.ts: pass releaseLocksOf here */))
+    const r = await this.ns.write(async w => await sessions.reapSession(w, id, { onlyIfExpired }, async (tx, dead) => await this.locks.releaseLocksOf(tx, dead)))
     return r?.freed
   }
 
@@ -293,7 +301,11 @@ export class Directory {
    */
   async rejoin (open: number[], reaped: boolean): Promise<number[]> {
     if (reaped) this.counters.folded()
-    return await this.unfenced.txn(tx => sessions.recheckHolds(tx, this.session, open))
+    return await this.unfenced.txn(async tx => {
+      // The reaper released this session's locks: this mount no longer counts them as held.
+      if (reaped) await this.locks.releaseLocksOf(tx, this.session)
+      return await sessions.recheckHolds(tx, this.session, open)
+    })
   }
 
   // ---- block maps (blocks.ts) ---------------------------------------------
@@ -342,7 +354,7 @@ export class Directory {
 
   removeXattr (ino: number, name: string, now = nowTimespec()): Promise<void> { return this.xattrs.remove(ino, name, now) }
   /** Set (value null: remove) a POSIX ACL xattr; an access ACL sets the mode in the same transaction (acl.ts). */
-  setAcl (ino: number, name: string, value: Buffer | null, flags = 0, now = nowTimespec()): Promise<void> { return setAcl(this.ns, ino, name, value, flags, now) }
+  setAcl (ino: number, name: string, value: Buffer | null, flags = 0, now = nowTimespec(), opts: { killSgid?: boolean } = {}): Promise<void> { return setAcl(this.ns, ino, name, value, flags, now, opts) }
   /** After a chmod: the access ACL follows the mode. */
   chmodAcls (ino: number, mode: number): Promise<void> { return chmodAcls(this.ns, ino, mode) }
 

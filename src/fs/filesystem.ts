@@ -4,7 +4,8 @@ import { FsError } from '../errors'
 import { OpenFile } from '../data/open-file'
 import { OpenFiles, staleIfGone } from '../data/open-files'
 import { Attr, RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, StatFs } from './fuse/protocol'
-import { Caller, DirItem, FuseFilesystem, SetAttr } from './fuse/session'
+import { Caller, DirItem, FuseFilesystem, LockRequest, SetAttr } from './fuse/session'
+import { FileLocks } from './locks'
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, S_ISGID, S_ISUID, S_IXGRP, isDir } from '../posix/modes'
 import { nowTimespec } from '../posix/time'
 import type { AtimeMode } from './mount'
@@ -93,7 +94,13 @@ export class BslFilesystem implements FuseFilesystem {
     public readOnly = false, private readonly overrides: AttrOverrides = {},
     private readonly atime: { mode: AtimeMode, dirs: boolean } = { mode: 'relatime', dirs: true }, opts: { posixAcl?: boolean } = {}) {
     this.acl = opts.posixAcl !== false
+    this.locks = new FileLocks(dir.locks, files)
   }
+
+  /** fcntl and flock locks across hosts (fs/locks.ts). */
+  private readonly locks: FileLocks
+  /** Whether the mount serves locks (the session negotiates them): on a shared filesystem; on one host the kernel's own are exact and faster. */
+  get servesLocks (): boolean { return this.dir.shared }
 
   /** POSIX ACLs on (the session asks the kernel to enforce them): stored, inherited, kept in step with the mode. */
   private readonly acl: boolean
@@ -411,9 +418,23 @@ export class BslFilesystem implements FuseFilesystem {
    * consistency). A read-only descriptor wrote nothing: its close neither
    * waits for the writers' data nor reports their errors (theirs do).
    */
-  async flush (_ino: number, fh: number): Promise<void> {
+  async flush (ino: number, fh: number, _signal?: AbortSignal, lockOwner?: string): Promise<void> {
     const h = this.handle(fh)
-    if (h.file && h.writable) await h.file.flush()
+    try {
+      if (h.file && h.writable) await h.file.flush()
+    } finally {
+      // The data first: a host that takes the lock next reads it. The locks go even when it failed (close always releases).
+      if (lockOwner !== undefined && this.servesLocks) await this.locks.closed(ino, lockOwner)
+    }
+  }
+
+  async getlk (ino: number, lock: LockRequest): Promise<{ start: number, end: number, type: number, pid: number }> {
+    return await this.locks.getlk(ino, lock)
+  }
+
+  async setlk (ino: number, lock: LockRequest, wait: boolean, signal?: AbortSignal): Promise<void> {
+    this.handle(lock.fh)
+    await this.locks.setlk(ino, lock.fh, lock, wait, signal)
   }
 
   async fsync (_ino: number, fh: number): Promise<void> {
@@ -422,11 +443,15 @@ export class BslFilesystem implements FuseFilesystem {
     else await this.dir.sync()
   }
 
-  async release (_ino: number, fh: number): Promise<void> {
+  async release (ino: number, fh: number, flockOwner?: string): Promise<void> {
     const h = this.handle(fh)
     this.handles.delete(fh)
-    if (h.file) await this.files.release(h.file)
-    else await this.dir.releaseIfUnlinked(h.ino)
+    try {
+      if (this.servesLocks) await this.locks.released(ino, fh, flockOwner)
+    } finally {
+      if (h.file) await this.files.release(h.file)
+      else await this.dir.releaseIfUnlinked(h.ino)
+    }
   }
 
   // ---- directories -------------------------------------------------------------------
@@ -497,11 +522,11 @@ export class BslFilesystem implements FuseFilesystem {
     if (name.length === 0 || Buffer.byteLength(name) > 255) throw new FsError('ERANGE', 'bad xattr name length')
   }
 
-  async setxattr (ino: number, name: string, value: Buffer, flags: number): Promise<void> {
+  async setxattr (ino: number, name: string, value: Buffer, flags: number, killSgid = false): Promise<void> {
     this.writable()
     this.checkXattrName(name)
     checkMovable(await this.dir.getInode(ino))
-    if (isAclName(name)) await this.dir.setAcl(ino, name, value, flags)
+    if (isAclName(name)) await this.dir.setAcl(ino, name, value, flags, nowTimespec(), { killSgid })
     else await this.dir.setXattr(ino, name, value, flags)
   }
 

@@ -204,7 +204,8 @@ async function raiseReadahead (mountpoint: string, bytes: number): Promise<void>
 
 export async function mountFuse (mountpoint: string, fs: BslFilesystem, fsname: string, parsed: ParsedOptions): Promise<MountedFuse> {
   const kernel = kernelOptions(fsname, parsed)
-  const session = sessionOptions(parsed)
+  // Locks go to the filesystem where they must exclude across hosts (fs/locks.ts).
+  const session = { ...sessionOptions(parsed), locks: fs.servesLocks }
   log('mounting %s with -o %s, session %o', mountpoint, kernel.join(','), session)
   const s = await FuseSession.mount(mountpoint, fs, kernel, session, fs.files.services.buffers)
   await setMountFlags(mountpoint, parsed.vfs).catch(async (err: Error) => {

@@ -9,7 +9,7 @@ export const BS = MiB
 export const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex')
 
 export interface Block { index: number, bsl: string, length: number, checksum: string, places?: string[] }
-export interface FsckReport { blocks: number, objectsListed: number, problems: Record<string, number>, first: string[], reclaimQueue: number, clean: boolean }
+export { fsck } from './fsck'
 
 export function must (r: RunResult, what: string): RunResult {
   if (r.code !== 0) throw new Error(`${what} failed:\n${describeRun(r)}`)
@@ -44,15 +44,6 @@ export async function statBlocks (file: string): Promise<{ size: number, blocks:
   const r = must(await run('stat', ['-c', '%s %b', file]), 'stat')
   const [size, blocks] = r.stdout.trim().split(' ').map(Number)
   return { size: size!, blocks: blocks! }
-}
-
-export async function fsck (m: Mount): Promise<FsckReport & { run: string }> {
-  const r = await bslfs(['fsck', m.state, '--json'], { timeout: 120_000 })
-  try {
-    return { ...(JSON.parse(r.stdout) as FsckReport), run: describeRun(r) }
-  } catch {
-    throw new Error(`fsck: not JSON\n${describeRun(r)}`)
-  }
 }
 
 /** Objects of `ids` gone from every root (the reclaimer runs within seconds of a quiet mount). */

@@ -81,8 +81,34 @@ export const Init = {
   POSIX_ACL: 1 << 20,
   CACHE_SYMLINKS: 1 << 23,
   /** Lookups of "." and ".." by node id: file handles outlive the kernel's inode cache (NFS export). */
-  EXPORT_SUPPORT: 1 << 4
+  EXPORT_SUPPORT: 1 << 4,
+  /** fuse_setxattr_in in its 16-byte form, whose setxattr_flags say when an ACL change must clear set-group-ID. */
+  SETXATTR_EXT: 1 << 29,
+  /** fcntl locks (and, with FLOCK_LOCKS, flock) go to the filesystem instead of staying in the kernel. */
+  POSIX_LOCKS: 1 << 1,
+  FLOCK_LOCKS: 1 << 10
 } as const
+
+/** fuse_lk_in.lk_flags: the lock is a flock(2) (whole file, owner the open file). */
+export const LK_FLOCK = 1
+/** fuse_release_in.release_flags: the file held flocks; release those of lock_owner. */
+export const RELEASE_FLOCK_UNLOCK = 2
+/** A lock's end "to the end of the file" (the kernel's OFFSET_MAX, 2^63 - 1), as a number: anything from here on. */
+export const LK_END = Number.MAX_SAFE_INTEGER
+
+/** fuse_lk_out: a lock GETLK found (type F_UNLCK: none); ends at or past LK_END go as OFFSET_MAX. */
+export function lkOut (lk: { start: number, end: number, type: number, pid: number }): Buffer {
+  const b = Buffer.alloc(24)
+  const at = (v: number, o: number): void => { b.writeBigUInt64LE(v >= LK_END ? 0x7fffffffffffffffn : BigInt(v), o) }
+  at(lk.start, 0)
+  at(lk.end, 8)
+  b.writeUInt32LE(lk.type, 16)
+  b.writeUInt32LE(lk.pid, 20)
+  return b
+}
+
+/** fuse_setxattr_in.setxattr_flags: the caller is outside the file's group and lacks CAP_FSETID (an ACL set clears S_ISGID). */
+export const SETXATTR_ACL_KILL_SGID = 1 << 0
 
 /** fuse_setattr_in.valid */
 export const Fattr = {

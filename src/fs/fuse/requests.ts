@@ -8,7 +8,7 @@
  */
 import { FsError } from '../../errors'
 import { Timespec } from '../../posix/time'
-import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, IN_HEADER_BYTES, Op, s64, u64 } from './protocol'
+import { Fattr, FSYNC_FDATASYNC, GETATTR_FH, IN_HEADER_BYTES, LK_END, LK_FLOCK, Op, RELEASE_FLOCK_UNLOCK, s64, u64 } from './protocol'
 
 /** A request's fixed header (fuse_in_header). */
 export interface InHeader {
@@ -49,6 +49,13 @@ export interface SetAttr {
   fh?: number
 }
 
+/**
+ * A lock request (fuse_lk_in): `owner` is the kernel's lock owner in hex (the
+ * process's file table for POSIX locks, the open file for flock and OFD locks);
+ * `end` inclusive, LK_END for "to the end of the file"; type F_RDLCK, F_WRLCK, F_UNLCK.
+ */
+export interface LockRequest { fh: number, owner: string, start: number, end: number, type: number, pid: number, flock: boolean }
+
 /** One inode the kernel drops lookups of (FORGET, BATCH_FORGET). */
 export interface Forget { ino: number, nlookup: number }
 
@@ -79,8 +86,10 @@ export type FuseRequest =
   | { op: 'read', fh: number, offset: number, size: number }
   /** `data` is a view of the request buffer (a write's data is never copied). */
   | { op: 'write', fh: number, offset: number, data: Buffer, flags: number }
-  | { op: 'flush', fh: number }
-  | { op: 'release', fh: number }
+  /** `lockOwner`: whose POSIX locks this close releases (hex). */
+  | { op: 'flush', fh: number, lockOwner: string }
+  /** `flockOwner`: the file held flocks, of this owner (hex), which go with it. */
+  | { op: 'release', fh: number, flockOwner?: string }
   | { op: 'fsync', fh: number, datasync: boolean }
   | { op: 'opendir' }
   | { op: 'readdir', fh: number, offset: number, size: number, plus: boolean }
@@ -88,7 +97,8 @@ export type FuseRequest =
   | { op: 'fsyncdir', fh: number }
   | { op: 'statfs' }
   /** `value` is a copy: the filesystem may keep it past the request buffer's reuse. */
-  | { op: 'setxattr', name: string, value: Buffer, flags: number }
+  /** setxattrFlags: fuse_setxattr_in.setxattr_flags (0 unless FUSE_SETXATTR_EXT was agreed). */
+  | { op: 'setxattr', name: string, value: Buffer, flags: number, setxattrFlags: number }
   | { op: 'getxattr', name: string, size: number }
   | { op: 'listxattr', size: number }
   | { op: 'removexattr', name: string }
@@ -97,11 +107,14 @@ export type FuseRequest =
   | { op: 'copy_file_range', fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number, flags: number }
   /** An ioctl bslfs may answer (chattr's FS_IOC_GETFLAGS/SETFLAGS come this way); `input` is a copy. */
   | { op: 'ioctl', fh: number, flags: number, cmd: number, input: Buffer, outSize: number }
+  | { op: 'getlk', lock: LockRequest }
+  /** SETLK, and SETLKW (`wait`): blocks until the lock is had. */
+  | { op: 'setlk', lock: LockRequest, wait: boolean }
 
 // Body sizes of the kernel's structs (linux/fuse.h). Those that grew did so before 7.28
 // (fuse_read_in and fuse_write_in at 7.9, fuse_mknod_in at 7.12), so at the minors bslfs
-// accepts each has one size; fuse_setxattr_in stays 8 bytes (its 16-byte form needs
-// FUSE_SETXATTR_EXT, which bslfs does not ask for); fuse_init_in is 16 bytes from older
+// accepts each has one size; fuse_setxattr_in is 8 bytes, or 16 once FUSE_SETXATTR_EXT
+// is agreed (the session says so); fuse_init_in is 16 bytes from older
 // kernels, 64 from 7.36 kernels on.
 const FORGET_IN = 8
 const FORGET_ONE = 16
@@ -121,6 +134,7 @@ const RELEASE_IN = 24
 const FLUSH_IN = 24
 const FSYNC_IN = 16
 const SETXATTR_IN = 8
+const SETXATTR_EXT_IN = 16
 const GETXATTR_IN = 8
 const INIT_IN = 16
 const INTERRUPT_IN = 8
@@ -129,6 +143,7 @@ const LSEEK_IN = 24
 const COPY_FILE_RANGE_IN = 56
 const IOCTL_IN = 32
 const STATX_IN = 24
+const LK_IN = 48
 /** A name: at least its NUL. */
 const NAME = 1
 
@@ -142,7 +157,7 @@ interface RequestKind {
   /** Whether the kernel waits for a reply (FORGET, INTERRUPT and NOTIFY_REPLY get none). */
   replies: boolean
   /** Absent: bslfs answers ENOSYS and the kernel falls back (or stops asking). */
-  decode?: (body: Buffer, h: InHeader) => FuseRequest
+  decode?: (body: Buffer, h: InHeader, agreed: Agreed) => FuseRequest
 }
 
 /** The NUL-terminated name at `at` of `body`, and where the next field starts. */
@@ -182,11 +197,14 @@ function write (b: Buffer): FuseRequest {
   return { op: 'write', fh: u64(b, 0), offset: u64(b, 8), data: b.subarray(WRITE_IN, WRITE_IN + size), flags: b.readUInt32LE(32) }
 }
 
-function setxattr (b: Buffer): FuseRequest {
+function setxattr (b: Buffer, _h: InHeader, agreed: Agreed): FuseRequest {
+  const fixed = agreed.setxattrExt ? SETXATTR_EXT_IN : SETXATTR_IN
+  if (b.length < fixed + 1) throw new FsError('EINVAL', `setxattr: ${b.length}-byte body, at least ${fixed + 1} expected`)
   const size = b.readUInt32LE(0)
-  const key = nameAt(b, SETXATTR_IN, 'setxattr')
+  const key = nameAt(b, fixed, 'setxattr')
   if (b.length < key.next + size) throw new FsError('EINVAL', `setxattr of a ${size}-byte value carries ${b.length - key.next}`)
-  return { op: 'setxattr', name: key.text, value: Buffer.from(b.subarray(key.next, key.next + size)), flags: b.readUInt32LE(4) }
+  const setxattrFlags = agreed.setxattrExt ? b.readUInt32LE(8) : 0
+  return { op: 'setxattr', name: key.text, value: Buffer.from(b.subarray(key.next, key.next + size)), flags: b.readUInt32LE(4), setxattrFlags }
 }
 
 function rename (b: Buffer, fixed: number, flags: number): FuseRequest {
@@ -198,6 +216,16 @@ function ioctl (b: Buffer): FuseRequest {
   const inSize = b.readUInt32LE(24)
   if (b.length < IOCTL_IN + inSize) throw new FsError('EINVAL', `ioctl with ${inSize} bytes of input carries ${b.length - IOCTL_IN}`)
   return { op: 'ioctl', fh: u64(b, 0), flags: b.readUInt32LE(8), cmd: b.readUInt32LE(12), input: Buffer.from(b.subarray(IOCTL_IN, IOCTL_IN + inSize)), outSize: b.readUInt32LE(28) }
+}
+
+const hex64 = (b: Buffer, at: number): string => b.readBigUInt64LE(at).toString(16)
+
+function lock (b: Buffer): LockRequest {
+  const end = u64(b, 24)
+  return {
+    fh: u64(b, 0), owner: hex64(b, 8), start: Math.min(u64(b, 16), LK_END), end: Math.min(end, LK_END),
+    type: b.readUInt32LE(32), pid: b.readUInt32LE(36), flock: (b.readUInt32LE(40) & LK_FLOCK) !== 0
+  }
 }
 
 function kind (name: string, minBody: number, decode?: RequestKind['decode'], replies = true): RequestKind {
@@ -231,8 +259,8 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
   [Op.CREATE, kind('create', CREATE_IN + NAME, b => ({ op: 'create', name: name(b, CREATE_IN, 'create'), mode: b.readUInt32LE(4), flags: b.readUInt32LE(0), umask: b.readUInt32LE(8) }))],
   [Op.READ, kind('read', READ_IN, b => ({ op: 'read', fh: u64(b, 0), offset: u64(b, 8), size: b.readUInt32LE(16) }))],
   [Op.WRITE, kind('write', WRITE_IN, write)],
-  [Op.FLUSH, kind('flush', FLUSH_IN, b => ({ op: 'flush', fh: u64(b, 0) }))],
-  [Op.RELEASE, kind('release', RELEASE_IN, b => ({ op: 'release', fh: u64(b, 0) }))],
+  [Op.FLUSH, kind('flush', FLUSH_IN, b => ({ op: 'flush', fh: u64(b, 0), lockOwner: hex64(b, 16) }))],
+  [Op.RELEASE, kind('release', RELEASE_IN, b => ({ op: 'release', fh: u64(b, 0), ...(b.readUInt32LE(12) & RELEASE_FLOCK_UNLOCK ? { flockOwner: hex64(b, 16) } : {}) }))],
   [Op.FSYNC, kind('fsync', FSYNC_IN, b => ({ op: 'fsync', fh: u64(b, 0), datasync: (b.readUInt32LE(8) & FSYNC_FDATASYNC) !== 0 }))],
   [Op.OPENDIR, kind('opendir', OPEN_IN, () => ({ op: 'opendir' }))],
   [Op.READDIR, kind('readdir', READ_IN, b => ({ op: 'readdir', fh: u64(b, 0), offset: u64(b, 8), size: b.readUInt32LE(16), plus: false }))],
@@ -247,12 +275,12 @@ export const REQUESTS: ReadonlyMap<number, RequestKind> = new Map<number, Reques
   [Op.IOCTL, kind('ioctl', IOCTL_IN, ioctl)],
   [Op.TMPFILE, kind('tmpfile', CREATE_IN, b => ({ op: 'tmpfile', mode: b.readUInt32LE(4), flags: b.readUInt32LE(0), umask: b.readUInt32LE(8) }))],
   [Op.STATX, kind('statx', STATX_IN, b => ({ op: 'statx', fh: b.readUInt32LE(0) & GETATTR_FH ? u64(b, 8) : undefined }))],
-  // Not implemented, and the kernel copes: ACCESS (default_permissions: the kernel checks), locks
-  // (the kernel keeps them locally), BMAP, POLL.
+  // Sent only when INIT agreed on POSIX_LOCKS (a shared filesystem); else the kernel keeps locks locally.
+  [Op.GETLK, kind('getlk', LK_IN, b => ({ op: 'getlk', lock: lock(b) }))],
+  [Op.SETLK, kind('setlk', LK_IN, b => ({ op: 'setlk', lock: lock(b), wait: false }))],
+  [Op.SETLKW, kind('setlkw', LK_IN, b => ({ op: 'setlk', lock: lock(b), wait: true }))],
+  // Not implemented, and the kernel copes: ACCESS (default_permissions: the kernel checks), BMAP, POLL.
   [Op.ACCESS, kind('access', 0)],
-  [Op.GETLK, kind('getlk', 0)],
-  [Op.SETLK, kind('setlk', 0)],
-  [Op.SETLKW, kind('setlkw', 0)],
   [Op.BMAP, kind('bmap', 0)],
   [Op.POLL, kind('poll', 0)],
   [Op.FALLOCATE, kind('fallocate', FALLOCATE_IN, b => ({ op: 'fallocate', fh: u64(b, 0), offset: u64(b, 8), length: u64(b, 16), mode: b.readUInt32LE(24) }))],
@@ -278,7 +306,13 @@ export function expectsReply (opcode: number): boolean {
  * read or the body is short of its opcode's struct, or a name lacks its NUL;
  * FsError('ENOSYS') for an opcode bslfs does not implement.
  */
-export function decodeRequest (h: InHeader, body: Buffer): FuseRequest {
+/** What INIT agreed that changes a request's layout. */
+export interface Agreed {
+  /** FUSE_SETXATTR_EXT: fuse_setxattr_in is 16 bytes. */
+  setxattrExt?: boolean
+}
+
+export function decodeRequest (h: InHeader, body: Buffer, agreed: Agreed = {}): FuseRequest {
   const k = REQUESTS.get(h.opcode)
   if (!k) throw new FsError('ENOSYS', `opcode ${h.opcode} is unknown`)
   if (h.len !== IN_HEADER_BYTES + body.length) {
@@ -286,5 +320,5 @@ export function decodeRequest (h: InHeader, body: Buffer): FuseRequest {
   }
   if (!k.decode) throw new FsError('ENOSYS', `${k.name} is not implemented`)
   if (body.length < k.minBody) throw new FsError('EINVAL', `${k.name}: ${body.length}-byte body, at least ${k.minBody} expected`)
-  return k.decode(body, h)
+  return k.decode(body, h, agreed)
 }

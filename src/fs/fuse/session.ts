@@ -8,12 +8,12 @@ import { fusermount } from './native'
 import {
   Attr, ATTR_BYTES, direntBytes, ENTRY_OUT_BYTES, Fopen, IN_HEADER_BYTES, Init, initOut, KERNEL_MINOR,
   MIN_KERNEL_MINOR, OUT_HEADER_BYTES, putDirent, putEntry, putU64, StatFs, statfsOut, u32Out, attrOut, entryOut, openOut,
-  notifyInvalEntry, notifyInvalInode, Op, u64Out, ioctlOut, statxOut
+  notifyInvalEntry, notifyInvalInode, Op, SETXATTR_ACL_KILL_SGID, u64Out, ioctlOut, statxOut, lkOut
 } from './protocol'
 import { FuseOpMetrics, mountMetrics } from '../../metrics/mount-metrics'
-import { decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
+import { Agreed, decodeRequest, expectsReply, Forget, FuseRequest, InHeader, InitIn, LockRequest, opName, readHeader, SetAttr, WRITE_HEADERS } from './requests'
 
-export type { SetAttr }
+export type { LockRequest, SetAttr }
 
 const events = logger('bslfs:fuse')
 const log = events.debug
@@ -77,8 +77,10 @@ export interface FuseFilesystem {
    * filesystem's to keep and to give back to that pool.
    */
   write (ino: number, fh: number, offset: number, data: Buffer, keepBuffer?: () => void, signal?: AbortSignal): number | Promise<number>
-  flush (ino: number, fh: number, signal?: AbortSignal): Promise<void>
-  release (ino: number, fh: number): Promise<void>
+  /** `lockOwner`: the closing process's POSIX lock owner, whose locks of the file go (locks served). */
+  flush (ino: number, fh: number, signal?: AbortSignal, lockOwner?: string): Promise<void>
+  /** `flockOwner`: the file held flocks of this owner, which go with it. */
+  release (ino: number, fh: number, flockOwner?: string): Promise<void>
   fsync (ino: number, fh: number, datasync: boolean, signal?: AbortSignal): Promise<void>
   opendir (ino: number): Promise<number>
   /** Entries from position `offset` (0 is the first, '.'), at most `count`; with `plus` each has its `attr`. */
@@ -86,7 +88,8 @@ export interface FuseFilesystem {
   releasedir (ino: number, fh: number): Promise<void>
   fsyncdir (ino: number, fh: number): Promise<void>
   statfs (): Promise<StatFs>
-  setxattr (ino: number, name: string, value: Buffer, flags: number): Promise<void>
+  /** killSgid: the caller may not keep set-group-ID (outside the file's group, no CAP_FSETID): an access ACL set clears it. */
+  setxattr (ino: number, name: string, value: Buffer, flags: number, killSgid?: boolean): Promise<void>
   getxattr (ino: number, name: string): Promise<Buffer>
   listxattr (ino: number): Promise<string[]>
   removexattr (ino: number, name: string): Promise<void>
@@ -98,6 +101,10 @@ export interface FuseFilesystem {
   copyFileRange? (ino: number, fhIn: number, offIn: number, inoOut: number, fhOut: number, offOut: number, len: number): Promise<number>
   /** An ioctl: its output (at most `outSize` bytes); ENOTTY for one the filesystem does not know. */
   ioctl? (ino: number, cmd: number, input: Buffer, outSize: number, caller: Caller): Promise<Buffer>
+  /** F_GETLK (SessionOptions.locks): the first lock conflicting with `lock`, or type F_UNLCK when none. */
+  getlk? (ino: number, lock: LockRequest): Promise<{ start: number, end: number, type: number, pid: number }>
+  /** F_SETLK, F_SETLKW (`wait`), flock: EAGAIN when another owner holds a conflicting lock and `wait` is false. */
+  setlk? (ino: number, lock: LockRequest, wait: boolean, signal?: AbortSignal): Promise<void>
 }
 
 export interface SessionOptions {
@@ -117,6 +124,8 @@ export interface SessionOptions {
   readdirPlus: boolean
   /** POSIX ACLs: the kernel enforces them (FUSE_POSIX_ACL) and leaves the umask to the filesystem (FUSE_DONT_MASK). */
   posixAcl: boolean
+  /** fcntl and flock locks go to the filesystem (getlk, setlk), not the kernel's own table: locks across hosts. */
+  locks?: boolean
 }
 
 export const DEFAULT_SESSION: SessionOptions = {
@@ -150,7 +159,7 @@ type Payload = Buffer | Buffer[] | undefined
 interface Call {
   readonly unique: number
   readonly opcode: number
-  /** For the calls that take a signal (read, write, flush, fsync): an INTERRUPT aborts it and answers EINTR. */
+  /** For the calls that take a signal (read, write, flush, fsync, setlk): an INTERRUPT aborts it and answers EINTR. */
   readonly abort: AbortController | undefined
   answered: boolean
   /** performance.now() when it was read (its latency). */
@@ -176,6 +185,8 @@ export class FuseSession {
   readonly ended: Promise<void>
   /** What INIT agreed on, for status and logs. */
   negotiated: { minor: number, flags: number, maxWrite: number, maxReadahead: number } | undefined
+  /** What INIT agreed that changes how requests are laid out. */
+  private agreed: Agreed = {}
 
   /** Requests are read into the filesystem's block buffers, when they fit (see take). */
   private readonly pool: BufferPool | undefined
@@ -440,7 +451,7 @@ export class FuseSession {
     const h = readHeader(buf)
     let req: FuseRequest
     try {
-      req = decodeRequest(h, buf.subarray(IN_HEADER_BYTES, n))
+      req = decodeRequest(h, buf.subarray(IN_HEADER_BYTES, n), this.agreed)
     } catch (err) {
       this.give(buf)
       log('%s #%d refused: %s', opName(h.opcode), h.unique, err instanceof Error ? err.message : String(err))
@@ -454,7 +465,7 @@ export class FuseSession {
       else if (req.op === 'interrupt') this.interrupt(h.unique, req.target)
       return
     }
-    const takesSignal = req.op === 'read' || req.op === 'write' || req.op === 'flush' || req.op === 'fsync'
+    const takesSignal = req.op === 'read' || req.op === 'write' || req.op === 'flush' || req.op === 'fsync' || req.op === 'setlk'
     const call: Call = { unique: h.unique, opcode: h.opcode, abort: takesSignal ? new AbortController() : undefined, answered: false, started: performance.now() }
     this.calls.set(h.unique, call)
     const interrupted = this.strayInterrupts.size > 0 && this.claimInterrupt(h.unique)
@@ -578,15 +589,15 @@ export class FuseSession {
           err => this.fail(call, err)).finally(() => { if (!kept) this.give(buf) })
         return true
       }
-      case 'flush': this.answer(call, fs.flush(node, req.fh, signal), empty); break
-      case 'release': this.answer(call, fs.release(node, req.fh), empty); break
+      case 'flush': this.answer(call, fs.flush(node, req.fh, signal, req.lockOwner), empty); break
+      case 'release': this.answer(call, fs.release(node, req.fh, req.flockOwner), empty); break
       case 'fsync': this.answer(call, fs.fsync(node, req.fh, req.datasync, signal), empty); break
       case 'opendir': this.answer(call, fs.opendir(node), fh => openOut(fh, 0)); break
       case 'readdir': this.readdir(call, node, req.fh, req.offset, req.size, req.plus); break
       case 'releasedir': this.answer(call, fs.releasedir(node, req.fh), empty); break
       case 'fsyncdir': this.answer(call, fs.fsyncdir(node, req.fh), empty); break
       case 'statfs': this.answer(call, fs.statfs(), statfsOut); break
-      case 'setxattr': this.answer(call, fs.setxattr(node, req.name, req.value, req.flags), empty); break
+      case 'setxattr': this.answer(call, fs.setxattr(node, req.name, req.value, req.flags, (req.setxattrFlags & SETXATTR_ACL_KILL_SGID) !== 0), empty); break
       case 'getxattr': {
         const size = req.size
         this.answer(call, fs.getxattr(node, req.name), v => sized(v, size))
@@ -614,6 +625,14 @@ export class FuseSession {
       case 'ioctl':
         if (!fs.ioctl) this.finish(call, E.ENOTTY)
         else this.answer(call, fs.ioctl(node, req.cmd, req.input, req.outSize, caller), ioctlOut)
+        break
+      case 'getlk':
+        if (!fs.getlk) { this.finish(call, E.ENOSYS); break }
+        this.answer(call, fs.getlk(node, req.lock), lkOut)
+        break
+      case 'setlk':
+        if (!fs.setlk) { this.finish(call, E.ENOSYS); break }
+        this.answer(call, fs.setlk(node, req.lock, req.wait, signal), empty)
         break
       default:
         // forget, interrupt and notify_reply are handled before (they get no answer).
@@ -643,13 +662,15 @@ export class FuseSession {
       events.error('the kernel speaks FUSE %d.%d; bslfs needs 7.%d or newer', k.major, k.minor, MIN_KERNEL_MINOR)
       return this.finish(call, E.EPROTO)
     }
-    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0) | (this.opts.posixAcl ? Init.POSIX_ACL | Init.DONT_MASK : 0)
+    const wanted = ALL_FLAGS | (this.opts.readdirPlus ? Init.DO_READDIRPLUS : 0) | (this.opts.posixAcl ? Init.POSIX_ACL | Init.DONT_MASK | Init.SETXATTR_EXT : 0) |
+      (this.opts.locks === true ? Init.POSIX_LOCKS | Init.FLOCK_LOCKS : 0)
     const flags = k.flags & wanted
     const maxWrite = this.opts.maxWrite
     this.bufferBytes = maxWrite + 4096
     this.spare.length = 0
     const o = { minor: Math.min(k.minor, KERNEL_MINOR), maxReadahead: Math.min(k.maxReadahead, this.opts.maxReadahead), flags, maxWrite }
     this.negotiated = o
+    this.agreed = { setxattrExt: (flags & Init.SETXATTR_EXT) !== 0 }
     log('INIT: kernel %d.%d (flags %s, readahead %d); agreed 7.%d, flags %s, max_write %d', k.major, k.minor,
       k.flags.toString(16), k.maxReadahead, o.minor, flags.toString(16), maxWrite)
     this.finish(call, 0, initOut({ ...o, maxBackground: 64, congestionThreshold: 48, maxPages: Math.ceil(maxWrite / 4096) }))
