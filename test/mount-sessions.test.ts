@@ -128,26 +128,40 @@ attempt('write', overwrite)
     t.match(fs.readFileSync(runtimePaths(parseFsName(s.url), s.a).log, 'utf8'), /registered again/, 'A\'s log says it re-registered')
   })
 
-  t.test('kill -9 of A holding an unlinked open file: B frees it after the expiry, fsck clean', async t => {
+  t.test('kill -9 of A holding locks and an unlinked open file: B takes the locks and frees the file after the expiry, fsck clean', async t => {
+    fs.writeFileSync(join(s.a, 'lockfile'), 'x')
     const before = countFiles(device)
     const ready = join(dirname(s.a), 'holder-ready')
     const holder = py(`
-import time
+import time, fcntl
 p = sys.argv[1]
 with open(p, 'wb') as f: f.write(os.urandom(2 << 20))
 f = os.open(p, os.O_RDONLY)
 os.unlink(p)
+l = os.open(sys.argv[4], os.O_RDWR)
+fcntl.flock(l, fcntl.LOCK_EX)
+fcntl.lockf(l, fcntl.LOCK_EX, 10, 0)
 open(sys.argv[2], 'w').close()
 while not os.path.exists(sys.argv[3]): time.sleep(0.1)
-`, [join(s.a, 'held'), ready, join(dirname(s.a), 'holder-stop')])
+`, [join(s.a, 'held'), ready, join(dirname(s.a), 'holder-stop'), join(s.a, 'lockfile')])
     t.ok(await waitFor(() => fs.existsSync(ready), 10_000), 'A holds an unlinked file open')
     t.ok(countFiles(device) > before, 'its objects are on the server')
+    const tryLocks = `
+import fcntl
+l = os.open(sys.argv[1], os.O_RDWR)
+attempt('flock', fcntl.flock, l, fcntl.LOCK_EX | fcntl.LOCK_NB)
+attempt('fcntl', fcntl.lockf, l, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
+`
+    const held = await py(tryLocks, [join(s.b, 'lockfile')])
+    t.same([held.results.flock, held.results.fcntl], ['EAGAIN', 'EAGAIN'], `B cannot take A's locks while A lives\n${describeRun(held.run)}`)
     const a = await sessionOf(s.a)
     process.kill(a!.pid, 'SIGKILL')
     fs.writeFileSync(join(dirname(s.a), 'holder-stop'), '')
     await holder
     t.ok(await waitFor(async () => (await storedSession(s.a)) === undefined, 15_000, 200), 'A\'s session is cleaned up by B after the expiry')
     t.ok(await waitFor(() => countFiles(device) === before, 15_000, 200), 'the file\'s objects are deleted')
+    const taken = await py(tryLocks, [join(s.b, 'lockfile')])
+    t.same([taken.results.flock, taken.results.fcntl], ['OK', 'OK'], `B takes the locks A held once A's session is cleaned up\n${describeRun(taken.run)}`)
     const f = await s.cli(['fsck', '--json', s.url])
     const report = JSON.parse(f.stdout) as { clean: boolean, openOrphans: number }
     t.equal(report.clean, true, `fsck is clean\n${describeRun(f)}`)
