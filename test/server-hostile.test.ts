@@ -326,9 +326,11 @@ t.test('hostile requests', async t => {
     expectError('trailing slash /v1/health/', await get('/v1/health/'), 404, 'ENOENT')
     expectError('double slash //v1/health', await get('//v1/health'), 404, 'ENOENT')
     expectError('unknown route /v1/devices/d1/objects/<id>/x', await get(`/v1/devices/d1/space/${goodId}`), 404, 'ENOENT')
+    // POST on an object is a copy on the server (X-Bslfs-Copy-From): without that header it is refused, and the method list says so.
     let r = await request(port, { method: 'POST', path: `/v1/devices/d1/objects/${goodId}`, headers: auth, body: 'x' })
-    expectError('POST on an object', r, 405, 'EOPNOTSUPP')
-    t.equal(r.headers.allow, 'GET, HEAD, PUT, DELETE')
+    expectError('POST on an object without X-Bslfs-Copy-From', r, 400, 'EINVAL')
+    r = await request(port, { method: 'PATCH', path: `/v1/devices/d1/objects/${goodId}`, headers: auth, body: 'x' })
+    t.equal(r.headers.allow, 'GET, HEAD, PUT, POST, DELETE', 'an object\'s methods')
     r = await request(port, { method: 'DELETE', path: '/v1/health', headers: auth })
     expectError('DELETE on health', r, 405, 'EOPNOTSUPP')
     t.equal(r.headers.allow, 'GET, HEAD')
