@@ -86,6 +86,10 @@ function formatStatus (r: admin.StatusReport): string {
     lines.push(`  ${v.volume}  ${v.health}  ${where}${extra ? `  (${extra})` : ''}`)
   }
   lines.push(`heal backlog ${r.healBacklog}`)
+  if (r.sessions.length) lines.push('sessions:')
+  for (const s of r.sessions) {
+    lines.push(`  ${s.session}  ${s.host} pid ${s.pid} ${s.mountpoint}  bslfs ${s.version}, since ${s.started}, renewed ${s.renewed}${s.live ? '' : '  EXPIRED (awaiting cleanup)'}${s.jobs ? '  (runs the jobs)' : ''}`)
+  }
   const places = r.places.filter(p => !p.up || p.failovers || p.missing || p.corrupt || p.downs)
   if (places.length) lines.push('places:')
   for (const p of places) {

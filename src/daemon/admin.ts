@@ -17,6 +17,8 @@ import { resolve } from 'node:path'
 import { ServerRow } from '../volumes/tables'
 import { RecentEvent, recentEvents } from '../log'
 import { problemsOf } from './problems'
+import { expired } from '../directory/sessions'
+import { reapExpiredSessions } from './session-keeper'
 
 /**
  * The management operations. The same code serves a running mount (through
@@ -46,6 +48,21 @@ export interface StatusReport {
   problems: string[]
   /** The running mount's last ERROR and WARN events, with their times (none offline). */
   recentErrors: RecentEvent[]
+  /** The mounts' sessions as the directory holds them (an expired one awaits cleanup); `jobs`: holds the job lease. */
+  sessions: SessionStatus[]
+}
+
+export interface SessionStatus {
+  session: string
+  host: string
+  pid: number
+  mountpoint: string
+  version: string
+  started: string
+  renewed: string
+  expiryMs: number
+  live: boolean
+  jobs: boolean
 }
 
 export interface VolumeStatus {
@@ -96,6 +113,7 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
   const space = await state.volumes.space()
   const usage = state.dir.usage
   const backlog = await state.dir.healBacklog()
+  const sessionRows = await state.dir.sessions()
   const devices: StatusReport['devices'] = []
   for (const row of tables.devices.values()) {
     const place = placeText({ server: LOCAL_SERVER, device: row.name })
@@ -131,9 +149,18 @@ export async function status (state: State, mounted: MountInfo | null): Promise<
     places: state.volumes.placeHealth(),
     healBacklog: [...backlog.values()].reduce((a, b) => a + b, 0),
     devices,
-    servers
+    servers,
+    sessions: sessionStatus(sessionRows)
   }
   return { ...report, problems: problemsOf(report), recentErrors: mounted ? recentEvents() : [] }
+}
+
+function sessionStatus (rows: Awaited<ReturnType<State['dir']['sessions']>>, now = Date.now()): SessionStatus[] {
+  return rows.sessions.map(s => ({
+    session: s.session, host: s.host, pid: s.pid, mountpoint: s.mountpoint, version: s.version, started: s.started,
+    renewed: new Date(s.renewed).toISOString(), expiryMs: s.expiryMs, live: !expired(s, now),
+    jobs: rows.lease?.holder === s.session && rows.lease.expires >= now
+  }))
 }
 
 export function parseVolume (text: string): number {
@@ -494,5 +521,7 @@ export function remapOptions (o: Record<string, unknown> | undefined): Omit<Rema
 export async function fsckState (state: State, opts: { repair: boolean, checksums: boolean }, mounted: boolean, onProgress?: OnProgress): Promise<FsckReport> {
   if (mounted && opts.repair) throw new UsageError('fsck --repair needs the filesystem unmounted (run `bslfs unmount MOUNTPOINT` first); without --repair it checks a mounted one read-only')
   await state.volumes.space()
+  // What dead mounts left (their hold records, the inodes only they held open, their usage rows) goes first.
+  if (opts.repair) await reapExpiredSessions(state.dir)
   return await fsck(state.dir, state.volumes, { ...opts, onProgress })
 }

@@ -13,6 +13,7 @@ import { checkFuseAvailable, devText, fusermount, mountsOfSuper, prepareMountpoi
 import { remountSuper } from '../fs/vfs'
 import { reclaim, startReclaimer } from './reclaim'
 import { startHealer } from './heal'
+import { SessionKeeper } from './session-keeper'
 import { startMountMetrics } from './metrics-endpoint'
 import { mountMetrics } from '../metrics/mount-metrics'
 import { State } from './state'
@@ -68,6 +69,7 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
   let reclaimer: ReturnType<typeof startReclaimer>
   let healer: ReturnType<typeof startHealer>
   let stopMetrics: () => Promise<void>
+  let keeper: SessionKeeper
   // An open on a shared filesystem drops the kernel's pages of a file another host changed (close-to-open).
   files = new OpenFiles(state.dir, state.volumes, { kernel: { drop: async ino => await kernel?.notifyInvalInode(ino) } })
   const fs = new BslFilesystem(state.dir, files, {
@@ -78,10 +80,15 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     }
   }, options.readOnly, options.overrides, { mode: options.atime, dirs: options.dirAtime }, { posixAcl: options.session.posixAcl })
   try {
+    // The mount's session (sessions.ts): the job lease, hold records, the fence; dead sessions are reaped by the lease holder.
+    keeper = await SessionKeeper.start(state.dir, {
+      mountpoint, heartbeatMs: options.sessionHeartbeatMs, expiryMs: options.sessionExpiryMs, openInodes: () => files.openInodes(), onLeader: () => healer?.kick()
+    })
+    cleanup.push(() => keeper.stop())
     // What a crash left: inodes unlinked while open, blocks queued for reclaim.
     const orphans = await state.dir.purgeOrphans()
     if (orphans) log('freed %d inodes left open and unlinked by a crash', orphans)
-    await reclaim(state.dir, state.volumes)
+    if (keeper.leader) await reclaim(state.dir, state.volumes)
     await fsp.rm(paths.socket, { force: true })
 
     // The fsname /proc/mounts shows: the STATE path, or the URL (which holds no password).
@@ -94,9 +101,9 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     const st = await fsp.stat(mountpoint)
     if (st.ino !== 1) throw new UsageError(`${mountpoint} did not come up as a bslfs mount`)
     superDev = devText(st.dev)
-    reclaimer = startReclaimer(state.dir, state.volumes, { quietMs: () => mounted.quietMs() })
+    reclaimer = startReclaimer(state.dir, state.volumes, { quietMs: () => mounted.quietMs(), active: () => keeper.leader })
     cleanup.push(() => reclaimer.stop())
-    healer = startHealer(state.dir, state.volumes)
+    healer = startHealer(state.dir, state.volumes, undefined, () => keeper.leader)
     cleanup.push(() => healer.stop())
     stopMetrics = await startMountMetrics(state, files, options.metrics)
     cleanup.push(() => stopMetrics())
@@ -148,7 +155,8 @@ export async function runDaemon (nameArg: string, mountpointArg: string, options
     await reclaimer.stop()
     await healer.stop()
     await stopMetrics()
-    await reclaim(state.dir, state.volumes).catch(() => 0)
+    if (keeper.leader) await reclaim(state.dir, state.volumes).catch(() => 0)
+    await keeper.stop()
     await state.close()
     await fsp.rm(paths.pid, { force: true })
     events.info('unmounted %s', mountpoint)

@@ -123,12 +123,12 @@ export async function scrub (dir: Directory, volumes: Volumes, onProgress: OnPro
  * a read found a bad copy, and every `intervalMs` while the queue is not
  * empty.
  */
-export function startHealer (dir: Directory, volumes: Volumes, intervalMs = 30_000): { stop (): Promise<void>, kick (): void } {
+export function startHealer (dir: Directory, volumes: Volumes, intervalMs = 30_000, active: () => boolean = () => true): { stop (): Promise<void>, kick (): void } {
   let running: Promise<unknown> = Promise.resolve()
   let queued = false
   let stopped = false
   const kick = (): void => {
-    if (queued || stopped) return
+    if (queued || stopped || !active()) return // another mount holds the job lease
     queued = true
     running = running.then(async () => {
       queued = false

@@ -48,6 +48,8 @@ export interface ReclaimerOptions {
   /** How long quiet must last (ms), and how long reclaim may wait for it at most (ms). */
   quietForMs?: number
   maxWaitMs?: number
+  /** Whether this mount runs the filesystem's jobs now (it holds the job lease; default: always). */
+  active?: () => boolean
 }
 
 /**
@@ -57,12 +59,12 @@ export interface ReclaimerOptions {
  * writes waited behind (15% of its speed); space comes back a moment later.
  */
 export function startReclaimer (dir: Directory, volumes: Volumes, opts: ReclaimerOptions = {}): { stop (): Promise<void> } {
-  const { intervalMs = 1000, quietMs = () => Infinity, quietForMs = 300, maxWaitMs = 5000 } = opts
+  const { intervalMs = 1000, quietMs = () => Infinity, quietForMs = 300, maxWaitMs = 5000, active = () => true } = opts
   let running: Promise<unknown> = Promise.resolve()
   let last = Date.now()
   const timer = setInterval(() => {
     const waited = Date.now() - last
-    if (waited < intervalMs || (quietMs() < quietForMs && waited < maxWaitMs)) return
+    if (waited < intervalMs || (quietMs() < quietForMs && waited < maxWaitMs) || !active()) return
     last = Date.now()
     running = running.then(() => reclaim(dir, volumes)).then(
       n => { if (n) log('reclaimed %d objects', n) },

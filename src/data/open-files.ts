@@ -49,6 +49,9 @@ export class OpenFiles implements OpenInodes {
     return this.entries.has(ino)
   }
 
+  /** The inodes open now (a re-registered session records them again). */
+  openInodes (): number[] { return [...this.entries.keys()] }
+
   get (ino: number): Promise<OpenFile> | undefined {
     return this.entries.get(ino)?.file
   }
@@ -61,6 +64,8 @@ export class OpenFiles implements OpenInodes {
       const entry: OpenEntry = {
         refs: 0,
         file: (async () => {
+          // Shared: recorded as held before anything is read, so an unlink on another host from now on keeps it.
+          await dir.holdOpen(ino)
           if (dir.shared && !created) {
             // Another host may have changed the file since this mount cached its inode.
             const { inode, blocks } = await dir.readFresh(ino)

@@ -21,6 +21,8 @@ import * as tables from './tables'
 import { UsageCounters } from './usage'
 import { Xattrs, inodesWithXattrs } from './xattrs'
 import { chmodAcls, setAcl } from './acl'
+import { Fence, fencedKv } from './fence'
+import * as sessions from './sessions'
 import { DIRECTORY_FORMAT_VERSION, formatTooNew } from '../format-version'
 
 // The directory's parts, by job (each file says what it keeps):
@@ -56,6 +58,10 @@ export class Directory {
   private feed?: { close (): Promise<void> }
   /** A usage refresh due after other mounts' changes. */
   private usageRefresh?: NodeJS.Timeout
+  /** Refuses changes while this mount's session may have expired (shared stores; see fence.ts). */
+  fence = new Fence()
+  /** The store without the fence: the session's own renewals go through it. */
+  private unfenced!: KvStore
   /** Advisory locks (fcntl, flock) that exclude across the mounts of a shared filesystem (locks.ts). */
   readonly locks: LockTable
 
@@ -105,11 +111,17 @@ export class Directory {
     const tooNew = formatTooNew('the directory database', configVersion(raw), DIRECTORY_FORMAT_VERSION)
     if (tooNew) throw new FsError('EINVAL', tooNew)
     const config = decodeJSON<DirectoryConfig>('configuration', raw, isConfig)
+    const fence = new Fence()
+    const unfenced = kv
+    // On a store other hosts write too, every change passes the fence (one host: nothing to fence).
+    if (!kv.singleWriter) kv = fencedKv(kv, fence)
     const ids = await IdReservations.load(kv)
     const session = randomUUID()
     const counters = await UsageCounters.load(kv, session)
     const ns = new Namespace(kv, config.blockSize, ids, counters, await inodesWithXattrs(kv), openInodes)
     const dir = new Directory(kv, config, session, ids, counters, ns)
+    dir.fence = fence
+    dir.unfenced = unfenced
     // Listen before the first read that caches: a change committed after it is heard.
     if (kv.changes) dir.feed = await kv.changes.listen(dir.remoteHandler(remote))
     try {
@@ -250,6 +262,51 @@ export class Directory {
   releaseIfUnlinked (ino: number): Promise<void> { return this.ns.releaseIfUnlinked(ino) }
   /** Free inodes left with no links by a crash while they were open. */
   purgeOrphans (): Promise<number> { return this.ns.purgeOrphans() }
+
+  // ---- sessions, the job lease, open files across hosts (sessions.ts) ----
+
+  /** Register this mount's session (`row.session` is this.session), or renew it: 'gone' once reaped as dead. */
+  renewSession (row: sessions.SessionRow, create = false): Promise<'renewed' | 'gone'> {
+    return sessions.renewSession(this.unfenced, row, { create })
+  }
+
+  /** Take or keep the lease of the once-per-filesystem jobs; true while this session holds it. */
+  takeLease (expiryMs: number): Promise<boolean> { return sessions.takeLease(this.unfenced, this.session, expiryMs) }
+  /** A clean unmount: the session row (and the lease, if held) goes. */
+  endSession (): Promise<void> { return sessions.endSession(this.unfenced, this.session) }
+  /** The session rows and the lease as stored. */
+  async sessions (): Promise<{ sessions: sessions.SessionRow[], lease?: sessions.LeaseRow }> {
+    return await this.kv.txn(async tx => ({ sessions: await sessions.readSessions(tx), lease: await sessions.readLease(tx) }))
+  }
+
+  /** On a shared store, note that this session holds `ino` open: an unlink on another host keeps it (ENOENT: gone). */
+  async holdOpen (ino: number): Promise<void> {
+    if (this.shared) await this.kv.txn(tx => sessions.holdOpen(tx, ino, this.session))
+  }
+
+  /**
+   * Clean up after dead session `id` (sessions.ts reapSession): the number of
+   * inodes freed; undefined when it is not there or (shared) renewed meanwhile.
+   */
+  async reapSession (id: string): Promise<number | undefined> {
+    const onlyIfExpired = this.shared
+    const r = await this.ns.write(async w => await sessions.reapSession(w, id, { onlyIfExpired }, async (tx, dead) => await this.locks.releaseLocksOf(tx, dead)))
+    return r?.freed
+  }
+
+  /**
+   * After this session was reaped (declared dead) and registered again: what it
+   * holds open is recorded again (the inodes of `open` freed meanwhile are
+   * returned), and its usage row, folded by the reaper, starts from zero.
+   */
+  async rejoin (open: number[], reaped: boolean): Promise<number[]> {
+    if (reaped) this.counters.folded()
+    return await this.unfenced.txn(async tx => {
+      // The reaper released this session's locks: this mount no longer counts them as held.
+      if (reaped) await this.locks.releaseLocksOf(tx, this.session)
+      return await sessions.recheckHolds(tx, this.session, open)
+    })
+  }
 
   // ---- block maps (blocks.ts) ---------------------------------------------
 

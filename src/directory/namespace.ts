@@ -12,6 +12,7 @@ import { Usage } from './meta'
 import { NamespaceReader } from './reader'
 import { BlockRecord, Inode, ROOT_INO, decodeEntry, decodeInode, keys } from './records'
 import { UsageCounters } from './usage'
+import { heldOpen, letGo } from './sessions'
 import { Writer, WriterHost } from './writer'
 
 export const NAME_MAX = 255
@@ -119,6 +120,8 @@ export class Namespace implements WriterHost {
 
   /** Whether a handle holds `ino` open. */
   isOpen (ino: number): boolean { return this.openInodes.isOpen(ino) }
+  /** Whether a mount of a shared store holds `ino` open (its hold record, sessions.ts); one host: none are kept. */
+  async heldOpen (tx: KvTxn, ino: number): Promise<boolean> { return !this.cacheExactInTxn && await heldOpen(tx, ino) }
 
   // ---- reads -------------------------------------------------------------
 
@@ -478,6 +481,8 @@ export class Namespace implements WriterHost {
   releaseIfUnlinked (ino: number): Promise<void> {
     return this.write(async w => {
       if (this.isOpen(ino)) return
+      // Shared: this mount's hold record goes; another mount that holds the inode keeps it.
+      if (!this.cacheExactInTxn && await letGo(w.tx, ino, this.usageCounters.session)) return
       const node = await w.inode(ino).catch(() => undefined)
       if (node && node.nlink === 0) await w.deleteInode(node)
     })

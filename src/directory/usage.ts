@@ -36,7 +36,7 @@ export class UsageCounters {
   /** The base and every other row, when last read. */
   private others: Usage
 
-  private constructor (private readonly kv: KvStore, private readonly session: string, stored: Usage) {
+  private constructor (private readonly kv: KvStore, readonly session: string, stored: Usage) {
     this.others = stored
   }
 
@@ -65,6 +65,12 @@ export class UsageCounters {
       this.own = ZERO
       this.others = { ...usage }
     })
+  }
+
+  /** Another mount folded this session's row into the base (it was reaped as dead): count it there. */
+  folded (): void {
+    this.others = add(this.others, this.own)
+    this.own = ZERO
   }
 
   /** Read what the other mounts added since (statfs on a shared filesystem). */

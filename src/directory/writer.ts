@@ -22,6 +22,8 @@ export interface WriterHost {
   /** `ino` has no xattrs any more (once the batch that freed it commits). */
   forgetXattrs (ino: number): void
   isOpen (ino: number): boolean
+  /** Whether a mount (of a shared store) holds `ino` open, as the store says in `tx`. */
+  heldOpen (tx: KvTxn, ino: number): Promise<boolean>
   getInode (ino: number, tx?: KvTxn): Promise<Inode>
   lookup (parent: number, name: string, tx?: KvTxn): Promise<number | undefined>
   /** Publish what a batch changed, once it has committed. */
@@ -93,7 +95,7 @@ export class Writer {
     const updated = { ...inode, nlink: Math.max(0, inode.nlink - 1), ctime: now }
     if (updated.nlink > 0) {
       this.putInode(updated)
-    } else if (this.dir.isOpen(inode.ino)) {
+    } else if (this.dir.isOpen(inode.ino) || await this.dir.heldOpen(this.tx, inode.ino)) {
       this.putInode(updated)
       this.tx.put(keys.orphan(inode.ino), Buffer.alloc(0))
     } else {
@@ -104,7 +106,7 @@ export class Writer {
   async removeEmptyDir (parent: number, name: string, inode: Inode, now: Timespec): Promise<void> {
     for await (const _ of this.tx.scan(keys.entries(inode.ino), { limit: 1 })) throw new FsError('ENOTEMPTY', name)
     this.delEntry(parent, name)
-    if (this.dir.isOpen(inode.ino)) {
+    if (this.dir.isOpen(inode.ino) || await this.dir.heldOpen(this.tx, inode.ino)) {
       this.putInode({ ...inode, nlink: 0, ctime: now })
       this.tx.put(keys.orphan(inode.ino), Buffer.alloc(0))
     } else {

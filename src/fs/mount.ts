@@ -50,11 +50,14 @@ export interface ParsedOptions {
   overrides: AttrOverrides
   /** metrics[=HOST:PORT]: where /metrics is served (off unless given). */
   metrics?: ListenAddress
+  /** session_heartbeat=SECONDS, session_expiry=SECONDS: how often the mount's session is renewed, and when a silent one is dead. */
+  sessionHeartbeatMs?: number
+  sessionExpiryMs?: number
 }
 
 const ALL_OPTIONS = [...KERNEL_FLAGS, ...KERNEL_VALUES].map(o => KERNEL_VALUES.has(o) ? `${o}=V` : o).concat(
   ['ro', 'rw', ...OWN_FLAGS].filter(o => o !== 'foreground'), [...SECONDS].map(o => `${o}=SECONDS`),
-  ['max_write=BYTES', 'max_readahead=BYTES', 'uid=N', 'gid=N', 'umask=OCTAL', 'copy_timeout=MS', 'metrics[=HOST:PORT]'], [...ALWAYS],
+  ['max_write=BYTES', 'max_readahead=BYTES', 'uid=N', 'gid=N', 'umask=OCTAL', 'copy_timeout=MS', 'metrics[=HOST:PORT]', 'session_heartbeat=SECONDS', 'session_expiry=SECONDS'], [...ALWAYS],
   [...ATIME.keys()].filter(o => !KERNEL_FLAGS.has(o)), ['(mount(8): defaults, auto, noauto, user, users, nouser, owner, group, _netdev, nofail, x-*, comment=, lazytime, loud, silent)'])
 
 function bad (opt: string, why: string): Error {
@@ -119,8 +122,18 @@ export function parseMountOptions (text: string | undefined): ParsedOptions {
     else if (name === 'umask' && eq >= 0) out.overrides.umask = integer(opt, value, 0, 0o777, 8)
     else if (name === 'copy_timeout' && eq >= 0) out.copyTimeoutMs = integer(opt, value, 10, 60000)
     else if (name === 'metrics') out.metrics = metricsAddress(opt, eq < 0 ? undefined : value)
+    else if ((name === 'session_heartbeat' || name === 'session_expiry') && eq >= 0) {
+      const s = Number(value)
+      if (!/^[0-9]+(\.[0-9]+)?$/.test(value) || s < 0.1 || s > 3600) throw bad(opt, `${name}=SECONDS takes 0.1 to 3600 seconds`)
+      if (name === 'session_heartbeat') out.sessionHeartbeatMs = s * 1000
+      else out.sessionExpiryMs = s * 1000
+    }
     else throw new Error(`unknown or unsupported mount option "${opt}"; supported: ${ALL_OPTIONS.join(', ')}`)
   }
+  // A session must be renewable a few times before it expires (defaults 12 s and 60 s).
+  const beat = out.sessionHeartbeatMs ?? 12_000
+  const expiry = out.sessionExpiryMs ?? 60_000
+  if (expiry < 2 * beat) throw new Error(`bad mount options: session_expiry (${expiry / 1000} s) must be at least twice session_heartbeat (${beat / 1000} s)`)
   return out
 }
 

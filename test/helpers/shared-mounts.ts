@@ -17,7 +17,8 @@ export const ENTRY_TIMEOUT_MS = 1000
 
 export interface Shared { url: string, a: string, b: string, env: NodeJS.ProcessEnv, cli (args: string[]): Promise<RunResult>, must (args: string[]): Promise<RunResult>, pg: PgServer }
 
-export async function twoMounts (t: { teardown: (fn: () => unknown) => void }): Promise<Shared> {
+/** `options`: mount -o for both mounts. */
+export async function twoMounts (t: { teardown: (fn: () => unknown) => void }, opts: { options?: string } = {}): Promise<Shared> {
   const pg = await startPostgres(t, { settings: { fsync: 'off' } })
   const password = randomBytes(9).toString('hex')
   await pg.sql(`CREATE ROLE bslfs LOGIN PASSWORD '${password}'`)
@@ -44,7 +45,7 @@ export async function twoMounts (t: { teardown: (fn: () => unknown) => void }): 
   const b = join(base, 'host-b')
   for (const mnt of [a, b]) {
     fs.mkdirSync(mnt)
-    await must(['mount', url, mnt])
+    await must(['mount', ...(opts.options ? ['-o', opts.options] : []), url, mnt])
     t.teardown(async () => {
       if (isMounted(mnt)) {
         const r = await cli(['unmount', mnt])
