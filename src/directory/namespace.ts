@@ -248,6 +248,7 @@ export class Namespace implements WriterHost {
     if (!node.unnamed) checkName(name)
     await this.ids.prepareIno()
     return this.write(async w => {
+      if (!this.cacheExactInTxn) await w.prefetch(keys.inode(parent), ...(node.unnamed ? [] : [keys.entry(parent, name)]))
       const dir = await w.inode(parent)
       if (!isDir(dir.mode)) throw new FsError('ENOTDIR', `inode ${parent}`)
       if (dir.nlink === 0) throw new FsError('ENOENT', 'the directory was removed')
@@ -307,6 +308,7 @@ export class Namespace implements WriterHost {
 
   unlink (parent: number, name: string, now = nowTimespec()): Promise<void> {
     return this.write(async w => {
+      if (!this.cacheExactInTxn && Buffer.byteLength(name, 'utf8') <= NAME_MAX) await w.prefetch(keys.entry(parent, name), keys.inode(parent))
       const ino = await w.lookup(parent, name)
       if (ino === undefined) throw new FsError('ENOENT', name)
       const inode = await w.inode(ino)
@@ -322,6 +324,7 @@ export class Namespace implements WriterHost {
 
   rmdir (parent: number, name: string, now = nowTimespec()): Promise<void> {
     return this.write(async w => {
+      if (!this.cacheExactInTxn && Buffer.byteLength(name, 'utf8') <= NAME_MAX) await w.prefetch(keys.entry(parent, name), keys.inode(parent))
       const ino = await w.lookup(parent, name)
       if (ino === undefined) throw new FsError('ENOENT', name)
       const inode = await w.inode(ino)

@@ -56,6 +56,11 @@ export class Writer {
     return this.dir.lookup(parent, name, this.tx)
   }
 
+  /** Read these keys ahead in one round trip, where the engine has round trips (PostgreSQL). */
+  async prefetch (...ks: Buffer[]): Promise<void> {
+    await this.tx.prefetch?.(ks)
+  }
+
   putInode (inode: Inode): void {
     this.inodes.set(inode.ino, inode)
     this.tx.put(keys.inode(inode.ino), encodeInode(inode))
