@@ -35,7 +35,7 @@ async function main (): Promise<void> {
     const a = await Directory.create(kvA, { blockSize: 65536, root: { uid: 0, gid: 0 } })
     const kvB = await PgKv.open(pg.url())
     const b = await Directory.open(kvB)
-    const ops: Record<string, Array<{ us: number, trips: number }>> = { create: [], lookup: [], getattr: [], unlink: [] }
+    const ops: Record<string, Array<{ us: number, trips: number }>> = { create: [], close: [], lookup: [], getattr: [], unlink: [] }
     for (let r = 0; r < RUNS; r++) {
       const d = await a.createNode(1, `d${r}`, { mode: 0o40755, uid: 0, gid: 0 })
       const names = Array.from({ length: N }, (_, i) => `f${i}`)
@@ -47,6 +47,12 @@ async function main (): Promise<void> {
         ops[what].push({ us: Number(process.hrtime.bigint() - start) / 1000 / N, trips: (trips - t0) / N })
       }
       await time('create', async i => inos.push((await a.createNode(d.ino, names[i], { mode: 0o100644, uid: 0, gid: 0 })).ino))
+      // What close of a small written file commits (a shared mount waits for it): one block and the size.
+      await time('close', async i => await a.commitFiles([{
+        ino: inos[i],
+        changes: [{ index: 0, record: { bsl: { form: 'logical', volume: 1, fileId: BigInt(r * N + i + 1) }, length: 4096, checksum: 0 } }],
+        patch: { size: 4096 }
+      }]))
       await new Promise(resolve => setTimeout(resolve, 200)) // B hears the creates (its caches drop them)
       await time('lookup', async i => await b.lookup(d.ino, names[i]))
       await time('getattr', async i => await b.getInode(inos[i]))

@@ -479,6 +479,10 @@ export class Namespace implements WriterHost {
 
   /** The last handle of an inode closed: if it has no links left and nothing holds it, free it. */
   releaseIfUnlinked (ino: number): Promise<void> {
+    // Every close comes here. An inode this mount knows to have links needs no transaction: its own
+    // unlinks reach the cache on commit, and another host's unlink of a file open there is freed at
+    // that host's close (a file open on no host is freed by the unlink itself).
+    if ((this.inodes.get(ino)?.nlink ?? 0) > 0) return Promise.resolve()
     return this.write(async w => {
       if (this.isOpen(ino)) return
       const node = await w.inode(ino).catch(() => undefined)

@@ -7,7 +7,7 @@
  */
 import createDebug from 'debug'
 import { statSync, readFileSync } from 'node:fs'
-import { Pool, PoolClient, PoolConfig, Query as PgQuery, escapeLiteral } from 'pg'
+import { Pool, PoolClient, PoolConfig, escapeLiteral } from 'pg'
 import { mountMetrics } from '../metrics/mount-metrics'
 import { FsError } from '../errors'
 import { randomUUID } from 'node:crypto'
@@ -185,8 +185,8 @@ const WRITE_SQL = `WITH p AS (INSERT INTO kv (k, v) SELECT * FROM unnest($1::byt
 /**
  * The same statements as server-side prepared statements (SQL PREPARE, once
  * per connection), so a transaction's first statement can travel with its
- * BEGIN, and its writes with its COMMIT, in one simple-protocol message: one
- * round trip each instead of two, and no planning (native-notes/postgres.md).
+ * BEGIN in one simple-protocol message: one round trip instead of two, and
+ * no planning (native-notes/postgres.md).
  */
 const PREPARED: Record<string, { sql: string, types: string }> = {
   bslfs_get: { sql: GET_SQL, types: 'bytea' },
@@ -198,8 +198,8 @@ const PREPARED: Record<string, { sql: string, types: string }> = {
   bslfs_write: { sql: WRITE_SQL, types: 'bytea[], bytea[], bytea[], boolean, text[]' }
 }
 const PREPARE_ALL = Object.entries(PREPARED).map(([name, p]) => `PREPARE x${name} (${p.types}) AS ${p.sql}`).join('; ')
-/** A write this large goes as parameters (binary-safe, no literal to parse), then COMMIT on its own. */
-const LITERAL_WRITE_MAX = 256 * 1024
+/** A first statement with parameters this large goes as parameters (no literal to build and parse), after a BEGIN of its own. */
+const LITERAL_MAX = 256 * 1024
 const BEGIN_SQL = 'BEGIN ISOLATION LEVEL SERIALIZABLE'
 
 /** A value as an SQL literal: buffers as hex bytea, strings escaped by pg, arrays of either. */
@@ -212,6 +212,13 @@ function literal (v: unknown, arrayType?: string): string {
   throw new FsError('EIO', `directory statement: a parameter of type ${typeof v} cannot be sent as a literal`)
 }
 
+/** Roughly how long `values` are as literals. */
+function literalSize (values: unknown[]): number {
+  let n = 0
+  for (const v of values.flat()) n += Buffer.isBuffer(v) ? 2 * v.length + 16 : typeof v === 'string' ? v.length + 4 : 8
+  return n
+}
+
 /** `EXECUTE` of prepared statement `name` with `values` as literals. */
 function execute (name: string, values: unknown[]): string {
   const types = PREPARED[name].types.split(', ')
@@ -220,6 +227,9 @@ function execute (name: string, values: unknown[]): string {
 
 /** Connections that hold the PREPAREd statements (a new connection is a new object). */
 const preparedOn = new WeakSet<PoolClient>()
+
+/** Keys read ahead per statement. */
+const PREFETCH_CHUNK = 1024
 
 /** Rows read per statement; a longer scan pages on by key. */
 const SCAN_CHUNK = 256
@@ -288,7 +298,7 @@ class PgTxn extends BufferedTxn {
 
   private readonly query: Query = async (name, text, values) => {
     try {
-      if (!this.begun) {
+      if (!this.begun && literalSize(values) <= LITERAL_MAX) {
         // The first statement carries the BEGIN: one message, one round trip.
         let rows: Array<Record<string, unknown>> = []
         this.begun = (async () => {
@@ -329,10 +339,12 @@ class PgTxn extends BufferedTxn {
 
   async prefetch (keys: Buffer[]): Promise<void> {
     const want = keys.filter(key => !this.reads.has(key.toString('latin1')) && !this.writes.lookup(key))
-    if (want.length === 0) return
-    const rows = await this.query('bslfs_get_many', GET_MANY_SQL, [want])
-    for (const key of want) this.reads.set(key.toString('latin1'), undefined)
-    for (const row of rows) this.reads.set((row.k as Buffer).toString('latin1'), row.v as Buffer)
+    for (let i = 0; i < want.length; i += PREFETCH_CHUNK) {
+      const chunk = want.slice(i, i + PREFETCH_CHUNK)
+      const rows = await this.query('bslfs_get_many', GET_MANY_SQL, [chunk])
+      for (const key of chunk) this.reads.set(key.toString('latin1'), undefined)
+      for (const row of rows) this.reads.set((row.k as Buffer).toString('latin1'), row.v as Buffer)
+    }
   }
 
   protected storedScan (prefix: Buffer, opts: { after?: Buffer, limit?: number }): AsyncIterable<[Buffer, Buffer]> {
@@ -362,45 +374,14 @@ class PgTxn extends BufferedTxn {
         if (value === DELETED) delKeys.push(key)
         else { putKeys.push(key); putValues.push(value) }
       }
-      const values = [putKeys, putValues, delKeys, asyncCommit, this.notes]
-      let size = 0
-      for (const b of [...putKeys, ...putValues, ...delKeys]) size += b.length
-      for (const n of this.notes) size += n.length
-      if (size <= LITERAL_WRITE_MAX) return await this.writeAndCommit(values)
-      const rows = await this.query('bslfs_write', WRITE_SQL, values)
+      // Not sent with the COMMIT in one message: PostgreSQL flushes its answers only at the end of
+      // a message, so the transaction id would not be known if COMMIT's answer were lost.
+      const rows = await this.query('bslfs_write', WRITE_SQL, [putKeys, putValues, delKeys, asyncCommit, this.notes])
       xid = rows[0].xid as string
     }
     const client = await this.connection()
     try {
       await client.query('COMMIT')
-      this.kv.stats.roundTrips++
-    } catch (err) {
-      this.failure ??= err
-      if (xid === undefined || !isConnectionError(err)) throw err
-      await this.learnOutcome(xid, err)
-      return
-    }
-    this.release()
-  }
-
-  /**
-   * The writes and COMMIT in one message (with BEGIN too when nothing was read):
-   * one round trip. The write's row (the transaction id) arrives before COMMIT
-   * runs, so a COMMIT whose answer is lost is still looked up by id.
-   */
-  private async writeAndCommit (values: unknown[]): Promise<void> {
-    let xid: string | undefined
-    try {
-      const client = this.begun ? await this.connection() : await this.prepared()
-      const text = `${this.begun ? '' : `${BEGIN_SQL}; `}${execute('bslfs_write', values)}; COMMIT`
-      this.begun ??= Promise.resolve(client)
-      await new Promise<void>((resolve, reject) => {
-        const q = new PgQuery(text)
-        q.on('row', (row: Record<string, unknown>) => { if (typeof row.xid === 'string') xid = row.xid })
-        q.on('end', () => resolve())
-        q.on('error', reject)
-        client.query(q)
-      })
       this.kv.stats.roundTrips++
     } catch (err) {
       this.failure ??= err
