@@ -429,7 +429,7 @@ class PgTxn extends BufferedTxn {
 
 /** The PostgreSQL engine: any number of processes on any hosts share one database. */
 export class PgKv implements KvStore {
-  /** Counts since open, for `status` and the bench: commits, bodies run again after a conflict or a broken connection, lost COMMITs looked up. */
+  /** Counts since open, for `status` and the bench: commits, bodies run again after a conflict or a broken connection, lost COMMITs looked up, statements sent inside transactions. */
   readonly stats = { commits: 0, conflictRetries: 0, outageRetries: 0, commitsLookedUp: 0, roundTrips: 0 }
   /** Other processes' committed changes (LISTEN on a connection of its own). */
   readonly changes: PgChanges
