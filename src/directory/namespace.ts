@@ -306,9 +306,19 @@ export class Namespace implements WriterHost {
     })
   }
 
+  /**
+   * What an unlink or rmdir reads first, in one statement: the entry, the directory's inode, and
+   * the inode the cached entry names (a guess of what to read, never what decides: the entry read
+   * in the transaction says which inode it is, and a wrong guess is one read more).
+   */
+  private unlinkKeys (parent: number, name: string): Buffer[] {
+    const guess = this.dentries.get(`${parent}/${name}`)
+    return [keys.entry(parent, name), keys.inode(parent), ...(guess ? [keys.inode(guess)] : [])]
+  }
+
   unlink (parent: number, name: string, now = nowTimespec()): Promise<void> {
     return this.write(async w => {
-      if (!this.cacheExactInTxn && Buffer.byteLength(name, 'utf8') <= NAME_MAX) await w.prefetch(keys.entry(parent, name), keys.inode(parent))
+      if (!this.cacheExactInTxn && Buffer.byteLength(name, 'utf8') <= NAME_MAX) await w.prefetch(...this.unlinkKeys(parent, name))
       const ino = await w.lookup(parent, name)
       if (ino === undefined) throw new FsError('ENOENT', name)
       const inode = await w.inode(ino)
@@ -324,7 +334,7 @@ export class Namespace implements WriterHost {
 
   rmdir (parent: number, name: string, now = nowTimespec()): Promise<void> {
     return this.write(async w => {
-      if (!this.cacheExactInTxn && Buffer.byteLength(name, 'utf8') <= NAME_MAX) await w.prefetch(keys.entry(parent, name), keys.inode(parent))
+      if (!this.cacheExactInTxn && Buffer.byteLength(name, 'utf8') <= NAME_MAX) await w.prefetch(...this.unlinkKeys(parent, name))
       const ino = await w.lookup(parent, name)
       if (ino === undefined) throw new FsError('ENOENT', name)
       const inode = await w.inode(ino)

@@ -123,6 +123,7 @@ export class Writer {
     // needs no scan and a small one a few point reads, cheaper than a scan's iterator.
     const blocks = Math.ceil(inode.size / this.dir.blockSize)
     if (blocks > 0 && blocks <= POINT_READ_BLOCKS) {
+      await this.prefetch(...Array.from({ length: blocks }, (_, i) => keys.block(inode.ino, i)))
       for (let i = 0; i < blocks; i++) {
         const k = keys.block(inode.ino, i)
         const v = await this.tx.get(k)
