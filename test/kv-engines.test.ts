@@ -311,6 +311,51 @@ t.test('PgKv: several hosts on one database', { skip: pgSkip }, async t => {
     t.equal(missed, 0)
   })
 
+  t.test('a prefetch reads inside the transaction: its view is the transaction\'s, a run again reads afresh', async t => {
+    const url = await freshPgDatabase()
+    const a = await openPg(t, url)
+    const b = await openPg(t, url)
+    await a.txn(tx => { tx.put(B('p1'), B('0')); tx.put(B('p3'), B('0')) })
+    const seen: Array<Array<string | undefined>> = []
+    await a.txn(async tx => {
+      // The first statement of the body: it carries BEGIN and fixes the snapshot.
+      await tx.prefetch!([B('p1'), B('p2')])
+      if (seen.length === 0) await b.txn(tx2 => { for (const k of ['p1', 'p2', 'p3']) tx2.put(B(k), B('b')) })
+      const got = []
+      for (const k of ['p1', 'p2', 'p3', 'p1']) got.push((await tx.get(B(k)))?.toString())
+      seen.push(got)
+      tx.put(B('p1'), B('a'))
+    })
+    t.same(seen[0], ['0', undefined, '0', '0'], 'the first run sees the store as it was at its prefetch, p3 (not prefetched) too: one snapshot')
+    t.equal(seen.length, 2, 'b wrote what a then wrote: a ran again')
+    t.same(seen[1], ['b', 'b', 'b', 'b'], 'the run again reads b\'s commit')
+    t.equal((await b.get(B('p1')))?.toString(), 'a')
+  })
+
+  t.test('statements sent as literals with their BEGIN, and those too large for that, carry every byte', async t => {
+    const url = await freshPgDatabase()
+    const a = await openPg(t, url)
+    const b = await openPg(t, url)
+    const heard: string[] = []
+    const lb = await b.changes.listen({ message: m => heard.push(m), missed: () => {} })
+    t.teardown(async () => await lb.close())
+    const odd = Buffer.from([0, 0x27, 0x5c, 0x22, 0xff, 0x0a, 0x3b])
+    const note = 'it\'s a \\ "note"; COMMIT; é ✓'
+    // Small: the writes go with BEGIN (nothing read first); then writes after a read.
+    await a.txn(tx => { tx.put(Buffer.concat([B('s'), odd]), odd); tx.notify!(note) })
+    await a.txn(async tx => { await tx.get(B('x')); tx.put(B('s2'), odd); tx.del(Buffer.concat([B('s'), odd])) })
+    // Large (over 256 KiB): BEGIN on its own, then the writes as parameters.
+    const big = Array.from({ length: 300 }, (_, i) => Buffer.concat([odd, Buffer.alloc(1024, i & 0xff)]))
+    await a.txn(tx => { big.forEach((v, i) => tx.put(Buffer.concat([B('L'), odd, Buffer.from([i >> 8, i & 0xff])]), v)); tx.notify!(note) })
+    t.same(await b.get(B('s2')), odd, 'binary value through the one-message commit')
+    t.equal(await b.get(Buffer.concat([B('s'), odd])), undefined, 'and the delete')
+    let n = 0
+    for await (const [k, v] of b.scan(Buffer.concat([B('L'), odd]))) { t.same(v, big[k[k.length - 2] * 256 + k[k.length - 1]]); n++ }
+    t.equal(n, 300, 'every key of the large write')
+    for (let i = 0; i < 100 && heard.length < 2; i++) await sleep(10)
+    t.same(heard, [note, note], 'the notes arrive as sent, both ways')
+  })
+
   t.test('conflicts past the retry bound are EIO', async t => {
     const url = await freshPgDatabase()
     const a = await openPg(t, url, { retryAttempts: 3 })

@@ -33,6 +33,7 @@ export async function readBlocks (kv: KvReader, ino: number): Promise<Map<number
 /** Block changes and attributes of one file, in the Writer's transaction. */
 export async function commitFile (w: Writer, f: FileCommit): Promise<Inode> {
   const { ino, changes, patch, dropFrom } = f
+  await w.prefetch(keys.inode(ino), ...changes.map(c => keys.block(ino, c.index)))
   const inode = await w.inode(ino)
   let bytes = 0
   if (dropFrom !== undefined) {

@@ -22,6 +22,11 @@ export interface KvTxn extends KvReader {
    * at most NOTE_MAX bytes).
    */
   notify? (message: string): void
+  /**
+   * Read `keys` ahead in one go, where a read is a round trip (PgKv): later
+   * gets of them in this transaction answer from what was read.
+   */
+  prefetch? (keys: Buffer[]): Promise<void>
 }
 
 /** The longest message `notify` carries (PostgreSQL's NOTIFY payload is under 8000 bytes). */

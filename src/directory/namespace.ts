@@ -251,6 +251,7 @@ export class Namespace implements WriterHost {
     if (!node.unnamed) checkName(name)
     await this.ids.prepareIno()
     return this.write(async w => {
+      if (!this.cacheExactInTxn) await w.prefetch(keys.inode(parent), ...(node.unnamed ? [] : [keys.entry(parent, name)]))
       const dir = await w.inode(parent)
       if (!isDir(dir.mode)) throw new FsError('ENOTDIR', `inode ${parent}`)
       if (dir.nlink === 0) throw new FsError('ENOENT', 'the directory was removed')
@@ -308,8 +309,19 @@ export class Namespace implements WriterHost {
     })
   }
 
+  /**
+   * What an unlink or rmdir reads first, in one statement: the entry, the directory's inode, and
+   * the inode the cached entry names (a guess of what to read, never what decides: the entry read
+   * in the transaction says which inode it is, and a wrong guess is one read more).
+   */
+  private unlinkKeys (parent: number, name: string): Buffer[] {
+    const guess = this.dentries.get(`${parent}/${name}`)
+    return [keys.entry(parent, name), keys.inode(parent), ...(guess ? [keys.inode(guess)] : [])]
+  }
+
   unlink (parent: number, name: string, now = nowTimespec()): Promise<void> {
     return this.write(async w => {
+      if (!this.cacheExactInTxn && Buffer.byteLength(name, 'utf8') <= NAME_MAX) await w.prefetch(...this.unlinkKeys(parent, name))
       const ino = await w.lookup(parent, name)
       if (ino === undefined) throw new FsError('ENOENT', name)
       const inode = await w.inode(ino)
@@ -325,6 +337,7 @@ export class Namespace implements WriterHost {
 
   rmdir (parent: number, name: string, now = nowTimespec()): Promise<void> {
     return this.write(async w => {
+      if (!this.cacheExactInTxn && Buffer.byteLength(name, 'utf8') <= NAME_MAX) await w.prefetch(...this.unlinkKeys(parent, name))
       const ino = await w.lookup(parent, name)
       if (ino === undefined) throw new FsError('ENOENT', name)
       const inode = await w.inode(ino)
@@ -479,6 +492,10 @@ export class Namespace implements WriterHost {
 
   /** The last handle of an inode closed: if it has no links left and nothing holds it, free it. */
   releaseIfUnlinked (ino: number): Promise<void> {
+    // Every close comes here. An inode this mount knows to have links needs no transaction: its own
+    // unlinks reach the cache on commit, and another host's unlink of a file open there is freed at
+    // that host's close (a file open on no host is freed by the unlink itself).
+    if ((this.inodes.get(ino)?.nlink ?? 0) > 0) return Promise.resolve()
     return this.write(async w => {
       if (this.isOpen(ino)) return
       // Shared: this mount's hold record goes; another mount that holds the inode keeps it.

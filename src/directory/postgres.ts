@@ -7,7 +7,7 @@
  */
 import createDebug from 'debug'
 import { statSync, readFileSync } from 'node:fs'
-import { Pool, PoolClient, PoolConfig } from 'pg'
+import { Pool, PoolClient, PoolConfig, escapeLiteral } from 'pg'
 import { mountMetrics } from '../metrics/mount-metrics'
 import { FsError } from '../errors'
 import { randomUUID } from 'node:crypto'
@@ -165,6 +165,7 @@ function backoff (attempt: number, baseMs: number, capMs: number): number {
 }
 
 const GET_SQL = 'SELECT v FROM kv WHERE k = $1'
+const GET_MANY_SQL = 'SELECT k, v FROM kv WHERE k = ANY($1::bytea[])'
 const SCAN_SQL = 'SELECT k, v FROM kv WHERE k >= $1 AND k < $2 ORDER BY k LIMIT $3'
 const SCAN_AFTER_SQL = 'SELECT k, v FROM kv WHERE k > $1 AND k < $2 ORDER BY k LIMIT $3'
 const SCAN_OPEN_SQL = 'SELECT k, v FROM kv WHERE k >= $1 ORDER BY k LIMIT $2'
@@ -180,6 +181,55 @@ const WRITE_SQL = `WITH p AS (INSERT INTO kv (k, v) SELECT * FROM unnest($1::byt
   n AS (SELECT pg_notify('${CHANGES_CHANNEL}', m) FROM unnest($5::text[]) m)
   SELECT pg_current_xact_id()::text AS xid, CASE WHEN $4::boolean THEN set_config('synchronous_commit', 'off', true) END AS sc,
     (SELECT count(*) FROM n) AS notes`
+
+/**
+ * The same statements as server-side prepared statements (SQL PREPARE, once
+ * per connection), so a transaction's first statement can travel with its
+ * BEGIN in one simple-protocol message: one round trip instead of two, and
+ * no planning (native-notes/postgres.md).
+ */
+const PREPARED: Record<string, { sql: string, types: string }> = {
+  bslfs_get: { sql: GET_SQL, types: 'bytea' },
+  bslfs_get_many: { sql: GET_MANY_SQL, types: 'bytea[]' },
+  bslfs_scan: { sql: SCAN_SQL, types: 'bytea, bytea, bigint' },
+  bslfs_scan_after: { sql: SCAN_AFTER_SQL, types: 'bytea, bytea, bigint' },
+  bslfs_scan_open: { sql: SCAN_OPEN_SQL, types: 'bytea, bigint' },
+  bslfs_scan_open_after: { sql: SCAN_OPEN_AFTER_SQL, types: 'bytea, bigint' },
+  bslfs_write: { sql: WRITE_SQL, types: 'bytea[], bytea[], bytea[], boolean, text[]' }
+}
+const PREPARE_ALL = Object.entries(PREPARED).map(([name, p]) => `PREPARE x${name} (${p.types}) AS ${p.sql}`).join('; ')
+/** A first statement with parameters this large goes as parameters (no literal to build and parse), after a BEGIN of its own. */
+const LITERAL_MAX = 256 * 1024
+const BEGIN_SQL = 'BEGIN ISOLATION LEVEL SERIALIZABLE'
+
+/** A value as an SQL literal: buffers as hex bytea, strings escaped by pg, arrays of either. */
+function literal (v: unknown, arrayType?: string): string {
+  if (Buffer.isBuffer(v)) return `E'\\\\x${v.toString('hex')}'::bytea` // E'': the same under any standard_conforming_strings
+  if (Array.isArray(v)) return v.length === 0 ? `'{}'::${arrayType ?? 'text[]'}` : `ARRAY[${v.map(x => literal(x)).join(', ')}]::${arrayType ?? 'text[]'}`
+  if (typeof v === 'number' && Number.isSafeInteger(v)) return String(v)
+  if (typeof v === 'boolean') return v ? 'true' : 'false'
+  if (typeof v === 'string') return escapeLiteral(v)
+  throw new FsError('EIO', `directory statement: a parameter of type ${typeof v} cannot be sent as a literal`)
+}
+
+/** Roughly how long `values` are as literals. */
+function literalSize (values: unknown[]): number {
+  let n = 0
+  for (const v of values.flat()) n += Buffer.isBuffer(v) ? 2 * v.length + 16 : typeof v === 'string' ? v.length + 4 : 8
+  return n
+}
+
+/** `EXECUTE` of prepared statement `name` with `values` as literals. */
+function execute (name: string, values: unknown[]): string {
+  const types = PREPARED[name].types.split(', ')
+  return `EXECUTE x${name} (${values.map((v, i) => literal(v, types[i].endsWith('[]') ? types[i] : undefined)).join(', ')})`
+}
+
+/** Connections that hold the PREPAREd statements (a new connection is a new object). */
+const preparedOn = new WeakSet<PoolClient>()
+
+/** Keys read ahead per statement. */
+const PREFETCH_CHUNK = 1024
 
 /** Rows read per statement; a longer scan pages on by key. */
 const SCAN_CHUNK = 256
@@ -223,11 +273,24 @@ class PgTxn extends BufferedTxn {
 
   constructor (private readonly kv: PgKv) { super() }
 
+  /** A pooled connection holding the prepared statements (PREPAREd once, on its first use). */
+  private async prepared (): Promise<PoolClient> {
+    const client = await this.kv.connect()
+    this.client = client
+    if (!preparedOn.has(client)) {
+      await client.query(PREPARE_ALL)
+      preparedOn.add(client)
+      this.kv.stats.roundTrips++
+    }
+    return client
+  }
+
+  /** The transaction's connection, BEGIN sent (on its own: for a statement that did not carry it). */
   private async connection (): Promise<PoolClient> {
     this.begun ??= (async () => {
-      const client = await this.kv.connect()
-      this.client = client
-      await client.query('BEGIN ISOLATION LEVEL SERIALIZABLE')
+      const client = await this.prepared()
+      await client.query(BEGIN_SQL)
+      this.kv.stats.roundTrips++
       return client
     })()
     return await this.begun
@@ -235,17 +298,53 @@ class PgTxn extends BufferedTxn {
 
   private readonly query: Query = async (name, text, values) => {
     try {
+      if (!this.begun && literalSize(values) <= LITERAL_MAX) {
+        // The first statement carries the BEGIN: one message, one round trip.
+        let rows: Array<Record<string, unknown>> = []
+        this.begun = (async () => {
+          const client = await this.prepared()
+          const results = await client.query(`${BEGIN_SQL}; ${execute(name, values)}`) as unknown as Array<{ rows: Array<Record<string, unknown>> }>
+          this.kv.stats.roundTrips++
+          rows = results[1].rows
+          return client
+        })()
+        await this.begun
+        return rows
+      }
       const client = await this.connection()
-      return (await client.query({ name, text, values })).rows
+      const rows = (await client.query({ name, text, values })).rows
+      this.kv.stats.roundTrips++
+      return rows
     } catch (err) {
       this.failure ??= err
       throw err
     }
   }
 
+  /**
+   * What this attempt read, by key (latin1): a second read of a key answers
+   * from here. The same answer the database would give inside this
+   * transaction (its snapshot is fixed, and its own writes are in the buffer).
+   */
+  private readonly reads = new Map<string, Buffer | undefined>()
+
   protected async storedGet (key: Buffer): Promise<Buffer | undefined> {
+    const k = key.toString('latin1')
+    if (this.reads.has(k)) return this.reads.get(k)
     const rows = await this.query('bslfs_get', GET_SQL, [key])
-    return rows.length > 0 ? rows[0].v as Buffer : undefined
+    const v = rows.length > 0 ? rows[0].v as Buffer : undefined
+    this.reads.set(k, v)
+    return v
+  }
+
+  async prefetch (keys: Buffer[]): Promise<void> {
+    const want = keys.filter(key => !this.reads.has(key.toString('latin1')) && !this.writes.lookup(key))
+    for (let i = 0; i < want.length; i += PREFETCH_CHUNK) {
+      const chunk = want.slice(i, i + PREFETCH_CHUNK)
+      const rows = await this.query('bslfs_get_many', GET_MANY_SQL, [chunk])
+      for (const key of chunk) this.reads.set(key.toString('latin1'), undefined)
+      for (const row of rows) this.reads.set((row.k as Buffer).toString('latin1'), row.v as Buffer)
+    }
   }
 
   protected storedScan (prefix: Buffer, opts: { after?: Buffer, limit?: number }): AsyncIterable<[Buffer, Buffer]> {
@@ -275,29 +374,37 @@ class PgTxn extends BufferedTxn {
         if (value === DELETED) delKeys.push(key)
         else { putKeys.push(key); putValues.push(value) }
       }
+      // Not sent with the COMMIT in one message: PostgreSQL flushes its answers only at the end of
+      // a message, so the transaction id would not be known if COMMIT's answer were lost.
       const rows = await this.query('bslfs_write', WRITE_SQL, [putKeys, putValues, delKeys, asyncCommit, this.notes])
       xid = rows[0].xid as string
     }
     const client = await this.connection()
     try {
       await client.query('COMMIT')
+      this.kv.stats.roundTrips++
     } catch (err) {
       this.failure ??= err
       if (xid === undefined || !isConnectionError(err)) throw err
-      // The COMMIT was sent and the answer lost: it may have committed. Ask, rather than guess.
-      this.release(err)
-      let status: string | undefined
-      try {
-        status = await this.kv.commitStatus(xid)
-      } catch (e) {
-        throw new UnknownOutcome(`the connection broke during COMMIT and transaction ${xid}'s outcome could not be learnt: ${(e as Error).message}`)
-      }
-      this.kv.stats.commitsLookedUp++
-      if (status === 'committed') return
-      if (status === 'aborted') throw err // nothing written: retried as any broken connection
-      throw new UnknownOutcome(`the connection broke during COMMIT and transaction ${xid}'s outcome could not be learnt`)
+      await this.learnOutcome(xid, err)
+      return
     }
     this.release()
+  }
+
+  /** The COMMIT was sent and the answer lost: it may have committed. Ask, rather than guess. */
+  private async learnOutcome (xid: string, err: unknown): Promise<void> {
+    this.release(err)
+    let status: string | undefined
+    try {
+      status = await this.kv.commitStatus(xid)
+    } catch (e) {
+      throw new UnknownOutcome(`the connection broke during COMMIT and transaction ${xid}'s outcome could not be learnt: ${(e as Error).message}`)
+    }
+    this.kv.stats.commitsLookedUp++
+    if (status === 'committed') return
+    if (status === 'aborted') throw err // nothing written: retried as any broken connection
+    throw new UnknownOutcome(`the connection broke during COMMIT and transaction ${xid}'s outcome could not be learnt`)
   }
 
   /** Give the connection back: destroyed after a connection error, else rolled back first if still open. */
@@ -322,8 +429,8 @@ class PgTxn extends BufferedTxn {
 
 /** The PostgreSQL engine: any number of processes on any hosts share one database. */
 export class PgKv implements KvStore {
-  /** Counts since open, for `status` and the bench: commits, bodies run again after a conflict or a broken connection, lost COMMITs looked up. */
-  readonly stats = { commits: 0, conflictRetries: 0, outageRetries: 0, commitsLookedUp: 0 }
+  /** Counts since open, for `status` and the bench: commits, bodies run again after a conflict or a broken connection, lost COMMITs looked up, statements sent inside transactions. */
+  readonly stats = { commits: 0, conflictRetries: 0, outageRetries: 0, commitsLookedUp: 0, roundTrips: 0 }
   /** Other processes' committed changes (LISTEN on a connection of its own). */
   readonly changes: PgChanges
   private readonly lock = new Mutex()

@@ -58,6 +58,11 @@ export class Writer {
     return this.dir.lookup(parent, name, this.tx)
   }
 
+  /** Read these keys ahead in one round trip, where the engine has round trips (PostgreSQL). */
+  async prefetch (...ks: Buffer[]): Promise<void> {
+    await this.tx.prefetch?.(ks)
+  }
+
   putInode (inode: Inode): void {
     this.inodes.set(inode.ino, inode)
     this.tx.put(keys.inode(inode.ino), encodeInode(inode))
@@ -120,6 +125,7 @@ export class Writer {
     // needs no scan and a small one a few point reads, cheaper than a scan's iterator.
     const blocks = Math.ceil(inode.size / this.dir.blockSize)
     if (blocks > 0 && blocks <= POINT_READ_BLOCKS) {
+      await this.prefetch(...Array.from({ length: blocks }, (_, i) => keys.block(inode.ino, i)))
       for (let i = 0; i < blocks; i++) {
         const k = keys.block(inode.ino, i)
         const v = await this.tx.get(k)
