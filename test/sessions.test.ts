@@ -105,6 +105,17 @@ function suite (make: (t: Test) => Promise<Hosts>): (t: Test) => Promise<void> {
       t.equal(await codeOf(b.holdOpen(f.ino)), 'ENOENT', 'a freed inode cannot be held')
     })
 
+    t.test('a close while the file still has links lets go of its hold: a later unlink elsewhere frees it at once', async t => {
+      const { a, b } = await make(t)
+      const f = await a.createNode(ROOT_INO, 'g', FILE)
+      await b.getInode(f.ino) // B knows the inode has a link, as after an open
+      await b.holdOpen(f.ino)
+      await b.releaseIfUnlinked(f.ino) // B's close
+      await a.unlink(ROOT_INO, 'g')
+      t.equal(await codeOf(a.readFresh(f.ino)), 'ENOENT', 'freed by the unlink: no hold of B\'s was left behind')
+      t.equal(await a.kv.get(keys.orphan(f.ino)), undefined, 'no orphan left')
+    })
+
     t.test('the lease holder reaps a dead session: its held orphans freed, its usage row folded', async t => {
       const { a, b } = await make(t)
       await a.renewSession(row(a, 60_000, '/a'), true)

@@ -492,10 +492,10 @@ export class Namespace implements WriterHost {
 
   /** The last handle of an inode closed: if it has no links left and nothing holds it, free it. */
   releaseIfUnlinked (ino: number): Promise<void> {
-    // Every close comes here. An inode this mount knows to have links needs no transaction: its own
-    // unlinks reach the cache on commit, and another host's unlink of a file open there is freed at
-    // that host's close (a file open on no host is freed by the unlink itself).
-    if ((this.inodes.get(ino)?.nlink ?? 0) > 0) return Promise.resolve()
+    // Every close comes here. On one host an inode the cache knows to have links needs no transaction
+    // (this mount's own unlinks reach the cache on commit). A shared filesystem always lets go of its
+    // hold record: one left behind would keep the file after another host's unlink, as if still open here.
+    if (this.cacheExactInTxn && (this.inodes.get(ino)?.nlink ?? 0) > 0) return Promise.resolve()
     return this.write(async w => {
       if (this.isOpen(ino)) return
       // Shared: this mount's hold record goes; another mount that holds the inode keeps it.
