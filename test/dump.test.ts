@@ -229,6 +229,8 @@ t.test('a filesystem moves STATE → PostgreSQL → STATE and is served to other
   const pgDump = join(base, 'pg-mounted.dump')
   ok(t, await sh(`${q(bslfsBin)} dump ${q(url)} > ${q(pgDump)}`), 'bslfs dump URL while it is mounted on this host')
   t.equal(JSON.parse(fs.readFileSync(pgDump).toString('latin1').split('\n')[1]).mounted, true, 'taken by the mount (it commits what it holds first)')
+  const raw = fs.readFileSync(pgDump)
+  t.ok(['Msession/', 'Mlease', 'Mopen/'].every(k => !raw.includes(k)), 'the live mount\'s session row, the job lease and its holds are not in the dump')
   await unmount(t, mnt2)
   const newBlocks = (await blocksOf(t, url)).split('\n').filter(l => l && !blocks.includes(l))
   t.ok(newBlocks.length >= 2, 'the new file has blocks')

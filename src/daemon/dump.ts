@@ -46,7 +46,10 @@ const log = createDebug('bslfs:dump')
  * What is not copied as it is: each mount session's usage row
  * (M usage/<session>) is folded into the base (M usage), and a session's
  * fsync marker (M synced/<session>) is left out: they belong to mounts of the
- * source, not to the filesystem. The id counters (M ino, M object) are copied
+ * source, not to the filesystem. So are the live mounts' session rows, the job
+ * lease, their holds of open files and their locks: a loaded filesystem has no
+ * mounts yet (an unlinked file a mount held open is freed by the first mount, as
+ * after a crash). The id counters (M ino, M object) are copied
  * as stored: a mount reserves its range durably before it uses a number from
  * it, so the stored counter is past every number any mount handed out, and
  * the loaded filesystem hands out none of them again (load checks that every
@@ -83,6 +86,8 @@ const MAX_VALUE = 64 * 1024 * 1024
 /** Keys a mount session writes for itself: not part of the filesystem. */
 const SESSION_USAGE = keys.meta('usage/')
 const SESSION_SYNCED = keys.meta('synced/')
+/** The live mounts' own state (sessions.ts, locks.ts): their session rows, the job lease, their holds of open files, their locks. */
+const MOUNT_STATE = [keys.meta('session/'), keys.meta('lease'), keys.meta('open/'), Buffer.from('L')]
 const startsWith = (k: Buffer, p: Buffer): boolean => k.length >= p.length && k.subarray(0, p.length).equals(p)
 
 const u32 = (n: number): Buffer => { const b = Buffer.allocUnsafe(4); b.writeUInt32BE(n); return b }
@@ -223,7 +228,7 @@ export async function writeDump (read: KvReader, from: Pick<DumpHeader, 'source'
   await emit(Buffer.from(`${DUMP_MAGIC} ${DUMP_VERSION}\n${JSON.stringify(header)}\n`))
   let records = 0
   for await (const [k, v0] of read.scan(Buffer.alloc(0))) {
-    if (startsWith(k, SESSION_USAGE) || startsWith(k, SESSION_SYNCED)) continue
+    if (startsWith(k, SESSION_USAGE) || startsWith(k, SESSION_SYNCED) || MOUNT_STATE.some(p => startsWith(k, p))) continue
     const v = k.equals(keys.meta('usage')) ? encodeJSON(usage) : v0
     try {
       checkRecord(k, v)
