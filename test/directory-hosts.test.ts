@@ -21,39 +21,10 @@ import { S_IFDIR, S_IFREG, isDir } from '../src/posix/modes'
 import { freshPgDatabase } from './helpers/kv-engines'
 import { pgUnavailable } from './helpers/postgres'
 import { RerunKv } from './helpers/rerun-kv'
+import { type Hosts, levelHosts, pgHosts } from './helpers/directory-hosts'
 
 const FILE = { mode: S_IFREG | 0o644, uid: 0, gid: 0 }
 const DIR = { mode: S_IFDIR | 0o755, uid: 0, gid: 0 }
-
-interface Hosts {
-  a: Directory
-  b: Directory
-  /** A third view, for checks. */
-  kv: KvStore
-  /** Conflicts run again, when the engine counts them. */
-  conflicts: () => number
-}
-
-async function levelHosts (t: Test): Promise<Hosts> {
-  const dir = await mkdtemp(join(tmpdir(), 'bslfs-hosts-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  const kv = new RerunKv(await LevelKv.open(join(dir, 'db'), { createIfMissing: true }), { shared: true })
-  const a = await Directory.create(kv.share(), { blockSize: 65536, root: { uid: 0, gid: 0 } })
-  const b = await Directory.open(kv.share())
-  t.teardown(async () => { await a.close(); await b.close(); await kv.close() })
-  return { a, b, kv, conflicts: () => 0 }
-}
-
-async function pgHosts (t: Test): Promise<Hosts> {
-  const { url } = await freshPgDatabase()
-  const kvA = await PgKv.open(url, { createIfMissing: true })
-  const kvB = await PgKv.open(url)
-  const kv = await PgKv.open(url)
-  const a = await Directory.create(kvA, { blockSize: 65536, root: { uid: 0, gid: 0 } })
-  const b = await Directory.open(kvB)
-  t.teardown(async () => { await a.close(); await b.close(); await kv.close() })
-  return { a, b, kv, conflicts: () => kvA.stats.conflictRetries + kvB.stats.conflictRetries }
-}
 
 async function codeOf (p: Promise<unknown>): Promise<string> {
   try {

@@ -5,14 +5,9 @@
  * body twice (rerun-kv.ts), so the bodies must be safe to run again.
  */
 import t from 'tap'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { decodeChange, encodeChange } from '../src/directory/changes'
-import { Directory } from '../src/directory/directory'
-import { LevelKv } from '../src/directory/leveldb'
 import { F_RDLCK, F_UNLCK, F_WRLCK, LOCK_END, applyRange, releaseLocksOf } from '../src/directory/locks'
-import { RerunKv } from './helpers/rerun-kv'
+import { levelHosts } from './helpers/directory-hosts'
 
 const W = F_WRLCK
 const R = F_RDLCK
@@ -37,12 +32,7 @@ t.test('a change carries the inodes whose locks were released', async t => {
 })
 
 t.test('two mounts of one store', async t => {
-  const dir = await mkdtemp(join(tmpdir(), 'bslfs-locks-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  const kv = new RerunKv(await LevelKv.open(join(dir, 'db'), { createIfMissing: true }), { shared: true })
-  const a = await Directory.create(kv.share(), { blockSize: 65536, root: { uid: 0, gid: 0 } })
-  const b = await Directory.open(kv.share())
-  t.teardown(async () => { await a.close(); await b.close(); await kv.close() })
+  const { a, b, kv } = await levelHosts(t)
   const pa = a.locks.owner('a1', false)
   const pb = b.locks.owner('b1', false)
   const fb = b.locks.owner('a1', true)

@@ -6,44 +6,18 @@
  */
 import t, { Test } from 'tap'
 import { performance } from 'node:perf_hooks'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { FsError } from '../src/errors'
 import { Directory } from '../src/directory/directory'
-import { LevelKv } from '../src/directory/leveldb'
-import { PgKv } from '../src/directory/postgres'
 import { keys, ROOT_INO } from '../src/directory/records'
 import { SessionRow } from '../src/directory/sessions'
 import { reapExpiredSessions } from '../src/daemon/session-keeper'
 import { parseMountOptions } from '../src/fs/mount'
 import { S_IFREG } from '../src/posix/modes'
-import { freshPgDatabase } from './helpers/kv-engines'
 import { pgUnavailable } from './helpers/postgres'
-import { RerunKv } from './helpers/rerun-kv'
+import { type Hosts, levelHosts, pgHosts } from './helpers/directory-hosts'
 
 const FILE = { mode: S_IFREG | 0o644, uid: 0, gid: 0 }
 const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
-
-interface Hosts { a: Directory, b: Directory }
-
-async function levelHosts (t: Test): Promise<Hosts> {
-  const dir = await mkdtemp(join(tmpdir(), 'bslfs-sessions-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  const kv = new RerunKv(await LevelKv.open(join(dir, 'db'), { createIfMissing: true }), { shared: true })
-  const a = await Directory.create(kv.share(), { blockSize: 65536, root: { uid: 0, gid: 0 } })
-  const b = await Directory.open(kv.share())
-  t.teardown(async () => { await a.close(); await b.close(); await kv.close() })
-  return { a, b }
-}
-
-async function pgHosts (t: Test): Promise<Hosts> {
-  const { url } = await freshPgDatabase()
-  const a = await Directory.create(await PgKv.open(url, { createIfMissing: true }), { blockSize: 65536, root: { uid: 0, gid: 0 } })
-  const b = await Directory.open(await PgKv.open(url))
-  t.teardown(async () => { await a.close(); await b.close() })
-  return { a, b }
-}
 
 function row (dir: Directory, expiryMs: number, mountpoint: string): SessionRow {
   return { session: dir.session, host: 'h', pid: process.pid, mountpoint, version: 'test', started: new Date().toISOString(), renewed: 0, heartbeatMs: expiryMs / 4, expiryMs }
