@@ -1,3 +1,4 @@
+import { readFileSync, readlinkSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { performance } from 'node:perf_hooks'
 import { Directory } from '../directory/directory'
@@ -7,6 +8,33 @@ import { packageVersion } from '../version'
 
 const events = logger('bslfs:session')
 const log = events.debug
+
+/**
+ * This kernel's boot and this process's pid namespace: a session row that names them names a
+ * process this mount can look for. Undefined where /proc does not say (then only the expiry tells).
+ */
+function localIdentity (): string | undefined {
+  try {
+    return `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()} ${readlinkSync('/proc/self/ns/pid')}`
+  } catch {
+    return undefined
+  }
+}
+const LOCAL = localIdentity()
+
+/**
+ * A session whose mount ran on this host (same boot, same pid namespace) and whose process is gone:
+ * dead now, whatever its expiry says (a pid reused since reads as alive: the expiry then decides).
+ */
+export function deadHere (row: SessionRow): boolean {
+  if (LOCAL === undefined || row.local !== LOCAL || row.pid === process.pid) return false
+  try {
+    process.kill(row.pid, 0)
+    return false
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH'
+  }
+}
 
 export const DEFAULT_HEARTBEAT_MS = 12_000
 export const DEFAULT_EXPIRY_MS = 60_000
@@ -45,7 +73,7 @@ export class SessionKeeper {
     this.heartbeatMs = opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS
     this.expiryMs = opts.expiryMs ?? DEFAULT_EXPIRY_MS
     this.row = {
-      session: dir.session, host: hostname(), pid: process.pid, mountpoint: opts.mountpoint, version: packageVersion(),
+      session: dir.session, host: hostname(), pid: process.pid, mountpoint: opts.mountpoint, version: packageVersion(), local: LOCAL,
       started: new Date().toISOString(), renewed: 0, heartbeatMs: this.heartbeatMs, expiryMs: this.expiryMs
     }
   }
@@ -54,6 +82,8 @@ export class SessionKeeper {
   static async start (dir: Directory, opts: KeeperOptions): Promise<SessionKeeper> {
     const k = new SessionKeeper(dir, opts)
     await k.renew(true)
+    // A mount of this host that crashed is cleaned up now, not after its expiry (its lease goes with it).
+    await k.reapDeadHere()
     await k.beat()
     k.timer = setInterval(() => { k.running = k.running.then(() => k.beat()) }, k.heartbeatMs)
     k.timer.unref()
@@ -124,11 +154,24 @@ export class SessionKeeper {
     for (const s of sessions) {
       if (s.session === this.session) continue
       // One host: another row is a mount that ended without unregistering (a crash).
-      if (this.dir.shared && !expired(s)) continue
+      if (this.dir.shared && !expired(s) && !deadHere(s)) continue
       if (!this.leader) return
-      const freed = await this.dir.reapSession(s.session)
+      const freed = await this.dir.reapSession(s.session, deadHere)
       if (freed === undefined) continue // renewed meanwhile
       events.warn('session %s (%s pid %d, %s) expired: cleaned up after it (%d unlinked open inodes freed)', s.session, s.host, s.pid, s.mountpoint, freed)
+    }
+  }
+
+  /** At start: clean up after the sessions of mounts of this host whose process is gone (a crash). */
+  private async reapDeadHere (): Promise<void> {
+    try {
+      for (const s of (await this.dir.sessions()).sessions) {
+        if (s.session === this.session || !deadHere(s)) continue
+        const freed = await this.dir.reapSession(s.session, deadHere)
+        if (freed !== undefined) events.warn('session %s (pid %d, %s) ended in a crash on this host: cleaned up after it (%d unlinked open inodes freed)', s.session, s.pid, s.mountpoint, freed)
+      }
+    } catch (err) {
+      log('cleaning up after this host\'s crashed mounts: %s', (err as Error).message)
     }
   }
 
@@ -146,8 +189,8 @@ export async function reapExpiredSessions (dir: Directory): Promise<number> {
   const { sessions } = await dir.sessions()
   let n = 0
   for (const s of sessions) {
-    if (dir.shared && !expired(s)) continue
-    if (await dir.reapSession(s.session) !== undefined) n++
+    if (dir.shared && !expired(s) && !deadHere(s)) continue
+    if (await dir.reapSession(s.session, deadHere) !== undefined) n++
   }
   return n
 }

@@ -287,10 +287,11 @@ export class Directory {
   /**
    * Clean up after dead session `id` (sessions.ts reapSession): the number of
    * inodes freed; undefined when it is not there or (shared) renewed meanwhile.
+   * `dead`: what else proves a session dead before its expiry (its process gone, on this host).
    */
-  async reapSession (id: string): Promise<number | undefined> {
+  async reapSession (id: string, dead?: (row: sessions.SessionRow) => boolean): Promise<number | undefined> {
     const onlyIfExpired = this.shared
-    const r = await this.ns.write(async w => await sessions.reapSession(w, id, { onlyIfExpired }, async (tx, dead) => await this.locks.releaseLocksOf(tx, dead)))
+    const r = await this.ns.write(async w => await sessions.reapSession(w, id, { onlyIfExpired, dead }, async (tx, gone) => await this.locks.releaseLocksOf(tx, gone)))
     return r?.freed
   }
 

@@ -27,6 +27,12 @@ export interface SessionRow {
   renewed: number
   heartbeatMs: number
   expiryMs: number
+  /**
+   * The kernel boot and pid namespace the mount ran in (absent in older rows): a mount in the same
+   * one can tell at once whether `pid` still runs, so a crashed mount is cleaned up by the next
+   * mount on its host without waiting out the expiry.
+   */
+  local?: string
 }
 
 export interface LeaseRow {
@@ -46,7 +52,8 @@ const holdKey = (ino: number, id: string): Buffer => keys.meta(`open/${ino}/${id
 const holdersPrefix = (ino: number): Buffer => keys.meta(`open/${ino}/`)
 
 function isSessionRow (r: any): r is SessionRow {
-  return typeof r?.session === 'string' && typeof r.host === 'string' && Number.isInteger(r.pid) && typeof r.renewed === 'number' && typeof r.expiryMs === 'number'
+  return typeof r?.session === 'string' && typeof r.host === 'string' && Number.isInteger(r.pid) && typeof r.renewed === 'number' && typeof r.expiryMs === 'number' &&
+    (r.local === undefined || typeof r.local === 'string')
 }
 
 function isLeaseRow (r: any): r is LeaseRow {
@@ -164,12 +171,16 @@ export async function recheckHolds (tx: KvTxn, id: string, open: number[]): Prom
  * The reclaim and heal queues belong to the filesystem, not to a session:
  * whoever holds the lease works through them.
  */
-export async function reapSession (w: Writer, id: string, opts: { onlyIfExpired: boolean }, releaseLocks?: (tx: KvTxn, id: string) => Promise<unknown>): Promise<{ freed: number } | undefined> {
+export async function reapSession (w: Writer, id: string, opts: { onlyIfExpired: boolean, dead?: (row: SessionRow) => boolean }, releaseLocks?: (tx: KvTxn, id: string) => Promise<unknown>): Promise<{ freed: number } | undefined> {
   const { tx } = w
   // Read again here: a session renewed since it was seen expired is alive (the renewal and this conflict; one retries).
   const raw = await tx.get(sessionKey(id))
   if (!raw) return undefined
-  if (opts.onlyIfExpired && !expired(decodeJSON<SessionRow>(`session row ${id}`, raw, isSessionRow))) return undefined
+  const seen = decodeJSON<SessionRow>(`session row ${id}`, raw, isSessionRow)
+  if (opts.onlyIfExpired && !expired(seen) && opts.dead?.(seen) !== true) return undefined
+  // A dead holder's lease goes with it: the next mount takes it at once.
+  const lease = await readLease(tx)
+  if (lease?.holder === id) tx.del(LEASE_KEY)
   let freed = 0
   for (const [ino, holders] of await allHolds(tx)) {
     if (!holders.has(id)) continue

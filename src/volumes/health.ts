@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks'
 import { CopyFault } from '../errors'
 
 /** What bslfs knows about one place (server:device) that holds copies. */
@@ -39,6 +40,8 @@ interface Entry extends PlaceHealth {
   probeMs: number
   /** Latency is unknown until the first answer. */
   measured: boolean
+  /** performance.now() when it last went down. */
+  downAt?: number
 }
 
 /**
@@ -88,11 +91,17 @@ export class Health {
     return Math.min(Math.max(usual, 100), timeoutMs / 2)
   }
 
+  /**
+   * A call to `place` that took `ms` (ending now) succeeded. It brings a down place back only if it
+   * started after the place went down: an answer already on its way when the place failed (bytes
+   * in the socket's buffers) says nothing of the place now.
+   */
   succeeded (place: string, ms: number, read: boolean): boolean {
     const e = this.entry(place)
     e.latencyMs = e.measured ? e.latencyMs * 0.8 + ms * 0.2 : ms
     e.measured = true
     if (read) e.served++
+    if (!e.up && e.downAt !== undefined && performance.now() - ms < e.downAt) return false
     return this.markUp(e)
   }
 
@@ -118,6 +127,7 @@ export class Health {
     e.up = false
     e.downs++
     e.downSince = new Date().toISOString()
+    e.downAt = performance.now()
     e.probeMs = FIRST_PROBE_MS
     return true
   }
@@ -136,11 +146,12 @@ export class Health {
     if (entry.up) return false
     entry.up = true
     delete entry.downSince
+    delete entry.downAt
     return true
   }
 
   report (place: string): PlaceHealth {
-    const { probeMs: _p, measured: _m, ...out } = this.entry(place)
+    const { probeMs: _p, measured: _m, downAt: _d, ...out } = this.entry(place)
     return { ...out, latencyMs: Math.round(out.latencyMs * 10) / 10 }
   }
 }
