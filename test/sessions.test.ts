@@ -10,7 +10,7 @@ import { FsError } from '../src/errors'
 import { Directory } from '../src/directory/directory'
 import { keys, ROOT_INO } from '../src/directory/records'
 import { SessionRow } from '../src/directory/sessions'
-import { reapExpiredSessions } from '../src/daemon/session-keeper'
+import { deadHere, reapExpiredSessions } from '../src/daemon/session-keeper'
 import { parseMountOptions } from '../src/fs/mount'
 import { S_IFREG } from '../src/posix/modes'
 import { pgUnavailable } from './helpers/postgres'
@@ -150,6 +150,18 @@ function suite (make: (t: Test) => Promise<Hosts>): (t: Test) => Promise<void> {
     })
   }
 }
+
+t.test('a session of this host whose process is gone is dead at once; elsewhere only its expiry tells', async t => {
+  const { spawnSync } = await import('node:child_process')
+  const { readFileSync, readlinkSync } = await import('node:fs')
+  const local = `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()} ${readlinkSync('/proc/self/ns/pid')}`
+  const gone = spawnSync('true').pid! // exited and reaped
+  const base: SessionRow = { session: 's', host: 'h', pid: gone, mountpoint: '/m', version: 'test', started: '', renewed: Date.now(), heartbeatMs: 1000, expiryMs: 60_000, local }
+  t.equal(deadHere(base), true, 'its process gone on this host: dead')
+  t.equal(deadHere({ ...base, pid: process.ppid }), false, 'a process that runs: alive')
+  t.equal(deadHere({ ...base, local: 'another-boot pid:[1]' }), false, 'another host (or boot, or pid namespace): the expiry decides')
+  t.equal(deadHere({ ...base, local: undefined }), false, 'a row without it: the expiry decides')
+})
 
 t.test('session_heartbeat= and session_expiry= mount options', async t => {
   const o = parseMountOptions('session_heartbeat=0.5,session_expiry=2')

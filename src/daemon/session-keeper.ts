@@ -28,11 +28,13 @@ const LOCAL = localIdentity()
  */
 export function deadHere (row: SessionRow): boolean {
   if (LOCAL === undefined || row.local !== LOCAL || row.pid === process.pid) return false
+  // A killed daemon nobody has reaped yet (a zombie) is dead too.
   try {
-    process.kill(row.pid, 0)
-    return false
+    const stat = readFileSync(`/proc/${row.pid}/stat`, 'utf8')
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+    return state === 'Z' || state === 'X'
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'ESRCH'
+    return (err as NodeJS.ErrnoException).code === 'ENOENT'
   }
 }
 
