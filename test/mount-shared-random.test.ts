@@ -194,9 +194,15 @@ t.test('random operations from two mounts of one URL at once', { skip }, async t
       t.ok(files > 0, `${host}: some files are left to check (${files})`)
       t.same(broken, [], `every one of the ${files} files seen through ${host} holds one writer's bytes, whole`)
     }
-    const r = await s.cli(['fsck', s.url, '--json'])
-    t.equal(r.code, 0, 'fsck of the URL is clean with both still mounted', { run: describeRun(r) })
+    // Once the mounts are quiet: while the lease holder's reclaimer deletes the replaced files' objects, an
+    // fsck that listed an object before its deletion and read the queue after it counts it as an orphan.
+    let r = await s.cli(['fsck', s.url, '--json'])
+    for (let i = 0; i < 20 && r.code !== 0; i++) {
+      await new Promise(resolve => setTimeout(resolve, 500))
+      r = await s.cli(['fsck', s.url, '--json'])
+    }
+    t.equal(r.code, 0, 'fsck of the URL is clean with both still mounted, once they are quiet', { run: describeRun(r) })
     const report = JSON.parse(r.stdout) as { problems: Record<string, number> }
-    t.same(report.problems, {}, 'no problem of any kind (entries, link counts, inode numbers, blocks)')
+    t.same(report.problems, {}, 'no problem of any kind (entries, link counts, inode numbers, blocks, objects)')
   })
 })
