@@ -17,7 +17,7 @@ import { resolve } from 'node:path'
 import { ServerRow } from '../volumes/tables'
 import { RecentEvent, recentEvents } from '../log'
 import { problemsOf } from './problems'
-import { expired } from '../directory/sessions'
+import { SessionRow, expired } from '../directory/sessions'
 import { reapExpiredSessions } from './session-keeper'
 
 /**
@@ -52,15 +52,9 @@ export interface StatusReport {
   sessions: SessionStatus[]
 }
 
-export interface SessionStatus {
-  session: string
-  host: string
-  pid: number
-  mountpoint: string
-  version: string
-  started: string
+/** A session row as `status` shows it: the renewal as an ISO time, whether it is live, whether it runs the jobs. */
+export interface SessionStatus extends Pick<SessionRow, 'session' | 'host' | 'pid' | 'mountpoint' | 'version' | 'started' | 'expiryMs'> {
   renewed: string
-  expiryMs: number
   live: boolean
   jobs: boolean
 }
